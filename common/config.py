@@ -1,0 +1,127 @@
+"""Daemon configuration files (NODE.toml, COORD.toml) as frozen dataclasses.
+
+Relative paths in a config file are resolved against the file's own folder,
+so a workspace can be moved as a whole.
+"""
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fedtrust.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class DatasetConfig:
+    product: Path  # the exchange-signed product credential (JSON envelope)
+    path: Path  # CSV or Parquet file with the product's rows
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    name: str
+    listen: str
+    credentials: Path
+    state: Path
+    datasets: tuple[DatasetConfig, ...]
+    max_workers: int = 16
+
+
+@dataclass(frozen=True)
+class CoordinatorConfig:
+    name: str
+    listen: str
+    credentials: Path
+    state: Path
+    node_timeout_s: float = 300.0
+    max_workers: int = 16
+    #: node name -> HOST:PORT, overriding the address in the node's credential
+    addresses: tuple[tuple[str, str], ...] = ()
+
+
+def _read(path: str | Path) -> tuple[dict[str, Any], Path]:
+    p = Path(path)
+    try:
+        return tomllib.loads(p.read_text()), p.resolve().parent
+    except FileNotFoundError:
+        raise ConfigError(f"config file {p} does not exist") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {p} is not valid TOML: {e}") from None
+
+
+def _table(data: dict[str, Any], key: str, path: str | Path) -> dict[str, Any]:
+    t = data.get(key)
+    if not isinstance(t, dict):
+        raise ConfigError(f"config file {path} has no [{key}] table; add one with name, listen, credentials and state")
+    return t
+
+
+def _get(t: dict[str, Any], key: str, section: str) -> str:
+    v = t.get(key)
+    if not isinstance(v, str) or not v:
+        raise ConfigError(f"[{section}] needs `{key}` (a string)")
+    return v
+
+
+def _path(base: Path, value: str) -> Path:
+    p = Path(value).expanduser()
+    return p if p.is_absolute() else base / p
+
+
+def _check_listen(listen: str, section: str) -> None:
+    host, sep, port = listen.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ConfigError(f"[{section}] listen = {listen!r} must be HOST:PORT, e.g. 127.0.0.1:7101")
+
+
+def load_node_config(path: str | Path) -> NodeConfig:
+    data, base = _read(path)
+    t = _table(data, "node", path)
+    listen = _get(t, "listen", "node")
+    _check_listen(listen, "node")
+    entries = data.get("datasets", [])
+    if not isinstance(entries, list) or not entries:
+        raise ConfigError(f"config file {path} lists no [[datasets]]; add one with `product` and `path`")
+    datasets = []
+    for i, d in enumerate(entries):
+        if not isinstance(d, dict):
+            raise ConfigError(f"[[datasets]] entry {i + 1} must be a table with `product` and `path`")
+        datasets.append(DatasetConfig(_path(base, _get(d, "product", "datasets")), _path(base, _get(d, "path", "datasets"))))
+    return NodeConfig(
+        name=_get(t, "name", "node"),
+        listen=listen,
+        credentials=_path(base, _get(t, "credentials", "node")),
+        state=_path(base, _get(t, "state", "node")),
+        datasets=tuple(datasets),
+        max_workers=int(t.get("max_workers", 16)),
+    )
+
+
+def load_coordinator_config(path: str | Path) -> CoordinatorConfig:
+    data, base = _read(path)
+    t = _table(data, "coordinator", path)
+    listen = _get(t, "listen", "coordinator")
+    _check_listen(listen, "coordinator")
+    try:
+        timeout = float(t.get("node_timeout_s", 300))
+    except (TypeError, ValueError):
+        raise ConfigError("[coordinator] node_timeout_s must be a number of seconds") from None
+    return CoordinatorConfig(
+        name=_get(t, "name", "coordinator"),
+        listen=listen,
+        credentials=_path(base, _get(t, "credentials", "coordinator")),
+        state=_path(base, _get(t, "state", "coordinator")),
+        node_timeout_s=timeout,
+        max_workers=int(t.get("max_workers", 16)),
+        addresses=_addresses(data.get("addresses", {})),
+    )
+
+
+def _addresses(t: Any) -> tuple[tuple[str, str], ...]:
+    if not isinstance(t, dict) or not all(isinstance(v, str) for v in t.values()):
+        raise ConfigError("[addresses] must map node names to HOST:PORT strings")
+    for v in t.values():
+        _check_listen(v, "addresses")
+    return tuple(sorted(t.items()))
