@@ -1,0 +1,149 @@
+"""Canonical JSON (RFC 8785), digests and timestamps shared by every signed object.
+
+Signed payloads are the canonical bytes of a JSON value, so two parties that
+agree on an object agree on its digest. Timestamps are RFC 3339 UTC strings
+with whole seconds and a `Z` suffix.
+"""
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime, timezone
+from typing import Any
+
+import rfc8785
+
+from fedtrust.errors import InvalidInput
+
+__all__ = ["canonical", "sha256_hex", "utc_now", "format_time", "parse_time", "is_sha256_hex", "Fields"]
+
+
+def canonical(obj: Any) -> bytes:
+    """RFC 8785 canonical JSON of `obj`; InvalidInput for values JSON cannot carry exactly.
+
+    Integers beyond ±2^53 and non-finite floats are refused: encode such
+    numbers as decimal strings.
+    """
+    try:
+        return rfc8785.dumps(obj)
+    except rfc8785.IntegerDomainError:
+        raise InvalidInput("an integer beyond ±2^53 cannot be signed as a JSON number; encode it as a decimal string") from None
+    except rfc8785.FloatDomainError:
+        raise InvalidInput("NaN or infinity cannot be signed as JSON; use finite numbers") from None
+    except (rfc8785.CanonicalizationError, TypeError, ValueError, RecursionError) as e:
+        raise InvalidInput(f"value cannot be encoded as canonical JSON ({type(e).__name__}); use dicts, lists, strings, ints and bools") from None
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def is_sha256_hex(value: object) -> bool:
+    """True for a lowercase 64-character hex string (how every digest is written)."""
+    return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
+
+
+def format_time(when: datetime) -> str:
+    """RFC 3339 UTC with whole seconds: `2025-01-31T12:00:00Z`."""
+    if when.tzinfo is None:
+        raise InvalidInput("timestamps must carry a time zone; use datetime.now(timezone.utc)")
+    return when.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def utc_now() -> str:
+    return format_time(datetime.now(timezone.utc))
+
+
+def parse_time(value: str) -> datetime:
+    """Parse an RFC 3339 timestamp with a zone (`Z` or `±hh:mm`) into an aware UTC datetime."""
+    if not isinstance(value, str) or "T" not in value or len(value) > 40:
+        raise InvalidInput("timestamp is not RFC 3339; write it like 2025-01-31T12:00:00Z")
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        raise InvalidInput("timestamp is not RFC 3339; write it like 2025-01-31T12:00:00Z") from None
+    if when.tzinfo is None:
+        raise InvalidInput("timestamp has no time zone; end it with Z (UTC)")
+    return when.astimezone(timezone.utc)
+
+
+class Fields:
+    """Typed reads from a decoded JSON object; InvalidInput naming the field that is wrong.
+
+    `what` names the object in messages ("attestation", "job spec").
+    """
+
+    def __init__(self, d: object, what: str) -> None:
+        if not isinstance(d, dict):
+            raise InvalidInput(f"{what} must be a JSON object")
+        self.d: dict[str, Any] = d
+        self.what = what
+
+    def _bad(self, key: str, kind: str) -> InvalidInput:
+        return InvalidInput(f"{self.what}: field `{key}` must be {kind}")
+
+    def raw(self, key: str) -> Any:
+        if key not in self.d:
+            raise InvalidInput(f"{self.what}: field `{key}` is missing")
+        return self.d[key]
+
+    def text(self, key: str) -> str:
+        v = self.raw(key)
+        if not isinstance(v, str):
+            raise self._bad(key, "a string")
+        return v
+
+    def opt_text(self, key: str) -> str | None:
+        v = self.d.get(key)
+        if v is not None and not isinstance(v, str):
+            raise self._bad(key, "a string or null")
+        return v
+
+    def integer(self, key: str) -> int:
+        v = self.raw(key)
+        if not isinstance(v, int) or isinstance(v, bool):
+            raise self._bad(key, "an integer")
+        return v
+
+    def flag(self, key: str) -> bool:
+        v = self.raw(key)
+        if not isinstance(v, bool):
+            raise self._bad(key, "true or false")
+        return v
+
+    def digest(self, key: str) -> str:
+        v = self.raw(key)
+        if not is_sha256_hex(v):
+            raise self._bad(key, "a lowercase sha256 hex digest")
+        return v
+
+    def time(self, key: str) -> str:
+        v = self.text(key)
+        try:
+            parse_time(v)
+        except InvalidInput:
+            raise self._bad(key, "an RFC 3339 UTC timestamp") from None
+        return v
+
+    def texts(self, key: str) -> tuple[str, ...]:
+        v = self.raw(key)
+        if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+            raise self._bad(key, "a list of strings")
+        return tuple(v)
+
+    def digests(self, key: str) -> tuple[str, ...]:
+        v = self.texts(key)
+        if not all(is_sha256_hex(x) for x in v):
+            raise self._bad(key, "a list of lowercase sha256 hex digests")
+        return v
+
+    def obj(self, key: str) -> dict[str, Any]:
+        v = self.raw(key)
+        if not isinstance(v, dict):
+            raise self._bad(key, "an object")
+        return v
+
+    def items(self, key: str) -> list[Any]:
+        v = self.raw(key)
+        if not isinstance(v, list):
+            raise self._bad(key, "a list")
+        return v

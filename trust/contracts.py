@@ -1,0 +1,211 @@
+"""Contracts: buyer, coordinator, the owners' products and the rules nodes enforce.
+
+The exchange signs a contract. Each holding embeds the owner's public
+credential and the product's own signed envelope, so a node (or the exchange,
+later) re-verifies every product and its digest from the contract alone.
+`verify_contract` checks the signature and every structural rule; time
+validity is checked separately with `Contract.check_valid_at`.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from fedtrust.errors import ConfigError, InvalidInput, PolicyViolation, VerificationError
+from fedtrust.trust.canonical import Fields, format_time, parse_time
+from fedtrust.trust.credentials import SubjectCredential
+from fedtrust.trust.dsse import Envelope, Signer, verify_object
+from fedtrust.trust.products import Product, verify_product
+from fedtrust.trust.rules import Rules
+from fedtrust.trust.schema import Schema
+
+__all__ = ["CONTRACT_TYPE", "Holding", "Contract", "check_price", "check_rules", "format_validity", "sign_contract", "verify_contract"]
+
+CONTRACT_TYPE = "https://fedtrust.dev/Contract/v1"
+_PRICE = re.compile(r"(0|[1-9][0-9]{0,17})(\.[0-9]{1,8})?")
+
+
+def check_price(price: str) -> str:
+    """A non-negative decimal string such as `0`, `1200` or `99.50`."""
+    if not isinstance(price, str) or not _PRICE.fullmatch(price):
+        raise ConfigError(f"price {price!r} must be a non-negative decimal such as 0, 1200 or 99.50")
+    return price
+
+
+@dataclass(frozen=True)
+class Holding:
+    credential: SubjectCredential
+    product: Product
+    product_digest: str
+    product_envelope: Envelope
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "credential": self.credential.to_dict(),
+            "product": self.product.to_dict(),
+            "product_digest": self.product_digest,
+            "product_envelope": self.product_envelope.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, d: object) -> Holding:
+        f = Fields(d, "contract holding")
+        return cls(
+            SubjectCredential.from_dict(f.obj("credential")),
+            Product.from_dict(f.obj("product")),
+            f.digest("product_digest"),
+            Envelope.from_dict(f.obj("product_envelope")),
+        )
+
+    @classmethod
+    def of(cls, credential: SubjectCredential, product_envelope: Envelope, exchange_key: Ed25519PublicKey) -> Holding:
+        return cls(credential, verify_product(product_envelope, exchange_key), product_envelope.digest, product_envelope)
+
+
+@dataclass(frozen=True)
+class Contract:
+    contract_id: str
+    buyer: SubjectCredential
+    coordinator: SubjectCredential
+    owners: tuple[Holding, ...]
+    rules: Rules
+    valid_from: str
+    valid_until: str
+    price: str
+    issued_at: str
+
+    @property
+    def dataset(self) -> str:
+        return self.owners[0].product.dataset
+
+    @property
+    def schema(self) -> Schema:
+        return self.owners[0].product.schema
+
+    @property
+    def owner_names(self) -> tuple[str, ...]:
+        return tuple(sorted(h.credential.name for h in self.owners))
+
+    def holding(self, node_name: str) -> Holding:
+        for h in self.owners:
+            if h.credential.name == node_name:
+                return h
+        raise PolicyViolation(f"node {node_name} holds no product under this contract; send jobs to its owners only")
+
+    def check_valid_at(self, when: datetime) -> None:
+        if when < parse_time(self.valid_from):
+            raise PolicyViolation(f"contract is not valid before {self.valid_from}; wait until then")
+        if when >= parse_time(self.valid_until):
+            raise PolicyViolation(f"contract expired at {self.valid_until}; ask the exchange for a new contract")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "contract_id": self.contract_id,
+            "buyer": self.buyer.to_dict(),
+            "coordinator": self.coordinator.to_dict(),
+            "owners": [h.to_dict() for h in self.owners],
+            "rules": self.rules.to_dict(),
+            "valid_from": self.valid_from,
+            "valid_until": self.valid_until,
+            "price": self.price,
+            "issued_at": self.issued_at,
+        }
+
+    @classmethod
+    def from_dict(cls, d: object) -> Contract:
+        f = Fields(d, "contract")
+        try:
+            price = check_price(f.text("price"))
+            rules = Rules.from_dict(f.obj("rules"))
+        except ConfigError as e:
+            raise InvalidInput(f"contract: {e}") from None
+        owners = f.items("owners")
+        if not owners:
+            raise InvalidInput("contract: field `owners` must list the owners' holdings")
+        return cls(
+            contract_id=f.text("contract_id"),
+            buyer=SubjectCredential.from_dict(f.obj("buyer")),
+            coordinator=SubjectCredential.from_dict(f.obj("coordinator")),
+            owners=tuple(Holding.from_dict(h) for h in owners),
+            rules=rules,
+            valid_from=f.time("valid_from"),
+            valid_until=f.time("valid_until"),
+            price=price,
+            issued_at=f.time("issued_at"),
+        )
+
+
+def check_rules(rules: Rules, schema: Schema) -> None:
+    """The rules may only name schema columns: aggregated ones numeric, group-by ones categories."""
+    q = rules.query
+    if q is None:
+        raise ConfigError("rules have no [query] table; a contract must sell queries")
+    for name in q.columns:
+        if not schema.has(name):
+            raise ConfigError(f"rules: aggregated column {name!r} is not in the product schema; list schema columns only")
+        if not schema.column(name).numeric:
+            raise ConfigError(f"rules: aggregated column {name!r} is a category; aggregate numeric columns only")
+    for name in q.filters:
+        if not schema.has(name):
+            raise ConfigError(f"rules: filter column {name!r} is not in the product schema; list schema columns only")
+    for name in q.group_by:
+        if not schema.has(name):
+            raise ConfigError(f"rules: group-by column {name!r} is not in the product schema; list schema columns only")
+        if schema.column(name).type != "category":
+            raise ConfigError(f"rules: group-by column {name!r} is numeric; group by category columns only")
+    if any(a != "COUNT" for a in q.aggregates) and not q.columns:
+        raise ConfigError("rules allow aggregates other than COUNT but list no aggregated `columns`; add them")
+
+
+def sign_contract(contract: Contract, exchange_signer: Signer) -> Envelope:
+    subjects = [(f"product:{h.credential.name}/{h.product.dataset}", h.product_digest) for h in contract.owners]
+    return exchange_signer.sign_statement(CONTRACT_TYPE, contract.to_dict(), subjects)
+
+
+def verify_contract(envelope: Envelope, exchange_key: Ed25519PublicKey) -> Contract:
+    """Exchange signature, then every rule of a well-formed contract (not its validity window)."""
+    c = verify_object(envelope, exchange_key, CONTRACT_TYPE, Contract.from_dict, "contract")
+    if c.buyer.role != "buyer":
+        raise VerificationError(f"contract's buyer credential has role {c.buyer.role}; the buyer must be a buyer subject")
+    if c.coordinator.role != "coordinator":
+        raise VerificationError(
+            f"contract's coordinator credential has role {c.coordinator.role}; the coordinator must be a coordinator subject"
+        )
+    if c.buyer.name == c.coordinator.name:
+        raise VerificationError("contract names the same subject as buyer and coordinator; they must be different subjects")
+    names = [h.credential.name for h in c.owners]
+    if len(set(names)) != len(names):
+        raise VerificationError("contract lists an owner twice; each owner holds exactly one product")
+    if len(names) < 2:
+        raise VerificationError("contract has fewer than two distinct owners; a federated contract needs at least two")
+    for h in c.owners:
+        if h.credential.role != "node":
+            raise VerificationError(f"contract owner {h.credential.name} has role {h.credential.role}; owners must be nodes")
+        if h.product.owner != h.credential.name:
+            raise VerificationError(f"contract holding of {h.credential.name} embeds a product owned by {h.product.owner}")
+        try:
+            signed = verify_product(h.product_envelope, exchange_key)
+        except VerificationError as e:
+            raise VerificationError(f"product embedded for owner {h.credential.name} does not verify: {e}") from None
+        if signed != h.product or h.product_envelope.digest != h.product_digest:
+            raise VerificationError(
+                f"product digest of owner {h.credential.name} does not match its signed product; the contract was altered"
+            )
+    first = c.owners[0].product
+    if any(h.product.dataset != first.dataset for h in c.owners):
+        raise VerificationError("contract products name different datasets; all products must be one dataset")
+    if any(h.product.schema != first.schema for h in c.owners):
+        raise VerificationError("contract products have different schemas; all products must share one schema")
+    if parse_time(c.valid_from) >= parse_time(c.valid_until):
+        raise VerificationError("contract validity window is empty (valid_from is not before valid_until)")
+    return c
+
+
+def format_validity(start: datetime, days: int) -> tuple[str, str]:
+    """(valid_from, valid_until) for a contract that starts at `start` and lasts `days`."""
+    return format_time(start), format_time(start + timedelta(days=days))
+

@@ -1,0 +1,152 @@
+"""Job specs: what the buyer asks under a contract, signed by the buyer.
+
+A job spec fixes the contract, the coordinator and the participants (all the
+contract's owners), so a coordinator can neither invent jobs nor choose which
+nodes take part. Nodes key their release ledger on (contract, job id, nonce).
+"""
+from __future__ import annotations
+
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from fedtrust.errors import InvalidInput, PolicyViolation, VerificationError
+from fedtrust.privacy.params import HeParams
+from fedtrust.trust.canonical import Fields, format_time, is_sha256_hex, parse_time
+from fedtrust.trust.contracts import Contract
+from fedtrust.trust.credentials import signing_public_key
+from fedtrust.trust.dsse import Envelope, Signer, verify_object
+
+__all__ = [
+    "JOB_TYPE", "JOB_KINDS", "MAX_SQL_CHARS", "DEFAULT_TTL", "JobSpec", "new_job_id", "new_nonce",
+    "sign_job", "verify_job",
+]
+
+JOB_TYPE = "https://fedtrust.dev/JobSpec/v1"
+JOB_KINDS = ("query",)
+MAX_SQL_CHARS = 65536
+DEFAULT_TTL = timedelta(hours=1)
+_JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_NONCE = re.compile(r"[0-9a-f]{64}")
+
+
+def new_job_id() -> str:
+    return secrets.token_hex(16)
+
+
+def new_nonce() -> str:
+    return secrets.token_hex(32)
+
+
+@dataclass(frozen=True, kw_only=True)
+class JobSpec:
+    contract_digest: str
+    job_id: str
+    nonce: str
+    kind: str = "query"
+    coordinator: str
+    participants: tuple[str, ...]
+    dataset: str
+    sql: str
+    he: HeParams
+    created_at: str
+    expires_at: str
+
+    @classmethod
+    def new(
+        cls, contract: Contract, contract_digest: str, sql: str, he: HeParams, *, ttl: timedelta = DEFAULT_TTL,
+    ) -> JobSpec:
+        """A fresh query job for every owner of `contract`, expiring after `ttl`."""
+        now = datetime.now(timezone.utc)
+        return cls(
+            contract_digest=contract_digest, job_id=new_job_id(), nonce=new_nonce(), kind="query",
+            coordinator=contract.coordinator.name, participants=contract.owner_names, dataset=contract.dataset,
+            sql=sql, he=he, created_at=format_time(now), expires_at=format_time(now + ttl),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "contract_digest": self.contract_digest,
+            "job_id": self.job_id,
+            "nonce": self.nonce,
+            "kind": self.kind,
+            "coordinator": self.coordinator,
+            "participants": list(self.participants),
+            "dataset": self.dataset,
+            "sql": self.sql,
+            "he": self.he.to_dict(),
+            "created_at": self.created_at,
+            "expires_at": self.expires_at,
+        }
+
+    @classmethod
+    def from_dict(cls, d: object) -> JobSpec:
+        f = Fields(d, "job spec")
+        job = cls(
+            contract_digest=f.digest("contract_digest"),
+            job_id=f.text("job_id"),
+            nonce=f.text("nonce"),
+            kind=f.text("kind"),
+            coordinator=f.text("coordinator"),
+            participants=f.texts("participants"),
+            dataset=f.text("dataset"),
+            sql=f.text("sql"),
+            he=HeParams.from_dict(f.obj("he")),
+            created_at=f.time("created_at"),
+            expires_at=f.time("expires_at"),
+        )
+        job.check_form()
+        return job
+
+    def check_form(self) -> None:
+        """Field formats; InvalidInput naming the field."""
+        if not is_sha256_hex(self.contract_digest):
+            raise InvalidInput("job spec: contract_digest must be a lowercase sha256 hex digest")
+        if not _JOB_ID.fullmatch(self.job_id):
+            raise InvalidInput("job spec: job_id must be 1-64 characters A-Z a-z 0-9 . _ -")
+        if not _NONCE.fullmatch(self.nonce):
+            raise InvalidInput("job spec: nonce must be 32 random bytes in lowercase hex")
+        if self.kind not in JOB_KINDS:
+            raise InvalidInput(f"job spec: kind must be one of {', '.join(JOB_KINDS)}")
+        if not self.sql.strip() or len(self.sql) > MAX_SQL_CHARS:
+            raise InvalidInput(f"job spec: sql must be a non-empty query of at most {MAX_SQL_CHARS} characters")
+        if not is_sha256_hex(self.he.context_digest):
+            raise InvalidInput("job spec: he.context_digest must be a lowercase sha256 hex digest")
+        if parse_time(self.created_at) > parse_time(self.expires_at):
+            raise InvalidInput("job spec: expires_at is before created_at")
+
+
+def sign_job(job: JobSpec, buyer_signer: Signer) -> Envelope:
+    job.check_form()
+    return buyer_signer.sign_statement(JOB_TYPE, job.to_dict(), [("contract", job.contract_digest)])
+
+
+def verify_job(envelope: Envelope, contract: Contract, contract_digest: str, *, now: datetime | None = None) -> JobSpec:
+    """Buyer's signature, then the job must fit this contract at `now` (default: the current time).
+
+    VerificationError when the job is not the buyer's or is for another
+    contract; PolicyViolation when it asks for what the contract forbids or
+    has expired. The caller passes the digest of the contract envelope it
+    verified.
+    """
+    job = verify_object(envelope, signing_public_key(contract.buyer), JOB_TYPE, JobSpec.from_dict, "job spec")
+    if job.contract_digest != contract_digest:
+        raise VerificationError("job spec names another contract; send the contract the buyer signed the job for")
+    when = now or datetime.now(timezone.utc)
+    if when >= parse_time(job.expires_at):
+        raise PolicyViolation(f"job spec expired at {job.expires_at}; the buyer must submit a new job")
+    contract.check_valid_at(when)
+    if job.coordinator != contract.coordinator.name:
+        raise PolicyViolation(
+            f"job names coordinator {job.coordinator} but the contract names {contract.coordinator.name}; "
+            "send the job through the contract's coordinator"
+        )
+    if job.participants != contract.owner_names:
+        raise PolicyViolation(
+            f"participants must be exactly the contract's owners: {', '.join(contract.owner_names)} (sorted)"
+        )
+    if job.dataset != contract.dataset:
+        raise PolicyViolation(f"job asks for dataset {job.dataset} but the contract sells {contract.dataset}")
+    return job

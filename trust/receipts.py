@@ -1,0 +1,312 @@
+"""Receipts: node attestations, the coordinator's statement, the buyer's acknowledgement.
+
+Each node signs an `Attestation` for what it released, with a budget chain
+entry (sequence number, previous attestation digest, cumulative ε) so double
+spending is provable. The coordinator signs a `CoordinatorStatement` over the
+aggregate outputs and all attestation digests; the buyer signs an
+`Acknowledgement` with a salted digest of the result. A `ReceiptBundle`
+carries all envelopes to the exchange. Nothing here depends on one node's
+data: only digests, privacy spends planned from public bounds, and times.
+
+Privacy numbers are decimal strings with exactly six places ("0.100000"), so
+sums agree everywhere (`fmt_eps`).
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
+from typing import Any, Sequence
+
+from fedtrust.errors import InvalidInput, VerificationError
+from fedtrust.trust.canonical import Fields, canonical, sha256_hex
+from fedtrust.trust.contracts import Contract
+from fedtrust.trust.credentials import signing_public_key
+from fedtrust.trust.dsse import Envelope, Signer, keyid_of, load_json, verify_object
+
+__all__ = [
+    "ATTESTATION_TYPE", "STATEMENT_TYPE", "ACK_TYPE", "GENESIS", "EPS_PLACES",
+    "fmt_eps", "parse_eps", "result_digest",
+    "ChainEntry", "next_chain_entry", "Attestation", "CoordinatorStatement", "Acknowledgement", "ReceiptBundle",
+    "sign_attestation", "verify_attestation", "sign_coordinator_statement", "verify_statement_of_coordinator",
+    "sign_acknowledgement", "verify_acknowledgement",
+]
+
+ATTESTATION_TYPE = "https://fedtrust.dev/Attestation/v1"
+STATEMENT_TYPE = "https://fedtrust.dev/CoordinatorStatement/v1"
+ACK_TYPE = "https://fedtrust.dev/Acknowledgement/v1"
+#: `prev` of the first chain entry of a (node, contract) chain
+GENESIS = "0" * 64
+EPS_PLACES = 6
+_QUANT = Decimal(1).scaleb(-EPS_PLACES)
+_EPS = re.compile(r"(0|[1-9][0-9]{0,11})\.[0-9]{6}")
+MAX_ATTESTATIONS = 1024
+
+
+def fmt_eps(value: Decimal | float | int | str) -> str:
+    """A privacy number as a six-place decimal string: fmt_eps(0.1) == "0.100000" (half-even rounding)."""
+    if isinstance(value, bool):
+        raise InvalidInput("privacy parameter must be a number, not a boolean")
+    try:
+        d = Decimal(repr(value) if isinstance(value, float) else str(value))
+    except InvalidOperation:
+        raise InvalidInput("privacy parameter is not a decimal number; write it like 0.5") from None
+    if not d.is_finite() or d < 0:
+        raise InvalidInput("privacy parameter must be a finite non-negative number")
+    return str(d.quantize(_QUANT, rounding=ROUND_HALF_EVEN))
+
+
+def parse_eps(value: str, what: str = "privacy parameter") -> Decimal:
+    """Strict inverse of fmt_eps: only six-place decimal strings are accepted."""
+    if not isinstance(value, str) or not _EPS.fullmatch(value):
+        raise InvalidInput(f"{what} must be a decimal string with six places, like 0.500000")
+    return Decimal(value)
+
+
+def _json_value(v: Any) -> Any:
+    if isinstance(v, Decimal):
+        return str(v)
+    if isinstance(v, int) and not isinstance(v, bool) and abs(v) >= 2**53:
+        return str(v)
+    return v
+
+
+def result_digest(salt: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """sha256 of canonical {"salt", "columns", "rows"}; Decimals and ints beyond 2^53 count as strings."""
+    return sha256_hex(canonical({
+        "salt": salt,
+        "columns": list(columns),
+        "rows": [[_json_value(v) for v in row] for row in rows],
+    }))
+
+
+@dataclass(frozen=True)
+class ChainEntry:
+    seq: int
+    prev: str
+    cumulative_epsilon: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"seq": self.seq, "prev": self.prev, "cumulative_epsilon": self.cumulative_epsilon}
+
+    @classmethod
+    def from_dict(cls, d: object) -> ChainEntry:
+        f = Fields(d, "chain entry")
+        entry = cls(f.integer("seq"), f.digest("prev"), f.text("cumulative_epsilon"))
+        if entry.seq < 1:
+            raise InvalidInput("chain entry: seq starts at 1")
+        if (entry.seq == 1) != (entry.prev == GENESIS):
+            raise InvalidInput("chain entry: exactly the first entry (seq 1) has the all-zero prev")
+        parse_eps(entry.cumulative_epsilon, "chain entry cumulative_epsilon")
+        return entry
+
+
+def next_chain_entry(prev: ChainEntry | None, prev_digest: str | None, epsilon: str) -> ChainEntry:
+    """The entry after `prev` (whose attestation envelope digest is `prev_digest`), spending `epsilon`."""
+    if prev is None:
+        return ChainEntry(1, GENESIS, fmt_eps(parse_eps(epsilon)))
+    if prev_digest is None:
+        raise InvalidInput("the previous attestation's digest is needed to extend a chain")
+    return ChainEntry(prev.seq + 1, prev_digest, fmt_eps(parse_eps(prev.cumulative_epsilon) + parse_eps(epsilon)))
+
+
+@dataclass(frozen=True)
+class Attestation:
+    node: str
+    job_digest: str
+    contract_digest: str
+    product_digest: str
+    data_commitment: str
+    code_digest: str
+    outputs: tuple[str, ...]
+    epsilon: str
+    delta: str
+    chain: ChainEntry
+    dp: bool
+    started_at: str
+    released_at: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "node": self.node,
+            "job_digest": self.job_digest,
+            "contract_digest": self.contract_digest,
+            "product_digest": self.product_digest,
+            "data_commitment": self.data_commitment,
+            "code_digest": self.code_digest,
+            "outputs": list(self.outputs),
+            "epsilon": self.epsilon,
+            "delta": self.delta,
+            "chain": self.chain.to_dict(),
+            "dp": self.dp,
+            "started_at": self.started_at,
+            "released_at": self.released_at,
+        }
+
+    @classmethod
+    def from_dict(cls, d: object) -> Attestation:
+        f = Fields(d, "attestation")
+        att = cls(
+            node=f.text("node"),
+            job_digest=f.digest("job_digest"),
+            contract_digest=f.digest("contract_digest"),
+            product_digest=f.digest("product_digest"),
+            data_commitment=f.digest("data_commitment"),
+            code_digest=f.digest("code_digest"),
+            outputs=f.digests("outputs"),
+            epsilon=f.text("epsilon"),
+            delta=f.text("delta"),
+            chain=ChainEntry.from_dict(f.obj("chain")),
+            dp=f.flag("dp"),
+            started_at=f.time("started_at"),
+            released_at=f.time("released_at"),
+        )
+        parse_eps(att.epsilon, "attestation epsilon")
+        parse_eps(att.delta, "attestation delta")
+        return att
+
+
+@dataclass(frozen=True)
+class CoordinatorStatement:
+    job_digest: str
+    contract_digest: str
+    aggregate_outputs: tuple[str, ...]
+    attestations: tuple[str, ...]  # attestation envelope digests, sorted by node
+    completed_at: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "job_digest": self.job_digest,
+            "contract_digest": self.contract_digest,
+            "aggregate_outputs": list(self.aggregate_outputs),
+            "attestations": list(self.attestations),
+            "completed_at": self.completed_at,
+        }
+
+    @classmethod
+    def from_dict(cls, d: object) -> CoordinatorStatement:
+        f = Fields(d, "coordinator statement")
+        return cls(f.digest("job_digest"), f.digest("contract_digest"), f.digests("aggregate_outputs"),
+                   f.digests("attestations"), f.time("completed_at"))
+
+
+@dataclass(frozen=True)
+class Acknowledgement:
+    job_digest: str
+    result_digest: str
+    acknowledged_at: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"job_digest": self.job_digest, "result_digest": self.result_digest,
+                "acknowledged_at": self.acknowledged_at}
+
+    @classmethod
+    def from_dict(cls, d: object) -> Acknowledgement:
+        f = Fields(d, "acknowledgement")
+        return cls(f.digest("job_digest"), f.digest("result_digest"), f.time("acknowledged_at"))
+
+
+def _check_digest(got: str, expected: str | None, what: str) -> None:
+    if expected is not None and got != expected:
+        raise VerificationError(f"{what} does not match; the receipt does not belong to this job")
+
+
+def sign_attestation(attestation: Attestation, node_signer: Signer) -> Envelope:
+    return node_signer.sign_statement(ATTESTATION_TYPE, attestation.to_dict(), [("job", attestation.job_digest)])
+
+
+def verify_attestation(
+    envelope: Envelope, contract: Contract, *, contract_digest: str | None = None, job_digest: str | None = None,
+) -> Attestation:
+    """Verify under the key of the contract owner that signed it; it must name that owner and its product.
+
+    Optional `contract_digest` / `job_digest` are compared when given.
+    """
+    keyids = {s.keyid for s in envelope.signatures}
+    signer = next((h for h in contract.owners if keyid_of(signing_public_key(h.credential)) in keyids), None)
+    if signer is None:
+        raise VerificationError("attestation carries no signature by an owner of the contract; only owners attest")
+    att = verify_object(envelope, signing_public_key(signer.credential), ATTESTATION_TYPE, Attestation.from_dict,
+                        "attestation")
+    name = signer.credential.name
+    if att.node != name:
+        raise VerificationError(f"attestation names node {att.node} but is signed by node {name}")
+    if att.product_digest != signer.product_digest:
+        raise VerificationError(f"attestation of node {name} names a product other than its contract holding")
+    _check_digest(att.contract_digest, contract_digest, f"attestation of node {name}: contract digest")
+    _check_digest(att.job_digest, job_digest, f"attestation of node {name}: job digest")
+    return att
+
+
+def sign_coordinator_statement(statement: CoordinatorStatement, coordinator_signer: Signer) -> Envelope:
+    return coordinator_signer.sign_statement(STATEMENT_TYPE, statement.to_dict(), [("job", statement.job_digest)])
+
+
+def verify_statement_of_coordinator(
+    envelope: Envelope, contract: Contract, *, contract_digest: str | None = None, job_digest: str | None = None,
+) -> CoordinatorStatement:
+    st = verify_object(envelope, signing_public_key(contract.coordinator), STATEMENT_TYPE,
+                       CoordinatorStatement.from_dict, "coordinator statement")
+    _check_digest(st.contract_digest, contract_digest, "coordinator statement: contract digest")
+    _check_digest(st.job_digest, job_digest, "coordinator statement: job digest")
+    return st
+
+
+def sign_acknowledgement(ack: Acknowledgement, buyer_signer: Signer) -> Envelope:
+    return buyer_signer.sign_statement(ACK_TYPE, ack.to_dict(), [("result", ack.result_digest)])
+
+
+def verify_acknowledgement(envelope: Envelope, contract: Contract, *, job_digest: str | None = None) -> Acknowledgement:
+    ack = verify_object(envelope, signing_public_key(contract.buyer), ACK_TYPE, Acknowledgement.from_dict,
+                        "acknowledgement")
+    _check_digest(ack.job_digest, job_digest, "acknowledgement: job digest")
+    return ack
+
+
+@dataclass(frozen=True)
+class ReceiptBundle:
+    contract: Envelope
+    job: Envelope
+    attestations: tuple[Envelope, ...]
+    statement: Envelope
+    acknowledgement: Envelope | None = None
+
+    @property
+    def digest(self) -> str:
+        """sha256 of the bundle's canonical JSON."""
+        return sha256_hex(self.to_json())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "contract": self.contract.to_dict(),
+            "job": self.job.to_dict(),
+            "attestations": [a.to_dict() for a in self.attestations],
+            "statement": self.statement.to_dict(),
+            "acknowledgement": self.acknowledgement.to_dict() if self.acknowledgement else None,
+        }
+
+    def to_json(self) -> bytes:
+        return canonical(self.to_dict())
+
+    @classmethod
+    def from_dict(cls, d: object) -> ReceiptBundle:
+        """InvalidInput (and nothing else) when `d` is not a well-formed bundle."""
+        if not isinstance(d, dict) or set(d) != {"contract", "job", "attestations", "statement", "acknowledgement"}:
+            raise InvalidInput(
+                "receipt bundle must be an object with exactly contract, job, attestations, statement, acknowledgement"
+            )
+        atts = d["attestations"]
+        if not isinstance(atts, list) or not atts or len(atts) > MAX_ATTESTATIONS:
+            raise InvalidInput(f"receipt bundle needs 1 to {MAX_ATTESTATIONS} attestations")
+        ack = d["acknowledgement"]
+        return cls(
+            contract=Envelope.from_dict(d["contract"]),
+            job=Envelope.from_dict(d["job"]),
+            attestations=tuple(Envelope.from_dict(a) for a in atts),
+            statement=Envelope.from_dict(d["statement"]),
+            acknowledgement=None if ack is None else Envelope.from_dict(ack),
+        )
+
+    @classmethod
+    def from_json(cls, data: bytes | str) -> ReceiptBundle:
+        return cls.from_dict(load_json(data, "receipt bundle"))

@@ -1,0 +1,139 @@
+"""Offline verification of a receipt bundle: what every party can check with public keys only.
+
+Pure functions, no I/O (the python-tuf split): the buyer runs them on the
+bundle it receives, the exchange runs them before it records a receipt and
+adds the checks that need its store (replay, budget chain; see
+`fedtrust.exchange.verify`). Each failed check raises `VerificationError`
+(or `PolicyViolation` for a rule of the contract) naming the check.
+
+What a valid bundle proves: the contract was issued by the exchange; the
+buyer signed this job under it; every owner the job names released outputs
+for exactly this job, product and data commitment, running the software whose
+digest it names, and spent the privacy budget it states; the coordinator
+added exactly those releases into the aggregate whose digest it signed; and,
+with an acknowledgement, the buyer received the result with that digest.
+What it cannot prove: that a node used exactly its committed data or added
+its noise honestly — that rests on the node's software, named by digest.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Sequence
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from fedtrust.errors import PolicyViolation, VerificationError
+from fedtrust.trust.canonical import parse_time, sha256_hex
+from fedtrust.trust.contracts import Contract, verify_contract
+from fedtrust.trust.credentials import signing_public_key
+from fedtrust.trust.dsse import verify_object
+from fedtrust.trust.jobs import JOB_TYPE, JobSpec, verify_job
+from fedtrust.trust.receipts import (
+    Acknowledgement,
+    Attestation,
+    CoordinatorStatement,
+    ReceiptBundle,
+    verify_acknowledgement,
+    verify_attestation,
+    verify_statement_of_coordinator,
+)
+
+
+@dataclass(frozen=True)
+class VerifiedReceipt:
+    contract: Contract
+    contract_digest: str
+    job: JobSpec
+    job_digest: str
+    attestations: tuple[Attestation, ...]  # in the job's participant order
+    attestation_digests: tuple[str, ...]
+    statement: CoordinatorStatement
+    acknowledgement: Acknowledgement | None
+
+    @property
+    def epsilon_spent(self) -> dict[str, str]:
+        return {a.node: a.epsilon for a in self.attestations}
+
+
+def verify_bundle(
+    bundle: ReceiptBundle,
+    exchange_key: Ed25519PublicKey,
+    *,
+    aggregate: Sequence[bytes] | None = None,
+    require_acknowledgement: bool = False,
+) -> VerifiedReceipt:
+    contract = verify_contract(bundle.contract, exchange_key)
+    contract_digest = bundle.contract.digest
+    # the job is judged at the time it was signed: expiry and contract validity then, not now
+    signed = verify_object(bundle.job, signing_public_key(contract.buyer), JOB_TYPE, JobSpec.from_dict, "job spec")
+    job = verify_job(bundle.job, contract, contract_digest, now=parse_time(signed.created_at))
+    job_digest = bundle.job.digest
+    _check_rules(contract, job)
+
+    by_node: dict[str, tuple[Attestation, str]] = {}
+    for env in bundle.attestations:
+        att = verify_attestation(env, contract)
+        if att.node in by_node:
+            raise VerificationError(f"two attestations from node {att.node}; a node attests a job once")
+        by_node[att.node] = (att, env.digest)
+    missing = [n for n in job.participants if n not in by_node]
+    if missing:
+        raise VerificationError(f"participant {missing[0]} of the job spec has not signed an attestation")
+    extra = [n for n in by_node if n not in job.participants]
+    if extra:
+        raise VerificationError(f"attestation from {extra[0]}, who is not a participant of the job spec")
+    atts = tuple(by_node[n][0] for n in job.participants)
+    digests = tuple(by_node[n][1] for n in job.participants)
+    for att in atts:
+        holding = contract.holding(att.node)
+        if att.job_digest != job_digest:
+            raise VerificationError(f"attestation of node {att.node} is for another job")
+        if att.contract_digest != contract_digest:
+            raise VerificationError(f"attestation of node {att.node} is for another contract")
+        if att.product_digest != holding.product_digest:
+            raise VerificationError(f"attestation of node {att.node} names a product other than its holding in the contract")
+        if att.data_commitment != holding.product.commitment:
+            raise VerificationError(f"attestation of node {att.node} names a data commitment other than the listed one")
+        _check_spend(contract, att)
+
+    statement = verify_statement_of_coordinator(bundle.statement, contract)
+    if statement.job_digest != job_digest or statement.contract_digest != contract_digest:
+        raise VerificationError("the coordinator's statement is for another job or contract")
+    if tuple(statement.attestations) != digests:
+        raise VerificationError("the coordinator's statement does not cover exactly the bundle's attestations")
+    if aggregate is not None and tuple(statement.aggregate_outputs) != tuple(sha256_hex(c) for c in aggregate):
+        raise VerificationError("the aggregate received does not match the digest the coordinator signed")
+
+    ack = None
+    if bundle.acknowledgement is not None:
+        ack = verify_acknowledgement(bundle.acknowledgement, contract)
+        if ack.job_digest != job_digest:
+            raise VerificationError("the buyer's acknowledgement is for another job")
+    elif require_acknowledgement:
+        raise VerificationError(
+            "the receipt has no delivery acknowledgement from the buyer; `fedtrust query --receipt` writes one"
+        )
+    return VerifiedReceipt(contract, contract_digest, job, job_digest, atts, digests, statement, ack)
+
+
+def _check_rules(contract: Contract, job: JobSpec) -> None:
+    if job.kind == "query":
+        from fedtrust.query.sql import plan_query  # local: keeps trust free of sqlglot at import time
+
+        rules = contract.rules.query
+        if rules is None:
+            raise VerificationError("the job is a query but the contract sells no queries")
+        schema = contract.owners[0].product.schema
+        try:
+            plan_query(job.sql, rules, schema, contract.dataset)
+        except PolicyViolation as e:
+            raise VerificationError(f"the job's SQL breaks the contract's rules: {e}") from None
+
+
+def _check_spend(contract: Contract, att: Attestation) -> None:
+    eps = Decimal(att.epsilon)
+    if eps < 0 or Decimal(att.delta) < 0 or Decimal(att.chain.cumulative_epsilon) < eps:
+        raise VerificationError(f"attestation of node {att.node} states an impossible privacy spend")
+    if att.chain.seq < 1:
+        raise VerificationError(f"attestation of node {att.node} has chain position {att.chain.seq}; positions start at 1")
