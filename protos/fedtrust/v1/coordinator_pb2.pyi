@@ -1,0 +1,68 @@
+from fedtrust.v1 import common_pb2 as _common_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class SubmitHeader(_message.Message):
+    __slots__ = ("job_envelope", "contract_envelope", "he_context_size")
+    JOB_ENVELOPE_FIELD_NUMBER: _ClassVar[int]
+    CONTRACT_ENVELOPE_FIELD_NUMBER: _ClassVar[int]
+    HE_CONTEXT_SIZE_FIELD_NUMBER: _ClassVar[int]
+    job_envelope: bytes
+    contract_envelope: bytes
+    he_context_size: int
+    def __init__(self, job_envelope: _Optional[bytes] = ..., contract_envelope: _Optional[bytes] = ..., he_context_size: _Optional[int] = ...) -> None: ...
+
+class SubmitRequest(_message.Message):
+    __slots__ = ("header", "he_context_chunk")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    HE_CONTEXT_CHUNK_FIELD_NUMBER: _ClassVar[int]
+    header: SubmitHeader
+    he_context_chunk: bytes
+    def __init__(self, header: _Optional[_Union[SubmitHeader, _Mapping]] = ..., he_context_chunk: _Optional[bytes] = ...) -> None: ...
+
+class Outcome(_message.Message):
+    __slots__ = ("receipt", "ciphertext_sizes")
+    RECEIPT_FIELD_NUMBER: _ClassVar[int]
+    CIPHERTEXT_SIZES_FIELD_NUMBER: _ClassVar[int]
+    receipt: bytes
+    ciphertext_sizes: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, receipt: _Optional[bytes] = ..., ciphertext_sizes: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class JobEvent(_message.Message):
+    __slots__ = ("progress", "ciphertext_chunk", "outcome")
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    CIPHERTEXT_CHUNK_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    progress: _common_pb2.Progress
+    ciphertext_chunk: bytes
+    outcome: Outcome
+    def __init__(self, progress: _Optional[_Union[_common_pb2.Progress, _Mapping]] = ..., ciphertext_chunk: _Optional[bytes] = ..., outcome: _Optional[_Union[Outcome, _Mapping]] = ...) -> None: ...
+
+class JobRef(_message.Message):
+    __slots__ = ("job_id",)
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+
+class JobStatus(_message.Message):
+    __slots__ = ("job_id", "state", "error", "contract_digest", "participants", "created_at", "updated_at")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    CONTRACT_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    PARTICIPANTS_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    state: str
+    error: str
+    contract_digest: str
+    participants: _containers.RepeatedScalarFieldContainer[str]
+    created_at: str
+    updated_at: str
+    def __init__(self, job_id: _Optional[str] = ..., state: _Optional[str] = ..., error: _Optional[str] = ..., contract_digest: _Optional[str] = ..., participants: _Optional[_Iterable[str]] = ..., created_at: _Optional[str] = ..., updated_at: _Optional[str] = ...) -> None: ...

@@ -1,0 +1,41 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class QueryHeader(_message.Message):
+    __slots__ = ("job_envelope", "contract_envelope", "he_context_size")
+    JOB_ENVELOPE_FIELD_NUMBER: _ClassVar[int]
+    CONTRACT_ENVELOPE_FIELD_NUMBER: _ClassVar[int]
+    HE_CONTEXT_SIZE_FIELD_NUMBER: _ClassVar[int]
+    job_envelope: bytes
+    contract_envelope: bytes
+    he_context_size: int
+    def __init__(self, job_envelope: _Optional[bytes] = ..., contract_envelope: _Optional[bytes] = ..., he_context_size: _Optional[int] = ...) -> None: ...
+
+class QueryRequest(_message.Message):
+    __slots__ = ("header", "he_context_chunk")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    HE_CONTEXT_CHUNK_FIELD_NUMBER: _ClassVar[int]
+    header: QueryHeader
+    he_context_chunk: bytes
+    def __init__(self, header: _Optional[_Union[QueryHeader, _Mapping]] = ..., he_context_chunk: _Optional[bytes] = ...) -> None: ...
+
+class Release(_message.Message):
+    __slots__ = ("attestation_envelope", "ciphertext_sizes")
+    ATTESTATION_ENVELOPE_FIELD_NUMBER: _ClassVar[int]
+    CIPHERTEXT_SIZES_FIELD_NUMBER: _ClassVar[int]
+    attestation_envelope: bytes
+    ciphertext_sizes: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, attestation_envelope: _Optional[bytes] = ..., ciphertext_sizes: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class QueryReply(_message.Message):
+    __slots__ = ("ciphertext_chunk", "release")
+    CIPHERTEXT_CHUNK_FIELD_NUMBER: _ClassVar[int]
+    RELEASE_FIELD_NUMBER: _ClassVar[int]
+    ciphertext_chunk: bytes
+    release: Release
+    def __init__(self, ciphertext_chunk: _Optional[bytes] = ..., release: _Optional[_Union[Release, _Mapping]] = ...) -> None: ...

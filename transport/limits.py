@@ -1,0 +1,70 @@
+"""Size limits and channel options shared by every fedtrust server and client.
+
+Messages are capped at `MAX_MESSAGE_BYTES` in both directions on both sides
+(set explicitly, not left to gRPC's defaults, which differ between send and
+receive); anything larger (HE contexts, ciphertexts, model updates) travels
+in `CHUNK_BYTES` pieces (`fedtrust.transport.chunks`). Keepalive settings let
+a streaming call stay open through minutes of computation without a peer
+silently disappearing, and are matched so that the server accepts the
+client's pings instead of closing the connection with "too_many_pings".
+"""
+from __future__ import annotations
+
+__all__ = [
+    "MAX_MESSAGE_BYTES",
+    "CHUNK_BYTES",
+    "KEEPALIVE_TIME_MS",
+    "KEEPALIVE_TIMEOUT_MS",
+    "channel_options",
+    "server_options",
+]
+
+#: largest single gRPC message, either direction
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+#: size of the pieces large payloads are streamed in
+CHUNK_BYTES = 1024 * 1024
+
+#: client pings an idle-but-open connection this often (also during long calls)
+KEEPALIVE_TIME_MS = 60_000
+#: and gives up on the peer when a ping is not answered within this
+KEEPALIVE_TIMEOUT_MS = 20_000
+#: server pings clients less often (detects a vanished buyer or coordinator)
+SERVER_KEEPALIVE_TIME_MS = 120_000
+#: the server tolerates client pings this close together (must be below
+#: KEEPALIVE_TIME_MS, or the server answers GOAWAY "too_many_pings")
+MIN_CLIENT_PING_INTERVAL_MS = 30_000
+
+Options = list[tuple[str, int | str]]
+
+
+def _size_options() -> Options:
+    return [
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ]
+
+
+def channel_options() -> Options:
+    """Options for `grpc.secure_channel`."""
+    return _size_options() + [
+        ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
+        ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+        # channels live for one job or one command: no pings while idle
+        ("grpc.keepalive_permit_without_calls", 0),
+        # keep pinging while a call waits minutes for its first reply
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
+
+
+def server_options() -> Options:
+    """Options for `grpc.server`."""
+    return _size_options() + [
+        ("grpc.keepalive_time_ms", SERVER_KEEPALIVE_TIME_MS),
+        ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+        # (the C-core name of GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS)
+        ("grpc.http2.min_ping_interval_without_data_ms", MIN_CLIENT_PING_INTERVAL_MS),
+        # a port already in use must fail to bind instead of being shared
+        ("grpc.so_reuseport", 0),
+    ]
