@@ -1,0 +1,250 @@
+"""The exchange's domain functions behind `fedtrust exchange …`: init, register, list, contract.
+
+An exchange directory holds the CA (`ca.key` 0600, `ca.crt`), the Ed25519
+signing key (`signing.key` 0600, `exchange.pub`) and the registry
+(`exchange.db`). Everything the exchange issues is signed with its key and
+recorded in the registry; files handed to subjects are written alongside.
+No CLI code here: the Typer commands call these functions.
+"""
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Sequence
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives import serialization
+
+from fedtrust.errors import ConfigError, InvalidInput, NotFound, VerificationError
+from fedtrust.exchange.store import ExchangeStore
+from fedtrust.trust import pki
+from fedtrust.trust.canonical import is_sha256_hex, utc_now
+from fedtrust.trust.contracts import (
+    Contract, Holding, check_price, check_rules, format_validity, sign_contract,
+)
+from fedtrust.trust.credentials import (
+    SubjectCredential, make_private_dir, public_key_pem, raw_b64, sign_credential, write_file,
+    write_identity_files,
+)
+from fedtrust.trust.dsse import Envelope, Signer
+from fedtrust.trust.products import Product, check_dataset, sign_product, verify_product
+from fedtrust.trust.rules import load_rules_toml
+from fedtrust.trust.schema import load_schema_toml
+
+__all__ = ["Exchange", "init_exchange", "load_exchange", "register", "list_product", "issue_contract"]
+
+CA_KEY, CA_CERT, SIGNING_KEY, EXCHANGE_PUB, DB = "ca.key", "ca.crt", "signing.key", "exchange.pub", "exchange.db"
+CA_NAME = "fedtrust exchange CA"
+
+
+@dataclass(frozen=True)
+class Exchange:
+    path: Path
+    signer: Signer = field(repr=False)
+    ca_key: ec.EllipticCurvePrivateKey = field(repr=False)
+    ca_cert: x509.Certificate
+    store: ExchangeStore
+
+    @property
+    def ca_pem(self) -> bytes:
+        return pki.cert_pem(self.ca_cert)
+
+
+def init_exchange(path: str | Path) -> Exchange:
+    """Create the CA, the signing key and an empty registry; refuse an initialised directory."""
+    d = Path(path)
+    if any((d / n).exists() for n in (CA_KEY, SIGNING_KEY, DB)):
+        raise ConfigError(f"{d} already holds an exchange; use it, or pick an empty directory for a new one")
+    if d.exists() and not d.is_dir():
+        raise ConfigError(f"{d} is not a directory; pick an empty directory for the exchange")
+    d.mkdir(mode=0o700, parents=True, exist_ok=True)
+    ca_key, ca_cert = pki.create_ca(CA_NAME)
+    signing = Ed25519PrivateKey.generate()
+    write_file(d / CA_KEY, pki.key_pem(ca_key), secret=True)
+    write_file(d / CA_CERT, pki.cert_pem(ca_cert), secret=False)
+    write_file(d / SIGNING_KEY, signing.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ), secret=True)
+    write_file(d / EXCHANGE_PUB, public_key_pem(signing.public_key()), secret=False)
+    signer = Signer(signing)
+    return Exchange(d, signer, ca_key, ca_cert, ExchangeStore(d / DB, signer.public_key))
+
+
+def _read(d: Path, name: str) -> bytes:
+    try:
+        return (d / name).read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"{d} is not an initialised exchange ({name} is missing); run `fedtrust exchange init`") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read {d / name}: {e.strerror or e}; check its permissions") from None
+
+
+def load_exchange(path: str | Path) -> Exchange:
+    d = Path(path)
+    ca_key = pki.load_private_key(_read(d, CA_KEY), str(d / CA_KEY))
+    signing = pki.load_private_key(_read(d, SIGNING_KEY), str(d / SIGNING_KEY))
+    if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
+        raise ConfigError(f"{d / CA_KEY} is not an ECDSA key; restore the file `exchange init` wrote")
+    if not isinstance(signing, Ed25519PrivateKey):
+        raise ConfigError(f"{d / SIGNING_KEY} is not an Ed25519 key; restore the file `exchange init` wrote")
+    try:
+        ca_cert = x509.load_pem_x509_certificate(_read(d, CA_CERT))
+    except ValueError:
+        raise ConfigError(f"{d / CA_CERT} is not a PEM certificate; restore the file `exchange init` wrote") from None
+    if ca_cert.public_key() != ca_key.public_key():
+        raise ConfigError(f"{d / CA_CERT} does not match {CA_KEY}; restore the files `exchange init` wrote")
+    if not (d / DB).exists():
+        raise ConfigError(f"{d} is not an initialised exchange ({DB} is missing); run `fedtrust exchange init`")
+    signer = Signer(signing)
+    return Exchange(d, signer, ca_key, ca_cert, ExchangeStore(d / DB, signer.public_key))
+
+
+def register(
+    path: str | Path, role: str, name: str, address: str | None, out_dir: str | Path,
+) -> SubjectCredential:
+    """Issue a subject's certificate and keys, sign its credential, write its credential directory.
+
+    Nodes need an address (the coordinator dials them); its host goes into
+    the certificate's SANs.
+    """
+    pki.check_role(role)
+    pki.check_name(name)
+    hosts: list[str] = []
+    if address is not None:
+        hosts.append(pki.address_host(address))
+    elif role == "node":
+        raise ConfigError("a node needs --address HOST:PORT so the coordinator can reach it")
+    ex = load_exchange(path)
+    if ex.store.has_subject(role, name):
+        raise ConfigError(f"{pki.subject_uri(role, name)} is already registered; choose another name")
+    out = Path(out_dir)
+    make_private_dir(out)  # refuses a non-empty directory before any key is made
+    tls_key, tls_cert = pki.issue_certificate(ex.ca_key, ex.ca_cert, role, name, hosts)
+    signing = Ed25519PrivateKey.generate()
+    kx = X25519PrivateKey.generate() if role == "node" else None
+    cred = SubjectCredential(
+        role=role,
+        name=name,
+        address=address,
+        cert_pem=pki.cert_pem(tls_cert).decode("ascii"),
+        signing_key=raw_b64(signing.public_key()),
+        kx_key=raw_b64(kx.public_key()) if kx else None,
+        issued_at=utc_now(),
+    )
+    envelope = sign_credential(cred, ex.signer)
+    ex.store.add_subject(envelope)
+    write_identity_files(
+        out,
+        credential_envelope=envelope,
+        tls_cert_pem=pki.cert_pem(tls_cert),
+        tls_key_pem=pki.key_pem(tls_key),
+        signing_key=signing,
+        kx_key=kx,
+        ca_pem=ex.ca_pem,
+        exchange_key=ex.signer.public_key,
+    )
+    return cred
+
+
+def _write_envelope(out_path: str | Path, envelope: Envelope) -> None:
+    p = Path(out_path)
+    if p.exists():
+        raise ConfigError(f"{p} already exists; choose a new output file")
+    p.parent.mkdir(parents=True, exist_ok=True)
+    write_file(p, envelope.to_json(), secret=False)
+
+
+def list_product(
+    path: str | Path, owner: str, dataset: str, schema_path: str | Path, commitment: str, out_path: str | Path,
+) -> Product:
+    """Sign a product credential for a registered node's dataset version."""
+    pki.check_name(owner)
+    check_dataset(dataset)
+    commitment = commitment.lower() if isinstance(commitment, str) else commitment
+    if not is_sha256_hex(commitment):
+        raise ConfigError("commitment must be the 64-hex sha256 of the data file (`fedtrust node digest FILE`)")
+    schema = load_schema_toml(schema_path)
+    ex = load_exchange(path)
+    ex.store.get_subject("node", owner)  # NotFound with the register hint
+    if Path(out_path).exists():
+        raise ConfigError(f"{out_path} already exists; choose a new output file")
+    product = Product(owner, dataset, schema, commitment, utc_now())
+    envelope = sign_product(product, ex.signer)
+    ex.store.add_product(envelope)
+    _write_envelope(out_path, envelope)
+    return product
+
+
+def _load_product(ex: Exchange, product_path: str | Path) -> tuple[Product, Envelope]:
+    """The product in `product_path`, which must be signed by and recorded at this exchange."""
+    p = Path(product_path)
+    try:
+        envelope = Envelope.from_json(p.read_bytes())
+    except FileNotFoundError:
+        raise ConfigError(f"product file {p} does not exist") from None
+    except InvalidInput as e:
+        raise ConfigError(f"product file {p} is not a signed envelope: {e}") from None
+    try:
+        verify_product(envelope, ex.signer.public_key)
+        return ex.store.get_product(envelope.digest)
+    except (NotFound, VerificationError):
+        raise ConfigError(f"product file {p} was not issued by this exchange; list the product here first") from None
+
+
+def issue_contract(
+    path: str | Path,
+    buyer: str,
+    coordinator: str,
+    product_paths: Sequence[str | Path],
+    rules_path: str | Path,
+    out_path: str | Path,
+    price: str = "0",
+) -> Contract:
+    """Sign a contract between a buyer and the owners of the given products, run by a coordinator."""
+    check_price(price)
+    if buyer == coordinator:
+        raise ConfigError("buyer and coordinator must be different subjects; register a separate coordinator")
+    rules = load_rules_toml(rules_path)
+    ex = load_exchange(path)
+    buyer_cred, _ = ex.store.get_subject("buyer", buyer)
+    coord_cred, _ = ex.store.get_subject("coordinator", coordinator)
+    holdings: list[Holding] = []
+    for product_path in product_paths:
+        product, envelope = _load_product(ex, product_path)
+        owner, _ = ex.store.get_subject("node", product.owner)
+        if any(h.credential.name == owner.name for h in holdings):
+            raise ConfigError(f"two products of owner {owner.name} were given; each owner joins a contract with one product")
+        holdings.append(Holding(owner, product, envelope.digest, envelope))
+    if len(holdings) < 2:
+        raise ConfigError("a contract needs products of at least two distinct owners; pass one --product per owner")
+    holdings.sort(key=lambda h: h.credential.name)
+    first = holdings[0].product
+    for h in holdings[1:]:
+        if h.product.dataset != first.dataset:
+            raise ConfigError("the products name different datasets; a contract covers one dataset")
+        if h.product.schema != first.schema:
+            raise ConfigError(f"product of {h.credential.name} has a different schema; list all owners with one schema")
+    check_rules(rules, first.schema)
+    if Path(out_path).exists():
+        raise ConfigError(f"{out_path} already exists; choose a new output file")
+    valid_from, valid_until = format_validity(datetime.now(timezone.utc), rules.valid_days)
+    contract = Contract(
+        contract_id=secrets.token_hex(16),
+        buyer=buyer_cred,
+        coordinator=coord_cred,
+        owners=tuple(holdings),
+        rules=rules,
+        valid_from=valid_from,
+        valid_until=valid_until,
+        price=price,
+        issued_at=valid_from,
+    )
+    envelope = sign_contract(contract, ex.signer)
+    ex.store.add_contract(envelope)
+    _write_envelope(out_path, envelope)
+    return contract

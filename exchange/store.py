@@ -1,0 +1,264 @@
+"""The exchange's registry and receipt log on SQLite (all of the exchange's SQL lives here).
+
+Tables: subjects, products, contracts (with their products), receipts and
+the per-(node, contract) budget chain entries of recorded receipts. Every
+signed object is stored as its envelope JSON and re-verified with the
+exchange key when read, so a row altered on disk is refused, not trusted.
+A receipt and its chain rows are written in one transaction.
+"""
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from fedtrust.errors import ConfigError, NotFound, ReplayError
+from fedtrust.sqlite import Database
+from fedtrust.trust.canonical import utc_now
+from fedtrust.trust.contracts import Contract, verify_contract
+from fedtrust.trust.credentials import SubjectCredential, verify_credential
+from fedtrust.trust.dsse import Envelope
+from fedtrust.trust.products import Product, verify_product
+
+__all__ = ["ExchangeStore", "ReceiptRecord", "ChainRow"]
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS subjects (
+    role TEXT NOT NULL CHECK (role IN ('node', 'buyer', 'coordinator')),
+    name TEXT NOT NULL,
+    digest TEXT NOT NULL UNIQUE,
+    envelope BLOB NOT NULL,
+    issued_at TEXT NOT NULL,
+    PRIMARY KEY (role, name)
+);
+CREATE TABLE IF NOT EXISTS products (
+    digest TEXT PRIMARY KEY,
+    owner_role TEXT NOT NULL DEFAULT 'node' CHECK (owner_role = 'node'),
+    owner TEXT NOT NULL,
+    dataset TEXT NOT NULL,
+    envelope BLOB NOT NULL,
+    issued_at TEXT NOT NULL,
+    FOREIGN KEY (owner_role, owner) REFERENCES subjects (role, name)
+);
+CREATE TABLE IF NOT EXISTS contracts (
+    digest TEXT PRIMARY KEY,
+    contract_id TEXT NOT NULL UNIQUE,
+    buyer TEXT NOT NULL,
+    coordinator TEXT NOT NULL,
+    envelope BLOB NOT NULL,
+    valid_from TEXT NOT NULL,
+    valid_until TEXT NOT NULL,
+    issued_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS contract_products (
+    contract_digest TEXT NOT NULL REFERENCES contracts (digest),
+    product_digest TEXT NOT NULL REFERENCES products (digest),
+    PRIMARY KEY (contract_digest, product_digest)
+);
+CREATE TABLE IF NOT EXISTS receipts (
+    job_id TEXT PRIMARY KEY,
+    nonce TEXT NOT NULL UNIQUE,
+    contract_digest TEXT NOT NULL REFERENCES contracts (digest),
+    bundle_digest TEXT NOT NULL UNIQUE,
+    bundle BLOB NOT NULL,
+    recorded_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS chain (
+    node TEXT NOT NULL,
+    contract_digest TEXT NOT NULL REFERENCES contracts (digest),
+    seq INTEGER NOT NULL CHECK (seq >= 1),
+    attestation_digest TEXT NOT NULL UNIQUE,
+    prev TEXT NOT NULL,
+    cumulative_epsilon TEXT NOT NULL,
+    job_id TEXT NOT NULL REFERENCES receipts (job_id),
+    PRIMARY KEY (node, contract_digest, seq)
+);
+"""
+
+
+@dataclass(frozen=True)
+class ReceiptRecord:
+    job_id: str
+    nonce: str
+    contract_digest: str
+    bundle_digest: str
+    bundle_json: bytes
+    recorded_at: str
+
+
+@dataclass(frozen=True)
+class ChainRow:
+    node: str
+    contract_digest: str
+    seq: int
+    attestation_digest: str
+    prev: str
+    cumulative_epsilon: str
+    job_id: str
+
+
+class ExchangeStore:
+    """Registry and receipt log; objects are re-verified with `exchange_key` when read."""
+
+    def __init__(self, path: str | Path, exchange_key: Ed25519PublicKey) -> None:
+        self.db = Database(path, SCHEMA)
+        self.exchange_key = exchange_key
+
+    # -- subjects -----------------------------------------------------------
+    def add_subject(self, cred_envelope: Envelope) -> SubjectCredential:
+        cred = verify_credential(cred_envelope, self.exchange_key)
+        try:
+            with self.db.write() as con:
+                con.execute(
+                    "INSERT INTO subjects (role, name, digest, envelope, issued_at) VALUES (?,?,?,?,?)",
+                    (cred.role, cred.name, cred_envelope.digest, cred_envelope.to_json(), cred.issued_at),
+                )
+        except sqlite3.IntegrityError:
+            raise ConfigError(f"subject {cred.uri} is already registered; choose another name") from None
+        return cred
+
+    def has_subject(self, role: str, name: str) -> bool:
+        row = self.db.read().execute("SELECT 1 FROM subjects WHERE role = ? AND name = ?", (role, name)).fetchone()
+        return row is not None
+
+    def get_subject(self, role: str, name: str) -> tuple[SubjectCredential, Envelope]:
+        row = self.db.read().execute(
+            "SELECT envelope FROM subjects WHERE role = ? AND name = ?", (role, name)
+        ).fetchone()
+        if row is None:
+            raise NotFound(
+                f"no {role} named {name!r} is registered; register it with "
+                f"`fedtrust exchange register --role {role} --name {name}`"
+            )
+        env = Envelope.from_json(row["envelope"])
+        return verify_credential(env, self.exchange_key), env
+
+    def list_subjects(self) -> list[SubjectCredential]:
+        rows = self.db.read().execute("SELECT envelope FROM subjects ORDER BY role, name").fetchall()
+        return [verify_credential(Envelope.from_json(r["envelope"]), self.exchange_key) for r in rows]
+
+    # -- products -----------------------------------------------------------
+    def add_product(self, envelope: Envelope) -> Product:
+        product = verify_product(envelope, self.exchange_key)
+        try:
+            with self.db.write() as con:
+                con.execute(
+                    "INSERT INTO products (digest, owner, dataset, envelope, issued_at) VALUES (?,?,?,?,?)",
+                    (envelope.digest, product.owner, product.dataset, envelope.to_json(), product.issued_at),
+                )
+        except sqlite3.IntegrityError:
+            raise ConfigError(
+                f"product could not be recorded: owner {product.owner!r} is not a registered node or the product exists"
+            ) from None
+        return product
+
+    def get_product(self, digest: str) -> tuple[Product, Envelope]:
+        row = self.db.read().execute("SELECT envelope FROM products WHERE digest = ?", (digest,)).fetchone()
+        if row is None:
+            raise NotFound("product was not listed by this exchange; list it with `fedtrust exchange list-product`")
+        env = Envelope.from_json(row["envelope"])
+        return verify_product(env, self.exchange_key), env
+
+    # -- contracts ----------------------------------------------------------
+    def add_contract(self, envelope: Envelope) -> Contract:
+        contract = verify_contract(envelope, self.exchange_key)
+        try:
+            with self.db.write() as con:
+                con.execute(
+                    "INSERT INTO contracts (digest, contract_id, buyer, coordinator, envelope, valid_from, valid_until,"
+                    " issued_at) VALUES (?,?,?,?,?,?,?,?)",
+                    (envelope.digest, contract.contract_id, contract.buyer.name, contract.coordinator.name,
+                     envelope.to_json(), contract.valid_from, contract.valid_until, contract.issued_at),
+                )
+                con.executemany(
+                    "INSERT INTO contract_products (contract_digest, product_digest) VALUES (?,?)",
+                    [(envelope.digest, h.product_digest) for h in contract.owners],
+                )
+        except sqlite3.IntegrityError:
+            raise ConfigError(
+                "contract could not be recorded: it exists already or names a product this exchange did not list"
+            ) from None
+        return contract
+
+    def get_contract(self, digest: str) -> tuple[Contract, Envelope]:
+        row = self.db.read().execute("SELECT envelope FROM contracts WHERE digest = ?", (digest,)).fetchone()
+        if row is None:
+            raise NotFound("contract was not issued by this exchange; ask the exchange for the contract it issued")
+        env = Envelope.from_json(row["envelope"])
+        return verify_contract(env, self.exchange_key), env
+
+    # -- receipts -----------------------------------------------------------
+    def record_receipt(
+        self,
+        job_id: str,
+        nonce: str,
+        contract_digest: str,
+        bundle_digest: str,
+        bundle_json: bytes,
+        chain_rows: Sequence[tuple[str, str, int, str, str, str]],
+    ) -> ReceiptRecord:
+        """Record a verified receipt and its chain entries atomically.
+
+        `chain_rows`: (node, contract_digest, seq, attestation_digest, prev,
+        cumulative_epsilon). ReplayError when the job id, nonce, bundle or a
+        chain position was recorded before; NotFound for an unknown contract.
+        """
+        now = utc_now()
+        with self.db.write() as con:
+            if con.execute("SELECT 1 FROM contracts WHERE digest = ?", (contract_digest,)).fetchone() is None:
+                raise NotFound("receipt is for a contract this exchange did not issue")
+            dup = con.execute(
+                "SELECT job_id = ? AS same_job, nonce = ? AS same_nonce FROM receipts"
+                " WHERE job_id = ? OR nonce = ? OR bundle_digest = ? LIMIT 1",
+                (job_id, nonce, job_id, nonce, bundle_digest),
+            ).fetchone()
+            if dup is not None:
+                what = "job id" if dup["same_job"] else "nonce" if dup["same_nonce"] else "receipt bundle"
+                raise ReplayError(f"a receipt with this {what} is already recorded; a job is settled once")
+            con.execute(
+                "INSERT INTO receipts (job_id, nonce, contract_digest, bundle_digest, bundle, recorded_at)"
+                " VALUES (?,?,?,?,?,?)",
+                (job_id, nonce, contract_digest, bundle_digest, bytes(bundle_json), now),
+            )
+            for node, cdigest, seq, att_digest, prev, cum in chain_rows:
+                try:
+                    con.execute(
+                        "INSERT INTO chain (node, contract_digest, seq, attestation_digest, prev, cumulative_epsilon,"
+                        " job_id) VALUES (?,?,?,?,?,?,?)",
+                        (node, cdigest, seq, att_digest, prev, cum, job_id),
+                    )
+                except sqlite3.IntegrityError:
+                    raise ReplayError(
+                        f"budget chain position {seq} of node {node} under this contract is already recorded "
+                        "(a double spend or a replayed attestation)"
+                    ) from None
+        return ReceiptRecord(job_id, nonce, contract_digest, bundle_digest, bytes(bundle_json), now)
+
+    def _receipt(self, where: str, value: str) -> ReceiptRecord | None:
+        row = self.db.read().execute(
+            f"SELECT job_id, nonce, contract_digest, bundle_digest, bundle, recorded_at FROM receipts WHERE {where} = ?",
+            (value,),
+        ).fetchone()
+        if row is None:
+            return None
+        return ReceiptRecord(row["job_id"], row["nonce"], row["contract_digest"], row["bundle_digest"],
+                             bytes(row["bundle"]), row["recorded_at"])
+
+    def receipt_for_job(self, job_id: str) -> ReceiptRecord | None:
+        return self._receipt("job_id", job_id)
+
+    def receipt_for_nonce(self, nonce: str) -> ReceiptRecord | None:
+        return self._receipt("nonce", nonce)
+
+    def chain_entries(self, node: str, contract_digest: str) -> list[ChainRow]:
+        """Recorded chain entries of `node` under the contract, by sequence number."""
+        rows = self.db.read().execute(
+            "SELECT node, contract_digest, seq, attestation_digest, prev, cumulative_epsilon, job_id FROM chain"
+            " WHERE node = ? AND contract_digest = ? ORDER BY seq",
+            (node, contract_digest),
+        ).fetchall()
+        return [ChainRow(r["node"], r["contract_digest"], r["seq"], r["attestation_digest"], r["prev"],
+                         r["cumulative_epsilon"], r["job_id"]) for r in rows]

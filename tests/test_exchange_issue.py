@@ -1,0 +1,320 @@
+"""The exchange: init, register, list products, issue contracts, its store, and mTLS with what it issues."""
+from __future__ import annotations
+
+import json
+import sqlite3
+import stat
+from concurrent import futures
+from pathlib import Path
+
+import grpc
+import pytest
+
+from fedtrust.errors import ConfigError, NotFound, ReplayError, VerificationError
+from fedtrust.exchange import issuer
+from fedtrust.trust import pki
+from fedtrust.trust.canonical import canonical, sha256_hex
+from fedtrust.trust.contracts import verify_contract
+from fedtrust.trust.credentials import FILES, load_identity, verify_credential
+from fedtrust.trust.dsse import Envelope
+from fedtrust.trust.products import verify_product
+
+SCHEMA = """
+[columns.region]
+type = "category"
+values = ["north", "south"]
+
+[columns.amount]
+type = "float"
+min = 0
+max = 1000
+"""
+
+RULES = """
+[query]
+aggregates = ["COUNT", "SUM", "AVG"]
+columns = ["amount"]
+filters = ["region", "amount"]
+group_by = ["region"]
+min_group_size = 5
+max_queries = 10
+valid_days = 7
+"""
+
+C1, C2 = sha256_hex(b"data-a"), sha256_hex(b"data-b")
+
+
+@pytest.fixture(scope="module")
+def ex(tmp_path_factory) -> Path:
+    """An exchange with a buyer, a coordinator, two nodes and their products listed."""
+    root = tmp_path_factory.mktemp("world")
+    d = root / "exchange"
+    issuer.init_exchange(d)
+    issuer.register(d, "buyer", "buyer-1", None, root / "buyer-1")
+    issuer.register(d, "coordinator", "coord-1", "127.0.0.1:7000", root / "coord-1")
+    issuer.register(d, "node", "node-a", "127.0.0.1:7101", root / "node-a")
+    issuer.register(d, "node", "node-b", "node-b.example:7102", root / "node-b")
+    (root / "schema.toml").write_text(SCHEMA)
+    (root / "rules.toml").write_text(RULES)
+    issuer.list_product(d, "node-a", "claims", root / "schema.toml", C1, root / "a.product.json")
+    issuer.list_product(d, "node-b", "claims", root / "schema.toml", C2.upper(), root / "b.product.json")
+    return d
+
+
+def root_of(ex: Path) -> Path:
+    return ex.parent
+
+
+def test_init_writes_keys_and_refuses_twice(ex, tmp_path):
+    assert stat.S_IMODE((ex / "ca.key").stat().st_mode) == 0o600
+    assert stat.S_IMODE((ex / "signing.key").stat().st_mode) == 0o600
+    with pytest.raises(ConfigError, match="already holds an exchange"):
+        issuer.init_exchange(ex)
+    with pytest.raises(ConfigError, match="not an initialised exchange .*ca.key is missing"):
+        issuer.load_exchange(tmp_path)
+
+
+def test_register_writes_a_loadable_credential_directory(ex):
+    d = root_of(ex) / "node-a"
+    assert stat.S_IMODE(d.stat().st_mode) == 0o700
+    assert {p.name for p in d.iterdir()} == set(FILES)
+    for secret in ("tls.key", "signing.key", "kx.key"):
+        assert stat.S_IMODE((d / secret).stat().st_mode) == 0o600
+    ident = load_identity(d)
+    assert (ident.role, ident.name) == ("node", "node-a") and ident.kx_private is not None
+    assert ident.credential.address == "127.0.0.1:7101"
+    assert pki.verify_certificate(ident.tls_cert_pem, ident.ca_pem) == ("node", "node-a")
+    buyer = load_identity(root_of(ex) / "buyer-1")
+    assert buyer.kx_private is None and not (root_of(ex) / "buyer-1" / "kx.key").exists()
+    stored, env = issuer.load_exchange(ex).store.get_subject("node", "node-a")
+    assert stored == ident.credential and env == ident.credential_envelope
+    assert verify_credential(env, ident.exchange_key) == stored
+
+
+def test_register_puts_the_address_host_in_the_certificate(ex):
+    from cryptography import x509
+
+    cert = x509.load_pem_x509_certificate((root_of(ex) / "node-b" / "tls.crt").read_bytes())
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "node-b.example" in san.get_values_for_type(x509.DNSName)
+
+
+def test_register_refusals(ex, tmp_path):
+    with pytest.raises(ConfigError, match="fedtrust://node/node-a is already registered"):
+        issuer.register(ex, "node", "node-a", "127.0.0.1:1", tmp_path / "dup")
+    with pytest.raises(ConfigError, match="a node needs --address"):
+        issuer.register(ex, "node", "node-c", None, tmp_path / "c")
+    with pytest.raises(ConfigError, match="subject name 'Bad Name' is not allowed"):
+        issuer.register(ex, "buyer", "Bad Name", None, tmp_path / "b")
+    with pytest.raises(ConfigError, match="role 'admin' is unknown"):
+        issuer.register(ex, "admin", "x", None, tmp_path / "x")
+    with pytest.raises(ConfigError, match="already exists and is not an empty directory"):
+        issuer.register(ex, "buyer", "buyer-9", None, root_of(ex) / "node-a")
+    assert not issuer.load_exchange(ex).store.has_subject("buyer", "buyer-9")
+
+
+def test_load_identity_names_what_is_wrong(ex, tmp_path):
+    import shutil
+
+    d = tmp_path / "copy"
+    shutil.copytree(root_of(ex) / "node-a", d)
+    (d / "kx.key").unlink()
+    with pytest.raises(ConfigError, match="has no kx.key"):
+        load_identity(d)
+    shutil.copy(root_of(ex) / "node-b" / "kx.key", d / "kx.key")
+    with pytest.raises(ConfigError, match="kx.key does not match"):
+        load_identity(d)
+    shutil.copy(root_of(ex) / "node-b" / "signing.key", d / "signing.key")
+    with pytest.raises(ConfigError, match="signing.key does not match"):
+        load_identity(d)
+    shutil.copy(root_of(ex) / "node-b" / "tls.key", d / "tls.key")
+    with pytest.raises(ConfigError, match="tls.key does not match tls.crt"):
+        load_identity(d)
+    env = json.loads((d / "credential.json").read_bytes())
+    env["payload"] = env["payload"][:-8] + "AAAAAAA="
+    (d / "credential.json").write_text(json.dumps(env))
+    with pytest.raises(ConfigError, match="credential.json does not verify"):
+        load_identity(d)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_identity(tmp_path / "nope")
+
+
+def test_list_product(ex, tmp_path):
+    root = root_of(ex)
+    key = issuer.load_exchange(ex).signer.public_key
+    p = verify_product(Envelope.from_json((root / "b.product.json").read_bytes()), key)
+    assert p.commitment == C2 and p.owner == "node-b" and p.schema.column("region").values == ("north", "south")
+    with pytest.raises(NotFound, match="no node named 'node-z' is registered; register it"):
+        issuer.list_product(ex, "node-z", "claims", root / "schema.toml", C1, tmp_path / "z.json")
+    with pytest.raises(NotFound, match="no node named 'buyer-1'"):
+        issuer.list_product(ex, "buyer-1", "claims", root / "schema.toml", C1, tmp_path / "z.json")
+    with pytest.raises(ConfigError, match="commitment must be the 64-hex sha256"):
+        issuer.list_product(ex, "node-a", "claims", root / "schema.toml", "abc", tmp_path / "z.json")
+    with pytest.raises(ConfigError, match="dataset name 'my-claims' is not allowed"):
+        issuer.list_product(ex, "node-a", "my-claims", root / "schema.toml", C1, tmp_path / "z.json")
+    with pytest.raises(ConfigError, match="already exists"):
+        issuer.list_product(ex, "node-a", "claims", root / "schema.toml", C1, root / "a.product.json")
+
+
+def _contract(ex: Path, tmp_path: Path, **kw):
+    root = root_of(ex)
+    args = dict(buyer="buyer-1", coordinator="coord-1", product_paths=[root / "a.product.json", root / "b.product.json"],
+                rules_path=root / "rules.toml", out_path=tmp_path / "contract.json")
+    args.update(kw)
+    return issuer.issue_contract(ex, **args)
+
+
+def test_issue_contract(ex, tmp_path):
+    c = _contract(ex, tmp_path, price="1200.50")
+    env = Envelope.from_json((tmp_path / "contract.json").read_bytes())
+    store = issuer.load_exchange(ex).store
+    verified = verify_contract(env, store.exchange_key)
+    assert verified == c and store.get_contract(env.digest) == (c, env)
+    assert c.owner_names == ("node-a", "node-b") and c.dataset == "claims" and c.price == "1200.50"
+    assert c.rules.query.group_by == ("region",) and c.rules.valid_days == 7
+    assert c.holding("node-b").credential.address == "node-b.example:7102"
+    assert len(c.contract_id) == 32
+
+
+def test_issue_contract_refusals(ex, tmp_path):
+    root = root_of(ex)
+    with pytest.raises(ConfigError, match="buyer and coordinator must be different subjects"):
+        _contract(ex, tmp_path, coordinator="buyer-1")
+    with pytest.raises(ConfigError, match="at least two distinct owners"):
+        _contract(ex, tmp_path, product_paths=[root / "a.product.json"])
+    with pytest.raises(NotFound, match="no buyer named 'nobody'"):
+        _contract(ex, tmp_path, buyer="nobody")
+    with pytest.raises(NotFound, match="no coordinator named 'node-a'"):
+        _contract(ex, tmp_path, coordinator="node-a")
+    with pytest.raises(ConfigError, match="price 'cheap' must be a non-negative decimal"):
+        _contract(ex, tmp_path, price="cheap")
+    # a second product of the same owner
+    issuer.list_product(ex, "node-a", "claims", root / "schema.toml", C2, tmp_path / "a2.json")
+    with pytest.raises(ConfigError, match="two products of owner node-a"):
+        _contract(ex, tmp_path, product_paths=[root / "a.product.json", tmp_path / "a2.json"])
+
+
+def test_issue_contract_refuses_foreign_products(ex, tmp_path):
+    other = tmp_path / "other-exchange"
+    issuer.init_exchange(other)
+    issuer.register(other, "node", "node-b", "127.0.0.1:1", tmp_path / "nb")
+    # same owner, dataset, schema and commitment: the payload may even equal ours; the signature differs
+    issuer.list_product(other, "node-b", "claims", root_of(ex) / "schema.toml", C2, tmp_path / "foreign.json")
+    with pytest.raises(ConfigError, match="foreign.json was not issued by this exchange"):
+        _contract(ex, tmp_path, product_paths=[root_of(ex) / "a.product.json", tmp_path / "foreign.json"])
+    (tmp_path / "junk.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="junk.json is not a signed envelope"):
+        _contract(ex, tmp_path, product_paths=[root_of(ex) / "a.product.json", tmp_path / "junk.json"])
+
+
+@pytest.mark.parametrize("rules, match", [
+    ('aggregates=["SUM"]\ncolumns=["premium"]', "aggregated column 'premium' is not in the product schema"),
+    ('aggregates=["SUM"]\ncolumns=["region"]', "aggregated column 'region' is a category"),
+    ('aggregates=["COUNT"]\nfilters=["age"]', "filter column 'age' is not in the product schema"),
+    ('aggregates=["COUNT"]\ngroup_by=["amount"]', "group-by column 'amount' is numeric"),
+    ('aggregates=["COUNT"]\nfilters=[]\ngroup_by=["zip"]', "group-by column 'zip' is not in the product schema"),
+    ('aggregates=["SUM"]', "list no aggregated `columns`"),
+])
+def test_issue_contract_checks_rules_against_the_schema(ex, tmp_path, rules, match):
+    (tmp_path / "r.toml").write_text(f"[query]\n{rules}\nmax_queries = 3\n")
+    with pytest.raises(ConfigError, match=match):
+        _contract(ex, tmp_path, rules_path=tmp_path / "r.toml")
+
+
+def test_store_refuses_rows_altered_on_disk(ex, tmp_path):
+    import shutil
+
+    copy = tmp_path / "ex"
+    shutil.copytree(ex, copy)
+    con = sqlite3.connect(copy / "exchange.db")
+    env = json.loads(con.execute("SELECT envelope FROM subjects WHERE name = 'node-a'").fetchone()[0])
+    statement = json.loads(Envelope.from_dict(env).payload)
+    statement["predicate"]["address"] = "6.6.6.6:1"
+    import base64
+
+    env["payload"] = base64.b64encode(canonical(statement)).decode()
+    con.execute("UPDATE subjects SET envelope = ? WHERE name = 'node-a'", (json.dumps(env).encode(),))
+    con.commit()
+    con.close()
+    with pytest.raises(VerificationError, match="does not verify"):
+        issuer.load_exchange(copy).store.get_subject("node", "node-a")
+
+
+def test_record_receipt_is_atomic_and_refuses_replays(ex, tmp_path):
+    _contract(ex, tmp_path)
+    digest = Envelope.from_json((tmp_path / "contract.json").read_bytes()).digest
+    store = issuer.load_exchange(ex).store
+    a1, a2, b1 = sha256_hex(b"a1"), sha256_hex(b"a2"), sha256_hex(b"b1")
+    rows = [("node-a", digest, 1, a1, "0" * 64, "0.100000"), ("node-b", digest, 1, b1, "0" * 64, "0.100000")]
+    rec = store.record_receipt("job-1", "n" * 64, digest, sha256_hex(b"bundle1"), b"{}", rows)
+    assert store.receipt_for_job("job-1") == rec == store.receipt_for_nonce("n" * 64)
+    assert store.receipt_for_job("job-x") is None
+    with pytest.raises(ReplayError, match="this job id is already recorded"):
+        store.record_receipt("job-1", "m" * 64, digest, sha256_hex(b"bundle2"), b"{}", [])
+    with pytest.raises(ReplayError, match="this nonce is already recorded"):
+        store.record_receipt("job-2", "n" * 64, digest, sha256_hex(b"bundle2"), b"{}", [])
+    double = [("node-a", digest, 2, a2, a1, "0.200000"), ("node-b", digest, 1, sha256_hex(b"b1'"), "0" * 64, "0.1")]
+    with pytest.raises(ReplayError, match="chain position 1 of node node-b .* already recorded"):
+        store.record_receipt("job-2", "m" * 64, digest, sha256_hex(b"bundle2"), b"{}", double)
+    assert store.receipt_for_job("job-2") is None  # rolled back as a whole
+    assert [r.seq for r in store.chain_entries("node-a", digest)] == [1]
+    with pytest.raises(NotFound, match="contract this exchange did not issue"):
+        store.record_receipt("job-3", "o" * 64, "f" * 64, sha256_hex(b"bundle3"), b"{}", [])
+    store.record_receipt("job-2", "m" * 64, digest, sha256_hex(b"bundle2"), b"{}", double[:1])
+    entries = store.chain_entries("node-a", digest)
+    assert [(e.seq, e.prev, e.cumulative_epsilon, e.job_id) for e in entries] == [
+        (1, "0" * 64, "0.100000", "job-1"), (2, a1, "0.200000", "job-2")]
+
+
+# --------------------------------------------------------------------------
+# registered credentials work for gRPC mutual TLS in both directions
+
+
+def _echo_server(ident):
+    def whoami(request: bytes, context: grpc.ServicerContext) -> bytes:
+        return b",".join(context.auth_context().get("peer_uri", []))
+
+    handler = grpc.method_handlers_generic_handler(
+        "t.T", {"Who": grpc.unary_unary_rpc_method_handler(whoami)})
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    server.add_generic_rpc_handlers((handler,))
+    creds = grpc.ssl_server_credentials([(ident.tls_key_pem, ident.tls_cert_pem)], root_certificates=ident.ca_pem,
+                                        require_client_auth=True)
+    port = server.add_secure_port("127.0.0.1:0", creds)
+    server.start()
+    return server, port
+
+
+def _call(ident, target: str) -> bytes:
+    creds = grpc.ssl_channel_credentials(ident.ca_pem, ident.tls_key_pem, ident.tls_cert_pem)
+    with grpc.secure_channel(target, creds) as ch:
+        return ch.unary_unary("/t.T/Who")(b"", timeout=10)
+
+
+def test_registered_credentials_do_mutual_tls_both_ways(ex, tmp_path):
+    root = root_of(ex)
+    node, coord = load_identity(root / "node-a"), load_identity(root / "coord-1")
+    for server_ident, client_ident, expected in [(node, coord, b"fedtrust://coordinator/coord-1"),
+                                                 (coord, node, b"fedtrust://node/node-a")]:
+        server, port = _echo_server(server_ident)
+        try:
+            assert _call(client_ident, f"127.0.0.1:{port}") == expected
+            assert _call(client_ident, f"localhost:{port}") == expected
+        finally:
+            server.stop(0)
+    # a client whose certificate comes from another exchange is refused
+    other = tmp_path / "other"
+    issuer.init_exchange(other)
+    issuer.register(other, "coordinator", "coord-1", None, tmp_path / "intruder")
+    intruder = load_identity(tmp_path / "intruder")
+    server, port = _echo_server(node)
+    try:
+        creds = grpc.ssl_channel_credentials(node.ca_pem, intruder.tls_key_pem, intruder.tls_cert_pem)
+        with grpc.secure_channel(f"127.0.0.1:{port}", creds) as ch:
+            with pytest.raises(grpc.RpcError) as err:
+                ch.unary_unary("/t.T/Who")(b"", timeout=10)
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        server.stop(0)
+    with pytest.raises(VerificationError, match="does not chain to this exchange's CA"):
+        pki.verify_certificate(intruder.tls_cert_pem, node.ca_pem)

@@ -1,0 +1,558 @@
+"""Trust objects: canonical JSON, DSSE, PKI, and every signed object's round trip and tamper refusal."""
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import replace
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+from typing import Any, Callable
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fedtrust.errors import ConfigError, InvalidInput, PolicyViolation, VerificationError
+from fedtrust.privacy.params import HeParams
+from fedtrust.trust import pki
+from fedtrust.trust.canonical import canonical, format_time, parse_time, sha256_hex, utc_now
+from fedtrust.trust.contracts import Contract, Holding, sign_contract, verify_contract
+from fedtrust.trust.credentials import (
+    SubjectCredential, kx_public_key, raw_b64, sign_credential, signing_public_key, verify_credential,
+)
+from fedtrust.trust.dsse import Envelope, Signature, Signer, keyid_of, pae, verify_statement
+from fedtrust.trust.jobs import JobSpec, new_nonce, sign_job, verify_job
+from fedtrust.trust.products import Product, sign_product, verify_product
+from fedtrust.trust.receipts import (
+    GENESIS, Acknowledgement, Attestation, ChainEntry, CoordinatorStatement, ReceiptBundle, fmt_eps,
+    next_chain_entry, parse_eps, result_digest, sign_acknowledgement, sign_attestation,
+    sign_coordinator_statement, verify_acknowledgement, verify_attestation, verify_statement_of_coordinator,
+)
+from fedtrust.trust.rules import QueryRules, Rules
+from fedtrust.trust.schema import Column, Schema
+
+NOT_VERIFY = r"signature by ed25519:[0-9a-f]{64} does not verify"
+D = "ab" * 32  # a well-formed digest
+
+
+# --------------------------------------------------------------------------
+# an in-memory world: exchange, CA, four subjects, two products, a contract,
+# a job and a full receipt
+
+
+class World:
+    def __init__(self) -> None:
+        self.exchange = Signer.generate()
+        self.ca_key, self.ca_cert = pki.create_ca("test exchange")
+        self.signers: dict[str, Signer] = {}
+        self.creds: dict[str, SubjectCredential] = {}
+        self.cred_envs: dict[str, Envelope] = {}
+        for role, name in [("buyer", "buyer-1"), ("coordinator", "coord-1"), ("node", "node-a"), ("node", "node-b")]:
+            self._subject(role, name)
+        self.schema = Schema((
+            Column("region", "category", values=("north", "south")),
+            Column("amount", "float", 0.0, 1000.0),
+        ))
+        self.product_envs = {
+            n: sign_product(Product(n, "claims", self.schema, sha256_hex(n.encode()), utc_now()), self.exchange)
+            for n in ("node-a", "node-b")
+        }
+        rules = Rules(QueryRules(("COUNT", "SUM"), ("amount",), ("region",), ("region",), 5, 10), 30)
+        self.contract_env = self.make_contract(rules=rules)
+        self.contract = verify_contract(self.contract_env, self.exchange.public_key)
+        self.job = JobSpec.new(self.contract, self.contract_env.digest, "SELECT COUNT(*) FROM claims",
+                               HeParams(context_digest=D))
+        self.job_env = sign_job(self.job, self.signers["buyer-1"])
+        self.att_envs = {n: sign_attestation(self.attestation(n), self.signers[n]) for n in ("node-a", "node-b")}
+        self.statement_env = sign_coordinator_statement(
+            CoordinatorStatement(self.job_env.digest, self.contract_env.digest, (D,),
+                                 tuple(self.att_envs[n].digest for n in ("node-a", "node-b")), utc_now()),
+            self.signers["coord-1"],
+        )
+        self.ack_env = sign_acknowledgement(
+            Acknowledgement(self.job_env.digest, result_digest("salt", ["n"], [[3]]), utc_now()), self.signers["buyer-1"]
+        )
+
+    def _subject(self, role: str, name: str) -> None:
+        signer = Signer.generate()
+        _, cert = pki.issue_certificate(self.ca_key, self.ca_cert, role, name, ["10.1.2.3"])
+        kx = raw_b64(X25519PrivateKey.generate().public_key()) if role == "node" else None
+        cred = SubjectCredential(role, name, "10.1.2.3:7101" if role == "node" else None,
+                                 pki.cert_pem(cert).decode(), raw_b64(signer.public_key), kx, utc_now())
+        self.signers[name], self.creds[name] = signer, cred
+        self.cred_envs[name] = sign_credential(cred, self.exchange)
+
+    def make_contract(self, *, buyer: str = "buyer-1", coordinator: str = "coord-1",
+                      owners: tuple[str, ...] = ("node-a", "node-b"), rules: Rules | None = None,
+                      days: int = 30, start: datetime | None = None, **holding_overrides: Any) -> Envelope:
+        start = start or datetime.now(timezone.utc)
+        envs = {n: self.product_envs.get(n, self.product_envs["node-b"]) for n in owners}
+        holdings = tuple(
+            replace(Holding(self.creds[n], Product.from_dict(json.loads(envs[n].payload)["predicate"]), envs[n].digest,
+                            envs[n]), **holding_overrides)
+            for n in owners
+        )
+        rules = rules or Rules(QueryRules(("COUNT",), (), (), (), 1, 10), days)
+        c = Contract("c0ffee", self.creds[buyer], self.creds[coordinator], holdings, rules,
+                     format_time(start), format_time(start + timedelta(days=days)), "100.50", format_time(start))
+        return sign_contract(c, self.exchange)
+
+    def attestation(self, node: str) -> Attestation:
+        return Attestation(
+            node=node, job_digest=self.job_env.digest, contract_digest=self.contract_env.digest,
+            product_digest=self.product_envs[node].digest, data_commitment=sha256_hex(node.encode()),
+            code_digest=D, outputs=(D, D), epsilon=fmt_eps(0), delta=fmt_eps(0),
+            chain=ChainEntry(1, GENESIS, "0.000000"), dp=False, started_at=utc_now(), released_at=utc_now(),
+        )
+
+
+@pytest.fixture(scope="module")
+def w() -> World:
+    return World()
+
+
+def retamper(env: Envelope, mutate: Callable[[dict[str, Any]], None]) -> Envelope:
+    """Change the payload's predicate (and re-encode canonically); keep the old signatures."""
+    statement = json.loads(env.payload)
+    mutate(statement["predicate"])
+    return Envelope(env.payload_type, canonical(statement), env.signatures)
+
+
+def flip_sig(env: Envelope) -> Envelope:
+    s = env.signatures[0]
+    sig = bytes([s.sig[0] ^ 1]) + s.sig[1:]
+    return Envelope(env.payload_type, env.payload, (Signature(s.keyid, s.alg, sig),))
+
+
+# --------------------------------------------------------------------------
+# canonical JSON and time
+
+
+def test_canonical_orders_keys_and_refuses_big_ints():
+    assert canonical({"b": 1, "a": [True, None, "x"]}) == b'{"a":[true,null,"x"],"b":1}'
+    with pytest.raises(InvalidInput, match="2\\^53"):
+        canonical({"t": 2**60})
+    with pytest.raises(InvalidInput, match="NaN"):
+        canonical(float("nan"))
+
+
+def test_times_round_trip():
+    now = utc_now()
+    assert now.endswith("Z") and len(now) == 20
+    assert format_time(parse_time(now)) == now
+    assert parse_time("2025-01-31T14:00:00+02:00") == datetime(2025, 1, 31, 12, tzinfo=timezone.utc)
+    for bad in ["2025-01-31", "2025-01-31T12:00:00", "yesterday", 5]:
+        with pytest.raises(InvalidInput):
+            parse_time(bad)  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------
+# DSSE
+
+
+def test_pae_matches_the_dsse_spec():
+    assert pae("http://example.com/HelloWorld", b"hello world") == b"DSSEv1 29 http://example.com/HelloWorld 11 hello world"
+
+
+def test_sign_verify_round_trip_and_json():
+    s = Signer.generate()
+    env = s.sign_statement("https://x/T/v1", {"k": "v"}, [("thing", D)])
+    assert s.keyid == keyid_of(s.public_key) and s.keyid.startswith("ed25519:") and len(s.keyid) == 72
+    assert env.signatures[0].alg == "ed25519"
+    back = Envelope.from_json(env.to_json())
+    assert back == env and Envelope.from_dict(env.to_dict()) == env
+    assert back.digest == sha256_hex(env.payload)
+    assert verify_statement(back, s.public_key, "https://x/T/v1") == {"k": "v"}
+    assert json.loads(env.payload)["subject"] == [{"name": "thing", "digest": {"sha256": D}}]
+
+
+def test_verify_statement_refusals():
+    s, other = Signer.generate(), Signer.generate()
+    env = s.sign_statement("https://x/T/v1", {"k": "v"})
+    with pytest.raises(VerificationError, match="expected predicate type https://x/U/v1, got 'https://x/T/v1'"):
+        verify_statement(env, s.public_key, "https://x/U/v1")
+    with pytest.raises(VerificationError, match=f"no signature by {other.keyid}"):
+        verify_statement(env, other.public_key, "https://x/T/v1")
+    with pytest.raises(VerificationError, match=NOT_VERIFY):
+        verify_statement(flip_sig(env), s.public_key, "https://x/T/v1")
+    with pytest.raises(VerificationError, match=NOT_VERIFY):  # payload type is covered by PAE
+        verify_statement(replace(env, payload_type="text/plain"), s.public_key, "https://x/T/v1")
+    sig = env.signatures[0]
+    with pytest.raises(VerificationError, match="uses algorithm 'sm2'; only ed25519 is supported"):
+        verify_statement(replace(env, signatures=(replace(sig, alg="sm2"),)), s.public_key, "https://x/T/v1")
+
+
+def _sign_raw(s: Signer, payload: bytes, payload_type: str = "application/vnd.in-toto+json") -> Envelope:
+    return Envelope(payload_type, payload, (Signature(s.keyid, "ed25519", s.private_key.sign(pae(payload_type, payload))),))
+
+
+def test_verify_parses_only_canonical_statements():
+    s = Signer.generate()
+    good = {"_type": "https://in-toto.io/Statement/v1", "subject": [], "predicateType": "T", "predicate": {}}
+    with pytest.raises(VerificationError, match="not canonical JSON"):
+        verify_statement(_sign_raw(s, json.dumps(good, indent=1).encode()), s.public_key, "T")
+    with pytest.raises(VerificationError, match="not canonical JSON"):  # duplicate keys are ambiguous
+        verify_statement(_sign_raw(s, canonical(good)[:-1] + b',"predicate":{"x":1}}'), s.public_key, "T")
+    with pytest.raises(VerificationError, match="not JSON"):
+        verify_statement(_sign_raw(s, b"\xff"), s.public_key, "T")
+    with pytest.raises(VerificationError, match="not an in-toto statement"):
+        verify_statement(_sign_raw(s, canonical({**good, "_type": "x"})), s.public_key, "T")
+    with pytest.raises(VerificationError, match="expected payload type"):
+        verify_statement(_sign_raw(s, canonical(good), "text/plain"), s.public_key, "T")
+    assert verify_statement(_sign_raw(s, canonical(good)), s.public_key, "T") == {}
+
+
+@pytest.mark.parametrize("data", [
+    b"", b"null", b"[]", b"{}", b"\xff\xfe", b"[" * 100000,
+    b'{"payloadType":"a","payload":"!!","signatures":[]}',
+    b'{"payloadType":"a","payload":"aGk=","signatures":[]}',
+    b'{"payloadType":1,"payload":"aGk=","signatures":[{"keyid":"k","alg":"ed25519","sig":"aGk="}]}',
+    b'{"payloadType":"a","payload":"aGk=","signatures":[{"keyid":"k","alg":"ed25519","sig":"aGk"}]}',
+    b'{"payloadType":"a","payload":"aGk=","signatures":[{"keyid":"k","alg":"ed25519"}]}',
+    b'{"payloadType":"a","payload":"aGk=","signatures":[{"keyid":"k","alg":"ed25519","sig":""}]}',
+    b'{"payloadType":"a","payload":"aGk=","signatures":["x"],"extra":1}',
+    b'{"payloadType":"a","payload":"' + b"1" * 5000 + b'"}',
+    b'{"payloadType":"\\ud800","payload":"aGk=","signatures":[{"keyid":"k","alg":"ed25519","sig":"aGk="}]}',
+    b'{"payloadType":"a","payload":"aGk=","signatures":[{"keyid":"\\udfff","alg":"ed25519","sig":"aGk="}]}',
+    b'{"payloadType":"a","payload":' + b"1" * 5000 + b',"signatures":[]}',
+])
+def test_malformed_envelopes_are_invalid_input(data):
+    with pytest.raises(InvalidInput):
+        Envelope.from_json(data)
+
+
+def _json_values():
+    scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20)
+    return st.recursive(scalars, lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=12), c, max_size=5),
+                        max_leaves=20)
+
+
+def _envelope_like():
+    b64 = st.binary(max_size=40).map(lambda b: base64.b64encode(b).decode())
+    sig = st.fixed_dictionaries({"keyid": st.text(max_size=10) | st.integers(), "alg": st.text(max_size=5),
+                                 "sig": b64 | st.text(max_size=8)})
+    return st.fixed_dictionaries({
+        "payloadType": st.text(max_size=10) | st.none(),
+        "payload": b64 | st.text(max_size=8) | st.integers(),
+        "signatures": st.lists(sig | _json_values(), max_size=3) | _json_values(),
+    })
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300) | _json_values().map(lambda v: json.dumps(v).encode())
+       | _envelope_like().map(lambda v: json.dumps(v).encode()))
+def test_envelope_from_json_raises_only_invalid_input(data):
+    try:
+        env = Envelope.from_json(data)
+    except InvalidInput:
+        return
+    assert Envelope.from_json(env.to_json()) == env
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=300) | _json_values().map(lambda v: json.dumps(v).encode())
+       | st.fixed_dictionaries({
+           "contract": _envelope_like(), "job": _envelope_like() | _json_values(),
+           "attestations": st.lists(_envelope_like(), max_size=2) | _json_values(),
+           "statement": _envelope_like(), "acknowledgement": st.none() | _envelope_like(),
+       }).map(lambda v: json.dumps(v).encode()))
+def test_receipt_bundle_from_json_raises_only_invalid_input(data):
+    try:
+        bundle = ReceiptBundle.from_json(data)
+    except InvalidInput:
+        return
+    assert ReceiptBundle.from_json(bundle.to_json()) == bundle
+
+
+# --------------------------------------------------------------------------
+# PKI
+
+
+def test_certificates_verify_against_their_ca_only(w):
+    _, cert = pki.issue_certificate(w.ca_key, w.ca_cert, "node", "node-x", ["10.0.0.5", "node-x.example", "::1"])
+    ca_pem = pki.cert_pem(w.ca_cert)
+    assert pki.verify_certificate(pki.cert_pem(cert), ca_pem) == ("node", "node-x")
+    assert pki.verify_certificate(pki.cert_pem(cert).decode(), ca_pem) == ("node", "node-x")
+    other_key, other_ca = pki.create_ca("another exchange")
+    with pytest.raises(VerificationError, match="does not chain to this exchange's CA"):
+        pki.verify_certificate(pki.cert_pem(cert), pki.cert_pem(other_ca))
+    _, foreign = pki.issue_certificate(other_key, other_ca, "node", "node-x")
+    with pytest.raises(VerificationError, match="does not chain to this exchange's CA"):
+        pki.verify_certificate(pki.cert_pem(foreign), ca_pem)
+    with pytest.raises(VerificationError, match="not valid now"):
+        pki.verify_certificate(pki.cert_pem(cert), ca_pem, at=datetime.now(timezone.utc) + timedelta(days=400))
+    with pytest.raises(VerificationError, match="not a PEM X.509 certificate"):
+        pki.verify_certificate(b"garbage", ca_pem)
+
+
+def test_certificate_sans(w):
+    from cryptography import x509
+
+    _, cert = pki.issue_certificate(w.ca_key, w.ca_cert, "coordinator", "c", ["10.0.0.5", "Coord.Example", "127.0.0.1"])
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.UniformResourceIdentifier) == ["fedtrust://coordinator/c"]
+    assert san.get_values_for_type(x509.DNSName) == ["localhost", "coord.example"]
+    assert [str(i) for i in san.get_values_for_type(x509.IPAddress)] == ["127.0.0.1", "10.0.0.5"]
+    eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert {o.dotted_string for o in eku} == {"1.3.6.1.5.5.7.3.1", "1.3.6.1.5.5.7.3.2"}
+    with pytest.raises(ConfigError, match="neither an IP address nor a DNS name"):
+        pki.issue_certificate(w.ca_key, w.ca_cert, "node", "n", ["bad host!"])
+
+
+def test_subject_names_and_uris():
+    assert pki.parse_subject_uri(pki.subject_uri("node", "insurer-a.1")) == ("node", "insurer-a.1")
+    for bad in ["fedtrust://exchange/x", "fedtrust://node/", "fedtrust://node/A", "https://node/x", "fedtrust://node/x/y"]:
+        with pytest.raises(VerificationError, match="not a fedtrust subject URI"):
+            pki.parse_subject_uri(bad)
+    for bad in ["", "Upper", "-lead", "a" * 64, "sp ace", "ü"]:
+        with pytest.raises(ConfigError, match="subject name .* is not allowed"):
+            pki.subject_uri("node", bad)
+    with pytest.raises(ConfigError, match="role 'admin' is unknown"):
+        pki.subject_uri("admin", "x")
+    assert pki.address_host("[::1]:7101") == "::1" and pki.address_host("node-a.example:7101") == "node-a.example"
+    for bad in ["nohost", ":7101", "h:0", "h:99999", "h:x"]:
+        with pytest.raises(ConfigError, match="must be HOST:PORT"):
+            pki.address_host(bad)
+
+
+# --------------------------------------------------------------------------
+# round trips
+
+
+def test_credential_round_trip(w):
+    cred = verify_credential(w.cred_envs["node-a"], w.exchange.public_key)
+    assert cred == w.creds["node-a"] and cred.uri == "fedtrust://node/node-a"
+    assert signing_public_key(cred) == w.signers["node-a"].public_key
+    kx_public_key(cred)
+    with pytest.raises(InvalidInput, match="only nodes have one"):
+        kx_public_key(w.creds["buyer-1"])
+
+
+def test_credential_must_match_its_certificate(w):
+    forged = replace(w.creds["node-a"], cert_pem=w.creds["node-b"].cert_pem)
+    with pytest.raises(VerificationError, match="carries a certificate for another subject"):
+        verify_credential(sign_credential(forged, w.exchange), w.exchange.public_key)
+    with pytest.raises(VerificationError, match="a node credential needs a kx_key"):
+        verify_credential(sign_credential(replace(w.creds["node-a"], kx_key=None), w.exchange), w.exchange.public_key)
+
+
+def test_product_and_contract_round_trip(w):
+    p = verify_product(w.product_envs["node-a"], w.exchange.public_key)
+    assert p.schema == w.schema and p.owner == "node-a" and p.dataset == "claims"
+    c = w.contract
+    assert c.dataset == "claims" and c.owner_names == ("node-a", "node-b")
+    assert c.holding("node-b").product_digest == w.product_envs["node-b"].digest
+    assert Contract.from_dict(json.loads(json.dumps(c.to_dict()))) == c
+    with pytest.raises(PolicyViolation, match="holds no product"):
+        c.holding("node-z")
+
+
+def test_contract_validity_window(w):
+    c = w.contract
+    c.check_valid_at(datetime.now(timezone.utc))
+    with pytest.raises(PolicyViolation, match=r"contract expired at .*Z; ask the exchange for a new contract"):
+        c.check_valid_at(parse_time(c.valid_until))
+    with pytest.raises(PolicyViolation, match="not valid before"):
+        c.check_valid_at(parse_time(c.valid_from) - timedelta(seconds=1))
+
+
+def test_job_and_receipt_round_trip(w):
+    job = verify_job(w.job_env, w.contract, w.contract_env.digest)
+    assert job == w.job and job.participants == ("node-a", "node-b") and job.kind == "query"
+    att = verify_attestation(w.att_envs["node-b"], w.contract, contract_digest=w.contract_env.digest,
+                             job_digest=w.job_env.digest)
+    assert att.node == "node-b" and att.outputs == (D, D) and att.chain == ChainEntry(1, GENESIS, "0.000000")
+    st_ = verify_statement_of_coordinator(w.statement_env, w.contract, job_digest=w.job_env.digest)
+    assert st_.attestations == tuple(w.att_envs[n].digest for n in ("node-a", "node-b"))
+    ack = verify_acknowledgement(w.ack_env, w.contract, job_digest=w.job_env.digest)
+    assert ack.result_digest == result_digest("salt", ("n",), ((3,),))
+    bundle = ReceiptBundle(w.contract_env, w.job_env, tuple(w.att_envs.values()), w.statement_env, w.ack_env)
+    assert ReceiptBundle.from_json(bundle.to_json()) == bundle
+    assert ReceiptBundle.from_json(replace(bundle, acknowledgement=None).to_json()).acknowledgement is None
+    assert bundle.digest == sha256_hex(bundle.to_json())
+
+
+# --------------------------------------------------------------------------
+# one-field tamper test for every signed object
+
+
+TAMPER_CASES = {
+    "credential": (lambda w: w.cred_envs["node-a"], lambda w, e: verify_credential(e, w.exchange.public_key),
+                   lambda p: p.update(address="6.6.6.6:1")),
+    "product": (lambda w: w.product_envs["node-a"], lambda w, e: verify_product(e, w.exchange.public_key),
+                lambda p: p.update(commitment="0" * 64)),
+    "contract": (lambda w: w.contract_env, lambda w, e: verify_contract(e, w.exchange.public_key),
+                 lambda p: p.update(price="0")),
+    "job": (lambda w: w.job_env, lambda w, e: verify_job(e, w.contract, w.contract_env.digest),
+            lambda p: p.update(sql="SELECT SUM(amount) FROM claims")),
+    "attestation": (lambda w: w.att_envs["node-a"], lambda w, e: verify_attestation(e, w.contract),
+                    lambda p: p["chain"].update(cumulative_epsilon="0.500000")),
+    "statement": (lambda w: w.statement_env, lambda w, e: verify_statement_of_coordinator(e, w.contract),
+                  lambda p: p.update(aggregate_outputs=["cd" * 32])),
+    "acknowledgement": (lambda w: w.ack_env, lambda w, e: verify_acknowledgement(e, w.contract),
+                        lambda p: p.update(result_digest="cd" * 32)),
+}
+
+
+@pytest.mark.parametrize("kind", TAMPER_CASES)
+def test_one_changed_field_is_refused(w, kind):
+    get, verify, mutate = TAMPER_CASES[kind]
+    env = get(w)
+    verify(w, env)  # the untouched envelope verifies
+    with pytest.raises(VerificationError, match=NOT_VERIFY):
+        verify(w, retamper(env, mutate))
+
+
+@pytest.mark.parametrize("kind", TAMPER_CASES)
+def test_one_flipped_signature_byte_is_refused(w, kind):
+    get, verify, _ = TAMPER_CASES[kind]
+    with pytest.raises(VerificationError, match=NOT_VERIFY):
+        verify(w, flip_sig(get(w)))
+
+
+def test_wrong_keys_are_refused(w):
+    stranger = Signer.generate()
+    with pytest.raises(VerificationError, match="no signature by"):
+        verify_contract(w.contract_env, stranger.public_key)
+    with pytest.raises(VerificationError, match="no signature by"):
+        verify_product(w.product_envs["node-a"], w.signers["buyer-1"].public_key)
+    forged = sign_job(w.job, w.signers["coord-1"])  # signed by someone other than the buyer
+    with pytest.raises(VerificationError, match="no signature by ed25519:"):
+        verify_job(forged, w.contract, w.contract_env.digest)
+    with pytest.raises(VerificationError, match="no signature by an owner of the contract"):
+        verify_attestation(sign_attestation(w.attestation("node-a"), stranger), w.contract)
+    with pytest.raises(VerificationError, match="names node node-a but is signed by node node-b"):
+        verify_attestation(sign_attestation(w.attestation("node-a"), w.signers["node-b"]), w.contract)
+    with pytest.raises(VerificationError, match="no signature by"):
+        verify_statement_of_coordinator(sign_coordinator_statement(
+            verify_statement_of_coordinator(w.statement_env, w.contract), w.signers["buyer-1"]), w.contract)
+    with pytest.raises(VerificationError, match="no signature by"):
+        verify_acknowledgement(sign_acknowledgement(
+            verify_acknowledgement(w.ack_env, w.contract), w.signers["coord-1"]), w.contract)
+
+
+def test_wrong_predicate_types_are_refused(w):
+    with pytest.raises(VerificationError, match="expected predicate type https://fedtrust.dev/Contract/v1, got "
+                                               "'https://fedtrust.dev/Product/v1'"):
+        verify_contract(w.product_envs["node-a"], w.exchange.public_key)
+    with pytest.raises(VerificationError, match="expected predicate type https://fedtrust.dev/Acknowledgement/v1"):
+        verify_acknowledgement(w.job_env, w.contract)
+
+
+def test_attestation_digest_bindings(w):
+    with pytest.raises(VerificationError, match="job digest does not match"):
+        verify_attestation(w.att_envs["node-a"], w.contract, job_digest=D)
+    other_product = replace(w.attestation("node-a"), product_digest=w.product_envs["node-b"].digest)
+    with pytest.raises(VerificationError, match="names a product other than its contract holding"):
+        verify_attestation(sign_attestation(other_product, w.signers["node-a"]), w.contract)
+    bad_chain = sign_attestation(replace(w.attestation("node-a"), chain=ChainEntry(2, GENESIS, "0.000000")),
+                                 w.signers["node-a"])
+    with pytest.raises(VerificationError, match="signed attestation is malformed.*seq 1"):
+        verify_attestation(bad_chain, w.contract)
+
+
+# --------------------------------------------------------------------------
+# contract refusals
+
+
+def _refused(w, match: str, **kw):
+    with pytest.raises(VerificationError, match=match):
+        verify_contract(w.make_contract(**kw), w.exchange.public_key)
+
+
+def test_contract_refusals(w):
+    _refused(w, "fewer than two distinct owners", owners=("node-a",))
+    _refused(w, "lists an owner twice", owners=("node-a", "node-a"))
+    _refused(w, "buyer credential has role coordinator", buyer="coord-1")
+    _refused(w, "coordinator credential has role buyer", coordinator="buyer-1")
+    _refused(w, "owner buyer-1 has role buyer; owners must be nodes", owners=("node-a", "buyer-1"))
+    _refused(w, "product digest of owner node-a does not match", owners=("node-a", "node-b"), product_digest=D)
+    w.creds["buyer-2"] = replace(w.creds["buyer-1"], role="coordinator")  # same name as the buyer, other role
+    try:
+        _refused(w, "same subject as buyer and coordinator", coordinator="buyer-2")
+    finally:
+        del w.creds["buyer-2"]
+
+
+def test_contract_refuses_mismatched_products(w):
+    other_schema = Schema((Column("amount", "float", 0.0, 10.0),))
+    bad = sign_product(Product("node-b", "claims", other_schema, D, utc_now()), w.exchange)
+    good_b = w.product_envs["node-b"]
+    w.product_envs["node-b"] = bad
+    try:
+        _refused(w, "different schemas")
+        w.product_envs["node-b"] = sign_product(Product("node-b", "other", w.schema, D, utc_now()), w.exchange)
+        _refused(w, "different datasets")
+        w.product_envs["node-b"] = sign_product(Product("node-a", "claims", w.schema, D, utc_now()), w.exchange)
+        _refused(w, "holding of node-b embeds a product owned by node-a")
+        w.product_envs["node-b"] = Signer.generate().sign_statement(
+            "https://fedtrust.dev/Product/v1", Product("node-b", "claims", w.schema, D, utc_now()).to_dict())
+        _refused(w, "product embedded for owner node-b does not verify")
+    finally:
+        w.product_envs["node-b"] = good_b
+
+
+# --------------------------------------------------------------------------
+# job refusals
+
+
+def _job(w, **changes) -> Envelope:
+    return sign_job(replace(w.job, **changes), w.signers["buyer-1"])
+
+
+def test_job_refusals(w):
+    digest = w.contract_env.digest
+    with pytest.raises(PolicyViolation, match=r"participants must be exactly the contract's owners: node-a, node-b"):
+        verify_job(_job(w, participants=("node-a",)), w.contract, digest)
+    with pytest.raises(PolicyViolation, match="participants must be exactly"):
+        verify_job(_job(w, participants=("node-b", "node-a")), w.contract, digest)
+    with pytest.raises(PolicyViolation, match="job names coordinator coord-2 but the contract names coord-1"):
+        verify_job(_job(w, coordinator="coord-2"), w.contract, digest)
+    past = datetime.now(timezone.utc) - timedelta(hours=2)
+    with pytest.raises(PolicyViolation, match="job spec expired at .*; the buyer must submit a new job"):
+        verify_job(_job(w, created_at=format_time(past), expires_at=format_time(past + timedelta(minutes=5))),
+                   w.contract, digest)
+    with pytest.raises(PolicyViolation, match="job spec expired"):
+        verify_job(w.job_env, w.contract, digest, now=datetime.now(timezone.utc) + timedelta(hours=2))
+    with pytest.raises(VerificationError, match="job spec names another contract"):
+        verify_job(w.job_env, w.contract, D)
+    with pytest.raises(PolicyViolation, match="job asks for dataset other"):
+        verify_job(_job(w, dataset="other"), w.contract, digest)
+    with pytest.raises(PolicyViolation, match="contract expired"):
+        long = _job(w, expires_at=format_time(parse_time(w.contract.valid_until) + timedelta(days=1)))
+        verify_job(long, w.contract, digest, now=parse_time(w.contract.valid_until))
+    with pytest.raises(InvalidInput, match="nonce must be 32 random bytes"):
+        _job(w, nonce="00")
+    assert len(new_nonce()) == 64
+
+
+# --------------------------------------------------------------------------
+# privacy numbers and the budget chain
+
+
+def test_fmt_eps():
+    assert fmt_eps(0) == "0.000000" and fmt_eps(0.1) == "0.100000" and fmt_eps("1.5") == "1.500000"
+    assert fmt_eps(Decimal("0.1234565")) == "0.123456" and fmt_eps(0.1 + 0.2) == "0.300000"
+    for bad in [-1, "x", float("inf"), True]:
+        with pytest.raises(InvalidInput):
+            fmt_eps(bad)  # type: ignore[arg-type]
+    assert parse_eps("0.500000") == Decimal("0.5")
+    for bad in ["0.5", "-0.500000", "1e-6", "00.500000"]:
+        with pytest.raises(InvalidInput, match="six places"):
+            parse_eps(bad)
+
+
+def test_chain_entries():
+    first = next_chain_entry(None, None, "0.250000")
+    assert first == ChainEntry(1, GENESIS, "0.250000")
+    second = next_chain_entry(first, D, "0.500000")
+    assert second == ChainEntry(2, D, "0.750000")
+    with pytest.raises(InvalidInput):
+        next_chain_entry(first, None, "0.100000")
+
+
+def test_result_digest_is_canonical():
+    a = result_digest("s", ["g", "n"], [["north", 3], ["south", 2**60]])
+    assert a == result_digest("s", ("g", "n"), (("north", 3), ("south", str(2**60))))
+    assert a != result_digest("t", ["g", "n"], [["north", 3], ["south", 2**60]])
