@@ -1,0 +1,300 @@
+"""Node side: run a checked query plan over the node's own data file, sandboxed.
+
+`Dataset.open` loads the product file (CSV or Parquet) into an in-memory
+DuckDB database once, with the schema's column types, inside a sandbox:
+
+1. ``SET allowed_paths=['<the resolved product file>']`` and
+   ``SET enable_external_access=false`` *before* anything is read, so the
+   only file DuckDB can ever touch is the product file itself;
+2. the file is loaded into a table (repeated queries are fast and do not
+   re-read the file);
+3. ``SET lock_configuration=true``, so no later statement can lift the
+   sandbox (verified with duckdb 2.0.1: reading other files, ``INSTALL``,
+   ``LOAD``, ``ATTACH``, ``COPY … TO``, ``EXPORT`` and
+   ``SET enable_external_access=true`` are all refused afterwards).
+
+`Dataset.aggregate` never runs the buyer's SQL text: it builds a fresh
+statement from the checked `QueryPlan` with sqlglot expressions (quoted
+identifiers, literals rendered by sqlglot): the plan's filter tree, plus a
+filter that drops rows whose group columns lie outside the public domain,
+and per numeric column the exact HUGEINT aggregates of the quantised value
+``q = CAST(round((LEAST(GREATEST(col, min), max) - min) * scale) AS HUGEINT)``
+(NULL stays NULL; int columns are clipped and shifted in integer arithmetic;
+a float NaN clips to the column's maximum, where plain DuckDB would answer
+NaN).
+The result is one `GroupStats` per group present, ready for
+`fedtrust.query.encoding.encode`.
+
+DuckDB errors are turned into `InvalidInput` / `PolicyViolation` /
+`ConfigError` messages that name the problem, never a data value (DuckDB's
+own messages often quote the offending value, so they are not passed on).
+"""
+from __future__ import annotations
+
+import hashlib
+import threading
+from pathlib import Path
+from typing import Any
+
+import duckdb
+from sqlglot import exp
+
+from fedtrust.errors import ConfigError, InvalidInput, PolicyViolation
+from fedtrust.query.encoding import ColumnStats, GroupStats
+from fedtrust.query.layout import Layout
+from fedtrust.query.sql import QueryPlan
+from fedtrust.trust.schema import Column, Schema
+
+DIALECT = "duckdb"
+TABLE = "dataset"
+_SQL_TYPES = {"category": "VARCHAR", "float": "DOUBLE", "int": "BIGINT"}
+_CSV_SUFFIXES = (".csv", ".tsv", ".txt")
+_PARQUET_SUFFIXES = (".parquet", ".pq")
+_CHUNK = 1 << 20
+
+#: node types a plan's filter tree may contain (checked again here, defence in depth)
+_WHERE_NODES = (
+    exp.And, exp.Or, exp.Not, exp.Paren, exp.EQ, exp.NEQ, exp.LT, exp.LTE, exp.GT, exp.GTE,
+    exp.Between, exp.In, exp.Column, exp.Identifier, exp.Literal,
+)  # fmt: skip
+
+
+def file_digest(path: str | Path) -> str:
+    """sha256 hex of the file's bytes, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            while chunk := f.read(_CHUNK):
+                h.update(chunk)
+    except FileNotFoundError:
+        raise ConfigError(f"data file {path} does not exist; check the product's path in the node config") from None
+    return h.hexdigest()
+
+
+def _lit(value: str) -> str:
+    return exp.Literal.string(value).sql(dialect=DIALECT)
+
+
+def _q(name: str) -> exp.Column:
+    return exp.Column(this=exp.Identifier(this=name, quoted=True))
+
+
+def _num(x: float | int) -> exp.Expression:
+    if isinstance(x, int):
+        return exp.Literal.number(str(x))
+    return exp.Cast(this=exp.Literal.number(repr(float(x))), to=exp.DataType.build("DOUBLE"))
+
+
+def _greatest(a: exp.Expression, b: exp.Expression) -> exp.Expression:
+    # a plain DuckDB GREATEST call (sqlglot would wrap exp.Greatest in NULL checks;
+    # `_quantized` handles NULL itself)
+    return exp.Anonymous(this="GREATEST", expressions=[a, b])
+
+
+def _least(a: exp.Expression, b: exp.Expression) -> exp.Expression:
+    return exp.Anonymous(this="LEAST", expressions=[a, b])
+
+
+class Dataset:
+    """One product file loaded into a sandboxed in-memory DuckDB database."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, path: Path, schema: Schema) -> None:
+        self._con = con
+        self._lock = threading.Lock()
+        self.path = path
+        self.schema = schema
+
+    # ------------------------------------------------------------------ open
+    @classmethod
+    def open(cls, path: str | Path, schema: Schema) -> "Dataset":
+        try:
+            p = Path(path).resolve(strict=True)
+        except (FileNotFoundError, RuntimeError):
+            raise ConfigError(f"data file {path} does not exist; check the product's path in the node config") from None
+        if not p.is_file():
+            raise ConfigError(f"data file {p} is not a regular file")
+        suffix = p.suffix.lower()
+        if suffix in _CSV_SUFFIXES:
+            kind = "csv"
+        elif suffix in _PARQUET_SUFFIXES:
+            kind = "parquet"
+        else:
+            raise ConfigError(f"data file {p} has an unknown extension; use .csv or .parquet")
+
+        con = duckdb.connect(
+            ":memory:", config={"autoinstall_known_extensions": False, "autoload_known_extensions": False}
+        )
+        try:
+            con.execute(f"SET allowed_paths=[{_lit(str(p))}]")
+            con.execute("SET enable_external_access=false")
+            cls._load(con, p, kind, schema)
+            con.execute("SET lock_configuration=true")
+        except BaseException:
+            con.close()
+            raise
+        return cls(con, p, schema)
+
+    @staticmethod
+    def _load(con: duckdb.DuckDBPyConnection, p: Path, kind: str, schema: Schema) -> None:
+        src = _lit(str(p))
+        reader = f"read_csv({src}, header=true, all_varchar=true)" if kind == "csv" else f"read_parquet({src})"
+        try:
+            header = [r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {reader}").fetchall()]
+        except duckdb.Error as e:
+            raise ConfigError(f"data file {p} cannot be read as {kind.upper()} ({type(e).__name__}); check the file") from None
+        lower = {}
+        for h in header:
+            lower.setdefault(h.lower(), h)
+        found: dict[str, str] = {}
+        for c in schema.columns:
+            h = c.name if c.name in header else lower.get(c.name.lower())
+            if h is None:
+                raise ConfigError(
+                    f"schema column `{c.name}` is missing from data file {p.name}; add it to the file or fix the schema"
+                )
+            found[c.name] = h
+        if kind == "csv":
+            by_header = {found[c.name]: c for c in schema.columns}
+            struct = ", ".join(
+                f"{_lit(h)}: {_lit(_SQL_TYPES[by_header[h].type] if h in by_header else 'VARCHAR')}" for h in header
+            )
+            source = f"read_csv({src}, header=true, columns={{{struct}}})"
+        else:
+            source = f"read_parquet({src})"
+        items = ", ".join(
+            exp.alias_(
+                exp.Cast(this=_q(found[c.name]), to=exp.DataType.build(_SQL_TYPES[c.type])),
+                exp.Identifier(this=c.name, quoted=True),
+            ).sql(dialect=DIALECT)
+            for c in schema.columns
+        )
+        try:
+            con.execute(f"CREATE TABLE {exp.to_identifier(TABLE, quoted=True).sql(dialect=DIALECT)} AS SELECT {items} FROM {source}")
+        except duckdb.Error:
+            bad = Dataset._bad_column(con, p, kind, schema, found)
+            if bad is not None:
+                raise ConfigError(
+                    f"column `{bad.name}` of data file {p.name} holds values that are not {bad.type} as the schema "
+                    "declares; fix the file or the schema"
+                ) from None
+            raise ConfigError(f"data file {p.name} cannot be loaded with the schema's column types; check the file") from None
+
+    @staticmethod
+    def _bad_column(con: Any, p: Path, kind: str, schema: Schema, found: dict[str, str]) -> Column | None:
+        src = _lit(str(p))
+        reader = f"read_csv({src}, header=true, all_varchar=true)" if kind == "csv" else f"read_parquet({src})"
+        for c in schema.columns:
+            col = _q(found[c.name]).sql(dialect=DIALECT)
+            try:
+                n = con.execute(
+                    f"SELECT count(*) FROM {reader} WHERE {col} IS NOT NULL AND TRY_CAST({col} AS {_SQL_TYPES[c.type]}) IS NULL"
+                ).fetchone()[0]
+            except duckdb.Error:
+                return c
+            if n:
+                return c
+        return None
+
+    def close(self) -> None:
+        self._con.close()
+
+    def __enter__(self) -> "Dataset":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------- aggregate
+    def _check_where(self, where: exp.Expression) -> None:
+        for node in where.walk():
+            if not isinstance(node, _WHERE_NODES):
+                raise PolicyViolation(f"{node.key.upper()} is not allowed in a filter; rebuild the plan with plan_query")
+            if isinstance(node, exp.Column) and (not self.schema.has(node.name) or node.args.get("table")):
+                raise PolicyViolation("a filter names a column that is not in the schema; rebuild the plan with plan_query")
+
+    def build_sql(self, plan: QueryPlan, layout: Layout) -> str:
+        """The statement `aggregate` runs, built from the checked plan only."""
+        if tuple(layout.group_by) != tuple(plan.group_by) or tuple(c.name for c in layout.columns) != tuple(plan.columns):
+            raise InvalidInput("the layout was not built from this query plan")
+        items: list[exp.Expression] = []
+        for i, g in enumerate(plan.group_by):
+            if self.schema.column(g).type != "category":
+                raise PolicyViolation(f"group column `{g}` is not a category column")
+            items.append(exp.alias_(_q(g), f"g{i}", quoted=True))
+        items.append(exp.alias_(exp.Count(this=exp.Star()), "n_rows", quoted=True))
+        for j, c in enumerate(layout.columns):
+            col = self.schema.column(c.name)
+            if not col.numeric:
+                raise PolicyViolation(f"column `{c.name}` is not numeric")
+            q = self._quantized(col, c.scale)
+            items.append(exp.alias_(exp.Count(this=_q(c.name)), f"c{j}_n", quoted=True))
+            items.append(exp.alias_(exp.Sum(this=q.copy()), f"c{j}_s", quoted=True))
+            if c.sumsq is not None:
+                items.append(exp.alias_(exp.Sum(this=exp.Mul(this=q.copy(), expression=q.copy())), f"c{j}_ss", quoted=True))
+        conds: list[exp.Expression] = []
+        if plan.where is not None:
+            self._check_where(plan.where)
+            conds.append(exp.Paren(this=plan.where.copy()))
+        for g in plan.group_by:
+            domain = self.schema.column(g).values
+            conds.append(exp.In(this=_q(g), expressions=[exp.Literal.string(v) for v in domain]))
+        query = exp.select(*items).from_(exp.Table(this=exp.Identifier(this=TABLE, quoted=True)))
+        if conds:
+            cond = conds[0]
+            for extra in conds[1:]:
+                cond = exp.And(this=cond, expression=extra)
+            query = query.where(cond)
+        if plan.group_by:
+            query = query.group_by(*[_q(g) for g in plan.group_by])
+        return query.sql(dialect=DIALECT)
+
+    @staticmethod
+    def _quantized(col: Column, scale: int) -> exp.Expression:
+        assert col.min is not None and col.max is not None
+        c = _q(col.name)
+        if col.type == "int":
+            lo, hi = int(col.min), int(col.max)
+            clipped = _least(_greatest(c.copy(), _num(lo)), _num(hi))
+            body: exp.Expression = exp.Sub(
+                this=exp.Cast(this=clipped, to=exp.DataType.build("HUGEINT")), expression=_num(lo)
+            )
+        else:
+            clipped = _least(_greatest(c.copy(), _num(col.min)), _num(col.max))
+            shifted = exp.Mul(
+                this=exp.Paren(this=exp.Sub(this=clipped, expression=_num(col.min))), expression=_num(float(scale))
+            )
+            body = exp.Cast(this=exp.Round(this=shifted), to=exp.DataType.build("HUGEINT"))
+        # DuckDB's GREATEST/LEAST skip NULLs: keep a NULL value NULL explicitly
+        return exp.Case(ifs=[exp.If(this=exp.Is(this=c.copy(), expression=exp.Null()), true=exp.Null())], default=body)
+
+    def aggregate(self, plan: QueryPlan, layout: Layout) -> dict[tuple[str, ...], GroupStats]:
+        """Exact per-group stats of this node's rows for `plan` (groups with rows only, or `()`)."""
+        sql = self.build_sql(plan, layout)
+        with self._lock:
+            cur = self._con.cursor()
+        try:
+            rows = cur.execute(sql).fetchall()
+        except duckdb.OutOfRangeException:
+            raise PolicyViolation(
+                "an aggregate overflowed the 127-bit range on this node; narrow the contract's column bounds or split the query"
+            ) from None
+        except duckdb.Error as e:
+            raise InvalidInput(f"the query failed on this node's data ({type(e).__name__}); check the plan against the schema") from None
+        finally:
+            cur.close()
+        k = len(plan.group_by)
+        out: dict[tuple[str, ...], GroupStats] = {}
+        for r in rows:
+            key = tuple(str(v) for v in r[:k])
+            cols: dict[str, ColumnStats] = {}
+            pos = k + 1
+            for c in layout.columns:
+                n, s = int(r[pos]), int(r[pos + 1] or 0)
+                pos += 2
+                ss = 0
+                if c.sumsq is not None:
+                    ss = int(r[pos] or 0)
+                    pos += 1
+                cols[c.name] = ColumnStats(n, s, ss)
+            out[key] = GroupStats(int(r[k]), cols)
+        return out
