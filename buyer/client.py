@@ -1,0 +1,106 @@
+"""The buyer's client of the coordinator's `CoordinatorService` (protobuf edge)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import grpc
+
+from fedtrust.errors import InvalidInput
+from fedtrust.privacy.he import MAX_CIPHERTEXT_BYTES
+from fedtrust.transport.chunks import split
+from fedtrust.transport.server import secure_channel
+from fedtrust.transport.status import error_from_rpc
+from fedtrust.transport.tls import TlsMaterial
+from fedtrust.v1 import coordinator_pb2, coordinator_pb2_grpc
+
+MAX_AGGREGATE_CIPHERTEXTS = 16
+
+
+@dataclass(frozen=True)
+class ProgressEvent:
+    stage: str
+    done: int
+    total: int
+    message: str
+
+
+@dataclass(frozen=True)
+class JobOutcome:
+    receipt: bytes
+    aggregate: tuple[bytes, ...]
+
+
+@dataclass(frozen=True)
+class JobState:
+    job_id: str
+    state: str
+    error: str
+    contract_digest: str
+    participants: tuple[str, ...]
+    created_at: str
+    updated_at: str
+
+
+OnProgress = Callable[[ProgressEvent], None]
+
+
+def _collect(events: Iterator, on_progress: OnProgress | None, peer: str) -> JobOutcome:
+    data = bytearray()
+    try:
+        for ev in events:
+            part = ev.WhichOneof("part")
+            if part == "progress":
+                if on_progress:
+                    p = ev.progress
+                    on_progress(ProgressEvent(p.stage, p.done, p.total, p.message))
+            elif part == "ciphertext_chunk":
+                data += ev.ciphertext_chunk
+                if len(data) > MAX_AGGREGATE_CIPHERTEXTS * MAX_CIPHERTEXT_BYTES:
+                    raise InvalidInput("the coordinator sent more ciphertext bytes than any query needs")
+            elif part == "outcome":
+                sizes = list(ev.outcome.ciphertext_sizes)
+                if sum(sizes) != len(data):
+                    raise InvalidInput("the coordinator's ciphertext sizes do not match its data")
+                cts, pos = [], 0
+                for s in sizes:
+                    cts.append(bytes(data[pos:pos + s]))
+                    pos += s
+                return JobOutcome(bytes(ev.outcome.receipt), tuple(cts))
+    except grpc.RpcError as e:
+        raise error_from_rpc(e, peer) from None
+    raise InvalidInput("the coordinator ended the stream without an outcome")
+
+
+class CoordinatorClient:
+    def __init__(self, address: str, tls: TlsMaterial, timeout: float = 600.0) -> None:
+        self.address = address
+        self.tls = tls
+        self.timeout = timeout
+
+    def _stub(self, channel):
+        return coordinator_pb2_grpc.CoordinatorServiceStub(channel)
+
+    def submit_query(self, job: bytes, contract: bytes, context: bytes, on_progress: OnProgress | None = None) -> JobOutcome:
+        def requests():
+            yield coordinator_pb2.SubmitRequest(header=coordinator_pb2.SubmitHeader(
+                job_envelope=job, contract_envelope=contract, he_context_size=len(context)))
+            for chunk in split(context):
+                yield coordinator_pb2.SubmitRequest(he_context_chunk=chunk)
+
+        with secure_channel(self.address, self.tls) as ch:
+            return _collect(self._stub(ch).SubmitQuery(requests(), timeout=self.timeout), on_progress,
+                            f"coordinator at {self.address}")
+
+    def fetch_result(self, job_id: str) -> JobOutcome:
+        with secure_channel(self.address, self.tls) as ch:
+            return _collect(self._stub(ch).FetchResult(coordinator_pb2.JobRef(job_id=job_id), timeout=self.timeout),
+                            None, f"coordinator at {self.address}")
+
+    def job_status(self, job_id: str) -> JobState:
+        with secure_channel(self.address, self.tls) as ch:
+            try:
+                s = self._stub(ch).GetJob(coordinator_pb2.JobRef(job_id=job_id), timeout=60)
+            except grpc.RpcError as e:
+                raise error_from_rpc(e, f"coordinator at {self.address}") from None
+        return JobState(s.job_id, s.state, s.error, s.contract_digest, tuple(s.participants), s.created_at, s.updated_at)

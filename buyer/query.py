@@ -1,0 +1,134 @@
+"""The buyer's side of a secure aggregate query: plan, key, sign, submit, verify, decrypt, acknowledge.
+
+The SQL is checked against the contract here first for fast, clear refusals
+(nodes check again: the buyer is not trusted). The BFV key pair is made per
+job; the secret part stays in the job's folder so `fedtrust job result` can
+decrypt again. The receipt is verified before anything is decrypted, so a
+coordinator cannot hand over an aggregate that the nodes did not attest.
+"""
+from __future__ import annotations
+
+import json
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+from fedtrust.buyer.client import CoordinatorClient, JobOutcome, OnProgress
+from fedtrust.buyer.jobdir import JobFiles, jobs_root, open_job
+from fedtrust.errors import ConfigError, VerificationError
+from fedtrust.privacy import he
+from fedtrust.query.decode import ResultTable, decode
+from fedtrust.query.layout import Layout
+from fedtrust.query.sql import QueryPlan, plan_query
+from fedtrust.transport.tls import TlsMaterial
+from fedtrust.trust.canonical import format_time, utc_now
+from fedtrust.trust.contracts import Contract, verify_contract
+from fedtrust.trust.credentials import Identity
+from fedtrust.trust.dsse import Envelope
+from fedtrust.trust.jobs import JobSpec, new_job_id, new_nonce, sign_job
+from fedtrust.trust.receipts import Acknowledgement, ReceiptBundle, result_digest, sign_acknowledgement
+from fedtrust.trust.verify import VerifiedReceipt, verify_bundle
+
+JOB_TTL = timedelta(hours=1)
+
+
+@dataclass(frozen=True)
+class QueryResult:
+    job_id: str
+    table: ResultTable
+    result: dict  # what result.json holds
+    receipt: ReceiptBundle  # with the buyer's acknowledgement
+    verified: VerifiedReceipt
+
+
+def load_contract(identity: Identity, path: Path) -> tuple[Contract, bytes]:
+    try:
+        raw = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"contract file {path} does not exist") from None
+    contract = verify_contract(Envelope.from_json(raw), identity.exchange_key)
+    if identity.credential.role != "buyer" or contract.buyer.name != identity.credential.name:
+        raise ConfigError(
+            f"these credentials are fedtrust://{identity.credential.role}/{identity.credential.name}, but the contract's "
+            f"buyer is {contract.buyer.name}; use the buyer's credentials directory"
+        )
+    return contract, raw
+
+
+def plan_for(contract: Contract, sql: str) -> QueryPlan:
+    rules = contract.rules.query
+    if rules is None:
+        raise ConfigError("this contract sells no queries (its rules have no [query] table)")
+    return plan_query(sql, rules, contract.owners[0].product.schema, contract.dataset)
+
+
+def tls_of(identity: Identity) -> TlsMaterial:
+    return TlsMaterial(identity.tls_cert_pem, identity.tls_key_pem, identity.ca_pem)
+
+
+def submit_query(identity: Identity, credentials_dir: Path, contract_path: Path, coordinator: str, sql: str,
+                 on_progress: OnProgress | None = None, timeout: float = 600.0) -> QueryResult:
+    contract, contract_raw = load_contract(identity, contract_path)
+    contract_env = Envelope.from_json(contract_raw)
+    plan = plan_for(contract, sql)  # fast, clear refusal before any key is made or byte is sent
+    keys = he.BuyerKeys.generate()
+    now = datetime.now(timezone.utc)
+    job = JobSpec(
+        contract_digest=contract_env.digest,
+        job_id=new_job_id(),
+        nonce=new_nonce(),
+        kind="query",
+        coordinator=contract.coordinator.name,
+        participants=tuple(contract.owner_names),
+        dataset=contract.dataset,
+        sql=sql,
+        he=keys.params,
+        created_at=format_time(now),
+        expires_at=format_time(now + JOB_TTL),
+    )
+    job_env = sign_job(job, identity.signer)
+    files = JobFiles(jobs_root(credentials_dir) / job.job_id)
+    files.create(keys.secret_bytes, job_env.to_json(), contract_raw,
+                 {"job_id": job.job_id, "coordinator": coordinator, "sql": sql, "submitted_at": utc_now()})
+    client = CoordinatorClient(coordinator, tls_of(identity), timeout)
+    outcome = client.submit_query(job_env.to_json(), contract_raw, keys.public_bytes, on_progress)
+    return finish(identity, files, contract, plan, outcome)
+
+
+def fetch_again(identity: Identity, credentials_dir: Path, job_id: str, coordinator: str | None = None) -> QueryResult:
+    files = open_job(credentials_dir, job_id)
+    meta = files.read_meta()
+    contract, _ = load_contract(identity, files.contract)
+    plan = plan_for(contract, meta["sql"])
+    outcome = CoordinatorClient(coordinator or meta["coordinator"], tls_of(identity)).fetch_result(job_id)
+    return finish(identity, files, contract, plan, outcome)
+
+
+def finish(identity: Identity, files: JobFiles, contract: Contract, plan: QueryPlan, outcome: JobOutcome) -> QueryResult:
+    bundle = ReceiptBundle.from_json(outcome.receipt)
+    if bundle.job.digest != Envelope.from_json(files.job.read_bytes()).digest:
+        raise VerificationError("the coordinator returned a receipt for another job")
+    verified = verify_bundle(bundle, identity.exchange_key, aggregate=outcome.aggregate)
+    layout = Layout.from_plan(plan, contract.owners[0].product.schema)
+    summed = he.decrypt(files.secret.read_bytes(), list(outcome.aggregate), layout.length)
+    table = decode(plan, layout, contract.owners[0].product.schema, summed)
+    salt = secrets.token_hex(16)
+    columns, rows = list(table.columns), [list(r) for r in table.rows]
+    digest = result_digest(salt, columns, rows)
+    ack = sign_acknowledgement(Acknowledgement(job_digest=verified.job_digest, result_digest=digest,
+                                               acknowledged_at=utc_now()), identity.signer)
+    receipt = ReceiptBundle(bundle.contract, bundle.job, bundle.attestations, bundle.statement, ack)
+    result = {
+        "columns": columns,
+        "rows": rows,
+        "job_id": verified.job.job_id,
+        "sql": verified.job.sql,
+        "withheld": table.withheld,
+        "epsilon": verified.epsilon_spent,
+        "salt": salt,
+        "result_digest": digest,
+    }
+    files.result.write_text(json.dumps(result, indent=2))
+    files.receipt.write_bytes(receipt.to_json())
+    return QueryResult(verified.job.job_id, table, result, receipt, verified)

@@ -1,0 +1,91 @@
+"""`fedtrust exchange …`: the exchange's offline tools (CA, registry, listing, contracts, verification)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from fedtrust.cli.output import console, err_console, print_json
+
+app = typer.Typer(help="Data exchange: identities, products, contracts, receipt verification.", no_args_is_help=True)
+
+
+@app.command("init")
+def init(directory: Path = typer.Argument(..., help="the exchange's directory (created)")) -> None:
+    """Create the exchange CA (ECDSA P-256), its signing key (Ed25519) and its SQLite registry."""
+    from fedtrust.exchange.issuer import init_exchange
+
+    init_exchange(directory)
+    console.print(f"exchange initialised in {directory}")
+
+
+@app.command("register")
+def register(
+    directory: Path = typer.Argument(..., help="the exchange's directory"),
+    role: str = typer.Option(..., "--role", help="node, buyer or coordinator"),
+    name: str = typer.Option(..., "--name", help="subject name, e.g. insurer-a"),
+    address: Optional[str] = typer.Option(None, "--address", help="HOST:PORT where the subject's daemon listens"),
+    out: Path = typer.Option(..., "--out", help="credential directory to write (keys are 0600)"),
+) -> None:
+    """Issue a subject credential: mTLS certificate, signing key, key-agreement key (nodes), trust anchors."""
+    from fedtrust.exchange.issuer import register as do_register
+
+    if role not in ("node", "buyer", "coordinator"):
+        raise typer.BadParameter("role must be node, buyer or coordinator", param_hint="--role")
+    cred = do_register(directory, role, name, address, out)
+    console.print(f"registered fedtrust://{cred.role}/{cred.name}; credentials in {out}")
+
+
+@app.command("list")
+def list_product(
+    directory: Path = typer.Argument(..., help="the exchange's directory"),
+    owner: str = typer.Option(..., "--owner", help="the owning node's name"),
+    dataset: str = typer.Option(..., "--dataset", help="dataset name used in FROM"),
+    schema: Path = typer.Option(..., "--schema", help="SCHEMA.toml with public bounds and domains"),
+    commitment: str = typer.Option(..., "--commitment", help="output of `fedtrust node digest DATAFILE`"),
+    out: Path = typer.Option(..., "--out", help="product credential to write"),
+) -> None:
+    """List a dataset as a product (signed schema and data commitment)."""
+    from fedtrust.exchange.issuer import list_product as do_list
+
+    product = do_list(directory, owner, dataset, schema, commitment, out)
+    console.print(f"listed {product.dataset!r} of {product.owner} ({len(product.schema.columns)} columns) → {out}")
+
+
+@app.command("contract")
+def contract(
+    directory: Path = typer.Argument(..., help="the exchange's directory"),
+    buyer: str = typer.Option(..., "--buyer"),
+    coordinator: str = typer.Option(..., "--coordinator"),
+    product: List[Path] = typer.Option(..., "--product", help="product credential (repeat for each owner)"),
+    rules: Path = typer.Option(..., "--rules", help="RULES.toml"),
+    out: Path = typer.Option(..., "--out", help="contract to write"),
+    price: str = typer.Option("0", "--price", help="price as a decimal string"),
+) -> None:
+    """Issue a contract: buyer, coordinator, products and the rules every node enforces."""
+    from fedtrust.exchange.issuer import issue_contract
+
+    c = issue_contract(directory, buyer, coordinator, product, rules, out, price=price)
+    console.print(f"contract {c.contract_id} for {c.buyer.name} over {len(c.owners)} owners, valid until "
+                  f"{c.valid_until} → {out}")
+
+
+@app.command("verify")
+def verify(
+    directory: Path = typer.Argument(..., help="the exchange's directory"),
+    receipt: Path = typer.Argument(..., help="receipt bundle written by `fedtrust query --receipt`"),
+    result: Optional[Path] = typer.Option(None, "--result", help="the delivered result to check against the receipt"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Verify a receipt offline against the registry and record it (exit 0 when valid)."""
+    from fedtrust.exchange.verify import verify_receipt_file
+
+    verdict = verify_receipt_file(directory, receipt, result)
+    if as_json:
+        v = verdict.verified
+        print_json({"valid": True, "job_id": v.job.job_id, "contract_digest": v.contract_digest,
+                    "participants": list(v.job.participants), "epsilon": v.epsilon_spent,
+                    "result_checked": verdict.result_checked, "already_recorded": verdict.already_recorded})
+    else:
+        console.print(verdict.summary, highlight=False)

@@ -1,0 +1,63 @@
+"""`fedtrust query`: a secure aggregate query over all owners of a contract."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from fedtrust.cli.output import console, err_console, job_progress, print_json, result_table
+from fedtrust.trust.credentials import load_identity
+
+
+def show_result(res, out: Optional[Path], receipt: Optional[Path], as_json: bool) -> None:
+    """Write result.json / receipt.json where asked and print the table (or JSON)."""
+    if out:
+        out.write_text(json.dumps(res.result, indent=2))
+    if receipt:
+        receipt.write_bytes(res.receipt.to_json())
+    if as_json:
+        print_json(res.result)
+        return
+    console.print(result_table(res.table.columns, res.table.rows, title=f"job {res.job_id}"))
+    if res.table.withheld:
+        console.print(f"{res.table.withheld} owner contribution(s) to groups below the contract's minimum group size "
+                      "were withheld by their owners.")
+    else:
+        console.print("No owner contribution was withheld.")
+    spent = res.verified.epsilon_spent
+    if any(float(e) > 0 for e in spent.values()):
+        console.print("privacy budget spent: " + ", ".join(f"{n} ε={e}" for n, e in spent.items()))
+    else:
+        console.print("exact answer: this contract asks for no differential privacy (aggregation rules only).")
+    if out:
+        console.print(f"result written to {out}")
+    if receipt:
+        console.print(f"receipt written to {receipt}; the exchange checks it with `fedtrust exchange verify`")
+
+
+def query(
+    sql: str = typer.Argument(..., help="SELECT … FROM <dataset> [WHERE …] [GROUP BY …]"),
+    credentials: Path = typer.Option(..., "--credentials", help="the buyer's credentials directory"),
+    contract: Path = typer.Option(..., "--contract", help="the contract issued by the exchange"),
+    coordinator: str = typer.Option(..., "--coordinator", help="HOST:PORT of the contract's coordinator"),
+    out: Optional[Path] = typer.Option(None, "--out", help="write the result here (JSON)"),
+    receipt: Optional[Path] = typer.Option(None, "--receipt", help="write the receipt bundle here"),
+    as_json: bool = typer.Option(False, "--json", help="print the result as JSON on stdout"),
+    timeout: float = typer.Option(600.0, "--timeout", help="seconds to wait for the job"),
+) -> None:
+    """Run a secure aggregate query: nodes release masked, encrypted aggregates; only you decrypt their sum."""
+    from fedtrust.buyer.query import submit_query
+
+    identity = load_identity(credentials)
+    with job_progress() as bar:
+        task = bar.add_task("query", total=None, stage="submitting")
+
+        def progress(ev) -> None:
+            bar.update(task, total=ev.total, completed=ev.done, stage=ev.stage)
+
+        res = submit_query(identity, credentials, contract, coordinator, sql, progress, timeout)
+        bar.update(task, stage="decrypted")
+    err_console.print(f"job {res.job_id} done")
+    show_result(res, out, receipt, as_json)

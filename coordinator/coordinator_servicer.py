@@ -1,0 +1,57 @@
+"""gRPC edge of the coordinator: stream parsing, limits, identity; logic in `runtime.py`."""
+from __future__ import annotations
+
+from fedtrust.coordinator.runtime import CoordinatorRuntime, Finished, Progress
+from fedtrust.errors import NotFound, VerificationError
+from fedtrust.node.node_servicer import read_header_and_context
+from fedtrust.transport.chunks import split
+from fedtrust.transport.peer import peer_identity
+from fedtrust.transport.status import guarded
+from fedtrust.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc
+
+
+def _events(events):
+    for ev in events:
+        if isinstance(ev, Progress):
+            yield coordinator_pb2.JobEvent(progress=common_pb2.Progress(
+                stage=ev.stage, done=ev.done, total=ev.total, message=ev.message))
+        elif isinstance(ev, Finished):
+            for ct in ev.aggregate:
+                for chunk in split(ct):
+                    yield coordinator_pb2.JobEvent(ciphertext_chunk=chunk)
+            yield coordinator_pb2.JobEvent(outcome=coordinator_pb2.Outcome(
+                receipt=ev.receipt, ciphertext_sizes=[len(c) for c in ev.aggregate]))
+
+
+class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
+    def __init__(self, runtime: CoordinatorRuntime) -> None:
+        self.runtime = runtime
+
+    @guarded
+    def SubmitQuery(self, request_iterator, context):
+        peer = peer_identity(context)
+        header, ctx = read_header_and_context(request_iterator, "header", "he_context_chunk")
+        yield from _events(self.runtime.run_query(peer, header.job_envelope, header.contract_envelope, ctx))
+
+    def _own_job(self, request, context):
+        peer = peer_identity(context)
+        rec = self.runtime.store.get(request.job_id)
+        if peer != ("buyer", rec.buyer):
+            raise VerificationError(f"caller fedtrust://{peer[0]}/{peer[1]} is not the buyer of this job")
+        return rec
+
+    @guarded
+    def GetJob(self, request, context):
+        rec = self._own_job(request, context)
+        return coordinator_pb2.JobStatus(
+            job_id=rec.job_id, state=rec.state, error=rec.error, contract_digest=rec.contract_digest,
+            participants=list(rec.participants), created_at=rec.created_at, updated_at=rec.updated_at)
+
+    @guarded
+    def FetchResult(self, request, context):
+        rec = self._own_job(request, context)
+        if rec.state != "succeeded":
+            raise NotFound(f"job {rec.job_id} has no result (state: {rec.state}); see `fedtrust job status`")
+        n = len(rec.participants)
+        yield from _events([Progress("succeeded", n, n, "stored result"),
+                            Finished(rec.receipt or b"", tuple(self.runtime.store.aggregate(rec.job_id)))])

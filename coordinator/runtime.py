@@ -1,0 +1,171 @@
+"""The coordinator's domain logic: check, fan out, verify, add, sign.
+
+The coordinator holds no secret key: it adds the nodes' ciphertexts
+homomorphically and only ever sees their encrypted, pairwise-masked sum. It
+sends each job to exactly the participants the buyer signed; if any of them
+fails or times out the job fails (no partial aggregates) with the reason.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Iterator, Union
+
+from fedtrust.config import CoordinatorConfig
+from fedtrust.coordinator.node_client import NodeRelease, run_query_on_node
+from fedtrust.coordinator.store import JobStore
+from fedtrust.errors import ConfigError, Error, InvalidInput, JobFailed, PolicyViolation, VerificationError
+from fedtrust.privacy import he
+from fedtrust.transport.tls import TlsMaterial
+from fedtrust.trust.canonical import sha256_hex, utc_now
+from fedtrust.trust.contracts import Contract, verify_contract
+from fedtrust.trust.credentials import load_identity
+from fedtrust.trust.dsse import Envelope
+from fedtrust.trust.jobs import JobSpec, verify_job
+from fedtrust.trust.receipts import CoordinatorStatement, ReceiptBundle, sign_coordinator_statement, verify_attestation
+
+log = logging.getLogger("fedtrust.coordinator")
+
+
+@dataclass(frozen=True)
+class Progress:
+    stage: str
+    done: int
+    total: int
+    message: str
+
+
+@dataclass(frozen=True)
+class Finished:
+    receipt: bytes  # ReceiptBundle JSON, without the buyer's acknowledgement
+    aggregate: tuple[bytes, ...]
+
+
+Event = Union[Progress, Finished]
+
+
+class CoordinatorRuntime:
+    def __init__(self, config: CoordinatorConfig, addresses: dict[str, str] | None = None) -> None:
+        self.config = config
+        self.identity = load_identity(config.credentials)
+        cred = self.identity.credential
+        if cred.role != "coordinator" or cred.name != config.name:
+            raise ConfigError(
+                f"credentials in {config.credentials} are for fedtrust://{cred.role}/{cred.name}, not coordinator "
+                f"{config.name!r}; point [coordinator] credentials at the directory from `exchange register`"
+            )
+        self.name = config.name
+        self.tls = TlsMaterial(self.identity.tls_cert_pem, self.identity.tls_key_pem, self.identity.ca_pem)
+        #: operator overrides of the addresses in contracts (NAT, DNS, tests on port 0)
+        self.addresses = dict(addresses or {})
+        self.store = JobStore(config.state)
+        interrupted = self.store.fail_interrupted()
+        if interrupted:
+            log.warning("marked %d interrupted job(s) failed", interrupted)
+
+    def check(self, peer: tuple[str, str], job_bytes: bytes, contract_bytes: bytes) -> tuple[Contract, Envelope, JobSpec, Envelope]:
+        contract_env = Envelope.from_json(contract_bytes)
+        contract = verify_contract(contract_env, self.identity.exchange_key)
+        if contract.coordinator.name != self.name:
+            raise PolicyViolation(
+                f"the contract names coordinator {contract.coordinator.name!r}, not this one ({self.name!r}); "
+                "submit the job to the contract's coordinator"
+            )
+        if peer != ("buyer", contract.buyer.name):
+            raise VerificationError(
+                f"caller fedtrust://{peer[0]}/{peer[1]} is not the contract's buyer fedtrust://buyer/{contract.buyer.name}"
+            )
+        job_env = Envelope.from_json(job_bytes)
+        job = verify_job(job_env, contract, contract_env.digest)
+        contract.check_valid_at(datetime.now(timezone.utc))
+        return contract, contract_env, job, job_env
+
+    def address_of(self, contract: Contract, node: str) -> str:
+        addr = self.addresses.get(node) or contract.holding(node).credential.address
+        if not addr:
+            raise ConfigError(f"no address for node {node}: its credential has none and COORD.toml [addresses] names none")
+        return addr
+
+    def run_query(self, peer: tuple[str, str], job_bytes: bytes, contract_bytes: bytes, context: bytes) -> Iterator[Event]:
+        contract, contract_env, job, job_env = self.check(peer, job_bytes, contract_bytes)
+        job.he.check_supported()
+        if sha256_hex(context) != job.he.context_digest:
+            raise InvalidInput("HE context does not match the digest in the signed job spec; resend the buyer's context")
+        done = self.store.begin(job.job_id, job_env.digest, contract_env.digest, contract.buyer.name, job.participants)
+        total = len(job.participants)
+        if done is not None:
+            yield Progress("succeeded", total, total, "job already finished; returning the stored result")
+            yield Finished(done.receipt or b"", tuple(self.store.aggregate(job.job_id)))
+            return
+        try:
+            yield Progress("dispatched", 0, total, f"sent to {total} nodes")
+            releases: dict[str, NodeRelease] = {}
+            for event in self._fan_out(contract, job, job_bytes, contract_bytes, context, releases):
+                yield event
+            attestations = [self._check_release(contract, contract_env.digest, job_env.digest, releases[n])
+                            for n in job.participants]
+            aggregate = he.add_isolated(context, job.he, [list(releases[n].ciphertexts) for n in job.participants])
+            statement = sign_coordinator_statement(
+                CoordinatorStatement(
+                    job_digest=job_env.digest,
+                    contract_digest=contract_env.digest,
+                    aggregate_outputs=tuple(sha256_hex(c) for c in aggregate),
+                    attestations=tuple(a.digest for a in attestations),
+                    completed_at=utc_now(),
+                ),
+                self.identity.signer,
+            )
+            bundle = ReceiptBundle(contract_env, job_env, tuple(attestations), statement, None).to_json()
+            self.store.succeed(job.job_id, bundle, aggregate)
+        except Error as e:
+            self.store.fail(job.job_id, str(e))
+            raise
+        except BaseException:
+            self.store.fail(job.job_id, "internal error at the coordinator; see its log")
+            raise
+        yield Progress("aggregated", total, total, "ciphertexts added; receipt signed")
+        yield Finished(bundle, tuple(aggregate))
+
+    def _fan_out(self, contract, job, job_bytes, contract_bytes, context, releases) -> Iterator[Event]:
+        results: queue.Queue = queue.Queue()
+        pool = ThreadPoolExecutor(max_workers=len(job.participants), thread_name_prefix="fanout")
+
+        def ask(node: str) -> None:
+            try:
+                rel = run_query_on_node(node, self.address_of(contract, node), self.tls, job_bytes, contract_bytes,
+                                        context, self.config.node_timeout_s)
+                results.put((node, rel, None))
+            except Error as e:
+                results.put((node, None, e))
+            except Exception as e:  # never let a thread die silently
+                log.exception("asking node %s failed", node)
+                results.put((node, None, JobFailed(f"internal error while asking node {node}")))
+
+        try:
+            for node in job.participants:
+                pool.submit(ask, node)
+            for _ in job.participants:
+                node, rel, err = results.get()
+                if err is not None:
+                    raise JobFailed(f"node {node} failed, so the job failed (no partial aggregates): {err}")
+                releases[node] = rel
+                yield Progress("node-released", len(releases), len(job.participants), f"{node} released")
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    def _check_release(self, contract, contract_digest: str, job_digest: str, rel: NodeRelease) -> Envelope:
+        att = verify_attestation(rel.attestation, contract)
+        problems = []
+        if att.node != rel.node:
+            problems.append("names another node")
+        if att.job_digest != job_digest or att.contract_digest != contract_digest:
+            problems.append("is for another job or contract")
+        if tuple(att.outputs) != tuple(sha256_hex(c) for c in rel.ciphertexts):
+            problems.append("does not match the ciphertexts it sent")
+        if problems:
+            raise JobFailed(f"node {rel.node} sent an attestation that {' and '.join(problems)}")
+        return rel.attestation

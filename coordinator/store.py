@@ -1,0 +1,120 @@
+"""The coordinator's job store (SQLite).
+
+It holds what the coordinator may know: the signed job, its state, the
+reason a job failed (naming a participant and a rule, never a value), the
+receipt bundle (digests and signatures only) and the aggregate ciphertexts,
+which only the buyer can decrypt. No single node's contribution is stored.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from fedtrust.errors import NotFound, ReplayError
+from fedtrust.sqlite import Database
+from fedtrust.trust.canonical import utc_now
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    job_id TEXT PRIMARY KEY,
+    job_digest TEXT NOT NULL,
+    contract_digest TEXT NOT NULL,
+    buyer TEXT NOT NULL,
+    participants TEXT NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('running', 'succeeded', 'failed')),
+    error TEXT NOT NULL DEFAULT '',
+    receipt BLOB,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS aggregates (
+    job_id TEXT NOT NULL REFERENCES jobs (job_id),
+    idx INTEGER NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (job_id, idx)
+);
+"""
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    job_id: str
+    job_digest: str
+    contract_digest: str
+    buyer: str
+    participants: tuple[str, ...]
+    state: str
+    error: str
+    receipt: bytes | None
+    created_at: str
+    updated_at: str
+
+
+class JobStore:
+    def __init__(self, state_dir: str | Path) -> None:
+        self.db = Database(Path(state_dir) / "coordinator.sqlite3", SCHEMA)
+
+    def begin(self, job_id: str, job_digest: str, contract_digest: str, buyer: str,
+              participants: tuple[str, ...]) -> JobRecord | None:
+        """Mark a job running. Returns the finished record when this exact job already succeeded."""
+        now = utc_now()
+        with self.db.write() as con:
+            row = con.execute("SELECT * FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+            if row is not None:
+                if row["job_digest"] != job_digest:
+                    raise ReplayError("job id already used for a different job; sign the new job with a new id")
+                if row["state"] == "succeeded":
+                    return _record(row)
+                if row["state"] == "running":
+                    raise ReplayError("this job is already running; follow it with `fedtrust job status`")
+                con.execute("DELETE FROM aggregates WHERE job_id = ?", (job_id,))
+                con.execute("UPDATE jobs SET state='running', error='', receipt=NULL, updated_at=? WHERE job_id=?",
+                            (now, job_id))
+                return None
+            con.execute(
+                "INSERT INTO jobs (job_id, job_digest, contract_digest, buyer, participants, state, created_at, updated_at)"
+                " VALUES (?,?,?,?,?, 'running', ?, ?)",
+                (job_id, job_digest, contract_digest, buyer, json.dumps(list(participants)), now, now),
+            )
+        return None
+
+    def fail(self, job_id: str, reason: str) -> None:
+        with self.db.write() as con:
+            con.execute("UPDATE jobs SET state='failed', error=?, updated_at=? WHERE job_id=?",
+                        (reason, utc_now(), job_id))
+
+    def succeed(self, job_id: str, receipt: bytes, aggregate: list[bytes]) -> None:
+        with self.db.write() as con:
+            con.execute("DELETE FROM aggregates WHERE job_id = ?", (job_id,))
+            con.executemany("INSERT INTO aggregates (job_id, idx, data) VALUES (?,?,?)",
+                            [(job_id, i, a) for i, a in enumerate(aggregate)])
+            con.execute("UPDATE jobs SET state='succeeded', receipt=?, updated_at=? WHERE job_id=?",
+                        (receipt, utc_now(), job_id))
+
+    def fail_interrupted(self) -> int:
+        """At start-up: jobs left running by a previous process failed with it."""
+        with self.db.write() as con:
+            cur = con.execute(
+                "UPDATE jobs SET state='failed', error='the coordinator restarted during the job; submit it again',"
+                " updated_at=? WHERE state='running'", (utc_now(),))
+            return cur.rowcount
+
+    def get(self, job_id: str) -> JobRecord:
+        row = self.db.read().execute("SELECT * FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"no job {job_id!r} at this coordinator; check the job id")
+        return _record(row)
+
+    def aggregate(self, job_id: str) -> list[bytes]:
+        rows = self.db.read().execute("SELECT data FROM aggregates WHERE job_id = ? ORDER BY idx", (job_id,))
+        return [bytes(r[0]) for r in rows]
+
+
+def _record(row) -> JobRecord:
+    return JobRecord(
+        job_id=row["job_id"], job_digest=row["job_digest"], contract_digest=row["contract_digest"],
+        buyer=row["buyer"], participants=tuple(json.loads(row["participants"])), state=row["state"],
+        error=row["error"], receipt=bytes(row["receipt"]) if row["receipt"] is not None else None,
+        created_at=row["created_at"], updated_at=row["updated_at"],
+    )

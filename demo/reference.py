@@ -1,0 +1,40 @@
+"""The plaintext answer a trusted party would compute over the pooled rows (for comparison only).
+
+It applies the same admission rule as the nodes — each owner's contribution
+to a group with fewer than `min_group_size` matching rows is left out — and
+then runs the buyer's SQL with DuckDB over the union of the admitted rows.
+The demo shows it next to fedtrust's answer; the tests assert they agree.
+Nothing in fedtrust's release path calls this.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import duckdb
+
+from fedtrust.query.sql import QueryPlan
+
+
+def _reader(path: Path) -> str:
+    fn = "read_parquet" if path.suffix == ".parquet" else "read_csv_auto"
+    return f"{fn}('{path}')"
+
+
+def pooled_answer(plan: QueryPlan, sql: str, files: Sequence[Path], min_group_size: int) -> tuple[list[str], list[tuple]]:
+    con = duckdb.connect()
+    union = " UNION ALL ".join(f"SELECT *, {i} AS _owner FROM {_reader(Path(f))}" for i, f in enumerate(files))
+    con.execute(f"CREATE TABLE _all AS {union}")
+    where = f"WHERE {plan.where.sql(dialect='duckdb')}" if plan.where is not None else ""
+    keys = ", ".join(f'"{g}"' for g in plan.group_by)
+    sel = f"_owner{', ' + keys if keys else ''}"
+    con.execute(
+        f"CREATE TABLE _admitted AS SELECT {sel} FROM _all {where} GROUP BY {sel} HAVING COUNT(*) >= {min_group_size}"
+    )
+    on = " AND ".join(["a._owner = b._owner"] + [f'a."{g}" = b."{g}"' for g in plan.group_by])
+    con.execute(f"CREATE VIEW {plan.dataset} AS SELECT a.* FROM _all a SEMI JOIN _admitted b ON {on}")
+    cur = con.execute(sql)
+    cols = [d[0] for d in cur.description]
+    rows = cur.fetchall()
+    con.close()
+    return cols, rows

@@ -1,0 +1,122 @@
+"""`fedtrust exchange verify`: check a receipt offline, then record it in the exchange's log.
+
+On top of `fedtrust.trust.verify.verify_bundle` (signatures, participants,
+contract validity and rules, digests), the exchange checks what needs its
+records: that the contract is one it issued, that no other receipt for the
+same job id or nonce was recorded (replay), that every node's budget chain
+links to the entries already recorded for this contract (sequence, previous
+digest, cumulative ε) — two different releases at one chain position are a
+provable double spend — and, given the delivered result, that it matches the
+digest the buyer acknowledged.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+
+from fedtrust.errors import ConfigError, ReplayError, VerificationError
+from fedtrust.exchange.issuer import load_exchange
+from fedtrust.trust.receipts import GENESIS, ReceiptBundle, result_digest
+from fedtrust.trust.canonical import sha256_hex
+from fedtrust.trust.verify import VerifiedReceipt, verify_bundle
+
+
+@dataclass(frozen=True)
+class Verdict:
+    verified: VerifiedReceipt
+    already_recorded: bool
+    result_checked: bool
+    summary: str
+
+
+def verify_receipt_file(exchange_dir: str | Path, receipt_path: str | Path,
+                        result_path: str | Path | None = None) -> Verdict:
+    try:
+        raw = Path(receipt_path).read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"receipt file {receipt_path} does not exist") from None
+    result = None
+    if result_path is not None:
+        try:
+            result = json.loads(Path(result_path).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"result file {result_path} does not exist") from None
+        except json.JSONDecodeError:
+            raise ConfigError(f"result file {result_path} is not JSON; pass the result.json `fedtrust query` wrote") from None
+    return verify_receipt(exchange_dir, ReceiptBundle.from_json(raw), result)
+
+
+def verify_receipt(exchange_dir: str | Path, bundle: ReceiptBundle, result: dict | None = None) -> Verdict:
+    ex = load_exchange(exchange_dir)
+    v = verify_bundle(bundle, ex.signer.public_key, require_acknowledgement=True)
+    ex.store.get_contract(v.contract_digest)  # NotFound unless this exchange issued it
+    if result is not None:
+        _check_result(v, result)
+    bundle_digest = sha256_hex(bundle.to_json())
+    prior = ex.store.receipt_for_job(v.job.job_id) or ex.store.receipt_for_nonce(v.job.nonce)
+    if prior is not None:
+        if prior.bundle_digest != bundle_digest:
+            raise ReplayError(
+                f"a different receipt for job {prior.job_id} (or its nonce) is already recorded; a job settles once"
+            )
+        return Verdict(v, True, result is not None, _summary(v, result is not None, True))
+    rows = [_chain_row(ex.store, v, i) for i in range(len(v.attestations))]
+    ex.store.record_receipt(v.job.job_id, v.job.nonce, v.contract_digest, bundle_digest, bundle.to_json(), rows)
+    return Verdict(v, False, result is not None, _summary(v, result is not None, False))
+
+
+def _check_result(v: VerifiedReceipt, result: dict) -> None:
+    try:
+        digest = result_digest(result["salt"], result["columns"], result["rows"])
+    except (KeyError, TypeError):
+        raise VerificationError("the result file lacks salt, columns or rows; pass the result.json `fedtrust query` wrote") from None
+    assert v.acknowledgement is not None
+    if digest != v.acknowledgement.result_digest:
+        raise VerificationError("the result does not match the digest the buyer acknowledged in the receipt")
+
+
+def _chain_row(store, v: VerifiedReceipt, i: int) -> tuple:
+    att, digest = v.attestations[i], v.attestation_digests[i]
+    chain = att.chain
+    entries = {e.seq: e for e in store.chain_entries(att.node, v.contract_digest)}
+    same = entries.get(chain.seq)
+    if same is not None and same.attestation_digest != digest:
+        raise VerificationError(
+            f"double spend: node {att.node} signed two different releases at budget chain position {chain.seq} "
+            "under this contract"
+        )
+    before = entries.get(chain.seq - 1)
+    if chain.seq == 1:
+        expected_prev, expected_cum = GENESIS, Decimal(att.epsilon)
+    elif before is not None:
+        expected_prev, expected_cum = before.attestation_digest, Decimal(before.cumulative_epsilon) + Decimal(att.epsilon)
+    else:
+        expected_prev = expected_cum = None  # earlier receipts not (yet) presented: checked when they are
+    if expected_prev is not None and (chain.prev != expected_prev or Decimal(chain.cumulative_epsilon) != expected_cum):
+        raise VerificationError(
+            f"budget chain of node {att.node} is inconsistent at position {chain.seq}: it does not extend the "
+            "recorded previous entry (previous digest or cumulative ε differ)"
+        )
+    after = entries.get(chain.seq + 1)
+    if after is not None and (after.prev != digest or
+                              Decimal(after.cumulative_epsilon) < Decimal(chain.cumulative_epsilon)):
+        raise VerificationError(
+            f"budget chain of node {att.node} is inconsistent at position {chain.seq}: the recorded next entry "
+            "does not extend this one"
+        )
+    return (att.node, v.contract_digest, chain.seq, digest, chain.prev, chain.cumulative_epsilon)
+
+
+def _summary(v: VerifiedReceipt, result_checked: bool, again: bool) -> str:
+    eps = sum(Decimal(a.epsilon) for a in v.attestations)
+    parts = [
+        f"VALID: job {v.job.job_id} under contract {v.contract_digest[:12]}…",
+        f"{len(v.attestations)} owners attested ({', '.join(a.node for a in v.attestations)})",
+        f"coordinator {v.contract.coordinator.name} signed the aggregate",
+        "buyer acknowledged delivery" + (" and the result matches" if result_checked else ""),
+        f"ε spent {eps:.6f}" if eps else "no differential privacy (exact aggregates under the contract's rules)",
+        "already recorded" if again else "recorded",
+    ]
+    return "; ".join(parts)

@@ -1,0 +1,72 @@
+"""gRPC edge of the node: stream parsing, limits, identity; logic is in `runtime.py`.
+
+Every failure is audited by the rule it broke (never a value) and mapped to a
+status code by `fedtrust.transport.status`; a malformed message can fail its
+own call but never the daemon.
+"""
+from __future__ import annotations
+
+import logging
+
+from fedtrust.errors import Error, InvalidInput
+from fedtrust.node.runtime import NodeRuntime
+from fedtrust.privacy.he import MAX_CONTEXT_BYTES
+from fedtrust.transport.chunks import Assembler, split
+from fedtrust.transport.peer import peer_identity
+from fedtrust.transport.status import guarded
+from fedtrust.v1 import node_pb2, node_pb2_grpc
+
+log = logging.getLogger("fedtrust.node")
+
+#: a signed job spec or contract is a few KB; 1 MiB leaves room for many owners
+MAX_ENVELOPE_BYTES = 1 << 20
+
+
+def read_header_and_context(requests, header_field: str, chunk_field: str, what: str = "HE context"):
+    """First message: the header; then the context in chunks, within declared size and limit."""
+    first = next(requests, None)
+    if first is None or first.WhichOneof("part") != header_field:
+        raise InvalidInput(f"the stream must start with a {header_field} message")
+    header = getattr(first, header_field)
+    if len(header.job_envelope) > MAX_ENVELOPE_BYTES or len(header.contract_envelope) > MAX_ENVELOPE_BYTES:
+        raise InvalidInput(f"job spec or contract exceeds {MAX_ENVELOPE_BYTES} bytes")
+    if header.he_context_size > MAX_CONTEXT_BYTES:
+        raise InvalidInput(f"{what} of {header.he_context_size} bytes exceeds the limit of {MAX_CONTEXT_BYTES} bytes")
+    asm = Assembler(header.he_context_size, MAX_CONTEXT_BYTES, what)
+    for msg in requests:
+        if msg.WhichOneof("part") != chunk_field:
+            raise InvalidInput(f"only {chunk_field} messages may follow the header")
+        asm.add(getattr(msg, chunk_field))
+    return header, asm.finish()
+
+
+class NodeServicer(node_pb2_grpc.NodeServiceServicer):
+    def __init__(self, runtime: NodeRuntime) -> None:
+        self.runtime = runtime
+
+    @guarded
+    def RunQuery(self, request_iterator, context):
+        peer = peer_identity(context)
+        store = self.runtime.store
+        job_id = contract_digest = None
+        try:
+            header, ctx = read_header_and_context(request_iterator, "header", "he_context_chunk")
+            checked = self.runtime.check_job(peer, header.job_envelope, header.contract_envelope)
+            job_id, contract_digest = checked.job.job_id, checked.contract_digest
+            release = self.runtime.run_query(checked, ctx)
+        except Error as e:
+            store.audit("refused", f"{e.kind}: {e}", contract_digest=contract_digest, job_id=job_id,
+                        peer=f"{peer[0]}/{peer[1]}")
+            log.info("refused job %s: %s", job_id, e)
+            raise
+        store.audit("released", f"seq {release.seq}", contract_digest=contract_digest, job_id=job_id,
+                    peer=f"{peer[0]}/{peer[1]}")
+        for ct in release.outputs:
+            for chunk in split(ct):
+                yield node_pb2.QueryReply(ciphertext_chunk=chunk)
+        yield node_pb2.QueryReply(
+            release=node_pb2.Release(
+                attestation_envelope=release.attestation.to_json(),
+                ciphertext_sizes=[len(c) for c in release.outputs],
+            )
+        )

@@ -1,0 +1,194 @@
+"""The node's domain logic: check a job against the contract, compute, protect, release.
+
+No protobuf here (see `node_servicer.py`). The order of `run_query` is the
+security argument, top to bottom:
+
+1. the contract verifies under the exchange key, and the caller's mTLS
+   identity is the contract's coordinator;
+2. this node is an owner of the contract and holds the product it names,
+   whose data commitment matched the file at start-up;
+3. the job is signed by the contract's buyer, names exactly the contract's
+   owners and coordinator, is unexpired, within the contract's validity;
+4. the SQL passes the contract's rules (`fedtrust.query.sql`) and is rebuilt
+   from the checked tree; the HE context is the one the job names, with the
+   supported parameters;
+5. a recorded release of the same job is returned as it was (no second
+   debit); a reused job id or nonce is refused;
+6. DuckDB computes exact per-group integers over the node's file only; small
+   groups are withheld; pairwise masks are added mod t; the vector is
+   encrypted in a worker process under the buyer's public context;
+7. the ledger row (chain entry, attestation, ciphertexts) is committed and
+   fsynced, and only then does anything leave the node.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from fedtrust.code import code_digest
+from fedtrust.config import NodeConfig
+from fedtrust.errors import BudgetExhausted, ConfigError, InvalidInput, PolicyViolation, VerificationError
+from fedtrust.node.executor import Dataset, file_digest
+from fedtrust.node.store import NodeStore, StoredRelease
+from fedtrust.privacy import he
+from fedtrust.privacy.masking import add_mod, pairwise_mask
+from fedtrust.privacy.params import PLAIN_MODULUS
+from fedtrust.query.encoding import encode
+from fedtrust.query.layout import Layout
+from fedtrust.query.sql import plan_query
+from fedtrust.trust.canonical import sha256_hex, utc_now
+from fedtrust.trust.contracts import Contract, verify_contract
+from fedtrust.trust.credentials import Identity, kx_public_key, load_identity
+from fedtrust.trust.dsse import Envelope
+from fedtrust.trust.jobs import JobSpec, verify_job
+from fedtrust.trust.products import Product, verify_product
+from fedtrust.trust.receipts import Attestation, ChainEntry, sign_attestation
+
+log = logging.getLogger("fedtrust.node")
+
+
+@dataclass(frozen=True)
+class HeldDataset:
+    product: Product
+    product_digest: str
+    path: Path
+    dataset: Dataset
+
+
+@dataclass(frozen=True)
+class CheckedJob:
+    contract: Contract
+    contract_digest: str
+    job: JobSpec
+    job_digest: str
+    held: HeldDataset
+
+
+class NodeRuntime:
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        self.identity: Identity = load_identity(config.credentials)
+        cred = self.identity.credential
+        if cred.role != "node" or cred.name != config.name:
+            raise ConfigError(
+                f"credentials in {config.credentials} are for fedtrust://{cred.role}/{cred.name}, "
+                f"not node {config.name!r}; point [node] credentials at this node's directory from `exchange register`"
+            )
+        if self.identity.kx_private is None:
+            raise ConfigError(f"credentials in {config.credentials} have no kx.key; re-register the node")
+        self.name = config.name
+        self.store = NodeStore(config.state)
+        self.code_digest = code_digest()
+        self.datasets: dict[str, HeldDataset] = {}
+        for d in config.datasets:
+            self._open_dataset(d.product, d.path)
+
+    def _open_dataset(self, product_path: Path, data_path: Path) -> None:
+        try:
+            env = Envelope.from_json(product_path.read_bytes())
+        except FileNotFoundError:
+            raise ConfigError(f"product credential {product_path} does not exist") from None
+        product = verify_product(env, self.identity.exchange_key)
+        if product.owner != self.name:
+            raise ConfigError(f"product {product_path} is listed for owner {product.owner!r}, not this node {self.name!r}")
+        if not data_path.is_file():
+            raise ConfigError(f"data file {data_path} does not exist")
+        digest = file_digest(data_path)
+        if digest != product.commitment:
+            raise ConfigError(
+                f"data file {data_path} does not match the commitment in {product_path}; "
+                "serve the listed data version or ask the exchange to list the new one "
+                "(`fedtrust node digest` prints the file's commitment)"
+            )
+        self.datasets[env.digest] = HeldDataset(product, env.digest, data_path, Dataset.open(data_path, product.schema))
+
+    # -- checks -----------------------------------------------------------
+    def check_job(self, peer: tuple[str, str], job_bytes: bytes, contract_bytes: bytes) -> CheckedJob:
+        contract_env = Envelope.from_json(contract_bytes)
+        contract = verify_contract(contract_env, self.identity.exchange_key)
+        if peer != ("coordinator", contract.coordinator.name):
+            raise VerificationError(
+                f"caller fedtrust://{peer[0]}/{peer[1]} is not the contract's coordinator "
+                f"fedtrust://coordinator/{contract.coordinator.name}"
+            )
+        if self.name not in contract.owner_names:
+            raise PolicyViolation(f"node {self.name} is not an owner under this contract; send the job to its owners only")
+        holding = contract.holding(self.name)
+        held = self.datasets.get(holding.product_digest)
+        if held is None:
+            raise PolicyViolation(
+                f"product {holding.product.dataset!r} named by the contract is not held by node {self.name}; "
+                "add it to [[datasets]] in the node's config"
+            )
+        job_env = Envelope.from_json(job_bytes)
+        job = verify_job(job_env, contract, contract_env.digest)
+        contract.check_valid_at(datetime.now(timezone.utc))
+        return CheckedJob(contract, contract_env.digest, job, job_env.digest, held)
+
+    # -- queries ----------------------------------------------------------
+    def run_query(self, checked: CheckedJob, context: bytes) -> StoredRelease:
+        contract, job, held = checked.contract, checked.job, checked.held
+        if job.kind != "query":
+            raise InvalidInput(f"job kind {job.kind!r} sent to the query endpoint; use the endpoint for that kind")
+        rules = contract.rules.query
+        if rules is None:
+            raise PolicyViolation("this contract sells no queries (its rules have no [query] table)")
+        plan = plan_query(job.sql, rules, held.product.schema, contract.dataset)
+        job.he.check_supported()
+        if sha256_hex(context) != job.he.context_digest:
+            raise InvalidInput("HE context does not match the digest in the signed job spec; resend the buyer's context")
+        existing = self.store.lookup(checked.contract_digest, job.job_id, job.nonce, checked.job_digest)
+        if existing is not None:
+            return existing
+        if self.store.released_count(checked.contract_digest) >= rules.max_queries:
+            # fast refusal before any computation; re-checked atomically in commit_release
+            raise BudgetExhausted(
+                f"query cap reached: this contract allows {rules.max_queries} jobs at this node and all are spent; "
+                "ask the exchange for a new contract"
+            )
+        started = utc_now()
+        layout = Layout.from_plan(plan, held.product.schema)
+        stats = held.dataset.aggregate(plan, layout)
+        vector, _withheld = encode(layout, stats, rules.min_group_size)
+        peers = {
+            h.credential.name: kx_public_key(h.credential) for h in contract.owners if h.credential.name != self.name
+        }
+        # keyed by the digest of the signed job, not its id: a buyer who reused a job id under another
+        # contract must not get two vectors under the same mask (their difference would be in the clear)
+        mask = pairwise_mask(self.identity.kx_private, self.name, peers, checked.job_digest, layout.length,
+                             PLAIN_MODULUS)
+        masked = add_mod(vector, mask, PLAIN_MODULUS)
+        ciphertexts = he.encrypt_isolated(context, job.he, [int(x) for x in masked])
+
+        def attest(chain: ChainEntry) -> Envelope:
+            return sign_attestation(
+                Attestation(
+                    node=self.name,
+                    job_digest=checked.job_digest,
+                    contract_digest=checked.contract_digest,
+                    product_digest=held.product_digest,
+                    data_commitment=held.product.commitment,
+                    code_digest=self.code_digest,
+                    outputs=tuple(sha256_hex(c) for c in ciphertexts),
+                    epsilon="0.000000",
+                    delta="0.000000",
+                    chain=chain,
+                    dp=False,
+                    started_at=started,
+                    released_at=utc_now(),
+                ),
+                self.identity.signer,
+            )
+
+        return self.store.commit_release(
+            contract_digest=checked.contract_digest,
+            job_id=job.job_id,
+            nonce=job.nonce,
+            job_digest=checked.job_digest,
+            max_queries=rules.max_queries,
+            mechanism="exact",
+            outputs=ciphertexts,
+            make_attestation=attest,
+        )
