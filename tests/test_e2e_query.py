@@ -1,0 +1,131 @@
+"""End to end: exchange → nodes → coordinator → buyer → receipt → exchange, real daemons over mTLS."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fedtrust.buyer.query import fetch_again, plan_for, submit_query
+from fedtrust.demo.reference import pooled_answer
+from fedtrust.errors import ReplayError, VerificationError
+from fedtrust.exchange.verify import verify_receipt_file
+from fedtrust.trust.credentials import load_identity
+
+GROUPED = "SELECT region, COUNT(*) AS n, AVG(income) AS mean_income FROM loans GROUP BY region"
+STATS = ("SELECT COUNT(*) AS n, SUM(age) AS total_age, AVG(income) AS mean_income, VAR_SAMP(income) AS var_income, "
+         "STDDEV_SAMP(age) AS sd_age FROM loans WHERE age >= 30 AND NOT region = 'west'")
+GROUPED_FILTERED = ("SELECT region, SUM(defaulted) AS defaults, STDDEV_SAMP(income) AS sd FROM loans "
+                    "WHERE region IN ('north', 'central', 'east') AND age BETWEEN 25 AND 60 GROUP BY region")
+
+
+def _key(row):
+    return tuple(str(v) for v in row if isinstance(v, str))
+
+
+def assert_rows_close(got, want):
+    assert len(got) == len(want)
+    got, want = sorted(got, key=_key), sorted(want, key=_key)
+    for g, w in zip(got, want):
+        assert len(g) == len(w)
+        for a, b in zip(g, w):
+            if isinstance(b, (int, float)) and not isinstance(b, bool):
+                assert a is not None
+                assert math.isclose(float(a), float(b), rel_tol=1e-6, abs_tol=1e-9), (g, w)
+            else:
+                assert a == b, (g, w)
+
+
+def ask(fed, sql):
+    buyer = load_identity(fed.buyer_dir)
+    return submit_query(buyer, fed.buyer_dir, fed.contract_path, fed.coordinator_address, sql)
+
+
+@pytest.mark.parametrize("sql", [GROUPED, STATS, GROUPED_FILTERED])
+def test_answer_equals_plaintext_over_admitted_pooled_rows(federation, sql):
+    res = ask(federation, sql)
+    contract = res.verified.contract
+    cols, rows = pooled_answer(plan_for(contract, sql), sql, list(federation.data.values()),
+                               contract.rules.query.min_group_size)
+    assert list(res.table.columns) == cols
+    assert_rows_close(res.table.rows, rows)
+    assert res.result["columns"] == cols and len(res.result["rows"]) == len(rows)
+
+
+def test_small_groups_are_withheld_and_reported(federation):
+    # insurer-c's mix puts about 0.5% of its 1200 rows in `central`: below the minimum of 10
+    res = ask(federation, GROUPED)
+    assert res.table.withheld >= 1
+    central = [r for r in res.table.rows if r[0] == "central"][0]
+    # the pooled count excludes the withheld contribution
+    contract = res.verified.contract
+    _, rows = pooled_answer(plan_for(contract, GROUPED), GROUPED, list(federation.data.values()), 1)
+    unfiltered = [r for r in rows if r[0] == "central"][0]
+    assert central[1] < unfiltered[1]
+
+
+def test_receipt_verifies_at_the_exchange_once(federation, tmp_path):
+    res = ask(federation, GROUPED)
+    receipt, result = tmp_path / "receipt.json", tmp_path / "result.json"
+    receipt.write_bytes(res.receipt.to_json())
+    result.write_text(json.dumps(res.result))
+    verdict = verify_receipt_file(federation.exchange_dir, receipt, result)
+    assert not verdict.already_recorded and verdict.result_checked
+    assert "VALID" in verdict.summary and "3 owners attested" in verdict.summary
+    # the same receipt again is recognised, not double-counted
+    assert verify_receipt_file(federation.exchange_dir, receipt).already_recorded
+    # a result other than the delivered one does not match the acknowledgement
+    forged = dict(res.result, rows=[[r[0], r[1] + 1, r[2]] for r in res.result["rows"]])
+    result.write_text(json.dumps(forged))
+    with pytest.raises(VerificationError, match="does not match the digest the buyer acknowledged"):
+        verify_receipt_file(federation.exchange_dir, receipt, result)
+
+
+def test_fetching_again_decrypts_the_same_result_and_a_second_receipt_is_a_replay(federation, tmp_path):
+    res = ask(federation, STATS)
+    buyer = load_identity(federation.buyer_dir)
+    again = fetch_again(buyer, federation.buyer_dir, res.job_id)
+    assert again.table.rows == res.table.rows
+    first, second = tmp_path / "r1.json", tmp_path / "r2.json"
+    first.write_bytes(res.receipt.to_json())
+    second.write_bytes(again.receipt.to_json())  # new acknowledgement (new salt): a different bundle
+    verify_receipt_file(federation.exchange_dir, first)
+    with pytest.raises(ReplayError, match="already recorded"):
+        verify_receipt_file(federation.exchange_dir, second)
+
+
+def test_cli_query_status_result_and_verify(federation, tmp_path):
+    env = dict(os.environ, FEDTRUST_LOG="warning")
+    out, receipt = tmp_path / "result.json", tmp_path / "receipt.json"
+    cmd = [sys.executable, "-m", "fedtrust.cli.main"]
+    p = subprocess.run(cmd + ["query", "--credentials", str(federation.buyer_dir), "--contract",
+                              str(federation.contract_path), "--coordinator", federation.coordinator_address,
+                              "--out", str(out), "--receipt", str(receipt), "--json", GROUPED],
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert p.returncode == 0, p.stderr
+    printed = json.loads(p.stdout)
+    saved = json.loads(out.read_text())
+    assert printed == saved and saved["columns"] == ["region", "n", "mean_income"]
+    job_id = saved["job_id"]
+    p = subprocess.run(cmd + ["job", "status", job_id, "--credentials", str(federation.buyer_dir), "--json"],
+                       capture_output=True, text=True, env=env, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["state"] == "succeeded"
+    p = subprocess.run(cmd + ["job", "result", job_id, "--credentials", str(federation.buyer_dir), "--json"],
+                       capture_output=True, text=True, env=env, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["rows"] == saved["rows"]
+    p = subprocess.run(cmd + ["exchange", "verify", str(federation.exchange_dir), str(receipt), "--result", str(out)],
+                       capture_output=True, text=True, env=env, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert "VALID" in p.stdout
+    # a forbidden query: non-zero exit, the rule named, no traceback
+    p = subprocess.run(cmd + ["query", "--credentials", str(federation.buyer_dir), "--contract",
+                              str(federation.contract_path), "--coordinator", federation.coordinator_address,
+                              "SELECT * FROM loans"], capture_output=True, text=True, env=env, timeout=60)
+    assert p.returncode == 1
+    assert "Traceback" not in p.stderr and "SELECT *" in p.stderr
