@@ -12,7 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 
 PACKAGES = ("fedtrust", "fedtrust.trust", "fedtrust.privacy", "fedtrust.query", "fedtrust.transport",
-            "fedtrust.node", "fedtrust.coordinator", "fedtrust.exchange", "fedtrust.buyer", "fedtrust.demo", "fedtrust.v1")
+            "fedtrust.node", "fedtrust.coordinator", "fedtrust.exchange", "fedtrust.buyer", "fedtrust.training", "fedtrust.demo", "fedtrust.v1")
 
 
 @lru_cache(maxsize=1)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from fedtrust.errors import ConfigError, ReplayError, VerificationError
 from fedtrust.exchange.issuer import load_exchange
-from fedtrust.trust.receipts import GENESIS, ReceiptBundle, result_digest
+from fedtrust.trust.receipts import GENESIS, ReceiptBundle, ledger_entry_digest, result_digest
 from fedtrust.trust.canonical import sha256_hex
 from fedtrust.trust.verify import VerifiedReceipt, verify_bundle
 
@@ -78,8 +78,10 @@ def _check_result(v: VerifiedReceipt, result: dict) -> None:
 
 
 def _chain_row(store, v: VerifiedReceipt, i: int) -> tuple:
-    att, digest = v.attestations[i], v.attestation_digests[i]
+    att = v.attestations[i]
     chain = att.chain
+    # chain links are ledger-entry digests, recomputable from the attestation's own fields
+    digest = ledger_entry_digest(att.node, v.contract_digest, v.job_digest, att.epsilon, att.delta, chain)
     entries = {e.seq: e for e in store.chain_entries(att.node, v.contract_digest)}
     same = entries.get(chain.seq)
     if same is not None and same.attestation_digest != digest:

@@ -162,7 +162,7 @@ class NodeRuntime:
         masked = add_mod(vector, mask, PLAIN_MODULUS)
         ciphertexts = he.encrypt_isolated(context, job.he, [int(x) for x in masked])
 
-        def attest(chain: ChainEntry) -> Envelope:
+        def attest(debit) -> Envelope:
             return sign_attestation(
                 Attestation(
                     node=self.name,
@@ -174,7 +174,7 @@ class NodeRuntime:
                     outputs=tuple(sha256_hex(c) for c in ciphertexts),
                     epsilon="0.000000",
                     delta="0.000000",
-                    chain=chain,
+                    chain=debit.chain,
                     dp=False,
                     started_at=started,
                     released_at=utc_now(),
@@ -183,6 +183,7 @@ class NodeRuntime:
             )
 
         return self.store.commit_release(
+            node=self.name,
             contract_digest=checked.contract_digest,
             job_id=job.job_id,
             nonce=job.nonce,

@@ -1,14 +1,20 @@
-"""The node's durable state: its release ledger and its audit log (SQLite).
+"""The node's durable state: its budget ledger (releases) and its audit log (SQLite).
 
-Every release is one ledger row, written and fsynced *before* the release
-leaves the node. Rows are hash-chained per contract (sequence number,
-previous attestation digest, cumulative ε), so the attestations a node signs
-carry their chain position and a double spend is provable from receipts.
+Every job is one ledger row, written and fsynced *before* anything the job
+computes leaves the node. Rows are hash-chained per contract (sequence
+number, digest of the previous entry, cumulative ε; see
+`fedtrust.trust.receipts.ledger_entry_digest`), so the attestations a node
+signs carry their chain position and a double spend is provable from receipts.
+
+A query job is debited, attested and its outputs recorded in one transaction
+(`commit_release`). A training job is debited before its first round
+(`debit_job`) and attested at its end (`attach_attestation`).
 
 The row also memoises the release: a retry of the same job (same contract,
 job id and nonce) gets exactly the same bytes back — no fresh computation,
 no fresh noise, no second debit — while a reused job id or nonce with a
-different job is refused.
+different job is refused. Concurrent jobs cannot overspend: the check and
+the insert happen in one IMMEDIATE transaction.
 
 Nothing here holds a data value in the clear: outputs are masked and
 encrypted under the buyer's key; audit rows name jobs and rules only.
@@ -20,17 +26,17 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Callable, Sequence
 
-from fedtrust.errors import BudgetExhausted, ReplayError
+from fedtrust.errors import BudgetExhausted, NotFound, ReplayError
 from fedtrust.sqlite import Database
 from fedtrust.trust.canonical import utc_now
 from fedtrust.trust.dsse import Envelope
-from fedtrust.trust.receipts import GENESIS, ChainEntry, fmt_eps
-
+from fedtrust.trust.receipts import GENESIS, ChainEntry, fmt_eps, ledger_entry_digest
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS releases (
     contract_digest TEXT NOT NULL,
     seq INTEGER NOT NULL,
+    kind TEXT NOT NULL,
     job_id TEXT NOT NULL,
     nonce TEXT NOT NULL UNIQUE,
     job_digest TEXT NOT NULL,
@@ -39,8 +45,9 @@ CREATE TABLE IF NOT EXISTS releases (
     delta TEXT NOT NULL,
     cumulative_epsilon TEXT NOT NULL,
     prev TEXT NOT NULL,
-    attestation BLOB NOT NULL,
-    attestation_digest TEXT NOT NULL,
+    entry_digest TEXT NOT NULL,
+    attestation BLOB,
+    attestation_digest TEXT,
     created_at TEXT NOT NULL,
     PRIMARY KEY (contract_digest, seq),
     UNIQUE (contract_digest, job_id)
@@ -66,17 +73,31 @@ CREATE TABLE IF NOT EXISTS audit (
 
 
 @dataclass(frozen=True)
-class StoredRelease:
+class Debit:
+    """One ledger row: what a job spent and where it sits in the contract's chain."""
+
     contract_digest: str
-    seq: int
+    kind: str
     job_id: str
     nonce: str
     job_digest: str
+    mechanism: str
     epsilon: str
-    cumulative_epsilon: str
+    delta: str
+    chain: ChainEntry
+    entry_digest: str
+    created_at: str
+
+
+@dataclass(frozen=True)
+class StoredRelease:
+    debit: Debit
     attestation: Envelope
     outputs: tuple[bytes, ...]
-    created_at: str
+
+    @property
+    def seq(self) -> int:
+        return self.debit.chain.seq
 
 
 @dataclass(frozen=True)
@@ -89,16 +110,22 @@ class AuditEvent:
     detail: str
 
 
+@dataclass(frozen=True)
+class ContractBudget:
+    contract_digest: str
+    jobs: int
+    queries: int
+    spent_epsilon: str
+    last: tuple[Debit, ...]  # newest first
+
+
 class NodeStore:
     def __init__(self, state_dir: str | Path) -> None:
         self.db = Database(Path(state_dir) / "node.sqlite3", SCHEMA)
 
-    # -- releases ---------------------------------------------------------
-    def lookup(self, contract_digest: str, job_id: str, nonce: str, job_digest: str) -> StoredRelease | None:
-        """The recorded release of this exact job, None if new; ReplayError on a conflicting reuse."""
-        return self._lookup(self.db.read(), contract_digest, job_id, nonce, job_digest)
-
-    def _lookup(self, con, contract_digest, job_id, nonce, job_digest) -> StoredRelease | None:
+    # -- lookups ----------------------------------------------------------
+    def _find(self, con, contract_digest: str, job_id: str, nonce: str, job_digest: str):
+        """The row of this exact job, None if new; ReplayError on a conflicting reuse."""
         row = con.execute(
             "SELECT * FROM releases WHERE nonce = ? OR (contract_digest = ? AND job_id = ?)",
             (nonce, contract_digest, job_id),
@@ -109,16 +136,72 @@ class NodeStore:
             if row["nonce"] == nonce:
                 raise ReplayError("nonce already used by another job; sign each job with a fresh nonce")
             raise ReplayError("job id already used for a different job under this contract; use a new job id")
-        return _release(con, row)
+        return row
 
-    def released_count(self, contract_digest: str) -> int:
+    def lookup(self, contract_digest: str, job_id: str, nonce: str, job_digest: str) -> StoredRelease | None:
+        """The recorded (attested) release of this exact job, or None."""
+        con = self.db.read()
+        row = self._find(con, contract_digest, job_id, nonce, job_digest)
+        return _release(con, row) if row is not None and row["attestation"] is not None else None
+
+    def find_debit(self, contract_digest: str, job_id: str, nonce: str, job_digest: str) -> Debit | None:
+        row = self._find(self.db.read(), contract_digest, job_id, nonce, job_digest)
+        return _debit(row) if row is not None else None
+
+    def released_count(self, contract_digest: str, kind: str = "query") -> int:
         return self.db.read().execute(
-            "SELECT COUNT(*) FROM releases WHERE contract_digest = ?", (contract_digest,)
+            "SELECT COUNT(*) FROM releases WHERE contract_digest = ? AND kind = ?", (contract_digest, kind)
         ).fetchone()[0]
+
+    def spent_epsilon(self, contract_digest: str) -> Decimal:
+        row = self.db.read().execute(
+            "SELECT cumulative_epsilon FROM releases WHERE contract_digest = ? ORDER BY seq DESC LIMIT 1",
+            (contract_digest,),
+        ).fetchone()
+        return Decimal(row[0]) if row else Decimal(0)
+
+    # -- debits -----------------------------------------------------------
+    def _debit(self, con, *, node: str, contract_digest: str, kind: str, job_id: str, nonce: str,
+               job_digest: str, mechanism: str, epsilon: Decimal, delta: Decimal,
+               epsilon_total: Decimal | None, max_jobs: int | None) -> Debit:
+        """Insert a ledger row inside the caller's IMMEDIATE transaction, after checking every cap."""
+        if max_jobs is not None:
+            done = con.execute("SELECT COUNT(*) FROM releases WHERE contract_digest = ? AND kind = ?",
+                               (contract_digest, kind)).fetchone()[0]
+            if done >= max_jobs:
+                raise BudgetExhausted(
+                    f"query cap reached: this contract allows {max_jobs} {kind} jobs at this node and all are "
+                    "spent; ask the exchange for a new contract"
+                )
+        last = con.execute(
+            "SELECT seq, entry_digest, cumulative_epsilon FROM releases WHERE contract_digest = ?"
+            " ORDER BY seq DESC LIMIT 1", (contract_digest,),
+        ).fetchone()
+        spent = Decimal(last["cumulative_epsilon"]) if last else Decimal(0)
+        cumulative = spent + epsilon
+        if epsilon_total is not None and cumulative > epsilon_total:
+            left = max(epsilon_total - spent, Decimal(0))
+            raise BudgetExhausted(
+                f"privacy budget exhausted: this job needs ε={fmt_eps(epsilon)} but only ε={fmt_eps(left)} of "
+                f"ε={fmt_eps(epsilon_total)} is left for this contract at node {node}; ask the exchange for a new contract"
+            )
+        chain = ChainEntry(seq=(last["seq"] if last else 0) + 1, prev=last["entry_digest"] if last else GENESIS,
+                           cumulative_epsilon=fmt_eps(cumulative))
+        eps, dlt = fmt_eps(epsilon), fmt_eps(delta)
+        entry = ledger_entry_digest(node, contract_digest, job_digest, eps, dlt, chain)
+        now = utc_now()
+        con.execute(
+            "INSERT INTO releases (contract_digest, seq, kind, job_id, nonce, job_digest, mechanism, epsilon, delta,"
+            " cumulative_epsilon, prev, entry_digest, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (contract_digest, chain.seq, kind, job_id, nonce, job_digest, mechanism, eps, dlt,
+             chain.cumulative_epsilon, chain.prev, entry, now),
+        )
+        return Debit(contract_digest, kind, job_id, nonce, job_digest, mechanism, eps, dlt, chain, entry, now)
 
     def commit_release(
         self,
         *,
+        node: str,
         contract_digest: str,
         job_id: str,
         nonce: str,
@@ -126,67 +209,92 @@ class NodeStore:
         max_queries: int,
         mechanism: str,
         outputs: Sequence[bytes],
-        make_attestation: Callable[[ChainEntry], Envelope],
+        make_attestation: Callable[[Debit], Envelope],
         epsilon: Decimal = Decimal(0),
         delta: Decimal = Decimal(0),
         epsilon_total: Decimal | None = None,
     ) -> StoredRelease:
-        """Debit and record a release atomically (IMMEDIATE transaction, fsynced commit).
+        """Debit, attest and record a query's release atomically (one fsynced transaction).
 
-        Re-checks replay and caps inside the transaction, so concurrent jobs
-        cannot overspend. Returns the already-recorded release when an
-        identical job committed first.
+        Returns the already-recorded release when an identical job committed first.
         """
         with self.db.write() as con:
-            existing = self._lookup(con, contract_digest, job_id, nonce, job_digest)
-            if existing is not None:
-                return existing
-            last = con.execute(
-                "SELECT seq, attestation_digest, cumulative_epsilon FROM releases "
-                "WHERE contract_digest = ? ORDER BY seq DESC LIMIT 1",
-                (contract_digest,),
-            ).fetchone()
-            seq = (last["seq"] if last else 0) + 1
-            if seq > max_queries:
-                raise BudgetExhausted(
-                    f"query cap reached: this contract allows {max_queries} jobs at this node and all are spent; "
-                    "ask the exchange for a new contract"
-                )
-            spent = Decimal(last["cumulative_epsilon"]) if last else Decimal(0)
-            cumulative = spent + epsilon
-            if epsilon_total is not None and cumulative > epsilon_total:
-                raise BudgetExhausted(
-                    f"privacy budget exhausted: this job needs ε={fmt_eps(epsilon)} but only "
-                    f"ε={fmt_eps(epsilon_total - spent)} of ε={fmt_eps(epsilon_total)} is left for this contract"
-                )
-            chain = ChainEntry(seq=seq, prev=last["attestation_digest"] if last else GENESIS,
-                               cumulative_epsilon=fmt_eps(cumulative))
-            att = make_attestation(chain)
-            now = utc_now()
-            con.execute(
-                "INSERT INTO releases (contract_digest, seq, job_id, nonce, job_digest, mechanism, epsilon, delta,"
-                " cumulative_epsilon, prev, attestation, attestation_digest, created_at)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (contract_digest, seq, job_id, nonce, job_digest, mechanism, fmt_eps(epsilon), fmt_eps(delta),
-                 chain.cumulative_epsilon, chain.prev, att.to_json(), att.digest, now),
-            )
+            row = self._find(con, contract_digest, job_id, nonce, job_digest)
+            if row is not None:
+                return _release(con, row)
+            debit = self._debit(con, node=node, contract_digest=contract_digest, kind="query", job_id=job_id,
+                                nonce=nonce, job_digest=job_digest, mechanism=mechanism, epsilon=epsilon, delta=delta,
+                                epsilon_total=epsilon_total, max_jobs=max_queries)
+            att = make_attestation(debit)
+            con.execute("UPDATE releases SET attestation = ?, attestation_digest = ? WHERE contract_digest = ? AND seq = ?",
+                        (att.to_json(), att.digest, contract_digest, debit.chain.seq))
             con.executemany(
                 "INSERT INTO outputs (contract_digest, seq, idx, data) VALUES (?,?,?,?)",
-                [(contract_digest, seq, i, bytes(o)) for i, o in enumerate(outputs)],
+                [(contract_digest, debit.chain.seq, i, bytes(o)) for i, o in enumerate(outputs)],
             )
-            row = con.execute(
-                "SELECT * FROM releases WHERE contract_digest = ? AND seq = ?", (contract_digest, seq)
-            ).fetchone()
-            return _release(con, row)
+            return StoredRelease(debit, att, tuple(bytes(o) for o in outputs))
 
+    def debit_job(self, *, node: str, contract_digest: str, kind: str, job_id: str, nonce: str, job_digest: str,
+                  mechanism: str, epsilon: Decimal = Decimal(0), delta: Decimal = Decimal(0),
+                  epsilon_total: Decimal | None = None, max_jobs: int | None = None) -> Debit:
+        """Debit a multi-step job (training) before its first release; idempotent for the same job."""
+        with self.db.write() as con:
+            row = self._find(con, contract_digest, job_id, nonce, job_digest)
+            if row is not None:
+                return _debit(row)
+            return self._debit(con, node=node, contract_digest=contract_digest, kind=kind, job_id=job_id, nonce=nonce,
+                               job_digest=job_digest, mechanism=mechanism, epsilon=epsilon, delta=delta,
+                               epsilon_total=epsilon_total, max_jobs=max_jobs)
+
+    def attach_attestation(self, contract_digest: str, job_id: str, attestation: Envelope,
+                           outputs: Sequence[bytes] = ()) -> StoredRelease:
+        """Record the attestation of a debited job (once; a second, different one is refused)."""
+        with self.db.write() as con:
+            row = con.execute("SELECT * FROM releases WHERE contract_digest = ? AND job_id = ?",
+                              (contract_digest, job_id)).fetchone()
+            if row is None:
+                raise NotFound(f"job {job_id} was never debited at this node; it cannot be attested")
+            if row["attestation"] is not None:
+                if bytes(row["attestation"]) != attestation.to_json():
+                    raise ReplayError(f"job {job_id} is already attested; a job is attested once")
+                return _release(con, row)
+            con.execute("UPDATE releases SET attestation = ?, attestation_digest = ? WHERE contract_digest = ? AND seq = ?",
+                        (attestation.to_json(), attestation.digest, contract_digest, row["seq"]))
+            con.executemany(
+                "INSERT INTO outputs (contract_digest, seq, idx, data) VALUES (?,?,?,?)",
+                [(contract_digest, row["seq"], i, bytes(o)) for i, o in enumerate(outputs)],
+            )
+            return StoredRelease(_debit(row), attestation, tuple(bytes(o) for o in outputs))
+
+    # -- reports ----------------------------------------------------------
     def releases(self, contract_digest: str | None = None) -> list[StoredRelease]:
-        q = "SELECT * FROM releases"
+        q = "SELECT * FROM releases WHERE attestation IS NOT NULL"
         args: tuple = ()
         if contract_digest:
-            q += " WHERE contract_digest = ?"
+            q += " AND contract_digest = ?"
             args = (contract_digest,)
         con = self.db.read()
         return [_release(con, r) for r in con.execute(q + " ORDER BY contract_digest, seq", args).fetchall()]
+
+    def debits(self, contract_digest: str | None = None) -> list[Debit]:
+        q, args = "SELECT * FROM releases", ()
+        if contract_digest:
+            q, args = q + " WHERE contract_digest = ?", (contract_digest,)
+        return [_debit(r) for r in self.db.read().execute(q + " ORDER BY contract_digest, seq", args).fetchall()]
+
+    def budgets(self, last: int = 3) -> list[ContractBudget]:
+        out = []
+        con = self.db.read()
+        for (digest,) in con.execute("SELECT DISTINCT contract_digest FROM releases ORDER BY contract_digest").fetchall():
+            rows = con.execute("SELECT * FROM releases WHERE contract_digest = ? ORDER BY seq DESC", (digest,)).fetchall()
+            out.append(ContractBudget(
+                contract_digest=digest,
+                jobs=len(rows),
+                queries=sum(1 for r in rows if r["kind"] == "query"),
+                spent_epsilon=rows[0]["cumulative_epsilon"],
+                last=tuple(_debit(r) for r in rows[:last]),
+            ))
+        return out
 
     # -- audit ------------------------------------------------------------
     def audit(self, event: str, detail: str, *, contract_digest: str | None = None,
@@ -204,20 +312,18 @@ class NodeStore:
         ]
 
 
+def _debit(row) -> Debit:
+    return Debit(
+        contract_digest=row["contract_digest"], kind=row["kind"], job_id=row["job_id"], nonce=row["nonce"],
+        job_digest=row["job_digest"], mechanism=row["mechanism"], epsilon=row["epsilon"], delta=row["delta"],
+        chain=ChainEntry(seq=row["seq"], prev=row["prev"], cumulative_epsilon=row["cumulative_epsilon"]),
+        entry_digest=row["entry_digest"], created_at=row["created_at"],
+    )
+
+
 def _release(con, row) -> StoredRelease:
     outputs = con.execute(
         "SELECT data FROM outputs WHERE contract_digest = ? AND seq = ? ORDER BY idx",
         (row["contract_digest"], row["seq"]),
     ).fetchall()
-    return StoredRelease(
-        contract_digest=row["contract_digest"],
-        seq=row["seq"],
-        job_id=row["job_id"],
-        nonce=row["nonce"],
-        job_digest=row["job_digest"],
-        epsilon=row["epsilon"],
-        cumulative_epsilon=row["cumulative_epsilon"],
-        attestation=Envelope.from_json(row["attestation"]),
-        outputs=tuple(bytes(o[0]) for o in outputs),
-        created_at=row["created_at"],
-    )
+    return StoredRelease(_debit(row), Envelope.from_json(bytes(row["attestation"])), tuple(bytes(o[0]) for o in outputs))

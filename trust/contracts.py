@@ -142,8 +142,17 @@ class Contract:
 def check_rules(rules: Rules, schema: Schema) -> None:
     """The rules may only name schema columns: aggregated ones numeric, group-by ones categories."""
     q = rules.query
-    if q is None:
-        raise ConfigError("rules have no [query] table; a contract must sell queries")
+    if q is None and rules.training is None:
+        raise ConfigError("rules have neither [query] nor [training]; a contract must sell one of them")
+    if q is not None:
+        _check_query_rules(q, schema)
+    if rules.training is not None:
+        for name in rules.training.columns:
+            if not schema.has(name):
+                raise ConfigError(f"rules: training column {name!r} is not in the product schema; list schema columns only")
+
+
+def _check_query_rules(q, schema: Schema) -> None:
     for name in q.columns:
         if not schema.has(name):
             raise ConfigError(f"rules: aggregated column {name!r} is not in the product schema; list schema columns only")

@@ -26,7 +26,7 @@ from fedtrust.trust.dsse import Envelope, Signer, keyid_of, load_json, verify_ob
 
 __all__ = [
     "ATTESTATION_TYPE", "STATEMENT_TYPE", "ACK_TYPE", "GENESIS", "EPS_PLACES",
-    "fmt_eps", "parse_eps", "result_digest",
+    "fmt_eps", "parse_eps", "result_digest", "ledger_entry_digest",
     "ChainEntry", "next_chain_entry", "Attestation", "CoordinatorStatement", "Acknowledgement", "ReceiptBundle",
     "sign_attestation", "verify_attestation", "sign_coordinator_statement", "verify_statement_of_coordinator",
     "sign_acknowledgement", "verify_acknowledgement",
@@ -77,6 +77,27 @@ def result_digest(salt: str, columns: Sequence[str], rows: Sequence[Sequence[Any
         "salt": salt,
         "columns": list(columns),
         "rows": [[_json_value(v) for v in row] for row in rows],
+    }))
+
+
+def ledger_entry_digest(node: str, contract_digest: str, job_digest: str, epsilon: str, delta: str,
+                        chain: "ChainEntry") -> str:
+    """Digest of one budget-ledger entry; the next entry's `prev` names it.
+
+    Everything in it is in the node's attestation, so anyone holding the
+    receipts can recompute the chain; and it exists from the moment the node
+    debits (before any output or attestation), so a training job that debits
+    at its first round and attests at its end is chained like a query.
+    """
+    return sha256_hex(canonical({
+        "node": node,
+        "contract_digest": contract_digest,
+        "job_digest": job_digest,
+        "epsilon": epsilon,
+        "delta": delta,
+        "seq": chain.seq,
+        "prev": chain.prev,
+        "cumulative_epsilon": chain.cumulative_epsilon,
     }))
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import tomllib
 from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
@@ -56,20 +57,149 @@ class QueryRules:
         return cls(aggs, names("columns", []), filters, group_by, mgs, mq)
 
 
+TRAINING_MODELS = ("logreg", "mlp", "cnn")
+
+
+@dataclass(frozen=True)
+class TrainingRules:
+    """`[training]`: what a federated training job may do under this contract."""
+
+    models: tuple[str, ...]  # vetted model ids, or names of ClientApps the nodes approved
+    max_rounds: int
+    columns: tuple[str, ...]  # allowed features and labels
+    min_nodes: int  # fewest owners a job may include (≥ 2)
+    allow_plaintext_aggregation: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "models": list(self.models),
+            "max_rounds": self.max_rounds,
+            "columns": list(self.columns),
+            "min_nodes": self.min_nodes,
+            "allow_plaintext_aggregation": self.allow_plaintext_aggregation,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainingRules":
+        def names(key: str) -> tuple[str, ...]:
+            v = d.get(key)
+            if not isinstance(v, (list, tuple)) or not v or not all(isinstance(x, str) for x in v):
+                raise ConfigError(f"rules: [training] `{key}` must be a non-empty list of names")
+            return tuple(v)
+
+        try:
+            max_rounds = int(d["max_rounds"])
+            min_nodes = int(d.get("min_nodes", 2))
+        except KeyError:
+            raise ConfigError("rules: [training] needs `max_rounds`") from None
+        except (TypeError, ValueError):
+            raise ConfigError("rules: [training] `max_rounds` and `min_nodes` must be integers") from None
+        if max_rounds < 1:
+            raise ConfigError("rules: [training] `max_rounds` must be at least 1")
+        if min_nodes < 2:
+            raise ConfigError("rules: [training] `min_nodes` must be at least 2 (one owner's update alone is not hidden)")
+        plain = d.get("allow_plaintext_aggregation", False)
+        if not isinstance(plain, bool):
+            raise ConfigError("rules: [training] `allow_plaintext_aggregation` must be true or false")
+        return cls(names("models"), max_rounds, names("columns"), min_nodes, plain)
+
+
+def _decimal(d: dict[str, Any], key: str, *, required: bool = True) -> Decimal | None:
+    v = d.get(key)
+    if v is None:
+        if required:
+            raise ConfigError(f"rules: [privacy] needs `{key}`")
+        return None
+    if isinstance(v, bool) or not isinstance(v, (int, float, str)):
+        raise ConfigError(f"rules: [privacy] `{key}` must be a number (a decimal string is exact)")
+    try:
+        x = Decimal(str(v))
+    except InvalidOperation:
+        raise ConfigError(f"rules: [privacy] `{key}` must be a number") from None
+    if not x.is_finite() or x <= 0:
+        raise ConfigError(f"rules: [privacy] `{key}` must be positive")
+    return x
+
+
+@dataclass(frozen=True)
+class PrivacyRules:
+    """`[privacy]`: the differential-privacy budget each owner grants for its own product.
+
+    ε and δ are Decimals inside and decimal strings in signed JSON, so sums
+    agree everywhere. Spent ε is the sum of the ε of the jobs a node ran for
+    the contract (basic composition).
+    """
+
+    epsilon_total: Decimal
+    delta: Decimal
+    epsilon_per_query: Decimal
+    training_epsilon: Decimal | None = None  # None: training refused under DP
+    training_delta: Decimal | None = None
+
+    @property
+    def allows_training(self) -> bool:
+        return self.training_epsilon is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "epsilon_total": str(self.epsilon_total),
+            "delta": str(self.delta),
+            "epsilon_per_query": str(self.epsilon_per_query),
+            "training_epsilon": None if self.training_epsilon is None else str(self.training_epsilon),
+            "training_delta": None if self.training_delta is None else str(self.training_delta),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "PrivacyRules":
+        total = _decimal(d, "epsilon_total")
+        delta = _decimal(d, "delta")
+        per_query = _decimal(d, "epsilon_per_query")
+        assert total is not None and delta is not None and per_query is not None
+        if delta >= 1:
+            raise ConfigError("rules: [privacy] `delta` must be below 1 (use at most 1/rows, e.g. 1e-6)")
+        if per_query > total:
+            raise ConfigError("rules: [privacy] `epsilon_per_query` exceeds `epsilon_total`; no query could run")
+        training = d.get("training", "refuse" if "training_epsilon" not in d else "allow")
+        if training not in ("refuse", "allow"):
+            raise ConfigError("rules: [privacy] `training` must be \"refuse\" or \"allow\" (with training_epsilon)")
+        t_eps = t_delta = None
+        if training == "allow":
+            t_eps = _decimal(d, "training_epsilon")
+            t_delta = _decimal(d, "training_delta", required=False) or delta
+            assert t_eps is not None
+            if t_eps > total:
+                raise ConfigError("rules: [privacy] `training_epsilon` exceeds `epsilon_total`; no training job could run")
+            if t_delta >= 1:
+                raise ConfigError("rules: [privacy] `training_delta` must be below 1")
+        return cls(total, delta, per_query, t_eps, t_delta)
+
+
 @dataclass(frozen=True)
 class Rules:
-    """Everything RULES.toml says; `[training]` and `[privacy]` join later."""
+    """Everything RULES.toml says: `[query]`, `[training]`, `[privacy]` and the validity."""
 
     query: QueryRules | None
     valid_days: int
+    training: TrainingRules | None = None
+    privacy: PrivacyRules | None = None  # None: exact answers under the aggregation rules alone
 
     def to_dict(self) -> dict[str, Any]:
-        return {"query": self.query.to_dict() if self.query else None, "valid_days": self.valid_days}
+        return {
+            "query": self.query.to_dict() if self.query else None,
+            "valid_days": self.valid_days,
+            "training": self.training.to_dict() if self.training else None,
+            "privacy": self.privacy.to_dict() if self.privacy else None,
+        }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Rules":
-        q = d.get("query")
-        return cls(QueryRules.from_dict(q) if q else None, int(d.get("valid_days", 30)))
+        q, t, p = d.get("query"), d.get("training"), d.get("privacy")
+        return cls(
+            QueryRules.from_dict(q) if q else None,
+            int(d.get("valid_days", 30)),
+            TrainingRules.from_dict(t) if t else None,
+            PrivacyRules.from_dict(p) if p else None,
+        )
 
 
 def load_rules_toml(path: str | Path) -> Rules:
@@ -80,14 +210,22 @@ def load_rules_toml(path: str | Path) -> Rules:
         raise ConfigError(f"rules file {p} does not exist") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"rules file {p} is not valid TOML: {e}") from None
-    q = data.get("query")
-    if not isinstance(q, dict):
-        raise ConfigError(f"rules file {p} has no [query] table; add one with aggregates, columns and max_queries")
-    valid_days = q.get("valid_days", data.get("valid_days", 30))
+    q, t, priv = data.get("query"), data.get("training"), data.get("privacy")
+    for name, table in (("query", q), ("training", t), ("privacy", priv)):
+        if table is not None and not isinstance(table, dict):
+            raise ConfigError(f"rules file {p}: [{name}] must be a table")
+    if q is None and t is None:
+        raise ConfigError(f"rules file {p} has neither [query] nor [training]; a contract must sell one of them")
+    valid_days = (q or {}).get("valid_days", data.get("valid_days", 30))
     try:
         valid_days = int(valid_days)
     except (TypeError, ValueError):
         raise ConfigError("rules: `valid_days` must be an integer") from None
     if valid_days < 1:
         raise ConfigError("rules: `valid_days` must be at least 1")
-    return Rules(QueryRules.from_dict(q), valid_days)
+    return Rules(
+        QueryRules.from_dict(q) if q is not None else None,
+        valid_days,
+        TrainingRules.from_dict(t) if t is not None else None,
+        PrivacyRules.from_dict(priv) if priv is not None else None,
+    )

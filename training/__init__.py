@@ -1,0 +1,1 @@
+"""fedtrust.training: federated training over fedtrust's mTLS grid (Flower Message API)."""
