@@ -18,7 +18,9 @@ from fedtrust.buyer.client import CoordinatorClient, JobOutcome, OnProgress
 from fedtrust.buyer.jobdir import JobFiles, jobs_root, open_job
 from fedtrust.errors import ConfigError, VerificationError
 from fedtrust.privacy import he
+from fedtrust.privacy.dp import noise_plan
 from fedtrust.query.decode import ResultTable, decode
+from fedtrust.query.noisy import NoisyResult, decode_noisy
 from fedtrust.query.layout import Layout
 from fedtrust.query.sql import QueryPlan, plan_query
 from fedtrust.transport.tls import TlsMaterial
@@ -40,6 +42,7 @@ class QueryResult:
     result: dict  # what result.json holds
     receipt: ReceiptBundle  # with the buyer's acknowledgement
     verified: VerifiedReceipt
+    noisy: NoisyResult | None = None  # error bars, when the contract asks for differential privacy
 
 
 def load_contract(identity: Identity, path: Path) -> tuple[Contract, bytes]:
@@ -112,7 +115,14 @@ def finish(identity: Identity, files: JobFiles, contract: Contract, plan: QueryP
     verified = verify_bundle(bundle, identity.exchange_key, aggregate=outcome.aggregate)
     layout = Layout.from_plan(plan, contract.owners[0].product.schema)
     summed = he.decrypt(files.secret.read_bytes(), list(outcome.aggregate), layout.length)
-    table = decode(plan, layout, contract.owners[0].product.schema, summed)
+    privacy, noisy, noise = contract.rules.privacy, None, None
+    if privacy is None:
+        table = decode(plan, layout, contract.owners[0].product.schema, summed)
+    else:
+        # the scales are public (contract, plan, schema): the buyer derives the ones every node used
+        noise = noise_plan(layout, privacy.epsilon_per_query, contract.rules.query.min_group_size)
+        noisy = decode_noisy(plan, layout, summed, noise, len(verified.job.participants))
+        table = noisy.table
     salt = secrets.token_hex(16)
     columns, rows = list(table.columns), [list(r) for r in table.rows]
     digest = result_digest(salt, columns, rows)
@@ -129,6 +139,15 @@ def finish(identity: Identity, files: JobFiles, contract: Contract, plan: QueryP
         "salt": salt,
         "result_digest": digest,
     }
+    if noisy is not None and noise is not None:
+        result["dp"] = {
+            "guarantee": "each owner's rows are protected by ε-differential privacy (discrete Laplace, "
+                         "record level, enforced by the owner)",
+            "noise": noise.to_dict(),
+            "participants": len(verified.job.participants),
+            "stderr": [list(r) for r in noisy.stderr],
+            "ci95": [[list(c) if c else None for c in r] for r in noisy.ci95],
+        }
     files.result.write_text(json.dumps(result, indent=2))
     files.receipt.write_bytes(receipt.to_json())
-    return QueryResult(verified.job.job_id, table, result, receipt, verified)
+    return QueryResult(verified.job.job_id, table, result, receipt, verified, noisy)

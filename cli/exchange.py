@@ -67,6 +67,13 @@ def contract(
     from fedtrust.exchange.issuer import issue_contract
 
     c = issue_contract(directory, buyer, coordinator, product, rules, out, price=price)
+    if c.rules.privacy is None:
+        err_console.print(
+            "[yellow]warning:[/] these rules have no [privacy] table: nodes release exact aggregates under the "
+            "aggregation rules alone (minimum group size, allowed columns and filters), as a clean room does; "
+            "repeated or differencing queries can still reveal individuals. Add [privacy] with epsilon_total, "
+            "delta and epsilon_per_query for differential privacy."
+        )
     console.print(f"contract {c.contract_id} for {c.buyer.name} over {len(c.owners)} owners, valid until "
                   f"{c.valid_until} → {out}")
 

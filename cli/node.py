@@ -33,3 +33,40 @@ def digest(datafile: Path = typer.Argument(..., exists=True, dir_okay=False, hel
     from fedtrust.node.executor import file_digest
 
     print(file_digest(datafile))
+
+
+@app.command("budget")
+def budget(
+    config: Path = typer.Option(..., "--config", help="NODE.toml"),
+    as_json: bool = typer.Option(False, "--json"),
+    last: int = typer.Option(3, "--last", help="how many recent jobs to list per contract"),
+) -> None:
+    """Per contract: ε spent and remaining, number of jobs, and the last receipts (from the node's ledger)."""
+    from rich.table import Table
+
+    from fedtrust.cli.output import print_json
+    from fedtrust.node.store import NodeStore
+
+    cfg = load_node_config(config)
+    budgets = NodeStore(cfg.state).budgets(last)
+    if as_json:
+        print_json([{
+            "contract_digest": b.contract_digest, "jobs": b.jobs, "queries": b.queries,
+            "spent_epsilon": b.spent_epsilon, "epsilon_total": b.epsilon_total,
+            "remaining_epsilon": b.remaining_epsilon,
+            "last": [{"job_id": d.job_id, "kind": d.kind, "epsilon": d.epsilon, "seq": d.chain.seq,
+                      "entry_digest": d.entry_digest, "attestation_digest": att, "at": d.created_at}
+                     for d, att in b.last],
+        } for b in budgets])
+        return
+    if not budgets:
+        console.print(f"node {cfg.name} has run no jobs yet")
+        return
+    t = Table(title=f"privacy budget at node {cfg.name}", title_justify="left")
+    for c in ("contract", "jobs", "ε spent", "ε total", "ε left", "last jobs (seq: job, ε)"):
+        t.add_column(c)
+    for b in budgets:
+        recent = "\n".join(f"{d.chain.seq}: {d.job_id[:12]} ε={d.epsilon}" for d, _ in b.last)
+        t.add_row(b.contract_digest[:16] + "…", str(b.jobs), b.spent_epsilon, b.epsilon_total or "no DP",
+                  b.remaining_epsilon or "—", recent)
+    console.print(t)

@@ -27,12 +27,21 @@ def format_value(v: Any) -> str:
     return str(v)
 
 
-def result_table(columns: Sequence[str], rows: Sequence[Sequence[Any]], title: str | None = None) -> Table:
+def result_table(columns: Sequence[str], rows: Sequence[Sequence[Any]], title: str | None = None,
+                 ci95: Sequence[Sequence[Any]] | None = None) -> Table:
+    """A result as a table; with `ci95`, each noisy value shows its 95% interval under it."""
     t = Table(title=title, title_justify="left")
     for c in columns:
         t.add_column(escape(c), justify="right")
-    for r in rows:
-        t.add_row(*(escape(format_value(v)) for v in r))
+    for i, r in enumerate(rows):
+        cells = []
+        for j, v in enumerate(r):
+            cell = escape(format_value(v))
+            if ci95 is not None and ci95[i][j] is not None:
+                lo, hi = ci95[i][j]
+                cell += f"\n[dim]95% [{escape(format_value(lo))}, {escape(format_value(hi))}][/]"
+            cells.append(cell)
+        t.add_row(*cells)
     return t
 
 

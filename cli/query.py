@@ -20,15 +20,18 @@ def show_result(res, out: Optional[Path], receipt: Optional[Path], as_json: bool
     if as_json:
         print_json(res.result)
         return
-    console.print(result_table(res.table.columns, res.table.rows, title=f"job {res.job_id}"))
+    ci = res.noisy.ci95 if res.noisy is not None else None
+    console.print(result_table(res.table.columns, res.table.rows, title=f"job {res.job_id}", ci95=ci))
     if res.table.withheld:
         console.print(f"{res.table.withheld} owner contribution(s) to groups below the contract's minimum group size "
                       "were withheld by their owners.")
     else:
         console.print("No owner contribution was withheld.")
     spent = res.verified.epsilon_spent
-    if any(float(e) > 0 for e in spent.values()):
-        console.print("privacy budget spent: " + ", ".join(f"{n} ε={e}" for n, e in spent.items()))
+    if res.noisy is not None:
+        console.print("differentially private answer (discrete Laplace at each owner); this job cost "
+                      + ", ".join(f"{n} ε={e}" for n, e in spent.items())
+                      + ". Intervals are 95% from the known noise; derived values are clamped to their valid range.")
     else:
         console.print("exact answer: this contract asks for no differential privacy (aggregation rules only).")
     if out:

@@ -63,7 +63,8 @@ class Federation:
 
 def build_federation(root: Path, owners: dict[str, int] | None = None, *, min_group_size: int = 10,
                      max_queries: int = 100, data_format: str = "csv", seed: int = 7,
-                     coordinator_name: str = "coord", buyer_name: str = "analyst") -> Federation:
+                     coordinator_name: str = "coord", buyer_name: str = "analyst",
+                     privacy: dict[str, str] | None = None) -> Federation:
     """Issue everything and write every file; `Federation.start()` then starts the daemons."""
     owners = owners or DEFAULT_OWNERS
     root = Path(root)
@@ -73,7 +74,10 @@ def build_federation(root: Path, owners: dict[str, int] | None = None, *, min_gr
     register(ex, "buyer", buyer_name, None, creds / buyer_name)
     register(ex, "coordinator", coordinator_name, "127.0.0.1:7000", creds / coordinator_name)
     (root / "schema.toml").write_text(SCHEMA_TOML)
-    (root / "rules.toml").write_text(RULES_TOML.format(min_group_size=min_group_size, max_queries=max_queries))
+    rules = RULES_TOML.format(min_group_size=min_group_size, max_queries=max_queries)
+    if privacy:
+        rules += "\n[privacy]\n" + "".join(f'{k} = "{v}"\n' for k, v in privacy.items())
+    (root / "rules.toml").write_text(rules)
     data, configs, products = {}, {}, []
     for i, (name, rows) in enumerate(owners.items()):
         register(ex, "node", name, f"127.0.0.1:{7101 + i}", creds / name)  # daemons bind port 0; see start()

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from decimal import Decimal
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -35,7 +36,9 @@ from fedtrust.node.store import NodeStore, StoredRelease
 from fedtrust.privacy import he
 from fedtrust.privacy.masking import add_mod, pairwise_mask
 from fedtrust.privacy.params import PLAIN_MODULUS
+from fedtrust.privacy.dp import noise_plan
 from fedtrust.query.encoding import encode
+from fedtrust.query.noisy import add_noise, encode_signed
 from fedtrust.query.layout import Layout
 from fedtrust.query.sql import plan_query
 from fedtrust.trust.canonical import sha256_hex, utc_now
@@ -44,7 +47,7 @@ from fedtrust.trust.credentials import Identity, kx_public_key, load_identity
 from fedtrust.trust.dsse import Envelope
 from fedtrust.trust.jobs import JobSpec, verify_job
 from fedtrust.trust.products import Product, verify_product
-from fedtrust.trust.receipts import Attestation, ChainEntry, sign_attestation
+from fedtrust.trust.receipts import Attestation, fmt_eps, sign_attestation
 
 log = logging.getLogger("fedtrust.node")
 
@@ -145,13 +148,29 @@ class NodeRuntime:
         if self.store.released_count(checked.contract_digest) >= rules.max_queries:
             # fast refusal before any computation; re-checked atomically in commit_release
             raise BudgetExhausted(
-                f"query cap reached: this contract allows {rules.max_queries} jobs at this node and all are spent; "
-                "ask the exchange for a new contract"
+                f"query cap reached: this contract allows {rules.max_queries} query jobs at this node and all are "
+                "spent; ask the exchange for a new contract"
             )
+        privacy = contract.rules.privacy
+        epsilon = privacy.epsilon_per_query if privacy else Decimal(0)
+        if privacy is not None:
+            spent = self.store.spent_epsilon(checked.contract_digest)
+            if spent + epsilon > privacy.epsilon_total:
+                # fast refusal; the debit in commit_release re-checks atomically
+                raise BudgetExhausted(
+                    f"privacy budget exhausted: this query needs ε={fmt_eps(epsilon)} but only "
+                    f"ε={fmt_eps(max(privacy.epsilon_total - spent, Decimal(0)))} of ε={fmt_eps(privacy.epsilon_total)} "
+                    f"is left for this contract at node {self.name}; ask the exchange for a new contract"
+                )
         started = utc_now()
         layout = Layout.from_plan(plan, held.product.schema)
         stats = held.dataset.aggregate(plan, layout)
-        vector, _withheld = encode(layout, stats, rules.min_group_size)
+        if privacy is None:
+            vector, _withheld = encode(layout, stats, rules.min_group_size)
+        else:
+            noise = noise_plan(layout, epsilon, rules.min_group_size)
+            noisy, withheld = add_noise(layout, stats, noise, rules.min_group_size)
+            vector = encode_signed(layout, noisy, withheld)
         peers = {
             h.credential.name: kx_public_key(h.credential) for h in contract.owners if h.credential.name != self.name
         }
@@ -172,10 +191,10 @@ class NodeRuntime:
                     data_commitment=held.product.commitment,
                     code_digest=self.code_digest,
                     outputs=tuple(sha256_hex(c) for c in ciphertexts),
-                    epsilon="0.000000",
-                    delta="0.000000",
+                    epsilon=debit.epsilon,
+                    delta=debit.delta,
                     chain=debit.chain,
-                    dp=False,
+                    dp=privacy is not None,
                     started_at=started,
                     released_at=utc_now(),
                 ),
@@ -189,7 +208,9 @@ class NodeRuntime:
             nonce=job.nonce,
             job_digest=checked.job_digest,
             max_queries=rules.max_queries,
-            mechanism="exact",
+            mechanism="exact" if privacy is None else "discrete-laplace",
             outputs=ciphertexts,
             make_attestation=attest,
+            epsilon=epsilon,
+            epsilon_total=privacy.epsilon_total if privacy else None,
         )

@@ -44,6 +44,7 @@ CREATE TABLE IF NOT EXISTS releases (
     epsilon TEXT NOT NULL,
     delta TEXT NOT NULL,
     cumulative_epsilon TEXT NOT NULL,
+    epsilon_total TEXT,
     prev TEXT NOT NULL,
     entry_digest TEXT NOT NULL,
     attestation BLOB,
@@ -116,7 +117,14 @@ class ContractBudget:
     jobs: int
     queries: int
     spent_epsilon: str
-    last: tuple[Debit, ...]  # newest first
+    epsilon_total: str | None  # None: the contract asks for no differential privacy
+    last: tuple[tuple[Debit, str | None], ...]  # newest first, with the attestation digest
+
+    @property
+    def remaining_epsilon(self) -> str | None:
+        if self.epsilon_total is None:
+            return None
+        return fmt_eps(max(Decimal(self.epsilon_total) - Decimal(self.spent_epsilon), Decimal(0)))
 
 
 class NodeStore:
@@ -192,9 +200,9 @@ class NodeStore:
         now = utc_now()
         con.execute(
             "INSERT INTO releases (contract_digest, seq, kind, job_id, nonce, job_digest, mechanism, epsilon, delta,"
-            " cumulative_epsilon, prev, entry_digest, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            " cumulative_epsilon, epsilon_total, prev, entry_digest, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (contract_digest, chain.seq, kind, job_id, nonce, job_digest, mechanism, eps, dlt,
-             chain.cumulative_epsilon, chain.prev, entry, now),
+             chain.cumulative_epsilon, None if epsilon_total is None else fmt_eps(epsilon_total), chain.prev, entry, now),
         )
         return Debit(contract_digest, kind, job_id, nonce, job_digest, mechanism, eps, dlt, chain, entry, now)
 
@@ -292,7 +300,8 @@ class NodeStore:
                 jobs=len(rows),
                 queries=sum(1 for r in rows if r["kind"] == "query"),
                 spent_epsilon=rows[0]["cumulative_epsilon"],
-                last=tuple(_debit(r) for r in rows[:last]),
+                epsilon_total=rows[0]["epsilon_total"],
+                last=tuple((_debit(r), r["attestation_digest"]) for r in rows[:last]),
             ))
         return out
 

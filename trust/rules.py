@@ -145,6 +145,7 @@ class PrivacyRules:
             "epsilon_total": str(self.epsilon_total),
             "delta": str(self.delta),
             "epsilon_per_query": str(self.epsilon_per_query),
+            "training": "allow" if self.training_epsilon is not None else "refuse",
             "training_epsilon": None if self.training_epsilon is None else str(self.training_epsilon),
             "training_delta": None if self.training_delta is None else str(self.training_delta),
         }
@@ -159,7 +160,7 @@ class PrivacyRules:
             raise ConfigError("rules: [privacy] `delta` must be below 1 (use at most 1/rows, e.g. 1e-6)")
         if per_query > total:
             raise ConfigError("rules: [privacy] `epsilon_per_query` exceeds `epsilon_total`; no query could run")
-        training = d.get("training", "refuse" if "training_epsilon" not in d else "allow")
+        training = d.get("training") or ("allow" if d.get("training_epsilon") is not None else "refuse")
         if training not in ("refuse", "allow"):
             raise ConfigError("rules: [privacy] `training` must be \"refuse\" or \"allow\" (with training_epsilon)")
         t_eps = t_delta = None
