@@ -57,7 +57,8 @@ def run_demo(root: Path) -> None:
             console.print(result_table(res.table.columns, res.table.rows, title="fedtrust (decrypted sum of masked, encrypted releases)"))
             contract = res.verified.contract
             plan = plan_for(contract, sql)
-            cols, rows = pooled_answer(plan, sql, list(fed.data.values()), contract.rules.query.min_group_size)
+            cols, rows = pooled_answer(plan, sql, list(fed.data.values()), contract.rules.query.min_group_size,
+                                       contract.schema)
             console.print(result_table(cols, rows, title="plaintext over the pooled rows the rules admit (for comparison only)"))
             console.print(f"withheld owner contributions (groups below {contract.rules.query.min_group_size} rows): "
                           f"{res.table.withheld}\n")
@@ -71,6 +72,38 @@ def run_demo(root: Path) -> None:
         except Error as e:
             console.print(f"[yellow]refused[/] ({e.kind}): {e}\n", highlight=False)
 
+        run_privacy_part(root, fed, buyer)
+
     verdict = verify_receipt_file(fed.exchange_dir, receipt_path, result_path)
     console.print(Panel(verdict.summary, title="exchange verifies the last receipt offline", expand=False))
     console.print(f"demo finished in {time.perf_counter() - t0:.1f} s")
+
+
+def run_privacy_part(root: Path, fed, buyer) -> None:
+    """A contract with [privacy]: noisy answers with intervals, the budget spent, then a refusal."""
+    from fedtrust.buyer.query import plan_for, submit_query
+    from fedtrust.demo.privacy_demo import DP_PRIVACY, issue_dp_contract
+    from fedtrust.demo.reference import pooled_answer
+    from fedtrust.node.store import NodeStore
+
+    console.rule("[bold]the same owners under a contract with differential privacy")
+    contract_path = issue_dp_contract(root, fed.exchange_dir, "analyst", "coord", list(fed.data))
+    console.print(f"\\[privacy] epsilon_total = {DP_PRIVACY['epsilon_total']}, epsilon_per_query = "
+                  f"{DP_PRIVACY['epsilon_per_query']} (each owner grants this budget for its own rows)")
+    sql = DEMO_QUERIES[0]
+    for attempt in range(3):
+        try:
+            res = submit_query(buyer, fed.buyer_dir, contract_path, fed.coordinator_address, sql)
+        except Error as e:
+            console.print(f"[yellow]query {attempt + 1} refused[/] ({e.kind}): {e}\n", highlight=False)
+            break
+        console.print(result_table(res.table.columns, res.table.rows, ci95=res.noisy.ci95,
+                                   title=f"query {attempt + 1}: noisy answer with 95% intervals"))
+        if attempt == 0:
+            contract = res.verified.contract
+            cols, rows = pooled_answer(plan_for(contract, sql), sql, list(fed.data.values()),
+                                       contract.rules.query.min_group_size, contract.schema)
+            console.print(result_table(cols, rows, title="plaintext over the pooled rows (for comparison only)"))
+        spent = {n: str(NodeStore(d.runtime.config.state).spent_epsilon(res.verified.contract_digest))
+                 for n, d in fed.nodes.items()}
+        console.print("ε spent so far per owner: " + ", ".join(f"{n} {e}" for n, e in spent.items()) + "\n")

@@ -14,6 +14,7 @@ from typing import Sequence
 import duckdb
 
 from fedtrust.query.sql import QueryPlan
+from fedtrust.trust.schema import Schema
 
 
 def _reader(path: Path) -> str:
@@ -21,7 +22,9 @@ def _reader(path: Path) -> str:
     return f"{fn}('{path}')"
 
 
-def pooled_answer(plan: QueryPlan, sql: str, files: Sequence[Path], min_group_size: int) -> tuple[list[str], list[tuple]]:
+def pooled_answer(plan: QueryPlan, sql: str, files: Sequence[Path], min_group_size: int,
+                  schema: Schema | None = None) -> tuple[list[str], list[tuple]]:
+    """(columns, rows); with `schema`, grouped rows come in the public domain order, as fedtrust shows them."""
     con = duckdb.connect()
     union = " UNION ALL ".join(f"SELECT *, {i} AS _owner FROM {_reader(Path(f))}" for i, f in enumerate(files))
     con.execute(f"CREATE TABLE _all AS {union}")
@@ -36,5 +39,9 @@ def pooled_answer(plan: QueryPlan, sql: str, files: Sequence[Path], min_group_si
     cur = con.execute(sql)
     cols = [d[0] for d in cur.description]
     rows = cur.fetchall()
+    if schema is not None and plan.group_by:
+        pos = [cols.index(g) for g in plan.group_by if g in cols]
+        order = [list(schema.column(g).values) for g in plan.group_by if g in cols]
+        rows.sort(key=lambda r: tuple(o.index(r[p]) if r[p] in o else len(o) for p, o in zip(pos, order)))
     con.close()
     return cols, rows
