@@ -45,11 +45,12 @@ def list_product(
     schema: Path = typer.Option(..., "--schema", help="SCHEMA.toml with public bounds and domains"),
     commitment: str = typer.Option(..., "--commitment", help="output of `fedtrust node digest DATAFILE`"),
     out: Path = typer.Option(..., "--out", help="product credential to write"),
+    min_rows: Optional[int] = typer.Option(None, "--min-rows", help="public lower bound on the row count (DP training plans from it)"),
 ) -> None:
     """List a dataset as a product (signed schema and data commitment)."""
     from fedtrust.exchange.issuer import list_product as do_list
 
-    product = do_list(directory, owner, dataset, schema, commitment, out)
+    product = do_list(directory, owner, dataset, schema, commitment, out, min_rows)
     console.print(f"listed {product.dataset!r} of {product.owner} ({len(product.schema.columns)} columns) → {out}")
 
 

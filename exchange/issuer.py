@@ -161,6 +161,7 @@ def _write_envelope(out_path: str | Path, envelope: Envelope) -> None:
 
 def list_product(
     path: str | Path, owner: str, dataset: str, schema_path: str | Path, commitment: str, out_path: str | Path,
+    min_rows: int | None = None,
 ) -> Product:
     """Sign a product credential for a registered node's dataset version."""
     pki.check_name(owner)
@@ -173,7 +174,9 @@ def list_product(
     ex.store.get_subject("node", owner)  # NotFound with the register hint
     if Path(out_path).exists():
         raise ConfigError(f"{out_path} already exists; choose a new output file")
-    product = Product(owner, dataset, schema, commitment, utc_now())
+    if min_rows is not None and min_rows < 1:
+        raise ConfigError("--min-rows must be at least 1 (the fewest rows the data version has)")
+    product = Product(owner, dataset, schema, commitment, utc_now(), min_rows)
     envelope = sign_product(product, ex.signer)
     ex.store.add_product(envelope)
     _write_envelope(out_path, envelope)

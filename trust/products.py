@@ -42,15 +42,21 @@ class Product:
     schema: Schema
     commitment: str
     issued_at: str
+    #: the fewest rows the owner declares the data version has (public): DP training plans its
+    #: sampling rate from it, never from the actual row count
+    min_rows: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d: dict[str, Any] = {
             "owner": self.owner,
             "dataset": self.dataset,
             "schema": self.schema.to_dict(),
             "commitment": self.commitment,
             "issued_at": self.issued_at,
         }
+        if self.min_rows is not None:
+            d["min_rows"] = self.min_rows
+        return d
 
     @classmethod
     def from_dict(cls, d: object) -> Product:
@@ -60,7 +66,10 @@ class Product:
             schema = Schema.from_dict(f.obj("schema"))
         except ConfigError as e:
             raise InvalidInput(f"product: {e}") from None
-        return cls(owner, dataset, schema, f.digest("commitment"), f.time("issued_at"))
+        min_rows = f.integer("min_rows") if "min_rows" in f.d else None
+        if min_rows is not None and min_rows < 1:
+            raise InvalidInput("product: `min_rows` must be at least 1")
+        return cls(owner, dataset, schema, f.digest("commitment"), f.time("issued_at"), min_rows)
 
 
 def sign_product(product: Product, exchange_signer: Signer) -> Envelope:
