@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.markup import escape
 from rich.panel import Panel
 
 from fedtrust.cli.output import console, result_table
@@ -70,7 +71,7 @@ def run_demo(root: Path) -> None:
             submit_query(buyer, fed.buyer_dir, fed.contract_path, fed.coordinator_address, DEMO_REFUSAL)
             console.print("[red]unexpected: the query was accepted[/]")
         except Error as e:
-            console.print(f"[yellow]refused[/] ({e.kind}): {e}\n", highlight=False)
+            console.print(f"[yellow]refused[/] ({e.kind}): {escape(str(e))}\n", highlight=False)
 
         run_privacy_part(root, fed, buyer)
 
@@ -95,7 +96,7 @@ def run_privacy_part(root: Path, fed, buyer) -> None:
         try:
             res = submit_query(buyer, fed.buyer_dir, contract_path, fed.coordinator_address, sql)
         except Error as e:
-            console.print(f"[yellow]query {attempt + 1} refused[/] ({e.kind}): {e}\n", highlight=False)
+            console.print(f"[yellow]query {attempt + 1} refused[/] ({e.kind}): {escape(str(e))}\n", highlight=False)
             break
         console.print(result_table(res.table.columns, res.table.rows, ci95=res.noisy.ci95,
                                    title=f"query {attempt + 1}: noisy answer with 95% intervals"))

@@ -70,9 +70,9 @@ def contract(
     c = issue_contract(directory, buyer, coordinator, product, rules, out, price=price)
     if c.rules.privacy is None:
         err_console.print(
-            "[yellow]warning:[/] these rules have no [privacy] table: nodes release exact aggregates under the "
+            "[yellow]warning:[/] these rules have no \\[privacy] table: nodes release exact aggregates under the "
             "aggregation rules alone (minimum group size, allowed columns and filters), as a clean room does; "
-            "repeated or differencing queries can still reveal individuals. Add [privacy] with epsilon_total, "
+            "repeated or differencing queries can still reveal individuals. Add \\[privacy] with epsilon_total, "
             "delta and epsilon_per_query for differential privacy."
         )
     console.print(f"contract {c.contract_id} for {c.buyer.name} over {len(c.owners)} owners, valid until "

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.markup import escape
 
 from fedtrust.buyer.jobdir import open_job
 from fedtrust.cli.output import console, print_json
@@ -36,7 +37,7 @@ def status(
     console.print(f"job {st.job_id}: [{colour}]{st.state}[/]  (updated {st.updated_at})")
     console.print(f"participants: {', '.join(st.participants)}")
     if st.error:
-        console.print(f"reason: {st.error}", highlight=False)
+        console.print(f"reason: {escape(st.error)}", highlight=False)
 
 
 @app.command("result")

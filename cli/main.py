@@ -10,6 +10,7 @@ import os
 import sys
 
 import typer
+from rich.markup import escape
 
 from fedtrust.cli import coordinator, demo, exchange, job, node, query
 from fedtrust.cli.output import err_console
@@ -38,7 +39,7 @@ def main() -> None:
     except Error as e:
         if os.environ.get("FEDTRUST_DEBUG"):
             raise
-        err_console.print(f"[bold red]error[/] ({e.kind}): {e.diagnostics()}", highlight=False, markup=True)
+        err_console.print(f"[bold red]error[/] ({e.kind}): {escape(e.diagnostics())}", highlight=False)
         sys.exit(1)
 
 

@@ -1,0 +1,100 @@
+"""The README's walkthrough, command by command, with the daemons as real processes."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from fedtrust.demo.data import RULES_TOML, SCHEMA_TOML, write_loans
+
+CMD = [sys.executable, "-m", "fedtrust.cli.main"]
+ENV = dict(os.environ, PYTHONUNBUFFERED="1", COLUMNS="200")
+
+
+def run(*args, ok=True):
+    p = subprocess.run(CMD + [str(a) for a in args], capture_output=True, text=True, timeout=180, env=ENV)
+    if ok:
+        assert p.returncode == 0, f"{args}: {p.stderr}"
+    return p
+
+
+def serve(kind, config, procs):
+    proc = subprocess.Popen(CMD + [kind, "serve", "--config", str(config)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=ENV)
+    procs.append(proc)
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        line = proc.stdout.readline()
+        m = re.search(r"on port (\d+)", line)
+        if m:
+            return int(m.group(1))
+        if not line and proc.poll() is not None:
+            break
+    raise AssertionError(f"{kind} daemon did not start")
+
+
+def test_readme_walkthrough(tmp_path: Path):
+    ex = tmp_path / "exchange"
+    run("exchange", "init", ex)
+    again = run("exchange", "init", ex, ok=False)
+    assert again.returncode == 1 and "already" in again.stderr
+    for name in ("bank-a", "bank-b"):
+        run("exchange", "register", ex, "--role", "node", "--name", name, "--address", "127.0.0.1:7101",
+            "--out", tmp_path / "creds" / name)
+    run("exchange", "register", ex, "--role", "buyer", "--name", "analyst", "--out", tmp_path / "creds" / "analyst")
+    run("exchange", "register", ex, "--role", "coordinator", "--name", "coord", "--address", "127.0.0.1:7000",
+        "--out", tmp_path / "creds" / "coord")
+    assert oct((tmp_path / "creds" / "bank-a" / "signing.key").stat().st_mode & 0o777) == "0o600"
+    (tmp_path / "schema.toml").write_text(SCHEMA_TOML)
+    (tmp_path / "rules.toml").write_text(RULES_TOML.format(min_group_size=5, max_queries=10))
+    for i, name in enumerate(("bank-a", "bank-b")):
+        data = write_loans(tmp_path / "data" / f"{name}.csv", 500 + 300 * i, seed=i)
+        digest = run("node", "digest", data).stdout.strip()
+        assert re.fullmatch(r"[0-9a-f]{64}", digest)
+        run("exchange", "list", ex, "--owner", name, "--dataset", "loans", "--schema", tmp_path / "schema.toml",
+            "--commitment", digest, "--out", tmp_path / f"{name}.json")
+        (tmp_path / f"{name}.toml").write_text(
+            f'[node]\nname = "{name}"\nlisten = "127.0.0.1:0"\ncredentials = "creds/{name}"\nstate = "state/{name}"\n'
+            f'[[datasets]]\nproduct = "{name}.json"\npath = "data/{name}.csv"\n')
+    c = run("exchange", "contract", ex, "--buyer", "analyst", "--coordinator", "coord", "--product",
+            tmp_path / "bank-a.json", "--product", tmp_path / "bank-b.json", "--rules", tmp_path / "rules.toml",
+            "--out", tmp_path / "contract.json")
+    assert "no [privacy] table" in c.stderr  # the exchange warns about exact-answer contracts
+    one = run("exchange", "contract", ex, "--buyer", "analyst", "--coordinator", "coord", "--product",
+              tmp_path / "bank-a.json", "--rules", tmp_path / "rules.toml", "--out", tmp_path / "c1.json", ok=False)
+    assert one.returncode == 1 and "two" in one.stderr
+
+    procs: list[subprocess.Popen] = []
+    try:
+        ports = {n: serve("node", tmp_path / f"{n}.toml", procs) for n in ("bank-a", "bank-b")}
+        (tmp_path / "coord.toml").write_text(
+            '[coordinator]\nname = "coord"\nlisten = "127.0.0.1:0"\ncredentials = "creds/coord"\n'
+            'state = "state/coord"\n[addresses]\n' + "".join(f'{n} = "127.0.0.1:{p}"\n' for n, p in ports.items()))
+        cport = serve("coordinator", tmp_path / "coord.toml", procs)
+        q = run("query", "--credentials", tmp_path / "creds" / "analyst", "--contract", tmp_path / "contract.json",
+                "--coordinator", f"127.0.0.1:{cport}", "--out", tmp_path / "result.json", "--receipt",
+                tmp_path / "receipt.json", "SELECT region, COUNT(*) AS n, AVG(income) AS mean_income FROM loans GROUP BY region")
+        assert "mean_income" in q.stdout and "withheld" in q.stdout
+        result = json.loads((tmp_path / "result.json").read_text())
+        assert result["columns"] == ["region", "n", "mean_income"]
+        assert 1200 <= sum(r[1] for r in result["rows"]) <= 1300  # 500 + 800 rows, small groups withheld
+        v = run("exchange", "verify", ex, tmp_path / "receipt.json", "--result", tmp_path / "result.json")
+        assert v.stdout.startswith("VALID")
+        bad = run("query", "--credentials", tmp_path / "creds" / "analyst", "--contract", tmp_path / "contract.json",
+                  "--coordinator", f"127.0.0.1:{cport}", "SELECT COUNT(*) FROM loans LIMIT 1", ok=False)
+        assert bad.returncode == 1 and "LIMIT" in bad.stderr and "Traceback" not in bad.stderr
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                assert p.wait(timeout=30) == 0
+            finally:
+                p.kill()
