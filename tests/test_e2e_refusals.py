@@ -279,3 +279,38 @@ def test_query_cap_refuses_and_debits_nothing(tmp_path):
         with pytest.raises(BudgetExhausted, match="query cap reached"):
             call_node(fed, "bank-a", env, raw, keys.public_bytes)
         assert ledger_size(fed, "bank-a") == 2
+
+
+def test_nothing_per_node_reaches_the_coordinators_store_or_log(federation, caplog):
+    """The coordinator keeps the aggregate and digests; no node's ciphertext, and no value, is stored or logged."""
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    env, raw, keys, job = signed(federation, "SELECT region, COUNT(*) AS n, AVG(income) AS m FROM loans GROUP BY region")
+    client = CoordinatorClient(federation.coordinator_address, tls(federation, "analyst"))
+    outcome = client.submit_query(env.to_json(), raw, keys.public_bytes)
+    # what each node released for this job (the nodes memoise it)
+    releases = [federation.nodes[n].runtime.store.lookup(job.contract_digest, job.job_id, job.nonce, env.digest)
+                for n in federation.nodes]
+    state = federation.coordinator.runtime.config.state
+    stored = b"".join(p.read_bytes() for p in state.iterdir() if p.is_file())
+    for rel in releases:
+        for ct in rel.outputs:
+            assert ct[1000:1064] not in stored  # no node's ciphertext, even encrypted and masked
+    assert outcome.aggregate[0][1000:1064] in stored  # the aggregate is what it keeps
+    values = {str(v) for row in ask_rows(keys, outcome, federation) for v in row}
+    logged = caplog.text
+    assert not any(v in logged for v in values if len(v) > 3)
+
+
+def ask_rows(keys, outcome, fed):
+    from fedtrust.buyer.query import plan_for
+    from fedtrust.query.decode import decode
+    from fedtrust.query.layout import Layout
+    from fedtrust.trust.receipts import ReceiptBundle
+    from fedtrust.trust.verify import verify_bundle
+
+    v = verify_bundle(ReceiptBundle.from_json(outcome.receipt), identity(fed, "analyst").exchange_key)
+    plan = plan_for(v.contract, v.job.sql)
+    layout = Layout.from_plan(plan, v.contract.schema)
+    return decode(plan, layout, v.contract.schema, he.decrypt(keys.secret_bytes, list(outcome.aggregate))).rows
