@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import secrets
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 from pathlib import Path
 
 from fedtrust.buyer.client import CoordinatorClient, JobOutcome, OnProgress
@@ -24,11 +24,11 @@ from fedtrust.query.noisy import NoisyResult, decode_noisy
 from fedtrust.query.layout import Layout
 from fedtrust.query.sql import QueryPlan, plan_query
 from fedtrust.transport.tls import TlsMaterial
-from fedtrust.trust.canonical import format_time, utc_now
+from fedtrust.trust.canonical import utc_now
 from fedtrust.trust.contracts import Contract, verify_contract
 from fedtrust.trust.credentials import Identity
 from fedtrust.trust.dsse import Envelope
-from fedtrust.trust.jobs import JobSpec, new_job_id, new_nonce, sign_job
+from fedtrust.trust.jobs import JobSpec, sign_job
 from fedtrust.trust.receipts import Acknowledgement, ReceiptBundle, result_digest, sign_acknowledgement
 from fedtrust.trust.verify import VerifiedReceipt, verify_bundle
 
@@ -76,20 +76,7 @@ def submit_query(identity: Identity, credentials_dir: Path, contract_path: Path,
     contract_env = Envelope.from_json(contract_raw)
     plan = plan_for(contract, sql)  # fast, clear refusal before any key is made or byte is sent
     keys = he.BuyerKeys.generate()
-    now = datetime.now(timezone.utc)
-    job = JobSpec(
-        contract_digest=contract_env.digest,
-        job_id=new_job_id(),
-        nonce=new_nonce(),
-        kind="query",
-        coordinator=contract.coordinator.name,
-        participants=tuple(contract.owner_names),
-        dataset=contract.dataset,
-        sql=sql,
-        he=keys.params,
-        created_at=format_time(now),
-        expires_at=format_time(now + JOB_TTL),
-    )
+    job = JobSpec.new(contract, contract_env.digest, sql, keys.params, ttl=JOB_TTL)
     job_env = sign_job(job, identity.signer)
     files = JobFiles(jobs_root(credentials_dir) / job.job_id)
     files.create(keys.secret_bytes, job_env.to_json(), contract_raw,

@@ -2,30 +2,16 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import datetime, timedelta, timezone
 
-from fedtrust.buyer.query import load_contract, tls_of
+from fedtrust.buyer.query import load_contract
 from fedtrust.privacy import he
-from fedtrust.trust.canonical import format_time
 from fedtrust.trust.dsse import Envelope
-from fedtrust.trust.jobs import JobSpec, new_job_id, new_nonce, sign_job
+from fedtrust.trust.jobs import JobSpec
 
 
 def make_job(identity, contract_path, sql, keys=None, **changes):
+    """A query job as the buyer's CLI makes it, then with `changes` applied (unsigned)."""
     contract, raw = load_contract(identity, contract_path)
     keys = keys or he.BuyerKeys.generate()
-    now = datetime.now(timezone.utc)
-    job = JobSpec(
-        contract_digest=Envelope.from_json(raw).digest,
-        job_id=new_job_id(),
-        nonce=new_nonce(),
-        kind="query",
-        coordinator=contract.coordinator.name,
-        participants=tuple(contract.owner_names),
-        dataset=contract.dataset,
-        sql=sql,
-        he=keys.params,
-        created_at=format_time(now),
-        expires_at=format_time(now + timedelta(hours=1)),
-    )
+    job = JobSpec.new(contract, Envelope.from_json(raw).digest, sql, keys.params)
     return replace(job, **changes), raw, keys
