@@ -97,3 +97,49 @@ def verify(
                     "result_checked": verdict.result_checked, "already_recorded": verdict.already_recorded})
     else:
         console.print(verdict.summary, highlight=False)
+
+
+@app.command("log")
+def log(
+    directory: Path = typer.Argument(..., help="the exchange's directory"),
+    job: Optional[str] = typer.Option(None, "--job", help="add the inclusion proof of this job's receipt"),
+    from_size: Optional[int] = typer.Option(None, "--from-size", help="add a consistency proof from this log size"),
+    out: Optional[Path] = typer.Option(None, "--out", help="write the JSON here instead of stdout"),
+) -> None:
+    """A signed checkpoint of the receipt log (size, root), with inclusion or consistency proofs."""
+    import json
+
+    from fedtrust.exchange.issuer import load_exchange
+
+    ex = load_exchange(directory)
+    doc = {"checkpoint": json.loads(ex.store.log.checkpoint(ex.signer).to_json())}
+    if job:
+        doc["inclusion"] = ex.store.log.inclusion_for_job(job).to_dict()
+    if from_size is not None:
+        doc["consistency"] = ex.store.log.consistency(from_size).to_dict()
+    text = json.dumps(doc, indent=2)
+    if out:
+        out.write_text(text)
+        console.print(f"checkpoint at size {ex.store.log.size()} written to {out}")
+    else:
+        print(text)
+
+
+@app.command("settle")
+def settle(
+    directory: Path = typer.Argument(..., help="the exchange's directory"),
+    contract: str = typer.Option(..., "--contract", help="the contract's digest"),
+    out: Optional[Path] = typer.Option(None, "--out", help="write the signed statement here instead of stdout"),
+) -> None:
+    """A signed settlement statement: the contract's verified jobs, in log order, under the log root."""
+    from fedtrust.exchange.issuer import load_exchange
+    from fedtrust.exchange.receipt_log import sign_settlement
+
+    ex = load_exchange(directory)
+    ex.store.get_contract(contract)  # NotFound for a contract this exchange did not issue
+    env = sign_settlement(ex.store.log, contract, ex.signer)
+    if out:
+        out.write_bytes(env.to_json())
+        console.print(f"settlement of contract {contract[:12]}… written to {out}")
+    else:
+        print(env.to_json().decode())

@@ -16,6 +16,7 @@ from typing import Sequence
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from fedtrust.errors import ConfigError, NotFound, ReplayError
+from fedtrust.exchange.receipt_log import ReceiptLog
 from fedtrust.sqlite import Database
 from fedtrust.trust.canonical import utc_now
 from fedtrust.trust.contracts import Contract, verify_contract
@@ -105,6 +106,8 @@ class ExchangeStore:
 
     def __init__(self, path: str | Path, exchange_key: Ed25519PublicKey) -> None:
         self.db = Database(path, SCHEMA)
+        #: append-only Merkle log of accepted receipts, written in the same transaction
+        self.log = ReceiptLog(self.db)
         self.exchange_key = exchange_key
 
     # -- subjects -----------------------------------------------------------
@@ -235,6 +238,7 @@ class ExchangeStore:
                         f"budget chain position {seq} of node {node} under this contract is already recorded "
                         "(a double spend or a replayed attestation)"
                     ) from None
+            self.log.append(con, job_id, contract_digest, bundle_digest)
         return ReceiptRecord(job_id, nonce, contract_digest, bundle_digest, bytes(bundle_json), now)
 
     def _receipt(self, where: str, value: str) -> ReceiptRecord | None:

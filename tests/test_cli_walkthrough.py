@@ -87,6 +87,19 @@ def test_readme_walkthrough(tmp_path: Path):
         assert 1200 <= sum(r[1] for r in result["rows"]) <= 1300  # 500 + 800 rows, small groups withheld
         v = run("exchange", "verify", ex, tmp_path / "receipt.json", "--result", tmp_path / "result.json")
         assert v.stdout.startswith("VALID")
+        # the receipt is in the exchange's signed Merkle log, and the settlement lists the job
+        from fedtrust.exchange.receipt_log import InclusionProof, check_inclusion, verify_checkpoint, verify_settlement
+        from fedtrust.trust.credentials import load_identity
+        from fedtrust.trust.dsse import Envelope
+
+        exchange_key = load_identity(tmp_path / "creds" / "analyst").exchange_key
+        doc = json.loads(run("exchange", "log", ex, "--job", result["job_id"]).stdout)
+        cp = verify_checkpoint(Envelope.from_dict(doc["checkpoint"]), exchange_key)
+        check_inclusion(InclusionProof.from_dict(doc["inclusion"]), cp)
+        digest = json.loads(run("exchange", "verify", ex, tmp_path / "receipt.json", "--json").stdout)["contract_digest"]
+        settlement = verify_settlement(Envelope.from_json(run("exchange", "settle", ex, "--contract", digest).stdout),
+                                       exchange_key)
+        assert settlement["count"] == 1 and settlement["jobs"][0]["job_id"] == result["job_id"]
         bad = run("query", "--credentials", tmp_path / "creds" / "analyst", "--contract", tmp_path / "contract.json",
                   "--coordinator", f"127.0.0.1:{cport}", "SELECT COUNT(*) FROM loans LIMIT 1", ok=False)
         assert bad.returncode == 1 and "LIMIT" in bad.stderr and "Traceback" not in bad.stderr
