@@ -1,0 +1,127 @@
+"""Model arrays: digests, checks against the expected model, Flower records, and the safetensors file.
+
+* `arrays_digest` names a global model: sha256 over (name, dtype, shape,
+  bytes) of every array in name order. Nodes key "never train twice from
+  the same global model" on it, and mix it into the round's mask seed, so a
+  coordinator that sends different globals to different nodes gets sums in
+  which the masks do not cancel.
+* `check_arrays` refuses arrays whose names, shapes or dtypes differ from the
+  job's model, or that hold NaN/infinity.
+* The delivered model is a safetensors file (never pickle) whose metadata
+  carries the training spec and the public preprocessing, so `fedtrust
+  predict` can rebuild the model and its input pipeline exactly.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Mapping
+
+import numpy as np
+
+from fedtrust.errors import InvalidInput
+
+__all__ = [
+    "arrays_digest", "check_arrays", "to_array_record", "from_array_record", "write_model", "read_model",
+    "MODEL_FORMAT",
+]
+
+MODEL_FORMAT = "fedtrust-model/v1"
+
+
+def arrays_digest(arrays: Mapping[str, np.ndarray]) -> str:
+    h = hashlib.sha256()
+    for name in sorted(arrays):
+        a = np.ascontiguousarray(arrays[name])
+        h.update(name.encode() + b"\0" + a.dtype.str.encode() + b"\0" + repr(tuple(a.shape)).encode() + b"\0")
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def check_arrays(arrays: Mapping[str, np.ndarray], expected: Mapping[str, tuple[int, ...]], what: str) -> None:
+    """Names, shapes and dtype (float32) as the job's model has them, and finite values."""
+    if set(arrays) != set(expected):
+        missing = sorted(set(expected) - set(arrays))
+        extra = sorted(set(arrays) - set(expected))
+        detail = f"missing {missing[0]}" if missing else f"unexpected {extra[0]}"
+        raise InvalidInput(f"{what} does not match the job's model ({detail})")
+    for name, shape in expected.items():
+        a = arrays[name]
+        if a.dtype != np.float32 or tuple(a.shape) != tuple(shape):
+            raise InvalidInput(f"{what}: array {name} has the wrong shape or dtype for the job's model")
+        if not np.isfinite(a).all():
+            raise InvalidInput(f"{what} contains NaN or infinite values")
+
+
+def to_array_record(arrays: Mapping[str, np.ndarray]) -> Any:
+    from flwr.app import Array, ArrayRecord
+
+    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
+
+
+def from_array_record(record: Any, expected: Mapping[str, tuple[int, ...]], what: str) -> dict[str, np.ndarray]:
+    """NumPy arrays from a Flower ArrayRecord, checking each array's declared shape before decoding it."""
+    from flwr.app import ArrayRecord
+
+    if not isinstance(record, ArrayRecord):
+        raise InvalidInput(f"{what} is not an ArrayRecord")
+    out: dict[str, np.ndarray] = {}
+    for name, arr in record.items():
+        shape = expected.get(name)
+        if shape is None:
+            raise InvalidInput(f"{what} does not match the job's model (unexpected {name})")
+        if arr.stype != "numpy.ndarray" or tuple(arr.shape) != tuple(shape) or arr.dtype != "float32":
+            raise InvalidInput(f"{what}: array {name} has the wrong shape, dtype or encoding for the job's model")
+        if len(arr.data) > 4 * int(np.prod(shape, dtype=np.int64)) + 4096:
+            raise InvalidInput(f"{what}: array {name} is larger than its shape needs")
+        try:
+            a = arr.numpy()  # np.load(allow_pickle=False)
+        except Exception:  # noqa: BLE001 - any decoding failure is bad input
+            raise InvalidInput(f"{what}: array {name} cannot be decoded") from None
+        out[name] = a
+    check_arrays(out, expected, what)
+    return out
+
+
+def write_model(arrays: Mapping[str, np.ndarray], spec: dict[str, Any], preprocessing: dict[str, Any],
+                job_id: str) -> bytes:
+    """safetensors bytes with the spec and preprocessing as JSON metadata (deterministic)."""
+    from safetensors.numpy import save
+
+    # one metadata entry: safetensors writes several in hash-map order, which would change the file's digest
+    meta = {"fedtrust": json.dumps({"format": MODEL_FORMAT, "job_id": job_id, "training": spec,
+                                    "preprocessing": preprocessing}, sort_keys=True, separators=(",", ":"))}
+    return save({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in sorted(arrays.items())}, metadata=meta)
+
+
+def read_model(data: bytes) -> tuple[dict[str, np.ndarray], dict[str, Any], dict[str, Any], str]:
+    """(arrays, training spec dict, preprocessing dict, job id) from safetensors bytes; InvalidInput otherwise."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load
+
+    try:
+        arrays = load(data)
+        meta = _metadata(data)
+    except (SafetensorError, ValueError, KeyError, TypeError):
+        raise InvalidInput("the model file is not a safetensors file written by fedtrust") from None
+    try:
+        info = json.loads(meta["fedtrust"])
+        spec, pre, job_id = info["training"], info["preprocessing"], str(info["job_id"])
+    except (KeyError, TypeError, json.JSONDecodeError):
+        raise InvalidInput("the model file has no fedtrust metadata; use a model file `fedtrust train` wrote") from None
+    if info.get("format") != MODEL_FORMAT:
+        raise InvalidInput("the model file is not a fedtrust model (its metadata names another format)")
+    return {k: np.asarray(v) for k, v in arrays.items()}, spec, pre, job_id
+
+
+def _metadata(data: bytes) -> dict[str, str]:
+    if len(data) < 8:
+        raise ValueError("short")
+    n = int.from_bytes(data[:8], "little")
+    if n > len(data) - 8 or n > 100 << 20:
+        raise ValueError("header")
+    header = json.loads(data[8:8 + n])
+    meta = header.get("__metadata__") or {}
+    if not isinstance(meta, dict):
+        raise ValueError("metadata")
+    return {str(k): str(v) for k, v in meta.items()}

@@ -1,0 +1,213 @@
+"""A Flower `Grid` over fedtrust's mTLS grid: one round = every participant, masked, summed, one reply.
+
+A Flower strategy's `start()` loop calls `send_and_receive` with one message
+per sampled node. This Grid
+
+* accepts only a round addressed to *exactly* the job's participants with one
+  shared content (pairwise masks cancel only over all of them), and fails
+  the job with a clear error otherwise — it never lets the strategy wait for
+  nodes, where Flower's `sample_nodes` would poll forever;
+* assigns the message ids;
+* sends the round's Flower message (protobuf serde, never pickle) to every
+  participant at once through `send_round` (mTLS gRPC in the coordinator),
+  and fails the round — and so the job — if any participant fails or drops;
+* adds the masked vectors mod 2^63 (masks cancel), decodes the sum and hands
+  the strategy **one** reply: arrays = Σ n·w / Σ n, `num-examples` = Σ n,
+  `loss` and `accuracy` = example-weighted means. FedAvg, FedProx, FedAdam,
+  FedYogi and FedAvgM aggregate that single reply exactly as they would
+  aggregate the individual ones.
+
+No single node's vector outlives the round: only its digest is kept (the
+node attests the same digests), and only sums are reported.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+import numpy as np
+
+from fedtrust.errors import Error, JobFailed
+from fedtrust.training import quantize
+
+log = logging.getLogger("fedtrust.coordinator")
+
+__all__ = ["FedtrustGrid", "RoundSummary", "NODE_ID_BASE"]
+
+#: Flower node ids of the participants (sorted by name): NODE_ID_BASE + index
+NODE_ID_BASE = 1000
+#: get_node_ids calls without a round in between before the Grid assumes the strategy is waiting for nodes
+MAX_IDLE_NODE_QUERIES = 50
+
+SendRound = Callable[[str, bytes, int], bytes]  # (node, Flower message bytes, expected vector bytes) -> vector
+OnEvent = Callable[[dict], None]
+
+
+@dataclass(frozen=True)
+class RoundSummary:
+    round: int
+    phase: str
+    examples: int
+    loss: float
+    accuracy: float
+
+
+def _grid_base():
+    from flwr.serverapp import Grid
+
+    return Grid
+
+
+class FedtrustGrid(_grid_base()):  # type: ignore[misc]
+    def __init__(self, run_id: int, participants: tuple[str, ...], send_round: SendRound,
+                 on_event: OnEvent | None = None) -> None:
+        from flwr.supercore.run import Run
+
+        self._run = Run.create_empty(run_id)
+        self.participants = tuple(participants)
+        self._ids = {NODE_ID_BASE + i: name for i, name in enumerate(self.participants)}
+        self._send_round = send_round
+        self._on_event = on_event or (lambda ev: None)
+        self._replies: dict[str, object] = {}
+        self._idle_queries = 0
+        self._seq = 0
+        #: node -> sha256 of every vector it sent, in order (what its attestation must list)
+        self.digests: dict[str, list[str]] = {n: [] for n in self.participants}
+        self.summaries: list[RoundSummary] = []
+        self._pool = ThreadPoolExecutor(max_workers=max(1, len(self.participants)), thread_name_prefix="round")
+
+    # -- Grid API -----------------------------------------------------------
+    def set_run(self, run) -> None:
+        self._run = run
+
+    @property
+    def run(self):
+        return self._run
+
+    def create_message(self, content, message_type: str, dst_node_id: int, group_id: str, ttl: float | None = None):
+        from flwr.app import Message
+
+        return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)
+
+    def get_node_ids(self) -> Iterable[int]:
+        self._idle_queries += 1
+        if self._idle_queries > MAX_IDLE_NODE_QUERIES:
+            raise JobFailed("the strategy keeps waiting for more nodes than the job's participants; fedtrust "
+                            "fails the job instead of waiting forever")
+        return list(self._ids)
+
+    def push_messages(self, messages: Iterable) -> Iterable[str]:
+        msgs = list(messages)
+        self._idle_queries = 0
+        if not msgs:
+            return []
+        ids = []
+        for m in msgs:
+            self._seq += 1
+            mid = f"{self._run.run_id:x}-{self._seq}"
+            m.metadata.__dict__["_message_id"] = mid  # the Grid assigns message ids (Flower's InMemoryGrid does the same)
+            ids.append(mid)
+        reply = self._round(msgs)
+        for mid in ids:
+            self._replies[mid] = reply
+        return ids
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable:
+        out, seen = [], set()
+        for mid in message_ids:
+            reply = self._replies.pop(mid, None)
+            if reply is not None and id(reply) not in seen:
+                seen.add(id(reply))
+                out.append(reply)
+        return out
+
+    def send_and_receive(self, messages: Iterable, *, timeout: float | None = None) -> Iterable:
+        return self.pull_messages(self.push_messages(messages))
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    # -- one round ----------------------------------------------------------
+    def _round(self, msgs: list):
+        from flwr.app import Array, ArrayRecord, ConfigRecord
+        from flwr.common.serde import message_to_proto
+
+        phase = msgs[0].metadata.message_type
+        dests = sorted(m.metadata.dst_node_id for m in msgs)
+        if dests != sorted(self._ids):
+            raise JobFailed("the strategy addressed a round to other nodes than exactly the job's participants; "
+                            "masked updates only cancel over all of them")
+        if any(m.metadata.message_type != phase for m in msgs) or phase not in ("train", "evaluate"):
+            raise JobFailed("a round mixes message types or uses one other than train and evaluate")
+        content = msgs[0].content
+        if any(m.content is not content for m in msgs[1:]):
+            blobs = {message_to_proto(m).content.SerializeToString(deterministic=True) for m in msgs}
+            if len(blobs) != 1:
+                raise JobFailed("the strategy sent different contents to different participants in one round")
+        records = [r for r in content.values() if isinstance(r, ArrayRecord)]
+        configs = [r for r in content.values() if isinstance(r, ConfigRecord)]
+        if len(records) != 1:
+            raise JobFailed("a round must carry exactly one ArrayRecord (the global model)")
+        rnd = next((c["server-round"] for c in configs if "server-round" in c), 0)
+        global_arrays = {k: a.numpy() for k, a in sorted(records[0].items())}
+        if any(a.dtype != np.float32 for a in global_arrays.values()):
+            # server-side optimizers (FedAdam, FedYogi, FedAvgM) compute in float64; models travel as float32
+            global_arrays = {k: a.astype(np.float32) for k, a in global_arrays.items()}
+            key = next(k for k, r in content.items() if r is records[0])
+            content[key] = ArrayRecord({k: Array(a) for k, a in global_arrays.items()})
+        params = sum(int(a.size) for a in global_arrays.values()) if phase == "train" else 0
+        length = params + quantize.TAIL
+        vectors: dict[str, np.ndarray] = {}
+
+        def ask(m) -> tuple[str, bytes]:
+            node = self._ids[m.metadata.dst_node_id]
+            data = message_to_proto(m).SerializeToString()
+            return node, self._send_round(node, data, 8 * length)
+
+        futures = [self._pool.submit(ask, m) for m in msgs]
+        try:
+            for fut in as_completed(futures):
+                try:
+                    node, data = fut.result()
+                except Error as e:
+                    node = self._failed_node(futures, fut, msgs)
+                    raise JobFailed(f"node {node} failed in {phase} round {rnd}, so the round and the job failed "
+                                    f"(no partial aggregates): {e}") from None
+                vectors[node] = quantize.from_bytes(data, length, f"node {node}'s vector")
+                self.digests[node].append(hashlib.sha256(data).hexdigest())
+                self._on_event({"stage": "node-answered", "round": rnd, "phase": phase, "done": len(vectors),
+                                "total": len(msgs)})
+        finally:
+            for f in futures:
+                f.cancel()
+        decoded = quantize.decode(quantize.sum_vectors([vectors[n] for n in self.participants]), params or None)
+        del vectors
+        summary = RoundSummary(rnd, phase, decoded.examples, decoded.loss, decoded.accuracy)
+        self.summaries.append(summary)
+        self._on_event({"stage": "aggregated", "round": rnd, "phase": phase, "done": len(msgs), "total": len(msgs),
+                        "loss": decoded.loss, "accuracy": decoded.accuracy})
+        return self._reply(msgs[0], global_arrays, decoded)
+
+    def _failed_node(self, futures, fut, msgs) -> str:
+        return self._ids[msgs[futures.index(fut)].metadata.dst_node_id]
+
+    @staticmethod
+    def _reply(first, global_arrays: dict[str, np.ndarray], decoded: quantize.Decoded):
+        from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
+
+        metrics = MetricRecord({"num-examples": decoded.examples, "loss": decoded.loss,
+                                "accuracy": decoded.accuracy})
+        content = RecordDict({"metrics": metrics})
+        if decoded.delta is not None:
+            arrays, pos = {}, 0
+            for name, g in global_arrays.items():  # sorted by name: the vector's order
+                d = decoded.delta[pos:pos + g.size].reshape(g.shape)
+                pos += g.size
+                arrays[name] = Array((g.astype(np.float64) + d).astype(g.dtype))
+            content = RecordDict({"arrays": ArrayRecord(arrays), "metrics": metrics})
+        reply = Message(content, reply_to=first)
+        reply.metadata.__dict__["_message_id"] = first.metadata.message_id + "-sum"
+        return reply

@@ -1,0 +1,102 @@
+"""The vetted model registry: the only architectures whose arrays travel in a fedtrust training job.
+
+* ``logreg`` — one linear layer (logistic / softmax regression);
+* ``mlp`` — linear layers with ReLU; `hidden` widths (default 32, 16);
+* ``cnn`` — a small CNN for image-shaped features (`image` = C, H, W, read
+  row-major from the preprocessed feature vector): conv 3×3 (8) → ReLU →
+  max-pool 2 → conv 3×3 (16) → ReLU → max-pool 2 → linear.
+
+No normalisation layers with running statistics (BatchNorm): they carry
+per-node statistics outside the weights, and Opacus (DP-SGD, a later issue)
+refuses them. Every model is checked for that and for its size
+(`MAX_PARAMETERS`). Parameters are float32 and named as in the module's
+`state_dict`, which is also how they are named in the safetensors file.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from fedtrust.errors import InvalidInput, PolicyViolation
+from fedtrust.training.spec import TrainingSpec
+
+if TYPE_CHECKING:  # torch is imported lazily: parsing specs must stay cheap
+    import torch
+
+__all__ = ["MAX_PARAMETERS", "build_model", "initial_arrays", "model_arrays", "expected_shapes"]
+
+#: the largest model a job may train (float32 parameters); a masked update is 8 bytes per parameter
+MAX_PARAMETERS = 10_000_000
+DEFAULT_HIDDEN = (32, 16)
+
+
+def build_model(spec: TrainingSpec, inputs: int, outputs: int) -> "torch.nn.Module":
+    """The spec's registry model for `inputs` features and `outputs` logits (seed torch first for a fixed init)."""
+    import torch
+    from torch import nn
+
+    arch = spec.architecture
+    if arch == "logreg":
+        model: nn.Module = nn.Sequential(nn.Linear(inputs, outputs))
+    elif arch == "mlp":
+        layers: list[nn.Module] = []
+        width = inputs
+        for h in spec.model_options.hidden or DEFAULT_HIDDEN:
+            layers += [nn.Linear(width, h), nn.ReLU()]
+            width = h
+        layers.append(nn.Linear(width, outputs))
+        model = nn.Sequential(*layers)
+    elif arch == "cnn":
+        assert spec.model_options.image is not None
+        c, h, w = spec.model_options.image
+        if c * h * w != inputs:
+            raise InvalidInput(f"the cnn's image {c}x{h}x{w} needs {c * h * w} inputs but the features give {inputs}")
+        model = nn.Sequential(
+            nn.Unflatten(1, (c, h, w)),
+            nn.Conv2d(c, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Flatten(), nn.Linear(16 * (h // 4) * (w // 4), outputs),
+        )
+    else:
+        raise InvalidInput(f"model {arch!r} is not in the vetted registry (logreg, mlp, cnn)")
+    check_model(model)
+    return model.to(torch.float32)
+
+
+def check_model(model: "torch.nn.Module") -> None:
+    """No BatchNorm-style layers; at most MAX_PARAMETERS float parameters; no buffers."""
+    from torch import nn
+
+    for m in model.modules():
+        if isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)):
+            raise PolicyViolation("models with BatchNorm/InstanceNorm layers are refused (per-node running "
+                                  "statistics; DP-SGD cannot train them)")
+    if any(True for _ in model.buffers()):
+        raise PolicyViolation("models with buffers (state outside the trained weights) are refused")
+    count = sum(p.numel() for p in model.parameters())
+    if count > MAX_PARAMETERS:
+        raise PolicyViolation(f"the model has {count:,} parameters, over the limit of {MAX_PARAMETERS:,}")
+
+
+def model_arrays(model: "torch.nn.Module") -> dict[str, np.ndarray]:
+    """The model's parameters as float32 NumPy arrays, by state_dict name (copies)."""
+    return {k: v.detach().cpu().numpy().astype(np.float32, copy=True) for k, v in model.state_dict().items()}
+
+
+def initial_arrays(spec: TrainingSpec, inputs: int, outputs: int, seed: int) -> dict[str, np.ndarray]:
+    """The global model of round 1: the registry model initialised from `seed` (derived from the job digest)."""
+    import torch
+
+    gen_state = torch.random.get_rng_state()
+    try:
+        torch.manual_seed(seed)
+        return model_arrays(build_model(spec, inputs, outputs))
+    finally:
+        torch.random.set_rng_state(gen_state)
+
+
+def expected_shapes(spec: TrainingSpec, inputs: int, outputs: int) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every array of the spec's model (what nodes accept as a global model)."""
+    model = build_model(spec, inputs, outputs)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}

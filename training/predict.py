@@ -1,0 +1,81 @@
+"""Apply a delivered model to new rows with exactly the preprocessing the nodes used.
+
+The safetensors file carries the signed training spec and the public
+preprocessing (`fedtrust.training.preprocess`); the rows are read with the
+same sandboxed DuckDB loader the nodes use, typed by the features' public
+schema. The output has one row per input row, in order:
+
+* binary label: `probability` (of the label's second class, e.g.
+  `defaulted` = 1) and `predicted` (the class with probability ≥ 0.5);
+* otherwise: `score_<class>` for every class (softmax) and `predicted`.
+"""
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from fedtrust.errors import ConfigError
+from fedtrust.training.arrays import read_model
+from fedtrust.training.preprocess import Preprocessor
+from fedtrust.training.spec import TrainingSpec
+from fedtrust.trust.schema import Column, Schema
+
+__all__ = ["Predictions", "load_model", "predict_rows", "write_predictions"]
+
+
+@dataclass(frozen=True)
+class Predictions:
+    columns: tuple[str, ...]
+    rows: list[list[str]]
+    scores: np.ndarray  # probability of class 1 (binary) or rows × classes
+
+
+def load_model(data: bytes, job: TrainingSpec | None = None):
+    """(torch model, spec, preprocessor); ConfigError when job.toml describes another model."""
+    import torch
+
+    from fedtrust.training.models import build_model
+
+    arrays, spec_d, pre_d, _ = read_model(data)
+    spec = TrainingSpec.from_dict(spec_d)
+    if job is not None:
+        for field in ("model", "features", "label", "model_options"):
+            if getattr(job, field) != getattr(spec, field):
+                raise ConfigError(f"job.toml's `{field}` differs from the model file's; pass the job.toml the model "
+                                  "was trained with")
+    pre = Preprocessor.from_dict(pre_d)
+    model = build_model(spec, pre.width, pre.outputs)
+    try:
+        model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in arrays.items()}, strict=True)
+    except RuntimeError:
+        raise ConfigError("the model file's arrays do not fit its architecture; it is damaged") from None
+    return model, spec, pre
+
+
+def predict_rows(data: bytes, rows_path: Path, job: TrainingSpec | None = None) -> Predictions:
+    from fedtrust.node.executor import Dataset
+    from fedtrust.training.loop import predict_scores
+
+    model, _, pre = load_model(data, job)
+    schema = Schema(tuple(Column(f.name, f.type, None if f.type == "category" else f.min,
+                                 None if f.type == "category" else f.max, f.values) for f in pre.features))
+    with Dataset.open(rows_path, schema) as ds:
+        x = pre.transform(ds.columns(tuple(f.name for f in pre.features)))
+    scores = predict_scores(model, x)
+    if pre.outputs == 1:
+        cols = ("probability", "predicted")
+        rows = [[f"{p:.6f}", pre.classes[1] if p >= 0.5 else pre.classes[0]] for p in scores]
+    else:
+        cols = tuple(f"score_{c}" for c in pre.classes) + ("predicted",)
+        rows = [[*(f"{v:.6f}" for v in s), pre.classes[int(np.argmax(s))]] for s in scores]
+    return Predictions(cols, rows, scores)
+
+
+def write_predictions(pred: Predictions, out: Path) -> None:
+    with open(out, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(pred.columns)
+        w.writerows(pred.rows)

@@ -1,0 +1,135 @@
+"""One training job's strategy loop, run in its own worker process by the coordinator.
+
+Flower keeps the task identity (run, node and task ids that every new
+`Message` reads) in process-global state, so each job runs here, in a
+process of its own (`fedtrust.isolate.start_worker`): it sets the identity,
+builds the strategy the signed spec names, the initial model (registry
+architecture, seeded from the job digest), and a `FedtrustGrid` whose
+rounds reach the nodes over mTLS gRPC; it runs `strategy.start()`, writes
+the final model as safetensors, and asks every node for its attestation.
+
+It talks to the coordinator daemon over a private pipe with plain data only:
+("progress", dict) while it runs, then ("done", dict) or ("error", kind,
+message). Nothing it reports is about one node, except the digests of the
+masked vectors each node sent (which that node attests anyway).
+"""
+from __future__ import annotations
+
+import logging
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from fedtrust.errors import Error, InvalidInput, JobFailed
+from fedtrust.training.spec import TrainingSpec
+
+__all__ = ["JobArgs", "run_job", "make_strategy"]
+
+log = logging.getLogger("fedtrust.coordinator")
+
+
+@dataclass(frozen=True)
+class JobArgs:
+    job_id: str
+    job_digest: str
+    job_bytes: bytes
+    contract_bytes: bytes
+    spec: dict[str, Any]  # TrainingSpec.to_dict()
+    schema: dict[str, Any]  # the product's public schema
+    participants: tuple[str, ...]
+    addresses: dict[str, str]
+    tls: tuple[bytes, bytes, bytes]  # cert, key, CA (PEM)
+    node_timeout: float
+
+
+def make_strategy(spec: TrainingSpec, nodes: int):
+    """The spec's Flower strategy, set to use every participant in every round."""
+    from flwr.serverapp import strategy as s
+
+    common: dict[str, Any] = dict(fraction_train=1.0, fraction_evaluate=1.0 if spec.evaluate else 0.0,
+                                  min_train_nodes=nodes, min_evaluate_nodes=nodes if spec.evaluate else 0,
+                                  min_available_nodes=nodes)
+    cls = {"fedavg": s.FedAvg, "fedprox": s.FedProx, "fedadam": s.FedAdam, "fedyogi": s.FedYogi,
+           "fedavgm": s.FedAvgM}.get(spec.strategy)
+    if cls is None:
+        raise InvalidInput(f"strategy {spec.strategy} is not supported")
+    return cls(**common, **spec.options)
+
+
+def _seed(job_digest: str) -> int:
+    return int(job_digest[:15], 16)
+
+
+def run_job(conn, args: JobArgs) -> None:
+    """Worker body: never raises; the outcome goes through `conn`."""
+    try:
+        conn.send(("done", _run(conn, args)))
+    except Error as e:
+        conn.send(("error", e.kind, str(e)))
+    except BaseException as e:  # noqa: BLE001 - a message, never a traceback, crosses to the daemon
+        traceback.print_exc()
+        conn.send(("error", "internal", f"the training loop failed ({type(e).__name__}); see the coordinator's log"))
+    finally:
+        conn.close()
+
+
+def _run(conn, args: JobArgs) -> dict[str, Any]:
+    import numpy as np
+    from flwr.common.constant import SUPERLINK_NODE_ID
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from fedtrust.coordinator.training_client import NodeTrainingClient
+    from fedtrust.training.arrays import to_array_record, write_model
+    from fedtrust.training.grid import FedtrustGrid
+    from fedtrust.training.models import initial_arrays
+    from fedtrust.training.preprocess import Preprocessor
+    from fedtrust.transport.tls import TlsMaterial
+    from fedtrust.trust.schema import Schema
+
+    logging.getLogger("flwr").setLevel(logging.ERROR)
+    spec = TrainingSpec.from_dict(args.spec)
+    run_id = _seed(args.job_digest)
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = run_id, SUPERLINK_NODE_ID, 0
+
+    pre = Preprocessor.build(Schema.from_dict(args.schema), spec.features, spec.label)
+    init = initial_arrays(spec, pre.width, pre.outputs, seed=_seed(args.job_digest))
+    tls = TlsMaterial(*args.tls)
+    clients = {n: NodeTrainingClient(n, args.addresses[n], tls, args.node_timeout) for n in args.participants}
+    rounds: dict[int, dict[str, float]] = {}
+
+    def on_event(ev: dict) -> None:
+        if ev["stage"] == "aggregated":
+            prefix = "train" if ev["phase"] == "train" else "eval"
+            rounds.setdefault(ev["round"], {}).update({f"{prefix}_loss": ev["loss"], f"{prefix}_accuracy": ev["accuracy"]})
+        conn.send(("progress", dict(ev, rounds=spec.rounds)))
+
+    def send_round(node: str, message: bytes, expected: int) -> bytes:
+        return clients[node].train_round(args.job_bytes, args.contract_bytes, message, expected)
+
+    grid = FedtrustGrid(run_id, args.participants, send_round, on_event)
+    try:
+        conn.send(("progress", {"stage": "started", "round": 0, "phase": "", "done": 0,
+                                "total": len(args.participants), "rounds": spec.rounds}))
+        strategy = make_strategy(spec, len(args.participants))
+        result = strategy.start(grid=grid, initial_arrays=to_array_record(init), num_rounds=spec.rounds,
+                                timeout=args.node_timeout)
+        final = {k: np.asarray(a.numpy(), dtype=np.float32) for k, a in result.arrays.items()}
+        if set(final) != set(init):
+            raise JobFailed("the strategy produced no model; every round failed to aggregate")
+        model = write_model(final, spec.to_dict(), pre.to_dict(), args.job_id)
+        conn.send(("progress", {"stage": "finishing", "round": spec.rounds, "phase": "", "done": 0,
+                                "total": len(args.participants), "rounds": spec.rounds}))
+        with ThreadPoolExecutor(max_workers=len(clients)) as pool:
+            futures = {n: pool.submit(c.finish, args.job_bytes, args.contract_bytes) for n, c in clients.items()}
+            attestations = {}
+            for n, f in futures.items():
+                try:
+                    attestations[n] = f.result().to_json()
+                except Error as e:
+                    raise JobFailed(f"node {n} did not attest the job, so it failed: {e}") from None
+        return {"model": model, "rounds": rounds, "digests": grid.digests, "attestations": attestations}
+    finally:
+        grid.close()
+        for c in clients.values():
+            c.close()
