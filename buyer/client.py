@@ -45,6 +45,56 @@ class JobState:
 OnProgress = Callable[[ProgressEvent], None]
 
 
+@dataclass(frozen=True)
+class RoundEvent:
+    """A training job's progress: aggregate metrics only (means over all participants)."""
+
+    stage: str  # "started", "node-answered", "aggregated", "finishing", "succeeded"
+    round: int
+    rounds: int
+    phase: str  # "train" or "evaluate"
+    done: int
+    total: int
+    loss: float | None
+    accuracy: float | None
+    message: str
+
+
+@dataclass(frozen=True)
+class TrainingOutcome:
+    receipt: bytes
+    model: bytes
+
+
+OnRound = Callable[[RoundEvent], None]
+#: the largest model file a coordinator may send (10M float32 parameters plus metadata)
+MAX_MODEL_BYTES = 48 * 1024 * 1024
+
+
+def _collect_training(events: Iterator, on_round: OnRound | None, peer: str) -> TrainingOutcome:
+    data = bytearray()
+    try:
+        for ev in events:
+            part = ev.WhichOneof("part")
+            if part == "progress":
+                if on_round:
+                    p = ev.progress
+                    on_round(RoundEvent(p.stage, p.round, p.rounds, p.phase, p.done, p.total,
+                                        p.loss if p.has_metrics else None, p.accuracy if p.has_metrics else None,
+                                        p.message))
+            elif part == "model_chunk":
+                data += ev.model_chunk
+                if len(data) > MAX_MODEL_BYTES:
+                    raise InvalidInput("the coordinator sent a model larger than any training job produces")
+            elif part == "outcome":
+                if ev.outcome.model_size != len(data):
+                    raise InvalidInput("the coordinator's model size does not match its data")
+                return TrainingOutcome(bytes(ev.outcome.receipt), bytes(data))
+    except grpc.RpcError as e:
+        raise error_from_rpc(e, peer) from None
+    raise InvalidInput("the coordinator ended the stream without an outcome")
+
+
 def _collect(events: Iterator, on_progress: OnProgress | None, peer: str) -> JobOutcome:
     data = bytearray()
     try:
@@ -91,6 +141,20 @@ class CoordinatorClient:
         with secure_channel(self.address, self.tls) as ch:
             return _collect(self._stub(ch).SubmitQuery(requests(), timeout=self.timeout), on_progress,
                             f"coordinator at {self.address}")
+
+    def submit_training(self, job: bytes, contract: bytes, on_round: OnRound | None = None) -> TrainingOutcome:
+        with secure_channel(self.address, self.tls) as ch:
+            return _collect_training(
+                self._stub(ch).SubmitTraining(coordinator_pb2.TrainingSubmission(job_envelope=job,
+                                                                                  contract_envelope=contract),
+                                              timeout=self.timeout),
+                on_round, f"coordinator at {self.address}")
+
+    def fetch_model(self, job_id: str) -> TrainingOutcome:
+        with secure_channel(self.address, self.tls) as ch:
+            return _collect_training(self._stub(ch).FetchModel(coordinator_pb2.JobRef(job_id=job_id),
+                                                               timeout=self.timeout),
+                                     None, f"coordinator at {self.address}")
 
     def fetch_result(self, job_id: str) -> JobOutcome:
         with secure_channel(self.address, self.tls) as ch:

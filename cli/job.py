@@ -49,8 +49,25 @@ def result(
     receipt: Optional[Path] = typer.Option(None, "--receipt", help="write the receipt bundle here"),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Fetch a finished job's aggregate again, verify its receipt and decrypt it with the job's stored key."""
+    """Fetch a finished job's result again and verify its receipt: a query's aggregate (decrypted with the job's
+    stored key) or a training job's model (--out model.safetensors)."""
     from fedtrust.buyer.query import fetch_again
 
     identity = load_identity(credentials)
+    if open_job(credentials, job_id).read_meta().get("kind") == "train":
+        from fedtrust.buyer.train import fetch_model_again
+        from fedtrust.cli.train import metrics_table
+
+        res = fetch_model_again(identity, credentials, job_id, coordinator)
+        if out:
+            out.write_bytes(res.model)
+        if receipt:
+            receipt.write_bytes(res.receipt.to_json())
+        if as_json:
+            print_json({"job_id": res.job_id, "model_digest": res.model_digest,
+                        "rounds": [m.to_dict() for m in res.metrics]})
+        else:
+            console.print(metrics_table(res.metrics, f"job {res.job_id}: aggregate metrics over all owners"))
+            console.print(f"model sha256 {res.model_digest}" + (f", written to {out}" if out else ""))
+        return
     show_result(fetch_again(identity, credentials, job_id, coordinator), out, receipt, as_json)

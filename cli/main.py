@@ -12,7 +12,7 @@ import sys
 import typer
 from rich.markup import escape
 
-from fedtrust.cli import coordinator, demo, exchange, job, node, query
+from fedtrust.cli import coordinator, demo, exchange, job, node, predict, query, train
 from fedtrust.cli.output import err_console
 from fedtrust.errors import Error
 
@@ -28,6 +28,8 @@ app.add_typer(node.app, name="node")
 app.add_typer(coordinator.app, name="coordinator")
 app.add_typer(job.app, name="job")
 app.command("query")(query.query)
+app.command("train")(train.train)
+app.command("predict")(predict.predict)
 app.command("demo")(demo.demo)
 
 

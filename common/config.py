@@ -5,6 +5,7 @@ so a workspace can be moved as a whole.
 """
 from __future__ import annotations
 
+import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,15 @@ class DatasetConfig:
 
 
 @dataclass(frozen=True)
+class ClientAppConfig:
+    """`[[clientapps]]`: a Flower ClientApp the node owner approved, pinned by the digest of its source file."""
+
+    name: str  # what a contract's [training] models and a job's `model` call it
+    target: str  # "package.module:attribute" (the module must be importable on the node)
+    digest: str  # sha256 hex of the module's source file
+
+
+@dataclass(frozen=True)
 class NodeConfig:
     name: str
     listen: str
@@ -27,6 +37,9 @@ class NodeConfig:
     state: Path
     datasets: tuple[DatasetConfig, ...]
     max_workers: int = 16
+    #: where training runs: "auto" (CUDA when available, else CPU), "cpu", "cuda" or "cuda:N"
+    device: str = "auto"
+    clientapps: tuple[ClientAppConfig, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -89,6 +102,9 @@ def load_node_config(path: str | Path) -> NodeConfig:
         if not isinstance(d, dict):
             raise ConfigError(f"[[datasets]] entry {i + 1} must be a table with `product` and `path`")
         datasets.append(DatasetConfig(_path(base, _get(d, "product", "datasets")), _path(base, _get(d, "path", "datasets"))))
+    device = t.get("device", "auto")
+    if not isinstance(device, str) or not re.fullmatch(r"auto|cpu|cuda(:[0-9]+)?", device):
+        raise ConfigError('[node] device must be "auto", "cpu", "cuda" or "cuda:N"')
     return NodeConfig(
         name=_get(t, "name", "node"),
         listen=listen,
@@ -96,7 +112,29 @@ def load_node_config(path: str | Path) -> NodeConfig:
         state=_path(base, _get(t, "state", "node")),
         datasets=tuple(datasets),
         max_workers=int(t.get("max_workers", 16)),
+        device=device,
+        clientapps=_clientapps(data.get("clientapps", [])),
     )
+
+
+def _clientapps(entries: Any) -> tuple[ClientAppConfig, ...]:
+    if not isinstance(entries, list):
+        raise ConfigError("[[clientapps]] must be an array of tables with name, target and digest")
+    apps = []
+    for i, e in enumerate(entries):
+        if not isinstance(e, dict):
+            raise ConfigError(f"[[clientapps]] entry {i + 1} must be a table with name, target and digest")
+        name, target, digest = (_get(e, k, "clientapps") for k in ("name", "target", "digest"))
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", name):
+            raise ConfigError(f"[[clientapps]] name {name!r} must be 1-64 characters A-Z a-z 0-9 . _ -")
+        if not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", target):
+            raise ConfigError(f"[[clientapps]] {name}: target must be \"package.module:attribute\"")
+        if not re.fullmatch(r"[0-9a-f]{64}", digest):
+            raise ConfigError(f"[[clientapps]] {name}: digest must be the sha256 hex of the module's source file")
+        apps.append(ClientAppConfig(name, target, digest))
+    if len({a.name for a in apps}) != len(apps):
+        raise ConfigError("[[clientapps]] lists a name twice; approve each app once")
+    return tuple(apps)
 
 
 def load_coordinator_config(path: str | Path) -> CoordinatorConfig:

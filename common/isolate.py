@@ -70,7 +70,7 @@ from typing import Any, Callable
 
 from fedtrust.errors import InvalidInput
 
-__all__ = ["run_isolated", "preload"]
+__all__ = ["run_isolated", "preload", "start_worker"]
 
 _lock = threading.Lock()
 _context: Any = None
@@ -252,3 +252,21 @@ def _reap(proc: Any, grace: float) -> None:
                 proc.close()
     except (ValueError, AssertionError, OSError):  # never started or already closed
         pass
+
+
+def start_worker(fn: Callable[..., Any], *args: Any, name: str) -> tuple[Any, Any]:
+    """Start ``fn(conn, *args)`` in a long-lived worker process; returns (process, receiving end of a pipe).
+
+    For jobs that report as they go (a training job's strategy loop, which
+    needs a process of its own because Flower's task identity is
+    process-global). Same start method and fast start as `run_isolated`; the
+    worker sends plain data through `conn`; the caller owns the process and
+    must kill it (`Process.kill`) when it no longer wants it.
+    """
+    ctx = _get_context()
+    recv_conn, send_conn = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=fn, args=(send_conn, *args), name=name, daemon=True)
+    with _lock:
+        _start(proc)
+    send_conn.close()
+    return proc, recv_conn

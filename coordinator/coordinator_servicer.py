@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 from fedtrust.coordinator.runtime import CoordinatorRuntime, Finished, Progress
-from fedtrust.errors import NotFound, VerificationError
+from fedtrust.coordinator.training_job import TrainingFinished, TrainingJobs, TrainingProgress
+from fedtrust.errors import InvalidInput, NotFound, VerificationError
 from fedtrust.node.node_servicer import read_header_and_context
 from fedtrust.transport.chunks import split
 from fedtrust.transport.peer import peer_identity
@@ -23,9 +24,41 @@ def _events(events):
                 receipt=ev.receipt, ciphertext_sizes=[len(c) for c in ev.aggregate]))
 
 
+def _training_events(events):
+    for ev in events:
+        if isinstance(ev, TrainingProgress):
+            has = ev.loss is not None and ev.accuracy is not None
+            yield coordinator_pb2.TrainingEvent(progress=coordinator_pb2.RoundProgress(
+                stage=ev.stage, round=ev.round, rounds=ev.rounds, phase=ev.phase, done=ev.done, total=ev.total,
+                has_metrics=has, loss=ev.loss if has else 0.0, accuracy=ev.accuracy if has else 0.0,
+                message=ev.message))
+        elif isinstance(ev, TrainingFinished):
+            for chunk in split(ev.model):
+                yield coordinator_pb2.TrainingEvent(model_chunk=chunk)
+            yield coordinator_pb2.TrainingEvent(outcome=coordinator_pb2.TrainingOutcome(
+                receipt=ev.receipt, model_size=len(ev.model)))
+
+
+#: a signed job spec or contract is a few KB; 1 MiB leaves room for many owners
+MAX_ENVELOPE_BYTES = 1 << 20
+
+
 class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
     def __init__(self, runtime: CoordinatorRuntime) -> None:
         self.runtime = runtime
+        self.training = TrainingJobs(runtime)
+
+    @guarded
+    def SubmitTraining(self, request, context):
+        peer = peer_identity(context)
+        if len(request.job_envelope) > MAX_ENVELOPE_BYTES or len(request.contract_envelope) > MAX_ENVELOPE_BYTES:
+            raise InvalidInput(f"job spec or contract exceeds {MAX_ENVELOPE_BYTES} bytes")
+        yield from _training_events(self.training.run(peer, request.job_envelope, request.contract_envelope,
+                                                      cancelled=lambda: not context.is_active()))
+
+    @guarded
+    def FetchModel(self, request, context):
+        yield from _training_events(self.training.replay(self._own_job(request, context)))
 
     @guarded
     def SubmitQuery(self, request_iterator, context):

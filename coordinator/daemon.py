@@ -19,9 +19,10 @@ class CoordinatorDaemon:
         self.runtime = CoordinatorRuntime(config, addresses or dict(config.addresses))
         self.server: grpc.Server | None = None
         self.port: int | None = None
+        self.servicer: CoordinatorServicer | None = None
 
     def start(self, listen: str | None = None) -> int:
-        servicer = CoordinatorServicer(self.runtime)
+        servicer = self.servicer = CoordinatorServicer(self.runtime)
         self.server, self.port = create_server(
             listen or self.runtime.config.listen,
             self.runtime.tls,
@@ -32,6 +33,8 @@ class CoordinatorDaemon:
         return self.port
 
     def stop(self, grace: float | None = 0) -> None:
+        if self.servicer is not None:
+            self.servicer.training.shutdown()  # running training workers die with the daemon
         if self.server is not None:
             self.server.stop(grace).wait()
             self.server = None

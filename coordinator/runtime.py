@@ -92,6 +92,8 @@ class CoordinatorRuntime:
 
     def run_query(self, peer: tuple[str, str], job_bytes: bytes, contract_bytes: bytes, context: bytes) -> Iterator[Event]:
         contract, contract_env, job, job_env = self.check(peer, job_bytes, contract_bytes)
+        if job.kind != "query" or job.he is None:
+            raise InvalidInput(f"job kind {job.kind!r} sent to SubmitQuery; submit training jobs with SubmitTraining")
         job.he.check_supported()
         if sha256_hex(context) != job.he.context_digest:
             raise InvalidInput("HE context does not match the digest in the signed job spec; resend the buyer's context")

@@ -3,7 +3,10 @@
 It holds what the coordinator may know: the signed job, its state, the
 reason a job failed (naming a participant and a rule, never a value), the
 receipt bundle (digests and signatures only) and the aggregate ciphertexts,
-which only the buyer can decrypt. No single node's contribution is stored.
+which only the buyer can decrypt. For a training job: the aggregate loss and
+accuracy of each round (means over all participants) and the final model —
+the coordinator computes both from sums anyway. No single node's
+contribution is stored.
 """
 from __future__ import annotations
 
@@ -28,6 +31,19 @@ CREATE TABLE IF NOT EXISTS jobs (
     created_at TEXT NOT NULL,
     updated_at TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS training_rounds (
+    job_id TEXT NOT NULL REFERENCES jobs (job_id),
+    round INTEGER NOT NULL,
+    train_loss REAL,
+    train_accuracy REAL,
+    eval_loss REAL,
+    eval_accuracy REAL,
+    PRIMARY KEY (job_id, round)
+);
+CREATE TABLE IF NOT EXISTS models (
+    job_id TEXT PRIMARY KEY REFERENCES jobs (job_id),
+    data BLOB NOT NULL
+);
 CREATE TABLE IF NOT EXISTS aggregates (
     job_id TEXT NOT NULL REFERENCES jobs (job_id),
     idx INTEGER NOT NULL,
@@ -35,6 +51,17 @@ CREATE TABLE IF NOT EXISTS aggregates (
     PRIMARY KEY (job_id, idx)
 );
 """
+
+
+@dataclass(frozen=True)
+class RoundMetrics:
+    """A training round's aggregate metrics (example-weighted means over all participants)."""
+
+    round: int
+    train_loss: float | None
+    train_accuracy: float | None
+    eval_loss: float | None
+    eval_accuracy: float | None
 
 
 @dataclass(frozen=True)
@@ -49,14 +76,19 @@ class JobRecord:
     receipt: bytes | None
     created_at: str
     updated_at: str
+    kind: str = "query"
 
 
 class JobStore:
     def __init__(self, state_dir: str | Path) -> None:
         self.db = Database(Path(state_dir) / "coordinator.sqlite3", SCHEMA)
+        with self.db.write() as con:  # stores made before training existed
+            cols = {r["name"] for r in con.execute("PRAGMA table_info(jobs)")}
+            if "kind" not in cols:
+                con.execute("ALTER TABLE jobs ADD COLUMN kind TEXT NOT NULL DEFAULT 'query'")
 
     def begin(self, job_id: str, job_digest: str, contract_digest: str, buyer: str,
-              participants: tuple[str, ...]) -> JobRecord | None:
+              participants: tuple[str, ...], kind: str = "query") -> JobRecord | None:
         """Mark a job running. Returns the finished record when this exact job already succeeded."""
         now = utc_now()
         with self.db.write() as con:
@@ -69,13 +101,15 @@ class JobStore:
                 if row["state"] == "running":
                     raise ReplayError("this job is already running; follow it with `fedtrust job status`")
                 con.execute("DELETE FROM aggregates WHERE job_id = ?", (job_id,))
+                con.execute("DELETE FROM training_rounds WHERE job_id = ?", (job_id,))
+                con.execute("DELETE FROM models WHERE job_id = ?", (job_id,))
                 con.execute("UPDATE jobs SET state='running', error='', receipt=NULL, updated_at=? WHERE job_id=?",
                             (now, job_id))
                 return None
             con.execute(
-                "INSERT INTO jobs (job_id, job_digest, contract_digest, buyer, participants, state, created_at, updated_at)"
-                " VALUES (?,?,?,?,?, 'running', ?, ?)",
-                (job_id, job_digest, contract_digest, buyer, json.dumps(list(participants)), now, now),
+                "INSERT INTO jobs (job_id, job_digest, contract_digest, buyer, participants, state, created_at,"
+                " updated_at, kind) VALUES (?,?,?,?,?, 'running', ?, ?, ?)",
+                (job_id, job_digest, contract_digest, buyer, json.dumps(list(participants)), now, now, kind),
             )
         return None
 
@@ -91,6 +125,31 @@ class JobStore:
                             [(job_id, i, a) for i, a in enumerate(aggregate)])
             con.execute("UPDATE jobs SET state='succeeded', receipt=?, updated_at=? WHERE job_id=?",
                         (receipt, utc_now(), job_id))
+
+    def record_round(self, job_id: str, rnd: int, phase: str, loss: float, accuracy: float) -> None:
+        """A training round's aggregate loss and accuracy (phase "train" or "evaluate")."""
+        cols = ("train_loss", "train_accuracy") if phase == "train" else ("eval_loss", "eval_accuracy")
+        with self.db.write() as con:
+            con.execute("INSERT OR IGNORE INTO training_rounds (job_id, round) VALUES (?, ?)", (job_id, rnd))
+            con.execute(f"UPDATE training_rounds SET {cols[0]} = ?, {cols[1]} = ? WHERE job_id = ? AND round = ?",
+                        (float(loss), float(accuracy), job_id, rnd))
+
+    def rounds(self, job_id: str) -> list[RoundMetrics]:
+        rows = self.db.read().execute("SELECT * FROM training_rounds WHERE job_id = ? ORDER BY round", (job_id,))
+        return [RoundMetrics(r["round"], r["train_loss"], r["train_accuracy"], r["eval_loss"], r["eval_accuracy"])
+                for r in rows]
+
+    def succeed_training(self, job_id: str, receipt: bytes, model: bytes) -> None:
+        with self.db.write() as con:
+            con.execute("INSERT OR REPLACE INTO models (job_id, data) VALUES (?, ?)", (job_id, model))
+            con.execute("UPDATE jobs SET state='succeeded', receipt=?, updated_at=? WHERE job_id=?",
+                        (receipt, utc_now(), job_id))
+
+    def model(self, job_id: str) -> bytes:
+        row = self.db.read().execute("SELECT data FROM models WHERE job_id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"job {job_id} has no trained model at this coordinator")
+        return bytes(row[0])
 
     def fail_interrupted(self) -> int:
         """At start-up: jobs left running by a previous process failed with it."""
@@ -116,5 +175,5 @@ def _record(row) -> JobRecord:
         job_id=row["job_id"], job_digest=row["job_digest"], contract_digest=row["contract_digest"],
         buyer=row["buyer"], participants=tuple(json.loads(row["participants"])), state=row["state"],
         error=row["error"], receipt=bytes(row["receipt"]) if row["receipt"] is not None else None,
-        created_at=row["created_at"], updated_at=row["updated_at"],
+        created_at=row["created_at"], updated_at=row["updated_at"], kind=row["kind"],
     )

@@ -40,15 +40,14 @@ def verify_receipt_file(exchange_dir: str | Path, receipt_path: str | Path,
     result = None
     if result_path is not None:
         try:
-            result = json.loads(Path(result_path).read_text())
+            result = Path(result_path).read_bytes()
         except FileNotFoundError:
             raise ConfigError(f"result file {result_path} does not exist") from None
-        except json.JSONDecodeError:
-            raise ConfigError(f"result file {result_path} is not JSON; pass the result.json `fedtrust query` wrote") from None
     return verify_receipt(exchange_dir, ReceiptBundle.from_json(raw), result)
 
 
-def verify_receipt(exchange_dir: str | Path, bundle: ReceiptBundle, result: dict | None = None) -> Verdict:
+def verify_receipt(exchange_dir: str | Path, bundle: ReceiptBundle, result: dict | bytes | None = None) -> Verdict:
+    """`result`: a query's result.json (parsed, or its bytes) or a training job's model file (bytes)."""
     ex = load_exchange(exchange_dir)
     v = verify_bundle(bundle, ex.signer.public_key, require_acknowledgement=True)
     ex.store.get_contract(v.contract_digest)  # NotFound unless this exchange issued it
@@ -67,12 +66,26 @@ def verify_receipt(exchange_dir: str | Path, bundle: ReceiptBundle, result: dict
     return Verdict(v, False, result is not None, _summary(v, result is not None, False))
 
 
-def _check_result(v: VerifiedReceipt, result: dict) -> None:
+def _check_result(v: VerifiedReceipt, result: dict | bytes) -> None:
+    assert v.acknowledgement is not None
+    if v.job.kind == "train":
+        if not isinstance(result, (bytes, bytearray)):
+            raise VerificationError("a training job's result is its model file; pass the model.safetensors delivered")
+        digest = sha256_hex(bytes(result))
+        assert v.statement.training is not None
+        if digest != v.acknowledgement.result_digest or digest != v.statement.training.model_digest:
+            raise VerificationError("the model file does not match the digest the buyer acknowledged and the "
+                                    "coordinator signed in the receipt")
+        return
+    if isinstance(result, (bytes, bytearray)):
+        try:
+            result = json.loads(result)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise ConfigError("the result file is not JSON; pass the result.json `fedtrust query` wrote") from None
     try:
         digest = result_digest(result["salt"], result["columns"], result["rows"])
     except (KeyError, TypeError):
         raise VerificationError("the result file lacks salt, columns or rows; pass the result.json `fedtrust query` wrote") from None
-    assert v.acknowledgement is not None
     if digest != v.acknowledgement.result_digest:
         raise VerificationError("the result does not match the digest the buyer acknowledged in the receipt")
 
@@ -119,6 +132,16 @@ def _summary(v: VerifiedReceipt, result_checked: bool, again: bool) -> str:
         f"coordinator {v.contract.coordinator.name} signed the aggregate",
         "buyer acknowledged delivery" + (" and the result matches" if result_checked else ""),
         f"ε spent {eps:.6f}" if eps else "no differential privacy (exact aggregates under the contract's rules)",
+    ]
+    if v.statement.training is not None:
+        t = v.statement.training
+        parts[2] = (f"coordinator {v.contract.coordinator.name} signed model {t.model_digest[:12]}… trained over "
+                    f"{t.rounds} rounds with secure aggregation "
+                    f"{v.job.training.secure_aggregation if v.job.training else '?'}")
+        parts[3] = "buyer acknowledged delivery" + (" and the model file matches" if result_checked else "")
+        if not eps:
+            parts[4] = "no differential privacy (masked updates; the model itself is not DP)"
+    parts += [
         "already recorded" if again else "recorded",
     ]
     return "; ".join(parts)

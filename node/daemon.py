@@ -8,6 +8,7 @@ import grpc
 from fedtrust.config import NodeConfig
 from fedtrust.node.node_servicer import NodeServicer
 from fedtrust.node.runtime import NodeRuntime
+from fedtrust.node.training_runtime import TrainingRuntime
 from fedtrust.transport.server import create_server
 from fedtrust.transport.tls import TlsMaterial
 from fedtrust.v1 import node_pb2_grpc
@@ -18,13 +19,14 @@ log = logging.getLogger("fedtrust.node")
 class NodeDaemon:
     def __init__(self, config: NodeConfig) -> None:
         self.runtime = NodeRuntime(config)
+        self.training = TrainingRuntime(self.runtime, config)  # checks the approved ClientApps' digests
         ident = self.runtime.identity
         self.tls = TlsMaterial(ident.tls_cert_pem, ident.tls_key_pem, ident.ca_pem)
         self.server: grpc.Server | None = None
         self.port: int | None = None
 
     def start(self, listen: str | None = None) -> int:
-        servicer = NodeServicer(self.runtime)
+        servicer = NodeServicer(self.runtime, self.training)
         self.server, self.port = create_server(
             listen or self.runtime.config.listen,
             self.tls,

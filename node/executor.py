@@ -204,6 +204,29 @@ class Dataset:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    # --------------------------------------------------------------- columns
+    def columns(self, names: tuple[str, ...] | list[str]) -> dict[str, Any]:
+        """Read-only: the named schema columns, in file order, as NumPy arrays (masked where NULL).
+
+        For federated training, which preprocesses rows on the node itself
+        (`fedtrust.training.preprocess`). Only schema columns can be named;
+        the statement is built from quoted identifiers, never from text.
+        """
+        for n in names:
+            if not self.schema.has(n):
+                raise PolicyViolation(f"column `{n}` is not in the product schema")
+        if not names:
+            return {}
+        query = exp.select(*[_q(n) for n in names]).from_(exp.Table(this=exp.Identifier(this=TABLE, quoted=True)))
+        with self._lock:
+            cur = self._con.cursor()
+        try:
+            return dict(cur.execute(query.sql(dialect=DIALECT)).fetchnumpy())
+        except duckdb.Error as e:
+            raise InvalidInput(f"reading training columns failed on this node's data ({type(e).__name__})") from None
+        finally:
+            cur.close()
+
     # ------------------------------------------------------------- aggregate
     def _check_where(self, where: exp.Expression) -> None:
         for node in where.walk():

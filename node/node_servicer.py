@@ -10,6 +10,7 @@ import logging
 
 from fedtrust.errors import Error, InvalidInput
 from fedtrust.node.runtime import NodeRuntime
+from fedtrust.node.training_runtime import MAX_MESSAGE_BYTES, TrainingRuntime
 from fedtrust.privacy.he import MAX_CONTEXT_BYTES
 from fedtrust.transport.chunks import Assembler, split
 from fedtrust.transport.peer import peer_identity
@@ -40,9 +41,26 @@ def read_header_and_context(requests, header_field: str, chunk_field: str, what:
     return header, asm.finish()
 
 
+def read_train_header(requests):
+    """TrainRound's stream: the header, then the round's Flower message within its declared size."""
+    first = next(requests, None)
+    if first is None or first.WhichOneof("part") != "header":
+        raise InvalidInput("the stream must start with a header message")
+    header = first.header
+    if len(header.job_envelope) > MAX_ENVELOPE_BYTES or len(header.contract_envelope) > MAX_ENVELOPE_BYTES:
+        raise InvalidInput(f"job spec or contract exceeds {MAX_ENVELOPE_BYTES} bytes")
+    asm = Assembler(header.message_size, MAX_MESSAGE_BYTES, "the round's Flower message")
+    for msg in requests:
+        if msg.WhichOneof("part") != "message_chunk":
+            raise InvalidInput("only message_chunk messages may follow the header")
+        asm.add(msg.message_chunk)
+    return header, asm.finish()
+
+
 class NodeServicer(node_pb2_grpc.NodeServiceServicer):
-    def __init__(self, runtime: NodeRuntime) -> None:
+    def __init__(self, runtime: NodeRuntime, training: TrainingRuntime | None = None) -> None:
         self.runtime = runtime
+        self.training = training or TrainingRuntime(runtime, runtime.config)
 
     @guarded
     def RunQuery(self, request_iterator, context):
@@ -70,3 +88,37 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
                 ciphertext_sizes=[len(c) for c in release.outputs],
             )
         )
+
+    @guarded
+    def TrainRound(self, request_iterator, context):
+        peer = peer_identity(context)
+        store = self.runtime.store
+        job_id = contract_digest = None
+        try:
+            header, message = read_train_header(request_iterator)
+            checked = self.training.check(peer, header.job_envelope, header.contract_envelope)
+            job_id, contract_digest = checked.job.job_id, checked.contract_digest
+            release = self.training.train_round(checked, message)
+        except Error as e:
+            store.audit("refused", f"{e.kind}: {e}", contract_digest=contract_digest, job_id=job_id,
+                        peer=f"{peer[0]}/{peer[1]}")
+            log.info("refused training round of job %s: %s", job_id, e)
+            raise
+        store.audit("released", f"{release.phase} round {release.round}", contract_digest=contract_digest,
+                    job_id=job_id, peer=f"{peer[0]}/{peer[1]}")
+        for chunk in split(release.vector):
+            yield node_pb2.TrainReply(vector_chunk=chunk)
+        yield node_pb2.TrainReply(release=node_pb2.RoundRelease(
+            phase=release.phase, round=release.round, global_digest=release.global_digest,
+            vector_size=len(release.vector)))
+
+    @guarded
+    def FinishTraining(self, request, context):
+        peer = peer_identity(context)
+        if len(request.job_envelope) > MAX_ENVELOPE_BYTES or len(request.contract_envelope) > MAX_ENVELOPE_BYTES:
+            raise InvalidInput(f"job spec or contract exceeds {MAX_ENVELOPE_BYTES} bytes")
+        checked = self.runtime.check_job(peer, request.job_envelope, request.contract_envelope)
+        attestation = self.training.finish(checked)
+        self.runtime.store.audit("attested", "training job", contract_digest=checked.contract_digest,
+                                 job_id=checked.job.job_id, peer=f"{peer[0]}/{peer[1]}")
+        return node_pb2.FinishReply(attestation_envelope=attestation.to_json())

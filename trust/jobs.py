@@ -3,6 +3,11 @@
 A job spec fixes the contract, the coordinator and the participants (all the
 contract's owners), so a coordinator can neither invent jobs nor choose which
 nodes take part. Nodes key their release ledger on (contract, job id, nonce).
+
+Two kinds: "query" (the SQL and the buyer's HE parameters) and "train" (a
+`TrainingSpec` under the key `training`). A query job's JSON is exactly what
+it was before training existed: the `training` key appears only in train
+jobs, and `sql`/`he` only in query jobs.
 """
 from __future__ import annotations
 
@@ -14,18 +19,21 @@ from typing import Any
 
 from fedtrust.errors import InvalidInput, PolicyViolation, VerificationError
 from fedtrust.privacy.params import HeParams
+from fedtrust.training.spec import TrainingSpec
 from fedtrust.trust.canonical import Fields, format_time, is_sha256_hex, parse_time
 from fedtrust.trust.contracts import Contract
 from fedtrust.trust.credentials import signing_public_key
 from fedtrust.trust.dsse import Envelope, Signer, verify_object
 
 __all__ = [
-    "JOB_TYPE", "JOB_KINDS", "MAX_SQL_CHARS", "DEFAULT_TTL", "JobSpec", "new_job_id", "new_nonce",
+    "JOB_TYPE", "JOB_KINDS", "MAX_SQL_CHARS", "DEFAULT_TTL", "TRAINING_TTL", "JobSpec", "new_job_id", "new_nonce",
     "sign_job", "verify_job",
 ]
 
 JOB_TYPE = "https://fedtrust.dev/JobSpec/v1"
-JOB_KINDS = ("query",)
+JOB_KINDS = ("query", "train")
+#: a training job runs many rounds: the buyer's signature stays valid this long by default
+TRAINING_TTL = timedelta(hours=24)
 MAX_SQL_CHARS = 65536
 DEFAULT_TTL = timedelta(hours=1)
 _JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -49,8 +57,9 @@ class JobSpec:
     coordinator: str
     participants: tuple[str, ...]
     dataset: str
-    sql: str
-    he: HeParams
+    sql: str = ""  # query jobs
+    he: HeParams | None = None  # query jobs
+    training: TrainingSpec | None = None  # train jobs
     created_at: str
     expires_at: str
 
@@ -66,8 +75,20 @@ class JobSpec:
             sql=sql, he=he, created_at=format_time(now), expires_at=format_time(now + ttl),
         )
 
+    @classmethod
+    def new_training(
+        cls, contract: Contract, contract_digest: str, spec: TrainingSpec, *, ttl: timedelta = TRAINING_TTL,
+    ) -> JobSpec:
+        """A fresh training job for every owner of `contract`, expiring after `ttl`."""
+        now = datetime.now(timezone.utc)
+        return cls(
+            contract_digest=contract_digest, job_id=new_job_id(), nonce=new_nonce(), kind="train",
+            coordinator=contract.coordinator.name, participants=contract.owner_names, dataset=contract.dataset,
+            training=spec, created_at=format_time(now), expires_at=format_time(now + ttl),
+        )
+
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d: dict[str, Any] = {
             "contract_digest": self.contract_digest,
             "job_id": self.job_id,
             "nonce": self.nonce,
@@ -75,27 +96,39 @@ class JobSpec:
             "coordinator": self.coordinator,
             "participants": list(self.participants),
             "dataset": self.dataset,
-            "sql": self.sql,
-            "he": self.he.to_dict(),
             "created_at": self.created_at,
             "expires_at": self.expires_at,
         }
+        if self.kind == "train":
+            if self.training is None:
+                raise InvalidInput("job spec: a train job needs its training spec")
+            d["training"] = self.training.to_dict()
+        else:
+            if self.he is None:
+                raise InvalidInput("job spec: a query job needs its HE parameters")
+            d["sql"] = self.sql
+            d["he"] = self.he.to_dict()
+        return d
 
     @classmethod
     def from_dict(cls, d: object) -> JobSpec:
         f = Fields(d, "job spec")
+        kind = f.text("kind")
+        if kind == "train":
+            extra = {"training": TrainingSpec.from_dict(f.obj("training"))}
+        else:
+            extra = {"sql": f.text("sql"), "he": HeParams.from_dict(f.obj("he"))}
         job = cls(
             contract_digest=f.digest("contract_digest"),
             job_id=f.text("job_id"),
             nonce=f.text("nonce"),
-            kind=f.text("kind"),
+            kind=kind,
             coordinator=f.text("coordinator"),
             participants=f.texts("participants"),
             dataset=f.text("dataset"),
-            sql=f.text("sql"),
-            he=HeParams.from_dict(f.obj("he")),
             created_at=f.time("created_at"),
             expires_at=f.time("expires_at"),
+            **extra,
         )
         job.check_form()
         return job
@@ -110,10 +143,19 @@ class JobSpec:
             raise InvalidInput("job spec: nonce must be 32 random bytes in lowercase hex")
         if self.kind not in JOB_KINDS:
             raise InvalidInput(f"job spec: kind must be one of {', '.join(JOB_KINDS)}")
-        if not self.sql.strip() or len(self.sql) > MAX_SQL_CHARS:
-            raise InvalidInput(f"job spec: sql must be a non-empty query of at most {MAX_SQL_CHARS} characters")
-        if not is_sha256_hex(self.he.context_digest):
-            raise InvalidInput("job spec: he.context_digest must be a lowercase sha256 hex digest")
+        if self.kind == "train":
+            if self.training is None or self.sql or self.he is not None:
+                raise InvalidInput("job spec: a train job carries a training spec and no sql or he")
+            self.training.check_form()
+            if self.training.dataset != self.dataset:
+                raise InvalidInput("job spec: the training spec names another dataset than the job")
+        else:
+            if self.training is not None or self.he is None:
+                raise InvalidInput("job spec: a query job carries sql and he and no training spec")
+            if not self.sql.strip() or len(self.sql) > MAX_SQL_CHARS:
+                raise InvalidInput(f"job spec: sql must be a non-empty query of at most {MAX_SQL_CHARS} characters")
+            if not is_sha256_hex(self.he.context_digest):
+                raise InvalidInput("job spec: he.context_digest must be a lowercase sha256 hex digest")
         if parse_time(self.created_at) > parse_time(self.expires_at):
             raise InvalidInput("job spec: expires_at is before created_at")
 

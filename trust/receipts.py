@@ -26,8 +26,9 @@ from fedtrust.trust.dsse import Envelope, Signer, keyid_of, load_json, verify_ob
 
 __all__ = [
     "ATTESTATION_TYPE", "STATEMENT_TYPE", "ACK_TYPE", "GENESIS", "EPS_PLACES",
-    "fmt_eps", "parse_eps", "result_digest", "ledger_entry_digest",
-    "ChainEntry", "next_chain_entry", "Attestation", "CoordinatorStatement", "Acknowledgement", "ReceiptBundle",
+    "fmt_eps", "parse_eps", "fmt_metric", "result_digest", "ledger_entry_digest",
+    "ChainEntry", "next_chain_entry", "Attestation", "RoundMetric", "TrainingSummary", "CoordinatorStatement",
+    "Acknowledgement", "ReceiptBundle",
     "sign_attestation", "verify_attestation", "sign_coordinator_statement", "verify_statement_of_coordinator",
     "sign_acknowledgement", "verify_acknowledgement",
 ]
@@ -187,6 +188,59 @@ class Attestation:
         return att
 
 
+_METRIC = re.compile(r"-?(0|[1-9][0-9]{0,11})\.[0-9]{6}")
+
+
+def fmt_metric(value: float) -> str:
+    """An aggregate metric (loss, accuracy) as a six-place decimal string."""
+    return f"{float(value):.6f}"
+
+
+@dataclass(frozen=True)
+class RoundMetric:
+    """One training round's aggregate metrics: example-weighted means over *all* participants."""
+
+    round: int
+    train_loss: str
+    train_accuracy: str
+    eval_loss: str | None = None
+    eval_accuracy: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"round": self.round, "train_loss": self.train_loss, "train_accuracy": self.train_accuracy,
+                "eval_loss": self.eval_loss, "eval_accuracy": self.eval_accuracy}
+
+    @classmethod
+    def from_dict(cls, d: object) -> RoundMetric:
+        f = Fields(d, "round metrics")
+        m = cls(f.integer("round"), f.text("train_loss"), f.text("train_accuracy"), f.opt_text("eval_loss"),
+                f.opt_text("eval_accuracy"))
+        for v in (m.train_loss, m.train_accuracy, m.eval_loss, m.eval_accuracy):
+            if v is not None and not _METRIC.fullmatch(v):
+                raise InvalidInput("round metrics must be decimal strings with six places, like 0.693147")
+        return m
+
+
+@dataclass(frozen=True)
+class TrainingSummary:
+    """The `training` block of a training job's coordinator statement."""
+
+    model_digest: str  # sha256 of the delivered safetensors file
+    rounds: int
+    participants: tuple[str, ...]
+    metrics: tuple[RoundMetric, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model_digest": self.model_digest, "rounds": self.rounds, "participants": list(self.participants),
+                "metrics": [m.to_dict() for m in self.metrics]}
+
+    @classmethod
+    def from_dict(cls, d: object) -> TrainingSummary:
+        f = Fields(d, "training summary")
+        return cls(f.digest("model_digest"), f.integer("rounds"), f.texts("participants"),
+                   tuple(RoundMetric.from_dict(m) for m in f.items("metrics")))
+
+
 @dataclass(frozen=True)
 class CoordinatorStatement:
     job_digest: str
@@ -194,21 +248,27 @@ class CoordinatorStatement:
     aggregate_outputs: tuple[str, ...]
     attestations: tuple[str, ...]  # attestation envelope digests, sorted by node
     completed_at: str
+    training: TrainingSummary | None = None  # training jobs only (absent from query statements)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d: dict[str, Any] = {
             "job_digest": self.job_digest,
             "contract_digest": self.contract_digest,
             "aggregate_outputs": list(self.aggregate_outputs),
             "attestations": list(self.attestations),
             "completed_at": self.completed_at,
         }
+        if self.training is not None:
+            d["training"] = self.training.to_dict()
+        return d
 
     @classmethod
     def from_dict(cls, d: object) -> CoordinatorStatement:
         f = Fields(d, "coordinator statement")
+        training = f.d.get("training")
         return cls(f.digest("job_digest"), f.digest("contract_digest"), f.digests("aggregate_outputs"),
-                   f.digests("attestations"), f.time("completed_at"))
+                   f.digests("attestations"), f.time("completed_at"),
+                   None if training is None else TrainingSummary.from_dict(training))
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from typing import Sequence
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from fedtrust.errors import PolicyViolation, VerificationError
+from fedtrust.errors import InvalidInput, PolicyViolation, VerificationError
 from fedtrust.trust.canonical import parse_time, sha256_hex
 from fedtrust.trust.contracts import Contract, verify_contract
 from fedtrust.trust.credentials import signing_public_key
@@ -104,6 +104,7 @@ def verify_bundle(
         raise VerificationError("the coordinator's statement does not cover exactly the bundle's attestations")
     if aggregate is not None and tuple(statement.aggregate_outputs) != tuple(sha256_hex(c) for c in aggregate):
         raise VerificationError("the aggregate received does not match the digest the coordinator signed")
+    _check_training_statement(job, statement)
 
     ack = None
     if bundle.acknowledgement is not None:
@@ -117,7 +118,34 @@ def verify_bundle(
     return VerifiedReceipt(contract, contract_digest, job, job_digest, atts, digests, statement, ack)
 
 
+def _check_training_statement(job: JobSpec, statement: CoordinatorStatement) -> None:
+    """A training job's statement names its model, rounds, participants and one metrics entry per round."""
+    t = statement.training
+    if job.kind != "train":
+        if t is not None:
+            raise VerificationError("the coordinator's statement carries a training block for a query job")
+        return
+    assert job.training is not None
+    if t is None:
+        raise VerificationError("the coordinator's statement for a training job has no training block")
+    if tuple(statement.aggregate_outputs) != (t.model_digest,):
+        raise VerificationError("the coordinator's statement names a model digest other than its aggregate output")
+    if t.rounds != job.training.rounds or [m.round for m in t.metrics] != list(range(1, t.rounds + 1)):
+        raise VerificationError("the coordinator's statement does not report exactly the job's rounds")
+    if tuple(t.participants) != tuple(job.participants):
+        raise VerificationError("the coordinator's statement names other participants than the job")
+
+
 def _check_rules(contract: Contract, job: JobSpec) -> None:
+    if job.kind == "train":
+        from fedtrust.training.policy import check_training  # local: no training code at import time
+
+        assert job.training is not None
+        try:
+            check_training(job.training, contract.rules, contract.schema, contract.dataset, len(job.participants))
+        except (PolicyViolation, InvalidInput) as e:
+            raise VerificationError(f"the job's training spec breaks the contract's rules: {e}") from None
+        return
     if job.kind == "query":
         from fedtrust.query.sql import plan_query  # local: keeps trust free of sqlglot at import time
 

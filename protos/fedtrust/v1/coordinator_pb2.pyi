@@ -66,3 +66,53 @@ class JobStatus(_message.Message):
     created_at: str
     updated_at: str
     def __init__(self, job_id: _Optional[str] = ..., state: _Optional[str] = ..., error: _Optional[str] = ..., contract_digest: _Optional[str] = ..., participants: _Optional[_Iterable[str]] = ..., created_at: _Optional[str] = ..., updated_at: _Optional[str] = ...) -> None: ...
+
+class TrainingSubmission(_message.Message):
+    __slots__ = ("job_envelope", "contract_envelope")
+    JOB_ENVELOPE_FIELD_NUMBER: _ClassVar[int]
+    CONTRACT_ENVELOPE_FIELD_NUMBER: _ClassVar[int]
+    job_envelope: bytes
+    contract_envelope: bytes
+    def __init__(self, job_envelope: _Optional[bytes] = ..., contract_envelope: _Optional[bytes] = ...) -> None: ...
+
+class RoundProgress(_message.Message):
+    __slots__ = ("stage", "round", "rounds", "phase", "done", "total", "has_metrics", "loss", "accuracy", "message")
+    STAGE_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    ROUNDS_FIELD_NUMBER: _ClassVar[int]
+    PHASE_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    HAS_METRICS_FIELD_NUMBER: _ClassVar[int]
+    LOSS_FIELD_NUMBER: _ClassVar[int]
+    ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    stage: str
+    round: int
+    rounds: int
+    phase: str
+    done: int
+    total: int
+    has_metrics: bool
+    loss: float
+    accuracy: float
+    message: str
+    def __init__(self, stage: _Optional[str] = ..., round: _Optional[int] = ..., rounds: _Optional[int] = ..., phase: _Optional[str] = ..., done: _Optional[int] = ..., total: _Optional[int] = ..., has_metrics: _Optional[bool] = ..., loss: _Optional[float] = ..., accuracy: _Optional[float] = ..., message: _Optional[str] = ...) -> None: ...
+
+class TrainingOutcome(_message.Message):
+    __slots__ = ("receipt", "model_size")
+    RECEIPT_FIELD_NUMBER: _ClassVar[int]
+    MODEL_SIZE_FIELD_NUMBER: _ClassVar[int]
+    receipt: bytes
+    model_size: int
+    def __init__(self, receipt: _Optional[bytes] = ..., model_size: _Optional[int] = ...) -> None: ...
+
+class TrainingEvent(_message.Message):
+    __slots__ = ("progress", "model_chunk", "outcome")
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_CHUNK_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    progress: RoundProgress
+    model_chunk: bytes
+    outcome: TrainingOutcome
+    def __init__(self, progress: _Optional[_Union[RoundProgress, _Mapping]] = ..., model_chunk: _Optional[bytes] = ..., outcome: _Optional[_Union[TrainingOutcome, _Mapping]] = ...) -> None: ...

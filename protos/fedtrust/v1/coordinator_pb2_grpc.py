@@ -50,6 +50,16 @@ class CoordinatorServiceStub:
                 request_serializer=fedtrust_dot_v1_dot_coordinator__pb2.JobRef.SerializeToString,
                 response_deserializer=fedtrust_dot_v1_dot_coordinator__pb2.JobEvent.FromString,
                 _registered_method=True)
+        self.SubmitTraining = channel.unary_stream(
+                '/fedtrust.v1.CoordinatorService/SubmitTraining',
+                request_serializer=fedtrust_dot_v1_dot_coordinator__pb2.TrainingSubmission.SerializeToString,
+                response_deserializer=fedtrust_dot_v1_dot_coordinator__pb2.TrainingEvent.FromString,
+                _registered_method=True)
+        self.FetchModel = channel.unary_stream(
+                '/fedtrust.v1.CoordinatorService/FetchModel',
+                request_serializer=fedtrust_dot_v1_dot_coordinator__pb2.JobRef.SerializeToString,
+                response_deserializer=fedtrust_dot_v1_dot_coordinator__pb2.TrainingEvent.FromString,
+                _registered_method=True)
 
 
 class CoordinatorServiceServicer:
@@ -78,6 +88,22 @@ class CoordinatorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SubmitTraining(self, request, context):
+        """Federated training: the buyer-signed job (kind "train") and its contract.
+        Server stream: progress per round (aggregate metrics only), then the
+        trained model (safetensors) in chunks, then the receipt.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FetchModel(self, request, context):
+        """Streams a finished training job's model and receipt again.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CoordinatorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -95,6 +121,16 @@ def add_CoordinatorServiceServicer_to_server(servicer, server):
                     servicer.FetchResult,
                     request_deserializer=fedtrust_dot_v1_dot_coordinator__pb2.JobRef.FromString,
                     response_serializer=fedtrust_dot_v1_dot_coordinator__pb2.JobEvent.SerializeToString,
+            ),
+            'SubmitTraining': grpc.unary_stream_rpc_method_handler(
+                    servicer.SubmitTraining,
+                    request_deserializer=fedtrust_dot_v1_dot_coordinator__pb2.TrainingSubmission.FromString,
+                    response_serializer=fedtrust_dot_v1_dot_coordinator__pb2.TrainingEvent.SerializeToString,
+            ),
+            'FetchModel': grpc.unary_stream_rpc_method_handler(
+                    servicer.FetchModel,
+                    request_deserializer=fedtrust_dot_v1_dot_coordinator__pb2.JobRef.FromString,
+                    response_serializer=fedtrust_dot_v1_dot_coordinator__pb2.TrainingEvent.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -179,6 +215,60 @@ class CoordinatorService:
             '/fedtrust.v1.CoordinatorService/FetchResult',
             fedtrust_dot_v1_dot_coordinator__pb2.JobRef.SerializeToString,
             fedtrust_dot_v1_dot_coordinator__pb2.JobEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitTraining(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/fedtrust.v1.CoordinatorService/SubmitTraining',
+            fedtrust_dot_v1_dot_coordinator__pb2.TrainingSubmission.SerializeToString,
+            fedtrust_dot_v1_dot_coordinator__pb2.TrainingEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FetchModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/fedtrust.v1.CoordinatorService/FetchModel',
+            fedtrust_dot_v1_dot_coordinator__pb2.JobRef.SerializeToString,
+            fedtrust_dot_v1_dot_coordinator__pb2.TrainingEvent.FromString,
             options,
             channel_credentials,
             insecure,

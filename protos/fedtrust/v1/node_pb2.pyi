@@ -39,3 +39,55 @@ class QueryReply(_message.Message):
     ciphertext_chunk: bytes
     release: Release
     def __init__(self, ciphertext_chunk: _Optional[bytes] = ..., release: _Optional[_Union[Release, _Mapping]] = ...) -> None: ...
+
+class TrainHeader(_message.Message):
+    __slots__ = ("job_envelope", "contract_envelope", "message_size")
+    JOB_ENVELOPE_FIELD_NUMBER: _ClassVar[int]
+    CONTRACT_ENVELOPE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    job_envelope: bytes
+    contract_envelope: bytes
+    message_size: int
+    def __init__(self, job_envelope: _Optional[bytes] = ..., contract_envelope: _Optional[bytes] = ..., message_size: _Optional[int] = ...) -> None: ...
+
+class TrainRequest(_message.Message):
+    __slots__ = ("header", "message_chunk")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_CHUNK_FIELD_NUMBER: _ClassVar[int]
+    header: TrainHeader
+    message_chunk: bytes
+    def __init__(self, header: _Optional[_Union[TrainHeader, _Mapping]] = ..., message_chunk: _Optional[bytes] = ...) -> None: ...
+
+class RoundRelease(_message.Message):
+    __slots__ = ("phase", "round", "global_digest", "vector_size")
+    PHASE_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    GLOBAL_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    VECTOR_SIZE_FIELD_NUMBER: _ClassVar[int]
+    phase: str
+    round: int
+    global_digest: str
+    vector_size: int
+    def __init__(self, phase: _Optional[str] = ..., round: _Optional[int] = ..., global_digest: _Optional[str] = ..., vector_size: _Optional[int] = ...) -> None: ...
+
+class TrainReply(_message.Message):
+    __slots__ = ("vector_chunk", "release")
+    VECTOR_CHUNK_FIELD_NUMBER: _ClassVar[int]
+    RELEASE_FIELD_NUMBER: _ClassVar[int]
+    vector_chunk: bytes
+    release: RoundRelease
+    def __init__(self, vector_chunk: _Optional[bytes] = ..., release: _Optional[_Union[RoundRelease, _Mapping]] = ...) -> None: ...
+
+class FinishRequest(_message.Message):
+    __slots__ = ("job_envelope", "contract_envelope")
+    JOB_ENVELOPE_FIELD_NUMBER: _ClassVar[int]
+    CONTRACT_ENVELOPE_FIELD_NUMBER: _ClassVar[int]
+    job_envelope: bytes
+    contract_envelope: bytes
+    def __init__(self, job_envelope: _Optional[bytes] = ..., contract_envelope: _Optional[bytes] = ...) -> None: ...
+
+class FinishReply(_message.Message):
+    __slots__ = ("attestation_envelope",)
+    ATTESTATION_ENVELOPE_FIELD_NUMBER: _ClassVar[int]
+    attestation_envelope: bytes
+    def __init__(self, attestation_envelope: _Optional[bytes] = ...) -> None: ...

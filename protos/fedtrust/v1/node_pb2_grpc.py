@@ -40,6 +40,16 @@ class NodeServiceStub:
                 request_serializer=fedtrust_dot_v1_dot_node__pb2.QueryRequest.SerializeToString,
                 response_deserializer=fedtrust_dot_v1_dot_node__pb2.QueryReply.FromString,
                 _registered_method=True)
+        self.TrainRound = channel.stream_stream(
+                '/fedtrust.v1.NodeService/TrainRound',
+                request_serializer=fedtrust_dot_v1_dot_node__pb2.TrainRequest.SerializeToString,
+                response_deserializer=fedtrust_dot_v1_dot_node__pb2.TrainReply.FromString,
+                _registered_method=True)
+        self.FinishTraining = channel.unary_unary(
+                '/fedtrust.v1.NodeService/FinishTraining',
+                request_serializer=fedtrust_dot_v1_dot_node__pb2.FinishRequest.SerializeToString,
+                response_deserializer=fedtrust_dot_v1_dot_node__pb2.FinishReply.FromString,
+                _registered_method=True)
 
 
 class NodeServiceServicer:
@@ -54,6 +64,24 @@ class NodeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def TrainRound(self, request_iterator, context):
+        """One round (phase "train" or "evaluate") of a federated training job.
+        Client stream: one TrainHeader, then the round's serialized Flower
+        Message (flwr.proto Message: the global model and config) in chunks.
+        Server stream: the node's masked update vector (little-endian uint64 mod
+        2^63) in chunks, then RoundRelease.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FinishTraining(self, request, context):
+        """End of a training job: the node's attestation over every vector it released.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -61,6 +89,16 @@ def add_NodeServiceServicer_to_server(servicer, server):
                     servicer.RunQuery,
                     request_deserializer=fedtrust_dot_v1_dot_node__pb2.QueryRequest.FromString,
                     response_serializer=fedtrust_dot_v1_dot_node__pb2.QueryReply.SerializeToString,
+            ),
+            'TrainRound': grpc.stream_stream_rpc_method_handler(
+                    servicer.TrainRound,
+                    request_deserializer=fedtrust_dot_v1_dot_node__pb2.TrainRequest.FromString,
+                    response_serializer=fedtrust_dot_v1_dot_node__pb2.TrainReply.SerializeToString,
+            ),
+            'FinishTraining': grpc.unary_unary_rpc_method_handler(
+                    servicer.FinishTraining,
+                    request_deserializer=fedtrust_dot_v1_dot_node__pb2.FinishRequest.FromString,
+                    response_serializer=fedtrust_dot_v1_dot_node__pb2.FinishReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -91,6 +129,60 @@ class NodeService:
             '/fedtrust.v1.NodeService/RunQuery',
             fedtrust_dot_v1_dot_node__pb2.QueryRequest.SerializeToString,
             fedtrust_dot_v1_dot_node__pb2.QueryReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TrainRound(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/fedtrust.v1.NodeService/TrainRound',
+            fedtrust_dot_v1_dot_node__pb2.TrainRequest.SerializeToString,
+            fedtrust_dot_v1_dot_node__pb2.TrainReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FinishTraining(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedtrust.v1.NodeService/FinishTraining',
+            fedtrust_dot_v1_dot_node__pb2.FinishRequest.SerializeToString,
+            fedtrust_dot_v1_dot_node__pb2.FinishReply.FromString,
             options,
             channel_credentials,
             insecure,

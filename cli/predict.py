@@ -1,0 +1,37 @@
+"""`fedtrust predict`: apply a delivered model to new rows, preprocessed exactly as the nodes did."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from fedtrust.cli.output import console, print_json, result_table
+
+
+def predict(
+    data: Path = typer.Argument(..., help="CSV or Parquet file with the model's feature columns"),
+    model: Path = typer.Option(..., "--model", help="model.safetensors written by `fedtrust train`"),
+    job: Optional[Path] = typer.Option(None, "--job", help="the job.toml the model was trained with (checked)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="write one prediction per input row here (CSV)"),
+    as_json: bool = typer.Option(False, "--json", help="print the predictions as JSON on stdout"),
+) -> None:
+    """Predict the label for every row: probability (binary label) or class scores, and the predicted class."""
+    from fedtrust.errors import ConfigError
+    from fedtrust.training.predict import predict_rows, write_predictions
+    from fedtrust.training.spec import load_training_toml
+
+    try:
+        raw = model.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"model file {model} does not exist") from None
+    pred = predict_rows(raw, data, load_training_toml(job) if job else None)
+    if out:
+        write_predictions(pred, out)
+    if as_json:
+        print_json({"columns": list(pred.columns), "rows": pred.rows})
+        return
+    console.print(result_table(pred.columns, pred.rows[:10], title=f"first {min(10, len(pred.rows))} of "
+                                                                     f"{len(pred.rows)} predictions"))
+    if out:
+        console.print(f"{len(pred.rows)} predictions written to {out}")

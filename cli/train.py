@@ -1,0 +1,77 @@
+"""`fedtrust train`: federated training over all owners of a contract, with a progress bar per round."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from fedtrust.cli.output import console, err_console, print_json
+from fedtrust.trust.credentials import load_identity
+
+
+def _bar() -> Progress:
+    return Progress(TextColumn("[bold]training"), BarColumn(), MofNCompleteColumn(), TextColumn("rounds"),
+                    TextColumn("{task.fields[status]}"), TimeElapsedColumn(), console=err_console, transient=False)
+
+
+def metrics_table(metrics, title: str) -> Table:
+    t = Table(title=title, title_justify="left")
+    for c in ("round", "train loss", "train accuracy", "eval loss", "eval accuracy"):
+        t.add_column(c, justify="right")
+    for m in metrics:
+        t.add_row(str(m.round), m.train_loss, m.train_accuracy, m.eval_loss or "-", m.eval_accuracy or "-")
+    return t
+
+
+def train(
+    job: Path = typer.Argument(..., help="job.toml with a [job] table (model, features, label, strategy, rounds, ...)"),
+    credentials: Path = typer.Option(..., "--credentials", help="the buyer's credentials directory"),
+    contract: Path = typer.Option(..., "--contract", help="the contract issued by the exchange"),
+    coordinator: str = typer.Option(..., "--coordinator", help="HOST:PORT of the contract's coordinator"),
+    out: Path = typer.Option(Path("model.safetensors"), "--out", help="write the trained model here (safetensors)"),
+    receipt: Optional[Path] = typer.Option(None, "--receipt", help="write the receipt bundle here"),
+    as_json: bool = typer.Option(False, "--json", help="print a summary as JSON on stdout"),
+    timeout: float = typer.Option(86400.0, "--timeout", help="seconds to wait for the whole job"),
+) -> None:
+    """Train a model over every owner's data: masked updates, only sums leave the nodes; verified receipt."""
+    from fedtrust.buyer.train import submit_training
+    from fedtrust.training.spec import load_training_toml
+
+    spec = load_training_toml(job)
+    identity = load_identity(credentials)
+    with _bar() as bar:
+        task = bar.add_task("train", total=spec.rounds, completed=0, status="submitting")
+
+        def on_round(ev) -> None:
+            if ev.stage == "node-answered":
+                status = f"round {ev.round} {ev.phase}: {ev.done}/{ev.total} nodes answered"
+            elif ev.stage == "aggregated" and ev.loss is not None:
+                status = (f"round {ev.round} {ev.phase}: {ev.total}/{ev.total} nodes, aggregate loss {ev.loss:.4f}, "
+                          f"accuracy {ev.accuracy:.3f}")
+            elif ev.stage == "finishing":
+                status = "collecting the owners' attestations"
+            else:
+                status = ev.stage
+            last_phase = ev.phase == "evaluate" or not spec.evaluate
+            if ev.stage == "aggregated" and last_phase:
+                bar.update(task, completed=ev.round)
+            bar.update(task, status=status)
+
+        res = submit_training(identity, credentials, contract, coordinator, spec, on_round, timeout)
+        bar.update(task, completed=spec.rounds, status="verified")
+    out.write_bytes(res.model)
+    if receipt:
+        receipt.write_bytes(res.receipt.to_json())
+    if as_json:
+        print_json({"job_id": res.job_id, "model": str(out), "model_digest": res.model_digest,
+                    "rounds": [m.to_dict() for m in res.metrics], "receipt": str(receipt) if receipt else None})
+        return
+    err_console.print(f"job {res.job_id} done")
+    console.print(metrics_table(res.metrics, f"job {res.job_id}: aggregate metrics over all owners"))
+    console.print(f"model written to {out} (sha256 {res.model_digest})")
+    if receipt:
+        console.print(f"receipt written to {receipt}; the exchange checks it with "
+                      f"`fedtrust exchange verify EXCHANGE_DIR {receipt} --result {out}`")

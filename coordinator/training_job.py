@@ -1,0 +1,206 @@
+"""The coordinator's side of a federated training job: check, run the strategy loop in a worker, seal.
+
+The strategy loop runs in a worker process per job (`fedtrust.training.
+server_loop`; Flower's task identity is process-global). This module checks
+the job like a query (contract, buyer's mTLS identity and signature,
+participants) plus the training rules, persists it, starts the worker, turns
+its reports into progress events (aggregate metrics only), and at the end
+verifies every node's attestation against the digests of the vectors that
+node actually sent, signs the statement (model digest, rounds, participants,
+per-round aggregate metrics) and stores the model and receipt. Any failure —
+a node that refuses, drops or times out, a worker that dies — fails the job
+with the reason; there are no partial models.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Callable, Iterator, Union
+
+from fedtrust import errors
+from fedtrust.coordinator.store import JobRecord
+from fedtrust.errors import Error, InvalidInput, JobFailed
+from fedtrust.isolate import preload, start_worker
+from fedtrust.training.policy import check_training
+from fedtrust.training.server_loop import JobArgs, run_job
+from fedtrust.trust.canonical import sha256_hex, utc_now
+from fedtrust.trust.dsse import Envelope
+from fedtrust.trust.receipts import (
+    CoordinatorStatement, ReceiptBundle, RoundMetric, TrainingSummary, fmt_metric, sign_coordinator_statement,
+    verify_attestation,
+)
+
+log = logging.getLogger("fedtrust.coordinator")
+
+__all__ = ["TrainingJobs", "TrainingProgress", "TrainingFinished"]
+
+# the worker's fork server starts with Flower, torch and gRPC already imported, so a job starts in milliseconds
+preload("fedtrust.training.server_loop", "fedtrust.training.grid", "fedtrust.coordinator.training_client",
+        "fedtrust.training.models", "torch", "flwr.serverapp")
+
+_KINDS = {cls.kind: cls for cls in (errors.InvalidInput, errors.ConfigError, errors.VerificationError,
+                                    errors.PolicyViolation, errors.BudgetExhausted, errors.ReplayError,
+                                    errors.NotFound, errors.NodeUnreachable, errors.JobFailed)}
+
+
+@dataclass(frozen=True)
+class TrainingProgress:
+    stage: str
+    round: int
+    rounds: int
+    phase: str
+    done: int
+    total: int
+    loss: float | None = None
+    accuracy: float | None = None
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class TrainingFinished:
+    receipt: bytes  # ReceiptBundle JSON, without the buyer's acknowledgement
+    model: bytes  # safetensors
+
+
+TrainingEvent = Union[TrainingProgress, TrainingFinished]
+
+
+class TrainingJobs:
+    def __init__(self, runtime) -> None:
+        self.rt = runtime
+        self._workers: set = set()
+        self._lock = threading.Lock()
+
+    def shutdown(self) -> None:
+        """Stop every running job's worker (the daemon is stopping; the jobs are failed at the next start)."""
+        with self._lock:
+            for proc in list(self._workers):
+                proc.kill()
+
+    # -- submit -------------------------------------------------------------
+    def run(self, peer: tuple[str, str], job_bytes: bytes, contract_bytes: bytes,
+            cancelled: Callable[[], bool] = lambda: False) -> Iterator[TrainingEvent]:
+        contract, contract_env, job, job_env = self.rt.check(peer, job_bytes, contract_bytes)
+        if job.kind != "train" or job.training is None:
+            raise InvalidInput(f"job kind {job.kind!r} sent to SubmitTraining; submit queries with SubmitQuery")
+        spec = job.training
+        check_training(spec, contract.rules, contract.schema, contract.dataset, len(job.participants))
+        store = self.rt.store
+        done = store.begin(job.job_id, job_env.digest, contract_env.digest, contract.buyer.name, job.participants,
+                           kind="train")
+        if done is not None:
+            yield from self.replay(done)
+            return
+        total = len(job.participants)
+        try:
+            args = JobArgs(
+                job_id=job.job_id, job_digest=job_env.digest, job_bytes=job_bytes, contract_bytes=contract_bytes,
+                spec=spec.to_dict(), schema=contract.schema.to_dict(), participants=job.participants,
+                addresses={n: self.rt.address_of(contract, n) for n in job.participants},
+                tls=(self.rt.tls.cert_pem, self.rt.tls.key_pem, self.rt.tls.ca_pem),
+                node_timeout=self.rt.config.node_timeout_s,
+            )
+            outcome = None
+            for item in self._watch(args, cancelled):
+                if isinstance(item, TrainingProgress):
+                    if item.stage == "aggregated" and item.loss is not None and item.accuracy is not None:
+                        store.record_round(job.job_id, item.round, item.phase, item.loss, item.accuracy)
+                    yield item
+                else:
+                    outcome = item
+            assert outcome is not None
+            bundle = self._seal(contract, contract_env, job, job_env, outcome)
+            store.succeed_training(job.job_id, bundle, outcome["model"])
+        except Error as e:
+            store.fail(job.job_id, str(e))
+            raise
+        except GeneratorExit:
+            store.fail(job.job_id, "the buyer disconnected during the job; the training was stopped")
+            raise
+        except BaseException:
+            log.exception("training job %s failed", job.job_id)
+            store.fail(job.job_id, "internal error at the coordinator; see its log")
+            raise
+        yield TrainingProgress("succeeded", spec.rounds, spec.rounds, "", total, total, message="model and receipt ready")
+        yield TrainingFinished(bundle, outcome["model"])
+
+    def _watch(self, args: JobArgs, cancelled: Callable[[], bool]) -> Iterator[TrainingProgress | dict]:
+        proc, conn = start_worker(run_job, args, name=f"fedtrust-train-{args.job_id[:12]}")
+        with self._lock:
+            self._workers.add(proc)
+        try:
+            while True:
+                if cancelled():
+                    raise JobFailed("the buyer disconnected; the training job was stopped")
+                try:
+                    ready = conn.poll(0.5)
+                    msg = conn.recv() if ready else None
+                except (EOFError, OSError):
+                    raise JobFailed("the training worker process stopped without a result; see the coordinator's "
+                                    "log") from None
+                if msg is None:
+                    if not proc.is_alive() and not conn.poll(0):
+                        raise JobFailed("the training worker process crashed; see the coordinator's log")
+                    continue
+                if msg[0] == "progress":
+                    ev = msg[1]
+                    yield TrainingProgress(ev["stage"], ev["round"], ev["rounds"], ev["phase"], ev["done"], ev["total"],
+                                           ev.get("loss"), ev.get("accuracy"))
+                elif msg[0] == "done":
+                    yield msg[1]
+                    return
+                else:
+                    _, kind, text = msg
+                    raise _KINDS.get(kind, JobFailed)(text)
+        finally:
+            proc.kill()
+            proc.join(5)
+            conn.close()
+            with self._lock:
+                self._workers.discard(proc)
+
+    def _seal(self, contract, contract_env: Envelope, job, job_env: Envelope, outcome: dict) -> bytes:
+        spec = job.training
+        attestations = []
+        for node in job.participants:
+            env = Envelope.from_json(outcome["attestations"][node])
+            att = verify_attestation(env, contract, contract_digest=contract_env.digest, job_digest=job_env.digest)
+            if att.node != node:
+                raise JobFailed(f"node {node} sent an attestation that names another node")
+            if tuple(att.outputs) != tuple(outcome["digests"][node]):
+                raise JobFailed(f"node {node} sent an attestation that does not match the vectors it released")
+            attestations.append(env)
+        model_digest = sha256_hex(outcome["model"])
+        metrics = []
+        for r in range(1, spec.rounds + 1):
+            m = outcome["rounds"].get(r, {})
+            if "train_loss" not in m:
+                raise JobFailed(f"round {r} produced no aggregate; the job failed")
+            ev = spec.evaluate and "eval_loss" in m
+            metrics.append(RoundMetric(r, fmt_metric(m["train_loss"]), fmt_metric(m["train_accuracy"]),
+                                       fmt_metric(m["eval_loss"]) if ev else None,
+                                       fmt_metric(m["eval_accuracy"]) if ev else None))
+        statement = sign_coordinator_statement(
+            CoordinatorStatement(
+                job_digest=job_env.digest, contract_digest=contract_env.digest, aggregate_outputs=(model_digest,),
+                attestations=tuple(a.digest for a in attestations), completed_at=utc_now(),
+                training=TrainingSummary(model_digest, spec.rounds, tuple(job.participants), tuple(metrics)),
+            ),
+            self.rt.identity.signer,
+        )
+        return ReceiptBundle(contract_env, job_env, tuple(attestations), statement, None).to_json()
+
+    # -- fetch again ----------------------------------------------------------
+    def replay(self, rec: JobRecord) -> Iterator[TrainingEvent]:
+        """A finished job's aggregate progress, model and receipt, from the store."""
+        if rec.kind != "train" or rec.state != "succeeded":
+            raise errors.NotFound(f"job {rec.job_id} has no trained model (state: {rec.state}); see `fedtrust job status`")
+        rounds = self.rt.store.rounds(rec.job_id)
+        n = len(rec.participants)
+        for m in rounds:
+            yield TrainingProgress("aggregated", m.round, len(rounds), "train", n, n, m.train_loss, m.train_accuracy)
+            if m.eval_loss is not None:
+                yield TrainingProgress("aggregated", m.round, len(rounds), "evaluate", n, n, m.eval_loss, m.eval_accuracy)
+        yield TrainingProgress("succeeded", len(rounds), len(rounds), "", n, n, message="stored model and receipt")
+        yield TrainingFinished(rec.receipt or b"", self.rt.store.model(rec.job_id))

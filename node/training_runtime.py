@@ -1,0 +1,306 @@
+"""The node's side of federated training: check, train, strip, quantize, mask, release, attest.
+
+No protobuf of fedtrust's own here (see `node_servicer.py`); the round's
+Flower message arrives as bytes and is parsed with Flower's protobuf serde
+(never pickle). The order of `train_round` is the security argument:
+
+1. `NodeRuntime.check_job`: contract under the exchange key, caller is the
+   contract's coordinator, this node's product, buyer's signature, exactly the
+   contract's owners as participants, validity;
+2. the signed training spec against the contract's `[training]` rules
+   (`fedtrust.training.policy`), and the job is not already attested here;
+3. the global model must be exactly the job's registry architecture (names,
+   shapes, float32, finite) and the round within the spec's rounds;
+4. one update per (job, round), never twice from the same global model
+   (`TrainingStore.claim`); a retry gets the stored bytes;
+5. the job is debited (ledger, kind "train") before its first release;
+6. the ClientApp (built-in or approved, never the buyer's or coordinator's
+   code) runs in-process, on the node's one ClientApp thread (rounds of
+   concurrent jobs queue), with node_config built from the signed spec; the
+   node keeps only the model arrays, `num-examples`, `loss`, `accuracy`,
+   refusing NaN/inf and mis-shaped arrays;
+7. the count-weighted update is quantized (`fedtrust.training.quantize`) and
+   pairwise-masked mod 2^63 with a seed bound to the job digest, the
+   participants, the round, the phase and the global model's digest — nodes
+   that were sent different globals produce masks that do not cancel;
+8. the masked vector is stored durably, and only then returned.
+
+At the end (`finish`) the node signs an attestation whose outputs are the
+digests of every vector it released for the job.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import numpy as np
+
+from fedtrust.config import NodeConfig
+from fedtrust.errors import Error, InvalidInput, JobFailed, NotFound, PolicyViolation, ReplayError
+from fedtrust.node.runtime import CheckedJob, NodeRuntime
+from fedtrust.node.training_store import TrainingStore
+from fedtrust.privacy.masking import pairwise_mask, training_purpose
+from fedtrust.training import quantize
+from fedtrust.training.apps import AppRegistry
+from fedtrust.training.arrays import arrays_digest, from_array_record, to_array_record
+from fedtrust.training.context import node_config
+from fedtrust.training.data import register_dataset
+from fedtrust.training.models import MAX_PARAMETERS
+from fedtrust.training.policy import check_training
+from fedtrust.training.preprocess import Preprocessor
+from fedtrust.trust.canonical import parse_time, utc_now
+from fedtrust.trust.credentials import kx_public_key
+from fedtrust.trust.dsse import Envelope
+from fedtrust.trust.receipts import Attestation, sign_attestation
+
+log = logging.getLogger("fedtrust.node")
+
+__all__ = ["TrainingRuntime", "RoundRelease", "PHASES", "MAX_MESSAGE_BYTES", "mask_purpose"]
+
+PHASES = ("train", "evaluate")
+#: a round's Flower message: the global model (float32, at most MAX_PARAMETERS) plus framing
+MAX_MESSAGE_BYTES = 4 * MAX_PARAMETERS + (1 << 20)
+
+
+def mask_purpose(phase: str, rnd: int, global_digest: str) -> bytes:
+    """The `purpose` of a round's pairwise masks: distinct per round, phase and global model."""
+    return training_purpose(rnd) + b"/" + phase.encode() + b"/" + global_digest.encode()
+
+
+@dataclass(frozen=True)
+class RoundRelease:
+    phase: str
+    round: int
+    global_digest: str
+    vector: bytes  # little-endian uint64, masked
+
+
+@dataclass(frozen=True)
+class _Plan:
+    preprocessor: Preprocessor
+    shapes: dict[str, tuple[int, ...]]  # sorted by name: the order of the update vector
+    params: int
+
+
+class TrainingRuntime:
+    def __init__(self, node: NodeRuntime, config: NodeConfig) -> None:
+        self.node = node
+        self.store = TrainingStore(config.state)
+        self.apps = AppRegistry(config.clientapps)  # ConfigError when an approved app's digest differs
+        self.device = config.device
+        self._plans: OrderedDict[str, _Plan] = OrderedDict()
+        self._checked: OrderedDict[tuple, CheckedJob] = OrderedDict()
+        self._lock = threading.Lock()
+        #: ClientApps run one at a time, always on this one thread: one torch/OpenMP thread team, one job's
+        #: tensors on the GPU at a time (rounds of concurrent jobs queue here)
+        self._trainer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clientapp")
+        for held in node.datasets.values():
+            register_dataset(str(held.path), held.dataset)
+
+    # -- checks -----------------------------------------------------------
+    def check(self, peer: tuple[str, str], job_bytes: bytes, contract_bytes: bytes) -> CheckedJob:
+        """`NodeRuntime.check_job`, memoised per (caller, job, contract) bytes for the job's later rounds.
+
+        Signatures and structure are pure functions of the bytes; what depends on
+        the time (the job's expiry, the contract's validity) is checked again on
+        every call.
+        """
+        key = (peer, hashlib.sha256(job_bytes).digest(), hashlib.sha256(contract_bytes).digest())
+        with self._lock:
+            checked = self._checked.get(key)
+        if checked is None:
+            checked = self.node.check_job(peer, job_bytes, contract_bytes)
+            with self._lock:
+                self._checked[key] = checked
+                while len(self._checked) > 64:
+                    self._checked.popitem(last=False)
+            return checked
+        now = datetime.now(timezone.utc)
+        if now >= parse_time(checked.job.expires_at):
+            raise PolicyViolation(f"job spec expired at {checked.job.expires_at}; the buyer must submit a new job")
+        checked.contract.check_valid_at(now)
+        return checked
+
+    def _check(self, checked: CheckedJob) -> None:
+        job = checked.job
+        if job.kind != "train" or job.training is None:
+            raise InvalidInput(f"job kind {job.kind!r} sent to the training endpoint; use the endpoint for that kind")
+        check_training(job.training, checked.contract.rules, checked.held.product.schema, checked.contract.dataset,
+                       len(job.participants))
+
+    def _plan(self, checked: CheckedJob) -> _Plan:
+        with self._lock:
+            plan = self._plans.get(checked.job_digest)
+            if plan is not None:
+                return plan
+        from fedtrust.training.models import expected_shapes
+
+        spec = checked.job.training
+        assert spec is not None
+        pre = Preprocessor.build(checked.held.product.schema, spec.features, spec.label)
+        shapes = dict(sorted(expected_shapes(spec, pre.width, pre.outputs).items()))
+        plan = _Plan(pre, shapes, int(sum(int(np.prod(s)) for s in shapes.values())))
+        with self._lock:
+            self._plans[checked.job_digest] = plan
+            while len(self._plans) > 16:
+                self._plans.popitem(last=False)
+        return plan
+
+    # -- rounds -----------------------------------------------------------
+    def train_round(self, checked: CheckedJob, message: bytes) -> RoundRelease:
+        self._check(checked)
+        job, spec = checked.job, checked.job.training
+        assert spec is not None
+        store = self.node.store
+        if store.lookup(checked.contract_digest, job.job_id, job.nonce, checked.job_digest) is not None:
+            raise PolicyViolation("this training job is finished (attested) at this node; submit a new job")
+        plan = self._plan(checked)
+        phase, rnd, arrays = self._parse(message, spec, plan)
+        gdigest = arrays_digest(arrays)
+        stored = self.store.claim(checked.job_digest, phase, rnd, gdigest)
+        if stored is not None:
+            return RoundRelease(phase, rnd, gdigest, stored)
+        try:
+            store.debit_job(node=self.node.name, contract_digest=checked.contract_digest, kind="train",
+                            job_id=job.job_id, nonce=job.nonce, job_digest=checked.job_digest,
+                            mechanism="masked-sgd" if spec.secure_aggregation == "masking" else "plain-sgd")
+            n, loss, acc, delta = self._run_app(checked, plan, phase, rnd, arrays)
+            vector = quantize.encode(n, loss, acc, delta)
+            if spec.secure_aggregation == "masking":
+                purpose = mask_purpose(phase, rnd, gdigest)
+                vector = quantize.add_masks(vector, self._mask(checked, len(vector), purpose))
+            data = quantize.to_bytes(vector)
+            self.store.release(checked.job_digest, phase, rnd, data)
+        except BaseException:
+            self.store.abandon(checked.job_digest, phase, rnd)
+            raise
+        return RoundRelease(phase, rnd, gdigest, data)
+
+    def _mask(self, checked: CheckedJob, length: int, purpose: bytes) -> np.ndarray:
+        peers = {h.credential.name: kx_public_key(h.credential)
+                 for h in checked.contract.owners if h.credential.name != self.node.name}
+        return pairwise_mask(self.node.identity.kx_private, self.node.name, peers, checked.job_digest, length,
+                             quantize.MODULUS, purpose)
+
+    def _parse(self, message: bytes, spec, plan: _Plan) -> tuple[str, int, dict[str, np.ndarray]]:
+        from flwr.app import ArrayRecord, ConfigRecord
+        from flwr.common.serde import message_from_proto
+        from flwr.proto.message_pb2 import Message as ProtoMessage
+        from google.protobuf.message import DecodeError
+
+        try:
+            msg = message_from_proto(ProtoMessage.FromString(message))
+        except (DecodeError, ValueError, TypeError, KeyError, AttributeError):
+            raise InvalidInput("the round's Flower message is malformed; it must be a serialized flwr Message") from None
+        if not msg.has_content():
+            raise InvalidInput("the round's Flower message carries no content")
+        phase = msg.metadata.message_type
+        if phase not in PHASES:
+            raise InvalidInput(f"message type {phase!r} is not a training phase; use train or evaluate")
+        if phase == "evaluate" and not spec.evaluate:
+            raise PolicyViolation("the signed spec turns federated evaluation off (evaluate = false)")
+        content = msg.content
+        records = [r for r in content.values() if isinstance(r, ArrayRecord)]
+        configs = [r for r in content.values() if isinstance(r, ConfigRecord)]
+        if len(records) != 1:
+            raise InvalidInput("the round's message must carry exactly one ArrayRecord (the global model)")
+        rnd = next((c.get("server-round") for c in configs if "server-round" in c), None)
+        if not isinstance(rnd, int) or isinstance(rnd, bool):
+            raise InvalidInput("the round's message has no integer `server-round` in its config")
+        if not 1 <= rnd <= spec.rounds:
+            raise PolicyViolation(f"round {rnd} is outside the signed spec's rounds (1..{spec.rounds})")
+        return phase, rnd, from_array_record(records[0], plan.shapes, "the global model")
+
+    def _run_app(self, checked: CheckedJob, plan: _Plan, phase: str, rnd: int, arrays: dict[str, np.ndarray]):
+        from flwr.app import ConfigRecord, Context, Message, Metadata, RecordDict
+        from flwr.app.constants import DEFAULT_TTL
+
+        from fedtrust.training.loop import resolve_device
+
+        spec = checked.job.training
+        assert spec is not None
+        app = self.apps.get(spec.model)
+        run_id = int(checked.job_digest[:15], 16)
+        node_index = checked.job.participants.index(self.node.name) + 1
+        seed = int.from_bytes(bytes.fromhex(checked.job_digest[:16]), "big") ^ (rnd * 1_000_003 + node_index)
+        cfg = node_config(spec, dataset_path=str(checked.held.path), schema=checked.held.product.schema.to_dict(),
+                          device=resolve_device(self.device), seed=seed & ((1 << 62) - 1), job_id=checked.job.job_id)
+        config = ConfigRecord({"server-round": rnd})
+        if spec.strategy == "fedprox":
+            config["proximal-mu"] = float(spec.options.get("proximal_mu", 0.0))
+        meta = Metadata(run_id=run_id, message_id=f"{checked.job_digest[:16]}-{phase}-{rnd}", src_node_id=0,
+                        dst_node_id=node_index, reply_to_message_id="", group_id=str(rnd), created_at=time.time(),
+                        ttl=DEFAULT_TTL, message_type=phase)
+        msg = Message(metadata=meta, content=RecordDict({"arrays": to_array_record(arrays), "config": config}))
+        context = Context(run_id=run_id, node_id=node_index, node_config=cfg, state=RecordDict(), run_config={})
+        try:
+            reply = self._trainer.submit(app, msg, context).result()
+        except Error:
+            raise
+        except Exception as e:  # noqa: BLE001 - the app's failure fails this round, never the daemon
+            log.warning("ClientApp %s failed in %s round %d: %s", spec.model, phase, rnd, type(e).__name__)
+            raise JobFailed(f"the ClientApp {spec.model} failed in {phase} round {rnd} ({type(e).__name__}); "
+                            "see the node's log") from None
+        return self._strip(reply, phase, rnd, plan, arrays)
+
+    def _strip(self, reply, phase: str, rnd: int, plan: _Plan, global_arrays: dict[str, np.ndarray]):
+        """Keep the model arrays, num-examples, loss and accuracy; refuse anything malformed."""
+        from flwr.app import ArrayRecord, Message, MetricRecord
+
+        if not isinstance(reply, Message) or not reply.has_content():
+            raise JobFailed(f"the ClientApp returned no result in {phase} round {rnd}")
+        content = reply.content
+        metrics = next((m for m in content.values() if isinstance(m, MetricRecord) and "num-examples" in m), None)
+        if metrics is None:
+            raise InvalidInput(f"the ClientApp's {phase} reply has no `num-examples` metric")
+        n = metrics["num-examples"]
+        if isinstance(n, float) and n.is_integer():
+            n = int(n)
+        if not isinstance(n, int) or isinstance(n, bool) or not 0 <= n <= quantize.MAX_EXAMPLES:
+            raise InvalidInput(f"the ClientApp's `num-examples` must be an integer in [0, {quantize.MAX_EXAMPLES}]")
+        loss, acc = metrics.get("loss", 0.0), metrics.get("accuracy", 0.0)
+        for name, v in (("loss", loss), ("accuracy", acc)):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v):
+                raise InvalidInput(f"the ClientApp's `{name}` is not a finite number; the node refuses to release it")
+        delta = None
+        if phase == "train":
+            records = [r for r in content.values() if isinstance(r, ArrayRecord)]
+            if len(records) != 1:
+                raise InvalidInput("the ClientApp's update must hold exactly one ArrayRecord")
+            new = from_array_record(records[0], plan.shapes, "the ClientApp's update")
+            delta = np.concatenate([(new[k].astype(np.float64) - global_arrays[k].astype(np.float64)).ravel()
+                                    for k in plan.shapes]) if plan.shapes else np.zeros(0)
+        return n, float(loss), float(acc), delta
+
+    # -- end of the job -----------------------------------------------------
+    def finish(self, checked: CheckedJob) -> Envelope:
+        """Sign the attestation over every vector released for the job (once; retries get the same one)."""
+        self._check(checked)
+        job, store = checked.job, self.node.store
+        done = store.lookup(checked.contract_digest, job.job_id, job.nonce, checked.job_digest)
+        if done is not None:
+            return done.attestation
+        debit = store.find_debit(checked.contract_digest, job.job_id, job.nonce, checked.job_digest)
+        released = self.store.released(checked.job_digest)
+        if debit is None or not any(p == "train" for p, _, _ in released):
+            raise NotFound("this node released no update for the job; there is nothing to attest")
+        att = Attestation(
+            node=self.node.name, job_digest=checked.job_digest, contract_digest=checked.contract_digest,
+            product_digest=checked.held.product_digest, data_commitment=checked.held.product.commitment,
+            code_digest=self.node.code_digest, outputs=tuple(d for _, _, d in released), epsilon=debit.epsilon,
+            delta=debit.delta, chain=debit.chain, dp=False, started_at=debit.created_at, released_at=utc_now(),
+        )
+        try:
+            return store.attach_attestation(checked.contract_digest, job.job_id,
+                                            sign_attestation(att, self.node.identity.signer)).attestation
+        except ReplayError:  # a concurrent retry attested first
+            again = store.lookup(checked.contract_digest, job.job_id, job.nonce, checked.job_digest)
+            if again is None:
+                raise
+            return again.attestation

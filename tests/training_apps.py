@@ -1,0 +1,60 @@
+"""ClientApps a test node owner approves (by digest): they misbehave on purpose.
+
+* ``raising``: trains normally, but raises in round 2 (a node crashing mid-job);
+* ``nan_update``: replies with NaN weights;
+* ``oversized``: replies with an extra, large array;
+* ``chatty``: trains normally but adds extra records and metrics the node must strip.
+"""
+from __future__ import annotations
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from fedtrust.training import clientapp as builtin
+
+raising = ClientApp()
+nan_update = ClientApp()
+oversized = ClientApp()
+chatty = ClientApp()
+
+
+@raising.train()
+def _raising_train(msg: Message, context: Context) -> Message:
+    if msg.content["config"]["server-round"] >= 2:
+        raise RuntimeError("simulated crash in the middle of the job")
+    return builtin.train(msg, context)
+
+
+@nan_update.train()
+def _nan_train(msg: Message, context: Context) -> Message:
+    record = next(iter(msg.content.array_records.values()))
+    bad = {k: Array(np.full(v.shape, np.nan, dtype=np.float32)) for k, v in record.items()}
+    return Message(RecordDict({"arrays": ArrayRecord(bad), "metrics": MetricRecord({"num-examples": 10})}),
+                   reply_to=msg)
+
+
+@oversized.train()
+def _oversized_train(msg: Message, context: Context) -> Message:
+    record = next(iter(msg.content.array_records.values()))
+    arrays = {k: Array(v.numpy()) for k, v in record.items()}
+    arrays["smuggled"] = Array(np.zeros(1_000_000, dtype=np.float32))
+    return Message(RecordDict({"arrays": ArrayRecord(arrays), "metrics": MetricRecord({"num-examples": 10})}),
+                   reply_to=msg)
+
+
+@chatty.train()
+def _chatty_train(msg: Message, context: Context) -> Message:
+    reply = builtin.train(msg, context)
+    reply.content["metrics"]["rows-in-region-north"] = 1234.0  # a per-node statistic the node must not release
+    reply.content["extra"] = ConfigRecord({"note": "per-node detail"})
+    return reply
+
+
+@chatty.evaluate()
+def _chatty_evaluate(msg: Message, context: Context) -> Message:
+    return builtin.evaluate(msg, context)
+
+
+for _app in (raising, nan_update, oversized):
+    _app.evaluate()(builtin.evaluate)

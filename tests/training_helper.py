@@ -1,0 +1,79 @@
+"""Helpers for the training tests: specs, signed jobs (also ones an honest CLI never signs), direct node calls."""
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+
+from fedtrust.buyer.query import load_contract, tls_of
+from fedtrust.coordinator.training_client import NodeTrainingClient
+from fedtrust.training.spec import TrainingSpec
+from fedtrust.trust.credentials import load_identity
+from fedtrust.trust.dsse import Envelope
+from fedtrust.trust.jobs import JOB_TYPE, JobSpec, sign_job
+
+APPS = Path(__file__).resolve().parent / "training_apps.py"
+TEST_APPS = {"raising": "raising", "nan-update": "nan_update", "oversized": "oversized", "chatty": "chatty"}
+MODELS = ["logreg", "mlp", *TEST_APPS]
+
+
+def clientapps_toml() -> str:
+    digest = hashlib.sha256(APPS.read_bytes()).hexdigest()
+    return "".join(f'\n[[clientapps]]\nname = "{name}"\ntarget = "training_apps:{attr}"\ndigest = "{digest}"\n'
+                   for name, attr in TEST_APPS.items())
+
+
+def make_spec(**changes) -> TrainingSpec:
+    base = {"dataset": "loans", "model": "logreg", "features": ["income", "age", "region"], "label": "defaulted",
+            "strategy": "fedavg", "rounds": 3, "local_epochs": 1, "batch_size": 64, "learning_rate": 0.5}
+    if changes.get("model") in TEST_APPS:
+        changes.setdefault("model_options", {"architecture": "logreg"})
+    return TrainingSpec.from_dict({**base, **changes}, defaults=True)
+
+
+def identity(fed, name: str):
+    return load_identity(fed.root / "credentials" / name)
+
+
+def signed_job(fed, spec: TrainingSpec | dict, contract_path: Path | None = None) -> tuple[bytes, bytes, JobSpec | None]:
+    """(job envelope JSON, contract JSON, job); a dict spec is signed as is, bypassing every local check."""
+    buyer = identity(fed, "analyst")
+    contract, raw = load_contract(buyer, contract_path or fed.contract_path)
+    digest = Envelope.from_json(raw).digest
+    if isinstance(spec, TrainingSpec):
+        job = JobSpec.new_training(contract, digest, spec)
+        return sign_job(job, buyer.signer).to_json(), raw, job
+    good = JobSpec.new_training(contract, digest, make_spec()).to_dict()
+    env = buyer.signer.sign_statement(JOB_TYPE, {**good, "training": spec}, [("contract", digest)])
+    return env.to_json(), raw, None
+
+
+def round_message(arrays: dict, rnd: int, phase: str = "train") -> bytes:
+    from flwr.app import ConfigRecord, Message, Metadata, RecordDict
+    from flwr.common.serde import message_to_proto
+
+    from fedtrust.training.arrays import to_array_record
+
+    meta = Metadata(run_id=1, message_id=f"m{rnd}", src_node_id=1, dst_node_id=1000, reply_to_message_id="",
+                    group_id="", created_at=time.time(), ttl=3600, message_type=phase)
+    msg = Message(metadata=meta, content=RecordDict({"arrays": to_array_record(arrays),
+                                                     "config": ConfigRecord({"server-round": rnd})}))
+    return message_to_proto(msg).SerializeToString()
+
+
+def node_client(fed, node: str, caller: str = "coord") -> NodeTrainingClient:
+    return NodeTrainingClient(node, f"127.0.0.1:{fed.nodes[node].port}", tls_of(identity(fed, caller)), 60)
+
+
+def initial(fed, spec: TrainingSpec, seed: int = 1) -> dict:
+    from fedtrust.training.models import initial_arrays
+    from fedtrust.training.preprocess import Preprocessor
+
+    buyer = identity(fed, "analyst")
+    contract, _ = load_contract(buyer, fed.contract_path)
+    pre = Preprocessor.build(contract.schema, spec.features, spec.label)
+    return initial_arrays(spec, pre.width, pre.outputs, seed)
+
+
+def vector_bytes(arrays: dict, phase: str = "train") -> int:
+    return 8 * ((sum(a.size for a in arrays.values()) if phase == "train" else 0) + 3)
