@@ -41,6 +41,24 @@ max_queries = {max_queries}
 valid_days = 30
 """
 
+#: the demo contract also sells training (`fedtrust train`); every node enforces this table
+TRAINING_RULES = {
+    "models": ["logreg", "mlp"],
+    "columns": ["income", "age", "region", "defaulted"],
+    "max_rounds": 20,
+    "min_nodes": 2,
+    "allow_plaintext_aggregation": False,
+}
+
+
+def training_toml(rules: dict | None = None) -> str:
+    """The `[training]` table of the demo rules, with `rules` overriding the demo's values."""
+    import json
+
+    merged = {**TRAINING_RULES, **(rules or {})}
+    lines = [f"{k} = {json.dumps(v)}" for k, v in merged.items()]  # JSON lists/ints/bools are TOML too
+    return "\n[training]\n" + "\n".join(lines) + "\n"
+
 
 def loans(rows: int, seed: int, region_weights: tuple[float, ...] | None = None) -> dict[str, np.ndarray]:
     """Columns of a loan book; each owner gets its own regional mix so groups differ in size."""

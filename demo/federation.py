@@ -12,7 +12,7 @@ from pathlib import Path
 
 from fedtrust.config import load_coordinator_config, load_node_config
 from fedtrust.coordinator.daemon import CoordinatorDaemon
-from fedtrust.demo.data import RULES_TOML, SCHEMA_TOML, write_loans
+from fedtrust.demo.data import RULES_TOML, SCHEMA_TOML, training_toml, write_loans
 from fedtrust.exchange.issuer import init_exchange, issue_contract, list_product, register
 from fedtrust.node.daemon import NodeDaemon
 from fedtrust.node.executor import file_digest
@@ -64,7 +64,8 @@ class Federation:
 def build_federation(root: Path, owners: dict[str, int] | None = None, *, min_group_size: int = 10,
                      max_queries: int = 100, data_format: str = "csv", seed: int = 7,
                      coordinator_name: str = "coord", buyer_name: str = "analyst",
-                     privacy: dict[str, str] | None = None) -> Federation:
+                     privacy: dict[str, str] | None = None, training: dict | None = None,
+                     node_extra: str = "") -> Federation:
     """Issue everything and write every file; `Federation.start()` then starts the daemons."""
     owners = owners or DEFAULT_OWNERS
     root = Path(root)
@@ -75,6 +76,7 @@ def build_federation(root: Path, owners: dict[str, int] | None = None, *, min_gr
     register(ex, "coordinator", coordinator_name, "127.0.0.1:7000", creds / coordinator_name)
     (root / "schema.toml").write_text(SCHEMA_TOML)
     rules = RULES_TOML.format(min_group_size=min_group_size, max_queries=max_queries)
+    rules += training_toml(training)
     if privacy:
         rules += "\n[privacy]\n" + "".join(f'{k} = "{v}"\n' for k, v in privacy.items())
     (root / "rules.toml").write_text(rules)
@@ -92,7 +94,7 @@ def build_federation(root: Path, owners: dict[str, int] | None = None, *, min_gr
         cfg.write_text(
             f'[node]\nname = "{name}"\nlisten = "127.0.0.1:0"\ncredentials = "../credentials/{name}"\n'
             f'state = "../state/{name}"\n\n[[datasets]]\nproduct = "../products/{name}.json"\n'
-            f'path = "../data/{path.name}"\n'
+            f'path = "../data/{path.name}"\n' + node_extra
         )
         configs[name] = cfg
     contract = root / "contract.json"
