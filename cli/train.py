@@ -67,10 +67,16 @@ def train(
         receipt.write_bytes(res.receipt.to_json())
     if as_json:
         print_json({"job_id": res.job_id, "model": str(out), "model_digest": res.model_digest,
-                    "rounds": [m.to_dict() for m in res.metrics], "receipt": str(receipt) if receipt else None})
+                    "rounds": [m.to_dict() for m in res.metrics], "receipt": str(receipt) if receipt else None,
+                    "epsilon": res.verified.epsilon_spent})
         return
     err_console.print(f"job {res.job_id} done")
-    console.print(metrics_table(res.metrics, f"job {res.job_id}: aggregate metrics over all owners"))
+    if any(a.dp for a in res.verified.attestations):
+        console.print("differentially private training (DP-SGD at each owner, CSPRNG noise); this job cost "
+                      + ", ".join(f"{n} ε={e}" for n, e in res.verified.epsilon_spent.items())
+                      + ". Owners release no training metrics under DP.")
+    else:
+        console.print(metrics_table(res.metrics, f"job {res.job_id}: aggregate metrics over all owners"))
     console.print(f"model written to {out} (sha256 {res.model_digest})")
     if receipt:
         console.print(f"receipt written to {receipt}; the exchange checks it with "

@@ -87,7 +87,9 @@ def build_federation(root: Path, owners: dict[str, int] | None = None, *, min_gr
         data[name] = path
         product = root / "products" / f"{name}.json"
         product.parent.mkdir(parents=True, exist_ok=True)
-        list_product(ex, name, "loans", root / "schema.toml", file_digest(path), product)
+        # the declared minimum row count is public (DP training plans from it): here, the size rounded down
+        list_product(ex, name, "loans", root / "schema.toml", file_digest(path), product,
+                     min_rows=max(1, rows // 100 * 100))
         products.append(product)
         cfg = root / "config" / f"{name}.toml"
         cfg.parent.mkdir(parents=True, exist_ok=True)

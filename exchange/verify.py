@@ -131,7 +131,8 @@ def _summary(v: VerifiedReceipt, result_checked: bool, again: bool) -> str:
         f"{len(v.attestations)} owners attested ({', '.join(a.node for a in v.attestations)})",
         f"coordinator {v.contract.coordinator.name} signed the aggregate",
         "buyer acknowledged delivery" + (" and the result matches" if result_checked else ""),
-        f"ε spent {eps:.6f}" if eps else "no differential privacy (exact aggregates under the contract's rules)",
+        ("ε spent per owner: " + ", ".join(f"{a.node} {a.epsilon}" for a in v.attestations)) if eps
+        else "no differential privacy (exact aggregates under the contract's rules)",
     ]
     if v.statement.training is not None:
         t = v.statement.training

@@ -38,6 +38,7 @@ from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from decimal import ROUND_CEILING, Decimal
 
 import numpy as np
 
@@ -52,6 +53,7 @@ from fedtrust.training.arrays import arrays_digest, from_array_record, to_array_
 from fedtrust.training.context import node_config
 from fedtrust.training.data import register_dataset
 from fedtrust.training.models import MAX_PARAMETERS
+from fedtrust.training.dp_sgd import DpSgdPlan, plan_dp_sgd
 from fedtrust.training.policy import check_training
 from fedtrust.training.preprocess import Preprocessor
 from fedtrust.trust.canonical import parse_time, utc_now
@@ -95,6 +97,7 @@ class TrainingRuntime:
         self.apps = AppRegistry(config.clientapps)  # ConfigError when an approved app's digest differs
         self.device = config.device
         self._plans: OrderedDict[str, _Plan] = OrderedDict()
+        self._dp_plans: dict[str, DpSgdPlan] = {}
         self._checked: OrderedDict[tuple, CheckedJob] = OrderedDict()
         self._lock = threading.Lock()
         #: ClientApps run one at a time, always on this one thread: one torch/OpenMP thread team, one job's
@@ -166,11 +169,25 @@ class TrainingRuntime:
         stored = self.store.claim(checked.job_digest, phase, rnd, gdigest)
         if stored is not None:
             return RoundRelease(phase, rnd, gdigest, stored)
+        dp = self.dp_plan(checked)
         try:
-            store.debit_job(node=self.node.name, contract_digest=checked.contract_digest, kind="train",
-                            job_id=job.job_id, nonce=job.nonce, job_digest=checked.job_digest,
-                            mechanism="masked-sgd" if spec.secure_aggregation == "masking" else "plain-sgd")
-            n, loss, acc, delta = self._run_app(checked, plan, phase, rnd, arrays)
+            # debited (and fsynced) before the first release; later rounds find the same row
+            if dp is None:
+                store.debit_job(node=self.node.name, contract_digest=checked.contract_digest, kind="train",
+                                job_id=job.job_id, nonce=job.nonce, job_digest=checked.job_digest,
+                                mechanism="masked-sgd" if spec.secure_aggregation == "masking" else "plain-sgd")
+            else:
+                privacy = checked.contract.rules.privacy
+                store.debit_job(node=self.node.name, contract_digest=checked.contract_digest, kind="train",
+                                job_id=job.job_id, nonce=job.nonce, job_digest=checked.job_digest,
+                                mechanism="dp-sgd", epsilon=dp.epsilon,
+                                delta=dp.delta.quantize(Decimal("0.000001"), rounding=ROUND_CEILING),
+                                epsilon_total=privacy.epsilon_total)
+            n, loss, acc, delta = self._run_app(checked, plan, phase, rnd, arrays, dp)
+            if dp is not None:
+                # the row count and exact metrics are not DP: release the public declared minimum as the
+                # update's weight and no metrics (evaluation is refused under [privacy])
+                n, loss, acc = checked.held.product.min_rows, 0.0, 0.0
             vector = quantize.encode(n, loss, acc, delta)
             if spec.secure_aggregation == "masking":
                 purpose = mask_purpose(phase, rnd, gdigest)
@@ -217,7 +234,26 @@ class TrainingRuntime:
             raise PolicyViolation(f"round {rnd} is outside the signed spec's rounds (1..{spec.rounds})")
         return phase, rnd, from_array_record(records[0], plan.shapes, "the global model")
 
-    def _run_app(self, checked: CheckedJob, plan: _Plan, phase: str, rnd: int, arrays: dict[str, np.ndarray]):
+    def dp_plan(self, checked: CheckedJob) -> DpSgdPlan | None:
+        """The job's DP-SGD plan under the contract's [privacy] rules, from public numbers only (cached)."""
+        privacy = checked.contract.rules.privacy
+        if privacy is None:
+            return None
+        spec = checked.job.training
+        assert spec is not None and privacy.training_epsilon is not None
+        with self._lock:
+            cached = self._dp_plans.get(checked.job_digest)
+        if cached is not None:
+            return cached
+        dp = plan_dp_sgd(privacy.training_epsilon, privacy.training_delta or privacy.delta,
+                         min_rows=checked.held.product.min_rows, batch_size=spec.batch_size,
+                         local_epochs=spec.local_epochs, rounds=spec.rounds)
+        with self._lock:
+            self._dp_plans[checked.job_digest] = dp
+        return dp
+
+    def _run_app(self, checked: CheckedJob, plan: _Plan, phase: str, rnd: int, arrays: dict[str, np.ndarray],
+                 dp: DpSgdPlan | None = None):
         from flwr.app import ConfigRecord, Context, Message, Metadata, RecordDict
         from flwr.app.constants import DEFAULT_TTL
 
@@ -230,7 +266,8 @@ class TrainingRuntime:
         node_index = checked.job.participants.index(self.node.name) + 1
         seed = int.from_bytes(bytes.fromhex(checked.job_digest[:16]), "big") ^ (rnd * 1_000_003 + node_index)
         cfg = node_config(spec, dataset_path=str(checked.held.path), schema=checked.held.product.schema.to_dict(),
-                          device=resolve_device(self.device), seed=seed & ((1 << 62) - 1), job_id=checked.job.job_id)
+                          device=resolve_device(self.device), seed=seed & ((1 << 62) - 1), job_id=checked.job.job_id,
+                          dp=dp.run if dp is not None else None)
         config = ConfigRecord({"server-round": rnd})
         if spec.strategy == "fedprox":
             config["proximal-mu"] = float(spec.options.get("proximal_mu", 0.0))
@@ -294,7 +331,8 @@ class TrainingRuntime:
             node=self.node.name, job_digest=checked.job_digest, contract_digest=checked.contract_digest,
             product_digest=checked.held.product_digest, data_commitment=checked.held.product.commitment,
             code_digest=self.node.code_digest, outputs=tuple(d for _, _, d in released), epsilon=debit.epsilon,
-            delta=debit.delta, chain=debit.chain, dp=False, started_at=debit.created_at, released_at=utc_now(),
+            delta=debit.delta, chain=debit.chain, dp=debit.mechanism == "dp-sgd", started_at=debit.created_at,
+            released_at=utc_now(),
         )
         try:
             return store.attach_attestation(checked.contract_digest, job.job_id,

@@ -66,9 +66,9 @@ def _array(v):
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     job, data, model = load_global(msg, context)
-    if job.dp_noise_multiplier > 0:
-        raise PolicyViolation("DP-SGD is not available in this fedtrust version (dp-noise-multiplier > 0)")
     device = loop.resolve_device(job.device)
+    if job.dp_noise_multiplier > 0:
+        return reply_with(msg, dp_fit(model, data, job), model_arrays(model))
     outcome = loop.fit(model, data.x, data.y, epochs=job.local_epochs, batch_size=job.batch_size,
                        learning_rate=job.learning_rate, optimizer=job.optimizer, device=device, seed=job.seed,
                        proximal_mu=job.proximal_mu)
@@ -80,3 +80,24 @@ def evaluate(msg: Message, context: Context) -> Message:
     job, data, model = load_global(msg, context)
     outcome = loop.evaluate(model, data.x, data.y, device=loop.resolve_device(job.device))
     return reply_with(msg, outcome)
+
+
+def dp_fit(model, data, job: NodeJob) -> loop.Outcome:
+    """DP-SGD (Opacus, CSPRNG noise) for the round; the node reports only public counts for it."""
+    import torch
+
+    from fedtrust.training.dp_sgd import DpSgdRun, dp_train_round
+
+    if job.dp_max_grad_norm <= 0 or not 0 < job.dp_sample_rate <= 1 or job.dp_steps < 1:
+        raise PolicyViolation("DP-SGD needs a clipping norm, a sampling rate in (0, 1] and at least one step")
+    run = DpSgdRun(job.dp_noise_multiplier, job.dp_max_grad_norm, job.dp_sample_rate, job.dp_steps, job.batch_size)
+    x = torch.from_numpy(data.x.copy())
+    y = torch.from_numpy(data.y.copy())
+
+    def mean_loss(out, yb):
+        total, _ = loop._loss_and_correct(out, yb)
+        return total / max(len(yb), 1)
+
+    model.to("cpu")  # Opacus's per-sample gradients run where the data is
+    dp_train_round(model, x, y, run, learning_rate=job.learning_rate, loss_fn=mean_loss)
+    return loop.Outcome(len(y), 0.0, 0.0)

@@ -23,8 +23,10 @@ fedtrust.proximal-mu            float    FedProx μ from the signed spec (0 = no
 fedtrust.device                 str      cpu, cuda or cuda:N (NODE.toml `device`, "auto" resolved)
 fedtrust.seed                   int      shuffling seed for this (job, node, round)
 fedtrust.max-examples           int      most examples an update may be weighted by (2^28)
-fedtrust.dp-noise-multiplier    float    DP-SGD noise multiplier; 0 = off (DP comes with a later issue)
-fedtrust.dp-max-grad-norm       float    DP-SGD per-sample clipping norm; 0 = off
+fedtrust.dp-noise-multiplier    float    DP-SGD noise multiplier σ; 0 = no DP (the contract has no [privacy])
+fedtrust.dp-max-grad-norm       float    DP-SGD per-sample clipping norm C
+fedtrust.dp-sample-rate         float    Poisson sampling rate q = batch_size / declared min_rows
+fedtrust.dp-steps               int      DP-SGD steps per round (public: from min_rows, not the row count)
 fedtrust.job-id                 str      the job's id (for logs)
 ==============================  =======  =====================================================
 
@@ -47,12 +49,12 @@ PREFIX = "fedtrust."
 KEYS = (
     "dataset-path", "schema", "features", "label", "model", "architecture", "model-options", "local-epochs",
     "batch-size", "learning-rate", "optimizer", "proximal-mu", "device", "seed", "max-examples",
-    "dp-noise-multiplier", "dp-max-grad-norm", "job-id",
+    "dp-noise-multiplier", "dp-max-grad-norm", "dp-sample-rate", "dp-steps", "job-id",
 )
 
 
 def node_config(spec: TrainingSpec, *, dataset_path: str, schema: dict[str, Any], device: str, seed: int,
-                job_id: str) -> dict[str, bool | int | float | str]:
+                job_id: str, dp: Any = None) -> dict[str, bool | int | float | str]:
     """The node_config for one round of `spec` on this node."""
     cfg: dict[str, bool | int | float | str] = {
         "dataset-path": dataset_path,
@@ -70,8 +72,10 @@ def node_config(spec: TrainingSpec, *, dataset_path: str, schema: dict[str, Any]
         "device": device,
         "seed": int(seed),
         "max-examples": MAX_EXAMPLES,
-        "dp-noise-multiplier": 0.0,
-        "dp-max-grad-norm": 0.0,
+        "dp-noise-multiplier": float(dp.noise_multiplier) if dp else 0.0,
+        "dp-max-grad-norm": float(dp.max_grad_norm) if dp else 0.0,
+        "dp-sample-rate": float(dp.sample_rate) if dp else 0.0,
+        "dp-steps": int(dp.steps_per_round) if dp else 0,
         "job-id": job_id,
     }
     return {PREFIX + k: v for k, v in cfg.items()}
@@ -97,6 +101,8 @@ class NodeJob:
     max_examples: int
     dp_noise_multiplier: float
     dp_max_grad_norm: float
+    dp_sample_rate: float = 0.0
+    dp_steps: int = 0
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> NodeJob:
@@ -121,7 +127,8 @@ class NodeJob:
             learning_rate=get("learning-rate", float), optimizer=get("optimizer", str),
             proximal_mu=get("proximal-mu", float), device=get("device", str), seed=get("seed", int),
             max_examples=get("max-examples", int), dp_noise_multiplier=get("dp-noise-multiplier", float),
-            dp_max_grad_norm=get("dp-max-grad-norm", float),
+            dp_max_grad_norm=get("dp-max-grad-norm", float), dp_sample_rate=get("dp-sample-rate", float),
+            dp_steps=get("dp-steps", int),
         )
 
     def model_spec(self) -> TrainingSpec:

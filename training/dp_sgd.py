@@ -40,6 +40,17 @@ ACCOUNTANT = "rdp"
 
 
 @dataclass(frozen=True)
+class DpSgdRun:
+    """What one round of DP-SGD needs (passed to the ClientApp through node_config)."""
+
+    noise_multiplier: float
+    max_grad_norm: float
+    sample_rate: float
+    steps_per_round: int
+    batch_size: int
+
+
+@dataclass(frozen=True)
 class DpSgdPlan:
     target_epsilon: Decimal
     delta: Decimal
@@ -52,6 +63,11 @@ class DpSgdPlan:
     batch_size: int
     min_rows: int
     accountant: str = ACCOUNTANT
+
+    @property
+    def run(self) -> DpSgdRun:
+        return DpSgdRun(self.noise_multiplier, self.max_grad_norm, self.sample_rate, self.steps_per_round,
+                        self.batch_size)
 
     def to_dict(self) -> dict:
         return {"mechanism": "dp-sgd", "accountant": self.accountant, "target_epsilon": str(self.target_epsilon),
@@ -114,7 +130,7 @@ class Csprng:
         return torch.from_numpy(z * std).to(dtype=like.dtype, device=like.device).view(shape)
 
 
-def make_dp_optimizer(optimizer: torch.optim.Optimizer, plan: DpSgdPlan, rng: Csprng):
+def make_dp_optimizer(optimizer: torch.optim.Optimizer, plan: DpSgdPlan | DpSgdRun, rng: Csprng):
     from opacus.optimizers import DPOptimizer
 
     class CsprngDPOptimizer(DPOptimizer):
@@ -145,7 +161,7 @@ def check_model(model: torch.nn.Module) -> None:
         )
 
 
-def poisson_batches(n_rows: int, plan: DpSgdPlan, rng: Csprng) -> Iterator[np.ndarray]:
+def poisson_batches(n_rows: int, plan: DpSgdPlan | DpSgdRun, rng: Csprng) -> Iterator[np.ndarray]:
     """`steps_per_round` Poisson samples (each row in with probability q), as row indices."""
     for _ in range(plan.steps_per_round):
         yield np.flatnonzero(rng.uniform(n_rows) <= plan.sample_rate)
@@ -163,7 +179,7 @@ def unwrap(module) -> torch.nn.Module:
     return getattr(module, "_module", module)
 
 
-def dp_train_round(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, plan: DpSgdPlan, *,
+def dp_train_round(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, plan: DpSgdPlan | DpSgdRun, *,
                    learning_rate: float, loss_fn, make_optimizer=None) -> float:
     """One round of DP-SGD on the node's rows; returns the mean training loss of the sampled batches."""
     gsm = wrap(model)

@@ -13,10 +13,35 @@ from fedtrust.training.spec import TrainingSpec
 from fedtrust.trust.rules import Rules
 from fedtrust.trust.schema import Schema
 
-__all__ = ["check_training", "MAX_CLASSES"]
+__all__ = ["check_training", "check_dp_training", "DP_MODELS", "MAX_CLASSES"]
 
 #: an int label spans at most this many classes (max - min + 1)
 MAX_CLASSES = 1000
+
+
+#: models whose training the node itself makes DP (it runs DP-SGD inside the built-in ClientApp)
+DP_MODELS = ("logreg", "mlp", "cnn")
+
+
+def check_dp_training(spec: TrainingSpec, rules: Rules) -> None:
+    """Under `[privacy]`, only what the node can make DP by itself is allowed."""
+    privacy = rules.privacy
+    assert privacy is not None
+    if not privacy.allows_training:
+        raise PolicyViolation("the contract's [privacy] rules refuse training (training = \"refuse\")")
+    if spec.model not in DP_MODELS:
+        raise PolicyViolation(
+            f"model {spec.model} is an approved ClientApp; under the contract's [privacy] rules nodes train only "
+            f"the vetted models ({', '.join(DP_MODELS)}) with DP-SGD"
+        )
+    if spec.evaluate:
+        raise PolicyViolation(
+            "federated evaluation releases exact metrics of each owner's rows, which the contract's [privacy] "
+            "rules forbid; set evaluate = false in job.toml"
+        )
+    if spec.strategy == "fedprox":
+        raise PolicyViolation("FedProx's proximal term is not covered by DP-SGD's clipping; use another strategy "
+                              "under the contract's [privacy] rules")
 
 
 def check_training(spec: TrainingSpec, rules: Rules, schema: Schema, dataset: str, participants: int) -> None:
@@ -25,12 +50,7 @@ def check_training(spec: TrainingSpec, rules: Rules, schema: Schema, dataset: st
     if t is None:
         raise PolicyViolation("this contract sells no training (its rules have no [training] table)")
     if rules.privacy is not None:
-        if not rules.privacy.allows_training:
-            raise PolicyViolation("the contract's [privacy] rules refuse training (training = \"refuse\")")
-        raise PolicyViolation(
-            "the contract asks for differentially private training ([privacy] training_epsilon), which this "
-            "fedtrust version does not offer yet; ask the exchange for a contract without DP training"
-        )
+        check_dp_training(spec, rules)
     if spec.dataset != dataset:
         raise PolicyViolation(f"the job trains on dataset {spec.dataset} but the contract sells {dataset}")
     if spec.model not in t.models:
