@@ -67,7 +67,8 @@ def loans(rows: int, seed: int, region_weights: tuple[float, ...] | None = None)
     region = rng.choice(np.array(REGIONS), size=rows, p=p / p.sum())
     age = rng.integers(18, 101, size=rows)
     income = np.clip(rng.lognormal(mean=10.8, sigma=0.6, size=rows) + (age - 18) * 300.0, 0, 500000).round(2)
-    logit = -2.0 - income / 100000.0 + (age < 30) * 0.8 + (region == "south") * 0.5
+    # a learnable signal for the training demo: lower income, youth and the south raise the risk
+    logit = 1.0 - income / 25000.0 + (age < 30) * 1.2 + (region == "south") * 1.0 - (region == "central") * 0.8
     defaulted = (rng.random(rows) < 1 / (1 + np.exp(-logit))).astype(np.int64)
     return {"region": region, "income": income, "age": age, "defaulted": defaulted}
 
