@@ -110,7 +110,8 @@ def mask_stream(seed: bytes, length: int, modulus: int) -> np.ndarray:
         words = int(need / accept * 1.02) + 64
         raw = encryptor.update(bytes(8 * words))
         vals = np.frombuffer(raw, dtype="<u8") & low_mask
-        vals = vals[vals < m]
+        if modulus != 1 << bits:  # a power-of-two modulus accepts every masked word
+            vals = vals[vals < m]
         parts.append(vals)
         have += vals.size
     out = np.concatenate(parts) if len(parts) > 1 else parts[0]
