@@ -1,12 +1,11 @@
 """`fedtrust coordinator serve`."""
 from __future__ import annotations
 
-import signal
 from pathlib import Path
 
 import typer
 
-from fedtrust.cli.output import console
+from fedtrust.cli.output import serve_until_stopped
 from fedtrust.config import load_coordinator_config
 
 app = typer.Typer(help="Coordinator daemon: runs federated jobs over mTLS.", no_args_is_help=True)
@@ -18,10 +17,4 @@ def serve(config: Path = typer.Option(..., "--config", help="COORD.toml")) -> No
     from fedtrust.coordinator.daemon import CoordinatorDaemon
 
     daemon = CoordinatorDaemon(load_coordinator_config(config))
-    port = daemon.start()
-    console.print(f"coordinator [bold]{daemon.runtime.name}[/] listening on port {port}")
-    signal.signal(signal.SIGTERM, lambda *_: daemon.stop(5))
-    try:
-        daemon.wait()
-    except KeyboardInterrupt:
-        daemon.stop(5)
+    serve_until_stopped(daemon, f"coordinator [bold]{daemon.name}[/] listening on port {{port}}")

@@ -1,12 +1,11 @@
 """`fedtrust node …`: run a node daemon; print a data file's commitment."""
 from __future__ import annotations
 
-import signal
 from pathlib import Path
 
 import typer
 
-from fedtrust.cli.output import console
+from fedtrust.cli.output import console, serve_until_stopped
 from fedtrust.config import load_node_config
 
 app = typer.Typer(help="Data owner's node daemon.", no_args_is_help=True)
@@ -18,13 +17,8 @@ def serve(config: Path = typer.Option(..., "--config", help="NODE.toml")) -> Non
     from fedtrust.node.daemon import NodeDaemon
 
     daemon = NodeDaemon(load_node_config(config))
-    port = daemon.start()
-    console.print(f"node [bold]{daemon.runtime.name}[/] serving {len(daemon.runtime.datasets)} product(s) on port {port}")
-    signal.signal(signal.SIGTERM, lambda *_: daemon.stop(5))
-    try:
-        daemon.wait()
-    except KeyboardInterrupt:
-        daemon.stop(5)
+    serve_until_stopped(daemon, f"node [bold]{daemon.name}[/] serving {len(daemon.runtime.datasets)} product(s) "
+                                "on port {port}")
 
 
 @app.command("digest")

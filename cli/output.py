@@ -48,3 +48,16 @@ def result_table(columns: Sequence[str], rows: Sequence[Sequence[Any]], title: s
 def job_progress() -> Progress:
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TextColumn("{task.fields[stage]}"), TimeElapsedColumn(), console=err_console, transient=False)
+
+
+def serve_until_stopped(daemon, banner: str) -> None:
+    """Start a daemon, print its banner (with the bound port), serve until SIGTERM or Ctrl-C."""
+    import signal
+
+    port = daemon.start()
+    console.print(banner.format(port=port))
+    signal.signal(signal.SIGTERM, lambda *_: daemon.stop(5))
+    try:
+        daemon.wait()
+    except KeyboardInterrupt:
+        daemon.stop(5)

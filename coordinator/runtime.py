@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import queue
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -143,7 +142,7 @@ class CoordinatorRuntime:
                 results.put((node, rel, None))
             except Error as e:
                 results.put((node, None, e))
-            except Exception as e:  # never let a thread die silently
+            except Exception:  # never let a thread die silently
                 log.exception("asking node %s failed", node)
                 results.put((node, None, JobFailed(f"internal error while asking node {node}")))
 

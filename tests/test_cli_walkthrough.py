@@ -10,8 +10,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
 from fedtrust.demo.data import RULES_TOML, SCHEMA_TOML, write_loans
 
 CMD = [sys.executable, "-m", "fedtrust.cli.main"]

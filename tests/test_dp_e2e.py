@@ -19,9 +19,8 @@ from fedtrust.buyer.client import CoordinatorClient
 from fedtrust.buyer.query import plan_for, submit_query, tls_of
 from fedtrust.demo.federation import build_federation
 from fedtrust.demo.reference import pooled_answer
-from fedtrust.errors import BudgetExhausted, Error, JobFailed, VerificationError
+from fedtrust.errors import Error, JobFailed, VerificationError
 from fedtrust.exchange.verify import verify_receipt
-from fedtrust.node.daemon import NodeDaemon
 from fedtrust.config import load_node_config
 from fedtrust.node.store import NodeStore
 from fedtrust.trust.credentials import load_identity

@@ -19,17 +19,16 @@ from fedtrust.buyer.query import tls_of
 from fedtrust.coordinator.node_client import run_query_on_node
 from fedtrust.demo.federation import build_federation
 from fedtrust.errors import (
-    BudgetExhausted, InvalidInput, JobFailed, NodeUnreachable, PolicyViolation, ReplayError, VerificationError,
+    BudgetExhausted, InvalidInput, JobFailed, PolicyViolation, ReplayError, VerificationError,
 )
 from fedtrust.exchange.issuer import issue_contract, list_product, load_exchange
 from fedtrust.node.executor import file_digest
 from fedtrust.privacy import he
 from fedtrust.privacy.params import HeParams
-from fedtrust.transport.tls import TlsMaterial
 from fedtrust.trust.canonical import format_time, sha256_hex
 from fedtrust.trust.contracts import sign_contract, verify_contract
 from fedtrust.trust.credentials import load_identity
-from fedtrust.trust.dsse import Envelope, Signer
+from fedtrust.trust.dsse import Envelope
 from fedtrust.trust.jobs import sign_job
 from fedtrust.v1 import node_pb2, node_pb2_grpc
 

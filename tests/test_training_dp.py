@@ -8,7 +8,7 @@ import pytest
 
 from fedtrust.buyer.train import submit_training
 from fedtrust.demo.federation import build_federation
-from fedtrust.errors import BudgetExhausted, Error, JobFailed, PolicyViolation
+from fedtrust.errors import Error, JobFailed, PolicyViolation
 from fedtrust.exchange.verify import verify_receipt
 from fedtrust.training.dp_sgd import plan_dp_sgd
 from fedtrust.training.predict import load_model

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -234,7 +233,7 @@ def _fake_nodes(ns: dict[str, int], rng):
 
 
 def test_fedavg_over_the_grid_equals_fedavg_over_individual_replies():
-    from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
+    from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
     from flwr.serverapp.strategy import FedAvg
     from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
     from flwr.supercore.task_identity import TaskIdentity
