@@ -87,7 +87,7 @@ def test_stated_noise_scale_matches_the_empirical_noise_of_repeated_answers(peop
     # count: the sum of two discrete Laplace draws at the stated scale
     expected_var = 2 * laplace_variance(noise.rows)
     assert abs(np.mean(counts) - true_n) < 5 * math.sqrt(expected_var / len(counts))
-    assert 0.8 < np.var(counts) / expected_var < 1.2
+    assert 0.75 < np.var(counts) / expected_var < 1.25  # ±4σ of the variance estimate at 1500 draws
     # the buyer's stated standard error is that of the noise
     assert 0.8 < res.stderr[0][1] / math.sqrt(expected_var) < 1.2
 

@@ -143,7 +143,7 @@ def test_a_node_killed_mid_job_restarts_consistent_and_never_released_an_undebit
         buyer = load_identity(fed.buyer_dir)
         client = CoordinatorClient(fed.coordinator_address, tls_of(buyer))
         signed = []
-        for _ in range(16):
+        for _ in range(24):
             job, raw, keys = make_job(buyer, fed.contract_path, SQL)
             signed.append((sign_job(job, buyer.signer), raw, keys))
         outcomes: dict[int, object] = {}
@@ -156,14 +156,21 @@ def test_a_node_killed_mid_job_restarts_consistent_and_never_released_an_undebit
                 outcomes[i] = e
 
         threads = [threading.Thread(target=run, args=(i,)) for i in range(len(signed))]
-        # jobs start 0.1 s apart and the kill lands among them: some released, some computing, some not started
-        killer = threading.Timer(1.0, proc.send_signal, args=(signal.SIGKILL,))
-        killer.start()
-        for t in threads:
-            t.start()
-            time.sleep(0.1)
-        killer.join()
+
+        def start_all():
+            for t in threads:
+                t.start()
+                time.sleep(0.15)
+
+        starter = threading.Thread(target=start_all)
+        starter.start()
+        # kill as soon as one job has come back: later jobs are then computing or not yet started
+        deadline = time.time() + 60
+        while time.time() < deadline and not any(not isinstance(o, Exception) for o in list(outcomes.values())):
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
+        starter.join()
         for t in threads:
             t.join(timeout=120)
         delivered = [i for i, o in outcomes.items() if not isinstance(o, Exception)]
