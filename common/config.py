@@ -54,14 +54,19 @@ class CoordinatorConfig:
     addresses: tuple[tuple[str, str], ...] = ()
 
 
-def _read(path: str | Path) -> tuple[dict[str, Any], Path]:
+def read_toml(path: str | Path, what: str) -> dict[str, Any]:
+    """A TOML file as a dict; ConfigError naming `what` (e.g. "rules file") when missing or malformed."""
     p = Path(path)
     try:
-        return tomllib.loads(p.read_text()), p.resolve().parent
+        return tomllib.loads(p.read_text())
     except FileNotFoundError:
-        raise ConfigError(f"config file {p} does not exist") from None
+        raise ConfigError(f"{what} {p} does not exist") from None
     except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"config file {p} is not valid TOML: {e}") from None
+        raise ConfigError(f"{what} {p} is not valid TOML: {e}") from None
+
+
+def _read(path: str | Path) -> tuple[dict[str, Any], Path]:
+    return read_toml(path, "config file"), Path(path).resolve().parent
 
 
 def _table(data: dict[str, Any], key: str, path: str | Path) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from fedtrust.privacy import he
 from fedtrust.transport.tls import TlsMaterial
 from fedtrust.trust.canonical import sha256_hex, utc_now
 from fedtrust.trust.contracts import Contract, verify_contract
-from fedtrust.trust.credentials import load_identity
+from fedtrust.trust.credentials import load_identity_as
 from fedtrust.trust.dsse import Envelope
 from fedtrust.trust.jobs import JobSpec, verify_job
 from fedtrust.trust.receipts import CoordinatorStatement, ReceiptBundle, sign_coordinator_statement, verify_attestation
@@ -50,13 +50,7 @@ Event = Union[Progress, Finished]
 class CoordinatorRuntime:
     def __init__(self, config: CoordinatorConfig, addresses: dict[str, str] | None = None) -> None:
         self.config = config
-        self.identity = load_identity(config.credentials)
-        cred = self.identity.credential
-        if cred.role != "coordinator" or cred.name != config.name:
-            raise ConfigError(
-                f"credentials in {config.credentials} are for fedtrust://{cred.role}/{cred.name}, not coordinator "
-                f"{config.name!r}; point [coordinator] credentials at the directory from `exchange register`"
-            )
+        self.identity = load_identity_as(config.credentials, "coordinator", config.name)
         self.name = config.name
         self.tls = TlsMaterial(self.identity.tls_cert_pem, self.identity.tls_key_pem, self.identity.ca_pem)
         #: operator overrides of the addresses in contracts (NAT, DNS, tests on port 0)

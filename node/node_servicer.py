@@ -62,23 +62,32 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
         self.runtime = runtime
         self.training = training or TrainingRuntime(runtime, runtime.config)
 
+    def _audited(self, peer, check, run, describe):
+        """check() -> (checked job, payload), run(checked, payload) -> release; audit the release or the refusal."""
+        who = f"{peer[0]}/{peer[1]}"
+        checked = None
+        try:
+            checked, payload = check()
+            release = run(checked, payload)
+        except Error as e:
+            job_id = checked.job.job_id if checked else None
+            self.runtime.store.audit("refused", f"{e.kind}: {e}", peer=who, job_id=job_id,
+                                     contract_digest=checked.contract_digest if checked else None)
+            log.info("refused job %s: %s", job_id, e)
+            raise
+        self.runtime.store.audit("released", describe(release), contract_digest=checked.contract_digest,
+                                 job_id=checked.job.job_id, peer=who)
+        return release
+
     @guarded
     def RunQuery(self, request_iterator, context):
         peer = peer_identity(context)
-        store = self.runtime.store
-        job_id = contract_digest = None
-        try:
-            header, ctx = read_header_and_context(request_iterator, "header", "he_context_chunk")
-            checked = self.runtime.check_job(peer, header.job_envelope, header.contract_envelope)
-            job_id, contract_digest = checked.job.job_id, checked.contract_digest
-            release = self.runtime.run_query(checked, ctx)
-        except Error as e:
-            store.audit("refused", f"{e.kind}: {e}", contract_digest=contract_digest, job_id=job_id,
-                        peer=f"{peer[0]}/{peer[1]}")
-            log.info("refused job %s: %s", job_id, e)
-            raise
-        store.audit("released", f"seq {release.seq}", contract_digest=contract_digest, job_id=job_id,
-                    peer=f"{peer[0]}/{peer[1]}")
+
+        def check():
+            header, he_context = read_header_and_context(request_iterator, "header", "he_context_chunk")
+            return self.runtime.check_job(peer, header.job_envelope, header.contract_envelope), he_context
+
+        release = self._audited(peer, check, self.runtime.run_query, lambda r: f"seq {r.seq}")
         for ct in release.outputs:
             for chunk in split(ct):
                 yield node_pb2.QueryReply(ciphertext_chunk=chunk)
@@ -92,20 +101,12 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
     @guarded
     def TrainRound(self, request_iterator, context):
         peer = peer_identity(context)
-        store = self.runtime.store
-        job_id = contract_digest = None
-        try:
+
+        def check():
             header, message = read_train_header(request_iterator)
-            checked = self.training.check(peer, header.job_envelope, header.contract_envelope)
-            job_id, contract_digest = checked.job.job_id, checked.contract_digest
-            release = self.training.train_round(checked, message)
-        except Error as e:
-            store.audit("refused", f"{e.kind}: {e}", contract_digest=contract_digest, job_id=job_id,
-                        peer=f"{peer[0]}/{peer[1]}")
-            log.info("refused training round of job %s: %s", job_id, e)
-            raise
-        store.audit("released", f"{release.phase} round {release.round}", contract_digest=contract_digest,
-                    job_id=job_id, peer=f"{peer[0]}/{peer[1]}")
+            return self.training.check(peer, header.job_envelope, header.contract_envelope), message
+
+        release = self._audited(peer, check, self.training.train_round, lambda r: f"{r.phase} round {r.round}")
         for chunk in split(release.vector):
             yield node_pb2.TrainReply(vector_chunk=chunk)
         yield node_pb2.TrainReply(release=node_pb2.RoundRelease(

@@ -43,7 +43,7 @@ from fedtrust.query.layout import Layout
 from fedtrust.query.sql import plan_query
 from fedtrust.trust.canonical import sha256_hex, utc_now
 from fedtrust.trust.contracts import Contract, verify_contract
-from fedtrust.trust.credentials import Identity, kx_public_key, load_identity
+from fedtrust.trust.credentials import Identity, kx_public_key, load_identity_as
 from fedtrust.trust.dsse import Envelope
 from fedtrust.trust.jobs import JobSpec, verify_job
 from fedtrust.trust.products import Product, verify_product
@@ -72,13 +72,7 @@ class CheckedJob:
 class NodeRuntime:
     def __init__(self, config: NodeConfig) -> None:
         self.config = config
-        self.identity: Identity = load_identity(config.credentials)
-        cred = self.identity.credential
-        if cred.role != "node" or cred.name != config.name:
-            raise ConfigError(
-                f"credentials in {config.credentials} are for fedtrust://{cred.role}/{cred.name}, "
-                f"not node {config.name!r}; point [node] credentials at this node's directory from `exchange register`"
-            )
+        self.identity: Identity = load_identity_as(config.credentials, "node", config.name)
         if self.identity.kx_private is None:
             raise ConfigError(f"credentials in {config.credentials} have no kx.key; re-register the node")
         self.name = config.name

@@ -34,11 +34,11 @@ job.toml::
 from __future__ import annotations
 
 import math
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fedtrust.config import read_toml
 from fedtrust.errors import ConfigError, InvalidInput, PolicyViolation
 
 __all__ = [
@@ -287,12 +287,7 @@ class TrainingSpec:
 def load_training_toml(path: str | Path) -> TrainingSpec:
     """Read job.toml's `[job]` table (ConfigError for file problems, InvalidInput for a bad spec)."""
     p = Path(path)
-    try:
-        data = tomllib.loads(p.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"job file {p} does not exist") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"job file {p} is not valid TOML: {e}") from None
+    data = read_toml(p, "job file")
     job = data.get("job")
     if not isinstance(job, dict):
         raise ConfigError(f"job file {p} has no [job] table; see the README's job.toml section")

@@ -29,7 +29,7 @@ from fedtrust.trust.pki import (
 
 __all__ = [
     "CREDENTIAL_TYPE", "FILES", "SubjectCredential", "Identity", "raw_b64", "signing_public_key",
-    "kx_public_key", "sign_credential", "verify_credential", "write_identity_files", "load_identity",
+    "kx_public_key", "sign_credential", "verify_credential", "write_identity_files", "load_identity", "load_identity_as",
     "load_exchange_key", "public_key_pem",
 ]
 
@@ -243,3 +243,15 @@ def load_identity(path: str | Path) -> Identity:
             raise ConfigError(f"{d / KX_KEY} does not match the key-agreement key in {CREDENTIAL}; restore the files register wrote")
         kx = kx_key
     return Identity(cred, envelope, tls_cert, tls_key, ca, Signer(signing), kx, exchange_key)
+
+
+def load_identity_as(path: str | Path, role: str, name: str) -> Identity:
+    """`load_identity`, refusing credentials of another subject than the daemon's config names."""
+    identity = load_identity(path)
+    cred = identity.credential
+    if cred.role != role or cred.name != name:
+        raise ConfigError(
+            f"credentials in {path} are for fedtrust://{cred.role}/{cred.name}, not {role} {name!r}; point "
+            f"[{role}] credentials at the directory `fedtrust exchange register` wrote for it"
+        )
+    return identity

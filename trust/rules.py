@@ -1,12 +1,12 @@
 """Contract rules that every node enforces by itself (RULES.toml)."""
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
+from fedtrust.config import read_toml
 from fedtrust.errors import ConfigError
 
 AGGREGATES = ("COUNT", "SUM", "AVG", "VAR_SAMP", "STDDEV_SAMP")
@@ -205,12 +205,7 @@ class Rules:
 
 def load_rules_toml(path: str | Path) -> Rules:
     p = Path(path)
-    try:
-        data = tomllib.loads(p.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"rules file {p} does not exist") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"rules file {p} is not valid TOML: {e}") from None
+    data = read_toml(p, "rules file")
     q, t, priv = data.get("query"), data.get("training"), data.get("privacy")
     for name, table in (("query", q), ("training", t), ("privacy", priv)):
         if table is not None and not isinstance(table, dict):

@@ -7,11 +7,11 @@ data is revealed by the shape of what it releases.
 from __future__ import annotations
 
 import math
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fedtrust.config import read_toml
 from fedtrust.errors import ConfigError
 
 COLUMN_TYPES = ("category", "float", "int")
@@ -106,12 +106,7 @@ class Schema:
 def load_schema_toml(path: str | Path) -> Schema:
     """Read SCHEMA.toml: `[columns.NAME] type = ..., min/max or values`."""
     p = Path(path)
-    try:
-        data = tomllib.loads(p.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"schema file {p} does not exist") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"schema file {p} is not valid TOML: {e}") from None
+    data = read_toml(p, "schema file")
     cols = data.get("columns")
     if not isinstance(cols, dict) or not cols:
         raise ConfigError(f"schema file {p} has no [columns.NAME] tables; declare each column")
