@@ -10,7 +10,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from fedtrust.errors import ConfigError, InvalidInput, JobFailed, PolicyViolation
 from fedtrust.privacy.masking import add_mod, pairwise_mask
 from fedtrust.training import quantize
-from fedtrust.training.arrays import arrays_digest, check_arrays, read_model, write_model
+from fedtrust.training.arrays import array_numpy, arrays_digest, check_arrays, read_model, write_model
 from fedtrust.training.policy import check_training
 from fedtrust.training.preprocess import Preprocessor
 from fedtrust.training.spec import TrainingSpec
@@ -221,7 +221,7 @@ def _fake_nodes(ns: dict[str, int], rng):
     def send(node: str, data: bytes, expected: int) -> bytes:
         msg = message_from_proto(ProtoMessage.FromString(data))
         rec = next(r for r in msg.content.values() if isinstance(r, ArrayRecord))
-        g = {k: a.numpy() for k, a in sorted(rec.items())}
+        g = {k: array_numpy(a) for k, a in sorted(rec.items())}
         if msg.metadata.message_type == "train":
             new = {k: (v + rng.normal(0, 0.1, v.shape)).astype(np.float32) for k, v in g.items()}
             individual[node] = new
@@ -327,7 +327,43 @@ def test_every_supported_strategy_runs_on_the_single_aggregated_reply(strategy, 
     grid = FedtrustGrid(7, ("a", "b", "c"), send)
     init = {"w": np.zeros((4, 2), np.float32), "b": np.zeros(2, np.float32)}
     result = make_strategy(s, 3).start(grid=grid, initial_arrays=to_array_record(init), num_rounds=2)
-    final = {k: a.numpy() for k, a in result.arrays.items()}
+    final = {k: array_numpy(a) for k, a in result.arrays.items()}
     assert set(final) == {"w", "b"} and all(np.isfinite(v).all() and v.any() for v in final.values())
     assert sorted(result.train_metrics_clientapp) == [1, 2]
     grid.close()
+
+
+def test_array_decoding_matches_numpy_and_refuses_what_np_load_would_need_pickle_for():
+    """Arrays are decoded without np.load (its header parser is not thread-safe on this CPython)."""
+    import io
+    import threading
+
+    from flwr.app import Array
+
+    rng = np.random.default_rng(0)
+    for a in (rng.normal(size=(4, 2)).astype(np.float32), np.arange(5, dtype="<i8"), np.full((), 3.5),
+              np.asfortranarray(rng.normal(size=(3, 7)))):
+        np.testing.assert_array_equal(array_numpy(Array(a)), a)
+    buf = io.BytesIO()
+    np.save(buf, np.array([{"x": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(InvalidInput, match="Python objects"):
+        array_numpy(Array(dtype="object", shape=(1,), stype="numpy.ndarray", data=buf.getvalue()))
+    good = Array(rng.normal(size=(16,)).astype(np.float32))
+    with pytest.raises(InvalidInput, match="size"):
+        array_numpy(Array(dtype=good.dtype, shape=good.shape, stype=good.stype, data=good.data[:-4]))
+    # many threads at once, as the node and the coordinator decode
+    errors = []
+
+    def work():
+        try:
+            for _ in range(200):
+                array_numpy(good)
+        except Exception as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors

@@ -12,6 +12,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 from flwr.clientapp import ClientApp
 
 from fedtrust.training import clientapp as builtin
+from fedtrust.training.arrays import array_numpy
 
 raising = ClientApp()
 nan_update = ClientApp()
@@ -37,7 +38,7 @@ def _nan_train(msg: Message, context: Context) -> Message:
 @oversized.train()
 def _oversized_train(msg: Message, context: Context) -> Message:
     record = next(iter(msg.content.array_records.values()))
-    arrays = {k: Array(v.numpy()) for k, v in record.items()}
+    arrays = {k: Array(array_numpy(v)) for k, v in record.items()}
     arrays["smuggled"] = Array(np.zeros(1_000_000, dtype=np.float32))
     return Message(RecordDict({"arrays": ArrayRecord(arrays), "metrics": MetricRecord({"num-examples": 10})}),
                    reply_to=msg)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from typing import Any, Mapping
 
 import numpy as np
@@ -59,6 +60,53 @@ def to_array_record(arrays: Mapping[str, np.ndarray]) -> Any:
     return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
 
 
+#: the header numpy's `np.save` writes (format 1.0-3.0), matched instead of evaluated
+_NPY_HEADER = re.compile(
+    r"\{'descr': '([<>|=]?[a-zA-Z][0-9]*)', 'fortran_order': (True|False), 'shape': \(((?:[0-9]+, ?)*[0-9]*)\), \} *\n"
+)
+
+
+def array_numpy(arr: Any) -> np.ndarray:
+    """A Flower `Array` as an ndarray, decoded without `np.load`.
+
+    `Array.numpy()` calls `np.load`, which parses the .npy header with
+    `ast.literal_eval`; CPython 3.11.7's AST constructor is not thread-safe
+    ("SystemError: AST constructor recursion depth mismatch", seen in this
+    project's CI), and nodes and the coordinator decode arrays on many
+    threads at once. The header is matched against the exact form `np.save`
+    writes, object dtypes are refused (no pickle), and the body must have
+    exactly the size the header declares.
+    """
+    if arr.stype != "numpy.ndarray":
+        raise InvalidInput("array is not numpy-encoded")
+    data = bytes(arr.data)
+    if data[:6] != b"\x93NUMPY" or len(data) < 10:
+        raise InvalidInput("array is not in .npy format")
+    if data[6] == 1:
+        start, hlen = 10, int.from_bytes(data[8:10], "little")
+    elif data[6] in (2, 3):
+        start, hlen = 12, int.from_bytes(data[8:12], "little")
+    else:
+        raise InvalidInput("array uses an unknown .npy format version")
+    m = _NPY_HEADER.fullmatch(data[start:start + hlen].decode("latin1"))
+    if m is None:
+        raise InvalidInput("array has a malformed .npy header")
+    descr, fortran, dims = m.groups()
+    try:
+        dtype = np.dtype(descr)
+    except TypeError:
+        raise InvalidInput("array has an unknown dtype") from None
+    if dtype.hasobject:
+        raise InvalidInput("array holds Python objects; only numeric arrays are accepted")
+    shape = tuple(int(x) for x in dims.replace(" ", "").split(",") if x)
+    count = int(np.prod(shape, dtype=np.int64))
+    body = data[start + hlen:]
+    if len(body) != count * dtype.itemsize:
+        raise InvalidInput("array data does not have the size its header declares")
+    flat = np.frombuffer(body, dtype=dtype, count=count)
+    return flat.reshape(shape, order="F" if fortran == "True" else "C").copy()
+
+
 def from_array_record(record: Any, expected: Mapping[str, tuple[int, ...]], what: str) -> dict[str, np.ndarray]:
     """NumPy arrays from a Flower ArrayRecord, checking each array's declared shape before decoding it."""
     from flwr.app import ArrayRecord
@@ -75,7 +123,7 @@ def from_array_record(record: Any, expected: Mapping[str, tuple[int, ...]], what
         if len(arr.data) > 4 * int(np.prod(shape, dtype=np.int64)) + 4096:
             raise InvalidInput(f"{what}: array {name} is larger than its shape needs")
         try:
-            a = arr.numpy()  # np.load(allow_pickle=False)
+            a = array_numpy(arr)
         except Exception:  # noqa: BLE001 - any decoding failure is bad input
             raise InvalidInput(f"{what}: array {name} cannot be decoded") from None
         out[name] = a

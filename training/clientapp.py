@@ -26,6 +26,7 @@ from flwr.clientapp import ClientApp
 
 from fedtrust.errors import PolicyViolation
 from fedtrust.training import loop
+from fedtrust.training.arrays import array_numpy
 from fedtrust.training.context import NodeJob
 from fedtrust.training.data import local_data
 from fedtrust.training.models import build_model, model_arrays
@@ -43,7 +44,7 @@ def load_global(msg: Message, context: Context):
     data = local_data(context)
     model = build_model(job.model_spec(), data.preprocessor.width, data.preprocessor.outputs)
     record = next(iter(msg.content.array_records.values()))
-    state = {k: torch.from_numpy(v.numpy().copy()) for k, v in record.items()}
+    state = {k: torch.from_numpy(array_numpy(v)) for k, v in record.items()}
     model.load_state_dict(state, strict=True)
     return job, data, model
 

@@ -32,6 +32,7 @@ import numpy as np
 
 from fedtrust.errors import Error, JobFailed
 from fedtrust.training import quantize
+from fedtrust.training.arrays import array_numpy
 
 log = logging.getLogger("fedtrust.coordinator")
 
@@ -152,7 +153,7 @@ class FedtrustGrid(_grid_base()):  # type: ignore[misc]
         if len(records) != 1:
             raise JobFailed("a round must carry exactly one ArrayRecord (the global model)")
         rnd = next((c["server-round"] for c in configs if "server-round" in c), 0)
-        global_arrays = {k: a.numpy() for k, a in sorted(records[0].items())}
+        global_arrays = {k: array_numpy(a) for k, a in sorted(records[0].items())}
         if any(a.dtype != np.float32 for a in global_arrays.values()):
             # server-side optimizers (FedAdam, FedYogi, FedAvgM) compute in float64; models travel as float32
             global_arrays = {k: a.astype(np.float32) for k, a in global_arrays.items()}

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fedtrust.errors import Error, InvalidInput, JobFailed
+from fedtrust.training.arrays import array_numpy
 from fedtrust.training.spec import TrainingSpec
 
 __all__ = ["JobArgs", "run_job", "make_strategy"]
@@ -114,7 +115,7 @@ def _run(conn, args: JobArgs) -> dict[str, Any]:
         strategy = make_strategy(spec, len(args.participants))
         result = strategy.start(grid=grid, initial_arrays=to_array_record(init), num_rounds=spec.rounds,
                                 timeout=args.node_timeout)
-        final = {k: np.asarray(a.numpy(), dtype=np.float32) for k, a in result.arrays.items()}
+        final = {k: np.asarray(array_numpy(a), dtype=np.float32) for k, a in result.arrays.items()}
         if set(final) != set(init):
             raise JobFailed("the strategy produced no model; every round failed to aggregate")
         model = write_model(final, spec.to_dict(), pre.to_dict(), args.job_id)
