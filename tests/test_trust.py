@@ -122,7 +122,7 @@ def retamper(env: Envelope, mutate: Callable[[dict[str, Any]], None]) -> Envelop
 def flip_sig(env: Envelope) -> Envelope:
     s = env.signatures[0]
     sig = bytes([s.sig[0] ^ 1]) + s.sig[1:]
-    return Envelope(env.payload_type, env.payload, (Signature(s.keyid, s.alg, sig),))
+    return Envelope(env.payload_type, env.payload, (Signature(s.keyid, sig),))
 
 
 # --------------------------------------------------------------------------
@@ -159,7 +159,7 @@ def test_sign_verify_round_trip_and_json():
     s = Signer.generate()
     env = s.sign_statement("https://x/T/v1", {"k": "v"}, [("thing", D)])
     assert s.keyid == keyid_of(s.public_key) and s.keyid.startswith("ed25519:") and len(s.keyid) == 72
-    assert env.signatures[0].alg == "ed25519"
+    assert env.to_dict()["signatures"] == [{"keyid": s.keyid, "sig": base64.b64encode(env.signatures[0].sig).decode()}]
     back = Envelope.from_json(env.to_json())
     assert back == env and Envelope.from_dict(env.to_dict()) == env
     assert back.digest == sha256_hex(env.payload)
@@ -178,13 +178,87 @@ def test_verify_statement_refusals():
         verify_statement(flip_sig(env), s.public_key, "https://x/T/v1")
     with pytest.raises(VerificationError, match=NOT_VERIFY):  # payload type is covered by PAE
         verify_statement(replace(env, payload_type="text/plain"), s.public_key, "https://x/T/v1")
-    sig = env.signatures[0]
-    with pytest.raises(VerificationError, match="uses algorithm 'sm2'; only ed25519 is supported"):
-        verify_statement(replace(env, signatures=(replace(sig, alg="sm2"),)), s.public_key, "https://x/T/v1")
+    with pytest.raises(InvalidInput, match="unsupported algorithm; only ed25519"):  # the legacy field, if present
+        Envelope.from_dict({**env.to_dict(), "signatures": [{**env.to_dict()["signatures"][0], "alg": "sm2"}]})
+
+
+# --------------------------------------------------------------------------
+# DSSE against independent implementations: Sigstore's strict envelope model
+# (protobuf-JSON rules: unknown fields are errors) and securesystemslib
+
+
+def _every_signed_object(w: World) -> list[tuple[Envelope, Signer]]:
+    return ([(e, w.exchange) for e in (*w.cred_envs.values(), *w.product_envs.values(), w.contract_env)]
+            + [(w.job_env, w.signers["buyer-1"]), (w.statement_env, w.signers["coord-1"]),
+               (w.ack_env, w.signers["buyer-1"])] + [(e, w.signers[n]) for n, e in w.att_envs.items()])
+
+
+def test_every_signed_object_parses_with_sigstore_models_and_verifies_with_securesystemslib(w):
+    from securesystemslib.dsse import Envelope as SslibEnvelope
+    from securesystemslib.signer import SSlibKey
+    from sigstore_models.intoto import Envelope as SigstoreEnvelope
+
+    for env, signer in _every_signed_object(w):
+        parsed = SigstoreEnvelope.from_json(env.to_json())  # strict: an extra field such as `alg` is refused
+        assert parsed.payload == env.payload and parsed.signatures[0].keyid == signer.keyid
+        key = SSlibKey.from_crypto(signer.public_key, keyid=signer.keyid)
+        assert list(SslibEnvelope.from_dict(json.loads(env.to_json())).verify([key], 1)) == [signer.keyid]
+
+
+def test_fedtrust_verifies_envelopes_securesystemslib_produced():
+    from securesystemslib.dsse import Envelope as SslibEnvelope
+    from securesystemslib.signer import CryptoSigner
+
+    s = Signer.generate()
+    statement = {"_type": "https://in-toto.io/Statement/v1", "subject": [], "predicateType": "T", "predicate": {"k": 1}}
+    sslib = SslibEnvelope(canonical(statement), "application/vnd.in-toto+json", {})
+    sslib.sign(CryptoSigner(s.private_key))  # its own key id (a hash of its key format), not fedtrust's
+    doc = sslib.to_dict()
+    assert doc["signatures"][0]["keyid"] != s.keyid
+    assert verify_statement(Envelope.from_dict(doc), s.public_key, "T") == {"k": 1}
+    other = Signer.generate()
+    with pytest.raises(VerificationError, match=f"no signature by {other.keyid}"):
+        verify_statement(Envelope.from_dict(doc), other.public_key, "T")
+
+
+def test_spec_valid_variants_verify_and_tampered_ones_do_not():
+    s = Signer.generate()
+    env = s.sign_statement("https://x/T/v1", {"k": "v"})
+    d = env.to_dict()
+    urlsafe = lambda b: base64.urlsafe_b64encode(b).decode().rstrip("=")  # noqa: E731
+    variants = [
+        {**d, "signatures": [{"sig": d["signatures"][0]["sig"]}]},                          # no keyid
+        {**d, "signatures": [{"keyid": "", "sig": d["signatures"][0]["sig"]}]},             # empty keyid
+        {**d, "signatures": [{"keyid": "someone-else", "sig": d["signatures"][0]["sig"]}]},  # foreign hint
+        {**d, "payload": urlsafe(env.payload), "signatures": [{"keyid": s.keyid, "sig": urlsafe(env.signatures[0].sig)}]},
+        {**d, "payload": d["payload"].rstrip("=")},                                          # unpadded standard
+        {**d, "signatures": [{**d["signatures"][0], "alg": "ed25519"}]},                     # older fedtrust output
+    ]
+    for v in variants:
+        parsed = Envelope.from_json(json.dumps(v))
+        assert verify_statement(parsed, s.public_key, "https://x/T/v1") == {"k": "v"}
+        assert set(json.loads(parsed.to_json())["signatures"][0]) <= {"keyid", "sig"}
+    flipped = bytearray(env.signatures[0].sig)
+    flipped[5] ^= 1
+    for keyid in ("", s.keyid, "someone-else"):
+        bad = Envelope(env.payload_type, env.payload, (Signature(keyid, bytes(flipped)),))
+        with pytest.raises(VerificationError, match=f"by {s.keyid}"):
+            verify_statement(bad, s.public_key, "https://x/T/v1")
+
+
+def test_multiple_signatures_each_verify_under_their_own_key():
+    a, b, c = Signer.generate(), Signer.generate(), Signer.generate()
+    env = a.sign_statement("https://x/T/v1", {"k": "v"})
+    both = Envelope(env.payload_type, env.payload,
+                    env.signatures + (Signature("", b.private_key.sign(pae(env.payload_type, env.payload))),))
+    back = Envelope.from_json(both.to_json())
+    assert verify_statement(back, a.public_key, "https://x/T/v1") == verify_statement(back, b.public_key, "https://x/T/v1")
+    with pytest.raises(VerificationError, match=f"no signature by {c.keyid}"):
+        verify_statement(back, c.public_key, "https://x/T/v1")
 
 
 def _sign_raw(s: Signer, payload: bytes, payload_type: str = "application/vnd.in-toto+json") -> Envelope:
-    return Envelope(payload_type, payload, (Signature(s.keyid, "ed25519", s.private_key.sign(pae(payload_type, payload))),))
+    return Envelope(payload_type, payload, (Signature(s.keyid, s.private_key.sign(pae(payload_type, payload))),))
 
 
 def test_verify_parses_only_canonical_statements():
@@ -208,7 +282,10 @@ def test_verify_parses_only_canonical_statements():
     b'{"payloadType":"a","payload":"!!","signatures":[]}',
     b'{"payloadType":"a","payload":"aGk=","signatures":[]}',
     b'{"payloadType":1,"payload":"aGk=","signatures":[{"keyid":"k","alg":"ed25519","sig":"aGk="}]}',
-    b'{"payloadType":"a","payload":"aGk=","signatures":[{"keyid":"k","alg":"ed25519","sig":"aGk"}]}',
+    b'{"payloadType":"a","payload":"aGk=","signatures":[{"keyid":"k","sig":"aGk-+"}]}',  # two alphabets
+    b'{"payloadType":"a","payload":"aGk=","signatures":[{"keyid":"k","sig":"aGk==="}]}',
+    b'{"payloadType":"a","payload":"aGk=","signatures":[{"keyid":"k","sig":"a"}]}',
+    b'{"payloadType":"a","payload":"aGk=","signatures":[{"keyid":"k","sig":"aGk=","extra":1}]}',
     b'{"payloadType":"a","payload":"aGk=","signatures":[{"keyid":"k","alg":"ed25519"}]}',
     b'{"payloadType":"a","payload":"aGk=","signatures":[{"keyid":"k","alg":"ed25519","sig":""}]}',
     b'{"payloadType":"a","payload":"aGk=","signatures":["x"],"extra":1}',

@@ -4,8 +4,20 @@ Every signed fedtrust object is the canonical JSON of an in-toto Statement,
 wrapped in a DSSE envelope and signed over the DSSE pre-authentication
 encoding (PAE). Verification checks the signature first and then parses
 *only the verified payload bytes*; nothing in the envelope outside the
-signature is trusted. Each signature names its algorithm (`alg`) so other
-algorithms (SM2, ML-DSA) can be added next to Ed25519 later.
+signature is trusted.
+
+Envelopes go out exactly as the DSSE spec shows them (`payloadType`,
+`payload`, `signatures: [{keyid, sig}]`, standard base64), so Sigstore's
+strict envelope parser and securesystemslib read them. The algorithm is not a
+field: it follows from the key the *verifier* holds, and fedtrust key ids name
+it (`ed25519:<sha256 of the raw key>`), so SM2 or ML-DSA keys can be added
+later without new fields. Inbound, every spec-valid variant is accepted: a
+missing or foreign `keyid` (the spec calls it an unauthenticated hint, so the
+verifier's key is tried on such signatures), standard or URL-safe base64 with
+or without padding, and the legacy `alg` field of older fedtrust envelopes.
+None of that widens what is trusted: a signature counts only if it verifies
+under the key the caller expects, and only the verified payload bytes are
+parsed.
 """
 from __future__ import annotations
 
@@ -24,7 +36,7 @@ from fedtrust.trust.canonical import canonical, is_sha256_hex, sha256_hex
 
 __all__ = [
     "PAYLOAD_TYPE", "STATEMENT_TYPE", "ALG_ED25519", "MAX_ENVELOPE_BYTES",
-    "Signature", "Envelope", "Signer", "pae", "keyid_of", "verify_statement", "verify_object", "load_json",
+    "Signature", "Envelope", "Signer", "pae", "keyid_of", "signed_by", "verify_statement", "verify_object", "load_json",
 ]
 
 PAYLOAD_TYPE = "application/vnd.in-toto+json"
@@ -42,10 +54,17 @@ def _b64(data: bytes) -> str:
 
 
 def _unb64(value: object, what: str) -> bytes:
+    """Standard or URL-safe base64 (RFC 4648 §4/§5), padded or not, as the DSSE spec allows; one alphabet per value."""
     if not isinstance(value, str):
         raise InvalidInput(f"envelope {what} must be a base64 string")
+    if ("-" in value or "_" in value) and ("+" in value or "/" in value):
+        raise InvalidInput(f"envelope {what} mixes the standard and URL-safe base64 alphabets")
+    text = value.replace("-", "+").replace("_", "/")
+    stripped = text.rstrip("=")
+    if len(text) - len(stripped) > 2 or len(stripped) % 4 == 1:
+        raise InvalidInput(f"envelope {what} is not valid base64")
     try:
-        return base64.b64decode(value.encode("ascii"), validate=True)
+        return base64.b64decode((stripped + "=" * (-len(stripped) % 4)).encode("ascii"), validate=True)
     except (binascii.Error, ValueError, UnicodeEncodeError):
         raise InvalidInput(f"envelope {what} is not valid base64") from None
 
@@ -71,24 +90,27 @@ def pae(payload_type: str, payload: bytes) -> bytes:
 
 @dataclass(frozen=True)
 class Signature:
+    """One DSSE signature; `keyid` is "" when the envelope gave none (an unauthenticated hint either way)."""
+
     keyid: str
-    alg: str
     sig: bytes
 
     def to_dict(self) -> dict[str, Any]:
-        return {"keyid": self.keyid, "alg": self.alg, "sig": _b64(self.sig)}
+        return {"keyid": self.keyid, "sig": _b64(self.sig)} if self.keyid else {"sig": _b64(self.sig)}
 
     @classmethod
     def from_dict(cls, d: object) -> Signature:
-        if not isinstance(d, dict):
-            raise InvalidInput("envelope signature must be an object with keyid, alg and sig")
-        if set(d) != {"keyid", "alg", "sig"}:
-            raise InvalidInput("envelope signature must have exactly the fields keyid, alg and sig")
-        keyid, alg = _text(d["keyid"], "signature keyid", 256), _text(d["alg"], "signature alg", 64)
+        if not isinstance(d, dict) or "sig" not in d:
+            raise InvalidInput("envelope signature must be an object with sig (and optionally keyid)")
+        if not set(d) <= {"keyid", "sig", "alg"}:
+            raise InvalidInput("envelope signature may have only the fields keyid and sig")
+        if "alg" in d and d["alg"] != ALG_ED25519:  # older fedtrust envelopes named the algorithm
+            raise InvalidInput(f"envelope signature names an unsupported algorithm; only {ALG_ED25519} is supported")
+        keyid = _text(d.get("keyid", ""), "signature keyid", 256)
         sig = _unb64(d["sig"], "signature")
         if not sig:
             raise InvalidInput("envelope signature is empty")
-        return cls(keyid, alg, sig)
+        return cls(keyid, sig)
 
 
 @dataclass(frozen=True)
@@ -197,34 +219,38 @@ class Signer:
         }
         payload = canonical(statement)
         sig = self._key.sign(pae(PAYLOAD_TYPE, payload))
-        return Envelope(PAYLOAD_TYPE, payload, (Signature(self.keyid, ALG_ED25519, sig),))
+        return Envelope(PAYLOAD_TYPE, payload, (Signature(self.keyid, sig),))
+
+
+def signed_by(envelope: Envelope, public_key: Ed25519PublicKey) -> bool:
+    """Whether some signature of `envelope` verifies over PAE under `public_key` (those naming its keyid tried first)."""
+    keyid = keyid_of(public_key)
+    data = pae(envelope.payload_type, envelope.payload)
+    for s in sorted(envelope.signatures, key=lambda s: s.keyid != keyid):
+        try:
+            public_key.verify(s.sig, data)
+            return True
+        except InvalidSignature:
+            continue
+    return False
 
 
 def verify_statement(envelope: Envelope, public_key: Ed25519PublicKey, predicate_type: str) -> dict[str, Any]:
     """Verify `envelope` under `public_key` and return the statement's predicate.
 
-    Checks, in order: a signature with the key's keyid exists, names a
-    supported alg and verifies over PAE; the payload type; then parses only
-    the verified bytes (which must be canonical JSON) and checks the statement
-    type and `predicate_type`. VerificationError with one precise message per
-    failed check.
+    Checks, in order: some signature verifies over PAE under `public_key`
+    (those carrying the key's keyid first; as DSSE makes keyid an optional,
+    unauthenticated hint, the others are tried too); the payload type; then
+    parses only the verified bytes (which must be canonical JSON) and checks
+    the statement type and `predicate_type`. VerificationError with one
+    precise message per failed check.
     """
     keyid = keyid_of(public_key)
-    candidates = [s for s in envelope.signatures if s.keyid == keyid]
-    if not candidates:
+    if not signed_by(envelope, public_key):
+        if any(s.keyid == keyid for s in envelope.signatures):
+            raise VerificationError(
+                f"signature by {keyid} does not verify; the envelope was altered or signed by another key")
         raise VerificationError(f"envelope carries no signature by {keyid}; it must be signed by the expected key")
-    for s in candidates:
-        if s.alg != ALG_ED25519:
-            raise VerificationError(f"signature by {keyid} uses algorithm {s.alg!r}; only {ALG_ED25519} is supported")
-    data = pae(envelope.payload_type, envelope.payload)
-    for s in candidates:
-        try:
-            public_key.verify(s.sig, data)
-            break
-        except InvalidSignature:
-            continue
-    else:
-        raise VerificationError(f"signature by {keyid} does not verify; the envelope was altered or signed by another key")
     if envelope.payload_type != PAYLOAD_TYPE:
         raise VerificationError(f"expected payload type {PAYLOAD_TYPE}, got {envelope.payload_type!r}")
     payload = envelope.payload

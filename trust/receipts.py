@@ -22,7 +22,7 @@ from fedtrust.errors import InvalidInput, VerificationError
 from fedtrust.trust.canonical import Fields, canonical, sha256_hex
 from fedtrust.trust.contracts import Contract
 from fedtrust.trust.credentials import signing_public_key
-from fedtrust.trust.dsse import Envelope, Signer, keyid_of, load_json, verify_object
+from fedtrust.trust.dsse import Envelope, Signer, keyid_of, load_json, signed_by, verify_object
 
 __all__ = [
     "ATTESTATION_TYPE", "STATEMENT_TYPE", "ACK_TYPE", "GENESIS", "EPS_PLACES",
@@ -303,8 +303,9 @@ def verify_attestation(
 
     Optional `contract_digest` / `job_digest` are compared when given.
     """
-    keyids = {s.keyid for s in envelope.signatures}
-    signer = next((h for h in contract.owners if keyid_of(signing_public_key(h.credential)) in keyids), None)
+    keyids = {s.keyid for s in envelope.signatures}  # a hint only; an owner whose key verifies counts too
+    signer = next((h for h in contract.owners if signed_by(envelope, signing_public_key(h.credential))), None) or next(
+        (h for h in contract.owners if keyid_of(signing_public_key(h.credential)) in keyids), None)
     if signer is None:
         raise VerificationError("attestation carries no signature by an owner of the contract; only owners attest")
     att = verify_object(envelope, signing_public_key(signer.credential), ATTESTATION_TYPE, Attestation.from_dict,
