@@ -6,7 +6,7 @@ from typing import Callable, Iterator
 
 import grpc
 
-from fedtrust.errors import InvalidInput
+from fedtrust.errors import InvalidInput, VerificationError
 from fedtrust.privacy.he import MAX_CIPHERTEXT_BYTES
 from fedtrust.transport.chunks import split
 from fedtrust.transport.server import secure_channel
@@ -14,7 +14,10 @@ from fedtrust.transport.status import error_from_rpc
 from fedtrust.transport.tls import TlsMaterial
 from fedtrust.v1 import coordinator_pb2, coordinator_pb2_grpc
 
-MAX_AGGREGATE_CIPHERTEXTS = 16
+#: a query's vector never needs more ciphertexts than this per node (16 × 8192 slots)
+MAX_CIPHERTEXTS_PER_NODE = 16
+#: default cap on relayed participants when the caller does not know the job's (a receipt holds at most 1024)
+MAX_RELAYED_NODES = 1024
 
 
 @dataclass(frozen=True)
@@ -28,7 +31,8 @@ class ProgressEvent:
 @dataclass(frozen=True)
 class JobOutcome:
     receipt: bytes
-    aggregate: tuple[bytes, ...]
+    #: what the coordinator relayed, as it arrived: (node, ciphertexts) in stream order; checked by the caller
+    relayed: tuple[tuple[str, tuple[bytes, ...]], ...]
 
 
 @dataclass(frozen=True)
@@ -95,8 +99,16 @@ def _collect_training(events: Iterator, on_round: OnRound | None, peer: str) -> 
     raise InvalidInput("the coordinator ended the stream without an outcome")
 
 
-def _collect(events: Iterator, on_progress: OnProgress | None, peer: str) -> JobOutcome:
+def _collect(events: Iterator, on_progress: OnProgress | None, peer: str,
+             max_nodes: int = MAX_RELAYED_NODES) -> JobOutcome:
+    """Read a query job's stream: progress, per node its ciphertext chunks then a RelayedRelease, the receipt.
+
+    Only sizes and counts are checked here (so a hostile coordinator cannot
+    make the buyer hold unbounded data); what the ciphertexts are worth is
+    checked against the nodes' attestations by `fedtrust.trust.verify.check_relayed`.
+    """
     data = bytearray()
+    relayed: list[tuple[str, tuple[bytes, ...]]] = []
     try:
         for ev in events:
             part = ev.WhichOneof("part")
@@ -106,17 +118,25 @@ def _collect(events: Iterator, on_progress: OnProgress | None, peer: str) -> Job
                     on_progress(ProgressEvent(p.stage, p.done, p.total, p.message))
             elif part == "ciphertext_chunk":
                 data += ev.ciphertext_chunk
-                if len(data) > MAX_AGGREGATE_CIPHERTEXTS * MAX_CIPHERTEXT_BYTES:
-                    raise InvalidInput("the coordinator sent more ciphertext bytes than any query needs")
-            elif part == "outcome":
-                sizes = list(ev.outcome.ciphertext_sizes)
-                if sum(sizes) != len(data):
-                    raise InvalidInput("the coordinator's ciphertext sizes do not match its data")
+                if len(data) > MAX_CIPHERTEXTS_PER_NODE * MAX_CIPHERTEXT_BYTES:
+                    raise InvalidInput("the coordinator relayed more ciphertext bytes for one node than any query needs")
+            elif part == "relayed":
+                sizes = list(ev.relayed.ciphertext_sizes)
+                if len(relayed) >= max_nodes:
+                    raise VerificationError(f"the coordinator relayed outputs of more nodes than the job's {max_nodes} "
+                                            "participants (a duplicated or extra node); refusing the result")
+                if not sizes or len(sizes) > MAX_CIPHERTEXTS_PER_NODE or sum(sizes) != len(data):
+                    raise InvalidInput("the coordinator's relayed ciphertext sizes do not match its data")
                 cts, pos = [], 0
                 for s in sizes:
                     cts.append(bytes(data[pos:pos + s]))
                     pos += s
-                return JobOutcome(bytes(ev.outcome.receipt), tuple(cts))
+                relayed.append((ev.relayed.node, tuple(cts)))
+                data = bytearray()
+            elif part == "outcome":
+                if data:
+                    raise InvalidInput("the coordinator sent ciphertext chunks that no relayed release claims")
+                return JobOutcome(bytes(ev.outcome.receipt), tuple(relayed))
     except grpc.RpcError as e:
         raise error_from_rpc(e, peer) from None
     raise InvalidInput("the coordinator ended the stream without an outcome")
@@ -131,7 +151,8 @@ class CoordinatorClient:
     def _stub(self, channel):
         return coordinator_pb2_grpc.CoordinatorServiceStub(channel)
 
-    def submit_query(self, job: bytes, contract: bytes, context: bytes, on_progress: OnProgress | None = None) -> JobOutcome:
+    def submit_query(self, job: bytes, contract: bytes, context: bytes, on_progress: OnProgress | None = None,
+                     max_nodes: int = MAX_RELAYED_NODES) -> JobOutcome:
         def requests():
             yield coordinator_pb2.SubmitRequest(header=coordinator_pb2.SubmitHeader(
                 job_envelope=job, contract_envelope=contract, he_context_size=len(context)))
@@ -140,7 +161,7 @@ class CoordinatorClient:
 
         with secure_channel(self.address, self.tls) as ch:
             return _collect(self._stub(ch).SubmitQuery(requests(), timeout=self.timeout), on_progress,
-                            f"coordinator at {self.address}")
+                            f"coordinator at {self.address}", max_nodes)
 
     def submit_training(self, job: bytes, contract: bytes, on_round: OnRound | None = None) -> TrainingOutcome:
         with secure_channel(self.address, self.tls) as ch:
@@ -156,10 +177,10 @@ class CoordinatorClient:
                                                                timeout=self.timeout),
                                      None, f"coordinator at {self.address}")
 
-    def fetch_result(self, job_id: str) -> JobOutcome:
+    def fetch_result(self, job_id: str, max_nodes: int = MAX_RELAYED_NODES) -> JobOutcome:
         with secure_channel(self.address, self.tls) as ch:
             return _collect(self._stub(ch).FetchResult(coordinator_pb2.JobRef(job_id=job_id), timeout=self.timeout),
-                            None, f"coordinator at {self.address}")
+                            None, f"coordinator at {self.address}", max_nodes)
 
     def job_status(self, job_id: str) -> JobState:
         with secure_channel(self.address, self.tls) as ch:

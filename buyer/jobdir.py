@@ -23,6 +23,11 @@ class JobFiles:
         return self.root / "he-secret.bin"
 
     @property
+    def public(self) -> Path:
+        """The public HE context the job names (the buyer adds the relayed ciphertexts under it)."""
+        return self.root / "he-public.bin"
+
+    @property
     def job(self) -> Path:
         return self.root / "job.json"
 
@@ -42,17 +47,26 @@ class JobFiles:
     def receipt(self) -> Path:
         return self.root / "receipt.json"
 
-    def create(self, secret: bytes, job: bytes, contract: bytes, meta: dict) -> None:
+    def create(self, secret: bytes, job: bytes, contract: bytes, meta: dict, public: bytes | None = None) -> None:
         self.root.mkdir(parents=True, exist_ok=False, mode=0o700)
         fd = os.open(self.secret, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as f:
             f.write(secret)
+        if public is not None:
+            self.public.write_bytes(public)
         self.job.write_bytes(job)
         self.contract.write_bytes(contract)
         self.meta.write_text(json.dumps(meta, indent=2))
 
     def read_meta(self) -> dict:
         return json.loads(self.meta.read_text())
+
+    def read_public(self) -> bytes:
+        try:
+            return self.public.read_bytes()
+        except FileNotFoundError:
+            raise ConfigError(f"job folder {self.root} has no public HE context (he-public.bin); it was made by an "
+                              "older fedtrust, so its result cannot be checked: submit the query again") from None
 
 
 def jobs_root(credentials: Path) -> Path:

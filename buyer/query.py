@@ -2,9 +2,19 @@
 
 The SQL is checked against the contract here first for fast, clear refusals
 (nodes check again: the buyer is not trusted). The BFV key pair is made per
-job; the secret part stays in the job's folder so `fedtrust job result` can
-decrypt again. The receipt is verified before anything is decrypted, so a
-coordinator cannot hand over an aggregate that the nodes did not attest.
+job; both parts stay in the job's folder so `fedtrust job result` can check
+and decrypt again.
+
+The coordinator is not trusted either: it relays every participant's
+ciphertexts and the receipt. Before anything is decrypted, `finish` verifies
+the receipt (every attestation is signed by its node for this job and
+contract, all participants exactly once, the coordinator's statement names
+exactly the attested outputs), checks that each node's relayed ciphertexts
+hash to the outputs that node signed, and adds them itself in an isolated
+worker. Only then does it decrypt, write the result and sign the
+acknowledgement; any failed check raises `VerificationError` and nothing is
+written or signed. Seeing each node's ciphertext reveals nothing more than
+the sum: under the pairwise masks one node's vector decrypts to uniform noise.
 """
 from __future__ import annotations
 
@@ -16,7 +26,7 @@ from pathlib import Path
 
 from fedtrust.buyer.client import CoordinatorClient, JobOutcome, OnProgress
 from fedtrust.buyer.jobdir import JobFiles, jobs_root, open_job
-from fedtrust.errors import ConfigError, VerificationError
+from fedtrust.errors import ConfigError, InvalidInput, VerificationError
 from fedtrust.privacy import he
 from fedtrust.privacy.dp import noise_plan
 from fedtrust.query.decode import ResultTable, decode
@@ -30,7 +40,7 @@ from fedtrust.trust.credentials import Identity
 from fedtrust.trust.dsse import Envelope
 from fedtrust.trust.jobs import JobSpec, sign_job
 from fedtrust.trust.receipts import Acknowledgement, ReceiptBundle, result_digest, sign_acknowledgement
-from fedtrust.trust.verify import VerifiedReceipt, verify_bundle
+from fedtrust.trust.verify import VerifiedReceipt, check_relayed, verify_bundle
 
 JOB_TTL = timedelta(hours=1)
 
@@ -80,9 +90,11 @@ def submit_query(identity: Identity, credentials_dir: Path, contract_path: Path,
     job_env = sign_job(job, identity.signer)
     files = JobFiles(jobs_root(credentials_dir) / job.job_id)
     files.create(keys.secret_bytes, job_env.to_json(), contract_raw,
-                 {"job_id": job.job_id, "coordinator": coordinator, "sql": sql, "submitted_at": utc_now()})
+                 {"job_id": job.job_id, "coordinator": coordinator, "sql": sql, "submitted_at": utc_now()},
+                 public=keys.public_bytes)
     client = CoordinatorClient(coordinator, tls_of(identity), timeout)
-    outcome = client.submit_query(job_env.to_json(), contract_raw, keys.public_bytes, on_progress)
+    outcome = client.submit_query(job_env.to_json(), contract_raw, keys.public_bytes, on_progress,
+                                  max_nodes=len(job.participants))
     return finish(identity, files, contract, plan, outcome)
 
 
@@ -91,7 +103,8 @@ def fetch_again(identity: Identity, credentials_dir: Path, job_id: str, coordina
     meta = files.read_meta()
     contract, _ = load_contract(identity, files.contract)
     plan = plan_for(contract, meta["sql"])
-    outcome = CoordinatorClient(coordinator or meta["coordinator"], tls_of(identity)).fetch_result(job_id)
+    outcome = CoordinatorClient(coordinator or meta["coordinator"], tls_of(identity)).fetch_result(
+        job_id, max_nodes=len(contract.owners))
     return finish(identity, files, contract, plan, outcome)
 
 
@@ -99,9 +112,16 @@ def finish(identity: Identity, files: JobFiles, contract: Contract, plan: QueryP
     bundle = ReceiptBundle.from_json(outcome.receipt)
     if bundle.job.digest != Envelope.from_json(files.job.read_bytes()).digest:
         raise VerificationError("the coordinator returned a receipt for another job")
-    verified = verify_bundle(bundle, identity.exchange_key, aggregate=outcome.aggregate)
+    verified = verify_bundle(bundle, identity.exchange_key)
+    per_node = check_relayed(verified, outcome.relayed)
     layout = Layout.from_plan(plan, contract.owners[0].product.schema)
-    summed = he.decrypt(files.secret.read_bytes(), list(outcome.aggregate), layout.length)
+    # the buyer adds the nodes' own releases itself (parsed in a worker: they crossed the network)
+    public = files.read_public()
+    try:
+        total = he.add_isolated(public, verified.job.he, per_node, layout.length)
+    except InvalidInput as e:
+        raise VerificationError(f"the relayed ciphertexts cannot be added: {e}; refusing the result") from None
+    summed = he.decrypt(files.secret.read_bytes(), total, layout.length)
     privacy, noisy, noise = contract.rules.privacy, None, None
     if privacy is None:
         table = decode(plan, layout, contract.owners[0].product.schema, summed)

@@ -17,11 +17,13 @@ def _events(events):
             yield coordinator_pb2.JobEvent(progress=common_pb2.Progress(
                 stage=ev.stage, done=ev.done, total=ev.total, message=ev.message))
         elif isinstance(ev, Finished):
-            for ct in ev.aggregate:
-                for chunk in split(ct):
-                    yield coordinator_pb2.JobEvent(ciphertext_chunk=chunk)
-            yield coordinator_pb2.JobEvent(outcome=coordinator_pb2.Outcome(
-                receipt=ev.receipt, ciphertext_sizes=[len(c) for c in ev.aggregate]))
+            for rel in ev.relayed:
+                for ct in rel.ciphertexts:
+                    for chunk in split(ct):
+                        yield coordinator_pb2.JobEvent(ciphertext_chunk=chunk)
+                yield coordinator_pb2.JobEvent(relayed=coordinator_pb2.RelayedRelease(
+                    node=rel.node, ciphertext_sizes=[len(c) for c in rel.ciphertexts]))
+            yield coordinator_pb2.JobEvent(outcome=coordinator_pb2.Outcome(receipt=ev.receipt))
 
 
 def _training_events(events):
@@ -87,4 +89,4 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
             raise NotFound(f"job {rec.job_id} has no result (state: {rec.state}); see `fedtrust job status`")
         n = len(rec.participants)
         yield from _events([Progress("succeeded", n, n, "stored result"),
-                            Finished(rec.receipt or b"", tuple(self.runtime.store.aggregate(rec.job_id)))])
+                            Finished(rec.receipt or b"", self.runtime.store.relayed(rec.job_id))])

@@ -1,9 +1,14 @@
-"""The coordinator's domain logic: check, fan out, verify, add, sign.
+"""The coordinator's domain logic: check, fan out, verify, relay, sign.
 
-The coordinator holds no secret key: it adds the nodes' ciphertexts
-homomorphically and only ever sees their encrypted, pairwise-masked sum. It
-sends each job to exactly the participants the buyer signed; if any of them
-fails or times out the job fails (no partial aggregates) with the reason.
+The coordinator is a relay, not a source of truth. It holds no secret key and
+computes no aggregate: it sends each job to exactly the participants the
+buyer signed, checks each node's attestation against the ciphertexts that
+node sent (so a faulty node fails the job early, with its name), and relays
+every participant's ciphertexts with the receipt to the buyer, whose client
+checks them against the nodes' signatures, adds them and decrypts. Its
+signed statement names exactly what it relayed (per node: the attestation
+digest and the output digests). If any participant fails or times out the
+job fails (no partial results) with the reason.
 """
 from __future__ import annotations
 
@@ -16,16 +21,17 @@ from typing import Iterator, Union
 
 from fedtrust.config import CoordinatorConfig
 from fedtrust.coordinator.node_client import NodeRelease, run_query_on_node
-from fedtrust.coordinator.store import JobStore
+from fedtrust.coordinator.store import JobStore, Relayed
 from fedtrust.errors import ConfigError, Error, InvalidInput, JobFailed, PolicyViolation, VerificationError
-from fedtrust.privacy import he
 from fedtrust.transport.tls import TlsMaterial
 from fedtrust.trust.canonical import sha256_hex, utc_now
 from fedtrust.trust.contracts import Contract, verify_contract
 from fedtrust.trust.credentials import load_identity_as
 from fedtrust.trust.dsse import Envelope
 from fedtrust.trust.jobs import JobSpec, verify_job
-from fedtrust.trust.receipts import CoordinatorStatement, ReceiptBundle, sign_coordinator_statement, verify_attestation
+from fedtrust.trust.receipts import (
+    CoordinatorStatement, ReceiptBundle, RelayedOutputs, sign_coordinator_statement, verify_attestation,
+)
 
 log = logging.getLogger("fedtrust.coordinator")
 
@@ -41,7 +47,7 @@ class Progress:
 @dataclass(frozen=True)
 class Finished:
     receipt: bytes  # ReceiptBundle JSON, without the buyer's acknowledgement
-    aggregate: tuple[bytes, ...]
+    relayed: tuple[Relayed, ...]  # every participant's ciphertexts, in the job's participant order
 
 
 Event = Union[Progress, Finished]
@@ -94,7 +100,7 @@ class CoordinatorRuntime:
         total = len(job.participants)
         if done is not None:
             yield Progress("succeeded", total, total, "job already finished; returning the stored result")
-            yield Finished(done.receipt or b"", tuple(self.store.aggregate(job.job_id)))
+            yield Finished(done.receipt or b"", self.store.relayed(job.job_id))
             return
         try:
             yield Progress("dispatched", 0, total, f"sent to {total} nodes")
@@ -103,27 +109,29 @@ class CoordinatorRuntime:
                 yield event
             attestations = [self._check_release(contract, contract_env.digest, job_env.digest, releases[n])
                             for n in job.participants]
-            aggregate = he.add_isolated(context, job.he, [list(releases[n].ciphertexts) for n in job.participants])
+            relayed = tuple(Relayed(n, releases[n].ciphertexts) for n in job.participants)
             statement = sign_coordinator_statement(
                 CoordinatorStatement(
                     job_digest=job_env.digest,
                     contract_digest=contract_env.digest,
-                    aggregate_outputs=tuple(sha256_hex(c) for c in aggregate),
+                    aggregate_outputs=(),
                     attestations=tuple(a.digest for a in attestations),
                     completed_at=utc_now(),
+                    relayed=tuple(RelayedOutputs(r.node, a.digest, tuple(sha256_hex(c) for c in r.ciphertexts))
+                                  for r, a in zip(relayed, attestations)),
                 ),
                 self.identity.signer,
             )
             bundle = ReceiptBundle(contract_env, job_env, tuple(attestations), statement, None).to_json()
-            self.store.succeed(job.job_id, bundle, aggregate)
+            self.store.succeed(job.job_id, bundle, relayed)
         except Error as e:
             self.store.fail(job.job_id, str(e))
             raise
         except BaseException:
             self.store.fail(job.job_id, "internal error at the coordinator; see its log")
             raise
-        yield Progress("aggregated", total, total, "ciphertexts added; receipt signed")
-        yield Finished(bundle, tuple(aggregate))
+        yield Progress("relayed", total, total, "every node's ciphertexts relayed; receipt signed")
+        yield Finished(bundle, relayed)
 
     def _fan_out(self, contract, job, job_bytes, contract_bytes, context, releases) -> Iterator[Event]:
         results: queue.Queue = queue.Queue()

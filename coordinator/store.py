@@ -2,17 +2,20 @@
 
 It holds what the coordinator may know: the signed job, its state, the
 reason a job failed (naming a participant and a rule, never a value), the
-receipt bundle (digests and signatures only) and the aggregate ciphertexts,
-which only the buyer can decrypt. For a training job: the aggregate loss and
+receipt bundle (digests and signatures only) and every participant's relayed
+ciphertexts, so the buyer can fetch them again: they are encrypted under the
+buyer's key and pairwise-masked (one node's vector decrypts to uniform noise),
+so the coordinator learns nothing from them. For a training job: the aggregate loss and
 accuracy of each round (means over all participants) and the final model —
-the coordinator computes both from sums anyway. No single node's
-contribution is stored.
+the coordinator computes both from sums anyway. No plaintext value
+is stored.
 """
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 from fedtrust.errors import NotFound, ReplayError
 from fedtrust.sqlite import Database
@@ -44,13 +47,23 @@ CREATE TABLE IF NOT EXISTS models (
     job_id TEXT PRIMARY KEY REFERENCES jobs (job_id),
     data BLOB NOT NULL
 );
-CREATE TABLE IF NOT EXISTS aggregates (
+CREATE TABLE IF NOT EXISTS relayed (
     job_id TEXT NOT NULL REFERENCES jobs (job_id),
+    position INTEGER NOT NULL,
+    node TEXT NOT NULL,
     idx INTEGER NOT NULL,
     data BLOB NOT NULL,
-    PRIMARY KEY (job_id, idx)
+    PRIMARY KEY (job_id, position, idx)
 );
 """
+
+
+@dataclass(frozen=True)
+class Relayed:
+    """One participant's ciphertexts, as the node released them (encrypted and pairwise-masked)."""
+
+    node: str
+    ciphertexts: tuple[bytes, ...]
 
 
 @dataclass(frozen=True)
@@ -100,7 +113,7 @@ class JobStore:
                     return _record(row)
                 if row["state"] == "running":
                     raise ReplayError("this job is already running; follow it with `fedtrust job status`")
-                con.execute("DELETE FROM aggregates WHERE job_id = ?", (job_id,))
+                con.execute("DELETE FROM relayed WHERE job_id = ?", (job_id,))
                 con.execute("DELETE FROM training_rounds WHERE job_id = ?", (job_id,))
                 con.execute("DELETE FROM models WHERE job_id = ?", (job_id,))
                 con.execute("UPDATE jobs SET state='running', error='', receipt=NULL, updated_at=? WHERE job_id=?",
@@ -118,11 +131,13 @@ class JobStore:
             con.execute("UPDATE jobs SET state='failed', error=?, updated_at=? WHERE job_id=?",
                         (reason, utc_now(), job_id))
 
-    def succeed(self, job_id: str, receipt: bytes, aggregate: list[bytes]) -> None:
+    def succeed(self, job_id: str, receipt: bytes, relayed: Sequence[Relayed]) -> None:
+        """A query job's receipt and the releases it relayed, in participant order."""
         with self.db.write() as con:
-            con.execute("DELETE FROM aggregates WHERE job_id = ?", (job_id,))
-            con.executemany("INSERT INTO aggregates (job_id, idx, data) VALUES (?,?,?)",
-                            [(job_id, i, a) for i, a in enumerate(aggregate)])
+            con.execute("DELETE FROM relayed WHERE job_id = ?", (job_id,))
+            con.executemany("INSERT INTO relayed (job_id, position, node, idx, data) VALUES (?,?,?,?,?)",
+                            [(job_id, p, r.node, i, c) for p, r in enumerate(relayed)
+                             for i, c in enumerate(r.ciphertexts)])
             con.execute("UPDATE jobs SET state='succeeded', receipt=?, updated_at=? WHERE job_id=?",
                         (receipt, utc_now(), job_id))
 
@@ -165,9 +180,14 @@ class JobStore:
             raise NotFound(f"no job {job_id!r} at this coordinator; check the job id")
         return _record(row)
 
-    def aggregate(self, job_id: str) -> list[bytes]:
-        rows = self.db.read().execute("SELECT data FROM aggregates WHERE job_id = ? ORDER BY idx", (job_id,))
-        return [bytes(r[0]) for r in rows]
+    def relayed(self, job_id: str) -> tuple[Relayed, ...]:
+        """The relayed releases of a finished query job, in participant order."""
+        rows = self.db.read().execute(
+            "SELECT position, node, data FROM relayed WHERE job_id = ? ORDER BY position, idx", (job_id,))
+        out: dict[int, tuple[str, list[bytes]]] = {}
+        for r in rows:
+            out.setdefault(r["position"], (r["node"], []))[1].append(bytes(r["data"]))
+        return tuple(Relayed(node, tuple(cts)) for _, (node, cts) in sorted(out.items()))
 
 
 def _record(row) -> JobRecord:

@@ -1,7 +1,9 @@
 """`fedtrust exchange verify`: check a receipt offline, then record it in the exchange's log.
 
 On top of `fedtrust.trust.verify.verify_bundle` (signatures, participants,
-contract validity and rules, digests), the exchange checks what needs its
+contract validity and rules, digests; for a query, that the coordinator's
+statement names exactly each participant's attestation and the outputs it
+signed, and no aggregate of its own), the exchange checks what needs its
 records: that the contract is one it issued, that no other receipt for the
 same job id or nonce was recorded (replay), that every node's budget chain
 links to the entries already recorded for this contract (sequence, previous
@@ -129,7 +131,8 @@ def _summary(v: VerifiedReceipt, result_checked: bool, again: bool) -> str:
     parts = [
         f"VALID: job {v.job.job_id} under contract {v.contract_digest[:12]}…",
         f"{len(v.attestations)} owners attested ({', '.join(a.node for a in v.attestations)})",
-        f"coordinator {v.contract.coordinator.name} signed the aggregate",
+        f"coordinator {v.contract.coordinator.name} relayed exactly the owners' attested outputs "
+        "(the buyer added them itself)",
         "buyer acknowledged delivery" + (" and the result matches" if result_checked else ""),
         ("ε spent per owner: " + ", ".join(f"{a.node} {a.epsilon}" for a in v.attestations)) if eps
         else "no differential privacy (exact aggregates under the contract's rules)",

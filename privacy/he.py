@@ -7,9 +7,12 @@ Role
   `HeParams.context_digest` that the buyer signs into the job spec.
 - Each node encrypts its *masked* integer vector under that public context
   (`encrypt_isolated`).
-- The coordinator adds the nodes' ciphertexts slot-wise (`add_isolated`);
-  it holds no secret key.
-- The buyer decrypts the sum (`decrypt`); the pairwise masks cancel there.
+- The coordinator relays every node's ciphertexts unchanged; it holds no
+  secret key and adds nothing.
+- The buyer checks each node's ciphertexts against that node's signed
+  digests, adds them slot-wise itself (`add_isolated`: they crossed the
+  network, so they are parsed in a worker) and decrypts the sum (`decrypt`);
+  the pairwise masks cancel there.
 
 Security reasoning
 ------------------

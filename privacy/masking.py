@@ -3,10 +3,11 @@
 Role
 ----
 Before a node encrypts its vector for a job, it adds
-``pairwise_mask(...)`` to it (mod t). The coordinator adds every node's
-ciphertext; the buyer decrypts the sum, in which all masks cancel. A single
-node's ciphertext, even decrypted by a buyer colluding with the coordinator,
-shows only uniform noise.
+``pairwise_mask(...)`` to it (mod t). For a query the coordinator relays
+every node's ciphertext to the buyer, who adds them and decrypts the sum, in
+which all masks cancel. A single node's ciphertext, decrypted by the buyer
+(who receives each one) or by a buyer colluding with the coordinator, shows
+only uniform noise.
 
 Security reasoning
 ------------------

@@ -105,7 +105,8 @@ def test_exchange_flags_a_double_spend_at_one_chain_position(tmp_path):
             env = sign_attestation(att, ids["bank-a"].signer)
         atts.append(env)
     st = verify_statement_of_coordinator(second.statement, contract)
-    st = replace(st, attestations=tuple(e.digest for e in atts))
+    st = replace(st, attestations=tuple(e.digest for e in atts),
+                 relayed=tuple(replace(r, attestation=e.digest) for r, e in zip(st.relayed, atts)))
     statement = sign_coordinator_statement(st, ids["coord"].signer)
     ack = sign_acknowledgement(verify_acknowledgement(second.acknowledgement, contract), ids["analyst"].signer)
     forged = ReceiptBundle(second.contract, second.job, tuple(atts), statement, ack)

@@ -84,6 +84,37 @@ def test_receipt_verifies_at_the_exchange_once(federation, tmp_path):
         verify_receipt_file(federation.exchange_dir, receipt, result)
 
 
+def test_the_exchange_refuses_a_statement_that_names_other_outputs_than_the_nodes_signed(federation, tmp_path):
+    """Even with the buyer colluding (acknowledging anything), the exchange records no receipt whose coordinator
+    statement names an aggregate of its own or outputs other than the attested ones."""
+    from dataclasses import replace
+
+    from fedtrust.trust.canonical import sha256_hex
+    from fedtrust.trust.receipts import ReceiptBundle, sign_coordinator_statement
+
+    res = ask(federation, GROUPED)
+    coord = load_identity(federation.root / "credentials" / "coord")
+    st = res.verified.statement
+    forged_outputs = (replace(st.relayed[0], outputs=(sha256_hex(b"forged"),)),) + st.relayed[1:]
+    cases = [
+        (dict(aggregate_outputs=(sha256_hex(b"my sum"),), relayed=None), "does not name the outputs it relayed"),
+        (dict(aggregate_outputs=(sha256_hex(b"my sum"),)), "names an aggregate of its own"),
+        (dict(relayed=forged_outputs), "names outputs for node bank-a other than those the node signed"),
+        (dict(relayed=st.relayed[1:]), "other than exactly the job's participants"),
+    ]
+    for changes, message in cases:
+        b = res.receipt
+        forged = ReceiptBundle(b.contract, b.job, b.attestations,
+                               sign_coordinator_statement(replace(st, **changes), coord.signer), b.acknowledgement)
+        path = tmp_path / "forged.json"
+        path.write_bytes(forged.to_json())
+        with pytest.raises(VerificationError, match=message):
+            verify_receipt_file(federation.exchange_dir, path)
+    honest = tmp_path / "honest.json"
+    honest.write_bytes(res.receipt.to_json())
+    assert "relayed exactly the owners' attested outputs" in verify_receipt_file(federation.exchange_dir, honest).summary
+
+
 def test_fetching_again_decrypts_the_same_result_and_a_second_receipt_is_a_replay(federation, tmp_path):
     res = ask(federation, STATS)
     buyer = load_identity(federation.buyer_dir)

@@ -280,8 +280,9 @@ def test_query_cap_refuses_and_debits_nothing(tmp_path):
         assert ledger_size(fed, "bank-a") == 2
 
 
-def test_nothing_per_node_reaches_the_coordinators_store_or_log(federation, caplog):
-    """The coordinator keeps the aggregate and digests; no node's ciphertext, and no value, is stored or logged."""
+def test_the_coordinator_keeps_only_relayed_ciphertexts_and_no_value_in_its_store_or_log(federation, caplog):
+    """The coordinator keeps digests and the nodes' masked, encrypted releases it relayed (so the buyer can fetch
+    them again); it computes no aggregate, and no value is stored or logged."""
     import logging
 
     caplog.set_level(logging.DEBUG)
@@ -293,10 +294,11 @@ def test_nothing_per_node_reaches_the_coordinators_store_or_log(federation, capl
                 for n in federation.nodes]
     state = federation.coordinator.runtime.config.state
     stored = b"".join(p.read_bytes() for p in state.iterdir() if p.is_file())
-    for rel in releases:
+    relayed = dict(outcome.relayed)
+    for node, rel in zip(federation.nodes, releases):
+        assert relayed[node] == tuple(rel.outputs)  # relayed unchanged: exactly what the node released
         for ct in rel.outputs:
-            assert ct[1000:1064] not in stored  # no node's ciphertext, even encrypted and masked
-    assert outcome.aggregate[0][1000:1064] in stored  # the aggregate is what it keeps
+            assert ct[1000:1064] in stored  # kept encrypted and masked, for `fedtrust job result`
     values = {str(v) for row in ask_rows(keys, outcome, federation) for v in row}
     logged = caplog.text
     assert not any(v in logged for v in values if len(v) > 3)
@@ -307,9 +309,10 @@ def ask_rows(keys, outcome, fed):
     from fedtrust.query.decode import decode
     from fedtrust.query.layout import Layout
     from fedtrust.trust.receipts import ReceiptBundle
-    from fedtrust.trust.verify import verify_bundle
+    from fedtrust.trust.verify import check_relayed, verify_bundle
 
     v = verify_bundle(ReceiptBundle.from_json(outcome.receipt), identity(fed, "analyst").exchange_key)
     plan = plan_for(v.contract, v.job.sql)
     layout = Layout.from_plan(plan, v.contract.schema)
-    return decode(plan, layout, v.contract.schema, he.decrypt(keys.secret_bytes, list(outcome.aggregate))).rows
+    total = he.add_isolated(keys.public_bytes, v.job.he, check_relayed(v, outcome.relayed), layout.length)
+    return decode(plan, layout, v.contract.schema, he.decrypt(keys.secret_bytes, total)).rows

@@ -25,12 +25,13 @@ from fedtrust.trust.dsse import Envelope, Signature, Signer, keyid_of, pae, veri
 from fedtrust.trust.jobs import JobSpec, new_nonce, sign_job, verify_job
 from fedtrust.trust.products import Product, sign_product, verify_product
 from fedtrust.trust.receipts import (
-    GENESIS, Acknowledgement, Attestation, ChainEntry, CoordinatorStatement, ReceiptBundle, fmt_eps,
+    GENESIS, Acknowledgement, Attestation, ChainEntry, CoordinatorStatement, ReceiptBundle, RelayedOutputs, fmt_eps,
     next_chain_entry, parse_eps, result_digest, sign_acknowledgement, sign_attestation,
     sign_coordinator_statement, verify_acknowledgement, verify_attestation, verify_statement_of_coordinator,
 )
 from fedtrust.trust.rules import QueryRules, Rules
 from fedtrust.trust.schema import Column, Schema
+from fedtrust.trust.verify import check_relayed, verify_bundle
 
 NOT_VERIFY = r"signature by ed25519:[0-9a-f]{64} does not verify"
 D = "ab" * 32  # a well-formed digest
@@ -65,11 +66,11 @@ class World:
                                HeParams(context_digest=D))
         self.job_env = sign_job(self.job, self.signers["buyer-1"])
         self.att_envs = {n: sign_attestation(self.attestation(n), self.signers[n]) for n in ("node-a", "node-b")}
-        self.statement_env = sign_coordinator_statement(
-            CoordinatorStatement(self.job_env.digest, self.contract_env.digest, (D,),
-                                 tuple(self.att_envs[n].digest for n in ("node-a", "node-b")), utc_now()),
-            self.signers["coord-1"],
-        )
+        self.statement = CoordinatorStatement(
+            self.job_env.digest, self.contract_env.digest, (),
+            tuple(self.att_envs[n].digest for n in ("node-a", "node-b")), utc_now(),
+            relayed=tuple(RelayedOutputs(n, self.att_envs[n].digest, (D, D)) for n in ("node-a", "node-b")))
+        self.statement_env = sign_coordinator_statement(self.statement, self.signers["coord-1"])
         self.ack_env = sign_acknowledgement(
             Acknowledgement(self.job_env.digest, result_digest("salt", ["n"], [[3]]), utc_now()), self.signers["buyer-1"]
         )
@@ -448,6 +449,55 @@ def test_job_and_receipt_round_trip(w):
     assert ReceiptBundle.from_json(bundle.to_json()) == bundle
     assert ReceiptBundle.from_json(replace(bundle, acknowledgement=None).to_json()).acknowledgement is None
     assert bundle.digest == sha256_hex(bundle.to_json())
+
+
+def _bundle_with(w, **statement_changes) -> ReceiptBundle:
+    st = sign_coordinator_statement(replace(w.statement, **statement_changes), w.signers["coord-1"])
+    return ReceiptBundle(w.contract_env, w.job_env, tuple(w.att_envs.values()), st, w.ack_env)
+
+
+def test_a_query_statement_names_exactly_the_attested_outputs(w):
+    v = verify_bundle(_bundle_with(w), w.exchange.public_key)
+    assert [r.node for r in v.statement.relayed] == ["node-a", "node-b"]
+    a, b = w.statement.relayed
+    cases = [
+        (dict(relayed=None), "does not name the outputs it relayed"),
+        (dict(aggregate_outputs=(D,)), "names an aggregate of its own"),
+        (dict(relayed=(a,)), "other than exactly the job's participants"),
+        (dict(relayed=(b, a)), "other than exactly the job's participants, in order"),
+        (dict(relayed=(a, a)), "other than exactly the job's participants, in order"),
+        (dict(relayed=(a, replace(b, outputs=(D, "cd" * 32)))), "outputs for node node-b other than those the node signed"),
+        (dict(relayed=(a, replace(b, outputs=(D,)))), "outputs for node node-b other than those the node signed"),
+        (dict(relayed=(replace(a, attestation="cd" * 32), b)), "outputs for node node-a other than those"),
+    ]
+    for changes, message in cases:
+        with pytest.raises(VerificationError, match=message):
+            verify_bundle(_bundle_with(w, **changes), w.exchange.public_key)
+
+
+def test_check_relayed_ties_each_ciphertext_to_its_nodes_signature(w):
+    # the World's attestations name D twice, which is no real ciphertext's digest: sign ones that are
+    cts = {n: (n.encode() + b"-0", n.encode() + b"-1") for n in ("node-a", "node-b")}
+    atts = {n: sign_attestation(replace(w.attestation(n), outputs=tuple(sha256_hex(c) for c in cts[n])), w.signers[n])
+            for n in cts}
+    relayed = tuple(RelayedOutputs(n, atts[n].digest, tuple(sha256_hex(c) for c in cts[n])) for n in cts)
+    st = sign_coordinator_statement(replace(w.statement, attestations=tuple(e.digest for e in atts.values()),
+                                            relayed=relayed), w.signers["coord-1"])
+    v = verify_bundle(ReceiptBundle(w.contract_env, w.job_env, tuple(atts.values()), st, None), w.exchange.public_key)
+    assert check_relayed(v, [("node-b", cts["node-b"]), ("node-a", cts["node-a"])]) == [
+        list(cts["node-a"]), list(cts["node-b"])]
+    cases = [
+        ([("node-a", cts["node-a"])], "relayed no outputs of participant node-b"),
+        ([("node-a", cts["node-a"]), ("node-a", cts["node-a"]), ("node-b", cts["node-b"])], "node-a twice"),
+        ([("node-a", cts["node-a"]), ("node-b", cts["node-b"]), ("node-c", cts["node-b"])], "not a participant"),
+        ([("node-a", cts["node-b"]), ("node-b", cts["node-a"])], "relayed for node node-a do not match"),
+        ([("node-a", cts["node-a"][::-1]), ("node-b", cts["node-b"])], "relayed for node node-a do not match"),
+        ([("node-a", cts["node-a"][:1]), ("node-b", cts["node-b"])], "relayed for node node-a do not match"),
+        ([("node-a", cts["node-a"]), ("node-b", (b"forged",) + cts["node-b"][1:])], "relayed for node node-b"),
+    ]
+    for received, message in cases:
+        with pytest.raises(VerificationError, match=message):
+            check_relayed(v, received)
 
 
 # --------------------------------------------------------------------------

@@ -2,8 +2,11 @@
 
 Each node signs an `Attestation` for what it released, with a budget chain
 entry (sequence number, previous attestation digest, cumulative ε) so double
-spending is provable. The coordinator signs a `CoordinatorStatement` over the
-aggregate outputs and all attestation digests; the buyer signs an
+spending is provable. The coordinator signs a `CoordinatorStatement` naming
+what it relayed: for a query, per participant the attestation digest and the
+output digests it forwarded to the buyer (it computes no aggregate; the buyer
+adds the relayed ciphertexts itself); for a training job, the model it
+delivered. The buyer signs an
 `Acknowledgement` with a salted digest of the result. A `ReceiptBundle`
 carries all envelopes to the exchange. Nothing here depends on one node's
 data: only digests, privacy spends planned from public bounds, and times.
@@ -27,14 +30,15 @@ from fedtrust.trust.dsse import Envelope, Signer, keyid_of, load_json, signed_by
 __all__ = [
     "ATTESTATION_TYPE", "STATEMENT_TYPE", "ACK_TYPE", "GENESIS", "EPS_PLACES",
     "fmt_eps", "parse_eps", "fmt_metric", "result_digest", "ledger_entry_digest",
-    "ChainEntry", "next_chain_entry", "Attestation", "RoundMetric", "TrainingSummary", "CoordinatorStatement",
+    "ChainEntry", "next_chain_entry", "Attestation", "RoundMetric", "TrainingSummary", "RelayedOutputs",
+    "CoordinatorStatement",
     "Acknowledgement", "ReceiptBundle",
     "sign_attestation", "verify_attestation", "sign_coordinator_statement", "verify_statement_of_coordinator",
     "sign_acknowledgement", "verify_acknowledgement",
 ]
 
 ATTESTATION_TYPE = "https://fedtrust.dev/Attestation/v1"
-STATEMENT_TYPE = "https://fedtrust.dev/CoordinatorStatement/v1"
+STATEMENT_TYPE = "https://fedtrust.dev/CoordinatorStatement/v2"
 ACK_TYPE = "https://fedtrust.dev/Acknowledgement/v1"
 #: `prev` of the first chain entry of a (node, contract) chain
 GENESIS = "0" * 64
@@ -242,13 +246,31 @@ class TrainingSummary:
 
 
 @dataclass(frozen=True)
+class RelayedOutputs:
+    """What the coordinator forwarded to the buyer for one participant of a query."""
+
+    node: str
+    attestation: str  # digest of the node's attestation envelope
+    outputs: tuple[str, ...]  # sha256 of each relayed ciphertext, in order
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"node": self.node, "attestation": self.attestation, "outputs": list(self.outputs)}
+
+    @classmethod
+    def from_dict(cls, d: object) -> RelayedOutputs:
+        f = Fields(d, "relayed outputs")
+        return cls(f.text("node"), f.digest("attestation"), f.digests("outputs"))
+
+
+@dataclass(frozen=True)
 class CoordinatorStatement:
     job_digest: str
     contract_digest: str
-    aggregate_outputs: tuple[str, ...]
-    attestations: tuple[str, ...]  # attestation envelope digests, sorted by node
+    aggregate_outputs: tuple[str, ...]  # training: the delivered model; queries: none (the buyer adds)
+    attestations: tuple[str, ...]  # attestation envelope digests, in the job's participant order
     completed_at: str
     training: TrainingSummary | None = None  # training jobs only (absent from query statements)
+    relayed: tuple[RelayedOutputs, ...] | None = None  # query jobs only: per participant, what was relayed
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -260,15 +282,18 @@ class CoordinatorStatement:
         }
         if self.training is not None:
             d["training"] = self.training.to_dict()
+        if self.relayed is not None:
+            d["relayed"] = [r.to_dict() for r in self.relayed]
         return d
 
     @classmethod
     def from_dict(cls, d: object) -> CoordinatorStatement:
         f = Fields(d, "coordinator statement")
         training = f.d.get("training")
+        relayed = None if f.d.get("relayed") is None else tuple(RelayedOutputs.from_dict(r) for r in f.items("relayed"))
         return cls(f.digest("job_digest"), f.digest("contract_digest"), f.digests("aggregate_outputs"),
                    f.digests("attestations"), f.time("completed_at"),
-                   None if training is None else TrainingSummary.from_dict(training))
+                   None if training is None else TrainingSummary.from_dict(training), relayed)
 
 
 @dataclass(frozen=True)

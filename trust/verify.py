@@ -9,9 +9,13 @@ adds the checks that need its store (replay, budget chain; see
 What a valid bundle proves: the contract was issued by the exchange; the
 buyer signed this job under it; every owner the job names released outputs
 for exactly this job, product and data commitment, running the software whose
-digest it names, and spent the privacy budget it states; the coordinator
-added exactly those releases into the aggregate whose digest it signed; and,
-with an acknowledgement, the buyer received the result with that digest.
+digest it names, and spent the privacy budget it states; for a query, the
+coordinator relayed to the buyer exactly those releases (its statement names,
+per participant, the attestation and the output digests that node signed, and
+nothing else), so the buyer's `check_relayed` can tie every ciphertext it adds
+to a node's signature; and, with an acknowledgement, the buyer received the
+result with that digest (it signs only after adding the checked ciphertexts
+itself).
 What it cannot prove: that a node used exactly its committed data or added
 its noise honestly — that rests on the node's software, named by digest.
 """
@@ -19,7 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Sequence
+from typing import Iterable, Sequence
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
@@ -105,6 +109,7 @@ def verify_bundle(
     if aggregate is not None and tuple(statement.aggregate_outputs) != tuple(sha256_hex(c) for c in aggregate):
         raise VerificationError("the aggregate received does not match the digest the coordinator signed")
     _check_training_statement(job, statement)
+    _check_query_statement(job, atts, digests, statement)
 
     ack = None
     if bundle.acknowledgement is not None:
@@ -116,6 +121,60 @@ def verify_bundle(
             "the receipt has no delivery acknowledgement from the buyer; `fedtrust query --receipt` writes one"
         )
     return VerifiedReceipt(contract, contract_digest, job, job_digest, atts, digests, statement, ack)
+
+
+def _check_query_statement(job: JobSpec, atts: Sequence[Attestation], digests: Sequence[str],
+                           statement: CoordinatorStatement) -> None:
+    """A query's statement names, per participant in order, the attestation and outputs it relayed: no more."""
+    if job.kind != "query":
+        if statement.relayed is not None:
+            raise VerificationError("the coordinator's statement lists relayed query outputs for a training job")
+        return
+    if statement.relayed is None:
+        raise VerificationError("the coordinator's statement for a query does not name the outputs it relayed")
+    if statement.aggregate_outputs:
+        raise VerificationError("the coordinator's statement for a query names an aggregate of its own; a coordinator "
+                                "relays the nodes' outputs and the buyer adds them")
+    if len(statement.relayed) != len(job.participants):
+        raise VerificationError("the coordinator's statement names relayed outputs for other than exactly the job's "
+                                "participants")
+    for r, att, digest in zip(statement.relayed, atts, digests):
+        if r.node != att.node:
+            raise VerificationError("the coordinator's statement names relayed outputs for other than exactly the "
+                                    "job's participants, in order")
+        if r.attestation != digest or tuple(r.outputs) != tuple(att.outputs):
+            raise VerificationError(f"the coordinator's statement names outputs for node {att.node} other than "
+                                    "those the node signed in its attestation")
+
+
+def check_relayed(v: VerifiedReceipt, received: Iterable[tuple[str, Sequence[bytes]]]) -> list[list[bytes]]:
+    """The relayed ciphertexts, per participant in the job's order, each checked against its node's attestation.
+
+    `received` is what the coordinator sent: (node, ciphertexts) pairs. Every
+    participant must appear exactly once, nobody else, and each node's
+    ciphertexts must hash to exactly the outputs it signed, so whatever the
+    buyer adds is the nodes' own releases for this job.
+    """
+    if v.job.kind != "query":
+        raise VerificationError("relayed ciphertexts belong to query jobs only")
+    got: dict[str, Sequence[bytes]] = {}
+    for node, cts in received:
+        if node not in v.job.participants:
+            raise VerificationError(f"the coordinator relayed outputs from {node!r}, who is not a participant of the "
+                                    "job; refusing the result")
+        if node in got:
+            raise VerificationError(f"the coordinator relayed outputs of node {node} twice; each participant "
+                                    "contributes exactly once, refusing the result")
+        got[node] = cts
+    missing = [n for n in v.job.participants if n not in got]
+    if missing:
+        raise VerificationError(f"the coordinator relayed no outputs of participant {missing[0]}; a sum without it "
+                                "is not the job's result, refusing it")
+    for att in v.attestations:
+        if tuple(sha256_hex(bytes(c)) for c in got[att.node]) != tuple(att.outputs):
+            raise VerificationError(f"the ciphertexts relayed for node {att.node} do not match the outputs it signed "
+                                    "in its attestation (forged, swapped or from another job); refusing the result")
+    return [[bytes(c) for c in got[n]] for n in v.job.participants]
 
 
 def _check_training_statement(job: JobSpec, statement: CoordinatorStatement) -> None:

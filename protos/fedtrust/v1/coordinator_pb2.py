@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from fedtrust.v1 import common_pb2 as fedtrust_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x66\x65\x64trust/v1/coordinator.proto\x12\x0b\x66\x65\x64trust.v1\x1a\x18\x66\x65\x64trust/v1/common.proto\"X\n\x0cSubmitHeader\x12\x14\n\x0cjob_envelope\x18\x01 \x01(\x0c\x12\x19\n\x11\x63ontract_envelope\x18\x02 \x01(\x0c\x12\x17\n\x0fhe_context_size\x18\x03 \x01(\x04\"`\n\rSubmitRequest\x12+\n\x06header\x18\x01 \x01(\x0b\x32\x19.fedtrust.v1.SubmitHeaderH\x00\x12\x1a\n\x10he_context_chunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"4\n\x07Outcome\x12\x0f\n\x07receipt\x18\x01 \x01(\x0c\x12\x18\n\x10\x63iphertext_sizes\x18\x02 \x03(\x04\"\x82\x01\n\x08JobEvent\x12)\n\x08progress\x18\x01 \x01(\x0b\x32\x15.fedtrust.v1.ProgressH\x00\x12\x1a\n\x10\x63iphertext_chunk\x18\x02 \x01(\x0cH\x00\x12\'\n\x07outcome\x18\x03 \x01(\x0b\x32\x14.fedtrust.v1.OutcomeH\x00\x42\x06\n\x04part\"\x18\n\x06JobRef\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\x90\x01\n\tJobStatus\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12\x17\n\x0f\x63ontract_digest\x18\x04 \x01(\t\x12\x14\n\x0cparticipants\x18\x05 \x03(\t\x12\x12\n\ncreated_at\x18\x06 \x01(\t\x12\x12\n\nupdated_at\x18\x07 \x01(\t\"E\n\x12TrainingSubmission\x12\x14\n\x0cjob_envelope\x18\x01 \x01(\x0c\x12\x19\n\x11\x63ontract_envelope\x18\x02 \x01(\x0c\"\xaf\x01\n\rRoundProgress\x12\r\n\x05stage\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\r\x12\x0e\n\x06rounds\x18\x03 \x01(\r\x12\r\n\x05phase\x18\x04 \x01(\t\x12\x0c\n\x04\x64one\x18\x05 \x01(\r\x12\r\n\x05total\x18\x06 \x01(\r\x12\x13\n\x0bhas_metrics\x18\x07 \x01(\x08\x12\x0c\n\x04loss\x18\x08 \x01(\x01\x12\x10\n\x08\x61\x63\x63uracy\x18\t \x01(\x01\x12\x0f\n\x07message\x18\n \x01(\t\"6\n\x0fTrainingOutcome\x12\x0f\n\x07receipt\x18\x01 \x01(\x0c\x12\x12\n\nmodel_size\x18\x02 \x01(\x04\"\x8f\x01\n\rTrainingEvent\x12.\n\x08progress\x18\x01 \x01(\x0b\x32\x1a.fedtrust.v1.RoundProgressH\x00\x12\x15\n\x0bmodel_chunk\x18\x02 \x01(\x0cH\x00\x12/\n\x07outcome\x18\x03 \x01(\x0b\x32\x1c.fedtrust.v1.TrainingOutcomeH\x00\x42\x06\n\x04part2\xe0\x02\n\x12\x43oordinatorService\x12\x44\n\x0bSubmitQuery\x12\x1a.fedtrust.v1.SubmitRequest\x1a\x15.fedtrust.v1.JobEvent(\x01\x30\x01\x12\x35\n\x06GetJob\x12\x13.fedtrust.v1.JobRef\x1a\x16.fedtrust.v1.JobStatus\x12;\n\x0b\x46\x65tchResult\x12\x13.fedtrust.v1.JobRef\x1a\x15.fedtrust.v1.JobEvent0\x01\x12O\n\x0eSubmitTraining\x12\x1f.fedtrust.v1.TrainingSubmission\x1a\x1a.fedtrust.v1.TrainingEvent0\x01\x12?\n\nFetchModel\x12\x13.fedtrust.v1.JobRef\x1a\x1a.fedtrust.v1.TrainingEvent0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x66\x65\x64trust/v1/coordinator.proto\x12\x0b\x66\x65\x64trust.v1\x1a\x18\x66\x65\x64trust/v1/common.proto\"X\n\x0cSubmitHeader\x12\x14\n\x0cjob_envelope\x18\x01 \x01(\x0c\x12\x19\n\x11\x63ontract_envelope\x18\x02 \x01(\x0c\x12\x17\n\x0fhe_context_size\x18\x03 \x01(\x04\"`\n\rSubmitRequest\x12+\n\x06header\x18\x01 \x01(\x0b\x32\x19.fedtrust.v1.SubmitHeaderH\x00\x12\x1a\n\x10he_context_chunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\" \n\x07Outcome\x12\x0f\n\x07receipt\x18\x01 \x01(\x0cJ\x04\x08\x02\x10\x03\"8\n\x0eRelayedRelease\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x18\n\x10\x63iphertext_sizes\x18\x02 \x03(\x04\"\xb2\x01\n\x08JobEvent\x12)\n\x08progress\x18\x01 \x01(\x0b\x32\x15.fedtrust.v1.ProgressH\x00\x12\x1a\n\x10\x63iphertext_chunk\x18\x02 \x01(\x0cH\x00\x12\'\n\x07outcome\x18\x03 \x01(\x0b\x32\x14.fedtrust.v1.OutcomeH\x00\x12.\n\x07relayed\x18\x04 \x01(\x0b\x32\x1b.fedtrust.v1.RelayedReleaseH\x00\x42\x06\n\x04part\"\x18\n\x06JobRef\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\x90\x01\n\tJobStatus\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12\x17\n\x0f\x63ontract_digest\x18\x04 \x01(\t\x12\x14\n\x0cparticipants\x18\x05 \x03(\t\x12\x12\n\ncreated_at\x18\x06 \x01(\t\x12\x12\n\nupdated_at\x18\x07 \x01(\t\"E\n\x12TrainingSubmission\x12\x14\n\x0cjob_envelope\x18\x01 \x01(\x0c\x12\x19\n\x11\x63ontract_envelope\x18\x02 \x01(\x0c\"\xaf\x01\n\rRoundProgress\x12\r\n\x05stage\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\r\x12\x0e\n\x06rounds\x18\x03 \x01(\r\x12\r\n\x05phase\x18\x04 \x01(\t\x12\x0c\n\x04\x64one\x18\x05 \x01(\r\x12\r\n\x05total\x18\x06 \x01(\r\x12\x13\n\x0bhas_metrics\x18\x07 \x01(\x08\x12\x0c\n\x04loss\x18\x08 \x01(\x01\x12\x10\n\x08\x61\x63\x63uracy\x18\t \x01(\x01\x12\x0f\n\x07message\x18\n \x01(\t\"6\n\x0fTrainingOutcome\x12\x0f\n\x07receipt\x18\x01 \x01(\x0c\x12\x12\n\nmodel_size\x18\x02 \x01(\x04\"\x8f\x01\n\rTrainingEvent\x12.\n\x08progress\x18\x01 \x01(\x0b\x32\x1a.fedtrust.v1.RoundProgressH\x00\x12\x15\n\x0bmodel_chunk\x18\x02 \x01(\x0cH\x00\x12/\n\x07outcome\x18\x03 \x01(\x0b\x32\x1c.fedtrust.v1.TrainingOutcomeH\x00\x42\x06\n\x04part2\xe0\x02\n\x12\x43oordinatorService\x12\x44\n\x0bSubmitQuery\x12\x1a.fedtrust.v1.SubmitRequest\x1a\x15.fedtrust.v1.JobEvent(\x01\x30\x01\x12\x35\n\x06GetJob\x12\x13.fedtrust.v1.JobRef\x1a\x16.fedtrust.v1.JobStatus\x12;\n\x0b\x46\x65tchResult\x12\x13.fedtrust.v1.JobRef\x1a\x15.fedtrust.v1.JobEvent0\x01\x12O\n\x0eSubmitTraining\x12\x1f.fedtrust.v1.TrainingSubmission\x1a\x1a.fedtrust.v1.TrainingEvent0\x01\x12?\n\nFetchModel\x12\x13.fedtrust.v1.JobRef\x1a\x1a.fedtrust.v1.TrainingEvent0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,21 +37,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SUBMITREQUEST']._serialized_start=162
   _globals['_SUBMITREQUEST']._serialized_end=258
   _globals['_OUTCOME']._serialized_start=260
-  _globals['_OUTCOME']._serialized_end=312
-  _globals['_JOBEVENT']._serialized_start=315
-  _globals['_JOBEVENT']._serialized_end=445
-  _globals['_JOBREF']._serialized_start=447
-  _globals['_JOBREF']._serialized_end=471
-  _globals['_JOBSTATUS']._serialized_start=474
-  _globals['_JOBSTATUS']._serialized_end=618
-  _globals['_TRAININGSUBMISSION']._serialized_start=620
-  _globals['_TRAININGSUBMISSION']._serialized_end=689
-  _globals['_ROUNDPROGRESS']._serialized_start=692
-  _globals['_ROUNDPROGRESS']._serialized_end=867
-  _globals['_TRAININGOUTCOME']._serialized_start=869
-  _globals['_TRAININGOUTCOME']._serialized_end=923
-  _globals['_TRAININGEVENT']._serialized_start=926
-  _globals['_TRAININGEVENT']._serialized_end=1069
-  _globals['_COORDINATORSERVICE']._serialized_start=1072
-  _globals['_COORDINATORSERVICE']._serialized_end=1424
+  _globals['_OUTCOME']._serialized_end=292
+  _globals['_RELAYEDRELEASE']._serialized_start=294
+  _globals['_RELAYEDRELEASE']._serialized_end=350
+  _globals['_JOBEVENT']._serialized_start=353
+  _globals['_JOBEVENT']._serialized_end=531
+  _globals['_JOBREF']._serialized_start=533
+  _globals['_JOBREF']._serialized_end=557
+  _globals['_JOBSTATUS']._serialized_start=560
+  _globals['_JOBSTATUS']._serialized_end=704
+  _globals['_TRAININGSUBMISSION']._serialized_start=706
+  _globals['_TRAININGSUBMISSION']._serialized_end=775
+  _globals['_ROUNDPROGRESS']._serialized_start=778
+  _globals['_ROUNDPROGRESS']._serialized_end=953
+  _globals['_TRAININGOUTCOME']._serialized_start=955
+  _globals['_TRAININGOUTCOME']._serialized_end=1009
+  _globals['_TRAININGEVENT']._serialized_start=1012
+  _globals['_TRAININGEVENT']._serialized_end=1155
+  _globals['_COORDINATORSERVICE']._serialized_start=1158
+  _globals['_COORDINATORSERVICE']._serialized_end=1510
 # @@protoc_insertion_point(module_scope)

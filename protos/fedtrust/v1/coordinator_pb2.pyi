@@ -26,22 +26,30 @@ class SubmitRequest(_message.Message):
     def __init__(self, header: _Optional[_Union[SubmitHeader, _Mapping]] = ..., he_context_chunk: _Optional[bytes] = ...) -> None: ...
 
 class Outcome(_message.Message):
-    __slots__ = ("receipt", "ciphertext_sizes")
+    __slots__ = ("receipt",)
     RECEIPT_FIELD_NUMBER: _ClassVar[int]
-    CIPHERTEXT_SIZES_FIELD_NUMBER: _ClassVar[int]
     receipt: bytes
+    def __init__(self, receipt: _Optional[bytes] = ...) -> None: ...
+
+class RelayedRelease(_message.Message):
+    __slots__ = ("node", "ciphertext_sizes")
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    CIPHERTEXT_SIZES_FIELD_NUMBER: _ClassVar[int]
+    node: str
     ciphertext_sizes: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, receipt: _Optional[bytes] = ..., ciphertext_sizes: _Optional[_Iterable[int]] = ...) -> None: ...
+    def __init__(self, node: _Optional[str] = ..., ciphertext_sizes: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class JobEvent(_message.Message):
-    __slots__ = ("progress", "ciphertext_chunk", "outcome")
+    __slots__ = ("progress", "ciphertext_chunk", "outcome", "relayed")
     PROGRESS_FIELD_NUMBER: _ClassVar[int]
     CIPHERTEXT_CHUNK_FIELD_NUMBER: _ClassVar[int]
     OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    RELAYED_FIELD_NUMBER: _ClassVar[int]
     progress: _common_pb2.Progress
     ciphertext_chunk: bytes
     outcome: Outcome
-    def __init__(self, progress: _Optional[_Union[_common_pb2.Progress, _Mapping]] = ..., ciphertext_chunk: _Optional[bytes] = ..., outcome: _Optional[_Union[Outcome, _Mapping]] = ...) -> None: ...
+    relayed: RelayedRelease
+    def __init__(self, progress: _Optional[_Union[_common_pb2.Progress, _Mapping]] = ..., ciphertext_chunk: _Optional[bytes] = ..., outcome: _Optional[_Union[Outcome, _Mapping]] = ..., relayed: _Optional[_Union[RelayedRelease, _Mapping]] = ...) -> None: ...
 
 class JobRef(_message.Message):
     __slots__ = ("job_id",)

@@ -68,8 +68,10 @@ class CoordinatorServiceServicer:
 
     def SubmitQuery(self, request_iterator, context):
         """Client stream: one SubmitHeader, then the public HE context in chunks.
-        Server stream: progress, then the aggregate ciphertexts in chunks, then
-        the receipt.
+        Server stream: progress, then per participant its ciphertexts in chunks
+        followed by a RelayedRelease naming the node, then the receipt (whose
+        attestations are the nodes' signatures over those ciphertexts). The
+        coordinator adds nothing: the buyer checks and adds them itself.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -82,7 +84,7 @@ class CoordinatorServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def FetchResult(self, request, context):
-        """Streams the stored aggregate and receipt of a finished job again.
+        """Streams the stored relayed ciphertexts and receipt of a finished job again.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
