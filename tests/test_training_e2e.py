@@ -116,7 +116,9 @@ def test_one_nodes_update_is_uniform_noise_and_nothing_per_node_reaches_the_coor
     assert released and all(v[:64] not in blob for v in released)
     con = sqlite3.connect(state / "coordinator.sqlite3")
     tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-    assert tables <= {"jobs", "aggregates", "training_rounds", "models", "sqlite_sequence"}
+    # `relayed` holds queries' encrypted, masked releases (for `job result`); a training job stores none there
+    assert tables <= {"jobs", "relayed", "training_rounds", "models", "sqlite_sequence"}
+    assert con.execute("SELECT count(*) FROM relayed WHERE job_id = ?", (res.job_id,)).fetchone()[0] == 0
     stored = con.execute("SELECT round, train_loss, eval_accuracy FROM training_rounds WHERE job_id = ?",
                          (res.job_id,)).fetchall()
     assert [(r, f"{loss:.6f}", f"{acc:.6f}") for r, loss, acc in stored] == [
