@@ -143,10 +143,16 @@ def _collect(events: Iterator, on_progress: OnProgress | None, peer: str,
 
 
 class CoordinatorClient:
-    def __init__(self, address: str, tls: TlsMaterial, timeout: float = 600.0) -> None:
+    """Calls one coordinator, `name` (from the contract): a server with another subject's certificate is refused."""
+
+    def __init__(self, address: str, tls: TlsMaterial, name: str, timeout: float = 600.0) -> None:
         self.address = address
         self.tls = tls
+        self.name = name
         self.timeout = timeout
+
+    def _channel(self):
+        return secure_channel(self.address, self.tls, ("coordinator", self.name))
 
     def _stub(self, channel):
         return coordinator_pb2_grpc.CoordinatorServiceStub(channel)
@@ -159,33 +165,33 @@ class CoordinatorClient:
             for chunk in split(context):
                 yield coordinator_pb2.SubmitRequest(he_context_chunk=chunk)
 
-        with secure_channel(self.address, self.tls) as ch:
+        with self._channel() as ch:
             return _collect(self._stub(ch).SubmitQuery(requests(), timeout=self.timeout), on_progress,
-                            f"coordinator at {self.address}", max_nodes)
+                            f"coordinator {self.name} at {self.address}", max_nodes)
 
     def submit_training(self, job: bytes, contract: bytes, on_round: OnRound | None = None) -> TrainingOutcome:
-        with secure_channel(self.address, self.tls) as ch:
+        with self._channel() as ch:
             return _collect_training(
                 self._stub(ch).SubmitTraining(coordinator_pb2.TrainingSubmission(job_envelope=job,
                                                                                   contract_envelope=contract),
                                               timeout=self.timeout),
-                on_round, f"coordinator at {self.address}")
+                on_round, f"coordinator {self.name} at {self.address}")
 
     def fetch_model(self, job_id: str) -> TrainingOutcome:
-        with secure_channel(self.address, self.tls) as ch:
+        with self._channel() as ch:
             return _collect_training(self._stub(ch).FetchModel(coordinator_pb2.JobRef(job_id=job_id),
                                                                timeout=self.timeout),
-                                     None, f"coordinator at {self.address}")
+                                     None, f"coordinator {self.name} at {self.address}")
 
     def fetch_result(self, job_id: str, max_nodes: int = MAX_RELAYED_NODES) -> JobOutcome:
-        with secure_channel(self.address, self.tls) as ch:
+        with self._channel() as ch:
             return _collect(self._stub(ch).FetchResult(coordinator_pb2.JobRef(job_id=job_id), timeout=self.timeout),
-                            None, f"coordinator at {self.address}", max_nodes)
+                            None, f"coordinator {self.name} at {self.address}", max_nodes)
 
     def job_status(self, job_id: str) -> JobState:
-        with secure_channel(self.address, self.tls) as ch:
+        with self._channel() as ch:
             try:
                 s = self._stub(ch).GetJob(coordinator_pb2.JobRef(job_id=job_id), timeout=60)
             except grpc.RpcError as e:
-                raise error_from_rpc(e, f"coordinator at {self.address}") from None
+                raise error_from_rpc(e, f"coordinator {self.name} at {self.address}") from None
         return JobState(s.job_id, s.state, s.error, s.contract_digest, tuple(s.participants), s.created_at, s.updated_at)

@@ -92,7 +92,7 @@ def submit_query(identity: Identity, credentials_dir: Path, contract_path: Path,
     files.create(keys.secret_bytes, job_env.to_json(), contract_raw,
                  {"job_id": job.job_id, "coordinator": coordinator, "sql": sql, "submitted_at": utc_now()},
                  public=keys.public_bytes)
-    client = CoordinatorClient(coordinator, tls_of(identity), timeout)
+    client = CoordinatorClient(coordinator, tls_of(identity), contract.coordinator.name, timeout)
     outcome = client.submit_query(job_env.to_json(), contract_raw, keys.public_bytes, on_progress,
                                   max_nodes=len(job.participants))
     return finish(identity, files, contract, plan, outcome)
@@ -103,7 +103,8 @@ def fetch_again(identity: Identity, credentials_dir: Path, job_id: str, coordina
     meta = files.read_meta()
     contract, _ = load_contract(identity, files.contract)
     plan = plan_for(contract, meta["sql"])
-    outcome = CoordinatorClient(coordinator or meta["coordinator"], tls_of(identity)).fetch_result(
+    outcome = CoordinatorClient(coordinator or meta["coordinator"], tls_of(identity),
+                                contract.coordinator.name).fetch_result(
         job_id, max_nodes=len(contract.owners))
     return finish(identity, files, contract, plan, outcome)
 

@@ -71,7 +71,7 @@ def submit_training(identity: Identity, credentials_dir: Path, contract_path: Pa
     files.contract.write_bytes(contract_raw)
     files.meta.write_text(json.dumps({"job_id": job.job_id, "kind": "train", "coordinator": coordinator,
                                       "training": spec.to_dict(), "submitted_at": utc_now()}, indent=2))
-    client = CoordinatorClient(coordinator, tls_of(identity), timeout)
+    client = CoordinatorClient(coordinator, tls_of(identity), contract.coordinator.name, timeout)
     outcome = client.submit_training(job_env.to_json(), contract_raw, on_round)
     return _finish(identity, files, contract, outcome)
 
@@ -81,7 +81,8 @@ def fetch_model_again(identity: Identity, credentials_dir: Path, job_id: str,
     files = open_job(credentials_dir, job_id)
     meta = files.read_meta()
     contract, _ = load_contract(identity, files.contract)
-    outcome = CoordinatorClient(coordinator or meta["coordinator"], tls_of(identity)).fetch_model(job_id)
+    outcome = CoordinatorClient(coordinator or meta["coordinator"], tls_of(identity),
+                                contract.coordinator.name).fetch_model(job_id)
     return _finish(identity, files, contract, outcome)
 
 

@@ -23,18 +23,28 @@ def init(directory: Path = typer.Argument(..., help="the exchange's directory (c
 @app.command("register")
 def register(
     directory: Path = typer.Argument(..., help="the exchange's directory"),
-    role: str = typer.Option(..., "--role", help="node, buyer or coordinator"),
-    name: str = typer.Option(..., "--name", help="subject name, e.g. insurer-a"),
-    address: Optional[str] = typer.Option(None, "--address", help="HOST:PORT where the subject's daemon listens"),
-    out: Path = typer.Option(..., "--out", help="credential directory to write (keys are 0600)"),
+    request: Path = typer.Option(..., "--request", help="request.json written by `fedtrust keygen`"),
+    out: Path = typer.Option(..., "--out", help="directory for the issued public files (credential, certificate)"),
 ) -> None:
-    """Issue a subject credential: mTLS certificate, signing key, key-agreement key (nodes), trust anchors."""
+    """Certify a subject from its signed request: credential.json, tls.crt, ca.crt, exchange.pub (no private key)."""
     from fedtrust.exchange.issuer import register as do_register
 
-    if role not in ("node", "buyer", "coordinator"):
-        raise typer.BadParameter("role must be node, buyer or coordinator", param_hint="--role")
-    cred = do_register(directory, role, name, address, out)
-    console.print(f"registered fedtrust://{cred.role}/{cred.name}; credentials in {out}")
+    cred = do_register(directory, request, out)
+    console.print(f"registered {cred.uri}; credential in {out}", highlight=False)
+
+
+@app.command("renew")
+def renew(
+    directory: Path = typer.Argument(..., help="the exchange's directory"),
+    request: Path = typer.Option(..., "--request", help="a new request.json from `fedtrust keygen` for the same name"),
+    out: Path = typer.Option(..., "--out", help="directory for the reissued public files"),
+) -> None:
+    """Reissue a registered subject's credential (new keys and/or addresses); the old one stays valid until it
+    expires or is revoked."""
+    from fedtrust.exchange.issuer import renew as do_renew
+
+    cred = do_renew(directory, request, out)
+    console.print(f"renewed {cred.uri}; credential in {out}", highlight=False)
 
 
 @app.command("list")

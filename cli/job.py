@@ -25,11 +25,13 @@ def status(
 ) -> None:
     """Show a job's state at the coordinator (running, succeeded, failed with the reason)."""
     from fedtrust.buyer.client import CoordinatorClient
-    from fedtrust.buyer.query import tls_of
+    from fedtrust.buyer.query import load_contract, tls_of
 
     identity = load_identity(credentials)
-    meta = open_job(credentials, job_id).read_meta()
-    st = CoordinatorClient(coordinator or meta["coordinator"], tls_of(identity)).job_status(job_id)
+    files = open_job(credentials, job_id)
+    meta = files.read_meta()
+    contract, _ = load_contract(identity, files.contract)
+    st = CoordinatorClient(coordinator or meta["coordinator"], tls_of(identity), contract.coordinator.name).job_status(job_id)
     if as_json:
         print_json(asdict(st))
         return

@@ -4,9 +4,12 @@ WAL journal, `synchronous=FULL` (a commit is fsynced before it returns, so a
 debit is durable before anything is released), foreign keys on, and a busy
 timeout so concurrent daemons threads wait for the write lock instead of
 failing. Each store keeps its SQL in its own module behind a small interface.
+State is private: the folder is created 0700 and the file 0600 (SQLite
+gives its -wal and -shm files the database file's mode).
 """
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 from contextlib import contextmanager
@@ -14,12 +17,21 @@ from pathlib import Path
 from typing import Iterator
 
 
+def make_state_dir(path: Path) -> None:
+    """Create a state folder 0700 (its parents as usual); an existing one keeps the mode its operator chose."""
+    if not path.exists():
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(path, 0o700)  # mkdir's mode is masked by the umask
+
+
 class Database:
     """One SQLite file; one connection per thread; `write()` is an IMMEDIATE transaction."""
 
     def __init__(self, path: str | Path, schema: str) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        make_state_dir(self.path.parent)
+        if not self.path.exists():
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))
         self._local = threading.local()
         self._connect().executescript(schema)
 

@@ -33,7 +33,7 @@ def run_query_on_node(node: str, address: str, tls: TlsMaterial, job_bytes: byte
         for chunk in split(context):
             yield node_pb2.QueryRequest(he_context_chunk=chunk)
 
-    with secure_channel(address, tls) as channel:
+    with secure_channel(address, tls, ("node", node)) as channel:
         stub = node_pb2_grpc.NodeServiceStub(channel)
         data = bytearray()
         release = None

@@ -18,7 +18,7 @@ class NodeTrainingClient:
     def __init__(self, node: str, address: str, tls: TlsMaterial, timeout: float) -> None:
         self.node = node
         self.timeout = timeout
-        self._channel = secure_channel(address, tls)
+        self._channel = secure_channel(address, tls, ("node", node))
         self._stub = node_pb2_grpc.NodeServiceStub(self._channel)
 
     def close(self) -> None:

@@ -1,7 +1,9 @@
 """A whole federation on localhost, in one process: exchange, owners, coordinator, buyer.
 
 Used by `fedtrust demo`, the end-to-end tests and the benchmarks, so all three
-exercise the same real path: files written by the exchange's issuing code,
+exercise the same real path: every party makes its own keys (`keygen`) and
+the exchange certifies its request (`register`), files written by the
+exchange's issuing code,
 daemons started from their config files on 127.0.0.1:0 with mutual TLS, and
 the buyer's real client. Nothing is mocked.
 """
@@ -14,12 +16,20 @@ from fedtrust.config import load_coordinator_config, load_node_config
 from fedtrust.coordinator.daemon import CoordinatorDaemon
 from fedtrust.demo.data import RULES_TOML, SCHEMA_TOML, training_toml, write_loans
 from fedtrust.exchange.issuer import init_exchange, issue_contract, list_product, register
+from fedtrust.trust.keygen import REQUEST, keygen
 from fedtrust.node.daemon import NodeDaemon
 from fedtrust.node.executor import file_digest
 
 DEFAULT_OWNERS = {"bank-a": 4000, "bank-b": 2500, "insurer-c": 1200}
 #: each owner's regional mix, so that some owners have small groups that they withhold
 MIXES = [(0.3, 0.25, 0.2, 0.15, 0.1), (0.1, 0.2, 0.3, 0.38, 0.02), (0.05, 0.05, 0.5, 0.395, 0.005)]
+
+
+def enroll(exchange_dir: Path, role: str, name: str, addresses: list[str], out: Path) -> Path:
+    """What a party and the exchange do in turn: `fedtrust keygen`, then `fedtrust exchange register`."""
+    keygen(role, name, addresses, out)
+    register(exchange_dir, out / REQUEST, out)
+    return out
 
 
 @dataclass
@@ -31,6 +41,7 @@ class Federation:
     data: dict[str, Path]
     node_configs: dict[str, Path]
     coordinator_config: Path
+    coordinator_name: str = "coord"
     nodes: dict[str, NodeDaemon] = field(default_factory=dict)
     coordinator: CoordinatorDaemon | None = None
     coordinator_address: str = ""
@@ -72,8 +83,8 @@ def build_federation(root: Path, owners: dict[str, int] | None = None, *, min_gr
     ex = root / "exchange"
     init_exchange(ex)
     creds = root / "credentials"
-    register(ex, "buyer", buyer_name, None, creds / buyer_name)
-    register(ex, "coordinator", coordinator_name, "127.0.0.1:7000", creds / coordinator_name)
+    enroll(ex, "buyer", buyer_name, [], creds / buyer_name)
+    enroll(ex, "coordinator", coordinator_name, ["127.0.0.1:7000"], creds / coordinator_name)
     (root / "schema.toml").write_text(SCHEMA_TOML)
     rules = RULES_TOML.format(min_group_size=min_group_size, max_queries=max_queries)
     rules += training_toml(training)
@@ -82,7 +93,7 @@ def build_federation(root: Path, owners: dict[str, int] | None = None, *, min_gr
     (root / "rules.toml").write_text(rules)
     data, configs, products = {}, {}, []
     for i, (name, rows) in enumerate(owners.items()):
-        register(ex, "node", name, f"127.0.0.1:{7101 + i}", creds / name)  # daemons bind port 0; see start()
+        enroll(ex, "node", name, [f"127.0.0.1:{7101 + i}"], creds / name)  # daemons bind port 0; see start()
         path = write_loans(root / "data" / f"{name}.{data_format}", rows, seed + i, MIXES[i % len(MIXES)])
         data[name] = path
         product = root / "products" / f"{name}.json"
@@ -107,4 +118,4 @@ def build_federation(root: Path, owners: dict[str, int] | None = None, *, min_gr
         f'credentials = "../credentials/{coordinator_name}"\nstate = "../state/{coordinator_name}"\n'
         "node_timeout_s = 120\n"
     )
-    return Federation(root, ex, creds / buyer_name, contract, data, configs, coord_cfg)
+    return Federation(root, ex, creds / buyer_name, contract, data, configs, coord_cfg, coordinator_name)

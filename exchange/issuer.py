@@ -1,13 +1,16 @@
-"""The exchange's domain functions behind `fedtrust exchange …`: init, register, list, contract.
+"""The exchange's domain functions behind `fedtrust exchange …`: init, register, renew, list, contract.
 
 An exchange directory holds the CA (`ca.key` 0600, `ca.crt`), the Ed25519
 signing key (`signing.key` 0600, `exchange.pub`) and the registry
 (`exchange.db`). Everything the exchange issues is signed with its key and
 recorded in the registry; files handed to subjects are written alongside.
+The exchange never makes or sees a subject's private key: subjects send a
+signed request (`fedtrust keygen`) and get back public files only.
 No CLI code here: the Typer commands call these functions.
 """
 from __future__ import annotations
 
+import os
 import secrets
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -17,7 +20,6 @@ from typing import Sequence
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives import serialization
 
 from fedtrust.errors import ConfigError, InvalidInput, NotFound, VerificationError
@@ -28,15 +30,15 @@ from fedtrust.trust.contracts import (
     Contract, Holding, check_price, check_rules, format_validity, sign_contract,
 )
 from fedtrust.trust.credentials import (
-    SubjectCredential, make_private_dir, public_key_pem, raw_b64, sign_credential, write_file,
-    write_identity_files,
+    CREDENTIAL, SubjectCredential, public_key_pem, sign_credential, write_credential_files, write_file,
 )
+from fedtrust.trust.keygen import load_request, verify_request
 from fedtrust.trust.dsse import Envelope, Signer
 from fedtrust.trust.products import Product, check_dataset, sign_product, verify_product
 from fedtrust.trust.rules import load_rules_toml
 from fedtrust.trust.schema import load_schema_toml
 
-__all__ = ["Exchange", "init_exchange", "load_exchange", "register", "list_product", "issue_contract"]
+__all__ = ["Exchange", "init_exchange", "load_exchange", "register", "renew", "list_product", "issue_contract"]
 
 CA_KEY, CA_CERT, SIGNING_KEY, EXCHANGE_PUB, DB = "ca.key", "ca.crt", "signing.key", "exchange.pub", "exchange.db"
 CA_NAME = "fedtrust exchange CA"
@@ -63,6 +65,7 @@ def init_exchange(path: str | Path) -> Exchange:
     if d.exists() and not d.is_dir():
         raise ConfigError(f"{d} is not a directory; pick an empty directory for the exchange")
     d.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(d, 0o700)
     ca_key, ca_cert = pki.create_ca(CA_NAME)
     signing = Ed25519PrivateKey.generate()
     write_file(d / CA_KEY, pki.key_pem(ca_key), secret=True)
@@ -104,51 +107,54 @@ def load_exchange(path: str | Path) -> Exchange:
     return Exchange(d, signer, ca_key, ca_cert, ExchangeStore(d / DB, signer.public_key))
 
 
-def register(
-    path: str | Path, role: str, name: str, address: str | None, out_dir: str | Path,
-) -> SubjectCredential:
-    """Issue a subject's certificate and keys, sign its credential, write its credential directory.
+def register(path: str | Path, request_path: str | Path, out_dir: str | Path) -> SubjectCredential:
+    """Certify a subject from the signed request `fedtrust keygen` made; write only public files to `out_dir`.
 
-    Nodes need an address (the coordinator dials them); its host goes into
-    the certificate's SANs.
+    The request proves possession of its keys (`verify_request`); the
+    exchange signs a credential over the public keys and issues the TLS
+    certificate from the CSR. Addresses become SANs for nodes and coordinators.
     """
-    pki.check_role(role)
-    pki.check_name(name)
-    hosts: list[str] = []
-    if address is not None:
-        hosts.append(pki.address_host(address))
-    elif role == "node":
-        raise ConfigError("a node needs --address HOST:PORT so the coordinator can reach it")
+    return _issue(path, request_path, out_dir, renewal=False)
+
+
+def _issue(path: str | Path, request_path: str | Path, out_dir: str | Path, *, renewal: bool) -> SubjectCredential:
+    envelope = load_request(request_path)
+    try:
+        request, tls_public = verify_request(envelope)
+    except VerificationError as e:
+        raise ConfigError(f"request {request_path} is refused: {e}") from None
     ex = load_exchange(path)
-    if ex.store.has_subject(role, name):
-        raise ConfigError(f"{pki.subject_uri(role, name)} is already registered; choose another name")
+    known = ex.store.has_subject(request.role, request.name)
+    if known and not renewal:
+        raise ConfigError(f"{request.uri} is already registered; renew it with `fedtrust exchange renew`, "
+                          "or choose another name")
+    if renewal and not known:
+        raise ConfigError(f"{request.uri} is not registered; register it with `fedtrust exchange register` first")
     out = Path(out_dir)
-    make_private_dir(out)  # refuses a non-empty directory before any key is made
-    tls_key, tls_cert = pki.issue_certificate(ex.ca_key, ex.ca_cert, role, name, hosts)
-    signing = Ed25519PrivateKey.generate()
-    kx = X25519PrivateKey.generate() if role == "node" else None
+    if (out / CREDENTIAL).exists():
+        raise ConfigError(f"{out} already holds a {CREDENTIAL}; write the new credential into another directory")
+    hosts = [pki.address_host(a) for a in request.addresses]
+    cert = pki.issue_certificate(ex.ca_key, ex.ca_cert, request.role, request.name, hosts, tls_public)
     cred = SubjectCredential(
-        role=role,
-        name=name,
-        address=address,
-        cert_pem=pki.cert_pem(tls_cert).decode("ascii"),
-        signing_key=raw_b64(signing.public_key()),
-        kx_key=raw_b64(kx.public_key()) if kx else None,
+        role=request.role,
+        name=request.name,
+        address=request.addresses[0] if request.addresses else None,
+        cert_pem=pki.cert_pem(cert).decode("ascii"),
+        signing_key=request.signing_key,
+        kx_key=request.kx_key,
         issued_at=utc_now(),
     )
-    envelope = sign_credential(cred, ex.signer)
-    ex.store.add_subject(envelope)
-    write_identity_files(
-        out,
-        credential_envelope=envelope,
-        tls_cert_pem=pki.cert_pem(tls_cert),
-        tls_key_pem=pki.key_pem(tls_key),
-        signing_key=signing,
-        kx_key=kx,
-        ca_pem=ex.ca_pem,
-        exchange_key=ex.signer.public_key,
-    )
+    cred_env = sign_credential(cred, ex.signer)
+    ex.store.add_subject(cred_env, envelope, replace=renewal)
+    write_credential_files(out, credential_envelope=cred_env, tls_cert_pem=pki.cert_pem(cert), ca_pem=ex.ca_pem,
+                           exchange_key=ex.signer.public_key)
     return cred
+
+
+def renew(path: str | Path, request_path: str | Path, out_dir: str | Path) -> SubjectCredential:
+    """Reissue the credential of a registered name (new keys and/or addresses); the old one stays valid
+    until it expires or is revoked. Recorded in the registry's issue history."""
+    return _issue(path, request_path, out_dir, renewal=True)
 
 
 def _write_envelope(out_path: str | Path, envelope: Envelope) -> None:

@@ -35,6 +35,14 @@ CREATE TABLE IF NOT EXISTS subjects (
     issued_at TEXT NOT NULL,
     PRIMARY KEY (role, name)
 );
+CREATE TABLE IF NOT EXISTS issued (
+    digest TEXT PRIMARY KEY,
+    role TEXT NOT NULL,
+    name TEXT NOT NULL,
+    envelope BLOB NOT NULL,
+    request BLOB NOT NULL,
+    issued_at TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS products (
     digest TEXT PRIMARY KEY,
     owner_role TEXT NOT NULL DEFAULT 'node' CHECK (owner_role = 'node'),
@@ -111,17 +119,33 @@ class ExchangeStore:
         self.exchange_key = exchange_key
 
     # -- subjects -----------------------------------------------------------
-    def add_subject(self, cred_envelope: Envelope) -> SubjectCredential:
+    def add_subject(self, cred_envelope: Envelope, request: Envelope, *, replace: bool = False) -> SubjectCredential:
+        """Record a credential (and the signed request it was issued from) in the issue history; it becomes
+        the subject's current credential. `replace`: a renewal of a registered subject."""
         cred = verify_credential(cred_envelope, self.exchange_key)
         try:
             with self.db.write() as con:
+                if replace:
+                    con.execute("DELETE FROM subjects WHERE role = ? AND name = ?", (cred.role, cred.name))
                 con.execute(
                     "INSERT INTO subjects (role, name, digest, envelope, issued_at) VALUES (?,?,?,?,?)",
                     (cred.role, cred.name, cred_envelope.digest, cred_envelope.to_json(), cred.issued_at),
                 )
+                con.execute(
+                    "INSERT INTO issued (digest, role, name, envelope, request, issued_at) VALUES (?,?,?,?,?,?)",
+                    (cred_envelope.digest, cred.role, cred.name, cred_envelope.to_json(), request.to_json(),
+                     cred.issued_at),
+                )
         except sqlite3.IntegrityError:
             raise ConfigError(f"subject {cred.uri} is already registered; choose another name") from None
         return cred
+
+    def issue_history(self, role: str, name: str) -> list[SubjectCredential]:
+        """Every credential issued to the subject, oldest first."""
+        rows = self.db.read().execute(
+            "SELECT envelope FROM issued WHERE role = ? AND name = ? ORDER BY issued_at, rowid", (role, name)
+        ).fetchall()
+        return [verify_credential(Envelope.from_json(r["envelope"]), self.exchange_key) for r in rows]
 
     def has_subject(self, role: str, name: str) -> bool:
         row = self.db.read().execute("SELECT 1 FROM subjects WHERE role = ? AND name = ?", (role, name)).fetchone()
@@ -134,7 +158,7 @@ class ExchangeStore:
         if row is None:
             raise NotFound(
                 f"no {role} named {name!r} is registered; register it with "
-                f"`fedtrust exchange register --role {role} --name {name}`"
+                f"`fedtrust keygen --role {role} --name {name}` and `fedtrust exchange register`"
             )
         env = Envelope.from_json(row["envelope"])
         return verify_credential(env, self.exchange_key), env

@@ -43,12 +43,17 @@ def test_readme_walkthrough(tmp_path: Path):
     run("exchange", "init", ex)
     again = run("exchange", "init", ex, ok=False)
     assert again.returncode == 1 and "already" in again.stderr
+    def enroll(role, name, *address):
+        """The party makes its keys; the exchange certifies its request and writes public files back."""
+        keys = tmp_path / "creds" / name
+        run("keygen", "--role", role, "--name", name, *[a for x in address for a in ("--address", x)], "--out", keys)
+        run("exchange", "register", ex, "--request", keys / "request.json", "--out", keys)
+
     for name in ("bank-a", "bank-b"):
-        run("exchange", "register", ex, "--role", "node", "--name", name, "--address", "127.0.0.1:7101",
-            "--out", tmp_path / "creds" / name)
-    run("exchange", "register", ex, "--role", "buyer", "--name", "analyst", "--out", tmp_path / "creds" / "analyst")
-    run("exchange", "register", ex, "--role", "coordinator", "--name", "coord", "--address", "127.0.0.1:7000",
-        "--out", tmp_path / "creds" / "coord")
+        enroll("node", name, "127.0.0.1:7101")
+    enroll("buyer", "analyst")
+    enroll("coordinator", "coord", "127.0.0.1:7000")
+    assert not [p for p in ex.rglob("*") if p.name in ("tls.key", "kx.key")]
     assert oct((tmp_path / "creds" / "bank-a" / "signing.key").stat().st_mode & 0o777) == "0o600"
     (tmp_path / "schema.toml").write_text(SCHEMA_TOML)
     (tmp_path / "rules.toml").write_text(RULES_TOML.format(min_group_size=5, max_queries=10))

@@ -142,7 +142,7 @@ def test_a_node_killed_mid_job_restarts_consistent_and_never_released_an_undebit
         fed.start()
         fed.coordinator.runtime.addresses["bank-a"] = f"127.0.0.1:{port}"
         buyer = load_identity(fed.buyer_dir)
-        client = CoordinatorClient(fed.coordinator_address, tls_of(buyer))
+        client = CoordinatorClient(fed.coordinator_address, tls_of(buyer), fed.coordinator_name)
         signed = []
         for _ in range(24):
             job, raw, keys = make_job(buyer, fed.contract_path, SQL)

@@ -107,7 +107,7 @@ def test_node_refuses_sql_the_rules_forbid_and_releases_nothing(federation, sql,
 def test_coordinator_fails_the_whole_job_when_a_node_refuses(federation):
     """A buyer that skips its CLI's check: every node refuses, the job fails with the node named."""
     env, raw, keys, job = signed(federation, "SELECT AVG(income) FROM loans WHERE income > 1")
-    client = CoordinatorClient(federation.coordinator_address, tls(federation, "analyst"))
+    client = CoordinatorClient(federation.coordinator_address, tls(federation, "analyst"), federation.coordinator_name)
     with pytest.raises(JobFailed, match="node .* failed.*may not be used in WHERE"):
         client.submit_query(env.to_json(), raw, keys.public_bytes)
     status = client.job_status(job.job_id)
@@ -211,7 +211,7 @@ def test_malformed_messages_are_refused_and_the_daemon_keeps_serving(federation)
     t = tls(federation, "coord")
     from fedtrust.transport.server import secure_channel
 
-    with secure_channel(node_addr(federation, "bank-b"), t) as ch:
+    with secure_channel(node_addr(federation, "bank-b"), t, ("node", "bank-b")) as ch:
         stub = node_pb2_grpc.NodeServiceStub(ch)
         cases = [
             [node_pb2.QueryRequest(he_context_chunk=b"x")],  # no header
@@ -232,11 +232,11 @@ def test_malformed_messages_are_refused_and_the_daemon_keeps_serving(federation)
 
 def test_coordinator_refuses_a_caller_that_is_not_the_buyer_and_a_job_not_signed_by_it(federation):
     env, raw, keys, _ = signed(federation)
-    as_node = CoordinatorClient(federation.coordinator_address, tls(federation, "bank-a"))
+    as_node = CoordinatorClient(federation.coordinator_address, tls(federation, "bank-a"), federation.coordinator_name)
     with pytest.raises(VerificationError, match="not the contract's buyer"):
         as_node.submit_query(env.to_json(), raw, keys.public_bytes)
     env, raw, keys, _ = signed(federation, signer=identity(federation, "coord").signer)
-    as_buyer = CoordinatorClient(federation.coordinator_address, tls(federation, "analyst"))
+    as_buyer = CoordinatorClient(federation.coordinator_address, tls(federation, "analyst"), federation.coordinator_name)
     with pytest.raises(VerificationError):
         as_buyer.submit_query(env.to_json(), raw, keys.public_bytes)
 
@@ -262,7 +262,7 @@ def test_a_node_that_is_down_fails_the_job_with_its_name(tmp_path):
     with fed:
         fed.nodes["bank-b"].stop()
         env, raw, keys, job = signed(fed)
-        client = CoordinatorClient(fed.coordinator_address, tls(fed, "analyst"))
+        client = CoordinatorClient(fed.coordinator_address, tls(fed, "analyst"), fed.coordinator_name)
         with pytest.raises(JobFailed, match="node bank-b failed"):
             client.submit_query(env.to_json(), raw, keys.public_bytes)
         assert client.job_status(job.job_id).state == "failed"
@@ -287,7 +287,7 @@ def test_the_coordinator_keeps_only_relayed_ciphertexts_and_no_value_in_its_stor
 
     caplog.set_level(logging.DEBUG)
     env, raw, keys, job = signed(federation, "SELECT region, COUNT(*) AS n, AVG(income) AS m FROM loans GROUP BY region")
-    client = CoordinatorClient(federation.coordinator_address, tls(federation, "analyst"))
+    client = CoordinatorClient(federation.coordinator_address, tls(federation, "analyst"), federation.coordinator_name)
     outcome = client.submit_query(env.to_json(), raw, keys.public_bytes)
     # what each node released for this job (the nodes memoise it)
     releases = [federation.nodes[n].runtime.store.lookup(job.contract_digest, job.job_id, job.nonce, env.digest)

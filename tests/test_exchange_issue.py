@@ -11,11 +11,13 @@ import grpc
 import pytest
 
 from fedtrust.errors import ConfigError, NotFound, ReplayError, VerificationError
+from fedtrust.demo.federation import enroll
 from fedtrust.exchange import issuer
 from fedtrust.trust import pki
 from fedtrust.trust.canonical import canonical, sha256_hex
 from fedtrust.trust.contracts import verify_contract
-from fedtrust.trust.credentials import FILES, load_identity, verify_credential
+from fedtrust.trust.credentials import FILES, PUBLIC_FILES, load_identity, verify_credential
+from fedtrust.trust.keygen import keygen
 from fedtrust.trust.dsse import Envelope
 from fedtrust.trust.products import verify_product
 
@@ -50,10 +52,10 @@ def ex(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("world")
     d = root / "exchange"
     issuer.init_exchange(d)
-    issuer.register(d, "buyer", "buyer-1", None, root / "buyer-1")
-    issuer.register(d, "coordinator", "coord-1", "127.0.0.1:7000", root / "coord-1")
-    issuer.register(d, "node", "node-a", "127.0.0.1:7101", root / "node-a")
-    issuer.register(d, "node", "node-b", "node-b.example:7102", root / "node-b")
+    enroll(d, "buyer", "buyer-1", [], root / "buyer-1")
+    enroll(d, "coordinator", "coord-1", ["127.0.0.1:7000"], root / "coord-1")
+    enroll(d, "node", "node-a", ["127.0.0.1:7101"], root / "node-a")
+    enroll(d, "node", "node-b", ["node-b.example:7102", "10.9.8.7:7102"], root / "node-b")
     (root / "schema.toml").write_text(SCHEMA)
     (root / "rules.toml").write_text(RULES)
     issuer.list_product(d, "node-a", "claims", root / "schema.toml", C1, root / "a.product.json")
@@ -68,6 +70,8 @@ def root_of(ex: Path) -> Path:
 def test_init_writes_keys_and_refuses_twice(ex, tmp_path):
     assert stat.S_IMODE((ex / "ca.key").stat().st_mode) == 0o600
     assert stat.S_IMODE((ex / "signing.key").stat().st_mode) == 0o600
+    assert stat.S_IMODE((ex / "exchange.db").stat().st_mode) == 0o600
+    assert stat.S_IMODE(ex.stat().st_mode) == 0o700
     with pytest.raises(ConfigError, match="already holds an exchange"):
         issuer.init_exchange(ex)
     with pytest.raises(ConfigError, match="not an initialised exchange .*ca.key is missing"):
@@ -77,7 +81,7 @@ def test_init_writes_keys_and_refuses_twice(ex, tmp_path):
 def test_register_writes_a_loadable_credential_directory(ex):
     d = root_of(ex) / "node-a"
     assert stat.S_IMODE(d.stat().st_mode) == 0o700
-    assert {p.name for p in d.iterdir()} == set(FILES)
+    assert {p.name for p in d.iterdir()} == set(FILES) | {"request.json"}
     for secret in ("tls.key", "signing.key", "kx.key"):
         assert stat.S_IMODE((d / secret).stat().st_mode) == 0o600
     ident = load_identity(d)
@@ -91,26 +95,100 @@ def test_register_writes_a_loadable_credential_directory(ex):
     assert verify_credential(env, ident.exchange_key) == stored
 
 
-def test_register_puts_the_address_host_in_the_certificate(ex):
+def test_the_exchange_sees_no_private_key(ex, tmp_path):
+    """Register writes public files only, and nothing under the exchange's directory is a party's key."""
+    keygen("buyer", "buyer-7", [], tmp_path / "keys")
+    before = {p.name for p in (tmp_path / "keys").iterdir()}
+    issuer.register(ex, tmp_path / "keys" / "request.json", tmp_path / "issued")
+    assert {p.name for p in (tmp_path / "issued").iterdir()} == set(PUBLIC_FILES)
+    assert {p.name for p in (tmp_path / "keys").iterdir()} == before  # keygen's keys are untouched
+    party_keys = {(root_of(ex) / n / k).read_bytes() for n in ("node-a", "node-b", "coord-1", "buyer-1")
+                  for k in ("tls.key", "signing.key", "kx.key") if (root_of(ex) / n / k).exists()}
+    party_keys |= {(tmp_path / "keys" / k).read_bytes() for k in ("tls.key", "signing.key")}
+    for p in ex.rglob("*"):
+        if p.is_file():
+            data = p.read_bytes()
+            assert not any(k in data for k in party_keys)
+            if p.name not in ("ca.key", "signing.key"):
+                assert b"PRIVATE KEY" not in data
+
+
+def test_register_puts_only_the_requested_addresses_in_the_certificate(ex):
     from cryptography import x509
 
-    cert = x509.load_pem_x509_certificate((root_of(ex) / "node-b" / "tls.crt").read_bytes())
-    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    assert "node-b.example" in san.get_values_for_type(x509.DNSName)
+    def sans(name):
+        cert = x509.load_pem_x509_certificate((root_of(ex) / name / "tls.crt").read_bytes())
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        return san.get_values_for_type(x509.DNSName), [str(i) for i in san.get_values_for_type(x509.IPAddress)]
+
+    assert sans("node-b") == (["node-b.node.fedtrust.invalid", "node-b.example"], ["10.9.8.7"])
+    assert sans("node-a") == (["node-a.node.fedtrust.invalid"], ["127.0.0.1"])
+    assert sans("buyer-1") == (["buyer-1.buyer.fedtrust.invalid"], [])
+
+
+def _request(tmp_path, role, name, addresses=(), sub="r"):
+    keygen(role, name, list(addresses), tmp_path / sub)
+    return tmp_path / sub / "request.json"
 
 
 def test_register_refusals(ex, tmp_path):
-    with pytest.raises(ConfigError, match="fedtrust://node/node-a is already registered"):
-        issuer.register(ex, "node", "node-a", "127.0.0.1:1", tmp_path / "dup")
+    with pytest.raises(ConfigError, match="fedtrust://node/node-a is already registered; renew it"):
+        issuer.register(ex, _request(tmp_path, "node", "node-a", ["127.0.0.1:1"], "dup"), tmp_path / "dup-out")
     with pytest.raises(ConfigError, match="a node needs --address"):
-        issuer.register(ex, "node", "node-c", None, tmp_path / "c")
+        keygen("node", "node-c", [], tmp_path / "c")
+    with pytest.raises(ConfigError, match="a buyer runs no server, so it has no address"):
+        keygen("buyer", "buyer-c", ["127.0.0.1:1"], tmp_path / "bc")
     with pytest.raises(ConfigError, match="subject name 'Bad Name' is not allowed"):
-        issuer.register(ex, "buyer", "Bad Name", None, tmp_path / "b")
+        keygen("buyer", "Bad Name", [], tmp_path / "b")
     with pytest.raises(ConfigError, match="role 'admin' is unknown"):
-        issuer.register(ex, "admin", "x", None, tmp_path / "x")
+        keygen("admin", "x", [], tmp_path / "x")
     with pytest.raises(ConfigError, match="already exists and is not an empty directory"):
-        issuer.register(ex, "buyer", "buyer-9", None, root_of(ex) / "node-a")
+        keygen("buyer", "buyer-9", [], root_of(ex) / "node-a")
+    with pytest.raises(ConfigError, match="already holds a credential.json"):
+        issuer.register(ex, _request(tmp_path, "buyer", "buyer-9", (), "b9"), root_of(ex) / "node-a")
+    with pytest.raises(ConfigError, match="request file .* does not exist"):
+        issuer.register(ex, tmp_path / "nope.json", tmp_path / "o")
     assert not issuer.load_exchange(ex).store.has_subject("buyer", "buyer-9")
+
+
+@pytest.mark.parametrize("tamper, match", [
+    # another subject's name in a request signed by this key: the signature no longer covers it
+    (lambda p, s: p.update(name="buyer-x"), "not signed by the key it names"),
+    # another signing key named: the signature is not by it (no proof of possession)
+    (lambda p, s: p.update(signing_key=s), "not signed by the key it names"),
+])
+def test_register_requires_proof_of_possession(ex, tmp_path, tamper, match):
+    import base64
+
+    req = _request(tmp_path, "buyer", "buyer-8")
+    env = json.loads(req.read_text())
+    statement = json.loads(base64.b64decode(env["payload"]))
+    other = json.loads(base64.b64decode(json.loads(_request(tmp_path, "buyer", "buyer-x", (), "o").read_text())["payload"]))
+    tamper(statement["predicate"], other["predicate"]["signing_key"])
+    env["payload"] = base64.b64encode(canonical(statement)).decode()
+    req.write_text(json.dumps(env))
+    with pytest.raises(ConfigError, match=match):
+        issuer.register(ex, req, tmp_path / "out")
+
+
+def test_register_refuses_a_csr_for_another_key_or_subject(ex, tmp_path):
+    """A request re-signed by its own signing key but carrying someone else's CSR is refused."""
+    import base64
+
+    from cryptography.hazmat.primitives import serialization
+
+    from fedtrust.trust.dsse import Signer
+    from fedtrust.trust.keygen import REQUEST_TYPE
+
+    req = _request(tmp_path, "coordinator", "coord-9", ["127.0.0.1:9"])
+    theirs = json.loads(base64.b64decode(json.loads(_request(tmp_path, "coordinator", "coord-8", ["127.0.0.1:8"], "t")
+                                                    .read_text())["payload"]))["predicate"]
+    mine = json.loads(base64.b64decode(json.loads(req.read_text())["payload"]))["predicate"]
+    mine["csr_pem"] = theirs["csr_pem"]
+    signing = serialization.load_pem_private_key((tmp_path / "r" / "signing.key").read_bytes(), None)
+    req.write_bytes(Signer(signing).sign_statement(REQUEST_TYPE, mine).to_json())
+    with pytest.raises(ConfigError, match="the CSR names another subject"):
+        issuer.register(ex, req, tmp_path / "out")
 
 
 def test_load_identity_names_what_is_wrong(ex, tmp_path):
@@ -197,7 +275,7 @@ def test_issue_contract_refusals(ex, tmp_path):
 def test_issue_contract_refuses_foreign_products(ex, tmp_path):
     other = tmp_path / "other-exchange"
     issuer.init_exchange(other)
-    issuer.register(other, "node", "node-b", "127.0.0.1:1", tmp_path / "nb")
+    enroll(other, "node", "node-b", ["127.0.0.1:1"], tmp_path / "nb")
     # same owner, dataset, schema and commitment: the payload may even equal ours; the signature differs
     issuer.list_product(other, "node-b", "claims", root_of(ex) / "schema.toml", C2, tmp_path / "foreign.json")
     with pytest.raises(ConfigError, match="foreign.json was not issued by this exchange"):
@@ -298,14 +376,16 @@ def test_registered_credentials_do_mutual_tls_both_ways(ex, tmp_path):
                                                  (coord, node, b"fedtrust://node/node-a")]:
         server, port = _echo_server(server_ident)
         try:
+            # plain gRPC hostname verification: the requested address is in the certificate, nothing else is
             assert _call(client_ident, f"127.0.0.1:{port}") == expected
-            assert _call(client_ident, f"localhost:{port}") == expected
+            with pytest.raises(grpc.RpcError):
+                _call(client_ident, f"localhost:{port}")
         finally:
             server.stop(0)
     # a client whose certificate comes from another exchange is refused
     other = tmp_path / "other"
     issuer.init_exchange(other)
-    issuer.register(other, "coordinator", "coord-1", None, tmp_path / "intruder")
+    enroll(other, "coordinator", "coord-1", [], tmp_path / "intruder")
     intruder = load_identity(tmp_path / "intruder")
     server, port = _echo_server(node)
     try:

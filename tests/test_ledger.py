@@ -118,3 +118,21 @@ def test_training_jobs_debit_before_release_and_attest_once(tmp_path):
     with pytest.raises(ReplayError):
         store.attach_attestation(CONTRACT, "t1", attest(store.debits(CONTRACT)[1]))
     check_chain(store, Decimal(3))
+
+
+def test_state_files_are_private(tmp_path):
+    """Node, coordinator and training state: the folder 0700, the SQLite files (and WAL) 0600."""
+    import stat
+
+    from fedtrust.coordinator.store import JobStore
+    from fedtrust.node.training_store import TrainingStore
+
+    store = NodeStore(tmp_path / "state" / "node")
+    commit(store, 1, Decimal("0.1"), Decimal("1"))
+    TrainingStore(tmp_path / "state" / "node")
+    JobStore(tmp_path / "state" / "coord")
+    for d in ("node", "coord"):
+        folder = tmp_path / "state" / d
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+        files = list(folder.iterdir())
+        assert files and all(stat.S_IMODE(f.stat().st_mode) == 0o600 for f in files), files

@@ -95,7 +95,7 @@ def test_buyer_node_and_coordinator_each_refuse_what_the_contract_forbids(rfed, 
         ask.close()
     assert ledger(rfed, "bank-a") == before
     assert rfed.nodes["bank-a"].runtime.store.audit_events()[-1].event == "refused"
-    client = CoordinatorClient(rfed.coordinator_address, tls_of(buyer))
+    client = CoordinatorClient(rfed.coordinator_address, tls_of(buyer), rfed.coordinator_name)
     with pytest.raises(PolicyViolation, match=match):  # the coordinator, before any node is asked
         client.submit_training(job, raw)
 
@@ -137,7 +137,7 @@ def test_a_clientapp_that_crashes_mid_job_fails_the_round_and_the_job_and_the_da
     with pytest.raises(JobFailed, match="node bank-[ab] failed in train round 2.*ClientApp raising failed"):
         train(rfed, make_spec(model="raising", rounds=3), on_round=events.append)
     assert any(e.stage == "aggregated" and e.round == 1 for e in events)  # round 1 went through
-    client = CoordinatorClient(rfed.coordinator_address, tls_of(identity(rfed, "analyst")))
+    client = CoordinatorClient(rfed.coordinator_address, tls_of(identity(rfed, "analyst")), rfed.coordinator_name)
     jobs = sorted((p for p in (rfed.buyer_dir / "jobs").iterdir()), key=lambda p: p.stat().st_mtime)
     status = client.job_status(jobs[-1].name)
     assert status.state == "failed" and "train round 2" in status.error
@@ -168,7 +168,8 @@ def test_malformed_round_messages_and_kind_mixups_are_refused(rfed):
     from fedtrust.transport.server import secure_channel
 
     job, raw, _ = signed_job(rfed, make_spec())
-    with secure_channel(f"127.0.0.1:{rfed.nodes['bank-a'].port}", tls_of(identity(rfed, "coord"))) as ch:
+    with secure_channel(f"127.0.0.1:{rfed.nodes['bank-a'].port}", tls_of(identity(rfed, "coord")),
+                        ("node", "bank-a")) as ch:
         stub = node_pb2_grpc.NodeServiceStub(ch)
         cases = [
             [node_pb2.TrainRequest(message_chunk=b"x")],  # no header
@@ -197,7 +198,7 @@ def test_malformed_round_messages_and_kind_mixups_are_refused(rfed):
         ask.close()
     buyer = identity(rfed, "analyst")
     qjob, qraw, keys = make_job(buyer, rfed.contract_path, "SELECT COUNT(*) AS n FROM loans")
-    client = CoordinatorClient(rfed.coordinator_address, tls_of(buyer))
+    client = CoordinatorClient(rfed.coordinator_address, tls_of(buyer), rfed.coordinator_name)
     with pytest.raises(InvalidInput, match="sent to SubmitTraining"):
         client.submit_training(sign_job(qjob, buyer.signer).to_json(), qraw)
     with pytest.raises(InvalidInput, match="sent to SubmitQuery"):
@@ -215,7 +216,7 @@ def test_a_node_that_stops_between_rounds_fails_the_job_with_its_name(tmp_path):
         # the stop races with the coordinator sending the next round: any later round may be the one that fails
         with pytest.raises(JobFailed, match="node bank-b failed in (train|evaluate) round [23]"):
             train(fed, make_spec(rounds=3), on_round=stop_after_round_1)
-        client = CoordinatorClient(fed.coordinator_address, tls_of(identity(fed, "analyst")))
+        client = CoordinatorClient(fed.coordinator_address, tls_of(identity(fed, "analyst")), fed.coordinator_name)
         job_id = max((fed.buyer_dir / "jobs").iterdir(), key=lambda p: p.stat().st_mtime).name
         assert client.job_status(job_id).state == "failed"
 

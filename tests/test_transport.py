@@ -23,12 +23,15 @@ from fedtrust.transport import chunks, limits, peer, status
 from fedtrust.transport.chunks import Assembler, frame, split, unframe
 from fedtrust.transport.server import create_server, secure_channel
 from fedtrust.transport.tls import TlsMaterial, channel_credentials
+from fedtrust.trust.pki import identity_host
 from fedtrust.v1 import node_pb2, node_pb2_grpc
 
 pytestmark = pytest.mark.timeout(60)
 
 MiB = 1024 * 1024
 SERVICE = "fedtrust.test.Probe"
+#: the subject the probe server's certificate names; clients pin it
+N1 = ("node", "n1")
 
 
 # --------------------------------------------------------------------------
@@ -87,6 +90,7 @@ def issue(ca: tuple[ec.EllipticCurvePrivateKey, x509.Certificate], role: str, na
         .add_extension(
             x509.SubjectAlternativeName([
                 x509.UniformResourceIdentifier(f"fedtrust://{role}/{name}"),
+                x509.DNSName(identity_host(role, name)),
                 x509.DNSName("localhost"),
                 x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
             ]),
@@ -239,7 +243,7 @@ def server(pki) -> Iterator[tuple[grpc.Server, str]]:
 
 @pytest.fixture
 def client(server, pki) -> Iterator[grpc.Channel]:
-    ch = secure_channel(server[1], pki["coordinator"])
+    ch = secure_channel(server[1], pki["coordinator"], N1)
     try:
         yield ch
     finally:
@@ -263,7 +267,7 @@ def test_mtls_call_sees_client_identity(client):
 
 
 def test_other_client_identity(server, pki):
-    with secure_channel(server[1], pki["buyer"]) as ch:
+    with secure_channel(server[1], pki["buyer"], N1) as ch:
         assert _unary(ch, "Whoami") == b"buyer/b1"
 
 
@@ -282,14 +286,14 @@ def test_client_from_other_ca_is_refused(server, pki):
     # trusts the right CA for the server, but its own certificate is foreign
     foreign = pki["foreign"]
     tls = TlsMaterial(foreign.cert_pem, foreign.key_pem, pki["coordinator"].ca_pem)
-    with secure_channel(server[1], tls) as ch:
+    with secure_channel(server[1], tls, N1) as ch:
         with pytest.raises(grpc.RpcError) as ei:
             _unary(ch, "Whoami")
     assert ei.value.code() is grpc.StatusCode.UNAVAILABLE
 
 
 def test_server_from_other_ca_is_refused(server, pki):
-    with secure_channel(server[1], pki["foreign"]) as ch:
+    with secure_channel(server[1], pki["foreign"], N1) as ch:
         with pytest.raises(grpc.RpcError) as ei:
             _unary(ch, "Whoami")
     assert ei.value.code() is grpc.StatusCode.UNAVAILABLE
@@ -535,7 +539,7 @@ def test_node_service_refuses_oversized_context(client):
 
 
 def test_node_service_checks_caller(server, pki):
-    with secure_channel(server[1], pki["buyer"]) as ch:
+    with secure_channel(server[1], pki["buyer"], N1) as ch:
         with pytest.raises(grpc.RpcError) as ei:
             _run_query(ch, b"abc")
     assert ei.value.code() is grpc.StatusCode.UNAUTHENTICATED
@@ -610,7 +614,7 @@ def test_bad_address_is_config_error(pki):
         with pytest.raises(errors.ConfigError):
             create_server(address, pki["node"], _register)
     with pytest.raises(errors.ConfigError):
-        secure_channel("no-port", pki["node"])
+        secure_channel("no-port", pki["node"], N1)
 
 
 def test_tls_material_hides_key_and_validates(pki):
@@ -626,22 +630,38 @@ def test_tls_material_hides_key_and_validates(pki):
 # certificates issued by fedtrust.trust.pki work with the transport
 
 
-def test_pki_issued_certificates_interoperate():
+def test_pki_issued_certificates_interoperate_and_pin_the_server_identity():
     from fedtrust.trust import pki as tp
 
     ca_key, ca_cert = tp.create_ca("fedtrust test exchange")
     ca_pem = tp.cert_pem(ca_cert)
 
-    def material(role: str, name: str) -> TlsMaterial:
-        key, cert = tp.issue_certificate(ca_key, ca_cert, role, name, hosts=["127.0.0.1"])
+    def material(role: str, name: str, hosts=()) -> TlsMaterial:
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = tp.issue_certificate(ca_key, ca_cert, role, name, list(hosts), key.public_key())
         return TlsMaterial(tp.cert_pem(cert), tp.key_pem(key), ca_pem)
 
-    srv, port = create_server("127.0.0.1:0", material("node", "n2"), _register, max_workers=2)
+    srv, port = create_server("127.0.0.1:0", material("node", "n2", ["127.0.0.1"]), _register, max_workers=2)
     try:
-        with secure_channel(f"127.0.0.1:{port}", material("coordinator", "c1")) as ch:
+        with secure_channel(f"127.0.0.1:{port}", material("coordinator", "c1"), ("node", "n2")) as ch:
             assert _unary(ch, "Whoami") == b"coordinator/c1"
             assert _run_query(ch, b"ctx" * 1000)[1] == b"ctx" * 3 + b"c"
-        with secure_channel(f"localhost:{port}", material("buyer", "b2")) as ch:
-            assert _unary(ch, "Whoami") == b"buyer/b2"
+        # a valid certificate of the same CA, but another subject than the one dialled: refused in the handshake
+        for other in [("node", "n3"), ("buyer", "n2"), ("coordinator", "c1")]:
+            with secure_channel(f"127.0.0.1:{port}", material("buyer", "b2"), other) as ch:
+                with pytest.raises(grpc.RpcError) as ei:
+                    _unary(ch, "Whoami")
+            err = status.error_from_rpc(ei.value, f"{other[0]} {other[1]}")
+            assert isinstance(err, errors.VerificationError)
+            assert f"{other[0]} {other[1]} answered with a certificate that does not name that subject" in str(err)
+    finally:
+        srv.stop(0)
+    # a buyer's certificate (no address SAN: buyers run no server) on a node's address is refused
+    srv, port = create_server("127.0.0.1:0", material("buyer", "n2"), _register, max_workers=2)
+    try:
+        with secure_channel(f"127.0.0.1:{port}", material("coordinator", "c1"), ("node", "n2")) as ch:
+            with pytest.raises(grpc.RpcError) as ei:
+                _unary(ch, "Whoami")
+        assert isinstance(status.error_from_rpc(ei.value, "node n2"), errors.VerificationError)
     finally:
         srv.stop(0)

@@ -42,6 +42,12 @@ D = "ab" * 32  # a well-formed digest
 # a job and a full receipt
 
 
+def _tls_key():
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    return ec.generate_private_key(ec.SECP256R1()).public_key()
+
+
 class World:
     def __init__(self) -> None:
         self.exchange = Signer.generate()
@@ -77,7 +83,8 @@ class World:
 
     def _subject(self, role: str, name: str) -> None:
         signer = Signer.generate()
-        _, cert = pki.issue_certificate(self.ca_key, self.ca_cert, role, name, ["10.1.2.3"])
+        hosts = ["10.1.2.3"] if role != "buyer" else []
+        cert = pki.issue_certificate(self.ca_key, self.ca_cert, role, name, hosts, _tls_key())
         kx = raw_b64(X25519PrivateKey.generate().public_key()) if role == "node" else None
         cred = SubjectCredential(role, name, "10.1.2.3:7101" if role == "node" else None,
                                  pki.cert_pem(cert).decode(), raw_b64(signer.public_key), kx, utc_now())
@@ -348,14 +355,15 @@ def test_receipt_bundle_from_json_raises_only_invalid_input(data):
 
 
 def test_certificates_verify_against_their_ca_only(w):
-    _, cert = pki.issue_certificate(w.ca_key, w.ca_cert, "node", "node-x", ["10.0.0.5", "node-x.example", "::1"])
+    cert = pki.issue_certificate(w.ca_key, w.ca_cert, "node", "node-x", ["10.0.0.5", "node-x.example", "::1"],
+                                 _tls_key())
     ca_pem = pki.cert_pem(w.ca_cert)
     assert pki.verify_certificate(pki.cert_pem(cert), ca_pem) == ("node", "node-x")
     assert pki.verify_certificate(pki.cert_pem(cert).decode(), ca_pem) == ("node", "node-x")
     other_key, other_ca = pki.create_ca("another exchange")
     with pytest.raises(VerificationError, match="does not chain to this exchange's CA"):
         pki.verify_certificate(pki.cert_pem(cert), pki.cert_pem(other_ca))
-    _, foreign = pki.issue_certificate(other_key, other_ca, "node", "node-x")
+    foreign = pki.issue_certificate(other_key, other_ca, "node", "node-x", [], _tls_key())
     with pytest.raises(VerificationError, match="does not chain to this exchange's CA"):
         pki.verify_certificate(pki.cert_pem(foreign), ca_pem)
     with pytest.raises(VerificationError, match="not valid now"):
@@ -367,15 +375,23 @@ def test_certificates_verify_against_their_ca_only(w):
 def test_certificate_sans(w):
     from cryptography import x509
 
-    _, cert = pki.issue_certificate(w.ca_key, w.ca_cert, "coordinator", "c", ["10.0.0.5", "Coord.Example", "127.0.0.1"])
+    cert = pki.issue_certificate(w.ca_key, w.ca_cert, "coordinator", "c", ["10.0.0.5", "Coord.Example", "127.0.0.1"],
+                                 _tls_key())
     san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert san.get_values_for_type(x509.UniformResourceIdentifier) == ["fedtrust://coordinator/c"]
-    assert san.get_values_for_type(x509.DNSName) == ["localhost", "coord.example"]
-    assert [str(i) for i in san.get_values_for_type(x509.IPAddress)] == ["127.0.0.1", "10.0.0.5"]
+    # the identity host name every client pins, then exactly the requested addresses (no localhost for all)
+    assert san.get_values_for_type(x509.DNSName) == ["c.coordinator.fedtrust.invalid", "coord.example"]
+    assert [str(i) for i in san.get_values_for_type(x509.IPAddress)] == ["10.0.0.5", "127.0.0.1"]
+    buyer = pki.issue_certificate(w.ca_key, w.ca_cert, "buyer", "b", [], _tls_key())
+    san = buyer.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.DNSName) == ["b.buyer.fedtrust.invalid"]
+    assert san.get_values_for_type(x509.IPAddress) == []
+    with pytest.raises(ConfigError, match="a buyer runs no server"):
+        pki.issue_certificate(w.ca_key, w.ca_cert, "buyer", "b", ["127.0.0.1"], _tls_key())
     eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     assert {o.dotted_string for o in eku} == {"1.3.6.1.5.5.7.3.1", "1.3.6.1.5.5.7.3.2"}
     with pytest.raises(ConfigError, match="neither an IP address nor a DNS name"):
-        pki.issue_certificate(w.ca_key, w.ca_cert, "node", "n", ["bad host!"])
+        pki.issue_certificate(w.ca_key, w.ca_cert, "node", "n", ["bad host!"], _tls_key())
 
 
 def test_subject_names_and_uris():

@@ -16,6 +16,7 @@ import grpc
 from fedtrust.errors import ConfigError
 from fedtrust.transport.limits import channel_options, server_options
 from fedtrust.transport.tls import TlsMaterial, channel_credentials, server_credentials
+from fedtrust.trust.pki import identity_host
 
 __all__ = ["create_server", "secure_channel"]
 
@@ -71,8 +72,15 @@ def create_server(
     return server, port
 
 
-def secure_channel(target: str, tls: TlsMaterial) -> grpc.Channel:
-    """A mutual-TLS channel to `target` ("host:port"); the server must present a
-    certificate from the same CA with `host` among its SANs."""
+def secure_channel(target: str, tls: TlsMaterial, subject: tuple[str, str]) -> grpc.Channel:
+    """A mutual-TLS channel to `target` ("host:port") that reaches only `subject` (role, name).
+
+    The server must present a certificate from the same CA naming exactly
+    that subject: gRPC verifies the subject's identity host name
+    (`fedtrust.trust.pki.identity_host`) instead of `host`, so a server with
+    any other valid certificate at that address fails the handshake
+    (`error_from_rpc` turns it into a VerificationError).
+    """
     _check_address(target, "peer address")
-    return grpc.secure_channel(target, channel_credentials(tls), options=channel_options())
+    options = channel_options() + [("grpc.ssl_target_name_override", identity_host(*subject))]
+    return grpc.secure_channel(target, channel_credentials(tls), options=options)

@@ -197,6 +197,11 @@ def error_from_rpc(e: grpc.RpcError, peer: str) -> Error:
     cls = _KINDS.get(kind) if kind else None
     if cls is not None:
         return cls(details)
+    if code is grpc.StatusCode.UNAVAILABLE and "Hostname Verification" in details:
+        return errors.VerificationError(
+            f"{peer} answered with a certificate that does not name that subject (identity pinning refused "
+            "another subject's server at its address); check the address and who listens there"
+        )
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
         if code is grpc.StatusCode.DEADLINE_EXCEEDED:
             why = "did not answer in time"

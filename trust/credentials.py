@@ -3,8 +3,9 @@
 A `SubjectCredential` is what everyone may see about a node, buyer or
 coordinator: role, name, address, TLS certificate, Ed25519 signing key and,
 for nodes, the X25519 key-agreement key for pairwise masks. The exchange
-signs it. An `Identity` is the secret side a subject loads from the
-credential directory `fedtrust exchange register` wrote.
+signs it. An `Identity` is the secret side a subject loads from its
+credential directory: the keys `fedtrust keygen` made there, plus the public
+files `fedtrust exchange register` issued for them.
 """
 from __future__ import annotations
 
@@ -29,7 +30,8 @@ from fedtrust.trust.pki import (
 
 __all__ = [
     "CREDENTIAL_TYPE", "FILES", "SubjectCredential", "Identity", "raw_b64", "signing_public_key",
-    "kx_public_key", "sign_credential", "verify_credential", "write_identity_files", "load_identity", "load_identity_as",
+    "kx_public_key", "sign_credential", "verify_credential", "write_credential_files", "load_identity", "load_identity_as",
+    "signing_public_key_of",
     "load_exchange_key", "public_key_pem",
 ]
 
@@ -39,6 +41,8 @@ CREDENTIAL_TYPE = "https://fedtrust.dev/SubjectCredential/v1"
 TLS_CERT, TLS_KEY, SIGNING_KEY, KX_KEY = "tls.crt", "tls.key", "signing.key", "kx.key"
 CA_CERT, EXCHANGE_PUB, CREDENTIAL = "ca.crt", "exchange.pub", "credential.json"
 FILES = (TLS_CERT, TLS_KEY, SIGNING_KEY, KX_KEY, CA_CERT, EXCHANGE_PUB, CREDENTIAL)
+#: what the exchange writes: public material only
+PUBLIC_FILES = (TLS_CERT, CA_CERT, EXCHANGE_PUB, CREDENTIAL)
 SECRET_FILES = (TLS_KEY, SIGNING_KEY, KX_KEY)
 
 
@@ -103,7 +107,12 @@ class SubjectCredential:
 
 
 def signing_public_key(cred: SubjectCredential) -> Ed25519PublicKey:
-    return Ed25519PublicKey.from_public_bytes(_raw32(cred.signing_key, "signing_key"))
+    return signing_public_key_of(cred.signing_key)
+
+
+def signing_public_key_of(value: str) -> Ed25519PublicKey:
+    """An Ed25519 public key from its base64 raw form (InvalidInput when it is not one)."""
+    return Ed25519PublicKey.from_public_bytes(_raw32(value, "signing_key"))
 
 
 def kx_public_key(cred: SubjectCredential) -> X25519PublicKey:
@@ -139,10 +148,6 @@ def load_exchange_key(pem: bytes, what: str = EXCHANGE_PUB) -> Ed25519PublicKey:
     return key
 
 
-def _private_pem(key: Ed25519PrivateKey | X25519PrivateKey) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-
-
 def write_file(path: Path, data: bytes, secret: bool) -> None:
     """Create `path` (never overwrite); secret files are 0600 from the first byte."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600 if secret else 0o644)
@@ -160,25 +165,22 @@ def make_private_dir(path: Path) -> None:
     os.chmod(path, 0o700)
 
 
-def write_identity_files(
-    out_dir: str | Path,
-    *,
-    credential_envelope: Envelope,
-    tls_cert_pem: bytes,
-    tls_key_pem: bytes,
-    signing_key: Ed25519PrivateKey,
-    kx_key: X25519PrivateKey | None,
-    ca_pem: bytes,
+def write_credential_files(
+    out_dir: str | Path, *, credential_envelope: Envelope, tls_cert_pem: bytes, ca_pem: bytes,
     exchange_key: Ed25519PublicKey,
 ) -> Path:
-    """Write a credential directory (mode 0700; private keys 0600)."""
+    """Write the public files the exchange issues (credential, certificate, trust anchors) into `out_dir`.
+
+    `out_dir` may be the directory `fedtrust keygen` made (the keys stay
+    where they are) or a new one to copy there; it never overwrites a file.
+    """
     d = Path(out_dir)
-    make_private_dir(d)
+    if d.exists() and not d.is_dir():
+        raise ConfigError(f"{d} is not a directory; pass the directory to write the credential into")
+    if (d / CREDENTIAL).exists():
+        raise ConfigError(f"{d} already holds a {CREDENTIAL}; write the new credential into another directory")
+    d.mkdir(mode=0o700, parents=True, exist_ok=True)
     write_file(d / TLS_CERT, tls_cert_pem, secret=False)
-    write_file(d / TLS_KEY, tls_key_pem, secret=True)
-    write_file(d / SIGNING_KEY, _private_pem(signing_key), secret=True)
-    if kx_key is not None:
-        write_file(d / KX_KEY, _private_pem(kx_key), secret=True)
     write_file(d / CA_CERT, ca_pem, secret=False)
     write_file(d / EXCHANGE_PUB, public_key_pem(exchange_key), secret=False)
     write_file(d / CREDENTIAL, credential_envelope.to_json(), secret=False)
@@ -209,7 +211,7 @@ def _read(d: Path, name: str) -> bytes:
     try:
         return (d / name).read_bytes()
     except FileNotFoundError:
-        raise ConfigError(f"credential directory {d} has no {name}; point at the directory `fedtrust exchange register` wrote") from None
+        raise ConfigError(f"credential directory {d} has no {name}; run `fedtrust keygen` there and `fedtrust exchange register` for its request.json") from None
     except OSError as e:
         raise ConfigError(f"cannot read {d / name}: {e.strerror or e}; check its permissions") from None
 
@@ -218,7 +220,7 @@ def load_identity(path: str | Path) -> Identity:
     """Load and cross-check a credential directory; ConfigError naming the file that is missing or wrong."""
     d = Path(path)
     if not d.is_dir():
-        raise ConfigError(f"credential directory {d} does not exist; run `fedtrust exchange register` and copy its output here")
+        raise ConfigError(f"credential directory {d} does not exist; run `fedtrust keygen --out` there, then `fedtrust exchange register`")
     exchange_key = load_exchange_key(_read(d, EXCHANGE_PUB), str(d / EXCHANGE_PUB))
     try:
         envelope = Envelope.from_json(_read(d, CREDENTIAL))
@@ -227,20 +229,20 @@ def load_identity(path: str | Path) -> Identity:
         raise ConfigError(f"{d / CREDENTIAL} does not verify under {EXCHANGE_PUB}: {e}") from None
     tls_cert, tls_key, ca = _read(d, TLS_CERT), _read(d, TLS_KEY), _read(d, CA_CERT)
     if tls_cert.strip() != cred.cert_pem.encode("utf-8").strip():
-        raise ConfigError(f"{d / TLS_CERT} is not the certificate in {CREDENTIAL}; restore the files register wrote")
+        raise ConfigError(f"{d / TLS_CERT} is not the certificate in {CREDENTIAL}; keep the keys keygen made next to the credential the exchange issued for them")
     tls_private = load_private_key(tls_key, str(d / TLS_KEY))
     if not isinstance(tls_private, ec.EllipticCurvePrivateKey) or (
         tls_private.public_key().public_numbers() != load_certificate(tls_cert).public_key().public_numbers()  # type: ignore[union-attr]
     ):
-        raise ConfigError(f"{d / TLS_KEY} does not match {TLS_CERT}; restore the files register wrote")
+        raise ConfigError(f"{d / TLS_KEY} does not match {TLS_CERT}; keep the keys keygen made next to the credential the exchange issued for them")
     signing = load_private_key(_read(d, SIGNING_KEY), str(d / SIGNING_KEY))
     if not isinstance(signing, Ed25519PrivateKey) or raw_b64(signing.public_key()) != cred.signing_key:
-        raise ConfigError(f"{d / SIGNING_KEY} does not match the signing key in {CREDENTIAL}; restore the files register wrote")
+        raise ConfigError(f"{d / SIGNING_KEY} does not match the signing key in {CREDENTIAL}; keep the keys keygen made next to the credential the exchange issued for them")
     kx: X25519PrivateKey | None = None
     if cred.role == "node":
         kx_key = load_private_key(_read(d, KX_KEY), str(d / KX_KEY))
         if not isinstance(kx_key, X25519PrivateKey) or raw_b64(kx_key.public_key()) != cred.kx_key:
-            raise ConfigError(f"{d / KX_KEY} does not match the key-agreement key in {CREDENTIAL}; restore the files register wrote")
+            raise ConfigError(f"{d / KX_KEY} does not match the key-agreement key in {CREDENTIAL}; keep the keys keygen made next to the credential the exchange issued for them")
         kx = kx_key
     return Identity(cred, envelope, tls_cert, tls_key, ca, Signer(signing), kx, exchange_key)
 
@@ -252,6 +254,6 @@ def load_identity_as(path: str | Path, role: str, name: str) -> Identity:
     if cred.role != role or cred.name != name:
         raise ConfigError(
             f"credentials in {path} are for fedtrust://{cred.role}/{cred.name}, not {role} {name!r}; point "
-            f"[{role}] credentials at the directory `fedtrust exchange register` wrote for it"
+            f"[{role}] credentials at the directory holding its keys and credential"
         )
     return identity

@@ -2,10 +2,15 @@
 
 The CA is ECDSA P-256, self-signed, valid 10 years. Subject certificates are
 ECDSA P-256, valid 1 year, and usable as both TLS server and client
-certificates. Each names its subject in a URI SAN `fedtrust://<role>/<name>`,
-which servers read from the TLS auth context on every call, and carries
-`localhost`, `127.0.0.1` and the subject's advertised host as SANs so
-clients verify servers without target-name overrides.
+certificates; the exchange issues them from the subject's own CSR and never
+sees the private key. Each names its subject twice: in a URI SAN
+`fedtrust://<role>/<name>`, which servers read from the TLS auth context on
+every call, and in a DNS SAN `<name>.<role>.fedtrust.invalid` (a reserved
+TLD, never a real host), which clients pass to gRPC as the name to verify, so
+a server holding any other subject's valid certificate fails the handshake
+(identity pinning: grpcio offers no hook to inspect the server's certificate).
+Nodes and coordinators also carry the hosts of their advertised addresses
+(DNS or IP); nobody gets `localhost` or `127.0.0.1` unless it asked for it.
 """
 from __future__ import annotations
 
@@ -24,10 +29,14 @@ from fedtrust.errors import ConfigError, VerificationError
 __all__ = [
     "ROLES", "NAME_PATTERN", "check_name", "check_role", "subject_uri", "parse_subject_uri",
     "create_ca", "issue_certificate", "verify_certificate", "load_certificate", "certificate_subject",
-    "key_pem", "cert_pem", "load_private_key", "address_host",
+    "key_pem", "cert_pem", "load_private_key", "address_host", "identity_host", "make_csr", "check_csr",
+    "certificate_not_after", "ADDRESS_ROLES",
 ]
 
 ROLES = ("node", "buyer", "coordinator")
+#: roles that run a server others dial, so their certificates carry address SANs
+ADDRESS_ROLES = ("node", "coordinator")
+IDENTITY_SUFFIX = "fedtrust.invalid"
 NAME_PATTERN = r"[a-z0-9][a-z0-9._-]{0,62}"
 _NAME = re.compile(NAME_PATTERN)
 _URI = re.compile(rf"fedtrust://(node|buyer|coordinator)/({NAME_PATTERN})")
@@ -56,6 +65,11 @@ def check_role(role: str) -> str:
 
 def subject_uri(role: str, name: str) -> str:
     return f"fedtrust://{check_role(role)}/{check_name(name)}"
+
+
+def identity_host(role: str, name: str) -> str:
+    """The DNS SAN naming a subject, which clients verify as the server's host name."""
+    return f"{check_name(name)}.{check_role(role)}.{IDENTITY_SUFFIX}"
 
 
 def parse_subject_uri(uri: str) -> tuple[str, str]:
@@ -123,27 +137,31 @@ def issue_certificate(
     ca_cert: x509.Certificate,
     role: str,
     name: str,
-    hosts: Sequence[str] = (),
-) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
-    """An ECDSA P-256 server+client certificate for `fedtrust://<role>/<name>`, valid 1 year."""
+    hosts: Sequence[str],
+    public_key: ec.EllipticCurvePublicKey,
+) -> x509.Certificate:
+    """An ECDSA P-256 server+client certificate for `fedtrust://<role>/<name>` and `public_key`, valid 1 year.
+
+    SANs: the subject URI, its identity host name, and (nodes and
+    coordinators only) the hosts of its addresses.
+    """
     uri = subject_uri(role, name)
-    sans: list[x509.GeneralName] = [
-        x509.UniformResourceIdentifier(uri),
-        x509.DNSName("localhost"),
-        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-    ]
+    if hosts and role not in ADDRESS_ROLES:
+        raise ConfigError(f"a {role} runs no server, so its certificate carries no address; drop --address")
+    if not isinstance(public_key, ec.EllipticCurvePublicKey) or not isinstance(public_key.curve, ec.SECP256R1):
+        raise ConfigError("the TLS key must be ECDSA P-256; generate it with `fedtrust keygen`")
+    sans: list[x509.GeneralName] = [x509.UniformResourceIdentifier(uri), x509.DNSName(identity_host(role, name))]
     for host in hosts:
         san = _host_san(host)
         if san not in sans:
             sans.append(san)
-    key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.now(timezone.utc)
     not_after = min(now + timedelta(days=CERT_DAYS), ca_cert.not_valid_after_utc)
     cert = (
         x509.CertificateBuilder()
         .subject_name(_name(name, role))
         .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
+        .public_key(public_key)
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - BACKDATE)
         .not_valid_after(not_after)
@@ -161,14 +179,47 @@ def issue_certificate(
             critical=False,
         )
         .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),  # type: ignore[arg-type]
             critical=False,
         )
         .sign(ca_key, hashes.SHA256())
     )
-    return key, cert
+    return cert
+
+
+def make_csr(key: ec.EllipticCurvePrivateKey, role: str, name: str) -> bytes:
+    """A PEM CSR for `fedtrust://<role>/<name>`, signed by the subject's TLS key (proof of possession)."""
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(_name(check_name(name), check_role(role)))
+        .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(subject_uri(role, name))]),
+                       critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    return csr.public_bytes(serialization.Encoding.PEM)
+
+
+def check_csr(pem: str | bytes, role: str, name: str) -> ec.EllipticCurvePublicKey:
+    """The CSR's P-256 public key, once its self-signature verifies and it names `fedtrust://<role>/<name>`."""
+    data = pem.encode("ascii", "replace") if isinstance(pem, str) else pem
+    try:
+        csr = x509.load_pem_x509_csr(data)
+    except (ValueError, TypeError):
+        raise VerificationError("the request's csr is not a PEM certificate signing request; rerun `fedtrust keygen`") from None
+    if not csr.is_signature_valid:
+        raise VerificationError("the CSR's signature does not verify: it was not signed by the TLS key it carries")
+    key = csr.public_key()
+    if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP256R1):
+        raise VerificationError("the CSR's key is not ECDSA P-256; generate it with `fedtrust keygen`")
+    if csr.subject != _name(name, role):
+        raise VerificationError(f"the CSR names another subject than {subject_uri(role, name)}; rerun `fedtrust keygen`")
+    return key
+
+
+def certificate_not_after(pem: str | bytes) -> datetime:
+    return load_certificate(pem).not_valid_after_utc
 
 
 def load_certificate(pem: bytes | str) -> x509.Certificate:

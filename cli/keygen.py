@@ -1,0 +1,24 @@
+"""`fedtrust keygen`: a subject makes its own keys and the signed request the exchange certifies."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List
+
+import typer
+
+from fedtrust.cli.output import console
+
+
+def keygen(
+    role: str = typer.Option(..., "--role", help="node, buyer or coordinator"),
+    name: str = typer.Option(..., "--name", help="subject name, e.g. insurer-a"),
+    address: List[str] = typer.Option([], "--address",
+                                      help="HOST:PORT where the daemon listens (nodes: required; repeatable)"),
+    out: Path = typer.Option(..., "--out", help="new directory for the keys (0700, keys 0600) and request.json"),
+) -> None:
+    """Create this subject's private keys and `request.json` (public keys, signed: proof of possession)."""
+    from fedtrust.trust.keygen import REQUEST, keygen as do_keygen
+
+    req = do_keygen(role, name, address, out)
+    console.print(f"keys for {req.uri} in {out}; send {out / REQUEST} to the exchange "
+                  f"(`fedtrust exchange register EXCHANGE --request {out / REQUEST} --out DIR`)", highlight=False)
