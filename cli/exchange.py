@@ -1,10 +1,13 @@
 """`fedtrust exchange …`: the exchange's offline tools (CA, registry, listing, contracts, verification)."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import List, Optional
 
 import typer
+from rich.markup import escape
+from rich.table import Table
 
 from fedtrust.cli.output import console, err_console, print_json
 
@@ -12,12 +15,18 @@ app = typer.Typer(help="Data exchange: identities, products, contracts, receipt 
 
 
 @app.command("init")
-def init(directory: Path = typer.Argument(..., help="the exchange's directory (created)")) -> None:
-    """Create the exchange CA (ECDSA P-256), its signing key (Ed25519) and its SQLite registry."""
+def init(
+    directory: Path = typer.Argument(..., help="the exchange's directory (created)"),
+    origin: Optional[str] = typer.Option(
+        None, "--origin", help="name of its receipt log in checkpoints, e.g. exchange.example.org/log "
+        "(default: derived from its key; unique per exchange)"),
+) -> None:
+    """Create the exchange CA (ECDSA P-256), its signing key (Ed25519), its log origin and its SQLite registry."""
     from fedtrust.exchange.issuer import init_exchange
 
-    init_exchange(directory)
-    console.print(f"exchange initialised in {directory}")
+    ex = init_exchange(directory, origin)
+    console.print(f"exchange initialised in {directory}; receipt log origin {ex.origin}", highlight=False)
+    console.print(f"checkpoint verifier key: {ex.verifier_key}", highlight=False)
 
 
 @app.command("register")
@@ -114,42 +123,84 @@ def log(
     directory: Path = typer.Argument(..., help="the exchange's directory"),
     job: Optional[str] = typer.Option(None, "--job", help="add the inclusion proof of this job's receipt"),
     from_size: Optional[int] = typer.Option(None, "--from-size", help="add a consistency proof from this log size"),
-    out: Optional[Path] = typer.Option(None, "--out", help="write the JSON here instead of stdout"),
+    out: Optional[Path] = typer.Option(None, "--out", help="write the checkpoint and proofs as JSON here"),
+    note: Optional[Path] = typer.Option(None, "--note", help="write the bare checkpoint (C2SP signed note) here"),
+    as_json: bool = typer.Option(False, "--json", help="print the checkpoint and proofs as JSON"),
+    last: int = typer.Option(10, "--last", help="entries shown in the summary"),
 ) -> None:
-    """A signed checkpoint of the receipt log (size, root), with inclusion or consistency proofs."""
-    import json
-
+    """The receipt log: a signed checkpoint (C2SP note), with inclusion or consistency proofs; a summary by default."""
     from fedtrust.exchange.issuer import load_exchange
 
     ex = load_exchange(directory)
-    doc = {"checkpoint": json.loads(ex.store.log.checkpoint(ex.signer).to_json())}
+    lg = ex.store.log
+    entries = lg.entries()  # one snapshot: checkpoint and proofs below are for this size
+    size = len(entries)
+    doc: dict = {"checkpoint": lg.checkpoint(ex.signer, ex.origin, size), "verifier_key": ex.verifier_key}
     if job:
-        doc["inclusion"] = ex.store.log.inclusion_for_job(job).to_dict()
+        doc["inclusion"] = lg.inclusion_for_job(job, size).to_dict()
     if from_size is not None:
-        doc["consistency"] = ex.store.log.consistency(from_size).to_dict()
-    text = json.dumps(doc, indent=2)
+        doc["consistency"] = lg.consistency(from_size, size).to_dict()
+    if note:
+        note.write_text(doc["checkpoint"], encoding="utf-8")
     if out:
-        out.write_text(text)
-        console.print(f"checkpoint at size {ex.store.log.size()} written to {out}")
-    else:
-        print(text)
+        out.write_text(json.dumps(doc, indent=2, ensure_ascii=False), encoding="utf-8")
+    if as_json:
+        print_json(doc)
+        return
+    console.print(f"receipt log {ex.origin}: {size} entries, root {lg.root(size).hex()}", highlight=False)
+    console.print(f"verifier key: {ex.verifier_key}", highlight=False)
+    if entries:
+        t = Table(title=f"last {min(last, size)} entries", title_justify="left")
+        for c in ("index", "job", "contract", "appended"):
+            t.add_column(c)
+        for e in entries[-last:]:
+            t.add_row(str(e.index), escape(e.job_id), e.contract_digest[:16] + "…", e.appended_at)
+        console.print(t)
+    if "inclusion" in doc:
+        console.print(f"job {escape(job or '')} is entry {doc['inclusion']['index']} "
+                      f"({len(doc['inclusion']['path'])} proof hashes)")
+    if "consistency" in doc:
+        console.print(f"consistency proof {from_size} → {size} ({len(doc['consistency']['path'])} hashes)")
+    for path, what in ((note, "checkpoint note"), (out, "checkpoint and proofs")):
+        if path:
+            console.print(f"{what} written to {path}", highlight=False)
 
 
 @app.command("settle")
 def settle(
     directory: Path = typer.Argument(..., help="the exchange's directory"),
-    contract: str = typer.Option(..., "--contract", help="the contract's digest"),
-    out: Optional[Path] = typer.Option(None, "--out", help="write the signed statement here instead of stdout"),
+    contract: str = typer.Option(..., "--contract", envvar="FEDTRUST_CONTRACT",
+                                 help="the contract: its digest, a unique prefix of it, or its file"),
+    out: Optional[Path] = typer.Option(None, "--out", help="write the signed statement here"),
+    as_json: bool = typer.Option(False, "--json", help="print the signed statement (DSSE envelope)"),
 ) -> None:
-    """A signed settlement statement: the contract's verified jobs, in log order, under the log root."""
+    """A signed settlement: the contract's verified jobs in log order under the log root, its price and each
+    owner's amount; a summary by default."""
     from fedtrust.exchange.issuer import load_exchange
+    from fedtrust.exchange.lookup import resolve_contract
     from fedtrust.exchange.receipt_log import sign_settlement
 
     ex = load_exchange(directory)
-    ex.store.get_contract(contract)  # NotFound for a contract this exchange did not issue
-    env = sign_settlement(ex.store.log, contract, ex.signer)
+    digest = resolve_contract(ex.store, contract)
+    c, _ = ex.store.get_contract(digest)
+    env = sign_settlement(ex.store.log, digest, ex.signer, ex.origin, price=c.price,
+                          owners=[h.credential.name for h in c.owners])
     if out:
         out.write_bytes(env.to_json())
-        console.print(f"settlement of contract {contract[:12]}… written to {out}")
-    else:
+    if as_json:
         print(env.to_json().decode())
+        return
+    p = json.loads(env.payload)["predicate"]
+    console.print(f"settlement of contract {digest}", highlight=False)
+    console.print(f"buyer {escape(c.buyer.name)} pays {p['price']} for {p['count']} verified job(s) "
+                  f"(log {escape(ex.origin)} at size {p['log_size']})", highlight=False)
+    t = Table(title_justify="left")
+    t.add_column("owner")
+    t.add_column("amount", justify="right")
+    for a in p["amounts"]:
+        t.add_row(escape(a["owner"]), a["amount"])
+    console.print(t)
+    if p["jobs"]:
+        console.print("jobs: " + ", ".join(escape(j["job_id"]) for j in p["jobs"]), highlight=False)
+    if out:
+        console.print(f"signed statement written to {out}", highlight=False)

@@ -12,7 +12,7 @@ import sys
 import typer
 from rich.markup import escape
 
-from fedtrust.cli import coordinator, demo, exchange, job, keygen, node, predict, query, train
+from fedtrust.cli import audit, coordinator, demo, exchange, job, keygen, node, predict, query, train
 from fedtrust.cli.output import err_console
 from fedtrust.errors import Error
 
@@ -28,6 +28,7 @@ app.add_typer(node.app, name="node")
 app.add_typer(coordinator.app, name="coordinator")
 app.add_typer(job.app, name="job")
 app.command("keygen")(keygen.keygen)
+app.add_typer(audit.app, name="audit")
 app.command("query")(query.query)
 app.command("train")(train.train)
 app.command("predict")(predict.predict)

@@ -1,8 +1,9 @@
 """The exchange's domain functions behind `fedtrust exchange …`: init, register, renew, list, contract.
 
 An exchange directory holds the CA (`ca.key` 0600, `ca.crt`), the Ed25519
-signing key (`signing.key` 0600, `exchange.pub`) and the registry
-(`exchange.db`). Everything the exchange issues is signed with its key and
+signing key (`signing.key` 0600, `exchange.pub`), the registry
+(`exchange.db`) and the origin of its receipt log (`origin`: the name its
+checkpoints are signed under, unique to this exchange). Everything the exchange issues is signed with its key and
 recorded in the registry; files handed to subjects are written alongside.
 The exchange never makes or sees a subject's private key: subjects send a
 signed request (`fedtrust keygen`) and get back public files only.
@@ -33,14 +34,17 @@ from fedtrust.trust.credentials import (
     CREDENTIAL, SubjectCredential, public_key_pem, sign_credential, write_credential_files, write_file,
 )
 from fedtrust.trust.keygen import load_request, verify_request
-from fedtrust.trust.dsse import Envelope, Signer
+from fedtrust.trust.dsse import Envelope, Signer, keyid_of
+from fedtrust.trust.note import check_key_name, verifier_key
 from fedtrust.trust.products import Product, check_dataset, sign_product, verify_product
 from fedtrust.trust.rules import load_rules_toml
 from fedtrust.trust.schema import load_schema_toml
 
-__all__ = ["Exchange", "init_exchange", "load_exchange", "register", "renew", "list_product", "issue_contract"]
+__all__ = ["Exchange", "default_origin", "init_exchange", "load_exchange", "register", "renew", "list_product",
+           "issue_contract"]
 
 CA_KEY, CA_CERT, SIGNING_KEY, EXCHANGE_PUB, DB = "ca.key", "ca.crt", "signing.key", "exchange.pub", "exchange.db"
+ORIGIN_FILE = "origin"
 CA_NAME = "fedtrust exchange CA"
 
 
@@ -51,14 +55,34 @@ class Exchange:
     ca_key: ec.EllipticCurvePrivateKey = field(repr=False)
     ca_cert: x509.Certificate
     store: ExchangeStore
+    origin: str = ""
 
     @property
     def ca_pem(self) -> bytes:
         return pki.cert_pem(self.ca_cert)
 
+    @property
+    def verifier_key(self) -> str:
+        """The C2SP signed-note verifier key of its checkpoints: `origin+hash+key`."""
+        return verifier_key(self.origin, self.signer.public_key)
 
-def init_exchange(path: str | Path) -> Exchange:
-    """Create the CA, the signing key and an empty registry; refuse an initialised directory."""
+
+def default_origin(public_key) -> str:
+    """A log origin unique to an exchange key: `fedtrust.exchange/` + the first 16 hex digits of its sha256."""
+    return "fedtrust.exchange/" + keyid_of(public_key).split(":", 1)[1][:16]
+
+
+def init_exchange(path: str | Path, origin: str | None = None) -> Exchange:
+    """Create the CA, the signing key, the log origin and an empty registry; refuse an initialised directory.
+
+    `origin` names this exchange's receipt log in its checkpoints (a schema-less
+    URL such as `exchange.example.org/log`); by default it is derived from the key.
+    """
+    if origin is not None:
+        try:
+            check_key_name(origin)
+        except InvalidInput as e:
+            raise ConfigError(f"--origin: {e}") from None
     d = Path(path)
     if any((d / n).exists() for n in (CA_KEY, SIGNING_KEY, DB)):
         raise ConfigError(f"{d} already holds an exchange; use it, or pick an empty directory for a new one")
@@ -75,7 +99,9 @@ def init_exchange(path: str | Path) -> Exchange:
     ), secret=True)
     write_file(d / EXCHANGE_PUB, public_key_pem(signing.public_key()), secret=False)
     signer = Signer(signing)
-    return Exchange(d, signer, ca_key, ca_cert, ExchangeStore(d / DB, signer.public_key))
+    origin = origin or default_origin(signer.public_key)
+    write_file(d / ORIGIN_FILE, (origin + "\n").encode(), secret=False)
+    return Exchange(d, signer, ca_key, ca_cert, ExchangeStore(d / DB, signer.public_key), origin)
 
 
 def _read(d: Path, name: str) -> bytes:
@@ -104,7 +130,13 @@ def load_exchange(path: str | Path) -> Exchange:
     if not (d / DB).exists():
         raise ConfigError(f"{d} is not an initialised exchange ({DB} is missing); run `fedtrust exchange init`")
     signer = Signer(signing)
-    return Exchange(d, signer, ca_key, ca_cert, ExchangeStore(d / DB, signer.public_key))
+    origin = default_origin(signer.public_key)  # exchanges initialised before origins were chosen
+    if (d / ORIGIN_FILE).exists():
+        try:
+            origin = check_key_name(_read(d, ORIGIN_FILE).decode("utf-8").strip())
+        except (InvalidInput, UnicodeDecodeError):
+            raise ConfigError(f"{d / ORIGIN_FILE} does not hold a log origin; restore the file `exchange init` wrote") from None
+    return Exchange(d, signer, ca_key, ca_cert, ExchangeStore(d / DB, signer.public_key), origin)
 
 
 def register(path: str | Path, request_path: str | Path, out_dir: str | Path) -> SubjectCredential:

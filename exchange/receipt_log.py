@@ -6,14 +6,24 @@ Every receipt the exchange accepts becomes one leaf of a Merkle log
 the same SQLite transaction that records the receipt, so the log and the
 receipt table never disagree; triggers refuse UPDATE and DELETE on the table.
 
-Why the exchange *signs* checkpoints (origin, size, root, timestamp): the
-SQLite file is the exchange's own, and it could rewrite it. A checkpoint
+Why the exchange *signs* checkpoints (origin, size, root): the SQLite file
+is the exchange's own, and it could rewrite it. A checkpoint
 handed to a node, buyer or auditor pins the whole log at that size under the
 exchange's key. Anyone holding one can later ask for an inclusion proof
 (this receipt was logged, at this index) and a consistency proof (the
 newer log extends the one they saw) and check both offline, without
 trusting the exchange or reading the log. Two signed checkpoints that admit
 no consistency proof are evidence that the log was rewritten.
+
+Checkpoints are C2SP tlog-checkpoints (https://c2sp.org/tlog-checkpoint) in
+C2SP signed notes (`fedtrust.trust.note`): the origin line, the decimal tree
+size, the base64 root hash, then the exchange's Ed25519 note signature with
+the origin as key name. That is what transparency witnesses and monitors
+(Go's sumdb, Sigstore Rekor v2, Tessera) consume, so they can watch an
+exchange's log unchanged. Each exchange has its own origin, chosen at
+`exchange init`, so a checkpoint of one exchange can never pass for
+another's. (The earlier DSSE form is dropped: it added nothing the note does
+not carry, and one format is one verifier less.)
 
 A settlement statement lists, for one contract, the jobs recorded under it
 (job id, bundle digest, log index) in log order, their count and the log
@@ -26,25 +36,26 @@ from __future__ import annotations
 
 import sqlite3
 from dataclasses import dataclass
-from typing import Any, Iterator
+from decimal import Decimal, InvalidOperation
+from typing import Any, Iterator, Sequence
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from fedtrust.errors import InvalidInput, NotFound, ReplayError, VerificationError
+from fedtrust.errors import ConfigError, InvalidInput, NotFound, ReplayError, VerificationError
 from fedtrust.exchange import merkle
 from fedtrust.sqlite import Database
 from fedtrust.trust.canonical import Fields, canonical, is_sha256_hex, utc_now
+from fedtrust.trust.contracts import check_price
 from fedtrust.trust.dsse import Envelope, Signer, verify_statement
+from fedtrust.trust.note import b64_canonical, check_key_name, open_note, sign_note, unb64_canonical
 
 __all__ = [
-    "LOG_SCHEMA", "ORIGIN", "CHECKPOINT_TYPE", "SETTLEMENT_TYPE",
+    "LOG_SCHEMA", "SETTLEMENT_TYPE",
     "LogEntry", "Checkpoint", "InclusionProof", "ConsistencyProof", "ReceiptLog",
-    "receipt_leaf", "receipt_leaf_hash", "verify_checkpoint", "check_inclusion", "check_consistency",
-    "sign_settlement", "verify_settlement",
+    "receipt_leaf", "receipt_leaf_hash", "checkpoint_text", "parse_checkpoint_text", "verify_checkpoint", "check_inclusion", "check_consistency",
+    "split_price", "sign_settlement", "verify_settlement",
 ]
 
-ORIGIN = "fedtrust-exchange"
-CHECKPOINT_TYPE = "https://fedtrust.dev/LogCheckpoint/v1"
 SETTLEMENT_TYPE = "https://fedtrust.dev/Settlement/v1"
 
 LOG_SCHEMA = """
@@ -96,7 +107,6 @@ class Checkpoint:
     origin: str
     size: int
     root: bytes
-    timestamp: str
 
     def __iter__(self) -> Iterator[Any]:
         return iter((self.size, self.root))
@@ -110,6 +120,13 @@ def _unhex(value: object, what: str) -> bytes:
     if not is_sha256_hex(value):
         raise InvalidInput(f"{what} must be a lowercase sha256 hex string")
     return bytes.fromhex(value)  # type: ignore[arg-type]
+
+
+def _exact(d: object, what: str, keys: set[str]) -> Fields:
+    f = Fields(d, what)
+    if set(f.d) != keys:
+        raise InvalidInput(f"{what} must have exactly the fields {', '.join(sorted(keys))}")
+    return f
 
 
 @dataclass(frozen=True)
@@ -136,7 +153,7 @@ class InclusionProof:
 
     @classmethod
     def from_dict(cls, d: object) -> InclusionProof:
-        f = Fields(d, "inclusion proof")
+        f = _exact(d, "inclusion proof", {"index", "size", "leaf_hash", "path", "root"})
         return cls(f.integer("index"), f.integer("size"), _unhex(f.raw("leaf_hash"), "leaf_hash"),
                    tuple(_unhex(p, "path entry") for p in f.items("path")), _unhex(f.raw("root"), "root"))
 
@@ -165,7 +182,7 @@ class ConsistencyProof:
 
     @classmethod
     def from_dict(cls, d: object) -> ConsistencyProof:
-        f = Fields(d, "consistency proof")
+        f = _exact(d, "consistency proof", {"old_size", "new_size", "old_root", "new_root", "path"})
         return cls(f.integer("old_size"), f.integer("new_size"), _unhex(f.raw("old_root"), "old_root"),
                    _unhex(f.raw("new_root"), "new_root"), tuple(_unhex(p, "path entry") for p in f.items("path")))
 
@@ -286,14 +303,12 @@ class ReceiptLog:
                                 tuple(path))
 
     # -- signed statements ----------------------------------------------------
-    def checkpoint(self, signer: Signer) -> Envelope:
-        """Sign the current size and root with the exchange key (predicate type CHECKPOINT_TYPE)."""
-        hashes = self.leaf_hashes()
-        root = merkle.root_hash(hashes)
-        predicate = {"origin": ORIGIN, "size": len(hashes), "root": root.hex(), "timestamp": utc_now()}
-        return signer.sign_statement(CHECKPOINT_TYPE, predicate, [(f"{ORIGIN}/log/{len(hashes)}", root.hex())])
+    def checkpoint(self, signer: Signer, origin: str, size: int | None = None) -> str:
+        """The C2SP signed note of the log of `size` leaves (the current log by default), signed as `origin`."""
+        hashes = self.leaf_hashes(size)
+        return sign_note(checkpoint_text(origin, len(hashes), merkle.root_hash(hashes)), origin, signer.private_key)
 
-    def settlement(self, contract_digest: str, size: int | None = None) -> dict[str, Any]:
+    def settlement(self, contract_digest: str, origin: str, size: int | None = None) -> dict[str, Any]:
         """The settlement predicate of one contract over the first `size` log entries (the current log by default).
 
         {origin, contract_digest, count, jobs: [{job_id, bundle_digest, index}] in log order, log_size,
@@ -305,7 +320,7 @@ class ReceiptLog:
         jobs = [{"job_id": e.job_id, "bundle_digest": e.bundle_digest, "index": e.index}
                 for e in entries if e.contract_digest == contract_digest]
         return {
-            "origin": ORIGIN,
+            "origin": origin,
             "contract_digest": contract_digest,
             "count": len(jobs),
             "jobs": jobs,
@@ -314,20 +329,48 @@ class ReceiptLog:
         }
 
 
-# -- verification (anyone holding the exchange's public key) ------------------
-def verify_checkpoint(envelope: Envelope, exchange_public_key: Ed25519PublicKey) -> Checkpoint:
-    """Verify a checkpoint signed by the exchange; VerificationError for a bad signature or predicate."""
-    p = verify_statement(envelope, exchange_public_key, CHECKPOINT_TYPE)
+# -- checkpoints: C2SP tlog-checkpoint bodies in signed notes ------------------
+def checkpoint_text(origin: str, size: int, root: bytes) -> str:
+    """The checkpoint body: origin, decimal tree size, base64 root hash, one per line."""
+    check_key_name(origin)
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0 or len(root) != 32:
+        raise InvalidInput("a checkpoint needs a non-negative tree size and a 32-byte root hash")
+    return f"{origin}\n{size}\n{b64_canonical(root)}\n"
+
+
+def parse_checkpoint_text(text: str) -> Checkpoint:
+    """Parse a checkpoint body (extension lines after the root are allowed and ignored); InvalidInput if malformed."""
+    lines = text.split("\n")
+    if len(lines) < 4 or lines[-1] != "":
+        raise InvalidInput("a checkpoint is an origin line, a tree size line and a root hash line")
+    origin, size, root = lines[0], lines[1], lines[2]
+    if not origin:
+        raise InvalidInput("checkpoint origin line is empty")
+    if not size.isascii() or not size.isdigit() or (len(size) > 1 and size[0] == "0") or len(size) > 20:
+        raise InvalidInput("checkpoint tree size must be a decimal number without leading zeros")
+    raw = unb64_canonical(root, "checkpoint root hash")
+    if len(raw) != 32:
+        raise InvalidInput("checkpoint root hash must be 32 bytes (SHA-256)")
+    return Checkpoint(origin, int(size), raw)
+
+
+def verify_checkpoint(note: bytes | str, exchange_public_key: Ed25519PublicKey,
+                      origin: str | None = None) -> Checkpoint:
+    """Open a checkpoint note signed by the exchange; VerificationError for a bad signature or body.
+
+    `origin` is the exchange's log origin when the caller knows it; otherwise
+    the note's first line is taken, and the signature must still be by the
+    exchange's key under that name (the key hash binds both).
+    """
     try:
-        f = Fields(p, "log checkpoint")
-        origin, size, root, ts = f.text("origin"), f.integer("size"), f.digest("root"), f.time("timestamp")
+        name = origin if origin is not None else (note.decode("utf-8", "replace") if isinstance(note, bytes)
+                                                  else note).split("\n", 1)[0]
+        cp = parse_checkpoint_text(open_note(note, check_key_name(name), exchange_public_key))
     except InvalidInput as e:
-        raise VerificationError(f"signed log checkpoint is malformed ({e})") from None
-    if origin != ORIGIN:
-        raise VerificationError(f"checkpoint is for log {origin!r}, not {ORIGIN!r}")
-    if size < 0:
-        raise VerificationError("signed log checkpoint has a negative size")
-    return Checkpoint(origin, size, bytes.fromhex(root), ts)
+        raise VerificationError(f"log checkpoint is malformed ({e})") from None
+    if cp.origin != name:
+        raise VerificationError(f"checkpoint is for log {cp.origin!r}, not {name!r}; it is another exchange's log")
+    return cp
 
 
 def check_inclusion(proof: InclusionProof, checkpoint: Checkpoint, leaf: bytes | None = None) -> None:
@@ -351,14 +394,35 @@ def check_consistency(old: Checkpoint, new: Checkpoint, proof: ConsistencyProof)
     proof.verify()
 
 
-def sign_settlement(log: ReceiptLog, contract_digest: str, signer: Signer, size: int | None = None) -> Envelope:
-    """The exchange's signed settlement statement for one contract (predicate type SETTLEMENT_TYPE)."""
-    predicate = log.settlement(contract_digest, size)
+def split_price(price: str, owners: Sequence[str]) -> list[dict[str, str]]:
+    """The contract price in equal shares per owner (sorted by name), exact in the price's decimal places
+    (at least 2): the first owners get one unit of the last place more where it does not divide evenly."""
+    if not owners:
+        return []
+    places = max(2, len(price.partition(".")[2]))
+    units = int(Decimal(price).scaleb(places))
+    share, rest = divmod(units, len(owners))
+    return [{"owner": o, "amount": f"{Decimal(share + (1 if i < rest else 0)).scaleb(-places):f}"}
+            for i, o in enumerate(sorted(owners))]
+
+
+def sign_settlement(log: ReceiptLog, contract_digest: str, signer: Signer, origin: str,
+                    size: int | None = None, *, price: str | None = None, owners: Sequence[str] = ()) -> Envelope:
+    """The exchange's signed settlement statement for one contract (predicate type SETTLEMENT_TYPE).
+
+    With `price` (the contract's), it also names the amount due to each owner
+    (`split_price`): the buyer pays the price, the owners share it equally.
+    """
+    predicate = log.settlement(contract_digest, origin, size)
+    if price is not None:
+        predicate["price"] = price
+        predicate["amounts"] = split_price(price, owners)
     predicate["issued_at"] = utc_now()
     return signer.sign_statement(SETTLEMENT_TYPE, predicate, [("contract", contract_digest)])
 
 
-def verify_settlement(envelope: Envelope, exchange_public_key: Ed25519PublicKey) -> dict[str, Any]:
+def verify_settlement(envelope: Envelope, exchange_public_key: Ed25519PublicKey,
+                      origin: str | None = None) -> dict[str, Any]:
     """Verify a settlement statement's signature and shape; returns its predicate.
 
     Each listed job can then be checked against `log_root` with an inclusion
@@ -368,14 +432,19 @@ def verify_settlement(envelope: Envelope, exchange_public_key: Ed25519PublicKey)
     try:
         f = Fields(p, "settlement")
         f.digest("contract_digest"), f.digest("log_root"), f.time("issued_at")
-        if f.text("origin") != ORIGIN:
-            raise InvalidInput(f"origin must be {ORIGIN}")
+        if origin is not None and f.text("origin") != origin:
+            raise InvalidInput(f"origin must be {origin}, the exchange's log")
         jobs = f.items("jobs")
         for j in jobs:
             jf = Fields(j, "settlement job")
             jf.text("job_id"), jf.digest("bundle_digest"), jf.integer("index")
         if f.integer("count") != len(jobs) or f.integer("log_size") < len(jobs):
             raise InvalidInput("count must equal the number of jobs and log_size cover them")
-    except InvalidInput as e:
+        if "price" in p:
+            amounts = [Fields(a, "settlement amount") for a in f.items("amounts")]
+            total = sum((Decimal(a.text("amount")) for a in amounts), Decimal(0))
+            if total != Decimal(check_price(f.text("price"))):
+                raise InvalidInput("the owners' amounts must add up to the price")
+    except (InvalidInput, ConfigError, InvalidOperation) as e:
         raise VerificationError(f"signed settlement is malformed ({e})") from None
     return p

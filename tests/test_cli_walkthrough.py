@@ -90,19 +90,27 @@ def test_readme_walkthrough(tmp_path: Path):
         assert 1200 <= sum(r[1] for r in result["rows"]) <= 1300  # 500 + 800 rows, small groups withheld
         v = run("exchange", "verify", ex, tmp_path / "receipt.json", "--result", tmp_path / "result.json")
         assert v.stdout.startswith("VALID")
-        # the receipt is in the exchange's signed Merkle log, and the settlement lists the job
-        from fedtrust.exchange.receipt_log import InclusionProof, check_inclusion, verify_checkpoint, verify_settlement
-        from fedtrust.trust.credentials import load_identity
-        from fedtrust.trust.dsse import Envelope
-
-        exchange_key = load_identity(tmp_path / "creds" / "analyst").exchange_key
-        doc = json.loads(run("exchange", "log", ex, "--job", result["job_id"]).stdout)
-        cp = verify_checkpoint(Envelope.from_dict(doc["checkpoint"]), exchange_key)
-        check_inclusion(InclusionProof.from_dict(doc["inclusion"]), cp)
+        # the receipt is in the exchange's signed Merkle log, and the settlement lists the job: an auditor
+        # checks both from files and the exchange's public key alone
+        key = tmp_path / "creds" / "analyst" / "exchange.pub"
+        summary = run("exchange", "log", ex, "--job", result["job_id"], "--out", tmp_path / "proof.json",
+                      "--note", tmp_path / "checkpoint.txt").stdout
+        assert "1 entries" in summary and "is entry 0" in summary
+        assert (tmp_path / "checkpoint.txt").read_text().splitlines()[1] == "1"  # C2SP: origin, size, root
+        a = run("audit", "inclusion", tmp_path / "proof.json", "--key", key, "--receipt", tmp_path / "receipt.json",
+                "--json")
+        assert json.loads(a.stdout)["job_id"] == result["job_id"]
         digest = json.loads(run("exchange", "verify", ex, tmp_path / "receipt.json", "--json").stdout)["contract_digest"]
-        settlement = verify_settlement(Envelope.from_json(run("exchange", "settle", ex, "--contract", digest).stdout),
-                                       exchange_key)
+        s = run("exchange", "settle", ex, "--contract", digest[:10], "--out", tmp_path / "settlement.json").stdout
+        assert digest in s and "bank-a" in s and "1 verified job" in s
+        a = run("audit", "settlement", tmp_path / "settlement.json", "--key", key, "--checkpoint",
+                tmp_path / "checkpoint.txt", "--json")
+        settlement = json.loads(a.stdout)["settlement"]
         assert settlement["count"] == 1 and settlement["jobs"][0]["job_id"] == result["job_id"]
+        forged = tmp_path / "forged.json"
+        forged.write_text((tmp_path / "proof.json").read_text().replace('"index": 0', '"index": 1'))
+        bad = run("audit", "inclusion", forged, "--key", key, "--receipt", tmp_path / "receipt.json", ok=False)
+        assert bad.returncode != 0 and "Traceback" not in bad.stderr
         bad = run("query", "--credentials", tmp_path / "creds" / "analyst", "--contract", tmp_path / "contract.json",
                   "--coordinator", f"127.0.0.1:{cport}", "SELECT COUNT(*) FROM loans LIMIT 1", ok=False)
         assert bad.returncode == 1 and "LIMIT" in bad.stderr and "Traceback" not in bad.stderr

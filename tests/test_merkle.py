@@ -22,11 +22,11 @@ from fedtrust.exchange.merkle import (
     verify_inclusion,
 )
 from fedtrust.exchange.receipt_log import (
-    CHECKPOINT_TYPE, ConsistencyProof, InclusionProof, ReceiptLog, check_consistency, check_inclusion,
+    ConsistencyProof, InclusionProof, ReceiptLog, check_consistency, check_inclusion,
     receipt_leaf_hash, sign_settlement, verify_checkpoint, verify_settlement,
 )
 from fedtrust.sqlite import Database
-from fedtrust.trust.dsse import Envelope, Signer
+from fedtrust.trust.dsse import Signer
 
 H = bytes.fromhex
 
@@ -255,16 +255,19 @@ def _append(log: ReceiptLog, job: str, contract: str) -> int:
         return log.append(con, job, contract, _digest("bundle-" + job))
 
 
+ORIGIN = "exchange.example.org/log"
+
+
 def test_receipt_log_checkpoints_and_proofs(log):
     exchange = Signer.generate()
     assert log.size() == 0 and log.root() == EMPTY_ROOT
-    cp0 = verify_checkpoint(log.checkpoint(exchange), exchange.public_key)
+    cp0 = verify_checkpoint(log.checkpoint(exchange, ORIGIN), exchange.public_key, ORIGIN)
     assert (cp0.size, cp0.root) == (0, EMPTY_ROOT)
 
     for i in range(5):
         assert _append(log, f"job-{i}", C1 if i % 2 == 0 else C2) == i
-    env1 = log.checkpoint(exchange)
-    size1, root1 = cp1 = verify_checkpoint(env1, exchange.public_key)
+    note1 = log.checkpoint(exchange, ORIGIN)
+    size1, root1 = cp1 = verify_checkpoint(note1, exchange.public_key)  # origin taken from the note
     assert size1 == 5 and root1 == log.root()
     # the log's root is the RFC MTH of the canonical leaf JSON
     leaves = [b'{"bundle_digest":"%s","contract_digest":"%s","job_id":"job-%d"}'
@@ -273,8 +276,8 @@ def test_receipt_log_checkpoints_and_proofs(log):
 
     for i in range(5, 11):
         _append(log, f"job-{i}", C1)
-    cp2 = verify_checkpoint(log.checkpoint(exchange), exchange.public_key)
-    assert cp2.size == 11
+    cp2 = verify_checkpoint(log.checkpoint(exchange, ORIGIN), exchange.public_key, ORIGIN)
+    assert cp2.size == 11 and verify_checkpoint(log.checkpoint(exchange, ORIGIN, 5), exchange.public_key) == cp1
 
     # inclusion of a receipt under a signed checkpoint, also after a JSON round trip
     proof = log.inclusion_for_job("job-3", size=cp1.size)
@@ -296,20 +299,17 @@ def test_receipt_log_checkpoints_and_proofs(log):
     with pytest.raises(VerificationError):
         check_consistency(forged, cp2, dataclasses.replace(cons, old_root=forged.root))
 
-    # one flipped byte anywhere in the signed checkpoint is refused
-    for field in ("payload", "sig"):
-        if field == "payload":
-            bad = dataclasses.replace(env1, payload=bytes([env1.payload[0] ^ 1]) + env1.payload[1:])
-        else:
-            s = env1.signatures[0]
-            bad = dataclasses.replace(env1, signatures=(dataclasses.replace(s, sig=bytes([s.sig[0] ^ 1]) + s.sig[1:]),))
+    # one flipped bit anywhere in the signed checkpoint is refused
+    raw = note1.encode()
+    for i in range(len(raw)):
+        bad = bytearray(raw)
+        bad[i] ^= 1 << (i % 8)
         with pytest.raises(VerificationError):
-            verify_checkpoint(bad, exchange.public_key)
-    with pytest.raises(VerificationError):
-        verify_checkpoint(env1, Signer.generate().public_key)
-    with pytest.raises(VerificationError):  # another statement type is not a checkpoint
-        verify_checkpoint(exchange.sign_statement("https://fedtrust.dev/Settlement/v1", {}), exchange.public_key)
-    assert Envelope.from_json(env1.to_json()) == env1
+            verify_checkpoint(bytes(bad), exchange.public_key)
+    with pytest.raises(VerificationError, match="no signature by key"):
+        verify_checkpoint(note1, Signer.generate().public_key)
+    with pytest.raises(VerificationError, match="no signature by key"):  # another exchange's log origin
+        verify_checkpoint(note1, exchange.public_key, "other.example.org/log")
 
 
 def test_receipt_log_is_append_only(log):
@@ -338,19 +338,25 @@ def test_settlement(log):
     exchange = Signer.generate()
     for i in range(6):
         _append(log, f"job-{i}", C1 if i in (0, 2, 5) else C2)
-    s = log.settlement(C1)
+    s = log.settlement(C1, ORIGIN)
     assert s["count"] == 3
     assert [(j["job_id"], j["index"]) for j in s["jobs"]] == [("job-0", 0), ("job-2", 2), ("job-5", 5)]
     assert s["jobs"][1]["bundle_digest"] == _digest("bundle-job-2")
     assert (s["log_size"], s["log_root"]) == (6, log.root().hex())
-    assert log.settlement(C1, size=3)["count"] == 2
-    assert log.settlement(_digest("unknown"))["count"] == 0
+    assert log.settlement(C1, ORIGIN, size=3)["count"] == 2
+    assert log.settlement(_digest("unknown"), ORIGIN)["count"] == 0
 
-    env = sign_settlement(log, C1, exchange)
-    p = verify_settlement(env, exchange.public_key)
+    env = sign_settlement(log, C1, exchange, ORIGIN)
+    p = verify_settlement(env, exchange.public_key, ORIGIN)
     assert {k: v for k, v in p.items() if k != "issued_at"} == s
+    priced = verify_settlement(sign_settlement(log, C1, exchange, ORIGIN, price="100", owners=["b", "a", "c"]),
+                               exchange.public_key)
+    assert priced["price"] == "100" and priced["amounts"] == [
+        {"owner": "a", "amount": "33.34"}, {"owner": "b", "amount": "33.33"}, {"owner": "c", "amount": "33.33"}]
+    with pytest.raises(VerificationError, match="origin"):
+        verify_settlement(env, exchange.public_key, "other.example.org/log")
     # every job listed is included under the root the settlement names
-    cp = verify_checkpoint(log.checkpoint(exchange), exchange.public_key)
+    cp = verify_checkpoint(log.checkpoint(exchange, ORIGIN), exchange.public_key, ORIGIN)
     assert cp.root.hex() == p["log_root"]
     for j in p["jobs"]:
         check_inclusion(log.inclusion_for_job(j["job_id"], size=p["log_size"]), cp,
@@ -358,7 +364,7 @@ def test_settlement(log):
     with pytest.raises(VerificationError):
         verify_settlement(env, Signer.generate().public_key)
     with pytest.raises(VerificationError):
-        verify_settlement(exchange.sign_statement(CHECKPOINT_TYPE, p), exchange.public_key)
+        verify_settlement(exchange.sign_statement("https://fedtrust.dev/LogCheckpoint/v1", p), exchange.public_key)
 
 
 def test_module_exports():

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -141,7 +142,7 @@ def public_key_pem(key: Ed25519PublicKey) -> bytes:
 def load_exchange_key(pem: bytes, what: str = EXCHANGE_PUB) -> Ed25519PublicKey:
     try:
         key = serialization.load_pem_public_key(pem)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, UnsupportedAlgorithm):  # a damaged file may name an unknown algorithm
         key = None
     if not isinstance(key, Ed25519PublicKey):
         raise ConfigError(f"{what} is not an Ed25519 public key in PEM; copy the exchange's exchange.pub")

@@ -64,9 +64,12 @@ def _unb64(value: object, what: str) -> bytes:
     if len(text) - len(stripped) > 2 or len(stripped) % 4 == 1:
         raise InvalidInput(f"envelope {what} is not valid base64")
     try:
-        return base64.b64decode((stripped + "=" * (-len(stripped) % 4)).encode("ascii"), validate=True)
+        data = base64.b64decode((stripped + "=" * (-len(stripped) % 4)).encode("ascii"), validate=True)
     except (binascii.Error, ValueError, UnicodeEncodeError):
         raise InvalidInput(f"envelope {what} is not valid base64") from None
+    if base64.b64encode(data).decode("ascii").rstrip("=") != stripped:  # set padding bits: two texts, one value
+        raise InvalidInput(f"envelope {what} is not canonically encoded base64 (its padding bits are set)")
+    return data
 
 
 def _text(value: object, what: str, limit: int) -> str:
