@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import grpc
 
@@ -25,11 +26,24 @@ class NodeRelease:
     ciphertexts: tuple[bytes, ...]
 
 
+def admit_on_node(node: str, address: str, tls: TlsMaterial, job_bytes: bytes, contract_bytes: bytes,
+                  timeout: float) -> bytes:
+    """Phase one: the node's signed admission of the job (DSSE JSON); the node's refusal or NodeUnreachable."""
+    with secure_channel(address, tls, ("node", node)) as channel:
+        try:
+            reply = node_pb2_grpc.NodeServiceStub(channel).AdmitJob(
+                node_pb2.AdmitRequest(job_envelope=job_bytes, contract_envelope=contract_bytes), timeout=timeout)
+        except grpc.RpcError as e:
+            raise error_from_rpc(e, f"node {node}") from None
+    return reply.admission_envelope
+
+
 def run_query_on_node(node: str, address: str, tls: TlsMaterial, job_bytes: bytes, contract_bytes: bytes,
-                      context: bytes, timeout: float) -> NodeRelease:
+                      context: bytes, timeout: float, admissions: Sequence[bytes] = ()) -> NodeRelease:
     def requests():
         yield node_pb2.QueryRequest(header=node_pb2.QueryHeader(
-            job_envelope=job_bytes, contract_envelope=contract_bytes, he_context_size=len(context)))
+            job_envelope=job_bytes, contract_envelope=contract_bytes, he_context_size=len(context),
+            admissions=list(admissions)))
         for chunk in split(context):
             yield node_pb2.QueryRequest(he_context_chunk=chunk)
 

@@ -2,9 +2,13 @@
 
 The coordinator is a relay, not a source of truth. It holds no secret key and
 computes no aggregate: it sends each job to exactly the participants the
-buyer signed, checks each node's attestation against the ciphertexts that
-node sent (so a faulty node fails the job early, with its name), and relays
-every participant's ciphertexts with the receipt to the buyer, whose client
+buyer signed, in two phases: every participant first *admits* the job (all
+its checks, nothing spent, a short-lived signed admission); only when all
+have admitted does it send *run*, with every admission attached, so a job
+that one owner refuses or that cannot reach one owner costs nobody anything
+and the buyer's error names the job and the owner. It checks each node's
+attestation against the ciphertexts that node sent (so a faulty node fails
+the job early, with its name), and relays every participant's ciphertexts with the receipt to the buyer, whose client
 checks them against the nodes' signatures, adds them and decrypts. Its
 signed statement names exactly what it relayed (per node: the attestation
 digest and the output digests). If any participant fails or times out the
@@ -20,10 +24,13 @@ from datetime import datetime, timezone
 from typing import Iterator, Union
 
 from fedtrust.config import CoordinatorConfig
-from fedtrust.coordinator.node_client import NodeRelease, run_query_on_node
+from fedtrust.coordinator.node_client import NodeRelease, admit_on_node, run_query_on_node
 from fedtrust.coordinator.store import JobStore, Relayed
-from fedtrust.errors import ConfigError, Error, InvalidInput, JobFailed, PolicyViolation, VerificationError
+from fedtrust.errors import (
+    ConfigError, Error, InvalidInput, JobFailed, NodeUnreachable, PolicyViolation, VerificationError,
+)
 from fedtrust.transport.tls import TlsMaterial
+from fedtrust.trust.admission import verify_admissions
 from fedtrust.trust.canonical import sha256_hex, utc_now
 from fedtrust.trust.contracts import Contract, verify_contract
 from fedtrust.trust.credentials import load_identity_as
@@ -51,6 +58,28 @@ class Finished:
 
 
 Event = Union[Progress, Finished]
+
+
+#: admission is a few signature checks at each node: an owner slower than this is treated as unreachable
+ADMIT_TIMEOUT_S = 30.0
+
+
+def admission_failure(job_id: str, failures: dict[str, Error]) -> JobFailed:
+    """The buyer's error for a job that not every owner admitted: the job id and each owner, in actionable words."""
+    unreachable = sorted(n for n, e in failures.items() if isinstance(e, NodeUnreachable))
+    refusals: dict[tuple[str, str], list[str]] = {}
+    for node, e in sorted(failures.items()):
+        if not isinstance(e, NodeUnreachable):
+            refusals.setdefault((e.kind, str(e)), []).append(node)
+
+    def owners(names: list[str]) -> str:
+        return ("owner " if len(names) == 1 else "owners ") + ", ".join(names)
+
+    parts = [f"{owners(nodes)} refused the job ({kind}): {text}" for (kind, text), nodes in refusals.items()]
+    if unreachable:
+        verb = "is" if len(unreachable) == 1 else "are"
+        parts.append(f"{owners(unreachable)} {verb} unreachable; contact them or retry later")
+    return JobFailed(f"job {job_id} was not run and nobody was charged: " + "; ".join(parts))
 
 
 class CoordinatorRuntime:
@@ -103,9 +132,11 @@ class CoordinatorRuntime:
             yield Finished(done.receipt or b"", self.store.relayed(job.job_id))
             return
         try:
-            yield Progress("dispatched", 0, total, f"sent to {total} nodes")
+            yield Progress("admitting", 0, total, f"asking {total} owners to admit the job")
+            admissions = self.admit_all(contract, contract_env.digest, job, job_env.digest, job_bytes, contract_bytes)
+            yield Progress("dispatched", 0, total, f"all {total} owners admitted the job; sent to them")
             releases: dict[str, NodeRelease] = {}
-            for event in self._fan_out(contract, job, job_bytes, contract_bytes, context, releases):
+            for event in self._fan_out(contract, job, job_bytes, contract_bytes, context, releases, admissions):
                 yield event
             attestations = [self._check_release(contract, contract_env.digest, job_env.digest, releases[n])
                             for n in job.participants]
@@ -133,14 +164,48 @@ class CoordinatorRuntime:
         yield Progress("relayed", total, total, "every node's ciphertexts relayed; receipt signed")
         yield Finished(bundle, relayed)
 
-    def _fan_out(self, contract, job, job_bytes, contract_bytes, context, releases) -> Iterator[Event]:
+    def admit_all(self, contract: Contract, contract_digest: str, job: JobSpec, job_digest: str, job_bytes: bytes,
+                  contract_bytes: bytes) -> list[bytes]:
+        """Phase one: every participant admits the job (nothing spent) or the job fails naming who did not.
+
+        The node calls are retried by gRPC with backoff while a node is unavailable (`transport.limits`).
+        """
+        timeout = min(self.config.node_timeout_s, ADMIT_TIMEOUT_S)
+
+        def ask(node: str) -> bytes:
+            return admit_on_node(node, self.address_of(contract, node), self.tls, job_bytes, contract_bytes, timeout)
+
+        admissions: dict[str, bytes] = {}
+        failures: dict[str, Error] = {}
+        with ThreadPoolExecutor(max_workers=len(job.participants), thread_name_prefix="admit") as pool:
+            futures = {node: pool.submit(ask, node) for node in job.participants}
+            for node, fut in futures.items():
+                try:
+                    admissions[node] = fut.result()
+                except Error as e:
+                    failures[node] = e
+                except Exception:  # never let a thread's bug pass silently
+                    log.exception("asking node %s to admit job %s failed", node, job.job_id)
+                    failures[node] = JobFailed(f"internal error at the coordinator while asking node {node}")
+        if not failures:
+            try:
+                verify_admissions([Envelope.from_json(a) for a in admissions.values()], contract,
+                                  contract_digest=contract_digest, job_digest=job_digest,
+                                  participants=job.participants)
+            except Error as e:
+                raise JobFailed(f"job {job.job_id} was not run and nobody was charged: an owner sent an invalid "
+                                f"admission ({e})") from None
+            return [admissions[n] for n in job.participants]
+        raise admission_failure(job.job_id, failures)
+
+    def _fan_out(self, contract, job, job_bytes, contract_bytes, context, releases, admissions) -> Iterator[Event]:
         results: queue.Queue = queue.Queue()
         pool = ThreadPoolExecutor(max_workers=len(job.participants), thread_name_prefix="fanout")
 
         def ask(node: str) -> None:
             try:
                 rel = run_query_on_node(node, self.address_of(contract, node), self.tls, job_bytes, contract_bytes,
-                                        context, self.config.node_timeout_s)
+                                        context, self.config.node_timeout_s, admissions)
                 results.put((node, rel, None))
             except Error as e:
                 results.put((node, None, e))

@@ -24,11 +24,13 @@ class NodeTrainingClient:
     def close(self) -> None:
         self._channel.close()
 
-    def train_round(self, job: bytes, contract: bytes, message: bytes, expected: int) -> bytes:
+    def train_round(self, job: bytes, contract: bytes, message: bytes, expected: int,
+                    admissions: tuple[bytes, ...] = ()) -> bytes:
         """Send one round's Flower message; the node's masked vector, which must be exactly `expected` bytes."""
         def requests():
             yield node_pb2.TrainRequest(header=node_pb2.TrainHeader(
-                job_envelope=job, contract_envelope=contract, message_size=len(message)))
+                job_envelope=job, contract_envelope=contract, message_size=len(message),
+                admissions=list(admissions)))
             for chunk in split(message):
                 yield node_pb2.TrainRequest(message_chunk=chunk)
 

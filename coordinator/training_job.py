@@ -94,12 +94,17 @@ class TrainingJobs:
             return
         total = len(job.participants)
         try:
+            yield TrainingProgress("admitting", 0, spec.rounds, "", 0, total,
+                                   message=f"asking {total} owners to admit the job")
+            admissions = self.rt.admit_all(contract, contract_env.digest, job, job_env.digest, job_bytes,
+                                           contract_bytes)
             args = JobArgs(
                 job_id=job.job_id, job_digest=job_env.digest, job_bytes=job_bytes, contract_bytes=contract_bytes,
                 spec=spec.to_dict(), schema=contract.schema.to_dict(), participants=job.participants,
                 addresses={n: self.rt.address_of(contract, n) for n in job.participants},
                 tls=(self.rt.tls.cert_pem, self.rt.tls.key_pem, self.rt.tls.ca_pem),
                 node_timeout=self.rt.config.node_timeout_s,
+                admissions=tuple(admissions),
             )
             outcome = None
             for item in self._watch(args, cancelled):

@@ -23,14 +23,18 @@ log = logging.getLogger("fedtrust.node")
 MAX_ENVELOPE_BYTES = 1 << 20
 
 
+def _check_envelope_sizes(msg) -> None:
+    if len(msg.job_envelope) > MAX_ENVELOPE_BYTES or len(msg.contract_envelope) > MAX_ENVELOPE_BYTES:
+        raise InvalidInput(f"job spec or contract exceeds {MAX_ENVELOPE_BYTES} bytes")
+
+
 def read_header_and_context(requests, header_field: str, chunk_field: str, what: str = "HE context"):
     """First message: the header; then the context in chunks, within declared size and limit."""
     first = next(requests, None)
     if first is None or first.WhichOneof("part") != header_field:
         raise InvalidInput(f"the stream must start with a {header_field} message")
     header = getattr(first, header_field)
-    if len(header.job_envelope) > MAX_ENVELOPE_BYTES or len(header.contract_envelope) > MAX_ENVELOPE_BYTES:
-        raise InvalidInput(f"job spec or contract exceeds {MAX_ENVELOPE_BYTES} bytes")
+    _check_envelope_sizes(header)
     if header.he_context_size > MAX_CONTEXT_BYTES:
         raise InvalidInput(f"{what} of {header.he_context_size} bytes exceeds the limit of {MAX_CONTEXT_BYTES} bytes")
     asm = Assembler(header.he_context_size, MAX_CONTEXT_BYTES, what)
@@ -47,8 +51,7 @@ def read_train_header(requests):
     if first is None or first.WhichOneof("part") != "header":
         raise InvalidInput("the stream must start with a header message")
     header = first.header
-    if len(header.job_envelope) > MAX_ENVELOPE_BYTES or len(header.contract_envelope) > MAX_ENVELOPE_BYTES:
-        raise InvalidInput(f"job spec or contract exceeds {MAX_ENVELOPE_BYTES} bytes")
+    _check_envelope_sizes(header)
     asm = Assembler(header.message_size, MAX_MESSAGE_BYTES, "the round's Flower message")
     for msg in requests:
         if msg.WhichOneof("part") != "message_chunk":
@@ -62,7 +65,7 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
         self.runtime = runtime
         self.training = training or TrainingRuntime(runtime, runtime.config)
 
-    def _audited(self, peer, check, run, describe):
+    def _audited(self, peer, check, run, describe, event: str = "released"):
         """check() -> (checked job, payload), run(checked, payload) -> release; audit the release or the refusal."""
         who = f"{peer[0]}/{peer[1]}"
         checked = None
@@ -75,9 +78,29 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
                                      contract_digest=checked.contract_digest if checked else None)
             log.info("refused job %s: %s", job_id, e)
             raise
-        self.runtime.store.audit("released", describe(release), contract_digest=checked.contract_digest,
+        self.runtime.store.audit(event, describe(release), contract_digest=checked.contract_digest,
                                  job_id=checked.job.job_id, peer=who)
         return release
+
+    @guarded
+    def AdmitJob(self, request, context):
+        """Phase one: every check, nothing spent; a signed, short-lived admission."""
+        peer = peer_identity(context)
+
+        def check():
+            _check_envelope_sizes(request)
+            checked = self.runtime.check_job(peer, request.job_envelope, request.contract_envelope)
+            return checked, None
+
+        def admit(checked, _):
+            if checked.job.kind == "train":
+                self.training.admit(checked)
+            else:
+                self.runtime.admit_query(checked)
+            return self.runtime.sign_admission(checked)
+
+        admission = self._audited(peer, check, admit, lambda _: "admitted", event="admitted")
+        return node_pb2.AdmitReply(admission_envelope=admission.to_json())
 
     @guarded
     def RunQuery(self, request_iterator, context):
@@ -85,9 +108,10 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
 
         def check():
             header, he_context = read_header_and_context(request_iterator, "header", "he_context_chunk")
-            return self.runtime.check_job(peer, header.job_envelope, header.contract_envelope), he_context
+            checked = self.runtime.check_job(peer, header.job_envelope, header.contract_envelope)
+            return checked, (he_context, list(header.admissions))
 
-        release = self._audited(peer, check, self.runtime.run_query, lambda r: f"seq {r.seq}")
+        release = self._audited(peer, check, lambda c, p: self.runtime.run_query(c, *p), lambda r: f"seq {r.seq}")
         for ct in release.outputs:
             for chunk in split(ct):
                 yield node_pb2.QueryReply(ciphertext_chunk=chunk)
@@ -104,9 +128,11 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
 
         def check():
             header, message = read_train_header(request_iterator)
-            return self.training.check(peer, header.job_envelope, header.contract_envelope), message
+            checked = self.training.check(peer, header.job_envelope, header.contract_envelope)
+            return checked, (message, list(header.admissions))
 
-        release = self._audited(peer, check, self.training.train_round, lambda r: f"{r.phase} round {r.round}")
+        release = self._audited(peer, check, lambda c, p: self.training.train_round(c, *p),
+                                lambda r: f"{r.phase} round {r.round}")
         for chunk in split(release.vector):
             yield node_pb2.TrainReply(vector_chunk=chunk)
         yield node_pb2.TrainReply(release=node_pb2.RoundRelease(
@@ -116,8 +142,7 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
     @guarded
     def FinishTraining(self, request, context):
         peer = peer_identity(context)
-        if len(request.job_envelope) > MAX_ENVELOPE_BYTES or len(request.contract_envelope) > MAX_ENVELOPE_BYTES:
-            raise InvalidInput(f"job spec or contract exceeds {MAX_ENVELOPE_BYTES} bytes")
+        _check_envelope_sizes(request)
         checked = self.runtime.check_job(peer, request.job_envelope, request.contract_envelope)
         attestation = self.training.finish(checked)
         self.runtime.store.audit("attested", "training job", contract_digest=checked.contract_digest,

@@ -13,11 +13,16 @@ security argument, top to bottom:
    from the checked tree; the HE context is the one the job names, with the
    supported parameters;
 5. a recorded release of the same job is returned as it was (no second
-   debit); a reused job id or nonce is refused;
-6. DuckDB computes exact per-group integers over the node's file only; small
+   debit); a reused job id or nonce is refused; the query cap and the
+   privacy budget allow it — steps 1-5 are also the *admission* the node
+   signs in phase one (`sign_admission`), spending nothing;
+6. every participant signed a valid admission of this exact job
+   (`fedtrust.trust.admission`): nothing is computed or debited for a job
+   that one owner refused or that could not reach one owner;
+7. DuckDB computes exact per-group integers over the node's file only; small
    groups are withheld; pairwise masks are added mod t; the vector is
    encrypted in a worker process under the buyer's public context;
-7. the ledger row (chain entry, attestation, ciphertexts) is committed and
+8. the ledger row (chain entry, attestation, ciphertexts) is committed and
    fsynced, and only then does anything leave the node.
 """
 from __future__ import annotations
@@ -27,6 +32,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Sequence
 
 from fedtrust.code import code_digest
 from fedtrust.config import NodeConfig
@@ -40,8 +46,10 @@ from fedtrust.privacy.dp import noise_plan
 from fedtrust.query.encoding import encode
 from fedtrust.query.noisy import add_noise, encode_signed
 from fedtrust.query.layout import Layout
-from fedtrust.query.sql import plan_query
+from fedtrust.query.sql import QueryPlan, plan_query
+from fedtrust.trust.admission import Admission, sign_admission, verify_admissions
 from fedtrust.trust.canonical import sha256_hex, utc_now
+from fedtrust.trust.clock import DEFAULT_SKEW
 from fedtrust.trust.contracts import Contract, verify_contract
 from fedtrust.trust.credentials import Identity, kx_public_key, load_identity_as
 from fedtrust.trust.dsse import Envelope
@@ -76,6 +84,7 @@ class NodeRuntime:
         if self.identity.kx_private is None:
             raise ConfigError(f"credentials in {config.credentials} have no kx.key; re-register the node")
         self.name = config.name
+        self.skew = DEFAULT_SKEW
         self.store = NodeStore(config.state)
         self.code_digest = code_digest()
         self.datasets: dict[str, HeldDataset] = {}
@@ -124,21 +133,35 @@ class NodeRuntime:
         contract.check_valid_at(datetime.now(timezone.utc))
         return CheckedJob(contract, contract_env.digest, job, job_env.digest, held)
 
+    # -- admission (phase one: every check, nothing spent) --------------------
+    def sign_admission(self, checked: CheckedJob) -> Envelope:
+        """The node's signed, short-lived promise to run this job (after the kind's admit checks passed)."""
+        return sign_admission(Admission.new(self.name, checked.job_digest, checked.contract_digest, checked.job.kind),
+                              self.identity.signer)
+
+    def check_admissions(self, checked: CheckedJob, admissions: Sequence[bytes]) -> None:
+        """Run phase: nothing is computed or debited unless every participant admitted this job."""
+        verify_admissions([Envelope.from_json(a) for a in admissions], checked.contract,
+                          contract_digest=checked.contract_digest, job_digest=checked.job_digest,
+                          participants=checked.job.participants, skew=self.skew)
+
     # -- queries ----------------------------------------------------------
-    def run_query(self, checked: CheckedJob, context: bytes) -> StoredRelease:
+    def admit_query(self, checked: CheckedJob) -> tuple[QueryPlan, StoredRelease | None]:
+        """Every check of a query job short of its HE context; spends nothing.
+
+        Returns the plan and, for a job this node already released, the recorded release.
+        """
         contract, job, held = checked.contract, checked.job, checked.held
-        if job.kind != "query":
+        if job.kind != "query" or job.he is None:
             raise InvalidInput(f"job kind {job.kind!r} sent to the query endpoint; use the endpoint for that kind")
         rules = contract.rules.query
         if rules is None:
             raise PolicyViolation("this contract sells no queries (its rules have no [query] table)")
         plan = plan_query(job.sql, rules, held.product.schema, contract.dataset)
         job.he.check_supported()
-        if sha256_hex(context) != job.he.context_digest:
-            raise InvalidInput("HE context does not match the digest in the signed job spec; resend the buyer's context")
         existing = self.store.lookup(checked.contract_digest, job.job_id, job.nonce, checked.job_digest)
         if existing is not None:
-            return existing
+            return plan, existing
         if self.store.released_count(checked.contract_digest) >= rules.max_queries:
             # fast refusal before any computation; re-checked atomically in commit_release
             raise BudgetExhausted(
@@ -146,8 +169,8 @@ class NodeRuntime:
                 "spent; ask the exchange for a new contract"
             )
         privacy = contract.rules.privacy
-        epsilon = privacy.epsilon_per_query if privacy else Decimal(0)
         if privacy is not None:
+            epsilon = privacy.epsilon_per_query
             spent = self.store.spent_epsilon(checked.contract_digest)
             if spent + epsilon > privacy.epsilon_total:
                 # fast refusal; the debit in commit_release re-checks atomically
@@ -156,6 +179,19 @@ class NodeRuntime:
                     f"ε={fmt_eps(max(privacy.epsilon_total - spent, Decimal(0)))} of ε={fmt_eps(privacy.epsilon_total)} "
                     f"is left for this contract at node {self.name}; ask the exchange for a new contract"
                 )
+        return plan, None
+
+    def run_query(self, checked: CheckedJob, context: bytes, admissions: Sequence[bytes] = ()) -> StoredRelease:
+        contract, job, held = checked.contract, checked.job, checked.held
+        plan, existing = self.admit_query(checked)
+        if existing is not None:
+            return existing
+        if sha256_hex(context) != job.he.context_digest:
+            raise InvalidInput("HE context does not match the digest in the signed job spec; resend the buyer's context")
+        self.check_admissions(checked, admissions)
+        rules = contract.rules.query
+        privacy = contract.rules.privacy
+        epsilon = privacy.epsilon_per_query if privacy else Decimal(0)
         started = utc_now()
         layout = Layout.from_plan(plan, held.product.schema)
         stats = held.dataset.aggregate(plan, layout)

@@ -43,7 +43,7 @@ from decimal import ROUND_CEILING, Decimal
 import numpy as np
 
 from fedtrust.config import NodeConfig
-from fedtrust.errors import Error, InvalidInput, JobFailed, NotFound, PolicyViolation, ReplayError
+from fedtrust.errors import BudgetExhausted, Error, InvalidInput, JobFailed, NotFound, PolicyViolation, ReplayError
 from fedtrust.node.runtime import CheckedJob, NodeRuntime
 from fedtrust.node.training_store import TrainingStore
 from fedtrust.privacy.masking import pairwise_mask, training_purpose
@@ -59,7 +59,7 @@ from fedtrust.training.preprocess import Preprocessor
 from fedtrust.trust.canonical import parse_time, utc_now
 from fedtrust.trust.credentials import kx_public_key
 from fedtrust.trust.dsse import Envelope
-from fedtrust.trust.receipts import Attestation, sign_attestation
+from fedtrust.trust.receipts import Attestation, fmt_eps, sign_attestation
 
 log = logging.getLogger("fedtrust.node")
 
@@ -155,8 +155,29 @@ class TrainingRuntime:
                 self._plans.popitem(last=False)
         return plan
 
+    # -- admission (phase one: every check, nothing spent) --------------------
+    def admit(self, checked: CheckedJob) -> None:
+        """Every check a training job passes before its first round; spends nothing."""
+        self._check(checked)
+        job, store = checked.job, self.node.store
+        if store.lookup(checked.contract_digest, job.job_id, job.nonce, checked.job_digest) is not None:
+            raise PolicyViolation("this training job is finished (attested) at this node; submit a new job")
+        if store.find_debit(checked.contract_digest, job.job_id, job.nonce, checked.job_digest) is not None:
+            return  # already debited: a resumed job
+        dp = self.dp_plan(checked)
+        privacy = checked.contract.rules.privacy
+        if dp is not None and privacy is not None:
+            spent = store.spent_epsilon(checked.contract_digest)
+            if spent + dp.epsilon > privacy.epsilon_total:
+                left = max(privacy.epsilon_total - spent, Decimal(0))
+                raise BudgetExhausted(
+                    f"privacy budget exhausted: this job needs ε={fmt_eps(dp.epsilon)} but only ε={fmt_eps(left)} "
+                    f"of ε={fmt_eps(privacy.epsilon_total)} is left for this contract at node {self.node.name}; "
+                    "ask the exchange for a new contract"
+                )
+
     # -- rounds -----------------------------------------------------------
-    def train_round(self, checked: CheckedJob, message: bytes) -> RoundRelease:
+    def train_round(self, checked: CheckedJob, message: bytes, admissions=()) -> RoundRelease:
         self._check(checked)
         job, spec = checked.job, checked.job.training
         assert spec is not None
@@ -166,6 +187,8 @@ class TrainingRuntime:
         plan = self._plan(checked)
         phase, rnd, arrays = self._parse(message, spec, plan)
         gdigest = arrays_digest(arrays)
+        if store.find_debit(checked.contract_digest, job.job_id, job.nonce, checked.job_digest) is None:
+            self.node.check_admissions(checked, admissions)  # nothing runs or is debited before all admitted
         stored = self.store.claim(checked.job_digest, phase, rnd, gdigest)
         if stored is not None:
             return RoundRelease(phase, rnd, gdigest, stored)

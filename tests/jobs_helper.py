@@ -15,3 +15,16 @@ def make_job(identity, contract_path, sql, keys=None, **changes):
     keys = keys or he.BuyerKeys.generate()
     job = JobSpec.new(contract, Envelope.from_json(raw).digest, sql, keys.params)
     return replace(job, **changes), raw, keys
+
+
+def admit_everywhere(fed, job_bytes: bytes, contract_bytes: bytes, first: str | None = None,
+                     caller: str = "coord") -> list[bytes]:
+    """Phase one as the coordinator runs it: every node's signed admission (asking `first` first, so that
+    a refusal comes from the node under test)."""
+    from fedtrust.buyer.query import tls_of
+    from fedtrust.coordinator.node_client import admit_on_node
+    from fedtrust.trust.credentials import load_identity
+
+    tls = tls_of(load_identity(fed.root / "credentials" / caller))
+    order = sorted(fed.nodes, key=lambda n: n != first)
+    return [admit_on_node(n, f"127.0.0.1:{fed.nodes[n].port}", tls, job_bytes, contract_bytes, 60) for n in order]

@@ -61,8 +61,23 @@ def round_message(arrays: dict, rnd: int, phase: str = "train") -> bytes:
     return message_to_proto(msg).SerializeToString()
 
 
+class AdmittingClient(NodeTrainingClient):
+    """A node's training client that runs phase one (every owner admits, this node first) before a round."""
+
+    def __init__(self, fed, node: str, caller: str) -> None:
+        super().__init__(node, f"127.0.0.1:{fed.nodes[node].port}", tls_of(identity(fed, caller)), 60)
+        self.fed, self.caller = fed, caller
+
+    def train_round(self, job, contract, message, expected, admissions=None):
+        from jobs_helper import admit_everywhere
+
+        if admissions is None:
+            admissions = admit_everywhere(self.fed, job, contract, first=self.node, caller=self.caller)
+        return super().train_round(job, contract, message, expected, tuple(admissions))
+
+
 def node_client(fed, node: str, caller: str = "coord") -> NodeTrainingClient:
-    return NodeTrainingClient(node, f"127.0.0.1:{fed.nodes[node].port}", tls_of(identity(fed, caller)), 60)
+    return AdmittingClient(fed, node, caller)
 
 
 def initial(fed, spec: TrainingSpec, seed: int = 1) -> dict:

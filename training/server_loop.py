@@ -42,6 +42,7 @@ class JobArgs:
     addresses: dict[str, str]
     tls: tuple[bytes, bytes, bytes]  # cert, key, CA (PEM)
     node_timeout: float
+    admissions: tuple[bytes, ...] = ()  # every participant's signed admission (phase one)
 
 
 def make_strategy(spec: TrainingSpec, nodes: int):
@@ -106,7 +107,7 @@ def _run(conn, args: JobArgs) -> dict[str, Any]:
         conn.send(("progress", dict(ev, rounds=spec.rounds)))
 
     def send_round(node: str, message: bytes, expected: int) -> bytes:
-        return clients[node].train_round(args.job_bytes, args.contract_bytes, message, expected)
+        return clients[node].train_round(args.job_bytes, args.contract_bytes, message, expected, args.admissions)
 
     grid = FedtrustGrid(run_id, args.participants, send_round, on_event)
     try:

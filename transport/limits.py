@@ -10,6 +10,8 @@ client's pings instead of closing the connection with "too_many_pings".
 """
 from __future__ import annotations
 
+import json
+
 __all__ = [
     "MAX_MESSAGE_BYTES",
     "CHUNK_BYTES",
@@ -36,6 +38,31 @@ MIN_CLIENT_PING_INTERVAL_MS = 30_000
 
 Options = list[tuple[str, int | str]]
 
+#: unary calls that are idempotent by design (a retry gets the same answer, never a second debit), retried by
+#: gRPC itself with exponential backoff while the peer is UNAVAILABLE (not yet started, restarting). Streaming
+#: calls (RunQuery, TrainRound) are idempotent too, but gRPC's transparent retry of a stream whose server stops
+#: mid-call was seen to hang the caller (grpcio 1.85), so they are not retried here.
+RETRIED_METHODS = (
+    ("fedtrust.v1.NodeService", "AdmitJob"),
+    ("fedtrust.v1.NodeService", "FinishTraining"),
+    ("fedtrust.v1.CoordinatorService", "GetJob"),
+)
+RETRY_POLICY = {
+    "maxAttempts": 5,
+    "initialBackoff": "0.5s",
+    "maxBackoff": "4s",
+    "backoffMultiplier": 2,
+    "retryableStatusCodes": ["UNAVAILABLE"],
+}
+
+
+def service_config() -> str:
+    """The channels' gRPC service config: the retry policy of the idempotent calls."""
+    return json.dumps({"methodConfig": [{
+        "name": [{"service": svc, "method": m} for svc, m in RETRIED_METHODS],
+        "retryPolicy": RETRY_POLICY,
+    }]})
+
 
 def _size_options() -> Options:
     return [
@@ -53,6 +80,12 @@ def channel_options() -> Options:
         ("grpc.keepalive_permit_without_calls", 0),
         # keep pinging while a call waits minutes for its first reply
         ("grpc.http2.max_pings_without_data", 0),
+        ("grpc.enable_retries", 1),
+        # reconnect soon enough after a refused connection that the retries above can reach a restarted peer
+        ("grpc.initial_reconnect_backoff_ms", 300),
+        ("grpc.min_reconnect_backoff_ms", 300),
+        ("grpc.max_reconnect_backoff_ms", 3000),
+        ("grpc.service_config", service_config()),
     ]
 
 

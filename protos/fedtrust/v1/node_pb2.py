@@ -24,33 +24,37 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x66\x65\x64trust/v1/node.proto\x12\x0b\x66\x65\x64trust.v1\"W\n\x0bQueryHeader\x12\x14\n\x0cjob_envelope\x18\x01 \x01(\x0c\x12\x19\n\x11\x63ontract_envelope\x18\x02 \x01(\x0c\x12\x17\n\x0fhe_context_size\x18\x03 \x01(\x04\"^\n\x0cQueryRequest\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x18.fedtrust.v1.QueryHeaderH\x00\x12\x1a\n\x10he_context_chunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"A\n\x07Release\x12\x1c\n\x14\x61ttestation_envelope\x18\x01 \x01(\x0c\x12\x18\n\x10\x63iphertext_sizes\x18\x02 \x03(\x04\"Y\n\nQueryReply\x12\x1a\n\x10\x63iphertext_chunk\x18\x01 \x01(\x0cH\x00\x12\'\n\x07release\x18\x02 \x01(\x0b\x32\x14.fedtrust.v1.ReleaseH\x00\x42\x06\n\x04part\"T\n\x0bTrainHeader\x12\x14\n\x0cjob_envelope\x18\x01 \x01(\x0c\x12\x19\n\x11\x63ontract_envelope\x18\x02 \x01(\x0c\x12\x14\n\x0cmessage_size\x18\x03 \x01(\x04\"[\n\x0cTrainRequest\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x18.fedtrust.v1.TrainHeaderH\x00\x12\x17\n\rmessage_chunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"X\n\x0cRoundRelease\x12\r\n\x05phase\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\r\x12\x15\n\rglobal_digest\x18\x03 \x01(\t\x12\x13\n\x0bvector_size\x18\x04 \x01(\x04\"Z\n\nTrainReply\x12\x16\n\x0cvector_chunk\x18\x01 \x01(\x0cH\x00\x12,\n\x07release\x18\x02 \x01(\x0b\x32\x19.fedtrust.v1.RoundReleaseH\x00\x42\x06\n\x04part\"@\n\rFinishRequest\x12\x14\n\x0cjob_envelope\x18\x01 \x01(\x0c\x12\x19\n\x11\x63ontract_envelope\x18\x02 \x01(\x0c\"+\n\x0b\x46inishReply\x12\x1c\n\x14\x61ttestation_envelope\x18\x01 \x01(\x0c\x32\xdf\x01\n\x0bNodeService\x12\x42\n\x08RunQuery\x12\x19.fedtrust.v1.QueryRequest\x1a\x17.fedtrust.v1.QueryReply(\x01\x30\x01\x12\x44\n\nTrainRound\x12\x19.fedtrust.v1.TrainRequest\x1a\x17.fedtrust.v1.TrainReply(\x01\x30\x01\x12\x46\n\x0e\x46inishTraining\x12\x1a.fedtrust.v1.FinishRequest\x1a\x18.fedtrust.v1.FinishReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x66\x65\x64trust/v1/node.proto\x12\x0b\x66\x65\x64trust.v1\"?\n\x0c\x41\x64mitRequest\x12\x14\n\x0cjob_envelope\x18\x01 \x01(\x0c\x12\x19\n\x11\x63ontract_envelope\x18\x02 \x01(\x0c\"(\n\nAdmitReply\x12\x1a\n\x12\x61\x64mission_envelope\x18\x01 \x01(\x0c\"k\n\x0bQueryHeader\x12\x14\n\x0cjob_envelope\x18\x01 \x01(\x0c\x12\x19\n\x11\x63ontract_envelope\x18\x02 \x01(\x0c\x12\x17\n\x0fhe_context_size\x18\x03 \x01(\x04\x12\x12\n\nadmissions\x18\x04 \x03(\x0c\"^\n\x0cQueryRequest\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x18.fedtrust.v1.QueryHeaderH\x00\x12\x1a\n\x10he_context_chunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"A\n\x07Release\x12\x1c\n\x14\x61ttestation_envelope\x18\x01 \x01(\x0c\x12\x18\n\x10\x63iphertext_sizes\x18\x02 \x03(\x04\"Y\n\nQueryReply\x12\x1a\n\x10\x63iphertext_chunk\x18\x01 \x01(\x0cH\x00\x12\'\n\x07release\x18\x02 \x01(\x0b\x32\x14.fedtrust.v1.ReleaseH\x00\x42\x06\n\x04part\"h\n\x0bTrainHeader\x12\x14\n\x0cjob_envelope\x18\x01 \x01(\x0c\x12\x19\n\x11\x63ontract_envelope\x18\x02 \x01(\x0c\x12\x14\n\x0cmessage_size\x18\x03 \x01(\x04\x12\x12\n\nadmissions\x18\x04 \x03(\x0c\"[\n\x0cTrainRequest\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x18.fedtrust.v1.TrainHeaderH\x00\x12\x17\n\rmessage_chunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"X\n\x0cRoundRelease\x12\r\n\x05phase\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\r\x12\x15\n\rglobal_digest\x18\x03 \x01(\t\x12\x13\n\x0bvector_size\x18\x04 \x01(\x04\"Z\n\nTrainReply\x12\x16\n\x0cvector_chunk\x18\x01 \x01(\x0cH\x00\x12,\n\x07release\x18\x02 \x01(\x0b\x32\x19.fedtrust.v1.RoundReleaseH\x00\x42\x06\n\x04part\"@\n\rFinishRequest\x12\x14\n\x0cjob_envelope\x18\x01 \x01(\x0c\x12\x19\n\x11\x63ontract_envelope\x18\x02 \x01(\x0c\"+\n\x0b\x46inishReply\x12\x1c\n\x14\x61ttestation_envelope\x18\x01 \x01(\x0c\x32\x9f\x02\n\x0bNodeService\x12>\n\x08\x41\x64mitJob\x12\x19.fedtrust.v1.AdmitRequest\x1a\x17.fedtrust.v1.AdmitReply\x12\x42\n\x08RunQuery\x12\x19.fedtrust.v1.QueryRequest\x1a\x17.fedtrust.v1.QueryReply(\x01\x30\x01\x12\x44\n\nTrainRound\x12\x19.fedtrust.v1.TrainRequest\x1a\x17.fedtrust.v1.TrainReply(\x01\x30\x01\x12\x46\n\x0e\x46inishTraining\x12\x1a.fedtrust.v1.FinishRequest\x1a\x18.fedtrust.v1.FinishReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'fedtrust.v1.node_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_QUERYHEADER']._serialized_start=39
-  _globals['_QUERYHEADER']._serialized_end=126
-  _globals['_QUERYREQUEST']._serialized_start=128
-  _globals['_QUERYREQUEST']._serialized_end=222
-  _globals['_RELEASE']._serialized_start=224
-  _globals['_RELEASE']._serialized_end=289
-  _globals['_QUERYREPLY']._serialized_start=291
-  _globals['_QUERYREPLY']._serialized_end=380
-  _globals['_TRAINHEADER']._serialized_start=382
-  _globals['_TRAINHEADER']._serialized_end=466
-  _globals['_TRAINREQUEST']._serialized_start=468
-  _globals['_TRAINREQUEST']._serialized_end=559
-  _globals['_ROUNDRELEASE']._serialized_start=561
-  _globals['_ROUNDRELEASE']._serialized_end=649
-  _globals['_TRAINREPLY']._serialized_start=651
-  _globals['_TRAINREPLY']._serialized_end=741
-  _globals['_FINISHREQUEST']._serialized_start=743
-  _globals['_FINISHREQUEST']._serialized_end=807
-  _globals['_FINISHREPLY']._serialized_start=809
-  _globals['_FINISHREPLY']._serialized_end=852
-  _globals['_NODESERVICE']._serialized_start=855
-  _globals['_NODESERVICE']._serialized_end=1078
+  _globals['_ADMITREQUEST']._serialized_start=39
+  _globals['_ADMITREQUEST']._serialized_end=102
+  _globals['_ADMITREPLY']._serialized_start=104
+  _globals['_ADMITREPLY']._serialized_end=144
+  _globals['_QUERYHEADER']._serialized_start=146
+  _globals['_QUERYHEADER']._serialized_end=253
+  _globals['_QUERYREQUEST']._serialized_start=255
+  _globals['_QUERYREQUEST']._serialized_end=349
+  _globals['_RELEASE']._serialized_start=351
+  _globals['_RELEASE']._serialized_end=416
+  _globals['_QUERYREPLY']._serialized_start=418
+  _globals['_QUERYREPLY']._serialized_end=507
+  _globals['_TRAINHEADER']._serialized_start=509
+  _globals['_TRAINHEADER']._serialized_end=613
+  _globals['_TRAINREQUEST']._serialized_start=615
+  _globals['_TRAINREQUEST']._serialized_end=706
+  _globals['_ROUNDRELEASE']._serialized_start=708
+  _globals['_ROUNDRELEASE']._serialized_end=796
+  _globals['_TRAINREPLY']._serialized_start=798
+  _globals['_TRAINREPLY']._serialized_end=888
+  _globals['_FINISHREQUEST']._serialized_start=890
+  _globals['_FINISHREQUEST']._serialized_end=954
+  _globals['_FINISHREPLY']._serialized_start=956
+  _globals['_FINISHREPLY']._serialized_end=999
+  _globals['_NODESERVICE']._serialized_start=1002
+  _globals['_NODESERVICE']._serialized_end=1289
 # @@protoc_insertion_point(module_scope)

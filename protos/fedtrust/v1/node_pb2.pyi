@@ -6,15 +6,31 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class AdmitRequest(_message.Message):
+    __slots__ = ("job_envelope", "contract_envelope")
+    JOB_ENVELOPE_FIELD_NUMBER: _ClassVar[int]
+    CONTRACT_ENVELOPE_FIELD_NUMBER: _ClassVar[int]
+    job_envelope: bytes
+    contract_envelope: bytes
+    def __init__(self, job_envelope: _Optional[bytes] = ..., contract_envelope: _Optional[bytes] = ...) -> None: ...
+
+class AdmitReply(_message.Message):
+    __slots__ = ("admission_envelope",)
+    ADMISSION_ENVELOPE_FIELD_NUMBER: _ClassVar[int]
+    admission_envelope: bytes
+    def __init__(self, admission_envelope: _Optional[bytes] = ...) -> None: ...
+
 class QueryHeader(_message.Message):
-    __slots__ = ("job_envelope", "contract_envelope", "he_context_size")
+    __slots__ = ("job_envelope", "contract_envelope", "he_context_size", "admissions")
     JOB_ENVELOPE_FIELD_NUMBER: _ClassVar[int]
     CONTRACT_ENVELOPE_FIELD_NUMBER: _ClassVar[int]
     HE_CONTEXT_SIZE_FIELD_NUMBER: _ClassVar[int]
+    ADMISSIONS_FIELD_NUMBER: _ClassVar[int]
     job_envelope: bytes
     contract_envelope: bytes
     he_context_size: int
-    def __init__(self, job_envelope: _Optional[bytes] = ..., contract_envelope: _Optional[bytes] = ..., he_context_size: _Optional[int] = ...) -> None: ...
+    admissions: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, job_envelope: _Optional[bytes] = ..., contract_envelope: _Optional[bytes] = ..., he_context_size: _Optional[int] = ..., admissions: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class QueryRequest(_message.Message):
     __slots__ = ("header", "he_context_chunk")
@@ -41,14 +57,16 @@ class QueryReply(_message.Message):
     def __init__(self, ciphertext_chunk: _Optional[bytes] = ..., release: _Optional[_Union[Release, _Mapping]] = ...) -> None: ...
 
 class TrainHeader(_message.Message):
-    __slots__ = ("job_envelope", "contract_envelope", "message_size")
+    __slots__ = ("job_envelope", "contract_envelope", "message_size", "admissions")
     JOB_ENVELOPE_FIELD_NUMBER: _ClassVar[int]
     CONTRACT_ENVELOPE_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    ADMISSIONS_FIELD_NUMBER: _ClassVar[int]
     job_envelope: bytes
     contract_envelope: bytes
     message_size: int
-    def __init__(self, job_envelope: _Optional[bytes] = ..., contract_envelope: _Optional[bytes] = ..., message_size: _Optional[int] = ...) -> None: ...
+    admissions: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, job_envelope: _Optional[bytes] = ..., contract_envelope: _Optional[bytes] = ..., message_size: _Optional[int] = ..., admissions: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class TrainRequest(_message.Message):
     __slots__ = ("header", "message_chunk")

@@ -35,6 +35,11 @@ class NodeServiceStub:
         Args:
             channel: A grpc.Channel.
         """
+        self.AdmitJob = channel.unary_unary(
+                '/fedtrust.v1.NodeService/AdmitJob',
+                request_serializer=fedtrust_dot_v1_dot_node__pb2.AdmitRequest.SerializeToString,
+                response_deserializer=fedtrust_dot_v1_dot_node__pb2.AdmitReply.FromString,
+                _registered_method=True)
         self.RunQuery = channel.stream_stream(
                 '/fedtrust.v1.NodeService/RunQuery',
                 request_serializer=fedtrust_dot_v1_dot_node__pb2.QueryRequest.SerializeToString,
@@ -55,6 +60,14 @@ class NodeServiceStub:
 class NodeServiceServicer:
     """Called by the contract's coordinator only (checked from the mTLS peer).
     """
+
+    def AdmitJob(self, request, context):
+        """Phase one of every job: all the checks the node runs before computing,
+        nothing spent; a short-lived signed Admission. Idempotent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
 
     def RunQuery(self, request_iterator, context):
         """Client stream: one QueryHeader, then the buyer's public HE context in
@@ -85,6 +98,11 @@ class NodeServiceServicer:
 
 def add_NodeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
+            'AdmitJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.AdmitJob,
+                    request_deserializer=fedtrust_dot_v1_dot_node__pb2.AdmitRequest.FromString,
+                    response_serializer=fedtrust_dot_v1_dot_node__pb2.AdmitReply.SerializeToString,
+            ),
             'RunQuery': grpc.stream_stream_rpc_method_handler(
                     servicer.RunQuery,
                     request_deserializer=fedtrust_dot_v1_dot_node__pb2.QueryRequest.FromString,
@@ -111,6 +129,33 @@ def add_NodeServiceServicer_to_server(servicer, server):
 class NodeService:
     """Called by the contract's coordinator only (checked from the mTLS peer).
     """
+
+    @staticmethod
+    def AdmitJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedtrust.v1.NodeService/AdmitJob',
+            fedtrust_dot_v1_dot_node__pb2.AdmitRequest.SerializeToString,
+            fedtrust_dot_v1_dot_node__pb2.AdmitReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
 
     @staticmethod
     def RunQuery(request_iterator,
