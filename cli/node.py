@@ -22,11 +22,17 @@ def serve(config: Path = typer.Option(..., "--config", help="NODE.toml")) -> Non
 
 
 @app.command("digest")
-def digest(datafile: Path = typer.Argument(..., exists=True, dir_okay=False, help="CSV or Parquet file")) -> None:
-    """Print the data commitment (sha256 of the file) to list it as a product."""
+def digest(path: Path = typer.Argument(..., exists=True, help="a CSV or Parquet file, or a ClientApp's package directory")) -> None:
+    """Print a data file's commitment (sha256 of the file) to list it as a product, or the digest of a ClientApp
+    package directory (every file in it) to approve it under [[clientapps]]."""
+    if path.is_dir():
+        from fedtrust.training.apps import app_digest
+
+        print(app_digest(path))
+        return
     from fedtrust.node.executor import file_digest
 
-    print(file_digest(datafile))
+    print(file_digest(path))
 
 
 @app.command("budget")

@@ -22,11 +22,12 @@ class DatasetConfig:
 
 @dataclass(frozen=True)
 class ClientAppConfig:
-    """`[[clientapps]]`: a Flower ClientApp the node owner approved, pinned by the digest of its source file."""
+    """`[[clientapps]]`: a Flower ClientApp the node owner approved, pinned by the digest of its package
+    directory (`fedtrust node digest DIR`), or of its file for a single-file module."""
 
     name: str  # what a contract's [training] models and a job's `model` call it
     target: str  # "package.module:attribute" (the module must be importable on the node)
-    digest: str  # sha256 hex of the module's source file
+    digest: str  # `fedtrust.training.apps.app_digest` of the package directory (or single module file)
 
 
 @dataclass(frozen=True)
@@ -135,7 +136,8 @@ def _clientapps(entries: Any) -> tuple[ClientAppConfig, ...]:
         if not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", target):
             raise ConfigError(f"[[clientapps]] {name}: target must be \"package.module:attribute\"")
         if not re.fullmatch(r"[0-9a-f]{64}", digest):
-            raise ConfigError(f"[[clientapps]] {name}: digest must be the sha256 hex of the module's source file")
+            raise ConfigError(f"[[clientapps]] {name}: digest must be the 64 hex digits `fedtrust node digest` prints "
+                              "for the app's package directory")
         apps.append(ClientAppConfig(name, target, digest))
     if len({a.name for a in apps}) != len(apps):
         raise ConfigError("[[clientapps]] lists a name twice; approve each app once")

@@ -145,6 +145,7 @@ def _summary(v: VerifiedReceipt, result_checked: bool, again: bool) -> str:
         parts[3] = "buyer acknowledged delivery" + (" and the model file matches" if result_checked else "")
         if not eps:
             parts[4] = "no differential privacy (masked updates; the model itself is not DP)"
+    parts += [f"warning from {a.node}: {w}" for a in v.attestations for w in a.warnings]
     parts += [
         "already recorded" if again else "recorded",
     ]

@@ -50,7 +50,7 @@ from fedtrust.privacy.masking import pairwise_mask, training_purpose
 from fedtrust.training import quantize
 from fedtrust.training.apps import AppRegistry
 from fedtrust.training.arrays import arrays_digest, from_array_record, to_array_record
-from fedtrust.training.context import node_config
+from fedtrust.training.context import node_config, round_config, run_config
 from fedtrust.training.data import register_dataset
 from fedtrust.training.models import MAX_PARAMETERS
 from fedtrust.training.dp_sgd import DpSgdPlan, plan_dp_sgd
@@ -66,6 +66,12 @@ log = logging.getLogger("fedtrust.node")
 __all__ = ["TrainingRuntime", "RoundRelease", "PHASES", "MAX_MESSAGE_BYTES", "mask_purpose"]
 
 PHASES = ("train", "evaluate")
+#: where a ClientApp's reply may carry its loss and accuracy: fedtrust's names, then Flower's templates'
+LOSS_KEYS = {"train": ("loss", "train_loss"), "evaluate": ("loss", "eval_loss")}
+ACCURACY_KEYS = {"train": ("accuracy", "train_acc", "train_accuracy"),
+                 "evaluate": ("accuracy", "eval_acc", "eval_accuracy")}
+NO_LOSS_WARNING = ("ClientApp {app} replied to training rounds without a `loss` (or `train_loss`) metric; the "
+                   "aggregate training loss counts this node as 0")
 #: a round's Flower message: the global model (float32, at most MAX_PARAMETERS) plus framing
 MAX_MESSAGE_BYTES = 4 * MAX_PARAMETERS + (1 << 20)
 
@@ -99,6 +105,8 @@ class TrainingRuntime:
         self._plans: OrderedDict[str, _Plan] = OrderedDict()
         self._dp_plans: dict[str, DpSgdPlan] = {}
         self._checked: OrderedDict[tuple, CheckedJob] = OrderedDict()
+        #: job digest -> what the attestation warns of (in memory: a node restarted mid-job forgets them)
+        self._warnings: dict[str, set[str]] = {}
         self._lock = threading.Lock()
         #: ClientApps run one at a time, always on this one thread: one torch/OpenMP thread team, one job's
         #: tensors on the GPU at a time (rounds of concurrent jobs queue here)
@@ -291,23 +299,30 @@ class TrainingRuntime:
         cfg = node_config(spec, dataset_path=str(checked.held.path), schema=checked.held.product.schema.to_dict(),
                           device=resolve_device(self.device), seed=seed & ((1 << 62) - 1), job_id=checked.job.job_id,
                           dp=dp.run if dp is not None else None)
-        config = ConfigRecord({"server-round": rnd})
-        if spec.strategy == "fedprox":
-            config["proximal-mu"] = float(spec.options.get("proximal_mu", 0.0))
+        config = ConfigRecord(round_config(spec, rnd))
         meta = Metadata(run_id=run_id, message_id=f"{checked.job_digest[:16]}-{phase}-{rnd}", src_node_id=0,
                         dst_node_id=node_index, reply_to_message_id="", group_id=str(rnd), created_at=time.time(),
                         ttl=DEFAULT_TTL, message_type=phase)
         msg = Message(metadata=meta, content=RecordDict({"arrays": to_array_record(arrays), "config": config}))
-        context = Context(run_id=run_id, node_id=node_index, node_config=cfg, state=RecordDict(), run_config={})
+        context = Context(run_id=run_id, node_id=node_index, node_config=cfg, state=RecordDict(),
+                          run_config=run_config(spec))
         try:
             reply = self._trainer.submit(app, msg, context).result()
         except Error:
             raise
         except Exception as e:  # noqa: BLE001 - the app's failure fails this round, never the daemon
-            log.warning("ClientApp %s failed in %s round %d: %s", spec.model, phase, rnd, type(e).__name__)
+            # the message and traceback stay in this node's log; only the exception's class crosses the wire
+            log.warning("ClientApp %s failed in %s round %d of job %s: %s: %s", spec.model, phase, rnd,
+                        checked.job.job_id, type(e).__name__, e, exc_info=e)
             raise JobFailed(f"the ClientApp {spec.model} failed in {phase} round {rnd} ({type(e).__name__}); "
                             "see the node's log") from None
-        return self._strip(reply, phase, rnd, plan, arrays)
+        released = self._strip(reply, phase, rnd, plan, arrays)
+        if phase == "train" and released[1] is None:
+            log.warning("ClientApp %s replied to train round %d of job %s without a `loss` metric; the aggregate "
+                        "loss counts this node as 0", spec.model, rnd, checked.job.job_id)
+            with self._lock:
+                self._warnings.setdefault(checked.job_digest, set()).add(NO_LOSS_WARNING.format(app=spec.model))
+        return released[0], released[1] or 0.0, released[2], released[3]
 
     def _strip(self, reply, phase: str, rnd: int, plan: _Plan, global_arrays: dict[str, np.ndarray]):
         """Keep the model arrays, num-examples, loss and accuracy; refuse anything malformed."""
@@ -324,8 +339,10 @@ class TrainingRuntime:
             n = int(n)
         if not isinstance(n, int) or isinstance(n, bool) or not 0 <= n <= quantize.MAX_EXAMPLES:
             raise InvalidInput(f"the ClientApp's `num-examples` must be an integer in [0, {quantize.MAX_EXAMPLES}]")
-        loss, acc = metrics.get("loss", 0.0), metrics.get("accuracy", 0.0)
-        for name, v in (("loss", loss), ("accuracy", acc)):
+        # Flower's app templates name them train_loss, eval_loss, eval_acc: read those where `loss`/`accuracy` lack
+        loss = next((metrics[k] for k in LOSS_KEYS[phase] if k in metrics), None)
+        acc = next((metrics[k] for k in ACCURACY_KEYS[phase] if k in metrics), 0.0)
+        for name, v in (("loss", 0.0 if loss is None else loss), ("accuracy", acc)):
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v):
                 raise InvalidInput(f"the ClientApp's `{name}` is not a finite number; the node refuses to release it")
         delta = None
@@ -336,7 +353,7 @@ class TrainingRuntime:
             new = from_array_record(records[0], plan.shapes, "the ClientApp's update")
             delta = np.concatenate([(new[k].astype(np.float64) - global_arrays[k].astype(np.float64)).ravel()
                                     for k in plan.shapes]) if plan.shapes else np.zeros(0)
-        return n, float(loss), float(acc), delta
+        return n, None if loss is None else float(loss), float(acc), delta
 
     # -- end of the job -----------------------------------------------------
     def finish(self, checked: CheckedJob) -> Envelope:
@@ -355,7 +372,7 @@ class TrainingRuntime:
             product_digest=checked.held.product_digest, data_commitment=checked.held.product.commitment,
             code_digest=self.node.code_digest, outputs=tuple(d for _, _, d in released), epsilon=debit.epsilon,
             delta=debit.delta, chain=debit.chain, dp=debit.mechanism == "dp-sgd", started_at=debit.created_at,
-            released_at=utc_now(),
+            released_at=utc_now(), warnings=tuple(sorted(self._warnings.get(checked.job_digest, ()))),
         )
         try:
             return store.attach_attestation(checked.contract_digest, job.job_id,

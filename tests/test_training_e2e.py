@@ -103,6 +103,17 @@ def test_fedprox_with_an_approved_app_that_adds_per_node_details_which_the_node_
         assert {len(v) for v in vectors} == {8 * 11, 8 * 3}
 
 
+def test_an_app_replying_without_a_loss_is_named_in_every_attestation_and_the_exchange_summary(tfed, tmp_path):
+    res = train(tfed, make_spec(model="no-loss", rounds=1, evaluate=False))
+    assert all(a.warnings == ("ClientApp no-loss replied to training rounds without a `loss` (or `train_loss`) "
+                              "metric; the aggregate training loss counts this node as 0",)
+               for a in res.verified.attestations)
+    assert float(res.metrics[0].train_loss) == 0
+    receipt = tmp_path / "receipt.json"
+    receipt.write_bytes(res.receipt.to_json())
+    assert "warning from bank-a: ClientApp no-loss replied" in verify_receipt_file(tfed.exchange_dir, receipt).summary
+
+
 def test_one_nodes_update_is_uniform_noise_and_nothing_per_node_reaches_the_coordinator(tfed, caplog):
     caplog.set_level("DEBUG")
     spec = make_spec(model="mlp", rounds=2)

@@ -132,10 +132,15 @@ def test_unknown_model_and_unapproved_apps_are_refused(rfed):
         ask.close()
 
 
-def test_a_clientapp_that_crashes_mid_job_fails_the_round_and_the_job_and_the_daemons_keep_serving(rfed):
+def test_a_clientapp_that_crashes_mid_job_fails_the_round_and_the_job_and_the_daemons_keep_serving(rfed, caplog):
     events = []
-    with pytest.raises(JobFailed, match="node bank-[ab] failed in train round 2.*ClientApp raising failed"):
+    caplog.set_level("WARNING", logger="fedtrust.node")
+    with pytest.raises(JobFailed, match="node bank-[ab] failed in train round 2.*ClientApp raising failed") as e:
         train(rfed, make_spec(model="raising", rounds=3), on_round=events.append)
+    # the node's log has the app's message and traceback; the wire has only the exception's class
+    assert "RuntimeError: simulated crash in the middle of the job" in caplog.text
+    assert "Traceback" in caplog.text and "_raising_train" in caplog.text
+    assert "simulated crash" not in str(e.value)
     assert any(e.stage == "aggregated" and e.round == 1 for e in events)  # round 1 went through
     client = CoordinatorClient(rfed.coordinator_address, tls_of(identity(rfed, "analyst")), rfed.coordinator_name)
     jobs = sorted((p for p in (rfed.buyer_dir / "jobs").iterdir()), key=lambda p: p.stat().st_mtime)

@@ -3,7 +3,8 @@
 * ``raising``: trains normally, but raises in round 2 (a node crashing mid-job);
 * ``nan_update``: replies with NaN weights;
 * ``oversized``: replies with an extra, large array;
-* ``chatty``: trains normally but adds extra records and metrics the node must strip.
+* ``chatty``: trains normally but adds extra records and metrics the node must strip;
+* ``no_loss``: trains normally but replies without a loss (the attestation warns of it).
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ raising = ClientApp()
 nan_update = ClientApp()
 oversized = ClientApp()
 chatty = ClientApp()
+no_loss = ClientApp()
 
 
 @raising.train()
@@ -57,5 +59,13 @@ def _chatty_evaluate(msg: Message, context: Context) -> Message:
     return builtin.evaluate(msg, context)
 
 
-for _app in (raising, nan_update, oversized):
+@no_loss.train()
+def _no_loss_train(msg: Message, context: Context) -> Message:
+    reply = builtin.train(msg, context)
+    metrics = reply.content["metrics"]
+    reply.content["metrics"] = MetricRecord({k: v for k, v in metrics.items() if k != "loss"})
+    return reply
+
+
+for _app in (raising, nan_update, oversized, no_loss):
     _app.evaluate()(builtin.evaluate)

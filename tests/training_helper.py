@@ -13,7 +13,8 @@ from fedtrust.trust.dsse import Envelope
 from fedtrust.trust.jobs import JOB_TYPE, JobSpec, sign_job
 
 APPS = Path(__file__).resolve().parent / "training_apps.py"
-TEST_APPS = {"raising": "raising", "nan-update": "nan_update", "oversized": "oversized", "chatty": "chatty"}
+TEST_APPS = {"raising": "raising", "nan-update": "nan_update", "oversized": "oversized", "chatty": "chatty",
+             "no-loss": "no_loss"}
 MODELS = ["logreg", "mlp", *TEST_APPS]
 
 

@@ -32,6 +32,15 @@ fedtrust.job-id                 str      the job's id (for logs)
 
 `fedtrust.training.data.local_data(context)` returns the node's preprocessed
 rows for these keys, so an approved app need not read files itself.
+
+Apps written for Flower, which know nothing of fedtrust, find what Flower's
+runtimes give them (`flower_context`): in `node_config`, `partition-id` = 0
+and `num-partitions` = 1 (a node's rows are one whole partition) and
+`dataset-path` (the product file, where a Flower deployment's SuperNode is
+told its data with `--node-config`); a `run_config` built from the signed
+spec (`num-server-rounds`, `local-epochs`, `batch-size`, `learning-rate`,
+`lr`, `optimizer`, `strategy`, `fraction-train`, `fraction-evaluate`,
+`proximal-mu`); and in each round's `config`, `server-round` and `lr`.
 """
 from __future__ import annotations
 
@@ -43,7 +52,7 @@ from fedtrust.errors import InvalidInput
 from fedtrust.training.spec import ModelOptions, TrainingSpec
 from fedtrust.training.quantize import MAX_EXAMPLES
 
-__all__ = ["KEYS", "NodeJob", "node_config"]
+__all__ = ["KEYS", "FLOWER_NODE_KEYS", "NodeJob", "node_config", "run_config", "round_config"]
 
 PREFIX = "fedtrust."
 KEYS = (
@@ -78,7 +87,36 @@ def node_config(spec: TrainingSpec, *, dataset_path: str, schema: dict[str, Any]
         "dp-steps": int(dp.steps_per_round) if dp else 0,
         "job-id": job_id,
     }
-    return {PREFIX + k: v for k, v in cfg.items()}
+    flower = {"partition-id": 0, "num-partitions": 1, "dataset-path": dataset_path}
+    return {**{PREFIX + k: v for k, v in cfg.items()}, **flower}
+
+
+#: the unprefixed node_config keys Flower's runtimes set and Flower apps read
+FLOWER_NODE_KEYS = ("partition-id", "num-partitions", "dataset-path")
+
+
+def run_config(spec: TrainingSpec) -> dict[str, bool | int | float | str]:
+    """The Flower `run_config` of a job, from the signed spec (the keys Flower app templates read)."""
+    return {
+        "num-server-rounds": spec.rounds,
+        "local-epochs": spec.local_epochs,
+        "batch-size": spec.batch_size,
+        "learning-rate": float(spec.learning_rate),
+        "lr": float(spec.learning_rate),
+        "optimizer": spec.optimizer,
+        "strategy": spec.strategy,
+        "fraction-train": 1.0,  # every participant trains every round
+        "fraction-evaluate": 1.0 if spec.evaluate else 0.0,
+        "proximal-mu": float(spec.options.get("proximal_mu", 0.0)) if spec.strategy == "fedprox" else 0.0,
+    }
+
+
+def round_config(spec: TrainingSpec, server_round: int) -> dict[str, bool | int | float | str]:
+    """A round's `config` record as a Flower strategy sends it, built from the signed spec (never the wire)."""
+    cfg: dict[str, bool | int | float | str] = {"server-round": server_round, "lr": float(spec.learning_rate)}
+    if spec.strategy == "fedprox":
+        cfg["proximal-mu"] = float(spec.options.get("proximal_mu", 0.0))
+    return cfg
 
 
 @dataclass(frozen=True)

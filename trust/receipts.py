@@ -151,8 +151,17 @@ class Attestation:
     dp: bool
     started_at: str
     released_at: str
+    #: what the node noticed about the software it ran, in fixed wording (never a data value),
+    #: e.g. a ClientApp whose train replies carried no `loss`; omitted from the JSON when empty
+    warnings: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
+        d = self._fields()
+        if self.warnings:
+            d["warnings"] = list(self.warnings)
+        return d
+
+    def _fields(self) -> dict[str, Any]:
         return {
             "node": self.node,
             "job_digest": self.job_digest,
@@ -186,10 +195,18 @@ class Attestation:
             dp=f.flag("dp"),
             started_at=f.time("started_at"),
             released_at=f.time("released_at"),
+            warnings=_warnings(f.d.get("warnings", [])),
         )
         parse_eps(att.epsilon, "attestation epsilon")
         parse_eps(att.delta, "attestation delta")
         return att
+
+
+def _warnings(value: object) -> tuple[str, ...]:
+    if (not isinstance(value, list) or len(value) > 16
+            or not all(isinstance(w, str) and 0 < len(w) <= 300 for w in value)):
+        raise InvalidInput("attestation: field `warnings` must be a list of at most 16 short strings")
+    return tuple(value)
 
 
 _METRIC = re.compile(r"-?(0|[1-9][0-9]{0,11})\.[0-9]{6}")

@@ -1,0 +1,1 @@
+"""flower-loans: A Flower / PyTorch app."""
