@@ -1,0 +1,1 @@
+"""Secure multi-party computation on CrypTen: fedtrust's communicator and party sessions."""
