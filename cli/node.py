@@ -30,9 +30,15 @@ def digest(path: Path = typer.Argument(..., exists=True, help="a CSV or Parquet 
 
         print(app_digest(path))
         return
-    from fedtrust.node.executor import file_digest
+    from fedtrust.node.executor import encoding_problem, file_digest
 
     print(file_digest(path))
+    if path.suffix.lower() in (".csv", ".tsv", ".txt"):
+        problem = encoding_problem(path)  # the commitment is of the bytes as they are; the node must decode them
+        if problem:
+            from fedtrust.cli.output import err_console
+
+            err_console.print(f"[yellow]note:[/] {problem}", highlight=False)
 
 
 @app.command("budget")

@@ -5,6 +5,7 @@ so a workspace can be moved as a whole.
 """
 from __future__ import annotations
 
+import codecs
 import re
 import tomllib
 from dataclasses import dataclass
@@ -18,6 +19,8 @@ from fedtrust.errors import ConfigError
 class DatasetConfig:
     product: Path  # the exchange-signed product credential (JSON envelope)
     path: Path  # CSV or Parquet file with the product's rows
+    encoding: str = "utf-8"  # a CSV's text encoding (e.g. "gb18030"); the commitment is of the file as it is
+    null_values: tuple[str, ...] = ("",)  # CSV cells that mean "missing", e.g. ["", "NA", "NULL"]
 
 
 @dataclass(frozen=True)
@@ -95,6 +98,24 @@ def _check_listen(listen: str, section: str) -> None:
         raise ConfigError(f"[{section}] listen = {listen!r} must be HOST:PORT, e.g. 127.0.0.1:7101")
 
 
+def _encoding(value: object) -> str:
+    try:
+        if not isinstance(value, str):
+            raise LookupError
+        return codecs.lookup(value).name
+    except LookupError:
+        raise ConfigError('[[datasets]] encoding must name a text encoding, e.g. "utf-8" (the default), "gb18030" '
+                          'or "latin-1"') from None
+
+
+def _null_values(value: object) -> tuple[str, ...]:
+    if (not isinstance(value, list) or not 0 < len(value) <= 16
+            or not all(isinstance(v, str) and len(v) <= 32 and "\n" not in v for v in value)):
+        raise ConfigError('[[datasets]] null_values must be a list of short strings that mean "missing", '
+                          'e.g. ["", "NA", "NULL"]')
+    return tuple(value)
+
+
 def load_node_config(path: str | Path) -> NodeConfig:
     data, base = _read(path)
     t = _table(data, "node", path)
@@ -107,7 +128,8 @@ def load_node_config(path: str | Path) -> NodeConfig:
     for i, d in enumerate(entries):
         if not isinstance(d, dict):
             raise ConfigError(f"[[datasets]] entry {i + 1} must be a table with `product` and `path`")
-        datasets.append(DatasetConfig(_path(base, _get(d, "product", "datasets")), _path(base, _get(d, "path", "datasets"))))
+        datasets.append(DatasetConfig(_path(base, _get(d, "product", "datasets")), _path(base, _get(d, "path", "datasets")),
+                                      _encoding(d.get("encoding", "utf-8")), _null_values(d.get("null_values", [""]))))
     device = t.get("device", "auto")
     if not isinstance(device, str) or not re.fullmatch(r"auto|cpu|cuda(:[0-9]+)?", device):
         raise ConfigError('[node] device must be "auto", "cpu", "cuda" or "cuda:N"')

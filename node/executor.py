@@ -31,7 +31,10 @@ own messages often quote the offending value, so they are not passed on).
 """
 from __future__ import annotations
 
+import codecs
 import hashlib
+import os
+import tempfile
 import threading
 from pathlib import Path
 from typing import Any
@@ -71,6 +74,76 @@ def file_digest(path: str | Path) -> str:
     return h.hexdigest()
 
 
+#: common markers of a missing value in CSVs written by R, Excel, pandas and databases
+NA_MARKERS = ("NA", "N/A", "#N/A", "NULL", "null", "NaN", "nan", "None", "-", ".")
+
+
+def check_encoding(name: str) -> str:
+    """A Python codec name for `encoding = "…"` in NODE.toml (ConfigError for an unknown one)."""
+    try:
+        return codecs.lookup(name).name
+    except (LookupError, TypeError):
+        raise ConfigError(f'encoding {name!r} is not a known text encoding; use e.g. "utf-8", "gb18030" or "latin-1"') from None
+
+
+def _utf8_error(p: Path) -> int | None:
+    """The byte offset of the first invalid UTF-8 sequence in the file, or None when it is all UTF-8."""
+    dec = codecs.getincrementaldecoder("utf-8")()
+    offset = 0
+    with open(p, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            try:
+                dec.decode(chunk)
+            except UnicodeDecodeError as e:
+                return offset + e.start
+            offset += len(chunk)
+        try:
+            dec.decode(b"", final=True)
+        except UnicodeDecodeError as e:
+            return offset + e.start
+    return None
+
+
+def _guess_encoding(p: Path) -> str:
+    with open(p, "rb") as f:
+        head = f.read(1 << 20)
+    for enc in ("gb18030", "big5", "shift_jis", "cp1252"):
+        try:
+            codecs.getincrementaldecoder(enc)().decode(head)  # not final: the 1 MiB may end inside a character
+            return enc
+        except UnicodeDecodeError:
+            continue
+    return "latin-1"
+
+
+def _transcode(src: Path, dst: Path, encoding: str) -> None:
+    """Decode `src` from `encoding` and write it as UTF-8 to `dst` (created 0600); ConfigError on a bad byte."""
+    dec = codecs.getincrementaldecoder(encoding)()
+    fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    offset = 0
+    with open(src, "rb") as f, os.fdopen(fd, "w", encoding="utf-8", newline="") as out:
+        try:
+            while chunk := f.read(_CHUNK):
+                out.write(dec.decode(chunk))
+                offset += len(chunk)
+            out.write(dec.decode(b"", final=True))
+        except UnicodeError as e:  # a decode error, or e.g. UTF-16 without a byte-order mark
+            at = offset + getattr(e, "start", 0)
+            raise ConfigError(f"data file {src.name} is not valid {encoding} (at byte {at}); fix the "
+                              "dataset's `encoding` in the node config") from None
+
+
+def encoding_problem(p: Path) -> str | None:
+    """A one-line message naming the fix when the CSV is not UTF-8, else None."""
+    at = _utf8_error(p)
+    if at is None:
+        return None
+    enc = _guess_encoding(p)
+    return (f"data file {p.name} is not UTF-8 (invalid byte sequence at byte {at}; it looks like {enc.upper()}): "
+            f'declare encoding = "{enc}" for this dataset in the node config, or convert it with '
+            f"`iconv -f {enc.upper()} -t UTF-8 {p.name} > {p.stem}.utf8{p.suffix}` and list the converted file")
+
+
 def _lit(value: str) -> str:
     return exp.Literal.string(value).sql(dialect=DIALECT)
 
@@ -106,7 +179,10 @@ class Dataset:
 
     # ------------------------------------------------------------------ open
     @classmethod
-    def open(cls, path: str | Path, schema: Schema) -> "Dataset":
+    def open(cls, path: str | Path, schema: Schema, *, encoding: str = "utf-8",
+             null_values: tuple[str, ...] = ("",)) -> "Dataset":
+        """Load the file; a CSV in another `encoding` is transcoded to UTF-8 in a private temporary file
+        first, and the strings in `null_values` read as missing (SQL NULL)."""
         try:
             p = Path(path).resolve(strict=True)
         except (FileNotFoundError, RuntimeError):
@@ -121,27 +197,43 @@ class Dataset:
         else:
             raise ConfigError(f"data file {p} has an unknown extension; use .csv or .parquet")
 
+        encoding = check_encoding(encoding)
+        source, tmpdir = p, None
+        if kind == "csv" and encoding != "utf-8":
+            tmpdir = tempfile.TemporaryDirectory(prefix="fedtrust-utf8-")
+            source = Path(tmpdir.name) / "data.csv"
+            _transcode(p, source, encoding)
         con = duckdb.connect(
             ":memory:", config={"autoinstall_known_extensions": False, "autoload_known_extensions": False}
         )
         try:
-            con.execute(f"SET allowed_paths=[{_lit(str(p))}]")
+            con.execute(f"SET allowed_paths=[{_lit(str(source))}]")
             con.execute("SET enable_external_access=false")
-            cls._load(con, p, kind, schema)
+            cls._load(con, source, kind, schema, null_values, p)
             con.execute("SET lock_configuration=true")
         except BaseException:
             con.close()
             raise
+        finally:
+            if tmpdir is not None:  # the rows are in DuckDB's memory now; the UTF-8 copy goes
+                tmpdir.cleanup()
         return cls(con, p, schema)
 
     @staticmethod
-    def _load(con: duckdb.DuckDBPyConnection, p: Path, kind: str, schema: Schema) -> None:
+    def _load(con: duckdb.DuckDBPyConnection, p: Path, kind: str, schema: Schema,
+              null_values: tuple[str, ...] = ("",), original: Path | None = None) -> None:
         src = _lit(str(p))
-        reader = f"read_csv({src}, header=true, all_varchar=true)" if kind == "csv" else f"read_parquet({src})"
+        shown = original or p
+        nulls = "[" + ", ".join(_lit(v) for v in null_values) + "]"
+        reader = (f"read_csv({src}, header=true, all_varchar=true, nullstr={nulls})" if kind == "csv"
+                  else f"read_parquet({src})")
         try:
             header = [r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {reader}").fetchall()]
         except duckdb.Error as e:
-            raise ConfigError(f"data file {p} cannot be read as {kind.upper()} ({type(e).__name__}); check the file") from None
+            problem = encoding_problem(p) if kind == "csv" else None
+            if problem:
+                raise ConfigError(problem) from None
+            raise ConfigError(f"data file {shown} cannot be read as {kind.upper()} ({type(e).__name__}); check the file") from None
         lower = {}
         for h in header:
             lower.setdefault(h.lower(), h)
@@ -150,7 +242,8 @@ class Dataset:
             h = c.name if c.name in header else lower.get(c.name.lower())
             if h is None:
                 raise ConfigError(
-                    f"schema column `{c.name}` is missing from data file {p.name}; add it to the file or fix the schema"
+                    f"schema column `{c.name}` is missing from data file {shown.name}; add it to the file or fix "
+                    "the schema"
                 )
             found[c.name] = h
         if kind == "csv":
@@ -158,7 +251,7 @@ class Dataset:
             struct = ", ".join(
                 f"{_lit(h)}: {_lit(_SQL_TYPES[by_header[h].type] if h in by_header else 'VARCHAR')}" for h in header
             )
-            source = f"read_csv({src}, header=true, columns={{{struct}}})"
+            source = f"read_csv({src}, header=true, columns={{{struct}}}, nullstr={nulls})"
         else:
             source = f"read_parquet({src})"
         items = ", ".join(
@@ -171,28 +264,36 @@ class Dataset:
         try:
             con.execute(f"CREATE TABLE {exp.to_identifier(TABLE, quoted=True).sql(dialect=DIALECT)} AS SELECT {items} FROM {source}")
         except duckdb.Error:
-            bad = Dataset._bad_column(con, p, kind, schema, found)
+            problem = encoding_problem(p) if kind == "csv" else None
+            if problem:
+                raise ConfigError(problem) from None
+            bad = Dataset._bad_column(con, reader, schema, found)
             if bad is not None:
+                column, marker = bad
+                hint = (f"; if {marker!r} marks a missing value, declare null_values = [\"\", \"{marker}\"] for this "
+                        "dataset in the node config" if marker else "")
                 raise ConfigError(
-                    f"column `{bad.name}` of data file {p.name} holds values that are not {bad.type} as the schema "
-                    "declares; fix the file or the schema"
+                    f"column `{column.name}` of data file {shown.name} holds values that are not {column.type} as the "
+                    f"schema declares; fix the file or the schema{hint}"
                 ) from None
-            raise ConfigError(f"data file {p.name} cannot be loaded with the schema's column types; check the file") from None
+            raise ConfigError(f"data file {shown.name} cannot be loaded with the schema's column types; check the file") from None
 
     @staticmethod
-    def _bad_column(con: Any, p: Path, kind: str, schema: Schema, found: dict[str, str]) -> Column | None:
-        src = _lit(str(p))
-        reader = f"read_csv({src}, header=true, all_varchar=true)" if kind == "csv" else f"read_parquet({src})"
+    def _bad_column(con: Any, reader: str, schema: Schema, found: dict[str, str]) -> tuple[Column, str | None] | None:
+        """The first column with a value its type refuses, and the missing-value marker it holds, if it holds one
+        (a marker such as NA is not a data value, so naming it is safe)."""
         for c in schema.columns:
             col = _q(found[c.name]).sql(dialect=DIALECT)
+            bad = f"FROM {reader} WHERE {col} IS NOT NULL AND TRY_CAST({col} AS {_SQL_TYPES[c.type]}) IS NULL"
             try:
-                n = con.execute(
-                    f"SELECT count(*) FROM {reader} WHERE {col} IS NOT NULL AND TRY_CAST({col} AS {_SQL_TYPES[c.type]}) IS NULL"
-                ).fetchone()[0]
+                n = con.execute(f"SELECT count(*) {bad}").fetchone()[0]
+                if not n:
+                    continue
+                markers = ", ".join(_lit(m) for m in NA_MARKERS)
+                row = con.execute(f"SELECT trim({col}) AS v {bad} AND trim({col}) IN ({markers}) LIMIT 1").fetchone()
             except duckdb.Error:
-                return c
-            if n:
-                return c
+                return c, None
+            return c, row[0] if row else None
         return None
 
     def close(self) -> None:

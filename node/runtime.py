@@ -89,9 +89,10 @@ class NodeRuntime:
         self.code_digest = code_digest()
         self.datasets: dict[str, HeldDataset] = {}
         for d in config.datasets:
-            self._open_dataset(d.product, d.path)
+            self._open_dataset(d.product, d.path, d.encoding, d.null_values)
 
-    def _open_dataset(self, product_path: Path, data_path: Path) -> None:
+    def _open_dataset(self, product_path: Path, data_path: Path, encoding: str = "utf-8",
+                      null_values: tuple[str, ...] = ("",)) -> None:
         try:
             env = Envelope.from_json(product_path.read_bytes())
         except FileNotFoundError:
@@ -108,7 +109,8 @@ class NodeRuntime:
                 "serve the listed data version or ask the exchange to list the new one "
                 "(`fedtrust node digest` prints the file's commitment)"
             )
-        self.datasets[env.digest] = HeldDataset(product, env.digest, data_path, Dataset.open(data_path, product.schema))
+        dataset = Dataset.open(data_path, product.schema, encoding=encoding, null_values=null_values)
+        self.datasets[env.digest] = HeldDataset(product, env.digest, data_path, dataset)
 
     # -- checks -----------------------------------------------------------
     def check_job(self, peer: tuple[str, str], job_bytes: bytes, contract_bytes: bytes) -> CheckedJob:
