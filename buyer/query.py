@@ -35,7 +35,7 @@ from fedtrust.query.layout import Layout
 from fedtrust.query.sql import QueryPlan, plan_query
 from fedtrust.transport.tls import TlsMaterial
 from fedtrust.trust.canonical import utc_now
-from fedtrust.trust.contracts import Contract, verify_contract
+from fedtrust.trust.contracts import Contract, require_signatures, verify_contract
 from fedtrust.trust.credentials import Identity
 from fedtrust.trust.dsse import Envelope
 from fedtrust.trust.jobs import JobSpec, sign_job
@@ -69,6 +69,12 @@ def load_contract(identity: Identity, path: Path) -> tuple[Contract, bytes]:
     return contract, raw
 
 
+def check_agreed(contract: Contract, contract_raw: bytes) -> None:
+    """The buyer submits only under a contract that it and every owner have signed (nodes would refuse it)."""
+    require_signatures(Envelope.from_json(contract_raw), contract,
+                       [("buyer", contract.buyer.name)] + [("node", n) for n in contract.owner_names])
+
+
 def plan_for(contract: Contract, sql: str) -> QueryPlan:
     rules = contract.rules.query
     if rules is None:
@@ -84,6 +90,7 @@ def submit_query(identity: Identity, credentials_dir: Path, contract_path: Path,
                  on_progress: OnProgress | None = None, timeout: float = 600.0) -> QueryResult:
     contract, contract_raw = load_contract(identity, contract_path)
     contract_env = Envelope.from_json(contract_raw)
+    check_agreed(contract, contract_raw)
     plan = plan_for(contract, sql)  # fast, clear refusal before any key is made or byte is sent
     keys = he.BuyerKeys.generate()
     job = JobSpec.new(contract, contract_env.digest, sql, keys.params, ttl=JOB_TTL)

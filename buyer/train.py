@@ -20,7 +20,7 @@ import numpy as np
 
 from fedtrust.buyer.client import CoordinatorClient, OnRound, TrainingOutcome
 from fedtrust.buyer.jobdir import JobFiles, jobs_root, open_job
-from fedtrust.buyer.query import load_contract, tls_of
+from fedtrust.buyer.query import check_agreed, load_contract, tls_of
 from fedtrust.errors import VerificationError
 from fedtrust.training.arrays import read_model
 from fedtrust.training.policy import check_training
@@ -62,6 +62,7 @@ def submit_training(identity: Identity, credentials_dir: Path, contract_path: Pa
                     spec: TrainingSpec, on_round: OnRound | None = None, timeout: float = 86400.0) -> TrainingResult:
     contract, contract_raw = load_contract(identity, contract_path)
     contract_env = Envelope.from_json(contract_raw)
+    check_agreed(contract, contract_raw)
     check_spec(contract, spec)
     job = JobSpec.new_training(contract, contract_env.digest, spec, ttl=TRAINING_TTL)
     job_env = sign_job(job, identity.signer)

@@ -81,12 +81,21 @@ def contract(
     product: List[Path] = typer.Option(..., "--product", help="product credential (repeat for each owner)"),
     rules: Path = typer.Option(..., "--rules", help="RULES.toml"),
     out: Path = typer.Option(..., "--out", help="contract to write"),
+    purpose: str = typer.Option(..., "--purpose", help="what the buyer may use the results for"),
     price: str = typer.Option("0", "--price", help="price as a decimal string"),
+    valid_from: Optional[str] = typer.Option(None, "--valid-from", help="start (2026-03-01 or RFC 3339); default now"),
+    valid_until: Optional[str] = typer.Option(None, "--valid-until",
+                                              help="end (2026-12-31 or RFC 3339); default valid_days of the rules"),
+    revocation_max_age_h: Optional[int] = typer.Option(
+        None, "--revocation-max-age-h", min=1,
+        help="nodes refuse this contract's jobs while their newest revocation list is older than N hours"),
 ) -> None:
-    """Issue a contract: buyer, coordinator, products and the rules every node enforces."""
+    """Issue a contract (signed by the exchange): buyer, coordinator, products, purpose, term and the rules every
+    node enforces. The buyer and every owner then sign it with `fedtrust contract sign`."""
     from fedtrust.exchange.issuer import issue_contract
 
-    c = issue_contract(directory, buyer, coordinator, product, rules, out, price=price)
+    c = issue_contract(directory, buyer, coordinator, product, rules, out, price=price, purpose=purpose,
+                       valid_from=valid_from, valid_until=valid_until, revocation_max_age_h=revocation_max_age_h)
     if c.rules.privacy is None:
         err_console.print(
             "[yellow]warning:[/] these rules have no \\[privacy] table: nodes release exact aggregates under the "
@@ -94,8 +103,9 @@ def contract(
             "repeated or differencing queries can still reveal individuals. Add \\[privacy] with epsilon_total, "
             "delta and epsilon_per_query for differential privacy."
         )
-    console.print(f"contract {c.contract_id} for {c.buyer.name} over {len(c.owners)} owners, valid until "
-                  f"{c.valid_until} → {out}")
+    console.print(f"contract {c.contract_id} for {c.buyer.name} over {len(c.owners)} owners, valid {c.valid_from} to "
+                  f"{c.valid_until} → {out}; next: the buyer and every owner run `fedtrust contract sign {out} "
+                  "--credentials DIR`", highlight=False)
 
 
 @app.command("verify")

@@ -12,7 +12,7 @@ import sys
 import typer
 from rich.markup import escape
 
-from fedtrust.cli import audit, coordinator, demo, exchange, job, keygen, node, predict, query, train
+from fedtrust.cli import audit, contract, coordinator, demo, exchange, job, keygen, node, predict, query, train
 from fedtrust.cli.output import err_console
 from fedtrust.errors import Error
 
@@ -24,6 +24,7 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(exchange.app, name="exchange")
+app.add_typer(contract.app, name="contract")
 app.add_typer(node.app, name="node")
 app.add_typer(coordinator.app, name="coordinator")
 app.add_typer(job.app, name="job")

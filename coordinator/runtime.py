@@ -32,7 +32,7 @@ from fedtrust.errors import (
 from fedtrust.transport.tls import TlsMaterial
 from fedtrust.trust.admission import verify_admissions
 from fedtrust.trust.canonical import sha256_hex, utc_now
-from fedtrust.trust.contracts import Contract, verify_contract
+from fedtrust.trust.contracts import Contract, require_signatures, verify_contract
 from fedtrust.trust.credentials import load_identity_as
 from fedtrust.trust.dsse import Envelope
 from fedtrust.trust.jobs import JobSpec, verify_job
@@ -107,6 +107,7 @@ class CoordinatorRuntime:
             raise VerificationError(
                 f"caller fedtrust://{peer[0]}/{peer[1]} is not the contract's buyer fedtrust://buyer/{contract.buyer.name}"
             )
+        require_signatures(contract_env, contract, [("buyer", contract.buyer.name)])
         job_env = Envelope.from_json(job_bytes)
         job = verify_job(job_env, contract, contract_env.digest)
         contract.check_valid_at(datetime.now(timezone.utc))

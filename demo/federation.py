@@ -16,6 +16,8 @@ from fedtrust.config import load_coordinator_config, load_node_config
 from fedtrust.coordinator.daemon import CoordinatorDaemon
 from fedtrust.demo.data import RULES_TOML, SCHEMA_TOML, training_toml, write_loans
 from fedtrust.exchange.issuer import init_exchange, issue_contract, list_product, register
+from fedtrust.trust.contract_files import sign_contract_file
+from fedtrust.trust.credentials import load_identity
 from fedtrust.trust.keygen import REQUEST, keygen
 from fedtrust.node.daemon import NodeDaemon
 from fedtrust.node.executor import file_digest
@@ -23,6 +25,24 @@ from fedtrust.node.executor import file_digest
 DEFAULT_OWNERS = {"bank-a": 4000, "bank-b": 2500, "insurer-c": 1200}
 #: each owner's regional mix, so that some owners have small groups that they withhold
 MIXES = [(0.3, 0.25, 0.2, 0.15, 0.1), (0.1, 0.2, 0.3, 0.38, 0.02), (0.05, 0.05, 0.5, 0.395, 0.005)]
+
+
+DEMO_PURPOSE = "credit-risk statistics and models for lending policy research"
+
+
+def sign_by_parties(contract: Path, credentials_root: Path, names: list[str]) -> None:
+    """Each named party (its credentials in `credentials_root/<name>`) adds its signature, as
+    `fedtrust contract sign` does."""
+    for name in names:
+        sign_contract_file(contract, load_identity(credentials_root / name))
+
+
+def issue_signed_contract(root: Path, buyer: str, coordinator: str, products: list[Path], rules: Path, out: Path,
+                          *, unsigned: tuple[str, ...] = (), purpose: str = DEMO_PURPOSE, **terms) -> Path:
+    """The exchange in `root/exchange` issues a contract, then the buyer and every owner except `unsigned` sign it."""
+    c = issue_contract(root / "exchange", buyer, coordinator, products, rules, out, purpose=purpose, **terms)
+    sign_by_parties(out, root / "credentials", [n for n in [buyer, *c.owner_names] if n not in unsigned])
+    return out
 
 
 def enroll(exchange_dir: Path, role: str, name: str, addresses: list[str], out: Path) -> Path:
@@ -111,7 +131,7 @@ def build_federation(root: Path, owners: dict[str, int] | None = None, *, min_gr
         )
         configs[name] = cfg
     contract = root / "contract.json"
-    issue_contract(ex, buyer_name, coordinator_name, products, root / "rules.toml", contract)
+    issue_signed_contract(root, buyer_name, coordinator_name, products, root / "rules.toml", contract)
     coord_cfg = root / "config" / f"{coordinator_name}.toml"
     coord_cfg.write_text(
         f'[coordinator]\nname = "{coordinator_name}"\nlisten = "127.0.0.1:0"\n'

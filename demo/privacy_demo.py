@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from fedtrust.demo.data import RULES_TOML
-from fedtrust.exchange.issuer import issue_contract
+from fedtrust.demo.federation import issue_signed_contract
 
 DP_PRIVACY = {"epsilon_total": "2", "delta": "1e-6", "epsilon_per_query": "1"}
 
@@ -17,5 +17,6 @@ def issue_dp_contract(root: Path, exchange_dir: Path, buyer: str, coordinator: s
     text += "\n[privacy]\n" + "".join(f'{k} = "{v}"\n' for k, v in (privacy or DP_PRIVACY).items())
     rules.write_text(text)
     out = root / "contract-dp.json"
-    issue_contract(exchange_dir, buyer, coordinator, [root / "products" / f"{n}.json" for n in owners], rules, out)
+    issue_signed_contract(exchange_dir.parent, buyer, coordinator, [root / "products" / f"{n}.json" for n in owners],
+                          rules, out)
     return out

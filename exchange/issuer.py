@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import secrets
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Sequence
 
@@ -26,9 +26,9 @@ from cryptography.hazmat.primitives import serialization
 from fedtrust.errors import ConfigError, InvalidInput, NotFound, VerificationError
 from fedtrust.exchange.store import ExchangeStore
 from fedtrust.trust import pki
-from fedtrust.trust.canonical import is_sha256_hex, utc_now
+from fedtrust.trust.canonical import format_time, is_sha256_hex, parse_time, utc_now
 from fedtrust.trust.contracts import (
-    Contract, Holding, check_price, check_rules, format_validity, sign_contract,
+    MAX_PURPOSE_CHARS, Contract, Holding, check_price, check_rules, sign_contract,
 )
 from fedtrust.trust.credentials import (
     CREDENTIAL, SubjectCredential, public_key_pem, sign_credential, write_credential_files, write_file,
@@ -46,6 +46,43 @@ __all__ = ["Exchange", "default_origin", "init_exchange", "load_exchange", "regi
 CA_KEY, CA_CERT, SIGNING_KEY, EXCHANGE_PUB, DB = "ca.key", "ca.crt", "signing.key", "exchange.pub", "exchange.db"
 ORIGIN_FILE = "origin"
 CA_NAME = "fedtrust exchange CA"
+#: the longest contract term the exchange issues (the seed rules keep records 30 years; terms are shorter)
+MAX_CONTRACT_DAYS = 3660
+
+
+def parse_when(value: str, what: str) -> datetime:
+    """`2026-03-01` (midnight UTC) or an RFC 3339 time with a zone; ConfigError naming `what` otherwise."""
+    text = value.strip() if isinstance(value, str) else ""
+    try:
+        if len(text) == 10:
+            return datetime.strptime(text, "%Y-%m-%d").replace(tzinfo=timezone.utc)
+        return parse_time(text)
+    except (ValueError, InvalidInput):
+        raise ConfigError(f"{what} {value!r} is not a date; write 2026-03-01 or 2026-03-01T09:00:00Z") from None
+
+
+def contract_window(valid_from: str | None, valid_until: str | None, valid_days: int) -> tuple[str, str]:
+    """(valid_from, valid_until) as RFC 3339: from now or `valid_from`, until `valid_until` or `valid_days` later."""
+    now = datetime.now(timezone.utc)
+    start = parse_when(valid_from, "--valid-from") if valid_from else now
+    end = parse_when(valid_until, "--valid-until") if valid_until else start + timedelta(days=valid_days)
+    if end <= now:
+        raise ConfigError(f"the contract would have ended already ({format_time(end)}); pass a later --valid-until")
+    if end <= start:
+        raise ConfigError(f"the contract would end ({format_time(end)}) before it starts ({format_time(start)}); "
+                          "pass a --valid-until after --valid-from")
+    if end - start > timedelta(days=MAX_CONTRACT_DAYS):
+        raise ConfigError(f"a contract may last at most {MAX_CONTRACT_DAYS} days; pass an earlier --valid-until")
+    return format_time(start), format_time(end)
+
+
+def check_purpose(purpose: str) -> str:
+    text = purpose.strip() if isinstance(purpose, str) else ""
+    if not text:
+        raise ConfigError("a contract needs --purpose TEXT: what the buyer may use the results for")
+    if len(text) > MAX_PURPOSE_CHARS or any(ord(c) < 32 and c not in "\n\t" for c in text):
+        raise ConfigError(f"--purpose must be plain text of at most {MAX_PURPOSE_CHARS} characters")
+    return text
 
 
 @dataclass(frozen=True)
@@ -65,6 +102,12 @@ class Exchange:
     def verifier_key(self) -> str:
         """The C2SP signed-note verifier key of its checkpoints: `origin+hash+key`."""
         return verifier_key(self.origin, self.signer.public_key)
+
+    def check_usable(self, cred: SubjectCredential) -> None:
+        """ConfigError when the credential's certificate has expired (a contract must not embed it)."""
+        if pki.certificate_not_after(cred.cert_pem) <= datetime.now(timezone.utc):
+            raise ConfigError(f"the credential of {cred.uri} has expired; renew it with `fedtrust exchange renew` "
+                              "before issuing a contract")
 
 
 def default_origin(public_key) -> str:
@@ -245,9 +288,24 @@ def issue_contract(
     rules_path: str | Path,
     out_path: str | Path,
     price: str = "0",
+    *,
+    purpose: str,
+    valid_from: str | None = None,
+    valid_until: str | None = None,
+    revocation_max_age_h: int | None = None,
 ) -> Contract:
-    """Sign a contract between a buyer and the owners of the given products, run by a coordinator."""
+    """Sign a contract between a buyer and the owners of the given products, run by a coordinator.
+
+    The exchange signs first; the buyer and every owner then add their
+    signatures (`fedtrust contract sign`) before any node serves it.
+    `valid_from`/`valid_until` are RFC 3339 times or dates (default: now, and
+    `valid_days` of the rules after the start). Credentials that have expired
+    or been revoked are not embedded.
+    """
     check_price(price)
+    purpose = check_purpose(purpose)
+    if revocation_max_age_h is not None and not (isinstance(revocation_max_age_h, int) and revocation_max_age_h >= 1):
+        raise ConfigError("--revocation-max-age-h must be a whole number of hours, at least 1")
     if buyer == coordinator:
         raise ConfigError("buyer and coordinator must be different subjects; register a separate coordinator")
     rules = load_rules_toml(rules_path)
@@ -273,17 +331,21 @@ def issue_contract(
     check_rules(rules, first.schema)
     if Path(out_path).exists():
         raise ConfigError(f"{out_path} already exists; choose a new output file")
-    valid_from, valid_until = format_validity(datetime.now(timezone.utc), rules.valid_days)
+    start, end = contract_window(valid_from, valid_until, rules.valid_days)
+    for cred in [buyer_cred, coord_cred, *(h.credential for h in holdings)]:
+        ex.check_usable(cred)
     contract = Contract(
         contract_id=secrets.token_hex(16),
         buyer=buyer_cred,
         coordinator=coord_cred,
         owners=tuple(holdings),
         rules=rules,
-        valid_from=valid_from,
-        valid_until=valid_until,
+        valid_from=start,
+        valid_until=end,
         price=price,
-        issued_at=valid_from,
+        issued_at=utc_now(),
+        purpose=purpose,
+        revocation_max_age_h=revocation_max_age_h,
     )
     envelope = sign_contract(contract, ex.signer)
     ex.store.add_contract(envelope)

@@ -3,8 +3,9 @@
 No protobuf here (see `node_servicer.py`). The order of `run_query` is the
 security argument, top to bottom:
 
-1. the contract verifies under the exchange key, and the caller's mTLS
-   identity is the contract's coordinator;
+1. the contract verifies under the exchange key, carries the signatures of
+   the buyer and of this node's own owner, and the caller's mTLS identity is
+   the contract's coordinator;
 2. this node is an owner of the contract and holds the product it names,
    whose data commitment matched the file at start-up;
 3. the job is signed by the contract's buyer, names exactly the contract's
@@ -50,7 +51,7 @@ from fedtrust.query.sql import QueryPlan, plan_query
 from fedtrust.trust.admission import Admission, sign_admission, verify_admissions
 from fedtrust.trust.canonical import sha256_hex, utc_now
 from fedtrust.trust.clock import DEFAULT_SKEW
-from fedtrust.trust.contracts import Contract, verify_contract
+from fedtrust.trust.contracts import Contract, require_signatures, verify_contract
 from fedtrust.trust.credentials import Identity, kx_public_key, load_identity_as
 from fedtrust.trust.dsse import Envelope
 from fedtrust.trust.jobs import JobSpec, verify_job
@@ -123,6 +124,8 @@ class NodeRuntime:
             )
         if self.name not in contract.owner_names:
             raise PolicyViolation(f"node {self.name} is not an owner under this contract; send the job to its owners only")
+        # the owner agreed to this contract, and so did the buyer: the exchange alone cannot commit this node
+        require_signatures(contract_env, contract, [("buyer", contract.buyer.name), ("node", self.name)])
         holding = contract.holding(self.name)
         held = self.datasets.get(holding.product_digest)
         if held is None:

@@ -68,11 +68,26 @@ def test_readme_walkthrough(tmp_path: Path):
             f'[[datasets]]\nproduct = "{name}.json"\npath = "data/{name}.csv"\n')
     c = run("exchange", "contract", ex, "--buyer", "analyst", "--coordinator", "coord", "--product",
             tmp_path / "bank-a.json", "--product", tmp_path / "bank-b.json", "--rules", tmp_path / "rules.toml",
-            "--out", tmp_path / "contract.json")
+            "--out", tmp_path / "contract.json", "--purpose", "regional income statistics")
     assert "no [privacy] table" in c.stderr  # the exchange warns about exact-answer contracts
-    one = run("exchange", "contract", ex, "--buyer", "analyst", "--coordinator", "coord", "--product",
-              tmp_path / "bank-a.json", "--rules", tmp_path / "rules.toml", "--out", tmp_path / "c1.json", ok=False)
+    base = ["exchange", "contract", ex, "--buyer", "analyst", "--coordinator", "coord", "--product",
+            tmp_path / "bank-a.json", "--rules", tmp_path / "rules.toml", "--out", tmp_path / "c1.json"]
+    one = run(*base, "--purpose", "x", ok=False)
     assert one.returncode == 1 and "two" in one.stderr
+    base[7:7] = ["--product", tmp_path / "bank-b.json"]
+    for bad, words in [(["--purpose", " "], "needs --purpose"),
+                       (["--purpose", "x", "--valid-until", "next tuesday"], "--valid-until 'next tuesday' is not a date"),
+                       (["--purpose", "x", "--valid-from", "2030-01-02", "--valid-until", "2030-01-01"], "before it starts")]:
+        r = run(*base, *bad, ok=False)
+        assert r.returncode == 1 and words in r.stderr and "Traceback" not in r.stderr, r.stderr
+    show = json.loads(run("contract", "show", tmp_path / "contract.json", "--credentials", tmp_path / "creds" / "analyst",
+                          "--json").stdout)
+    assert show["purpose"] == "regional income statistics" and show["signatures"]["exchange"] is True
+    assert show["missing"] == ["buyer analyst", "owner bank-a", "owner bank-b"]
+    for name in ("analyst", "bank-a", "bank-b"):
+        run("contract", "sign", tmp_path / "contract.json", "--credentials", tmp_path / "creds" / name)
+    text = run("contract", "show", tmp_path / "contract.json", "--credentials", tmp_path / "creds" / "bank-a").stdout
+    assert "regional income statistics" in text and "MISSING" not in text and "owner bank-b: signed" in text
 
     procs: list[subprocess.Popen] = []
     try:

@@ -17,11 +17,11 @@ import pytest
 from fedtrust.buyer.client import CoordinatorClient
 from fedtrust.buyer.query import tls_of
 from fedtrust.coordinator.node_client import run_query_on_node
-from fedtrust.demo.federation import build_federation
+from fedtrust.demo.federation import build_federation, issue_signed_contract, sign_by_parties
 from fedtrust.errors import (
-    BudgetExhausted, InvalidInput, JobFailed, PolicyViolation, ReplayError, VerificationError,
+    BudgetExhausted, ConfigError, InvalidInput, JobFailed, PolicyViolation, ReplayError, VerificationError,
 )
-from fedtrust.exchange.issuer import issue_contract, list_product, load_exchange
+from fedtrust.exchange.issuer import list_product, load_exchange
 from fedtrust.node.executor import file_digest
 from fedtrust.privacy import he
 from fedtrust.privacy.params import HeParams
@@ -169,6 +169,8 @@ def test_node_refuses_an_expired_contract(federation):
     old_raw = sign_contract(old, ex.signer).to_json()
     old_path = federation.root / "expired-contract.json"
     old_path.write_bytes(old_raw)
+    sign_by_parties(old_path, federation.root / "credentials", ["analyst", "bank-a"])
+    old_raw = old_path.read_bytes()
     buyer = identity(federation, "analyst")
     job, _, keys = make_job(buyer, old_path, OK_SQL)
     with pytest.raises(PolicyViolation, match="expired"):
@@ -181,9 +183,9 @@ def test_node_refuses_a_product_it_does_not_hold(federation):
     list_product(federation.exchange_dir, "bank-a", "loans", root / "schema.toml",
                  file_digest(federation.data["bank-a"]), relisted)
     other = root / "contract-relisted.json"
-    issue_contract(federation.exchange_dir, "analyst", "coord",
-                   [relisted, root / "products" / "bank-b.json", root / "products" / "insurer-c.json"],
-                   root / "rules.toml", other)
+    issue_signed_contract(root, "analyst", "coord",
+                          [relisted, root / "products" / "bank-b.json", root / "products" / "insurer-c.json"],
+                          root / "rules.toml", other)
     buyer = identity(federation, "analyst")
     job, raw, keys = make_job(buyer, other, OK_SQL)
     with pytest.raises(PolicyViolation, match="not held by node bank-a"):
@@ -308,3 +310,37 @@ def ask_rows(keys, outcome, fed):
     layout = Layout.from_plan(plan, v.contract.schema)
     total = he.add_isolated(keys.public_bytes, v.job.he, check_relayed(v, outcome.relayed), layout.length)
     return decode(plan, layout, v.contract.schema, he.decrypt(keys.secret_bytes, total)).rows
+
+
+def test_a_node_serves_only_contracts_its_owner_and_the_buyer_signed(federation):
+    """The exchange alone cannot commit a node: without its owner's (or the buyer's) signature it refuses."""
+    from fedtrust.buyer.query import submit_query
+
+    root = federation.root
+    products = [root / "products" / f"{n}.json" for n in ("bank-a", "bank-b", "insurer-c")]
+    path = issue_signed_contract(root, "analyst", "coord", products, root / "rules.toml",
+                                 root / "contract-unsigned-c.json", unsigned=("insurer-c",))
+    buyer = identity(federation, "analyst")
+    job, raw, keys = make_job(buyer, path, OK_SQL)
+    env = sign_job(job, buyer.signer)
+    assert call_node(federation, "bank-a", env, raw, keys.public_bytes).ciphertexts  # bank-a signed
+    before = ledger_size(federation, "insurer-c")
+    with pytest.raises(VerificationError, match=r"contract lacks the signature of owner insurer-c "
+                                                r"\(fedtrust://node/insurer-c\)"):
+        call_node(federation, "insurer-c", env, raw, keys.public_bytes)
+    assert ledger_size(federation, "insurer-c") == before  # a refused job spends nothing
+    # the buyer's own client refuses to submit it at all
+    with pytest.raises(VerificationError, match="lacks the signature of owner insurer-c"):
+        submit_query(buyer, federation.buyer_dir, path, federation.coordinator_address, OK_SQL)
+    # signed by the owners but not the buyer: every node refuses, naming the buyer
+    path = issue_signed_contract(root, "analyst", "coord", products, root / "rules.toml",
+                                 root / "contract-unsigned-buyer.json", unsigned=("analyst",))
+    job, raw, keys = make_job(buyer, path, OK_SQL)
+    with pytest.raises(VerificationError, match="lacks the signature of buyer analyst"):
+        call_node(federation, "bank-b", sign_job(job, buyer.signer), raw, keys.public_bytes)
+    # another party's key cannot sign in an owner's name
+    from fedtrust.trust.contracts import sign_as, verify_contract as vc
+
+    c = vc(Envelope.from_json(raw), identity(federation, "bank-a").exchange_key)
+    with pytest.raises(ConfigError, match="signing key is not the one the contract names for owner bank-b"):
+        sign_as(Envelope.from_json(raw), c, "node", "bank-b", identity(federation, "bank-a").signer)

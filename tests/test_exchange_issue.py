@@ -237,7 +237,7 @@ def test_list_product(ex, tmp_path):
 def _contract(ex: Path, tmp_path: Path, **kw):
     root = root_of(ex)
     args = dict(buyer="buyer-1", coordinator="coord-1", product_paths=[root / "a.product.json", root / "b.product.json"],
-                rules_path=root / "rules.toml", out_path=tmp_path / "contract.json")
+                rules_path=root / "rules.toml", out_path=tmp_path / "contract.json", purpose="claims statistics")
     args.update(kw)
     return issuer.issue_contract(ex, **args)
 
@@ -398,3 +398,20 @@ def test_registered_credentials_do_mutual_tls_both_ways(ex, tmp_path):
         server.stop(0)
     with pytest.raises(VerificationError, match="does not chain to this exchange's CA"):
         pki.verify_certificate(intruder.tls_cert_pem, node.ca_pem)
+
+
+def test_contract_purpose_and_term(ex, tmp_path):
+    c = _contract(ex, tmp_path, purpose="  fraud statistics ", valid_from="2031-01-01", valid_until="2031-06-30T12:00:00Z",
+                  revocation_max_age_h=24)
+    assert (c.purpose, c.valid_from, c.valid_until, c.revocation_max_age_h) == (
+        "fraud statistics", "2031-01-01T00:00:00Z", "2031-06-30T12:00:00Z", 24)
+    for kw, match in [
+        (dict(purpose=""), "needs --purpose"),
+        (dict(valid_until="soon"), "--valid-until 'soon' is not a date"),
+        (dict(valid_from="2031-13-01"), "--valid-from '2031-13-01' is not a date"),
+        (dict(valid_from="2031-02-01", valid_until="2031-01-01"), "would end .* before it starts"),
+        (dict(valid_until="2001-01-01"), "would have ended already"),
+        (dict(revocation_max_age_h=0), "whole number of hours"),
+    ]:
+        with pytest.raises(ConfigError, match=match):
+            _contract(ex, tmp_path, **{"purpose": "p", "out_path": tmp_path / "x.json", **kw})

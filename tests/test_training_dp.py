@@ -71,7 +71,8 @@ def test_what_dp_training_cannot_protect_is_refused_by_the_node(dpfed, changes, 
 
 
 def test_dp_training_needs_the_declared_minimum_row_count(tmp_path):
-    from fedtrust.exchange.issuer import issue_contract, list_product
+    from fedtrust.demo.federation import issue_signed_contract
+    from fedtrust.exchange.issuer import list_product
     from fedtrust.node.executor import file_digest
 
     fed = build_federation(tmp_path, OWNERS, privacy=PRIVACY, training={"models": ["logreg"]})
@@ -81,8 +82,8 @@ def test_dp_training_needs_the_declared_minimum_row_count(tmp_path):
     (tmp_path / "config" / "bank-a.toml").write_text(
         (tmp_path / "config" / "bank-a.toml").read_text().replace("bank-a.json", "bank-a-bare.json"))
     contract = tmp_path / "contract-bare.json"
-    issue_contract(fed.exchange_dir, "analyst", "coord", [bare, tmp_path / "products" / "bank-b.json"],
-                   tmp_path / "rules.toml", contract)
+    issue_signed_contract(fed.root, "analyst", "coord", [bare, tmp_path / "products" / "bank-b.json"],
+                          tmp_path / "rules.toml", contract)
     fed.contract_path = contract
     with fed:
         with pytest.raises(Error, match="declared minimum row count"):

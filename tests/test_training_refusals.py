@@ -18,9 +18,8 @@ from fedtrust.buyer.train import check_spec, submit_training
 from fedtrust.config import load_coordinator_config
 from fedtrust.coordinator.runtime import CoordinatorRuntime
 from fedtrust.demo.data import training_toml, RULES_TOML
-from fedtrust.demo.federation import build_federation
+from fedtrust.demo.federation import build_federation, issue_signed_contract
 from fedtrust.errors import InvalidInput, JobFailed, PolicyViolation
-from fedtrust.exchange.issuer import issue_contract
 from fedtrust.training.spec import load_training_toml
 from fedtrust.trust.jobs import sign_job
 from fedtrust.v1 import node_pb2, node_pb2_grpc
@@ -51,8 +50,8 @@ def variant(fed, name: str, **training) -> object:
     rules.write_text(RULES_TOML.format(min_group_size=10, max_queries=100) + training_toml({"models": MODELS,
                                                                                            **training}))
     out = fed.root / f"contract-{name}.json"
-    issue_contract(fed.exchange_dir, "analyst", "coord", [fed.root / "products" / f"{n}.json" for n in OWNERS],
-                   rules, out)
+    issue_signed_contract(fed.root, "analyst", "coord", [fed.root / "products" / f"{n}.json" for n in OWNERS],
+                          rules, out)
     return out
 
 

@@ -699,3 +699,29 @@ def test_result_digest_is_canonical():
     a = result_digest("s", ["g", "n"], [["north", 3], ["south", 2**60]])
     assert a == result_digest("s", ("g", "n"), (("north", 3), ("south", str(2**60))))
     assert a != result_digest("t", ["g", "n"], [["north", 3], ["south", 2**60]])
+
+
+def test_parties_sign_the_same_contract_envelope(w):
+    from fedtrust.trust.contracts import contract_signatures, require_signatures, sign_as
+
+    env = w.contract_env
+    assert contract_signatures(env, w.contract, w.exchange.public_key) == {
+        "exchange": True, "buyer buyer-1": False, "owner node-a": False, "owner node-b": False,
+        "coordinator coord-1": False}
+    with pytest.raises(VerificationError, match=r"lacks the signature of owner node-a \(fedtrust://node/node-a\)"):
+        require_signatures(env, w.contract, [("node", "node-a")])
+    signed = sign_as(env, w.contract, "node", "node-a", w.signers["node-a"])
+    signed = sign_as(signed, w.contract, "buyer", "buyer-1", w.signers["buyer-1"])
+    assert sign_as(signed, w.contract, "buyer", "buyer-1", w.signers["buyer-1"]) == signed  # signing twice: no-op
+    assert signed.digest == env.digest and len(signed.signatures) == 3
+    assert verify_contract(Envelope.from_json(signed.to_json()), w.exchange.public_key) == w.contract
+    require_signatures(signed, w.contract, [("buyer", "buyer-1"), ("node", "node-a")])
+    with pytest.raises(VerificationError, match="lacks the signature of owner node-b"):
+        require_signatures(signed, w.contract, [("buyer", "buyer-1"), ("node", "node-b")])
+    # a signature moved from another payload does not count
+    other = sign_as(w.make_contract(), w.contract, "node", "node-b", w.signers["node-b"])
+    forged = Envelope(signed.payload_type, signed.payload, signed.signatures + other.signatures[-1:])
+    with pytest.raises(VerificationError, match="lacks the signature of owner node-b"):
+        require_signatures(forged, w.contract, [("node", "node-b")])
+    with pytest.raises(ConfigError, match="not a party to this contract"):
+        sign_as(env, w.contract, "node", "node-z", w.signers["node-a"])

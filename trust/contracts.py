@@ -1,9 +1,14 @@
 """Contracts: buyer, coordinator, the owners' products and the rules nodes enforce.
 
-The exchange signs a contract. Each holding embeds the owner's public
-credential and the product's own signed envelope, so a node (or the exchange,
-later) re-verifies every product and its digest from the contract alone.
-`verify_contract` checks the signature and every structural rule; time
+The exchange issues and signs a contract; then the buyer and every owner add
+their own signatures to the same DSSE envelope (`sign_as`): the e-contract the
+two sides of a trade sign through the exchange. The digest (sha256 of the
+payload) does not change as signatures are added. Each holding embeds the
+owner's public credential and the product's own signed envelope, so a node
+(or the exchange, later) re-verifies every product and its digest from the
+contract alone. `verify_contract` checks the exchange's signature and every
+structural rule; `contract_signatures` says which parties signed and
+`require_signatures` refuses a contract a needed party has not signed; time
 validity is checked separately with `Contract.check_valid_at`.
 """
 from __future__ import annotations
@@ -11,21 +16,25 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Sequence
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from fedtrust.errors import ConfigError, InvalidInput, PolicyViolation, VerificationError
 from fedtrust.trust.canonical import Fields, format_time, parse_time
-from fedtrust.trust.credentials import SubjectCredential
-from fedtrust.trust.dsse import Envelope, Signer, verify_object
+from fedtrust.trust.credentials import SubjectCredential, signing_public_key
+from fedtrust.trust.dsse import Envelope, Signer, signed_by, verify_object
 from fedtrust.trust.products import Product, verify_product
 from fedtrust.trust.rules import Rules
 from fedtrust.trust.schema import Schema
 
-__all__ = ["CONTRACT_TYPE", "Holding", "Contract", "check_price", "check_rules", "format_validity", "sign_contract", "verify_contract"]
+__all__ = [
+    "CONTRACT_TYPE", "Holding", "Contract", "check_price", "check_rules", "sign_contract",
+    "verify_contract", "Party", "contract_signatures", "require_signatures", "sign_as", "MAX_PURPOSE_CHARS",
+]
 
 CONTRACT_TYPE = "https://fedtrust.dev/Contract/v1"
+MAX_PURPOSE_CHARS = 2000
 _PRICE = re.compile(r"(0|[1-9][0-9]{0,17})(\.[0-9]{1,8})?")
 
 
@@ -77,6 +86,10 @@ class Contract:
     valid_until: str
     price: str
     issued_at: str
+    #: what the buyer may use the results for (the e-contract's stated use)
+    purpose: str = ""
+    #: nodes refuse jobs while the newest revocation list they hold is older than this (None: no freshness rule)
+    revocation_max_age_h: int | None = None
 
     @property
     def dataset(self) -> str:
@@ -113,6 +126,8 @@ class Contract:
             "valid_until": self.valid_until,
             "price": self.price,
             "issued_at": self.issued_at,
+            "purpose": self.purpose,
+            "revocation_max_age_h": self.revocation_max_age_h,
         }
 
     @classmethod
@@ -126,6 +141,9 @@ class Contract:
         owners = f.items("owners")
         if not owners:
             raise InvalidInput("contract: field `owners` must list the owners' holdings")
+        max_age = f.raw("revocation_max_age_h")
+        if max_age is not None and (not isinstance(max_age, int) or isinstance(max_age, bool) or max_age < 1):
+            raise InvalidInput("contract: revocation_max_age_h must be a positive whole number of hours or null")
         return cls(
             contract_id=f.text("contract_id"),
             buyer=SubjectCredential.from_dict(f.obj("buyer")),
@@ -136,6 +154,8 @@ class Contract:
             valid_until=f.time("valid_until"),
             price=price,
             issued_at=f.time("issued_at"),
+            purpose=f.text("purpose"),
+            revocation_max_age_h=max_age,
         )
 
 
@@ -214,7 +234,62 @@ def verify_contract(envelope: Envelope, exchange_key: Ed25519PublicKey) -> Contr
     return c
 
 
-def format_validity(start: datetime, days: int) -> tuple[str, str]:
-    """(valid_from, valid_until) for a contract that starts at `start` and lasts `days`."""
-    return format_time(start), format_time(start + timedelta(days=days))
+@dataclass(frozen=True)
+class Party:
+    """One party whose signature a contract can carry; `credential` is None for the exchange."""
 
+    label: str  # "exchange", "buyer analyst", "owner bank-a", "coordinator coord"
+    uri: str | None
+    credential: SubjectCredential | None
+
+
+def parties(contract: Contract) -> list[Party]:
+    """Everyone who signs: the exchange, the buyer, every owner (in name order), the coordinator."""
+    out = [Party("exchange", None, None), Party(f"buyer {contract.buyer.name}", contract.buyer.uri, contract.buyer)]
+    out += [Party(f"owner {h.credential.name}", h.credential.uri, h.credential)
+            for h in sorted(contract.owners, key=lambda h: h.credential.name)]
+    out.append(Party(f"coordinator {contract.coordinator.name}", contract.coordinator.uri, contract.coordinator))
+    return out
+
+
+def contract_signatures(envelope: Envelope, contract: Contract, exchange_key: Ed25519PublicKey | None) -> dict[str, bool]:
+    """Party label -> whether the envelope carries its valid signature (`exchange` only when its key is given).
+
+    Each party's key is the signing key of the credential embedded in the
+    contract, so a renewed credential does not let a new key sign old contracts.
+    """
+    out: dict[str, bool] = {}
+    for p in parties(contract):
+        if p.credential is None:
+            if exchange_key is not None:
+                out[p.label] = signed_by(envelope, exchange_key)
+        else:
+            out[p.label] = signed_by(envelope, signing_public_key(p.credential))
+    return out
+
+
+def require_signatures(envelope: Envelope, contract: Contract, needed: Sequence[tuple[str, str]]) -> None:
+    """VerificationError naming the first party among `needed` (role, name) that has not signed `envelope`
+    (the exchange's signature is `verify_contract`'s job)."""
+    for p in parties(contract):
+        if p.credential is None or (p.credential.role, p.credential.name) not in needed:
+            continue
+        if not signed_by(envelope, signing_public_key(p.credential)):
+            raise VerificationError(
+                f"contract lacks the signature of {p.label} ({p.uri}); each party must sign it with "
+                f"`fedtrust contract sign CONTRACT --credentials DIR` before jobs run under it"
+            )
+
+
+def sign_as(envelope: Envelope, contract: Contract, role: str, name: str, signer: Signer) -> Envelope:
+    """Add the signature of party (role, name), whose credential the contract embeds, with `signer`."""
+    for p in parties(contract):
+        if p.credential is not None and (p.credential.role, p.credential.name) == (role, name):
+            if signing_public_key(p.credential) != signer.public_key:
+                raise ConfigError(
+                    f"these credentials' signing key is not the one the contract names for {p.label}; sign with the "
+                    "credentials the contract was issued for"
+                )
+            return signer.countersign(envelope)
+    raise ConfigError(f"fedtrust://{role}/{name} is not a party to this contract; only its buyer, owners and "
+                      "coordinator sign it")

@@ -44,7 +44,8 @@ STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 ALG_ED25519 = "ed25519"
 #: an envelope never exceeds the gRPC message limit
 MAX_ENVELOPE_BYTES = 16 * 1024 * 1024
-MAX_SIGNATURES = 16
+#: a contract carries the exchange's, the buyer's, the coordinator's and every owner's signature
+MAX_SIGNATURES = 64
 
 T = TypeVar("T")
 
@@ -223,6 +224,16 @@ class Signer:
         payload = canonical(statement)
         sig = self._key.sign(pae(PAYLOAD_TYPE, payload))
         return Envelope(PAYLOAD_TYPE, payload, (Signature(self.keyid, sig),))
+
+    def countersign(self, envelope: Envelope) -> Envelope:
+        """`envelope` with this key's signature added over the same PAE (several parties sign one payload,
+        so its digest does not change); unchanged when this key already signed it."""
+        if signed_by(envelope, self.public_key):
+            return envelope
+        if len(envelope.signatures) >= MAX_SIGNATURES:
+            raise InvalidInput(f"envelope already carries {MAX_SIGNATURES} signatures, the most one may carry")
+        sig = self._key.sign(pae(envelope.payload_type, envelope.payload))
+        return Envelope(envelope.payload_type, envelope.payload, envelope.signatures + (Signature(self.keyid, sig),))
 
 
 def signed_by(envelope: Envelope, public_key: Ed25519PublicKey) -> bool:
