@@ -323,12 +323,14 @@ def test_a_node_serves_only_contracts_its_owner_and_the_buyer_signed(federation)
     buyer = identity(federation, "analyst")
     job, raw, keys = make_job(buyer, path, OK_SQL)
     env = sign_job(job, buyer.signer)
-    assert call_node(federation, "bank-a", env, raw, keys.public_bytes).ciphertexts  # bank-a signed
-    before = ledger_size(federation, "insurer-c")
+    before = {n: ledger_size(federation, n) for n in ("bank-a", "insurer-c")}
     with pytest.raises(VerificationError, match=r"contract lacks the signature of owner insurer-c "
                                                 r"\(fedtrust://node/insurer-c\)"):
         call_node(federation, "insurer-c", env, raw, keys.public_bytes)
-    assert ledger_size(federation, "insurer-c") == before  # a refused job spends nothing
+    # bank-a (which signed) admits it; the job still fails at insurer-c's admission, before anyone spends
+    with pytest.raises(VerificationError, match="lacks the signature of owner insurer-c"):
+        call_node(federation, "bank-a", env, raw, keys.public_bytes)
+    assert {n: ledger_size(federation, n) for n in before} == before
     # the buyer's own client refuses to submit it at all
     with pytest.raises(VerificationError, match="lacks the signature of owner insurer-c"):
         submit_query(buyer, federation.buyer_dir, path, federation.coordinator_address, OK_SQL)
