@@ -9,6 +9,7 @@ from fedtrust.transport.server import secure_channel
 from fedtrust.transport.status import error_from_rpc
 from fedtrust.transport.tls import TlsMaterial
 from fedtrust.trust.dsse import Envelope
+from fedtrust.trust.vectors import SignedVector
 from fedtrust.v1 import node_pb2, node_pb2_grpc
 
 __all__ = ["NodeTrainingClient"]
@@ -25,8 +26,8 @@ class NodeTrainingClient:
         self._channel.close()
 
     def train_round(self, job: bytes, contract: bytes, message: bytes, expected: int,
-                    admissions: tuple[bytes, ...] = ()) -> bytes:
-        """Send one round's Flower message; the node's masked vector, which must be exactly `expected` bytes."""
+                    admissions: tuple[bytes, ...] = ()) -> tuple[bytes, bytes]:
+        """Send one round's Flower message; (the node's masked vector of exactly `expected` bytes, its signature)."""
         def requests():
             yield node_pb2.TrainRequest(header=node_pb2.TrainHeader(
                 job_envelope=job, contract_envelope=contract, message_size=len(message),
@@ -48,7 +49,23 @@ class NodeTrainingClient:
         data = asm.finish()
         if release is None or release.vector_size != len(data) or len(data) != expected:
             raise InvalidInput(f"node {self.node} sent a vector whose size does not match the job's model")
-        return data
+        return data, release.signature
+
+    def forward(self, job: bytes, contract: bytes, phase: str, rnd: int, vectors: list[SignedVector]) -> str:
+        """Forward every participant's signed vector of (phase, round); the global digest the node computed."""
+        def requests():
+            yield node_pb2.ForwardRequest(header=node_pb2.ForwardHeader(
+                job_envelope=job, contract_envelope=contract, phase=phase, round=rnd,
+                vectors=[node_pb2.SignedVector(node=v.node, job_digest=v.job_digest, phase=v.phase, round=v.round,
+                                               signature=v.signature, vector_size=len(v.vector)) for v in vectors]))
+            for v in vectors:
+                for chunk in split(v.vector):
+                    yield node_pb2.ForwardRequest(vector_chunk=chunk)
+
+        try:
+            return self._stub.ForwardRound(requests(), timeout=self.timeout).global_digest
+        except grpc.RpcError as e:
+            raise error_from_rpc(e, f"node {self.node}") from None
 
     def finish(self, job: bytes, contract: bytes) -> Envelope:
         try:

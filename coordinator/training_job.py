@@ -6,8 +6,9 @@ the job like a query (contract, buyer's mTLS identity and signature,
 participants) plus the training rules, persists it, starts the worker, turns
 its reports into progress events (aggregate metrics only), and at the end
 verifies every node's attestation against the digests of the vectors that
-node actually sent, signs the statement (model digest, rounds, participants,
-per-round aggregate metrics) and stores the model and receipt. Any failure —
+node actually sent and the final model and metrics it computed itself,
+signs the statement (model digest, rounds, participants, per-round
+aggregate metrics) and stores the model and receipt. Any failure —
 a node that refuses, drops or times out, a worker that dies — fails the job
 with the reason; there are no partial models.
 """
@@ -27,7 +28,7 @@ from fedtrust.training.server_loop import JobArgs, run_job
 from fedtrust.trust.canonical import sha256_hex, utc_now
 from fedtrust.trust.dsse import Envelope
 from fedtrust.trust.receipts import (
-    CoordinatorStatement, ReceiptBundle, RoundMetric, TrainingSummary, fmt_metric, sign_coordinator_statement,
+    CoordinatorStatement, ReceiptBundle, RoundMetric, TrainingSummary, metrics_digest, sign_coordinator_statement,
     verify_attestation,
 )
 
@@ -167,6 +168,7 @@ class TrainingJobs:
 
     def _seal(self, contract, contract_env: Envelope, job, job_env: Envelope, outcome: dict) -> bytes:
         spec = job.training
+        metrics = tuple(RoundMetric.from_dict(m) for m in outcome["metrics"])
         attestations = []
         for node in job.participants:
             env = Envelope.from_json(outcome["attestations"][node])
@@ -175,17 +177,13 @@ class TrainingJobs:
                 raise JobFailed(f"node {node} sent an attestation that names another node")
             if tuple(att.outputs) != tuple(outcome["digests"][node]):
                 raise JobFailed(f"node {node} sent an attestation that does not match the vectors it released")
+            if att.model_digest != outcome["model_digest"] or att.metrics_digest != metrics_digest(metrics):
+                raise JobFailed(f"node {node} attested another final model or other metrics than the coordinator "
+                                "computed; the job failed")
             attestations.append(env)
         model_digest = sha256_hex(outcome["model"])
-        metrics = []
-        for r in range(1, spec.rounds + 1):
-            m = outcome["rounds"].get(r, {})
-            if "train_loss" not in m:
-                raise JobFailed(f"round {r} produced no aggregate; the job failed")
-            ev = spec.evaluate and "eval_loss" in m
-            metrics.append(RoundMetric(r, fmt_metric(m["train_loss"]), fmt_metric(m["train_accuracy"]),
-                                       fmt_metric(m["eval_loss"]) if ev else None,
-                                       fmt_metric(m["eval_accuracy"]) if ev else None))
+        if len(metrics) != spec.rounds:
+            raise JobFailed("a round produced no aggregate; the job failed")
         statement = sign_coordinator_statement(
             CoordinatorStatement(
                 job_digest=job_env.digest, contract_digest=contract_env.digest, aggregate_outputs=(model_digest,),

@@ -9,7 +9,8 @@ same job id or nonce was recorded (replay), that every node's budget chain
 links to the entries already recorded for this contract (sequence, previous
 digest, cumulative ε) — two different releases at one chain position are a
 provable double spend — and, given the delivered result, that it matches the
-digest the buyer acknowledged.
+digest the buyer acknowledged (for a model: and that its weights are the
+final model every node attested).
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from fedtrust.errors import ConfigError, ReplayError, VerificationError
 from fedtrust.exchange.issuer import load_exchange
 from fedtrust.trust.receipts import GENESIS, ReceiptBundle, ledger_entry_digest, result_digest
 from fedtrust.trust.canonical import sha256_hex
-from fedtrust.trust.verify import VerifiedReceipt, verify_bundle
+from fedtrust.trust.verify import VerifiedReceipt, check_model_attested, verify_bundle
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,7 @@ def _check_result(v: VerifiedReceipt, result: dict | bytes) -> None:
         if digest != v.acknowledgement.result_digest or digest != v.statement.training.model_digest:
             raise VerificationError("the model file does not match the digest the buyer acknowledged and the "
                                     "coordinator signed in the receipt")
+        check_model_attested(bytes(result), v.attestations)
         return
     if isinstance(result, (bytes, bytearray)):
         try:
@@ -142,6 +144,7 @@ def _summary(v: VerifiedReceipt, result_checked: bool, again: bool) -> str:
         parts[2] = (f"coordinator {v.contract.coordinator.name} signed model {t.model_digest[:12]}… trained over "
                     f"{t.rounds} rounds with secure aggregation "
                     f"{v.job.training.secure_aggregation if v.job.training else '?'}")
+        parts[2] += "; every owner attested that it computed this model and these metrics itself"
         parts[3] = "buyer acknowledged delivery" + (" and the model file matches" if result_checked else "")
         if not eps:
             parts[4] = "no differential privacy (masked updates; the model itself is not DP)"

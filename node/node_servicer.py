@@ -15,6 +15,7 @@ from fedtrust.privacy.he import MAX_CONTEXT_BYTES
 from fedtrust.transport.chunks import Assembler, split
 from fedtrust.transport.peer import peer_identity
 from fedtrust.transport.status import guarded
+from fedtrust.trust.vectors import SignedVector, check_participant_set
 from fedtrust.v1 import node_pb2, node_pb2_grpc
 
 log = logging.getLogger("fedtrust.node")
@@ -45,13 +46,19 @@ def read_header_and_context(requests, header_field: str, chunk_field: str, what:
     return header, asm.finish()
 
 
-def read_train_header(requests):
-    """TrainRound's stream: the header, then the round's Flower message within its declared size."""
+def read_header(requests):
+    """A training stream's first message: its header, whose envelopes are within their limit."""
     first = next(requests, None)
     if first is None or first.WhichOneof("part") != "header":
         raise InvalidInput("the stream must start with a header message")
     header = first.header
     _check_envelope_sizes(header)
+    return header
+
+
+def read_train_header(requests):
+    """TrainRound's stream: the header, then the round's Flower message within its declared size."""
+    header = read_header(requests)
     asm = Assembler(header.message_size, MAX_MESSAGE_BYTES, "the round's Flower message")
     for msg in requests:
         if msg.WhichOneof("part") != "message_chunk":
@@ -137,7 +144,41 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
             yield node_pb2.TrainReply(vector_chunk=chunk)
         yield node_pb2.TrainReply(release=node_pb2.RoundRelease(
             phase=release.phase, round=release.round, global_digest=release.global_digest,
-            vector_size=len(release.vector)))
+            vector_size=len(release.vector), signature=release.signature))
+
+    @guarded
+    def ForwardRound(self, request_iterator, context):
+        peer = peer_identity(context)
+        who = f"{peer[0]}/{peer[1]}"
+        checked = None
+        try:
+            header = read_header(request_iterator)
+            checked = self.training.check(peer, header.job_envelope, header.contract_envelope)
+            limit = self.training.forward_limit(checked)
+            check_participant_set([v.node for v in header.vectors], checked.job.participants, header.phase,
+                                  header.round)
+            sizes = [v.vector_size for v in header.vectors]
+            if sum(sizes) > limit:
+                raise InvalidInput("the forwarded vectors exceed what the job's participants and model can release")
+            asm = Assembler(sum(sizes), limit, "the forwarded vectors")
+            for msg in request_iterator:
+                if msg.WhichOneof("part") != "vector_chunk":
+                    raise InvalidInput("only vector_chunk messages may follow the header")
+                asm.add(msg.vector_chunk)
+            data, items, pos = asm.finish(), [], 0
+            for v in header.vectors:
+                items.append(SignedVector(v.node, v.job_digest, v.phase, v.round, v.signature,
+                                          data[pos:pos + v.vector_size]))
+                pos += v.vector_size
+            digest = self.training.forward(checked, header.phase, header.round, items)
+        except Error as e:
+            self.runtime.store.audit("refused", f"{e.kind}: {e}", peer=who, job_id=checked.job.job_id if checked else None,
+                                     contract_digest=checked.contract_digest if checked else None)
+            log.info("refused forwarded vectors: %s", e)
+            raise
+        self.runtime.store.audit("added", f"{header.phase} round {header.round} of every participant",
+                                 contract_digest=checked.contract_digest, job_id=checked.job.job_id, peer=who)
+        return node_pb2.ForwardReply(global_digest=digest)
 
     @guarded
     def FinishTraining(self, request, context):

@@ -10,7 +10,14 @@ Flower message arrives as bytes and is parsed with Flower's protobuf serde
 2. the signed training spec against the contract's `[training]` rules
    (`fedtrust.training.policy`), and the job is not already attested here;
 3. the global model must be exactly the job's registry architecture (names,
-   shapes, float32, finite) and the round within the spec's rounds;
+   shapes, float32, finite), the round within the spec's rounds, and — the
+   rule that stops a coordinator from planting weights — bit for bit the
+   global this node derived itself (`fedtrust.training.server_step`): round
+   1's is the registry model seeded from the job digest; every later one
+   is what the node computed from the previous phase's vectors of *all*
+   participants, which the coordinator forwards with each node's signature
+   (`forward`: signatures, exactly the job's participants, this job, phase
+   and round; then the sum, the unmasking and the same strategy step);
 4. one update per (job, round), never twice from the same global model
    (`TrainingStore.claim`); a retry gets the stored bytes;
 5. the job is debited (ledger, kind "train") before its first release;
@@ -25,8 +32,11 @@ Flower message arrives as bytes and is parsed with Flower's protobuf serde
    that were sent different globals produce masks that do not cancel;
 8. the masked vector is stored durably, and only then returned.
 
-At the end (`finish`) the node signs an attestation whose outputs are the
-digests of every vector it released for the job.
+Each released vector is signed (job, phase, round, vector digest) so the
+other nodes can check it when the coordinator forwards it. At the end
+(`finish`) the node signs an attestation whose outputs are the digests of
+every vector it released for the job, with the digest of the final model and
+of the per-round aggregate metrics it computed itself.
 """
 from __future__ import annotations
 
@@ -43,7 +53,9 @@ from decimal import ROUND_CEILING, Decimal
 import numpy as np
 
 from fedtrust.config import NodeConfig
-from fedtrust.errors import BudgetExhausted, Error, InvalidInput, JobFailed, NotFound, PolicyViolation, ReplayError
+from fedtrust.errors import (
+    BudgetExhausted, Error, InvalidInput, JobFailed, NotFound, PolicyViolation, ReplayError, VerificationError,
+)
 from fedtrust.node.runtime import CheckedJob, NodeRuntime
 from fedtrust.node.training_store import TrainingStore
 from fedtrust.privacy.masking import pairwise_mask, training_purpose
@@ -56,10 +68,12 @@ from fedtrust.training.models import MAX_PARAMETERS
 from fedtrust.training.dp_sgd import DpSgdPlan, plan_dp_sgd
 from fedtrust.training.policy import check_training
 from fedtrust.training.preprocess import Preprocessor
+from fedtrust.training.server_step import Derivation, initial_seed
 from fedtrust.trust.canonical import parse_time, utc_now
 from fedtrust.trust.credentials import kx_public_key
 from fedtrust.trust.dsse import Envelope
-from fedtrust.trust.receipts import Attestation, fmt_eps, sign_attestation
+from fedtrust.trust.receipts import Attestation, fmt_eps, metrics_digest, sign_attestation
+from fedtrust.trust.vectors import SignedVector, sign_vector, verify_round_vectors
 
 log = logging.getLogger("fedtrust.node")
 
@@ -87,6 +101,7 @@ class RoundRelease:
     round: int
     global_digest: str
     vector: bytes  # little-endian uint64, masked
+    signature: bytes  # the node's Ed25519 signature over (node, job, phase, round, vector digest)
 
 
 @dataclass(frozen=True)
@@ -107,6 +122,8 @@ class TrainingRuntime:
         self._checked: OrderedDict[tuple, CheckedJob] = OrderedDict()
         #: job digest -> what the attestation warns of (in memory: a node restarted mid-job forgets them)
         self._warnings: dict[str, set[str]] = {}
+        #: job digest -> (lock, the chain of global models this node derived for the job)
+        self._derivations: OrderedDict[str, tuple[threading.Lock, Derivation]] = OrderedDict()
         self._lock = threading.Lock()
         #: ClientApps run one at a time, always on this one thread: one torch/OpenMP thread team, one job's
         #: tensors on the GPU at a time (rounds of concurrent jobs queue here)
@@ -144,6 +161,7 @@ class TrainingRuntime:
             raise InvalidInput(f"job kind {job.kind!r} sent to the training endpoint; use the endpoint for that kind")
         check_training(job.training, checked.contract.rules, checked.held.product.schema, checked.contract.dataset,
                        len(job.participants))
+        self.apps.get(job.training.model)  # an app this node never approved is refused before anything is spent
 
     def _plan(self, checked: CheckedJob) -> _Plan:
         with self._lock:
@@ -197,9 +215,10 @@ class TrainingRuntime:
         gdigest = arrays_digest(arrays)
         if store.find_debit(checked.contract_digest, job.job_id, job.nonce, checked.job_digest) is None:
             self.node.check_admissions(checked, admissions)  # nothing runs or is debited before all admitted
+        self._check_global(checked, plan, phase, rnd, gdigest)
         stored = self.store.claim(checked.job_digest, phase, rnd, gdigest)
         if stored is not None:
-            return RoundRelease(phase, rnd, gdigest, stored)
+            return RoundRelease(phase, rnd, gdigest, stored, self._sign(checked, phase, rnd, stored))
         dp = self.dp_plan(checked)
         try:
             # debited (and fsynced) before the first release; later rounds find the same row
@@ -228,7 +247,99 @@ class TrainingRuntime:
         except BaseException:
             self.store.abandon(checked.job_digest, phase, rnd)
             raise
-        return RoundRelease(phase, rnd, gdigest, data)
+        return RoundRelease(phase, rnd, gdigest, data, self._sign(checked, phase, rnd, data))
+
+    def _sign(self, checked: CheckedJob, phase: str, rnd: int, vector: bytes) -> bytes:
+        return sign_vector(self.node.identity.signer, self.node.name, checked.job_digest, phase, rnd, vector)
+
+    # -- the globals this node derives itself ------------------------------------
+    def _derivation(self, checked: CheckedJob, plan: _Plan) -> tuple[threading.Lock, Derivation]:
+        """The job's chain of derived globals; started from the signed job at its first phase."""
+        from fedtrust.training.models import initial_arrays
+
+        with self._lock:
+            found = self._derivations.get(checked.job_digest)
+            if found is not None:
+                self._derivations.move_to_end(checked.job_digest)
+                return found
+        if self.store.released(checked.job_digest):
+            raise JobFailed("this node restarted during the job and no longer holds the global models it derived "
+                            "from the signed vectors; the job cannot continue, submit a new one")
+        spec = checked.job.training
+        assert spec is not None
+        init = initial_arrays(spec, plan.preprocessor.width, plan.preprocessor.outputs, initial_seed(checked.job_digest))
+        if {k: tuple(v.shape) for k, v in init.items()} != plan.shapes:
+            raise InvalidInput("the job's initial model does not match its architecture")
+        with self._lock:
+            found = self._derivations.setdefault(checked.job_digest, (threading.Lock(), Derivation.start(spec, init)))
+            while len(self._derivations) > 16:
+                self._derivations.popitem(last=False)
+        return found
+
+    def _check_global(self, checked: CheckedJob, plan: _Plan, phase: str, rnd: int, gdigest: str) -> None:
+        """The coordinator's global must be the one this node derived for (phase, round); refuse anything else."""
+        lock, deriv = self._derivation(checked, plan)
+        with lock:
+            idx = deriv.index(phase, rnd)
+            if idx > deriv.position:
+                p, r = deriv.sequence[deriv.position]
+                raise VerificationError(
+                    f"the coordinator has not forwarded every participant's signed vectors of {p} round {r}; a node "
+                    f"computes each global model itself and trains only from it, so {phase} round {rnd} cannot start")
+            expected = deriv.digests[idx]
+        if gdigest != expected:
+            if idx == 0:
+                raise VerificationError(
+                    f"the global model of {phase} round {rnd} is not the one the signed job determines (the registry "
+                    "model seeded from the job digest); a node trains only from a global it derived itself")
+            raise VerificationError(
+                f"the global model of {phase} round {rnd} differs from the one this node computed from the previous "
+                "round's signed vectors; a node trains only from a global it derived itself")
+
+    def forward_limit(self, checked: CheckedJob) -> int:
+        """The most bytes a phase's forwarded vectors may take: every participant's vector of a train phase."""
+        self._check(checked)
+        plan = self._plan(checked)
+        return len(checked.job.participants) * 8 * (plan.params + quantize.TAIL)
+
+    def forward(self, checked: CheckedJob, phase: str, rnd: int, items: list[SignedVector]) -> str:
+        """Check and add every participant's vector of (phase, round); fold the sum into the derived chain.
+
+        Returns the digest of the global model the node now holds (after a
+        train phase, the next round's). A phase forwarded again is accepted
+        only with exactly the vectors already added.
+        """
+        self._check(checked)
+        job = checked.job
+        if phase not in PHASES:
+            raise InvalidInput(f"phase {phase!r} is not a training phase; use train or evaluate")
+        plan = self._plan(checked)
+        lock, deriv = self._derivation(checked, plan)
+        with lock:
+            idx = deriv.index(phase, rnd)
+            vectors = verify_round_vectors(checked.contract, checked.job_digest, job.participants, phase, rnd, items)
+            digests = tuple(hashlib.sha256(vectors[n]).hexdigest() for n in job.participants)
+            if idx < deriv.position:
+                if deriv.folded[idx] != hashlib.sha256("".join(digests).encode()).hexdigest():
+                    raise VerificationError(f"the coordinator forwarded other vectors for {phase} round {rnd} than "
+                                            "the ones this node already added; a round is added once")
+                return deriv.digests[idx + 1]
+            if idx > deriv.position:
+                p, r = deriv.sequence[deriv.position]
+                raise VerificationError(f"the vectors of {p} round {r} were not forwarded before those of {phase} "
+                                        f"round {rnd}; phases are added in order")
+            own = {(p, r): d for p, r, d in self.store.released(checked.job_digest)}.get((phase, rnd))
+            if own is None:
+                raise VerificationError(f"this node released no vector in {phase} round {rnd}; it adds only rounds "
+                                        "it took part in")
+            if own != hashlib.sha256(vectors[self.node.name]).hexdigest():
+                raise VerificationError(f"the relayed vector of this node in {phase} round {rnd} is not the one it "
+                                        "released")
+            length = deriv.vector_length(phase)
+            total = quantize.sum_vectors([quantize.from_bytes(vectors[n], length, f"node {n}'s vector")
+                                          for n in job.participants])
+            deriv.fold(phase, rnd, total, digests)
+            return deriv.model_digest
 
     def _mask(self, checked: CheckedJob, length: int, purpose: bytes) -> np.ndarray:
         peers = {h.credential.name: kx_public_key(h.credential)
@@ -367,12 +478,20 @@ class TrainingRuntime:
         released = self.store.released(checked.job_digest)
         if debit is None or not any(p == "train" for p, _, _ in released):
             raise NotFound("this node released no update for the job; there is nothing to attest")
+        lock, deriv = self._derivation(checked, self._plan(checked))
+        with lock:
+            if not deriv.complete:
+                p, r = deriv.sequence[deriv.position]
+                raise VerificationError(f"the coordinator has not forwarded every participant's signed vectors of {p} "
+                                        f"round {r}; a node attests only the final model it computed itself")
+            model, metrics = deriv.model_digest, metrics_digest(deriv.metrics())
         att = Attestation(
             node=self.node.name, job_digest=checked.job_digest, contract_digest=checked.contract_digest,
             product_digest=checked.held.product_digest, data_commitment=checked.held.product.commitment,
             code_digest=self.node.code_digest, outputs=tuple(d for _, _, d in released), epsilon=debit.epsilon,
             delta=debit.delta, chain=debit.chain, dp=debit.mechanism == "dp-sgd", started_at=debit.created_at,
             released_at=utc_now(), warnings=tuple(sorted(self._warnings.get(checked.job_digest, ()))),
+            model_digest=model, metrics_digest=metrics,
         )
         try:
             return store.attach_attestation(checked.contract_digest, job.job_id,

@@ -218,7 +218,7 @@ def _fake_nodes(ns: dict[str, int], rng):
 
     individual = {}
 
-    def send(node: str, data: bytes, expected: int) -> bytes:
+    def send(node: str, data: bytes, expected: int) -> tuple[bytes, bytes]:
         msg = message_from_proto(ProtoMessage.FromString(data))
         rec = next(r for r in msg.content.values() if isinstance(r, ArrayRecord))
         g = {k: array_numpy(a) for k, a in sorted(rec.items())}
@@ -226,28 +226,36 @@ def _fake_nodes(ns: dict[str, int], rng):
             new = {k: (v + rng.normal(0, 0.1, v.shape)).astype(np.float32) for k, v in g.items()}
             individual[node] = new
             delta = np.concatenate([(new[k].astype(np.float64) - g[k]).ravel() for k in g])
-            return quantize.to_bytes(quantize.encode(ns[node], 0.5, 0.75, delta))
-        return quantize.to_bytes(quantize.encode(ns[node], 0.25, 1.0, None))
+            return quantize.to_bytes(quantize.encode(ns[node], 0.5, 0.75, delta)), b"signature"
+        return quantize.to_bytes(quantize.encode(ns[node], 0.25, 1.0, None)), b"signature"
 
     return send, individual
 
 
+def _grid(participants, send, events=None, s=None, init=None):
+    from fedtrust.training.grid import FedtrustGrid
+    from fedtrust.training.server_step import Derivation
+
+    init = init or {"w": np.zeros((3, 2), np.float32), "b": np.ones(2, np.float32)}
+    return FedtrustGrid(7, participants, send, events, derivation=Derivation.start(s or spec(rounds=1), init),
+                        job_digest="0" * 64), init
+
+
 def test_fedavg_over_the_grid_equals_fedavg_over_individual_replies():
     from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
-    from flwr.serverapp.strategy import FedAvg
     from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
     from flwr.supercore.task_identity import TaskIdentity
 
-    from fedtrust.training.grid import FedtrustGrid
+    from fedtrust.training.arrays import to_array_record
+    from fedtrust.training.server_loop import make_strategy
 
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 7, 1, 0
     ns = {"a": 30, "b": 10, "c": 60}
     send, individual = _fake_nodes(ns, np.random.default_rng(0))
     events = []
-    grid = FedtrustGrid(7, ("a", "b", "c"), send, events.append)
-    init = ArrayRecord({"w": Array(np.zeros((3, 2), np.float32)), "b": Array(np.ones(2, np.float32))})
-    strategy = FedAvg(min_train_nodes=3, min_evaluate_nodes=3, min_available_nodes=3)
-    result = strategy.start(grid=grid, initial_arrays=init, num_rounds=1)
+    grid, init = _grid(("a", "b", "c"), send, events.append)
+    strategy = make_strategy(spec(rounds=1), 3)
+    result = strategy.start(grid=grid, initial_arrays=to_array_record(init), num_rounds=1)
     replies = [RecordDict({"arrays": ArrayRecord({k: Array(v) for k, v in individual[n].items()}),
                            "metrics": MetricRecord({"num-examples": ns[n]})}) for n in ns]
     want = aggregate_arrayrecords(replies, "num-examples")
@@ -264,11 +272,11 @@ def test_grid_refuses_rounds_that_are_not_exactly_the_participants_and_never_wai
     from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
     from flwr.supercore.task_identity import TaskIdentity
 
-    from fedtrust.training.grid import NODE_ID_BASE, FedtrustGrid
+    from fedtrust.training.grid import NODE_ID_BASE
 
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 7, 1, 0
     send, _ = _fake_nodes({"a": 1, "b": 1}, np.random.default_rng(0))
-    grid = FedtrustGrid(7, ("a", "b"), send)
+    grid, _ = _grid(("a", "b"), send, init={"w": np.zeros(2, np.float32)})
     content = RecordDict({"arrays": ArrayRecord({"w": Array(np.zeros(2, np.float32))}),
                           "config": ConfigRecord({"server-round": 1})})
     with pytest.raises(JobFailed, match="exactly the job's participants"):
@@ -282,7 +290,7 @@ def test_grid_refuses_rounds_that_are_not_exactly_the_participants_and_never_wai
             raise InvalidInput("refused by its contract")
         return send(node, data, expected)
 
-    grid = FedtrustGrid(7, ("a", "b"), failing)
+    grid, _ = _grid(("a", "b"), failing, init={"w": np.zeros(2, np.float32)})
     msgs = [Message(content, NODE_ID_BASE + i, "train") for i in range(2)]
     with pytest.raises(JobFailed, match="node b failed in train round 1.*refused by its contract"):
         grid.send_and_receive(msgs)
@@ -318,18 +326,20 @@ def test_every_supported_strategy_runs_on_the_single_aggregated_reply(strategy, 
     from flwr.supercore.task_identity import TaskIdentity
 
     from fedtrust.training.arrays import to_array_record
-    from fedtrust.training.grid import FedtrustGrid
     from fedtrust.training.server_loop import make_strategy
 
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 7, 1, 0
     s = spec(strategy=strategy, strategy_options=options, rounds=2)
     send, _ = _fake_nodes({"a": 5, "b": 7, "c": 9}, np.random.default_rng(1))
-    grid = FedtrustGrid(7, ("a", "b", "c"), send)
-    init = {"w": np.zeros((4, 2), np.float32), "b": np.zeros(2, np.float32)}
+    grid, init = _grid(("a", "b", "c"), send, s=s, init={"w": np.zeros((4, 2), np.float32),
+                                                          "b": np.zeros(2, np.float32)})
     result = make_strategy(s, 3).start(grid=grid, initial_arrays=to_array_record(init), num_rounds=2)
     final = {k: array_numpy(a) for k, a in result.arrays.items()}
     assert set(final) == {"w", "b"} and all(np.isfinite(v).all() and v.any() for v in final.values())
     assert sorted(result.train_metrics_clientapp) == [1, 2]
+    # the coordinator's final model is exactly the derived one every node computes
+    assert {k: v.tobytes() for k, v in final.items()} == {k: v.tobytes() for k, v in
+                                                          grid.derivation.state.arrays.items()}
     grid.close()
 
 

@@ -81,10 +81,14 @@ def node_client(fed, node: str, caller: str = "coord") -> NodeTrainingClient:
     return AdmittingClient(fed, node, caller)
 
 
-def initial(fed, spec: TrainingSpec, seed: int = 1) -> dict:
+def initial(fed, spec: TrainingSpec, seed: int = 1, job: bytes | None = None) -> dict:
+    """Initial arrays from `seed`, or, given a signed job, the round-1 global that job determines."""
     from fedtrust.training.models import initial_arrays
     from fedtrust.training.preprocess import Preprocessor
+    from fedtrust.training.server_step import initial_seed
 
+    if job is not None:
+        seed = initial_seed(Envelope.from_json(job).digest)
     buyer = identity(fed, "analyst")
     contract, _ = load_contract(buyer, fed.contract_path)
     pre = Preprocessor.build(contract.schema, spec.features, spec.label)

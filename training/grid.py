@@ -11,14 +11,20 @@ per sampled node. This Grid
 * sends the round's Flower message (protobuf serde, never pickle) to every
   participant at once through `send_round` (mTLS gRPC in the coordinator),
   and fails the round — and so the job — if any participant fails or drops;
-* adds the masked vectors mod 2^63 (masks cancel), decodes the sum and hands
-  the strategy **one** reply: arrays = Σ n·w / Σ n, `num-examples` = Σ n,
-  `loss` and `accuracy` = example-weighted means. FedAvg, FedProx, FedAdam,
-  FedYogi and FedAvgM aggregate that single reply exactly as they would
-  aggregate the individual ones.
+* adds the masked vectors mod 2^63 (masks cancel) and folds the exact sum into
+  the job's `Derivation` (`fedtrust.training.server_step`): the same
+  deterministic strategy step (FedAvg, FedProx, FedAvgM, FedAdam, FedYogi,
+  with server optimiser state) that every node computes;
+* forwards every participant's vector with its signature to every node
+  (`forward`), which checks them, adds them and computes the next global
+  itself, and fails the job if any node's global differs from its own;
+* hands the strategy **one** reply whose arrays are exactly that next global
+  (the strategy of `fedtrust.training.server_loop.make_strategy` passes them
+  through) and whose metrics are the example-weighted means.
 
 No single node's vector outlives the round: only its digest is kept (the
-node attests the same digests), and only sums are reported.
+node attests the same digests), and only sums are reported. Nodes see every
+vector, but each one alone is uniformly random under the pairwise masks.
 """
 from __future__ import annotations
 
@@ -32,7 +38,9 @@ import numpy as np
 
 from fedtrust.errors import Error, JobFailed
 from fedtrust.training import quantize
-from fedtrust.training.arrays import array_numpy
+from fedtrust.training.arrays import array_numpy, arrays_digest
+from fedtrust.training.server_step import Derivation
+from fedtrust.trust.vectors import SignedVector
 
 log = logging.getLogger("fedtrust.coordinator")
 
@@ -43,7 +51,10 @@ NODE_ID_BASE = 1000
 #: get_node_ids calls without a round in between before the Grid assumes the strategy is waiting for nodes
 MAX_IDLE_NODE_QUERIES = 50
 
-SendRound = Callable[[str, bytes, int], bytes]  # (node, Flower message bytes, expected vector bytes) -> vector
+#: (node, Flower message bytes, expected vector bytes) -> (masked vector, the node's signature over it)
+SendRound = Callable[[str, bytes, int], tuple[bytes, bytes]]
+#: (node, phase, round, every participant's signed vector) -> the global digest that node computed
+Forward = Callable[[str, str, int, list[SignedVector]], str]
 OnEvent = Callable[[dict], None]
 
 
@@ -64,13 +75,17 @@ def _grid_base():
 
 class FedtrustGrid(_grid_base()):  # type: ignore[misc]
     def __init__(self, run_id: int, participants: tuple[str, ...], send_round: SendRound,
-                 on_event: OnEvent | None = None) -> None:
+                 on_event: OnEvent | None = None, *, derivation: Derivation, job_digest: str,
+                 forward: Forward | None = None) -> None:
         from flwr.supercore.run import Run
 
         self._run = Run.create_empty(run_id)
         self.participants = tuple(participants)
         self._ids = {NODE_ID_BASE + i: name for i, name in enumerate(self.participants)}
         self._send_round = send_round
+        self._forward = forward
+        self.derivation = derivation
+        self.job_digest = job_digest
         self._on_event = on_event or (lambda ev: None)
         self._replies: dict[str, object] = {}
         self._idle_queries = 0
@@ -133,7 +148,7 @@ class FedtrustGrid(_grid_base()):  # type: ignore[misc]
 
     # -- one round ----------------------------------------------------------
     def _round(self, msgs: list):
-        from flwr.app import Array, ArrayRecord, ConfigRecord
+        from flwr.app import ArrayRecord, ConfigRecord
         from flwr.common.serde import message_to_proto
 
         phase = msgs[0].metadata.message_type
@@ -153,17 +168,12 @@ class FedtrustGrid(_grid_base()):  # type: ignore[misc]
         if len(records) != 1:
             raise JobFailed("a round must carry exactly one ArrayRecord (the global model)")
         rnd = next((c["server-round"] for c in configs if "server-round" in c), 0)
-        global_arrays = {k: array_numpy(a) for k, a in sorted(records[0].items())}
-        if any(a.dtype != np.float32 for a in global_arrays.values()):
-            # server-side optimizers (FedAdam, FedYogi, FedAvgM) compute in float64; models travel as float32
-            global_arrays = {k: a.astype(np.float32) for k, a in global_arrays.items()}
-            key = next(k for k, r in content.items() if r is records[0])
-            content[key] = ArrayRecord({k: Array(a) for k, a in global_arrays.items()})
-        params = sum(int(a.size) for a in global_arrays.values()) if phase == "train" else 0
-        length = params + quantize.TAIL
-        vectors: dict[str, np.ndarray] = {}
+        self._check_global(phase, rnd, {k: array_numpy(a) for k, a in sorted(records[0].items())})
+        deriv = self.derivation
+        length = deriv.vector_length(phase)
+        released: dict[str, tuple[bytes, bytes]] = {}
 
-        def ask(m) -> tuple[str, bytes]:
+        def ask(m) -> tuple[str, tuple[bytes, bytes]]:
             node = self._ids[m.metadata.dst_node_id]
             data = message_to_proto(m).SerializeToString()
             return node, self._send_round(node, data, 8 * length)
@@ -172,43 +182,71 @@ class FedtrustGrid(_grid_base()):  # type: ignore[misc]
         try:
             for fut in as_completed(futures):
                 try:
-                    node, data = fut.result()
+                    node, (data, signature) = fut.result()
                 except Error as e:
                     node = self._failed_node(futures, fut, msgs)
                     raise JobFailed(f"node {node} failed in {phase} round {rnd}, so the round and the job failed "
                                     f"(no partial aggregates): {e}") from None
-                vectors[node] = quantize.from_bytes(data, length, f"node {node}'s vector")
+                quantize.from_bytes(data, length, f"node {node}'s vector")
+                released[node] = (data, signature)
                 self.digests[node].append(hashlib.sha256(data).hexdigest())
-                self._on_event({"stage": "node-answered", "round": rnd, "phase": phase, "done": len(vectors),
+                self._on_event({"stage": "node-answered", "round": rnd, "phase": phase, "done": len(released),
                                 "total": len(msgs)})
         finally:
             for f in futures:
                 f.cancel()
-        decoded = quantize.decode(quantize.sum_vectors([vectors[n] for n in self.participants]), params or None)
-        del vectors
+        total = quantize.sum_vectors([quantize.from_bytes(released[n][0], length, f"node {n}'s vector")
+                                      for n in self.participants])
+        decoded = deriv.fold(phase, rnd, total, tuple(self.digests[n][-1] for n in self.participants))
+        items = [SignedVector(n, self.job_digest, phase, rnd, released[n][1], released[n][0]) for n in self.participants]
+        del released
+        self._forward_all(phase, rnd, items)
         summary = RoundSummary(rnd, phase, decoded.examples, decoded.loss, decoded.accuracy)
         self.summaries.append(summary)
         self._on_event({"stage": "aggregated", "round": rnd, "phase": phase, "done": len(msgs), "total": len(msgs),
                         "loss": decoded.loss, "accuracy": decoded.accuracy})
-        return self._reply(msgs[0], global_arrays, decoded)
+        return self._reply(msgs[0], deriv.state.arrays if phase == "train" else None, decoded)
+
+    def _check_global(self, phase: str, rnd: int, arrays: dict[str, np.ndarray]) -> None:
+        """The strategy must send exactly the global the nodes derive (its own arrays pass through)."""
+        idx = self.derivation.index(phase, rnd)
+        if idx != self.derivation.position or arrays_digest(arrays) != self.derivation.digests[idx]:
+            raise JobFailed(f"the strategy's global model for {phase} round {rnd} is not the one the nodes derive; "
+                            "nodes train only from the global they computed themselves")
+
+    def _forward_all(self, phase: str, rnd: int, items: list[SignedVector]) -> None:
+        """Every node adds the phase's vectors itself; each must reach the coordinator's global model."""
+        if self._forward is None:
+            return
+        forward = self._forward
+        futures = {n: self._pool.submit(forward, n, phase, rnd, items) for n in self.participants}
+        try:
+            for node, fut in futures.items():
+                try:
+                    digest = fut.result()
+                except Error as e:
+                    raise JobFailed(f"node {node} refused the vectors of {phase} round {rnd}, so the job failed: "
+                                    f"{e}") from None
+                if digest != self.derivation.model_digest:
+                    raise JobFailed(f"node {node} computed another global model than the coordinator after {phase} "
+                                    f"round {rnd}; the job failed")
+        finally:
+            for f in futures.values():
+                f.cancel()
 
     def _failed_node(self, futures, fut, msgs) -> str:
         return self._ids[msgs[futures.index(fut)].metadata.dst_node_id]
 
     @staticmethod
-    def _reply(first, global_arrays: dict[str, np.ndarray], decoded: quantize.Decoded):
+    def _reply(first, arrays: dict[str, np.ndarray] | None, decoded: quantize.Decoded):
         from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 
         metrics = MetricRecord({"num-examples": decoded.examples, "loss": decoded.loss,
                                 "accuracy": decoded.accuracy})
         content = RecordDict({"metrics": metrics})
-        if decoded.delta is not None:
-            arrays, pos = {}, 0
-            for name, g in global_arrays.items():  # sorted by name: the vector's order
-                d = decoded.delta[pos:pos + g.size].reshape(g.shape)
-                pos += g.size
-                arrays[name] = Array((g.astype(np.float64) + d).astype(g.dtype))
-            content = RecordDict({"arrays": ArrayRecord(arrays), "metrics": metrics})
+        if arrays is not None:
+            content = RecordDict({"arrays": ArrayRecord({k: Array(v) for k, v in arrays.items()}),
+                                  "metrics": metrics})
         reply = Message(content, reply_to=first)
         reply.metadata.__dict__["_message_id"] = first.metadata.message_id + "-sum"
         return reply

@@ -85,15 +85,32 @@ def model_arrays(model: "torch.nn.Module") -> dict[str, np.ndarray]:
 
 
 def initial_arrays(spec: TrainingSpec, inputs: int, outputs: int, seed: int) -> dict[str, np.ndarray]:
-    """The global model of round 1: the registry model initialised from `seed` (derived from the job digest)."""
-    import torch
+    """The global model of round 1: the registry model initialised from `seed` (derived from the job digest).
 
-    gen_state = torch.random.get_rng_state()
-    try:
-        torch.manual_seed(seed)
-        return model_arrays(build_model(spec, inputs, outputs))
-    finally:
-        torch.random.set_rng_state(gen_state)
+    Every node and the coordinator compute it and must get the same bits, so
+    it draws from a generator of its own (PyTorch's default initialisation:
+    Kaiming-uniform weights, uniform biases within ±1/√fan_in), never from
+    torch's process-global one, which other threads (ClientApps, other
+    in-process nodes) may be using at the same time.
+    """
+    import math
+
+    import torch
+    from torch import nn
+
+    gen = torch.Generator().manual_seed(seed)
+    model = build_model(spec, inputs, outputs)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (nn.Linear, nn.Conv2d)):
+                nn.init.kaiming_uniform_(m.weight, a=math.sqrt(5), generator=gen)
+                if m.bias is not None:
+                    fan_in, _ = nn.init._calculate_fan_in_and_fan_out(m.weight)
+                    bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+                    nn.init.uniform_(m.bias, -bound, bound, generator=gen)
+            elif any(True for _ in m.parameters(recurse=False)):
+                raise InvalidInput(f"model layer {type(m).__name__} has no seeded initialisation")
+    return model_arrays(model)
 
 
 def expected_shapes(spec: TrainingSpec, inputs: int, outputs: int) -> dict[str, tuple[int, ...]]:

@@ -3,10 +3,14 @@
 Flower keeps the task identity (run, node and task ids that every new
 `Message` reads) in process-global state, so each job runs here, in a
 process of its own (`fedtrust.isolate.start_worker`): it sets the identity,
-builds the strategy the signed spec names, the initial model (registry
-architecture, seeded from the job digest), and a `FedtrustGrid` whose
-rounds reach the nodes over mTLS gRPC; it runs `strategy.start()`, writes
-the final model as safetensors, and asks every node for its attestation.
+builds the initial model (registry architecture, seeded from the job
+digest), the job's `Derivation` (the deterministic strategy step every node
+computes too), a Flower strategy that passes the derived global through, and
+a `FedtrustGrid` whose rounds reach the nodes over mTLS gRPC and which
+forwards every round's signed vectors to every node; it runs
+`strategy.start()`, writes the final model as safetensors, and asks every
+node for its attestation (which names the final model and metrics that node
+computed).
 
 It talks to the coordinator daemon over a private pipe with plain data only:
 ("progress", dict) while it runs, then ("done", dict) or ("error", kind,
@@ -23,6 +27,7 @@ from typing import Any
 
 from fedtrust.errors import Error, InvalidInput, JobFailed
 from fedtrust.training.arrays import array_numpy
+from fedtrust.training.server_step import DEFAULTS, initial_seed
 from fedtrust.training.spec import TrainingSpec
 
 __all__ = ["JobArgs", "run_job", "make_strategy"]
@@ -46,21 +51,41 @@ class JobArgs:
 
 
 def make_strategy(spec: TrainingSpec, nodes: int):
-    """The spec's Flower strategy, set to use every participant in every round."""
-    from flwr.serverapp import strategy as s
+    """A Flower strategy over every participant in every round, whose aggregate is the nodes' derived global.
 
-    common: dict[str, Any] = dict(fraction_train=1.0, fraction_evaluate=1.0 if spec.evaluate else 0.0,
-                                  min_train_nodes=nodes, min_evaluate_nodes=nodes if spec.evaluate else 0,
-                                  min_available_nodes=nodes)
-    cls = {"fedavg": s.FedAvg, "fedprox": s.FedProx, "fedadam": s.FedAdam, "fedyogi": s.FedYogi,
-           "fedavgm": s.FedAvgM}.get(spec.strategy)
-    if cls is None:
+    The Grid folds each round's exact sum with the spec's strategy step
+    (`fedtrust.training.server_step`, which every node computes bit for bit
+    too) and replies with the resulting global; this strategy adopts it
+    unchanged instead of averaging again, so the coordinator's global is the
+    one the nodes accept.
+    """
+    from flwr.app import ArrayRecord, MetricRecord
+    from flwr.serverapp.strategy import FedAvg
+
+    if spec.strategy not in DEFAULTS:
         raise InvalidInput(f"strategy {spec.strategy} is not supported")
-    return cls(**common, **spec.options)
+
+    class NodeDerived(FedAvg):
+        def aggregate_train(self, server_round, replies):
+            reply = _single(replies)
+            return (next(r for r in reply.content.values() if isinstance(r, ArrayRecord)),
+                    next(r for r in reply.content.values() if isinstance(r, MetricRecord)))
+
+        def aggregate_evaluate(self, server_round, replies):
+            replies = list(replies)
+            if not replies and not spec.evaluate:
+                return None
+            return next(r for r in _single(replies).content.values() if isinstance(r, MetricRecord))
+
+    return NodeDerived(fraction_train=1.0, fraction_evaluate=1.0 if spec.evaluate else 0.0, min_train_nodes=nodes,
+                       min_evaluate_nodes=nodes if spec.evaluate else 0, min_available_nodes=nodes)
 
 
-def _seed(job_digest: str) -> int:
-    return int(job_digest[:15], 16)
+def _single(replies):
+    replies = list(replies)
+    if len(replies) != 1 or not replies[0].has_content():
+        raise JobFailed("the round produced no aggregate; the job failed")
+    return replies[0]
 
 
 def run_job(conn, args: JobArgs) -> None:
@@ -76,7 +101,7 @@ def run_job(conn, args: JobArgs) -> None:
         conn.close()
 
 
-def _run(conn, args: JobArgs) -> dict[str, Any]:
+def _run(conn, args: JobArgs, grid_class=None) -> dict[str, Any]:
     import numpy as np
     from flwr.common.constant import SUPERLINK_NODE_ID
     from flwr.supercore.task_identity import TaskIdentity
@@ -86,16 +111,18 @@ def _run(conn, args: JobArgs) -> dict[str, Any]:
     from fedtrust.training.grid import FedtrustGrid
     from fedtrust.training.models import initial_arrays
     from fedtrust.training.preprocess import Preprocessor
+    from fedtrust.training.server_step import Derivation
     from fedtrust.transport.tls import TlsMaterial
     from fedtrust.trust.schema import Schema
 
     logging.getLogger("flwr").setLevel(logging.ERROR)
     spec = TrainingSpec.from_dict(args.spec)
-    run_id = _seed(args.job_digest)
+    run_id = initial_seed(args.job_digest)
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = run_id, SUPERLINK_NODE_ID, 0
 
     pre = Preprocessor.build(Schema.from_dict(args.schema), spec.features, spec.label)
-    init = initial_arrays(spec, pre.width, pre.outputs, seed=_seed(args.job_digest))
+    init = initial_arrays(spec, pre.width, pre.outputs, seed=initial_seed(args.job_digest))
+    derivation = Derivation.start(spec, init)
     tls = TlsMaterial(*args.tls)
     clients = {n: NodeTrainingClient(n, args.addresses[n], tls, args.node_timeout) for n in args.participants}
     rounds: dict[int, dict[str, float]] = {}
@@ -106,10 +133,14 @@ def _run(conn, args: JobArgs) -> dict[str, Any]:
             rounds.setdefault(ev["round"], {}).update({f"{prefix}_loss": ev["loss"], f"{prefix}_accuracy": ev["accuracy"]})
         conn.send(("progress", dict(ev, rounds=spec.rounds)))
 
-    def send_round(node: str, message: bytes, expected: int) -> bytes:
+    def send_round(node: str, message: bytes, expected: int) -> tuple[bytes, bytes]:
         return clients[node].train_round(args.job_bytes, args.contract_bytes, message, expected, args.admissions)
 
-    grid = FedtrustGrid(run_id, args.participants, send_round, on_event)
+    def forward(node: str, phase: str, rnd: int, vectors) -> str:
+        return clients[node].forward(args.job_bytes, args.contract_bytes, phase, rnd, vectors)
+
+    grid = (grid_class or FedtrustGrid)(run_id, args.participants, send_round, on_event, derivation=derivation,
+                                        job_digest=args.job_digest, forward=forward)
     try:
         conn.send(("progress", {"stage": "started", "round": 0, "phase": "", "done": 0,
                                 "total": len(args.participants), "rounds": spec.rounds}))
@@ -117,7 +148,7 @@ def _run(conn, args: JobArgs) -> dict[str, Any]:
         result = strategy.start(grid=grid, initial_arrays=to_array_record(init), num_rounds=spec.rounds,
                                 timeout=args.node_timeout)
         final = {k: np.asarray(array_numpy(a), dtype=np.float32) for k, a in result.arrays.items()}
-        if set(final) != set(init):
+        if set(final) != set(init) or not derivation.complete:
             raise JobFailed("the strategy produced no model; every round failed to aggregate")
         model = write_model(final, spec.to_dict(), pre.to_dict(), args.job_id)
         conn.send(("progress", {"stage": "finishing", "round": spec.rounds, "phase": "", "done": 0,
@@ -130,7 +161,8 @@ def _run(conn, args: JobArgs) -> dict[str, Any]:
                     attestations[n] = f.result().to_json()
                 except Error as e:
                     raise JobFailed(f"node {n} did not attest the job, so it failed: {e}") from None
-        return {"model": model, "rounds": rounds, "digests": grid.digests, "attestations": attestations}
+        return {"model": model, "rounds": rounds, "digests": grid.digests, "attestations": attestations,
+                "model_digest": derivation.model_digest, "metrics": [m.to_dict() for m in derivation.metrics()]}
     finally:
         grid.close()
         for c in clients.values():

@@ -29,7 +29,7 @@ from fedtrust.trust.dsse import Envelope, Signer, keyid_of, load_json, signed_by
 
 __all__ = [
     "ATTESTATION_TYPE", "STATEMENT_TYPE", "ACK_TYPE", "GENESIS", "EPS_PLACES",
-    "fmt_eps", "parse_eps", "fmt_metric", "result_digest", "ledger_entry_digest",
+    "fmt_eps", "parse_eps", "fmt_metric", "metrics_digest", "result_digest", "ledger_entry_digest",
     "ChainEntry", "next_chain_entry", "Attestation", "RoundMetric", "TrainingSummary", "RelayedOutputs",
     "CoordinatorStatement",
     "Acknowledgement", "ReceiptBundle",
@@ -154,11 +154,18 @@ class Attestation:
     #: what the node noticed about the software it ran, in fixed wording (never a data value),
     #: e.g. a ClientApp whose train replies carried no `loss`; omitted from the JSON when empty
     warnings: tuple[str, ...] = ()
+    #: training jobs: `arrays_digest` of the final model and `metrics_digest` of the per-round aggregate
+    #: metrics, both computed by this node itself from every participant's signed vectors
+    model_digest: str | None = None
+    metrics_digest: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = self._fields()
         if self.warnings:
             d["warnings"] = list(self.warnings)
+        if self.model_digest is not None:
+            d["model_digest"] = self.model_digest
+            d["metrics_digest"] = self.metrics_digest
         return d
 
     def _fields(self) -> dict[str, Any]:
@@ -196,6 +203,8 @@ class Attestation:
             started_at=f.time("started_at"),
             released_at=f.time("released_at"),
             warnings=_warnings(f.d.get("warnings", [])),
+            model_digest=f.digest("model_digest") if "model_digest" in f.d else None,
+            metrics_digest=f.digest("metrics_digest") if "model_digest" in f.d else None,
         )
         parse_eps(att.epsilon, "attestation epsilon")
         parse_eps(att.delta, "attestation delta")
@@ -240,6 +249,11 @@ class RoundMetric:
             if v is not None and not _METRIC.fullmatch(v):
                 raise InvalidInput("round metrics must be decimal strings with six places, like 0.693147")
         return m
+
+
+def metrics_digest(metrics: Sequence[RoundMetric]) -> str:
+    """sha256 of the canonical per-round metrics list: what each node attests and the statement must match."""
+    return sha256_hex(canonical([m.to_dict() for m in metrics]))
 
 
 @dataclass(frozen=True)

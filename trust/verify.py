@@ -15,7 +15,10 @@ per participant, the attestation and the output digests that node signed, and
 nothing else), so the buyer's `check_relayed` can tie every ciphertext it adds
 to a node's signature; and, with an acknowledgement, the buyer received the
 result with that digest (it signs only after adding the checked ciphertexts
-itself).
+itself). For a training job, every node attests the final model and the
+per-round metrics it computed itself from all participants' signed vectors;
+the statement's metrics and, given the model file, its weights must match
+all of them, so the coordinator's word counts for nothing there.
 What it cannot prove: that a node used exactly its committed data or added
 its noise honestly — that rests on the node's software, named by digest.
 """
@@ -38,6 +41,7 @@ from fedtrust.trust.receipts import (
     Attestation,
     CoordinatorStatement,
     ReceiptBundle,
+    metrics_digest,
     verify_acknowledgement,
     verify_attestation,
     verify_statement_of_coordinator,
@@ -108,7 +112,9 @@ def verify_bundle(
         raise VerificationError("the coordinator's statement does not cover exactly the bundle's attestations")
     if aggregate is not None and tuple(statement.aggregate_outputs) != tuple(sha256_hex(c) for c in aggregate):
         raise VerificationError("the aggregate received does not match the digest the coordinator signed")
-    _check_training_statement(job, statement)
+    _check_training_statement(job, statement, atts)
+    if job.kind == "train" and aggregate is not None:
+        check_model_attested(aggregate[0] if aggregate else b"", atts)
     _check_query_statement(job, atts, digests, statement)
 
     ack = None
@@ -177,8 +183,24 @@ def check_relayed(v: VerifiedReceipt, received: Iterable[tuple[str, Sequence[byt
     return [[bytes(c) for c in got[n]] for n in v.job.participants]
 
 
-def _check_training_statement(job: JobSpec, statement: CoordinatorStatement) -> None:
-    """A training job's statement names its model, rounds, participants and one metrics entry per round."""
+def check_model_attested(model: bytes, attestations: Sequence[Attestation]) -> None:
+    """The delivered model file's weights are the final model every node computed and attested."""
+    from fedtrust.training.arrays import arrays_digest, read_model  # local: no numpy/safetensors at import time
+
+    try:
+        digest = arrays_digest(read_model(model)[0])
+    except InvalidInput as e:
+        raise VerificationError(f"the delivered model cannot be read ({e})") from None
+    for att in attestations:
+        if att.model_digest != digest:
+            raise VerificationError(f"the delivered model is not the one node {att.node} computed and attested; "
+                                    "refuse it (the coordinator altered or replaced the model)")
+
+
+def _check_training_statement(job: JobSpec, statement: CoordinatorStatement,
+                              attestations: Sequence[Attestation]) -> None:
+    """A training job's statement names its model, rounds, participants and one metrics entry per round,
+    and every node attested the same final model and exactly the statement's metrics."""
     t = statement.training
     if job.kind != "train":
         if t is not None:
@@ -193,6 +215,16 @@ def _check_training_statement(job: JobSpec, statement: CoordinatorStatement) -> 
         raise VerificationError("the coordinator's statement does not report exactly the job's rounds")
     if tuple(t.participants) != tuple(job.participants):
         raise VerificationError("the coordinator's statement names other participants than the job")
+    metrics = metrics_digest(t.metrics)
+    for att in attestations:
+        if att.model_digest is None or att.metrics_digest is None:
+            raise VerificationError(f"attestation of node {att.node} names no final model; nodes of this version "
+                                    "attest the model and metrics they computed themselves")
+        if att.metrics_digest != metrics:
+            raise VerificationError(f"the coordinator's statement reports other round metrics than node {att.node} "
+                                    "computed and attested")
+        if att.model_digest != attestations[0].model_digest:
+            raise VerificationError(f"nodes {attestations[0].node} and {att.node} attested different final models")
 
 
 def _check_rules(contract: Contract, job: JobSpec) -> None:

@@ -77,16 +77,18 @@ class TrainRequest(_message.Message):
     def __init__(self, header: _Optional[_Union[TrainHeader, _Mapping]] = ..., message_chunk: _Optional[bytes] = ...) -> None: ...
 
 class RoundRelease(_message.Message):
-    __slots__ = ("phase", "round", "global_digest", "vector_size")
+    __slots__ = ("phase", "round", "global_digest", "vector_size", "signature")
     PHASE_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
     GLOBAL_DIGEST_FIELD_NUMBER: _ClassVar[int]
     VECTOR_SIZE_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     phase: str
     round: int
     global_digest: str
     vector_size: int
-    def __init__(self, phase: _Optional[str] = ..., round: _Optional[int] = ..., global_digest: _Optional[str] = ..., vector_size: _Optional[int] = ...) -> None: ...
+    signature: bytes
+    def __init__(self, phase: _Optional[str] = ..., round: _Optional[int] = ..., global_digest: _Optional[str] = ..., vector_size: _Optional[int] = ..., signature: _Optional[bytes] = ...) -> None: ...
 
 class TrainReply(_message.Message):
     __slots__ = ("vector_chunk", "release")
@@ -95,6 +97,50 @@ class TrainReply(_message.Message):
     vector_chunk: bytes
     release: RoundRelease
     def __init__(self, vector_chunk: _Optional[bytes] = ..., release: _Optional[_Union[RoundRelease, _Mapping]] = ...) -> None: ...
+
+class SignedVector(_message.Message):
+    __slots__ = ("node", "job_digest", "phase", "round", "signature", "vector_size")
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    JOB_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    PHASE_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    VECTOR_SIZE_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    job_digest: str
+    phase: str
+    round: int
+    signature: bytes
+    vector_size: int
+    def __init__(self, node: _Optional[str] = ..., job_digest: _Optional[str] = ..., phase: _Optional[str] = ..., round: _Optional[int] = ..., signature: _Optional[bytes] = ..., vector_size: _Optional[int] = ...) -> None: ...
+
+class ForwardHeader(_message.Message):
+    __slots__ = ("job_envelope", "contract_envelope", "phase", "round", "vectors")
+    JOB_ENVELOPE_FIELD_NUMBER: _ClassVar[int]
+    CONTRACT_ENVELOPE_FIELD_NUMBER: _ClassVar[int]
+    PHASE_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    VECTORS_FIELD_NUMBER: _ClassVar[int]
+    job_envelope: bytes
+    contract_envelope: bytes
+    phase: str
+    round: int
+    vectors: _containers.RepeatedCompositeFieldContainer[SignedVector]
+    def __init__(self, job_envelope: _Optional[bytes] = ..., contract_envelope: _Optional[bytes] = ..., phase: _Optional[str] = ..., round: _Optional[int] = ..., vectors: _Optional[_Iterable[_Union[SignedVector, _Mapping]]] = ...) -> None: ...
+
+class ForwardRequest(_message.Message):
+    __slots__ = ("header", "vector_chunk")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    VECTOR_CHUNK_FIELD_NUMBER: _ClassVar[int]
+    header: ForwardHeader
+    vector_chunk: bytes
+    def __init__(self, header: _Optional[_Union[ForwardHeader, _Mapping]] = ..., vector_chunk: _Optional[bytes] = ...) -> None: ...
+
+class ForwardReply(_message.Message):
+    __slots__ = ("global_digest",)
+    GLOBAL_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    global_digest: str
+    def __init__(self, global_digest: _Optional[str] = ...) -> None: ...
 
 class FinishRequest(_message.Message):
     __slots__ = ("job_envelope", "contract_envelope")

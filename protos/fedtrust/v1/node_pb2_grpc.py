@@ -50,6 +50,11 @@ class NodeServiceStub:
                 request_serializer=fedtrust_dot_v1_dot_node__pb2.TrainRequest.SerializeToString,
                 response_deserializer=fedtrust_dot_v1_dot_node__pb2.TrainReply.FromString,
                 _registered_method=True)
+        self.ForwardRound = channel.stream_unary(
+                '/fedtrust.v1.NodeService/ForwardRound',
+                request_serializer=fedtrust_dot_v1_dot_node__pb2.ForwardRequest.SerializeToString,
+                response_deserializer=fedtrust_dot_v1_dot_node__pb2.ForwardReply.FromString,
+                _registered_method=True)
         self.FinishTraining = channel.unary_unary(
                 '/fedtrust.v1.NodeService/FinishTraining',
                 request_serializer=fedtrust_dot_v1_dot_node__pb2.FinishRequest.SerializeToString,
@@ -88,8 +93,21 @@ class NodeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ForwardRound(self, request_iterator, context):
+        """After each phase of a training round: every participant's masked vector
+        of that phase, each with its node's signature. The node checks the
+        signatures and the participant set, adds the vectors (masks cancel) and
+        computes the next global model itself; it trains only from that global.
+        Client stream: one ForwardHeader, then the vectors' bytes in chunks, in
+        header order.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def FinishTraining(self, request, context):
-        """End of a training job: the node's attestation over every vector it released.
+        """End of a training job: the node's attestation over every vector it
+        released, the final model it computed and the aggregate metrics.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -112,6 +130,11 @@ def add_NodeServiceServicer_to_server(servicer, server):
                     servicer.TrainRound,
                     request_deserializer=fedtrust_dot_v1_dot_node__pb2.TrainRequest.FromString,
                     response_serializer=fedtrust_dot_v1_dot_node__pb2.TrainReply.SerializeToString,
+            ),
+            'ForwardRound': grpc.stream_unary_rpc_method_handler(
+                    servicer.ForwardRound,
+                    request_deserializer=fedtrust_dot_v1_dot_node__pb2.ForwardRequest.FromString,
+                    response_serializer=fedtrust_dot_v1_dot_node__pb2.ForwardReply.SerializeToString,
             ),
             'FinishTraining': grpc.unary_unary_rpc_method_handler(
                     servicer.FinishTraining,
@@ -201,6 +224,33 @@ class NodeService:
             '/fedtrust.v1.NodeService/TrainRound',
             fedtrust_dot_v1_dot_node__pb2.TrainRequest.SerializeToString,
             fedtrust_dot_v1_dot_node__pb2.TrainReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ForwardRound(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/fedtrust.v1.NodeService/ForwardRound',
+            fedtrust_dot_v1_dot_node__pb2.ForwardRequest.SerializeToString,
+            fedtrust_dot_v1_dot_node__pb2.ForwardReply.FromString,
             options,
             channel_credentials,
             insecure,
