@@ -29,8 +29,10 @@ class EvilGrid(FedtrustGrid):
     plant = None
     relay = None
     skip_forward_errors = False
-    #: every (phase, round) -> the honest signed vectors, kept across jobs
+    #: (job digest, phase, round) -> the honest signed vectors, kept across jobs
     seen: dict = {}
+    #: (job digest, phase, round) -> node -> the error with which it refused the relayed vectors
+    refused: dict = {}
 
     def _check_global(self, phase, rnd, arrays):  # a malicious coordinator skips its own guard
         pass
@@ -55,11 +57,14 @@ class EvilGrid(FedtrustGrid):
         type(self).seen[(self.job_digest, phase, rnd)] = list(items)
         if self.relay is not None:
             items = type(self).relay(phase, rnd, list(items))
-        try:
-            super()._forward_all(phase, rnd, items)
-        except Exception:
-            if not self.skip_forward_errors:
-                raise
+        if not self.skip_forward_errors:
+            return super()._forward_all(phase, rnd, items)
+        errors = type(self).refused.setdefault((self.job_digest, phase, rnd), {})
+        for node in self.participants:  # one by one, so that every node answers before the next phase
+            try:
+                self._forward(node, phase, rnd, items)
+            except Exception as e:  # noqa: BLE001 - recorded for the test
+                errors[node] = str(e)
 
 
 def evil_grid(**hooks) -> type:

@@ -9,6 +9,7 @@ trained from, and the buyer accepts only the model every node attested.
 from __future__ import annotations
 
 import re
+import time
 
 import pytest
 
@@ -24,7 +25,7 @@ from fedtrust.trust.receipts import (
     Acknowledgement, ReceiptBundle, RoundMetric, metrics_digest, sign_acknowledgement, verify_attestation,
 )
 
-from evil_coordinator import evil_grid, new_job, released, run_evil, tampered
+from evil_coordinator import EvilGrid, evil_grid, new_job, released, run_evil, tampered
 from training_helper import identity, make_spec
 
 pytestmark = pytest.mark.slow
@@ -50,6 +51,15 @@ def planted(arrays):
     return out
 
 
+def eventually(check, seconds: float = 10.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
 def refusals(fed):
     return {n: [e.detail for e in d.runtime.store.audit_events() if e.event == "refused"] for n, d in fed.nodes.items()}
 
@@ -64,7 +74,8 @@ def test_a_crafted_global_is_refused_and_nothing_more_is_released(efed, phase, r
     with pytest.raises(JobFailed, match=f"{phase} round {rnd}.*{rule}.*trains only from a global it derived"):
         run_evil(efed, spec, grid, job)
     assert released(efed, job[2]) == {n: before for n in OWNERS}
-    assert all(f"{phase} round {rnd}" in r[-1] for r in refusals(efed).values())
+    # the job fails at the first refusal (the coordinator may hang up on the others before they read the round)
+    assert eventually(lambda: any(r and f"{phase} round {rnd}" in r[-1] for r in refusals(efed).values()))
 
 
 def test_the_honest_loop_passes_and_every_node_derives_the_coordinators_global(efed):
@@ -97,15 +108,14 @@ def test_forged_swapped_dropped_or_duplicated_vectors_are_refused(efed, relay, m
     with pytest.raises(JobFailed, match="has not forwarded every participant's signed vectors of train round 1"):
         run_evil(efed, spec, grid, job)
     assert released(efed, job[2]) == {n: [("train", 1)] for n in OWNERS}
-    for node, details in refusals(efed).items():
-        assert any(re.search(match, d) for d in details[-2:]), (node, details[-2:])
+    errors = EvilGrid.refused[(job[2], "train", 1)]
+    assert set(errors) == set(OWNERS) and all(re.search(match, e) for e in errors.values()), errors
 
 
 def test_vectors_relayed_from_another_round_or_job_are_refused(efed):
     spec = make_spec(rounds=2)
     first = new_job(efed, spec)
     run_evil(efed, spec, evil_grid(), first)  # an honest job whose signed vectors the coordinator kept
-    from evil_coordinator import EvilGrid
 
     old = EvilGrid.seen[(first[2], "train", 2)]
     job = new_job(efed, spec)
