@@ -11,6 +11,7 @@ from fedtrust.training.grid import FedtrustGrid
 from fedtrust.training.server_loop import JobArgs, _run
 from fedtrust.trust.dsse import Envelope
 
+from jobs_helper import admit_everywhere
 from training_helper import identity, signed_job
 
 
@@ -88,7 +89,8 @@ def run_evil(fed, spec, grid_class, job):
                    contract_bytes=contract_raw, spec=spec.to_dict(), schema=contract.schema.to_dict(),
                    participants=participants,
                    addresses={n: f"127.0.0.1:{fed.nodes[n].port}" for n in participants},
-                   tls=(coord.tls_cert_pem, coord.tls_key_pem, coord.ca_pem), node_timeout=60)
+                   tls=(coord.tls_cert_pem, coord.tls_key_pem, coord.ca_pem), node_timeout=60,
+                   admissions=tuple(admit_everywhere(fed, job_bytes, contract_raw)))  # phase one, honestly
     return _run(_Conn(), args, grid_class)
 
 

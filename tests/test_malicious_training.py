@@ -154,7 +154,7 @@ def test_the_buyer_refuses_a_model_other_than_the_one_every_node_attested(efed, 
     newest = max((efed.buyer_dir / "jobs").iterdir(), key=lambda p: p.stat().st_mtime)
     assert not (newest / "receipt.json").exists() and not (newest / "model.safetensors").exists()
     # a buyer colluding with the coordinator acknowledges the swapped model anyway: the exchange refuses it
-    outcome = CoordinatorClient(efed.coordinator_address, tls_of(buyer)).fetch_model(newest.name)
+    outcome = CoordinatorClient(efed.coordinator_address, tls_of(buyer), efed.coordinator_name).fetch_model(newest.name)
     bundle = ReceiptBundle.from_json(outcome.receipt)
     ack = sign_acknowledgement(Acknowledgement(bundle.job.digest, sha256_hex(outcome.model), utc_now()),
                                buyer.signer)
