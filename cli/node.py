@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import typer
 
@@ -76,3 +77,51 @@ def budget(
         t.add_row(b.contract_digest[:16] + "…", str(b.jobs), b.spent_epsilon, b.epsilon_total or "no DP",
                   b.remaining_epsilon or "—", recent)
     console.print(t)
+
+
+@app.command("log")
+def job_log(
+    config: Path = typer.Option(..., "--config", help="NODE.toml"),
+    contract: Optional[str] = typer.Option(None, "--contract", help="only jobs under this contract digest"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Every job this node was asked to run: contract, buyer, coordinator, SQL or training spec, ε, groups
+    withheld, outcome (with the rule a refusal named) and duration (from the node's ledger)."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    from fedtrust.cli.output import print_json
+    from fedtrust.node.store import NodeStore
+
+    cfg = load_node_config(config)
+    records = NodeStore(cfg.state).jobs.jobs(contract.lower() if contract else None)
+    if as_json:
+        print_json([r.to_dict() for r in records])
+        return
+    if not records:
+        console.print(f"node {cfg.name} has no jobs" + (" under that contract" if contract else " yet"))
+        return
+    t = Table(title=f"jobs at node {cfg.name}", title_justify="left")
+    for c in ("at", "contract", "job", "buyer / coordinator", "request", "ε", "withheld", "outcome", "s"):
+        t.add_column(c)
+    for r in records:
+        outcome = r.outcome + (f"\n[dim]{escape(r.detail)}[/]" if r.detail else "")
+        t.add_row(r.at, (r.contract_digest or "?")[:16] + "…", (r.job_id or "?")[:12], f"{r.buyer} / {r.coordinator}",
+                  escape(r.request or ""), r.epsilon or "", "" if r.withheld is None else str(r.withheld), outcome,
+                  f"{r.duration_s:.2f}")
+    console.print(t)
+
+
+@app.command("withdraw")
+def withdraw(
+    contract_digest: str = typer.Argument(..., help="digest of the contract to withdraw from (`fedtrust contract show`)"),
+    config: Path = typer.Option(..., "--config", help="NODE.toml"),
+    reason: str = typer.Option("", "--reason", help="why, for the owner's records"),
+) -> None:
+    """Stop serving a contract: recorded durably in the node's ledger; a running daemon refuses its next job."""
+    from fedtrust.node.store import NodeStore
+
+    cfg = load_node_config(config)
+    at = NodeStore(cfg.state).jobs.withdraw(contract_digest, reason)
+    console.print(f"node {cfg.name} withdrew from contract {contract_digest.strip().lower()[:16]}… at {at}; "
+                  "it refuses every further job under it", highlight=False)

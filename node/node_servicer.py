@@ -83,7 +83,8 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
             job_id = checked.job.job_id if checked else None
             self.runtime.store.audit("refused", f"{e.kind}: {e}", peer=who, job_id=job_id,
                                      contract_digest=checked.contract_digest if checked else None)
-            log.info("refused job %s: %s", job_id, e)
+            if checked is not None:  # (check_job logs its own refusals)
+                self.runtime.record_job(checked, "refused", detail=f"{e.kind}: {e}")
             raise
         self.runtime.store.audit(event, describe(release), contract_digest=checked.contract_digest,
                                  job_id=checked.job.job_id, peer=who)
@@ -186,6 +187,7 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
         _check_envelope_sizes(request)
         checked = self.runtime.check_job(peer, request.job_envelope, request.contract_envelope)
         attestation = self.training.finish(checked)
+        self.training.record_finished(checked)
         self.runtime.store.audit("attested", "training job", contract_digest=checked.contract_digest,
                                  job_id=checked.job.job_id, peer=f"{peer[0]}/{peer[1]}")
         return node_pb2.FinishReply(attestation_envelope=attestation.to_json())

@@ -28,7 +28,9 @@ security argument, top to bottom:
 """
 from __future__ import annotations
 
+import json
 import logging
+import time
 from dataclasses import dataclass
 from decimal import Decimal
 from datetime import datetime, timezone
@@ -37,8 +39,9 @@ from typing import Sequence
 
 from fedtrust.code import code_digest
 from fedtrust.config import NodeConfig
-from fedtrust.errors import BudgetExhausted, ConfigError, InvalidInput, PolicyViolation, VerificationError
+from fedtrust.errors import BudgetExhausted, ConfigError, Error, InvalidInput, PolicyViolation, VerificationError
 from fedtrust.node.executor import Dataset, file_digest
+from fedtrust.node.job_log import JobRecord
 from fedtrust.node.store import NodeStore, StoredRelease
 from fedtrust.privacy import he
 from fedtrust.privacy.masking import add_mod, pairwise_mask
@@ -54,7 +57,7 @@ from fedtrust.trust.clock import DEFAULT_SKEW
 from fedtrust.trust.contracts import Contract, require_signatures, verify_contract
 from fedtrust.trust.credentials import Identity, kx_public_key, load_identity_as
 from fedtrust.trust.dsse import Envelope
-from fedtrust.trust.jobs import JobSpec, verify_job
+from fedtrust.trust.jobs import MAX_SQL_CHARS, JobSpec, verify_job
 from fedtrust.trust.products import Product, verify_product
 from fedtrust.trust.receipts import Attestation, fmt_eps, sign_attestation
 
@@ -115,6 +118,32 @@ class NodeRuntime:
 
     # -- checks -----------------------------------------------------------
     def check_job(self, peer: tuple[str, str], job_bytes: bytes, contract_bytes: bytes) -> CheckedJob:
+        """Every check a job must pass at this node; a refusal is written to the owner's job log."""
+        clock = time.monotonic()
+        try:
+            return self._check_job(peer, job_bytes, contract_bytes)
+        except Error as e:
+            self._record_refusal(job_bytes, contract_bytes, e, time.monotonic() - clock)
+            raise
+
+    def _record_refusal(self, job_bytes: bytes, contract_bytes: bytes, e: Error, duration_s: float) -> None:
+        """What the refused request claimed (unverified: it failed a check), for the owner's job log."""
+        fields: dict = {}
+        try:
+            contract_env = Envelope.from_json(contract_bytes)
+            fields["contract_digest"] = contract_env.digest
+            c = json.loads(contract_env.payload)["predicate"]
+            fields["buyer"], fields["coordinator"] = str(c["buyer"]["name"])[:64], str(c["coordinator"]["name"])[:64]
+            j = json.loads(Envelope.from_json(job_bytes).payload)["predicate"]
+            fields["job_id"], fields["kind"] = str(j["job_id"])[:64], str(j["kind"])[:16]
+            fields["request"] = str(j.get("sql") or json.dumps(j.get("training"), sort_keys=True))[:MAX_SQL_CHARS]
+        except (Error, ValueError, KeyError, TypeError, AttributeError):
+            pass
+        self.store.jobs.record(JobRecord(
+            fields.get("contract_digest"), fields.get("job_id"), fields.get("kind"), fields.get("buyer"),
+            fields.get("coordinator"), fields.get("request"), None, None, "refused", f"{e.kind}: {e}", duration_s))
+
+    def _check_job(self, peer: tuple[str, str], job_bytes: bytes, contract_bytes: bytes) -> CheckedJob:
         contract_env = Envelope.from_json(contract_bytes)
         contract = verify_contract(contract_env, self.identity.exchange_key)
         if peer != ("coordinator", contract.coordinator.name):
@@ -126,6 +155,12 @@ class NodeRuntime:
             raise PolicyViolation(f"node {self.name} is not an owner under this contract; send the job to its owners only")
         # the owner agreed to this contract, and so did the buyer: the exchange alone cannot commit this node
         require_signatures(contract_env, contract, [("buyer", contract.buyer.name), ("node", self.name)])
+        withdrawn = self.store.jobs.withdrawn_at(contract_env.digest)
+        if withdrawn is not None:
+            raise PolicyViolation(
+                f"the owner of node {self.name} withdrew from this contract at {withdrawn} (`fedtrust node withdraw`); "
+                "it serves no more jobs under it"
+            )
         holding = contract.holding(self.name)
         held = self.datasets.get(holding.product_digest)
         if held is None:
@@ -197,15 +232,16 @@ class NodeRuntime:
         rules = contract.rules.query
         privacy = contract.rules.privacy
         epsilon = privacy.epsilon_per_query if privacy else Decimal(0)
-        started = utc_now()
+        started, clock = utc_now(), time.monotonic()
         layout = Layout.from_plan(plan, held.product.schema)
         stats = held.dataset.aggregate(plan, layout)
         if privacy is None:
-            vector, _withheld = encode(layout, stats, rules.min_group_size)
+            vector, n_withheld = encode(layout, stats, rules.min_group_size)
         else:
             noise = noise_plan(layout, epsilon, rules.min_group_size)
             noisy, withheld = add_noise(layout, stats, noise, rules.min_group_size)
             vector = encode_signed(layout, noisy, withheld)
+            n_withheld = len(withheld)
         peers = {
             h.credential.name: kx_public_key(h.credential) for h in contract.owners if h.credential.name != self.name
         }
@@ -236,7 +272,7 @@ class NodeRuntime:
                 self.identity.signer,
             )
 
-        return self.store.commit_release(
+        release = self.store.commit_release(
             node=self.name,
             contract_digest=checked.contract_digest,
             job_id=job.job_id,
@@ -249,3 +285,16 @@ class NodeRuntime:
             epsilon=epsilon,
             epsilon_total=privacy.epsilon_total if privacy else None,
         )
+        self.record_job(checked, "released", epsilon=release.debit.epsilon, withheld=n_withheld,
+                        duration_s=time.monotonic() - clock)
+        return release
+
+    # -- the owner's job log --------------------------------------------------
+    def record_job(self, checked: CheckedJob, outcome: str, *, epsilon: str | None = None, withheld: int | None = None,
+                   detail: str = "", duration_s: float = 0.0) -> None:
+        """One row (and one info log line) per job in the owner's job log (`fedtrust node log`)."""
+        job, c = checked.job, checked.contract
+        request = job.sql if job.kind == "query" else json.dumps(job.training.to_dict() if job.training else {},
+                                                                 sort_keys=True)
+        self.store.jobs.record(JobRecord(checked.contract_digest, job.job_id, job.kind, c.buyer.name,
+                                         c.coordinator.name, request, epsilon, withheld, outcome, detail, duration_s))

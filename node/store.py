@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from fedtrust.errors import BudgetExhausted, NotFound, ReplayError
+from fedtrust.node.job_log import JobLog
 from fedtrust.sqlite import Database
 from fedtrust.trust.canonical import utc_now
 from fedtrust.trust.dsse import Envelope
@@ -130,6 +131,8 @@ class ContractBudget:
 class NodeStore:
     def __init__(self, state_dir: str | Path) -> None:
         self.db = Database(Path(state_dir) / "node.sqlite3", SCHEMA)
+        #: the owner's view: one row per job, and withdrawals (same file, same fsync)
+        self.jobs = JobLog(self.db)
 
     # -- lookups ----------------------------------------------------------
     def _find(self, con, contract_digest: str, job_id: str, nonce: str, job_digest: str):

@@ -467,6 +467,16 @@ class TrainingRuntime:
         return n, None if loss is None else float(loss), float(acc), delta
 
     # -- end of the job -----------------------------------------------------
+    def record_finished(self, checked: CheckedJob) -> None:
+        """The owner's job-log row of a finished training job (once: a retried finish adds none)."""
+        job = checked.job
+        if any(r.job_id == job.job_id and r.outcome == "attested" for r in self.node.store.jobs.jobs(checked.contract_digest)):
+            return
+        debit = self.node.store.find_debit(checked.contract_digest, job.job_id, job.nonce, checked.job_digest)
+        started = parse_time(debit.created_at) if debit else datetime.now(timezone.utc)
+        self.node.record_job(checked, "attested", epsilon=debit.epsilon if debit else None,
+                             duration_s=(datetime.now(timezone.utc) - started).total_seconds())
+
     def finish(self, checked: CheckedJob) -> Envelope:
         """Sign the attestation over every vector released for the job (once; retries get the same one)."""
         self._check(checked)
