@@ -48,6 +48,7 @@ TRAINING_RULES = {
     "max_rounds": 20,
     "min_nodes": 2,
     "allow_plaintext_aggregation": False,
+    "max_jobs": 100,  # training jobs each node runs under the contract (default 10)
 }
 
 

@@ -128,6 +128,15 @@ class ContractBudget:
         return fmt_eps(max(Decimal(self.epsilon_total) - Decimal(self.spent_epsilon), Decimal(0)))
 
 
+def cap_message(kind: str, max_jobs: int) -> str:
+    """The refusal of a job over its contract's cap (`[query] max_queries`, `[training] max_jobs`)."""
+    if kind == "train":
+        return (f"training job cap reached: this contract allows {max_jobs} training jobs at this node "
+                "([training] max_jobs) and all are spent; ask the exchange for a new contract")
+    return (f"query cap reached: this contract allows {max_jobs} {kind} jobs at this node and all are spent; ask "
+            "the exchange for a new contract")
+
+
 class NodeStore:
     def __init__(self, state_dir: str | Path) -> None:
         self.db = Database(Path(state_dir) / "node.sqlite3", SCHEMA)
@@ -180,10 +189,7 @@ class NodeStore:
             done = con.execute("SELECT COUNT(*) FROM releases WHERE contract_digest = ? AND kind = ?",
                                (contract_digest, kind)).fetchone()[0]
             if done >= max_jobs:
-                raise BudgetExhausted(
-                    f"query cap reached: this contract allows {max_jobs} {kind} jobs at this node and all are "
-                    "spent; ask the exchange for a new contract"
-                )
+                raise BudgetExhausted(cap_message(kind, max_jobs))
         last = con.execute(
             "SELECT seq, entry_digest, cumulative_epsilon FROM releases WHERE contract_digest = ?"
             " ORDER BY seq DESC LIMIT 1", (contract_digest,),

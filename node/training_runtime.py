@@ -57,6 +57,7 @@ from fedtrust.errors import (
     BudgetExhausted, Error, InvalidInput, JobFailed, NotFound, PolicyViolation, ReplayError, VerificationError,
 )
 from fedtrust.node.runtime import CheckedJob, NodeRuntime
+from fedtrust.node.store import cap_message
 from fedtrust.node.training_store import TrainingStore
 from fedtrust.privacy.masking import pairwise_mask, training_purpose
 from fedtrust.training import quantize
@@ -190,6 +191,9 @@ class TrainingRuntime:
             raise PolicyViolation("this training job is finished (attested) at this node; submit a new job")
         if store.find_debit(checked.contract_digest, job.job_id, job.nonce, checked.job_digest) is not None:
             return  # already debited: a resumed job
+        max_jobs = self._max_jobs(checked)
+        if store.released_count(checked.contract_digest, "train") >= max_jobs:
+            raise BudgetExhausted(cap_message("train", max_jobs))  # re-checked atomically at the debit
         dp = self.dp_plan(checked)
         privacy = checked.contract.rules.privacy
         if dp is not None and privacy is not None:
@@ -225,14 +229,15 @@ class TrainingRuntime:
             if dp is None:
                 store.debit_job(node=self.node.name, contract_digest=checked.contract_digest, kind="train",
                                 job_id=job.job_id, nonce=job.nonce, job_digest=checked.job_digest,
-                                mechanism="masked-sgd" if spec.secure_aggregation == "masking" else "plain-sgd")
+                                mechanism="masked-sgd" if spec.secure_aggregation == "masking" else "plain-sgd",
+                                max_jobs=self._max_jobs(checked))
             else:
                 privacy = checked.contract.rules.privacy
                 store.debit_job(node=self.node.name, contract_digest=checked.contract_digest, kind="train",
                                 job_id=job.job_id, nonce=job.nonce, job_digest=checked.job_digest,
                                 mechanism="dp-sgd", epsilon=dp.epsilon,
                                 delta=dp.delta.quantize(Decimal("0.000001"), rounding=ROUND_CEILING),
-                                epsilon_total=privacy.epsilon_total)
+                                epsilon_total=privacy.epsilon_total, max_jobs=self._max_jobs(checked))
             n, loss, acc, delta = self._run_app(checked, plan, phase, rnd, arrays, dp)
             if dp is not None:
                 # the row count and exact metrics are not DP: release the public declared minimum as the
@@ -248,6 +253,12 @@ class TrainingRuntime:
             self.store.abandon(checked.job_digest, phase, rnd)
             raise
         return RoundRelease(phase, rnd, gdigest, data, self._sign(checked, phase, rnd, data))
+
+    @staticmethod
+    def _max_jobs(checked: CheckedJob) -> int:
+        rules = checked.contract.rules.training
+        assert rules is not None  # check_training refused the job otherwise
+        return rules.max_jobs
 
     def _sign(self, checked: CheckedJob, phase: str, rnd: int, vector: bytes) -> bytes:
         return sign_vector(self.node.identity.signer, self.node.name, checked.job_digest, phase, rnd, vector)

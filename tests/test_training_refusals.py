@@ -76,6 +76,8 @@ def still_serving(fed):
     ({"rounds": 21}, None, "21 rounds exceed the contract's \\[training\\] max_rounds of 20"),
     ({}, {"min_nodes": 3}, "the job has 2 owners but the contract's \\[training\\] min_nodes is 3"),
     ({"secure_aggregation": "none"}, None, "allow_plaintext_aggregation is false"),
+    ({"model": "mlp", "model_options": {"hidden": [4096, 4096]}}, None,
+     "the model has 16,818,177 parameters, over the limit of 10,000,000"),
 ])
 def test_buyer_node_and_coordinator_each_refuse_what_the_contract_forbids(rfed, changes, contract, match):
     path = variant(rfed, str(abs(hash(match)) % 10**8), **contract) if contract else rfed.contract_path
@@ -97,6 +99,39 @@ def test_buyer_node_and_coordinator_each_refuse_what_the_contract_forbids(rfed, 
     client = CoordinatorClient(rfed.coordinator_address, tls_of(buyer), rfed.coordinator_name)
     with pytest.raises(PolicyViolation, match=match):  # the coordinator, before any node is asked
         client.submit_training(job, raw)
+
+
+def test_an_oversized_model_is_refused_by_arithmetic_before_any_model_is_built(rfed, monkeypatch):
+    from fedtrust.training import models
+
+    def never(*args, **kwargs):
+        raise AssertionError("a model was built for a spec over the parameter limit")
+
+    message = round_message(initial(rfed, make_spec(), seed=9), 1)
+    monkeypatch.setattr(models, "build_model", never)  # the node and the coordinator run in this process
+    spec = make_spec(model="mlp", model_options={"hidden": [8192, 2048]})
+    job, raw, _ = signed_job(rfed, spec)
+    ask = node_client(rfed, "bank-b")
+    try:
+        with pytest.raises(PolicyViolation, match="over the limit of 10,000,000; choose smaller hidden layers"):
+            ask.train_round(job, raw, message, 8 * 11)
+    finally:
+        ask.close()
+    client = CoordinatorClient(rfed.coordinator_address, tls_of(identity(rfed, "analyst")), rfed.coordinator_name)
+    with pytest.raises(PolicyViolation, match="over the limit of 10,000,000"):
+        client.submit_training(job, raw)
+
+
+def test_max_jobs_caps_training_jobs_at_each_node_and_a_refused_job_spends_nothing(rfed):
+    path = variant(rfed, "one-job", max_jobs=1)
+    train(rfed, make_spec(rounds=1, evaluate=False), contract=path)
+    before = {n: ledger(rfed, n) for n in OWNERS}
+    with pytest.raises(JobFailed, match=r"nobody was charged: owners bank-a, bank-b refused the job \(budget\): "
+                                        r"training job cap reached: this contract allows 1 training jobs at this "
+                                        r"node \(\[training\] max_jobs\)"):
+        train(rfed, make_spec(rounds=1, evaluate=False), contract=path)
+    assert {n: ledger(rfed, n) for n in OWNERS} == before
+    still_serving(rfed)  # the demo contract's own cap is untouched
 
 
 def test_robust_aggregators_are_refused_everywhere(rfed, tmp_path):

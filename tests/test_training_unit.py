@@ -209,6 +209,19 @@ def test_registry_refuses_batchnorm_and_oversized_models():
     assert models.build_model(cnn, 16, 3)(torch.zeros(2, 16)).shape == (2, 3)
 
 
+@pytest.mark.parametrize("changes, inputs, outputs", [
+    ({}, 7, 1), ({"model": "mlp"}, 7, 3), ({"model": "mlp", "model_options": {"hidden": [5, 9, 2]}}, 11, 4),
+    ({"model": "cnn", "model_options": {"image": [2, 8, 12]}, "features": ["income"]}, 192, 3),
+    ({"model": "cnn", "model_options": {"image": [1, 7, 5]}, "features": ["income"]}, 35, 1),
+])
+def test_the_parameter_count_by_arithmetic_equals_the_built_models(changes, inputs, outputs):
+    from fedtrust.training import models
+
+    s = spec(**changes)
+    built = sum(p.numel() for p in models.build_model(s, inputs, outputs).parameters())
+    assert models.parameter_count(s, inputs, outputs) == built
+
+
 # -- the Grid -----------------------------------------------------------------
 def _fake_nodes(ns: dict[str, int], rng):
     """send_round stand-ins that 'train' by adding noise and release unmasked vectors."""

@@ -24,11 +24,36 @@ from fedtrust.training.spec import TrainingSpec
 if TYPE_CHECKING:  # torch is imported lazily: parsing specs must stay cheap
     import torch
 
-__all__ = ["MAX_PARAMETERS", "build_model", "initial_arrays", "model_arrays", "expected_shapes"]
+__all__ = ["MAX_PARAMETERS", "build_model", "initial_arrays", "model_arrays", "expected_shapes", "parameter_count",
+           "check_parameter_count"]
 
 #: the largest model a job may train (float32 parameters); a masked update is 8 bytes per parameter
 MAX_PARAMETERS = 10_000_000
 DEFAULT_HIDDEN = (32, 16)
+
+
+def parameter_count(spec: TrainingSpec, inputs: int, outputs: int) -> int:
+    """The registry model's parameter count, by arithmetic: nothing is built or allocated."""
+    arch = spec.architecture
+    if arch == "logreg":
+        widths = [inputs, outputs]
+    elif arch == "mlp":
+        widths = [inputs, *(spec.model_options.hidden or DEFAULT_HIDDEN), outputs]
+    elif arch == "cnn":
+        assert spec.model_options.image is not None
+        c, h, w = spec.model_options.image
+        return (c * 8 * 9 + 8) + (8 * 16 * 9 + 16) + (16 * (h // 4) * (w // 4) * outputs + outputs)
+    else:
+        raise InvalidInput(f"model {arch!r} is not in the vetted registry (logreg, mlp, cnn)")
+    return sum(a * b + b for a, b in zip(widths, widths[1:]))
+
+
+def check_parameter_count(spec: TrainingSpec, inputs: int, outputs: int) -> None:
+    """Refuse, before any model is built, a spec whose model exceeds MAX_PARAMETERS."""
+    count = parameter_count(spec, inputs, outputs)
+    if count > MAX_PARAMETERS:
+        raise PolicyViolation(f"the model has {count:,} parameters, over the limit of {MAX_PARAMETERS:,}; choose "
+                              "smaller hidden layers or fewer features")
 
 
 def build_model(spec: TrainingSpec, inputs: int, outputs: int) -> "torch.nn.Module":
@@ -36,6 +61,7 @@ def build_model(spec: TrainingSpec, inputs: int, outputs: int) -> "torch.nn.Modu
     import torch
     from torch import nn
 
+    check_parameter_count(spec, inputs, outputs)  # arithmetic first: an oversized spec allocates nothing
     arch = spec.architecture
     if arch == "logreg":
         model: nn.Module = nn.Sequential(nn.Linear(inputs, outputs))

@@ -93,3 +93,8 @@ def check_training(spec: TrainingSpec, rules: Rules, schema: Schema, dataset: st
             raise InvalidInput(
                 f"the cnn's image {c}x{h}x{w} needs {c * h * w} inputs but the features give {width}"
             )
+    from fedtrust.training.models import check_parameter_count  # arithmetic only: nothing is built
+    from fedtrust.training.preprocess import Preprocessor
+
+    pre = Preprocessor.build(schema, spec.features, spec.label)
+    check_parameter_count(spec, pre.width, pre.outputs)

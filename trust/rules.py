@@ -58,6 +58,8 @@ class QueryRules:
 
 
 TRAINING_MODELS = ("logreg", "mlp", "cnn")
+#: `[training] max_jobs` when a contract leaves it out
+DEFAULT_MAX_TRAINING_JOBS = 10
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,7 @@ class TrainingRules:
     columns: tuple[str, ...]  # allowed features and labels
     min_nodes: int  # fewest owners a job may include (≥ 2)
     allow_plaintext_aggregation: bool = False
+    max_jobs: int = DEFAULT_MAX_TRAINING_JOBS  # training jobs each node runs under the contract
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -77,6 +80,7 @@ class TrainingRules:
             "columns": list(self.columns),
             "min_nodes": self.min_nodes,
             "allow_plaintext_aggregation": self.allow_plaintext_aggregation,
+            "max_jobs": self.max_jobs,
         }
 
     @classmethod
@@ -90,10 +94,15 @@ class TrainingRules:
         try:
             max_rounds = int(d["max_rounds"])
             min_nodes = int(d.get("min_nodes", 2))
+            max_jobs = d.get("max_jobs", DEFAULT_MAX_TRAINING_JOBS)
+            if isinstance(max_jobs, bool) or not isinstance(max_jobs, int):
+                raise TypeError
         except KeyError:
             raise ConfigError("rules: [training] needs `max_rounds`") from None
         except (TypeError, ValueError):
-            raise ConfigError("rules: [training] `max_rounds` and `min_nodes` must be integers") from None
+            raise ConfigError("rules: [training] `max_rounds`, `min_nodes` and `max_jobs` must be integers") from None
+        if max_jobs < 1:
+            raise ConfigError("rules: [training] `max_jobs` must be at least 1 (the training jobs each node runs)")
         if max_rounds < 1:
             raise ConfigError("rules: [training] `max_rounds` must be at least 1")
         if min_nodes < 2:
@@ -101,7 +110,7 @@ class TrainingRules:
         plain = d.get("allow_plaintext_aggregation", False)
         if not isinstance(plain, bool):
             raise ConfigError("rules: [training] `allow_plaintext_aggregation` must be true or false")
-        return cls(names("models"), max_rounds, names("columns"), min_nodes, plain)
+        return cls(names("models"), max_rounds, names("columns"), min_nodes, plain, max_jobs)
 
 
 def _decimal(d: dict[str, Any], key: str, *, required: bool = True) -> Decimal | None:
