@@ -38,6 +38,7 @@ from fedtrust.trust.dsse import Envelope, Signer, keyid_of
 from fedtrust.trust.note import check_key_name, verifier_key
 from fedtrust.trust.products import Product, check_dataset, sign_product, verify_product
 from fedtrust.trust.rules import load_rules_toml
+from fedtrust.trust.vertical import check_vertical_products
 from fedtrust.trust.schema import load_schema_toml
 
 __all__ = ["Exchange", "default_origin", "init_exchange", "load_exchange", "register", "renew", "list_product",
@@ -323,7 +324,9 @@ def issue_contract(
         raise ConfigError("a contract needs products of at least two distinct owners; pass one --product per owner")
     holdings.sort(key=lambda h: h.credential.name)
     first = holdings[0].product
-    for h in holdings[1:]:
+    if rules.vertical is not None:
+        check_vertical_products(rules.vertical, [h.product for h in holdings])
+    for h in holdings[1:] if rules.vertical is None else ():
         if h.product.dataset != first.dataset:
             raise ConfigError("the products name different datasets; a contract covers one dataset")
         if h.product.schema != first.schema:

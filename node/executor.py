@@ -50,7 +50,7 @@ from fedtrust.trust.schema import Column, Schema
 
 DIALECT = "duckdb"
 TABLE = "dataset"
-_SQL_TYPES = {"category": "VARCHAR", "float": "DOUBLE", "int": "BIGINT"}
+_SQL_TYPES = {"category": "VARCHAR", "float": "DOUBLE", "int": "BIGINT", "key": "VARCHAR"}
 _CSV_SUFFIXES = (".csv", ".tsv", ".txt")
 _PARQUET_SUFFIXES = (".parquet", ".pq")
 _CHUNK = 1 << 20
@@ -316,6 +316,8 @@ class Dataset:
         for n in names:
             if not self.schema.has(n):
                 raise PolicyViolation(f"column `{n}` is not in the product schema")
+            if self.schema.column(n).type == "key":
+                raise PolicyViolation(f"column `{n}` is a join key; only a vertical job's PSI reads it (`join_keys`)")
         if not names:
             return {}
         query = exp.select(*[_q(n) for n in names]).from_(exp.Table(this=exp.Identifier(this=TABLE, quoted=True)))
@@ -327,6 +329,26 @@ class Dataset:
             raise InvalidInput(f"reading training columns failed on this node's data ({type(e).__name__})") from None
         finally:
             cur.close()
+
+    def join_keys(self, column: str) -> tuple[list[int], list[bytes]]:
+        """(row ids, key bytes) of the rows whose join key is not NULL, in file order; for PSI only.
+
+        The column must be declared `type = "key"`; its values never leave the node (PSI hashes and
+        blinds them)."""
+        if not self.schema.has(column) or self.schema.column(column).type != "key":
+            raise PolicyViolation(f"column `{column}` is not a join key (type \"key\") of this product")
+        table = exp.Table(this=exp.Identifier(this=TABLE, quoted=True))
+        query = (exp.select(exp.column("rowid"), _q(column)).from_(table)
+                 .where(exp.Not(this=exp.Is(this=_q(column), expression=exp.Null()))).order_by(exp.column("rowid")))
+        with self._lock:
+            cur = self._con.cursor()
+        try:
+            rows = cur.execute(query.sql(dialect=DIALECT)).fetchall()
+        except duckdb.Error as e:
+            raise InvalidInput(f"reading the join key failed on this node's data ({type(e).__name__})") from None
+        finally:
+            cur.close()
+        return [int(r) for r, _ in rows], [str(k).encode() for _, k in rows]
 
     # ------------------------------------------------------------- aggregate
     def _check_where(self, where: exp.Expression) -> None:

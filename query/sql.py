@@ -216,7 +216,12 @@ class _Checker:
                 f"{where}: column `{name}` is not in the schema of dataset `{self.dataset}` "
                 f"(columns: {_fmt(self.schema.names)})"
             )
-        return self.schema.column(resolved)
+        col = self.schema.column(resolved)
+        if col.type == "key":
+            raise PolicyViolation(
+                f"{where}: column `{col.name}` is a join key; keys are never aggregated, filtered, grouped or released"
+            )
+        return col
 
     # -- FROM ----------------------------------------------------------------
     def from_(self, node: exp.Expression | None) -> None:

@@ -27,6 +27,7 @@ from fedtrust.trust.dsse import Envelope, Signer, signed_by, verify_object
 from fedtrust.trust.products import Product, verify_product
 from fedtrust.trust.rules import Rules
 from fedtrust.trust.schema import Schema
+from fedtrust.trust.vertical import check_vertical_products
 
 __all__ = [
     "CONTRACT_TYPE", "Holding", "Contract", "check_price", "check_rules", "sign_contract",
@@ -162,6 +163,8 @@ class Contract:
 def check_rules(rules: Rules, schema: Schema) -> None:
     """The rules may only name schema columns: aggregated ones numeric, group-by ones categories."""
     q = rules.query
+    if rules.vertical is not None:
+        return  # checked against every product by trust.vertical.check_vertical_products
     if q is None and rules.training is None:
         raise ConfigError("rules have neither [query] nor [training]; a contract must sell one of them")
     if q is not None:
@@ -170,9 +173,14 @@ def check_rules(rules: Rules, schema: Schema) -> None:
         for name in rules.training.columns:
             if not schema.has(name):
                 raise ConfigError(f"rules: training column {name!r} is not in the product schema; list schema columns only")
+            if schema.column(name).type == "key":
+                raise ConfigError(f"rules: training column {name!r} is a join key; keys are never trained on")
 
 
 def _check_query_rules(q, schema: Schema) -> None:
+    for name in (*q.columns, *q.filters, *q.group_by):
+        if schema.has(name) and schema.column(name).type == "key":
+            raise ConfigError(f"rules: column {name!r} is a join key; keys are never aggregated, filtered or grouped")
     for name in q.columns:
         if not schema.has(name):
             raise ConfigError(f"rules: aggregated column {name!r} is not in the product schema; list schema columns only")
@@ -225,9 +233,14 @@ def verify_contract(envelope: Envelope, exchange_key: Ed25519PublicKey) -> Contr
                 f"product digest of owner {h.credential.name} does not match its signed product; the contract was altered"
             )
     first = c.owners[0].product
-    if any(h.product.dataset != first.dataset for h in c.owners):
+    if c.rules.vertical is not None:
+        try:
+            check_vertical_products(c.rules.vertical, [h.product for h in c.owners])
+        except ConfigError as e:
+            raise VerificationError(f"vertical contract: {e}") from None
+    elif any(h.product.dataset != first.dataset for h in c.owners):
         raise VerificationError("contract products name different datasets; all products must be one dataset")
-    if any(h.product.schema != first.schema for h in c.owners):
+    if c.rules.vertical is None and any(h.product.schema != first.schema for h in c.owners):
         raise VerificationError("contract products have different schemas; all products must share one schema")
     if parse_time(c.valid_from) >= parse_time(c.valid_until):
         raise VerificationError("contract validity window is empty (valid_from is not before valid_until)")

@@ -8,6 +8,7 @@ from typing import Any
 
 from fedtrust.config import read_toml
 from fedtrust.errors import ConfigError
+from fedtrust.trust.vertical import VerticalRules
 
 AGGREGATES = ("COUNT", "SUM", "AVG", "VAR_SAMP", "STDDEV_SAMP")
 
@@ -192,34 +193,42 @@ class Rules:
     valid_days: int
     training: TrainingRules | None = None
     privacy: PrivacyRules | None = None  # None: exact answers under the aggregation rules alone
+    vertical: VerticalRules | None = None  # None: horizontal contract; vertical jobs are refused
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d = {
             "query": self.query.to_dict() if self.query else None,
             "valid_days": self.valid_days,
             "training": self.training.to_dict() if self.training else None,
             "privacy": self.privacy.to_dict() if self.privacy else None,
         }
+        if self.vertical is not None:  # absent otherwise: horizontal contracts sign the same JSON as before
+            d["vertical"] = self.vertical.to_dict()
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Rules":
-        q, t, p = d.get("query"), d.get("training"), d.get("privacy")
+        q, t, p, v = d.get("query"), d.get("training"), d.get("privacy"), d.get("vertical")
         return cls(
             QueryRules.from_dict(q) if q else None,
             int(d.get("valid_days", 30)),
             TrainingRules.from_dict(t) if t else None,
             PrivacyRules.from_dict(p) if p else None,
+            VerticalRules.from_dict(v) if v is not None else None,
         )
 
 
 def load_rules_toml(path: str | Path) -> Rules:
     p = Path(path)
     data = read_toml(p, "rules file")
-    q, t, priv = data.get("query"), data.get("training"), data.get("privacy")
-    for name, table in (("query", q), ("training", t), ("privacy", priv)):
+    q, t, priv, vert = data.get("query"), data.get("training"), data.get("privacy"), data.get("vertical")
+    for name, table in (("query", q), ("training", t), ("privacy", priv), ("vertical", vert)):
         if table is not None and not isinstance(table, dict):
             raise ConfigError(f"rules file {p}: [{name}] must be a table")
-    if q is None and t is None:
+    if vert is not None and (q is not None or t is not None):
+        raise ConfigError(f"rules file {p} mixes [vertical] with [query]/[training]; a vertical contract joins "
+                          "different products, so issue horizontal jobs under a separate contract")
+    if q is None and t is None and vert is None:
         raise ConfigError(f"rules file {p} has neither [query] nor [training]; a contract must sell one of them")
     valid_days = (q or {}).get("valid_days", data.get("valid_days", 30))
     try:
@@ -233,4 +242,5 @@ def load_rules_toml(path: str | Path) -> Rules:
         valid_days,
         TrainingRules.from_dict(t) if t is not None else None,
         PrivacyRules.from_dict(priv) if priv is not None else None,
+        VerticalRules.from_dict(vert) if vert is not None else None,
     )

@@ -14,7 +14,9 @@ from typing import Any
 from fedtrust.config import read_toml
 from fedtrust.errors import ConfigError
 
-COLUMN_TYPES = ("category", "float", "int")
+COLUMN_TYPES = ("category", "float", "int", "key")
+#: "key": a join identifier for vertical contracts (e.g. a salted hash); never aggregated, filtered,
+#: grouped, trained on or released — only a node's PSI handler reads it
 
 
 @dataclass(frozen=True)
@@ -31,7 +33,9 @@ class Column:
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"name": self.name, "type": self.type}
-        if self.numeric:
+        if self.type == "key":
+            pass
+        elif self.numeric:
             # decimal strings: fractional values are never floats in signed JSON
             d["min"] = _num_str(self.min)
             d["max"] = _num_str(self.max)
@@ -47,6 +51,8 @@ class Column:
             raise ConfigError(f"column entry is missing {e}; each column needs a name and a type") from None
         if typ not in COLUMN_TYPES:
             raise ConfigError(f"column {name!r} has type {typ!r}; use one of {', '.join(COLUMN_TYPES)}")
+        if typ == "key":
+            return cls(name, typ, None, None, ())
         if typ == "category":
             values = d.get("values")
             if not isinstance(values, (list, tuple)) or not values or not all(isinstance(v, str) for v in values):

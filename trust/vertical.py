@@ -1,0 +1,116 @@
+"""`[vertical]` contract rules: products of different owners joined on a shared key column.
+
+A vertical contract sells computations over the *joined* rows of two owners'
+products (a bank's loan outcomes and a telecom operator's attributes of many of
+the same people), keyed by a column of schema type `"key"` (e.g. a salted hash
+of the phone number) that is never aggregated, filtered, grouped or released.
+Every node enforces these rules by itself:
+
+    [vertical]
+    key = "phone_key"            # the join column, type = "key" in every product's schema
+    kinds = ["psi"]              # vertical job kinds sold: psi (more kinds to come)
+    min_intersection = 100       # a job whose intersection is smaller fails before anything else is released
+    max_keys = 1000000           # most keys either party's set may hold (caps what a peer can probe)
+    max_jobs = 10                # vertical jobs each owner runs under this contract
+    [vertical.columns]           # per product (dataset name): the columns joint jobs may use
+    bank = ["segment", "defaulted"]
+    telco = ["arpu"]
+
+PSI is run between exactly two owners today.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from fedtrust.errors import ConfigError
+
+__all__ = ["VERTICAL_KINDS", "VerticalRules", "check_vertical_products"]
+
+VERTICAL_KINDS = ("psi",)
+#: owners a vertical contract joins today (two-party PSI)
+VERTICAL_OWNERS = 2
+
+
+@dataclass(frozen=True)
+class VerticalRules:
+    key: str
+    kinds: tuple[str, ...]
+    min_intersection: int
+    max_keys: int
+    max_jobs: int
+    columns: tuple[tuple[str, tuple[str, ...]], ...]  # (dataset, usable columns), sorted by dataset
+
+    def usable(self, dataset: str) -> tuple[str, ...]:
+        return dict(self.columns).get(dataset, ())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "kinds": list(self.kinds),
+            "min_intersection": self.min_intersection,
+            "max_keys": self.max_keys,
+            "max_jobs": self.max_jobs,
+            "columns": {d: list(c) for d, c in self.columns},
+        }
+
+    @classmethod
+    def from_dict(cls, d: Any) -> "VerticalRules":
+        if not isinstance(d, dict):
+            raise ConfigError("rules: [vertical] must be a table")
+        unknown = sorted(set(d) - {"key", "kinds", "min_intersection", "max_keys", "max_jobs", "columns"})
+        if unknown:
+            raise ConfigError(f"rules: [vertical] has unknown setting `{unknown[0]}`; see the README for its keys")
+        key = d.get("key")
+        if not isinstance(key, str) or not key:
+            raise ConfigError("rules: [vertical] needs `key`, the name of the join column (type \"key\" in each schema)")
+        kinds = d.get("kinds", ["psi"])
+        if not isinstance(kinds, list) or not kinds or not all(isinstance(k, str) for k in kinds):
+            raise ConfigError("rules: [vertical] `kinds` must be a non-empty list of job kinds")
+        bad = [k for k in kinds if k not in VERTICAL_KINDS]
+        if bad:
+            raise ConfigError(f"rules: [vertical] kind {bad[0]!r} is not offered; use a subset of {', '.join(VERTICAL_KINDS)}")
+        ints = {}
+        for name in ("min_intersection", "max_keys", "max_jobs"):
+            v = d.get(name)
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise ConfigError(f"rules: [vertical] needs `{name}` as a whole number")
+            if v < 1:
+                raise ConfigError(f"rules: [vertical] `{name}` must be at least 1")
+            ints[name] = v
+        if ints["min_intersection"] > ints["max_keys"]:
+            raise ConfigError("rules: [vertical] `min_intersection` exceeds `max_keys`; no job could succeed")
+        cols = d.get("columns", {})
+        if not isinstance(cols, dict):
+            raise ConfigError("rules: [vertical.columns] must map each product (dataset name) to a list of columns")
+        columns = []
+        for dataset, names in sorted(cols.items()):
+            if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+                raise ConfigError(f"rules: [vertical.columns] `{dataset}` must be a list of column names")
+            if key in names:
+                raise ConfigError(f"rules: [vertical.columns] `{dataset}` lists the join key {key!r}; the key is never used as a value")
+            columns.append((dataset, tuple(names)))
+        return cls(key, tuple(kinds), ints["min_intersection"], ints["max_keys"], ints["max_jobs"], tuple(columns))
+
+
+def check_vertical_products(rules: VerticalRules, products: Sequence[Any]) -> None:
+    """The products a vertical contract joins: distinct datasets, each with the key column typed "key".
+
+    `products` are `trust.products.Product`s; ConfigError naming the rule otherwise.
+    """
+    if len(products) != VERTICAL_OWNERS:
+        raise ConfigError(f"a vertical contract joins exactly {VERTICAL_OWNERS} owners' products today; pass two --product")
+    datasets = [p.dataset for p in products]
+    if len(set(datasets)) != len(datasets):
+        raise ConfigError("the products of a vertical contract must name different datasets (they are joined, not pooled)")
+    for p in products:
+        if not p.schema.has(rules.key) or p.schema.column(rules.key).type != "key":
+            raise ConfigError(
+                f"product {p.dataset!r} has no column {rules.key!r} of type \"key\"; declare the join column as type = \"key\""
+            )
+        for name in rules.usable(p.dataset):
+            if not p.schema.has(name):
+                raise ConfigError(f"rules: [vertical.columns] column {name!r} is not in the schema of product {p.dataset!r}")
+    extra = sorted(set(dict(rules.columns)) - set(datasets))
+    if extra:
+        raise ConfigError(f"rules: [vertical.columns] names {extra[0]!r}, which is not a product of this contract")
