@@ -67,7 +67,7 @@ def _issue(world: Path, tmp_path: Path, rules: str, products=("bank.json", "telc
     (tmp_path / "rules.toml").write_text(rules)
     return issuer.issue_contract(world / "exchange", buyer="bank-analyst", coordinator="coord",
                                  product_paths=[world / p for p in products], rules_path=tmp_path / "rules.toml",
-                                 out_path=tmp_path / "contract.json")
+                                 out_path=tmp_path / "contract.json", purpose="credit scoring")
 
 
 def test_a_vertical_contract_joins_two_products_and_verifies(world, tmp_path):
