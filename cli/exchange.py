@@ -214,3 +214,33 @@ def settle(
         console.print("jobs: " + ", ".join(escape(j["job_id"]) for j in p["jobs"]), highlight=False)
     if out:
         console.print(f"signed statement written to {out}", highlight=False)
+
+
+@app.command("serve")
+def serve(
+    directory: Path = typer.Argument(..., help="the exchange's directory"),
+    listen: str = typer.Option(..., "--listen", help="HOST:PORT to listen on (port 0 picks a free one)"),
+) -> None:
+    """Run the exchange online (HTTPS, certificate from its CA): the signed revocation list, log checkpoints and
+    proofs for anyone; receipts from the parties of a job (client certificate)."""
+    from fedtrust.cli.output import serve_until_stopped
+    from fedtrust.exchange.service import ExchangeService
+
+    service = ExchangeService(directory, listen)
+    serve_until_stopped(service, f"exchange serving {directory} on port {{port}} (HTTPS)")
+
+
+@app.command("revoke")
+def revoke(
+    directory: Path = typer.Argument(..., help="the exchange's directory"),
+    contract: Optional[str] = typer.Option(None, "--contract", help="digest of the contract to revoke"),
+    subject: Optional[str] = typer.Option(None, "--subject", help="subject to revoke, e.g. fedtrust://node/bank-a"),
+    reason: str = typer.Option(..., "--reason", help="why (kept in the exchange's records)"),
+) -> None:
+    """Revoke a contract or a subject: added to the signed, sequence-numbered revocation list nodes fetch."""
+    from fedtrust.exchange.issuer import load_exchange, revoke as do_revoke
+
+    r = do_revoke(directory, contract=contract, subject=subject, reason=reason)
+    seq = len(load_exchange(directory).store.revocations())
+    console.print(f"revoked {r.kind} {r.target} (revocation list #{seq}); nodes refuse it from their next refresh",
+                  highlight=False)

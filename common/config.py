@@ -44,6 +44,10 @@ class NodeConfig:
     #: where training runs: "auto" (CUDA when available, else CPU), "cpu", "cuda" or "cuda:N"
     device: str = "auto"
     clientapps: tuple[ClientAppConfig, ...] = ()
+    #: `[exchange] url`: where `fedtrust exchange serve` runs (revocation list); None: offline
+    exchange_url: str | None = None
+    #: `[exchange] refresh_s`: how often the revocation list is fetched
+    refresh_s: float = 300.0
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,8 @@ class CoordinatorConfig:
     max_workers: int = 16
     #: node name -> HOST:PORT, overriding the address in the node's credential
     addresses: tuple[tuple[str, str], ...] = ()
+    exchange_url: str | None = None
+    refresh_s: float = 300.0
 
 
 def read_toml(path: str | Path, what: str) -> dict[str, Any]:
@@ -142,6 +148,7 @@ def load_node_config(path: str | Path) -> NodeConfig:
         max_workers=int(t.get("max_workers", 16)),
         device=device,
         clientapps=_clientapps(data.get("clientapps", [])),
+        **_exchange(data.get("exchange", {})),
     )
 
 
@@ -183,7 +190,30 @@ def load_coordinator_config(path: str | Path) -> CoordinatorConfig:
         node_timeout_s=timeout,
         max_workers=int(t.get("max_workers", 16)),
         addresses=_addresses(data.get("addresses", {})),
+        **_exchange(data.get("exchange", {})),
     )
+
+
+def _exchange(t: Any) -> dict[str, Any]:
+    """`[exchange]`: `url = "https://HOST:PORT"` of `fedtrust exchange serve`, `refresh_s` (default 300)."""
+    if not isinstance(t, dict) or not set(t) <= {"url", "refresh_s"}:
+        raise ConfigError('[exchange] takes url = "https://HOST:PORT" and refresh_s = SECONDS')
+    url = t.get("url")
+    if url is not None:
+        from urllib.parse import urlsplit
+
+        try:
+            parts = urlsplit(url) if isinstance(url, str) else None
+            ok = parts is not None and parts.scheme == "https" and bool(parts.hostname) and parts.port is not None
+        except ValueError:
+            ok = False
+        if not ok:
+            raise ConfigError(f"[exchange] url = {url!r} must be https://HOST:PORT (where `fedtrust exchange serve` "
+                              "listens)")
+    refresh = t.get("refresh_s", 300)
+    if isinstance(refresh, bool) or not isinstance(refresh, (int, float)) or not 0.1 <= refresh <= 86400:
+        raise ConfigError("[exchange] refresh_s must be a number of seconds between 0.1 and 86400")
+    return {"exchange_url": url, "refresh_s": float(refresh)}
 
 
 def _addresses(t: Any) -> tuple[tuple[str, str], ...]:

@@ -5,6 +5,7 @@ from fedtrust.config import CoordinatorConfig
 from fedtrust.coordinator.coordinator_servicer import CoordinatorServicer
 from fedtrust.coordinator.runtime import CoordinatorRuntime
 from fedtrust.transport.daemon import GrpcDaemon
+from fedtrust.transport.exchange_client import refresher_for
 from fedtrust.v1 import coordinator_pb2_grpc
 
 
@@ -15,6 +16,8 @@ class CoordinatorDaemon(GrpcDaemon):
         self.runtime = CoordinatorRuntime(config, addresses or dict(config.addresses))
         self.servicer: CoordinatorServicer | None = None
         super().__init__(config.name, config.listen, self.runtime.tls, config.max_workers)
+        self.refresher = refresher_for(config.exchange_url, config.refresh_s, self.runtime.identity,
+                                       self.runtime.revocations)
 
     def _register(self):
         servicer = self.servicer = CoordinatorServicer(self.runtime)

@@ -27,12 +27,13 @@ class NodeRelease:
 
 
 def admit_on_node(node: str, address: str, tls: TlsMaterial, job_bytes: bytes, contract_bytes: bytes,
-                  timeout: float) -> bytes:
+                  timeout: float, revocation_list: bytes = b"") -> bytes:
     """Phase one: the node's signed admission of the job (DSSE JSON); the node's refusal or NodeUnreachable."""
     with secure_channel(address, tls, ("node", node)) as channel:
         try:
             reply = node_pb2_grpc.NodeServiceStub(channel).AdmitJob(
-                node_pb2.AdmitRequest(job_envelope=job_bytes, contract_envelope=contract_bytes), timeout=timeout)
+                node_pb2.AdmitRequest(job_envelope=job_bytes, contract_envelope=contract_bytes,
+                                      revocation_list=revocation_list), timeout=timeout)
         except grpc.RpcError as e:
             raise error_from_rpc(e, f"node {node}") from None
     return reply.admission_envelope

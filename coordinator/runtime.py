@@ -32,6 +32,7 @@ from fedtrust.errors import (
 from fedtrust.transport.tls import TlsMaterial
 from fedtrust.trust.admission import verify_admissions
 from fedtrust.trust.canonical import sha256_hex, utc_now
+from fedtrust.trust.revocation import RevocationHolder
 from fedtrust.trust.contracts import Contract, require_signatures, verify_contract
 from fedtrust.trust.credentials import load_identity_as
 from fedtrust.trust.dsse import Envelope
@@ -91,6 +92,8 @@ class CoordinatorRuntime:
         #: operator overrides of the addresses in contracts (NAT, DNS, tests on port 0)
         self.addresses = dict(addresses or {})
         self.store = JobStore(config.state)
+        #: the newest revocation list this coordinator holds; forwarded to nodes with every job
+        self.revocations = RevocationHolder(config.state, self.identity.exchange_key)
         interrupted = self.store.fail_interrupted()
         if interrupted:
             log.warning("marked %d interrupted job(s) failed", interrupted)
@@ -108,6 +111,7 @@ class CoordinatorRuntime:
                 f"caller fedtrust://{peer[0]}/{peer[1]} is not the contract's buyer fedtrust://buyer/{contract.buyer.name}"
             )
         require_signatures(contract_env, contract, [("buyer", contract.buyer.name)])
+        self.revocations.check(contract_env.digest, contract)
         job_env = Envelope.from_json(job_bytes)
         job = verify_job(job_env, contract, contract_env.digest)
         contract.check_valid_at(datetime.now(timezone.utc))
@@ -174,7 +178,8 @@ class CoordinatorRuntime:
         timeout = min(self.config.node_timeout_s, ADMIT_TIMEOUT_S)
 
         def ask(node: str) -> bytes:
-            return admit_on_node(node, self.address_of(contract, node), self.tls, job_bytes, contract_bytes, timeout)
+            return admit_on_node(node, self.address_of(contract, node), self.tls, job_bytes, contract_bytes, timeout,
+                                 self.revocations.newest_bytes())
 
         admissions: dict[str, bytes] = {}
         failures: dict[str, Error] = {}

@@ -37,11 +37,14 @@ from fedtrust.trust.keygen import load_request, verify_request
 from fedtrust.trust.dsse import Envelope, Signer, keyid_of
 from fedtrust.trust.note import check_key_name, verifier_key
 from fedtrust.trust.products import Product, check_dataset, sign_product, verify_product
+from fedtrust.trust.revocation import (
+    MAX_REASON_CHARS, RevocationList, Revoked, check_target, sign_revocation_list,
+)
 from fedtrust.trust.rules import load_rules_toml
 from fedtrust.trust.vertical import check_vertical_products
 from fedtrust.trust.schema import load_schema_toml
 
-__all__ = ["Exchange", "default_origin", "init_exchange", "load_exchange", "register", "renew", "list_product",
+__all__ = ["Exchange", "default_origin", "init_exchange", "load_exchange", "register", "renew", "revoke", "list_product",
            "issue_contract"]
 
 CA_KEY, CA_CERT, SIGNING_KEY, EXCHANGE_PUB, DB = "ca.key", "ca.crt", "signing.key", "exchange.pub", "exchange.db"
@@ -105,10 +108,18 @@ class Exchange:
         return verifier_key(self.origin, self.signer.public_key)
 
     def check_usable(self, cred: SubjectCredential) -> None:
-        """ConfigError when the credential's certificate has expired (a contract must not embed it)."""
+        """ConfigError when the credential's certificate has expired or its subject is revoked (a contract must
+        not embed it)."""
+        if self.store.revoked("subject", cred.uri) is not None:
+            raise ConfigError(f"{cred.uri} is revoked; the exchange issues no contract naming it")
         if pki.certificate_not_after(cred.cert_pem) <= datetime.now(timezone.utc):
             raise ConfigError(f"the credential of {cred.uri} has expired; renew it with `fedtrust exchange renew` "
                               "before issuing a contract")
+
+    def revocation_list(self) -> Envelope:
+        """The signed list of everything revoked, dated now (its freshness for `revocation_max_age_h`)."""
+        entries = tuple(self.store.revocations())
+        return sign_revocation_list(RevocationList(len(entries), utc_now(), entries), self.signer)
 
 
 def default_origin(public_key) -> str:
@@ -200,6 +211,8 @@ def _issue(path: str | Path, request_path: str | Path, out_dir: str | Path, *, r
     except VerificationError as e:
         raise ConfigError(f"request {request_path} is refused: {e}") from None
     ex = load_exchange(path)
+    if ex.store.revoked("subject", request.uri) is not None:
+        raise ConfigError(f"{request.uri} is revoked; the exchange issues it no credential")
     known = ex.store.has_subject(request.role, request.name)
     if known and not renewal:
         raise ConfigError(f"{request.uri} is already registered; renew it with `fedtrust exchange renew`, "
@@ -231,6 +244,28 @@ def renew(path: str | Path, request_path: str | Path, out_dir: str | Path) -> Su
     """Reissue the credential of a registered name (new keys and/or addresses); the old one stays valid
     until it expires or is revoked. Recorded in the registry's issue history."""
     return _issue(path, request_path, out_dir, renewal=True)
+
+
+def revoke(path: str | Path, *, contract: str | None = None, subject: str | None = None, reason: str) -> Revoked:
+    """Add a contract (by digest) or a subject (by URI) to the exchange's signed revocation list."""
+    if (contract is None) == (subject is None):
+        raise ConfigError("pass exactly one of --contract DIGEST or --subject URI")
+    reason = reason.strip() if isinstance(reason, str) else ""
+    if not reason or len(reason) > MAX_REASON_CHARS:
+        raise ConfigError(f"--reason must say why, in at most {MAX_REASON_CHARS} characters")
+    kind, target = ("contract", contract.strip().lower()) if contract is not None else ("subject", subject.strip())
+    try:
+        check_target(kind, target)
+    except InvalidInput as e:
+        raise ConfigError(f"--{kind}: {e}") from None
+    ex = load_exchange(path)
+    if kind == "contract":
+        ex.store.get_contract(target)  # NotFound for a contract this exchange did not issue
+    else:
+        role, name = pki.parse_subject_uri(target)
+        if not ex.store.has_subject(role, name):
+            raise ConfigError(f"{target} is not registered at this exchange; check the URI")
+    return ex.store.add_revocation(kind, target, reason)
 
 
 def _write_envelope(out_path: str | Path, envelope: Envelope) -> None:

@@ -23,6 +23,7 @@ from fedtrust.trust.contracts import Contract, verify_contract
 from fedtrust.trust.credentials import SubjectCredential, verify_credential
 from fedtrust.trust.dsse import Envelope
 from fedtrust.trust.products import Product, verify_product
+from fedtrust.trust.revocation import Revoked
 
 __all__ = ["ExchangeStore", "ReceiptRecord", "ChainRow"]
 
@@ -42,6 +43,14 @@ CREATE TABLE IF NOT EXISTS issued (
     envelope BLOB NOT NULL,
     request BLOB NOT NULL,
     issued_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS revocations (
+    seq INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL CHECK (kind IN ('contract', 'subject')),
+    target TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    revoked_at TEXT NOT NULL,
+    UNIQUE (kind, target)
 );
 CREATE TABLE IF NOT EXISTS products (
     digest TEXT PRIMARY KEY,
@@ -125,12 +134,14 @@ class ExchangeStore:
         cred = verify_credential(cred_envelope, self.exchange_key)
         try:
             with self.db.write() as con:
-                if replace:
-                    con.execute("DELETE FROM subjects WHERE role = ? AND name = ?", (cred.role, cred.name))
-                con.execute(
-                    "INSERT INTO subjects (role, name, digest, envelope, issued_at) VALUES (?,?,?,?,?)",
-                    (cred.role, cred.name, cred_envelope.digest, cred_envelope.to_json(), cred.issued_at),
-                )
+                if replace:  # products and contracts keep referring to the subject (role, name)
+                    con.execute("UPDATE subjects SET digest = ?, envelope = ?, issued_at = ? WHERE role = ? AND name = ?",
+                                (cred_envelope.digest, cred_envelope.to_json(), cred.issued_at, cred.role, cred.name))
+                else:
+                    con.execute(
+                        "INSERT INTO subjects (role, name, digest, envelope, issued_at) VALUES (?,?,?,?,?)",
+                        (cred.role, cred.name, cred_envelope.digest, cred_envelope.to_json(), cred.issued_at),
+                    )
                 con.execute(
                     "INSERT INTO issued (digest, role, name, envelope, request, issued_at) VALUES (?,?,?,?,?,?)",
                     (cred_envelope.digest, cred.role, cred.name, cred_envelope.to_json(), request.to_json(),
@@ -166,6 +177,28 @@ class ExchangeStore:
     def list_subjects(self) -> list[SubjectCredential]:
         rows = self.db.read().execute("SELECT envelope FROM subjects ORDER BY role, name").fetchall()
         return [verify_credential(Envelope.from_json(r["envelope"]), self.exchange_key) for r in rows]
+
+    # -- revocations --------------------------------------------------------
+    def add_revocation(self, kind: str, target: str, reason: str) -> Revoked:
+        """Append to the revocation list (sequence number = its position); ConfigError when already revoked."""
+        now = utc_now()
+        try:
+            with self.db.write() as con:
+                seq = con.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM revocations").fetchone()[0]
+                con.execute("INSERT INTO revocations (seq, kind, target, reason, revoked_at) VALUES (?,?,?,?,?)",
+                            (seq, kind, target, reason, now))
+        except sqlite3.IntegrityError:
+            raise ConfigError(f"{kind} {target} is already revoked") from None
+        return Revoked(kind, target, reason, now)
+
+    def revocations(self) -> list[Revoked]:
+        rows = self.db.read().execute("SELECT kind, target, reason, revoked_at FROM revocations ORDER BY seq").fetchall()
+        return [Revoked(r["kind"], r["target"], r["reason"], r["revoked_at"]) for r in rows]
+
+    def revoked(self, kind: str, target: str) -> Revoked | None:
+        r = self.db.read().execute("SELECT kind, target, reason, revoked_at FROM revocations WHERE kind = ? AND "
+                                   "target = ?", (kind, target)).fetchone()
+        return None if r is None else Revoked(r["kind"], r["target"], r["reason"], r["revoked_at"])
 
     # -- products -----------------------------------------------------------
     def add_product(self, envelope: Envelope) -> Product:

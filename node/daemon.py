@@ -6,6 +6,7 @@ from fedtrust.node.node_servicer import NodeServicer
 from fedtrust.node.runtime import NodeRuntime
 from fedtrust.node.training_runtime import TrainingRuntime
 from fedtrust.transport.daemon import GrpcDaemon
+from fedtrust.transport.exchange_client import refresher_for
 from fedtrust.transport.tls import TlsMaterial
 from fedtrust.v1 import node_pb2_grpc
 
@@ -19,6 +20,7 @@ class NodeDaemon(GrpcDaemon):
         ident = self.runtime.identity
         super().__init__(config.name, config.listen, TlsMaterial(ident.tls_cert_pem, ident.tls_key_pem, ident.ca_pem),
                          config.max_workers)
+        self.refresher = refresher_for(config.exchange_url, config.refresh_s, ident, self.runtime.revocations)
 
     def _register(self):
         servicer = NodeServicer(self.runtime, self.training)

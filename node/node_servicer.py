@@ -97,6 +97,11 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
 
         def check():
             _check_envelope_sizes(request)
+            if request.revocation_list:  # the coordinator's newest list: adopted only if signed and newer
+                try:
+                    self.runtime.revocations.offer(request.revocation_list)
+                except Error as e:
+                    log.warning("ignored a revocation list forwarded by %s/%s: %s", peer[0], peer[1], e)
             checked = self.runtime.check_job(peer, request.job_envelope, request.contract_envelope)
             return checked, None
 

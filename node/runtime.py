@@ -54,6 +54,7 @@ from fedtrust.query.sql import QueryPlan, plan_query
 from fedtrust.trust.admission import Admission, sign_admission, verify_admissions
 from fedtrust.trust.canonical import sha256_hex, utc_now
 from fedtrust.trust.clock import DEFAULT_SKEW
+from fedtrust.trust.revocation import RevocationHolder
 from fedtrust.trust.contracts import Contract, require_signatures, verify_contract
 from fedtrust.trust.credentials import Identity, kx_public_key, load_identity_as
 from fedtrust.trust.dsse import Envelope
@@ -90,6 +91,8 @@ class NodeRuntime:
         self.name = config.name
         self.skew = DEFAULT_SKEW
         self.store = NodeStore(config.state)
+        #: the newest exchange revocation list this node holds (fetched, or forwarded by a coordinator)
+        self.revocations = RevocationHolder(config.state, self.identity.exchange_key)
         self.code_digest = code_digest()
         self.datasets: dict[str, HeldDataset] = {}
         for d in config.datasets:
@@ -155,6 +158,7 @@ class NodeRuntime:
             raise PolicyViolation(f"node {self.name} is not an owner under this contract; send the job to its owners only")
         # the owner agreed to this contract, and so did the buyer: the exchange alone cannot commit this node
         require_signatures(contract_env, contract, [("buyer", contract.buyer.name), ("node", self.name)])
+        self.revocations.check(contract_env.digest, contract)
         withdrawn = self.store.jobs.withdrawn_at(contract_env.digest)
         if withdrawn is not None:
             raise PolicyViolation(

@@ -415,3 +415,58 @@ def test_contract_purpose_and_term(ex, tmp_path):
     ]:
         with pytest.raises(ConfigError, match=match):
             _contract(ex, tmp_path, **{"purpose": "p", "out_path": tmp_path / "x.json", **kw})
+
+
+def test_revoke_and_renew(tmp_path):
+    d = tmp_path / "ex"
+    issuer.init_exchange(d)
+    for role, name, addr in [("buyer", "b", []), ("coordinator", "c", []), ("node", "n1", ["10.0.0.1:1"]),
+                             ("node", "n2", ["10.0.0.2:1"])]:
+        enroll(d, role, name, addr, tmp_path / name)
+    (tmp_path / "schema.toml").write_text(SCHEMA)
+    (tmp_path / "rules.toml").write_text(RULES)
+    for n, c in (("n1", C1), ("n2", C2)):
+        issuer.list_product(d, n, "claims", tmp_path / "schema.toml", c, tmp_path / f"{n}.json")
+    args = dict(buyer="b", coordinator="c", product_paths=[tmp_path / "n1.json", tmp_path / "n2.json"],
+                rules_path=tmp_path / "rules.toml", purpose="p")
+    issuer.issue_contract(d, **args, out_path=tmp_path / "k.json")
+    digest = Envelope.from_json((tmp_path / "k.json").read_bytes()).digest
+
+    # renewal: same name, new keys and address; recorded; the old certificate is still valid
+    old = load_identity(tmp_path / "n2")
+    keygen("node", "n2", ["10.0.0.9:2"], tmp_path / "n2-new")
+    issuer.renew(d, tmp_path / "n2-new" / "request.json", tmp_path / "n2-new")
+    new = load_identity(tmp_path / "n2-new")
+    assert new.credential.address == "10.0.0.9:2" and new.credential.signing_key != old.credential.signing_key
+    store = issuer.load_exchange(d).store
+    assert [c.address for c in store.issue_history("node", "n2")] == ["10.0.0.2:1", "10.0.0.9:2"]
+    assert store.get_subject("node", "n2")[0] == new.credential
+    assert pki.verify_certificate(old.tls_cert_pem, old.ca_pem) == ("node", "n2")
+    keygen("node", "n3", ["10.0.0.3:1"], tmp_path / "n3")
+    with pytest.raises(ConfigError, match="fedtrust://node/n3 is not registered; register it"):
+        issuer.renew(d, tmp_path / "n3" / "request.json", tmp_path / "n3")
+
+    # revocation: a signed, sequence-numbered list; revoked subjects get no contract and no credential
+    from fedtrust.trust.revocation import verify_revocation_list
+
+    with pytest.raises(ConfigError, match="exactly one of --contract DIGEST or --subject URI"):
+        issuer.revoke(d, reason="x")
+    with pytest.raises(ConfigError, match="--reason must say why"):
+        issuer.revoke(d, contract=digest, reason=" ")
+    with pytest.raises(ConfigError, match="--subject: a revoked subject is named by its URI"):
+        issuer.revoke(d, subject="n1", reason="x")
+    with pytest.raises(NotFound, match="contract was not issued by this exchange"):
+        issuer.revoke(d, contract="e" * 64, reason="x")
+    issuer.revoke(d, contract=digest.upper(), reason="breach")
+    with pytest.raises(ConfigError, match="already revoked"):
+        issuer.revoke(d, contract=digest, reason="again")
+    issuer.revoke(d, subject="fedtrust://node/n1", reason="key leaked")
+    ex = issuer.load_exchange(d)
+    rl = verify_revocation_list(ex.revocation_list(), ex.signer.public_key)
+    assert rl.seq == 2 and [(e.kind, e.target) for e in rl.entries] == [
+        ("contract", digest), ("subject", "fedtrust://node/n1")]
+    with pytest.raises(ConfigError, match="fedtrust://node/n1 is revoked; the exchange issues no contract naming it"):
+        issuer.issue_contract(d, **args, out_path=tmp_path / "k2.json")
+    keygen("node", "n1", ["10.0.0.1:1"], tmp_path / "n1-new")
+    with pytest.raises(ConfigError, match="fedtrust://node/n1 is revoked; the exchange issues it no credential"):
+        issuer.renew(d, tmp_path / "n1-new" / "request.json", tmp_path / "n1-new")

@@ -665,3 +665,17 @@ def test_pki_issued_certificates_interoperate_and_pin_the_server_identity():
         assert isinstance(status.error_from_rpc(ei.value, "node n2"), errors.VerificationError)
     finally:
         srv.stop(0)
+
+
+def test_daemons_warn_thirty_days_before_their_certificate_expires(caplog):
+    from fedtrust.transport.daemon import warn_if_expiring
+    from fedtrust.trust import pki as tp
+
+    ca_key, ca_cert = tp.create_ca("fedtrust test exchange")
+    cert = tp.issue_certificate(ca_key, ca_cert, "node", "n9", [], ec.generate_private_key(ec.SECP256R1()).public_key())
+    pem, end = tp.cert_pem(cert), cert.not_valid_after_utc
+    with caplog.at_level(logging.WARNING, logger="fedtrust.daemon"):
+        assert not warn_if_expiring(pem, "node n9", end - datetime.timedelta(days=31))
+        assert warn_if_expiring(pem, "node n9", end - datetime.timedelta(days=29))
+        assert warn_if_expiring(pem, "node n9", end + datetime.timedelta(days=1))
+    assert "expires at" in caplog.text and "in 29 days" in caplog.text and "expired at" in caplog.text

@@ -725,3 +725,36 @@ def test_parties_sign_the_same_contract_envelope(w):
         require_signatures(forged, w.contract, [("node", "node-b")])
     with pytest.raises(ConfigError, match="not a party to this contract"):
         sign_as(env, w.contract, "node", "node-z", w.signers["node-a"])
+
+
+def test_revocation_holder_moves_forward_only_and_enforces_freshness(w, tmp_path):
+    from fedtrust.trust.revocation import RevocationHolder, RevocationList, Revoked, sign_revocation_list
+
+    def signed(entries, issued, signer=None):
+        return sign_revocation_list(RevocationList(len(entries), format_time(issued), tuple(entries)),
+                                    signer or w.exchange).to_json()
+
+    now = datetime.now(timezone.utc)
+    holder = RevocationHolder(tmp_path, w.exchange.public_key)
+    fresh = replace(w.contract, revocation_max_age_h=2)
+    with pytest.raises(PolicyViolation, match="at most 2 h old, and the newest this daemon holds is none at all"):
+        holder.check(w.contract_env.digest, fresh)
+    holder.check(w.contract_env.digest, w.contract)  # no freshness rule: an offline deployment
+    hit = Revoked("contract", w.contract_env.digest, "breach", utc_now())
+    assert holder.offer(signed([], now - timedelta(hours=3)))
+    with pytest.raises(PolicyViolation, match="newest this daemon holds is from"):
+        holder.check(w.contract_env.digest, fresh)
+    assert holder.offer(signed([hit], now))
+    with pytest.raises(PolicyViolation, match="this contract was revoked by the exchange"):
+        holder.check(w.contract_env.digest, w.contract)
+    # an older list (a coordinator replaying one from before the revocation) is not adopted
+    assert not holder.offer(signed([], now + timedelta(minutes=1)))
+    with pytest.raises(VerificationError):
+        holder.offer(signed([hit, Revoked("subject", "fedtrust://node/node-a", "x", utc_now())], now, Signer.generate()))
+    # it survives a restart; a revoked party revokes every contract naming it
+    again = RevocationHolder(tmp_path, w.exchange.public_key)
+    assert again.current == holder.current
+    assert again.offer(signed([hit, Revoked("subject", "fedtrust://node/node-b", "key leaked", utc_now())], now))
+    other = verify_contract(w.make_contract(), w.exchange.public_key)
+    with pytest.raises(PolicyViolation, match="party fedtrust://node/node-b of this contract was revoked"):
+        again.check("0" * 64, other)

@@ -30,13 +30,15 @@ __all__ = [
     "ROLES", "NAME_PATTERN", "check_name", "check_role", "subject_uri", "parse_subject_uri",
     "create_ca", "issue_certificate", "verify_certificate", "load_certificate", "certificate_subject",
     "key_pem", "cert_pem", "load_private_key", "address_host", "identity_host", "make_csr", "check_csr",
-    "certificate_not_after", "ADDRESS_ROLES",
+    "certificate_not_after", "ADDRESS_ROLES", "EXCHANGE_HOST", "issue_exchange_certificate",
 ]
 
 ROLES = ("node", "buyer", "coordinator")
 #: roles that run a server others dial, so their certificates carry address SANs
 ADDRESS_ROLES = ("node", "coordinator")
 IDENTITY_SUFFIX = "fedtrust.invalid"
+#: the host name the exchange service's certificate carries and its clients verify
+EXCHANGE_HOST = f"exchange.{IDENTITY_SUFFIX}"
 NAME_PATTERN = r"[a-z0-9][a-z0-9._-]{0,62}"
 _NAME = re.compile(NAME_PATTERN)
 _URI = re.compile(rf"fedtrust://(node|buyer|coordinator)/({NAME_PATTERN})")
@@ -151,6 +153,20 @@ def issue_certificate(
     if not isinstance(public_key, ec.EllipticCurvePublicKey) or not isinstance(public_key.curve, ec.SECP256R1):
         raise ConfigError("the TLS key must be ECDSA P-256; generate it with `fedtrust keygen`")
     sans: list[x509.GeneralName] = [x509.UniformResourceIdentifier(uri), x509.DNSName(identity_host(role, name))]
+    return _leaf(ca_key, ca_cert, _name(name, role), sans, hosts, public_key,
+                 [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH])
+
+
+def issue_exchange_certificate(
+    ca_key: ec.EllipticCurvePrivateKey, ca_cert: x509.Certificate, hosts: Sequence[str],
+    public_key: ec.EllipticCurvePublicKey,
+) -> x509.Certificate:
+    """The exchange service's TLS server certificate: DNS SAN `EXCHANGE_HOST` (what clients pin) and its hosts."""
+    return _leaf(ca_key, ca_cert, _name("exchange", "exchange"), [x509.DNSName(EXCHANGE_HOST)], hosts, public_key,
+                 [ExtendedKeyUsageOID.SERVER_AUTH])
+
+
+def _leaf(ca_key, ca_cert, subject: x509.Name, sans: list, hosts: Sequence[str], public_key, eku) -> x509.Certificate:
     for host in hosts:
         san = _host_san(host)
         if san not in sans:
@@ -159,7 +175,7 @@ def issue_certificate(
     not_after = min(now + timedelta(days=CERT_DAYS), ca_cert.not_valid_after_utc)
     cert = (
         x509.CertificateBuilder()
-        .subject_name(_name(name, role))
+        .subject_name(subject)
         .issuer_name(ca_cert.subject)
         .public_key(public_key)
         .serial_number(x509.random_serial_number())
@@ -175,7 +191,7 @@ def issue_certificate(
             critical=True,
         )
         .add_extension(
-            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+            x509.ExtendedKeyUsage(eku),
             critical=False,
         )
         .add_extension(x509.SubjectAlternativeName(sans), critical=False)

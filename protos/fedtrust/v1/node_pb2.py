@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x66\x65\x64trust/v1/node.proto\x12\x0b\x66\x65\x64trust.v1\"?\n\x0c\x41\x64mitRequest\x12\x14\n\x0cjob_envelope\x18\x01 \x01(\x0c\x12\x19\n\x11\x63ontract_envelope\x18\x02 \x01(\x0c\"(\n\nAdmitReply\x12\x1a\n\x12\x61\x64mission_envelope\x18\x01 \x01(\x0c\"k\n\x0bQueryHeader\x12\x14\n\x0cjob_envelope\x18\x01 \x01(\x0c\x12\x19\n\x11\x63ontract_envelope\x18\x02 \x01(\x0c\x12\x17\n\x0fhe_context_size\x18\x03 \x01(\x04\x12\x12\n\nadmissions\x18\x04 \x03(\x0c\"^\n\x0cQueryRequest\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x18.fedtrust.v1.QueryHeaderH\x00\x12\x1a\n\x10he_context_chunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"A\n\x07Release\x12\x1c\n\x14\x61ttestation_envelope\x18\x01 \x01(\x0c\x12\x18\n\x10\x63iphertext_sizes\x18\x02 \x03(\x04\"Y\n\nQueryReply\x12\x1a\n\x10\x63iphertext_chunk\x18\x01 \x01(\x0cH\x00\x12\'\n\x07release\x18\x02 \x01(\x0b\x32\x14.fedtrust.v1.ReleaseH\x00\x42\x06\n\x04part\"h\n\x0bTrainHeader\x12\x14\n\x0cjob_envelope\x18\x01 \x01(\x0c\x12\x19\n\x11\x63ontract_envelope\x18\x02 \x01(\x0c\x12\x14\n\x0cmessage_size\x18\x03 \x01(\x04\x12\x12\n\nadmissions\x18\x04 \x03(\x0c\"[\n\x0cTrainRequest\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x18.fedtrust.v1.TrainHeaderH\x00\x12\x17\n\rmessage_chunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"k\n\x0cRoundRelease\x12\r\n\x05phase\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\r\x12\x15\n\rglobal_digest\x18\x03 \x01(\t\x12\x13\n\x0bvector_size\x18\x04 \x01(\x04\x12\x11\n\tsignature\x18\x05 \x01(\x0c\"Z\n\nTrainReply\x12\x16\n\x0cvector_chunk\x18\x01 \x01(\x0cH\x00\x12,\n\x07release\x18\x02 \x01(\x0b\x32\x19.fedtrust.v1.RoundReleaseH\x00\x42\x06\n\x04part\"v\n\x0cSignedVector\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x12\n\njob_digest\x18\x02 \x01(\t\x12\r\n\x05phase\x18\x03 \x01(\t\x12\r\n\x05round\x18\x04 \x01(\r\x12\x11\n\tsignature\x18\x05 \x01(\x0c\x12\x13\n\x0bvector_size\x18\x06 \x01(\x04\"\x8a\x01\n\rForwardHeader\x12\x14\n\x0cjob_envelope\x18\x01 \x01(\x0c\x12\x19\n\x11\x63ontract_envelope\x18\x02 \x01(\x0c\x12\r\n\x05phase\x18\x03 \x01(\t\x12\r\n\x05round\x18\x04 \x01(\r\x12*\n\x07vectors\x18\x05 \x03(\x0b\x32\x19.fedtrust.v1.SignedVector\"^\n\x0e\x46orwardRequest\x12,\n\x06header\x18\x01 \x01(\x0b\x32\x1a.fedtrust.v1.ForwardHeaderH\x00\x12\x16\n\x0cvector_chunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"%\n\x0c\x46orwardReply\x12\x15\n\rglobal_digest\x18\x01 \x01(\t\"@\n\rFinishRequest\x12\x14\n\x0cjob_envelope\x18\x01 \x01(\x0c\x12\x19\n\x11\x63ontract_envelope\x18\x02 \x01(\x0c\"+\n\x0b\x46inishReply\x12\x1c\n\x14\x61ttestation_envelope\x18\x01 \x01(\x0c\x32\xe9\x02\n\x0bNodeService\x12>\n\x08\x41\x64mitJob\x12\x19.fedtrust.v1.AdmitRequest\x1a\x17.fedtrust.v1.AdmitReply\x12\x42\n\x08RunQuery\x12\x19.fedtrust.v1.QueryRequest\x1a\x17.fedtrust.v1.QueryReply(\x01\x30\x01\x12\x44\n\nTrainRound\x12\x19.fedtrust.v1.TrainRequest\x1a\x17.fedtrust.v1.TrainReply(\x01\x30\x01\x12H\n\x0c\x46orwardRound\x12\x1b.fedtrust.v1.ForwardRequest\x1a\x19.fedtrust.v1.ForwardReply(\x01\x12\x46\n\x0e\x46inishTraining\x12\x1a.fedtrust.v1.FinishRequest\x1a\x18.fedtrust.v1.FinishReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x66\x65\x64trust/v1/node.proto\x12\x0b\x66\x65\x64trust.v1\"X\n\x0c\x41\x64mitRequest\x12\x14\n\x0cjob_envelope\x18\x01 \x01(\x0c\x12\x19\n\x11\x63ontract_envelope\x18\x02 \x01(\x0c\x12\x17\n\x0frevocation_list\x18\x03 \x01(\x0c\"(\n\nAdmitReply\x12\x1a\n\x12\x61\x64mission_envelope\x18\x01 \x01(\x0c\"k\n\x0bQueryHeader\x12\x14\n\x0cjob_envelope\x18\x01 \x01(\x0c\x12\x19\n\x11\x63ontract_envelope\x18\x02 \x01(\x0c\x12\x17\n\x0fhe_context_size\x18\x03 \x01(\x04\x12\x12\n\nadmissions\x18\x04 \x03(\x0c\"^\n\x0cQueryRequest\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x18.fedtrust.v1.QueryHeaderH\x00\x12\x1a\n\x10he_context_chunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"A\n\x07Release\x12\x1c\n\x14\x61ttestation_envelope\x18\x01 \x01(\x0c\x12\x18\n\x10\x63iphertext_sizes\x18\x02 \x03(\x04\"Y\n\nQueryReply\x12\x1a\n\x10\x63iphertext_chunk\x18\x01 \x01(\x0cH\x00\x12\'\n\x07release\x18\x02 \x01(\x0b\x32\x14.fedtrust.v1.ReleaseH\x00\x42\x06\n\x04part\"h\n\x0bTrainHeader\x12\x14\n\x0cjob_envelope\x18\x01 \x01(\x0c\x12\x19\n\x11\x63ontract_envelope\x18\x02 \x01(\x0c\x12\x14\n\x0cmessage_size\x18\x03 \x01(\x04\x12\x12\n\nadmissions\x18\x04 \x03(\x0c\"[\n\x0cTrainRequest\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x18.fedtrust.v1.TrainHeaderH\x00\x12\x17\n\rmessage_chunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"k\n\x0cRoundRelease\x12\r\n\x05phase\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\r\x12\x15\n\rglobal_digest\x18\x03 \x01(\t\x12\x13\n\x0bvector_size\x18\x04 \x01(\x04\x12\x11\n\tsignature\x18\x05 \x01(\x0c\"Z\n\nTrainReply\x12\x16\n\x0cvector_chunk\x18\x01 \x01(\x0cH\x00\x12,\n\x07release\x18\x02 \x01(\x0b\x32\x19.fedtrust.v1.RoundReleaseH\x00\x42\x06\n\x04part\"v\n\x0cSignedVector\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x12\n\njob_digest\x18\x02 \x01(\t\x12\r\n\x05phase\x18\x03 \x01(\t\x12\r\n\x05round\x18\x04 \x01(\r\x12\x11\n\tsignature\x18\x05 \x01(\x0c\x12\x13\n\x0bvector_size\x18\x06 \x01(\x04\"\x8a\x01\n\rForwardHeader\x12\x14\n\x0cjob_envelope\x18\x01 \x01(\x0c\x12\x19\n\x11\x63ontract_envelope\x18\x02 \x01(\x0c\x12\r\n\x05phase\x18\x03 \x01(\t\x12\r\n\x05round\x18\x04 \x01(\r\x12*\n\x07vectors\x18\x05 \x03(\x0b\x32\x19.fedtrust.v1.SignedVector\"^\n\x0e\x46orwardRequest\x12,\n\x06header\x18\x01 \x01(\x0b\x32\x1a.fedtrust.v1.ForwardHeaderH\x00\x12\x16\n\x0cvector_chunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"%\n\x0c\x46orwardReply\x12\x15\n\rglobal_digest\x18\x01 \x01(\t\"@\n\rFinishRequest\x12\x14\n\x0cjob_envelope\x18\x01 \x01(\x0c\x12\x19\n\x11\x63ontract_envelope\x18\x02 \x01(\x0c\"+\n\x0b\x46inishReply\x12\x1c\n\x14\x61ttestation_envelope\x18\x01 \x01(\x0c\x32\xe9\x02\n\x0bNodeService\x12>\n\x08\x41\x64mitJob\x12\x19.fedtrust.v1.AdmitRequest\x1a\x17.fedtrust.v1.AdmitReply\x12\x42\n\x08RunQuery\x12\x19.fedtrust.v1.QueryRequest\x1a\x17.fedtrust.v1.QueryReply(\x01\x30\x01\x12\x44\n\nTrainRound\x12\x19.fedtrust.v1.TrainRequest\x1a\x17.fedtrust.v1.TrainReply(\x01\x30\x01\x12H\n\x0c\x46orwardRound\x12\x1b.fedtrust.v1.ForwardRequest\x1a\x19.fedtrust.v1.ForwardReply(\x01\x12\x46\n\x0e\x46inishTraining\x12\x1a.fedtrust.v1.FinishRequest\x1a\x18.fedtrust.v1.FinishReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,37 +32,37 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'fedtrust.v1.node_pb2', _glo
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_ADMITREQUEST']._serialized_start=39
-  _globals['_ADMITREQUEST']._serialized_end=102
-  _globals['_ADMITREPLY']._serialized_start=104
-  _globals['_ADMITREPLY']._serialized_end=144
-  _globals['_QUERYHEADER']._serialized_start=146
-  _globals['_QUERYHEADER']._serialized_end=253
-  _globals['_QUERYREQUEST']._serialized_start=255
-  _globals['_QUERYREQUEST']._serialized_end=349
-  _globals['_RELEASE']._serialized_start=351
-  _globals['_RELEASE']._serialized_end=416
-  _globals['_QUERYREPLY']._serialized_start=418
-  _globals['_QUERYREPLY']._serialized_end=507
-  _globals['_TRAINHEADER']._serialized_start=509
-  _globals['_TRAINHEADER']._serialized_end=613
-  _globals['_TRAINREQUEST']._serialized_start=615
-  _globals['_TRAINREQUEST']._serialized_end=706
-  _globals['_ROUNDRELEASE']._serialized_start=708
-  _globals['_ROUNDRELEASE']._serialized_end=815
-  _globals['_TRAINREPLY']._serialized_start=817
-  _globals['_TRAINREPLY']._serialized_end=907
-  _globals['_SIGNEDVECTOR']._serialized_start=909
-  _globals['_SIGNEDVECTOR']._serialized_end=1027
-  _globals['_FORWARDHEADER']._serialized_start=1030
-  _globals['_FORWARDHEADER']._serialized_end=1168
-  _globals['_FORWARDREQUEST']._serialized_start=1170
-  _globals['_FORWARDREQUEST']._serialized_end=1264
-  _globals['_FORWARDREPLY']._serialized_start=1266
-  _globals['_FORWARDREPLY']._serialized_end=1303
-  _globals['_FINISHREQUEST']._serialized_start=1305
-  _globals['_FINISHREQUEST']._serialized_end=1369
-  _globals['_FINISHREPLY']._serialized_start=1371
-  _globals['_FINISHREPLY']._serialized_end=1414
-  _globals['_NODESERVICE']._serialized_start=1417
-  _globals['_NODESERVICE']._serialized_end=1778
+  _globals['_ADMITREQUEST']._serialized_end=127
+  _globals['_ADMITREPLY']._serialized_start=129
+  _globals['_ADMITREPLY']._serialized_end=169
+  _globals['_QUERYHEADER']._serialized_start=171
+  _globals['_QUERYHEADER']._serialized_end=278
+  _globals['_QUERYREQUEST']._serialized_start=280
+  _globals['_QUERYREQUEST']._serialized_end=374
+  _globals['_RELEASE']._serialized_start=376
+  _globals['_RELEASE']._serialized_end=441
+  _globals['_QUERYREPLY']._serialized_start=443
+  _globals['_QUERYREPLY']._serialized_end=532
+  _globals['_TRAINHEADER']._serialized_start=534
+  _globals['_TRAINHEADER']._serialized_end=638
+  _globals['_TRAINREQUEST']._serialized_start=640
+  _globals['_TRAINREQUEST']._serialized_end=731
+  _globals['_ROUNDRELEASE']._serialized_start=733
+  _globals['_ROUNDRELEASE']._serialized_end=840
+  _globals['_TRAINREPLY']._serialized_start=842
+  _globals['_TRAINREPLY']._serialized_end=932
+  _globals['_SIGNEDVECTOR']._serialized_start=934
+  _globals['_SIGNEDVECTOR']._serialized_end=1052
+  _globals['_FORWARDHEADER']._serialized_start=1055
+  _globals['_FORWARDHEADER']._serialized_end=1193
+  _globals['_FORWARDREQUEST']._serialized_start=1195
+  _globals['_FORWARDREQUEST']._serialized_end=1289
+  _globals['_FORWARDREPLY']._serialized_start=1291
+  _globals['_FORWARDREPLY']._serialized_end=1328
+  _globals['_FINISHREQUEST']._serialized_start=1330
+  _globals['_FINISHREQUEST']._serialized_end=1394
+  _globals['_FINISHREPLY']._serialized_start=1396
+  _globals['_FINISHREPLY']._serialized_end=1439
+  _globals['_NODESERVICE']._serialized_start=1442
+  _globals['_NODESERVICE']._serialized_end=1803
 # @@protoc_insertion_point(module_scope)

@@ -7,12 +7,14 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class AdmitRequest(_message.Message):
-    __slots__ = ("job_envelope", "contract_envelope")
+    __slots__ = ("job_envelope", "contract_envelope", "revocation_list")
     JOB_ENVELOPE_FIELD_NUMBER: _ClassVar[int]
     CONTRACT_ENVELOPE_FIELD_NUMBER: _ClassVar[int]
+    REVOCATION_LIST_FIELD_NUMBER: _ClassVar[int]
     job_envelope: bytes
     contract_envelope: bytes
-    def __init__(self, job_envelope: _Optional[bytes] = ..., contract_envelope: _Optional[bytes] = ...) -> None: ...
+    revocation_list: bytes
+    def __init__(self, job_envelope: _Optional[bytes] = ..., contract_envelope: _Optional[bytes] = ..., revocation_list: _Optional[bytes] = ...) -> None: ...
 
 class AdmitReply(_message.Message):
     __slots__ = ("admission_envelope",)
