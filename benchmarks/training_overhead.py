@@ -14,13 +14,23 @@ rounds after the first, which also pays for start-up):
     transport, no checks, no masks);
 (c) the fixed per-round overhead with a tiny model (logistic regression on a
     few hundred rows): fedtrust's round minus the direct in-process round
-    (goal: at most 1 s).
+    (goal: at most 1 s);
+(d) what nodes deriving every global themselves costs: the coordinator's
+    strategy loop runs in this process (the real Grid, mTLS to the real node
+    daemons) and times, per round, the whole round and the forwarding step
+    (every participant's signed masked vector to every node, which checks the
+    signatures, adds the n vectors, unmasks and runs the strategy step). The
+    old scheme (coordinator-only aggregation) is the same round without that
+    step; plain aggregation is secure_aggregation = "none" (nodes still
+    derive the global from the forwarded vectors). Bytes: what each node
+    receives per round (the global model) and sends (its vector), and what
+    forwarding adds (n vectors with their signatures).
 
 Ray is not a fedtrust dependency; (b) uses it when it can be imported, e.g.
 after `pip install --target /tmp/raypkgs ray==2.55.1` and `--ray-path /tmp/raypkgs`,
 and says so when it cannot.
 
-    python benchmarks/training_overhead.py [--rows 2000] [--rounds 5] [--ray-path DIR]
+    python benchmarks/training_overhead.py [--rows 2000] [--rounds 5] [--ray-path DIR] [--parts abcd]
 """
 from __future__ import annotations
 
@@ -186,6 +196,61 @@ def mask_cost(length: int, owners: int) -> float:
     return statistics.median(times)
 
 
+def verified_rounds(fed, spec: TrainingSpec) -> dict[str, float]:
+    """(d): median per-round time, forwarding time and bytes, with the coordinator's loop in this process."""
+    from fedtrust.buyer.query import load_contract
+    from fedtrust.coordinator.node_client import admit_on_node
+    from fedtrust.training.grid import FedtrustGrid
+    from fedtrust.training.server_loop import JobArgs, _run
+    from fedtrust.transport.tls import TlsMaterial
+    from fedtrust.trust.dsse import Envelope
+    from fedtrust.trust.jobs import JobSpec, sign_job
+
+    buyer, coord = load_identity(fed.buyer_dir), load_identity(fed.root / "credentials" / "coord")
+    contract, raw = load_contract(buyer, fed.contract_path)
+    job = sign_job(JobSpec.new_training(contract, Envelope.from_json(raw).digest, spec), buyer.signer)
+    tls = TlsMaterial(coord.tls_cert_pem, coord.tls_key_pem, coord.ca_pem)
+    addresses = {n: f"127.0.0.1:{fed.nodes[n].port}" for n in contract.owner_names}
+    admissions = tuple(admit_on_node(n, a, tls, job.to_json(), raw, 60) for n, a in addresses.items())
+    rounds: list[float] = []
+    forwards: list[float] = []
+    sizes = {"message": 0, "vector": 0, "forwarded": 0}
+
+    class TimedGrid(FedtrustGrid):
+        def _round(self, msgs):
+            t0 = time.perf_counter()
+            sent = self._send_round
+
+            def counting(node, data, expected):
+                sizes["message"] = len(data)
+                return sent(node, data, expected)
+
+            self._send_round = counting
+            try:
+                return super()._round(msgs)
+            finally:
+                self._send_round = sent
+                rounds.append(time.perf_counter() - t0)
+
+        def _forward_all(self, phase, rnd, items):
+            t0 = time.perf_counter()
+            super()._forward_all(phase, rnd, items)
+            forwards.append(time.perf_counter() - t0)
+            sizes["vector"] = len(items[0].vector)
+            sizes["forwarded"] = sum(len(i.vector) + len(i.signature) + 200 for i in items)  # ~200 B of claim fields
+
+    class Conn:
+        def send(self, item) -> None: ...
+
+    args = JobArgs(job_id=f"bench-{job.digest[:8]}", job_digest=job.digest, job_bytes=job.to_json(),
+                   contract_bytes=raw, spec=spec.to_dict(), schema=contract.schema.to_dict(),
+                   participants=tuple(contract.owner_names), addresses=addresses,
+                   tls=(coord.tls_cert_pem, coord.tls_key_pem, coord.ca_pem), node_timeout=600, admissions=admissions)
+    _run(Conn(), args, TimedGrid)
+    later = slice(1, None) if len(rounds) > 1 else slice(None)
+    return {"round": statistics.median(rounds[later]), "forward": statistics.median(forwards[later]), **sizes}
+
+
 def show(label: str, base_name: str, base: float, ours: float, goal: str = "") -> None:
     print(f"{label}")
     print(f"  {base_name:<34}: {base * 1000:9.1f} ms per round")
@@ -199,7 +264,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--repeat", type=int, default=2, help="jobs per configuration in (a)")
     ap.add_argument("--ray-path", default=None, help="a folder holding ray (appended to sys.path)")
-    ap.add_argument("--parts", default="abc", help="which comparisons to run: any of a, b, c")
+    ap.add_argument("--parts", default="abcd", help="which comparisons to run: any of a, b, c, d")
     args = ap.parse_args()
     if args.ray_path:
         sys.path.append(args.ray_path)
@@ -237,6 +302,29 @@ def main() -> None:
                              "flwr run_simulation", sim, statistics.median(masked))
                     show("(b') vs the ClientApps called directly in-process", "direct in-process Grid", direct,
                          statistics.median(masked))
+        if "d" in args.parts:
+            fed = build_federation(Path(tmp) / "d", dict.fromkeys(OWNERS, args.rows), training=training)
+            with fed:
+                params = 7 * 1024 + 1024 + 1024 * 1024 + 1024 + 1024 + 1
+                n = len(OWNERS)
+                print(f"\n(d) nodes derive every global themselves: {n} owners × {args.rows:,} rows, MLP 7-1024-1024-1 "
+                      f"({params:,} parameters), {args.rounds} rounds, no evaluation; median of rounds 2..")
+                masked, plain = [], []
+                for _ in range(args.repeat):
+                    masked.append(verified_rounds(fed, spec_for("mlp", args.rounds, "masking", **big)))
+                    plain.append(verified_rounds(fed, spec_for("mlp", args.rounds, "none", **big)))
+                new = statistics.median(m["round"] for m in masked)
+                fwd = statistics.median(m["forward"] for m in masked)
+                old = new - fwd
+                base = statistics.median(p["round"] for p in plain)
+                m = masked[0]
+                show("  vs the old scheme (coordinator-only aggregation: the round without the forwarding step)",
+                     "coordinator-only aggregation", old, new)
+                show('  vs plain aggregation (secure_aggregation = "none")', 'secure_aggregation = "none"', base, new)
+                before = m["message"] + m["vector"]
+                print(f"  bytes per node per round          : {before / 1e6:9.2f} MB before (global model "
+                      f"{m['message'] / 1e6:.2f} MB in, masked vector {m['vector'] / 1e6:.2f} MB out); forwarding "
+                      f"adds {m['forwarded'] / 1e6:.2f} MB in ({n} signed vectors): ×{(before + m['forwarded']) / before:.2f}")
         if "c" in args.parts:
             tiny = build_federation(Path(tmp) / "c", dict.fromkeys(OWNERS, 200), training=training)
             with tiny:
