@@ -140,10 +140,6 @@ def finish(identity: Identity, files: JobFiles, contract: Contract, plan: QueryP
         table = noisy.table
     salt = secrets.token_hex(16)
     columns, rows = list(table.columns), [list(r) for r in table.rows]
-    digest = result_digest(salt, columns, rows)
-    ack = sign_acknowledgement(Acknowledgement(job_digest=verified.job_digest, result_digest=digest,
-                                               acknowledged_at=utc_now()), identity.signer)
-    receipt = ReceiptBundle(bundle.contract, bundle.job, bundle.attestations, bundle.statement, ack)
     result = {
         "columns": columns,
         "rows": rows,
@@ -152,7 +148,6 @@ def finish(identity: Identity, files: JobFiles, contract: Contract, plan: QueryP
         "withheld": table.withheld,
         "epsilon": verified.epsilon_spent,
         "salt": salt,
-        "result_digest": digest,
     }
     if noisy is not None and noise is not None:
         result["dp"] = {
@@ -163,6 +158,11 @@ def finish(identity: Identity, files: JobFiles, contract: Contract, plan: QueryP
             "stderr": [list(r) for r in noisy.stderr],
             "ci95": [[list(c) if c else None for c in r] for r in noisy.ci95],
         }
+    # the acknowledgement covers the whole document delivered, not only its rows
+    digest = result["result_digest"] = result_digest(result)
+    ack = sign_acknowledgement(Acknowledgement(job_digest=verified.job_digest, result_digest=digest,
+                                               acknowledged_at=utc_now()), identity.signer)
+    receipt = ReceiptBundle(bundle.contract, bundle.job, bundle.attestations, bundle.statement, ack)
     files.result.write_text(json.dumps(result, indent=2))
     files.receipt.write_bytes(receipt.to_json())
     return QueryResult(verified.job.job_id, table, result, receipt, verified, noisy)

@@ -132,6 +132,8 @@ def verify(
 def log(
     directory: Path = typer.Argument(..., help="the exchange's directory"),
     job: Optional[str] = typer.Option(None, "--job", help="add the inclusion proof of this job's receipt"),
+    contract: Optional[str] = typer.Option(None, "--contract",
+                                           help="the job's contract digest (job ids are unique per contract)"),
     from_size: Optional[int] = typer.Option(None, "--from-size", help="add a consistency proof from this log size"),
     out: Optional[Path] = typer.Option(None, "--out", help="write the checkpoint and proofs as JSON here"),
     note: Optional[Path] = typer.Option(None, "--note", help="write the bare checkpoint (C2SP signed note) here"),
@@ -147,7 +149,7 @@ def log(
     size = len(entries)
     doc: dict = {"checkpoint": lg.checkpoint(ex.signer, ex.origin, size), "verifier_key": ex.verifier_key}
     if job:
-        doc["inclusion"] = lg.inclusion_for_job(job, size).to_dict()
+        doc["inclusion"] = lg.inclusion_for_job(job, size, contract).to_dict()
     if from_size is not None:
         doc["consistency"] = lg.consistency(from_size, size).to_dict()
     if note:

@@ -62,10 +62,11 @@ LOG_SCHEMA = """
 CREATE TABLE IF NOT EXISTS log_leaves (
     idx INTEGER PRIMARY KEY CHECK (idx >= 0),
     leaf_hash BLOB NOT NULL CHECK (length(leaf_hash) = 32),
-    job_id TEXT NOT NULL UNIQUE,
+    job_id TEXT NOT NULL,
     contract_digest TEXT NOT NULL,
     bundle_digest TEXT NOT NULL,
-    appended_at TEXT NOT NULL
+    appended_at TEXT NOT NULL,
+    UNIQUE (contract_digest, job_id)
 );
 CREATE INDEX IF NOT EXISTS log_leaves_contract ON log_leaves (contract_digest, idx);
 CREATE TRIGGER IF NOT EXISTS log_leaves_no_update BEFORE UPDATE ON log_leaves
@@ -209,8 +210,9 @@ class ReceiptLog:
         if not con.in_transaction:
             raise InvalidInput("ReceiptLog.append must run inside the caller's db.write() transaction")
         h = receipt_leaf_hash(job_id, contract_digest, bundle_digest)
-        if con.execute("SELECT 1 FROM log_leaves WHERE job_id = ?", (job_id,)).fetchone() is not None:
-            raise ReplayError(f"job {job_id} is already in the receipt log; a job settles once")
+        if con.execute("SELECT 1 FROM log_leaves WHERE contract_digest = ? AND job_id = ?",
+                       (contract_digest, job_id)).fetchone() is not None:
+            raise ReplayError(f"job {job_id} of this contract is already in the receipt log; a job settles once")
         (index,) = con.execute("SELECT COUNT(*) FROM log_leaves").fetchone()
         con.execute(
             "INSERT INTO log_leaves (idx, leaf_hash, job_id, contract_digest, bundle_digest, appended_at)"
@@ -265,14 +267,16 @@ class ReceiptLog:
             raise VerificationError(f"the receipt log has {len(entries)} entries below index {n}; rows were removed")
         return entries
 
-    def entry_for_job(self, job_id: str) -> LogEntry:
-        row = self.db.read().execute(
-            "SELECT idx, leaf_hash, job_id, contract_digest, bundle_digest, appended_at FROM log_leaves"
-            " WHERE job_id = ?", (job_id,),
-        ).fetchone()
-        if row is None:
+    def entry_for_job(self, job_id: str, contract_digest: str | None = None) -> LogEntry:
+        """The entry of job `job_id` (of `contract_digest`: job ids are unique per contract only)."""
+        sql = ("SELECT idx, leaf_hash, job_id, contract_digest, bundle_digest, appended_at FROM log_leaves"
+               " WHERE job_id = ?" + (" AND contract_digest = ?" if contract_digest else "") + " LIMIT 2")
+        rows = self.db.read().execute(sql, (job_id, contract_digest) if contract_digest else (job_id,)).fetchall()
+        if not rows:
             raise NotFound(f"job {job_id} is not in the receipt log; verify its receipt with `fedtrust exchange verify`")
-        return self._entry(row)
+        if len(rows) > 1:
+            raise InvalidInput(f"job id {job_id} is in the log under several contracts; name the contract's digest too")
+        return self._entry(rows[0])
 
     def leaf_hashes(self, size: int | None = None) -> list[bytes]:
         return [e.leaf_hash for e in self.entries(size)]
@@ -289,8 +293,8 @@ class ReceiptLog:
         path = merkle.inclusion_proof(index, len(hashes), hashes)
         return InclusionProof(index, len(hashes), hashes[index], tuple(path), merkle.root_hash(hashes))
 
-    def inclusion_for_job(self, job_id: str, size: int | None = None) -> InclusionProof:
-        return self.inclusion(self.entry_for_job(job_id).index, size)
+    def inclusion_for_job(self, job_id: str, size: int | None = None, contract_digest: str | None = None) -> InclusionProof:
+        return self.inclusion(self.entry_for_job(job_id, contract_digest).index, size)
 
     def consistency(self, old: int, new: int | None = None) -> ConsistencyProof:
         """Proof that the log of `old` leaves is a prefix of the log of `new` leaves (the current log by default)."""

@@ -11,7 +11,7 @@ the worker thread, never in the accept loop), every failure is a JSON
 
 Reads need no client certificate: `GET /revocations` (the signed revocation
 list, dated now), `GET /checkpoint` (the receipt log's latest C2SP signed
-checkpoint), `GET /proofs/inclusion?job=ID` and `GET /proofs/consistency?from=N`.
+checkpoint), `GET /proofs/inclusion?job=ID[&contract=DIGEST]` and `GET /proofs/consistency?from=N`.
 Writes need a certificate from this exchange's CA: `POST /receipts` accepts a
 receipt bundle from a party of its job (buyer, coordinator or an owner),
 verifies it and records it in the log exactly as `fedtrust exchange verify`.
@@ -103,7 +103,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(200, json.dumps(svc.checkpoint()).encode())
         elif url.path == "/proofs/inclusion" and q.get("job"):
             lg = svc.exchange.store.log
-            self._send(200, json.dumps(lg.inclusion_for_job(q["job"][0], lg.size()).to_dict()).encode())
+            contract = q.get("contract", [None])[0]
+            self._send(200, json.dumps(lg.inclusion_for_job(q["job"][0], lg.size(), contract).to_dict()).encode())
         elif url.path == "/proofs/consistency" and q.get("from", [""])[0].isdigit():
             lg = svc.exchange.store.log
             self._send(200, json.dumps(lg.consistency(int(q["from"][0]), lg.size()).to_dict()).encode())

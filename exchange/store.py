@@ -77,12 +77,13 @@ CREATE TABLE IF NOT EXISTS contract_products (
     PRIMARY KEY (contract_digest, product_digest)
 );
 CREATE TABLE IF NOT EXISTS receipts (
-    job_id TEXT PRIMARY KEY,
+    job_id TEXT NOT NULL,
     nonce TEXT NOT NULL UNIQUE,
     contract_digest TEXT NOT NULL REFERENCES contracts (digest),
     bundle_digest TEXT NOT NULL UNIQUE,
     bundle BLOB NOT NULL,
-    recorded_at TEXT NOT NULL
+    recorded_at TEXT NOT NULL,
+    PRIMARY KEY (contract_digest, job_id)
 );
 CREATE TABLE IF NOT EXISTS chain (
     node TEXT NOT NULL,
@@ -91,8 +92,9 @@ CREATE TABLE IF NOT EXISTS chain (
     attestation_digest TEXT NOT NULL UNIQUE,
     prev TEXT NOT NULL,
     cumulative_epsilon TEXT NOT NULL,
-    job_id TEXT NOT NULL REFERENCES receipts (job_id),
-    PRIMARY KEY (node, contract_digest, seq)
+    job_id TEXT NOT NULL,
+    PRIMARY KEY (node, contract_digest, seq),
+    FOREIGN KEY (contract_digest, job_id) REFERENCES receipts (contract_digest, job_id)
 );
 """
 
@@ -271,9 +273,9 @@ class ExchangeStore:
             if con.execute("SELECT 1 FROM contracts WHERE digest = ?", (contract_digest,)).fetchone() is None:
                 raise NotFound("receipt is for a contract this exchange did not issue")
             dup = con.execute(
-                "SELECT job_id = ? AS same_job, nonce = ? AS same_nonce FROM receipts"
-                " WHERE job_id = ? OR nonce = ? OR bundle_digest = ? LIMIT 1",
-                (job_id, nonce, job_id, nonce, bundle_digest),
+                "SELECT job_id = ? AND contract_digest = ? AS same_job, nonce = ? AS same_nonce FROM receipts"
+                " WHERE (job_id = ? AND contract_digest = ?) OR nonce = ? OR bundle_digest = ? LIMIT 1",
+                (job_id, contract_digest, nonce, job_id, contract_digest, nonce, bundle_digest),
             ).fetchone()
             if dup is not None:
                 what = "job id" if dup["same_job"] else "nonce" if dup["same_nonce"] else "receipt bundle"
@@ -298,21 +300,22 @@ class ExchangeStore:
             self.log.append(con, job_id, contract_digest, bundle_digest)
         return ReceiptRecord(job_id, nonce, contract_digest, bundle_digest, bytes(bundle_json), now)
 
-    def _receipt(self, where: str, value: str) -> ReceiptRecord | None:
+    def _receipt(self, where: str, *values: str) -> ReceiptRecord | None:
         row = self.db.read().execute(
-            f"SELECT job_id, nonce, contract_digest, bundle_digest, bundle, recorded_at FROM receipts WHERE {where} = ?",
-            (value,),
+            f"SELECT job_id, nonce, contract_digest, bundle_digest, bundle, recorded_at FROM receipts WHERE {where}",
+            values,
         ).fetchone()
         if row is None:
             return None
         return ReceiptRecord(row["job_id"], row["nonce"], row["contract_digest"], row["bundle_digest"],
                              bytes(row["bundle"]), row["recorded_at"])
 
-    def receipt_for_job(self, job_id: str) -> ReceiptRecord | None:
-        return self._receipt("job_id", job_id)
+    def receipt_for_job(self, contract_digest: str, job_id: str) -> ReceiptRecord | None:
+        """The receipt of job `job_id` under the contract (job ids are the buyer's, unique per contract)."""
+        return self._receipt("contract_digest = ? AND job_id = ?", contract_digest, job_id)
 
     def receipt_for_nonce(self, nonce: str) -> ReceiptRecord | None:
-        return self._receipt("nonce", nonce)
+        return self._receipt("nonce = ?", nonce)
 
     def chain_entries(self, node: str, contract_digest: str) -> list[ChainRow]:
         """Recorded chain entries of `node` under the contract, by sequence number."""

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 
-from fedtrust.errors import ConfigError, ReplayError, VerificationError
+from fedtrust.errors import ConfigError, InvalidInput, ReplayError, VerificationError
 from fedtrust.exchange.issuer import load_exchange
 from fedtrust.trust.receipts import GENESIS, ReceiptBundle, ledger_entry_digest, result_digest
 from fedtrust.trust.canonical import sha256_hex
@@ -57,7 +57,7 @@ def verify_receipt(exchange_dir: str | Path, bundle: ReceiptBundle, result: dict
     if result is not None:
         _check_result(v, result)
     bundle_digest = sha256_hex(bundle.to_json())
-    prior = ex.store.receipt_for_job(v.job.job_id) or ex.store.receipt_for_nonce(v.job.nonce)
+    prior = ex.store.receipt_for_job(v.contract_digest, v.job.job_id) or ex.store.receipt_for_nonce(v.job.nonce)
     if prior is not None:
         if prior.bundle_digest != bundle_digest:
             raise ReplayError(
@@ -87,9 +87,10 @@ def _check_result(v: VerifiedReceipt, result: dict | bytes) -> None:
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise ConfigError("the result file is not JSON; pass the result.json `fedtrust query` wrote") from None
     try:
-        digest = result_digest(result["salt"], result["columns"], result["rows"])
-    except (KeyError, TypeError):
-        raise VerificationError("the result file lacks salt, columns or rows; pass the result.json `fedtrust query` wrote") from None
+        digest = result_digest(result)
+    except (InvalidInput, TypeError, ValueError):
+        raise VerificationError("the result file is not a result document with its salt; pass the result.json "
+                                "`fedtrust query` wrote") from None
     if digest != v.acknowledgement.result_digest:
         raise VerificationError("the result does not match the digest the buyer acknowledged in the receipt")
 

@@ -79,9 +79,11 @@ def test_receipt_verifies_at_the_exchange_once(federation, tmp_path):
     assert verify_receipt_file(federation.exchange_dir, receipt).already_recorded
     # a result other than the delivered one does not match the acknowledgement
     forged = dict(res.result, rows=[[r[0], r[1] + 1, r[2]] for r in res.result["rows"]])
-    result.write_text(json.dumps(forged))
-    with pytest.raises(VerificationError, match="does not match the digest the buyer acknowledged"):
-        verify_receipt_file(federation.exchange_dir, receipt, result)
+    # not only the rows: any field of the delivered document (here, how many contributions were withheld)
+    for forged in (forged, dict(res.result, withheld=res.result["withheld"] + 1)):
+        result.write_text(json.dumps(forged))
+        with pytest.raises(VerificationError, match="does not match the digest the buyer acknowledged"):
+            verify_receipt_file(federation.exchange_dir, receipt, result)
 
 
 def test_the_exchange_refuses_a_statement_that_names_other_outputs_than_the_nodes_signed(federation, tmp_path):

@@ -10,7 +10,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from fedtrust.errors import ConfigError, NotFound, ReplayError, VerificationError
+from fedtrust.errors import ConfigError, InvalidInput, NotFound, ReplayError, VerificationError
 from fedtrust.demo.federation import enroll
 from fedtrust.exchange import issuer
 from fedtrust.trust import pki
@@ -325,8 +325,8 @@ def test_record_receipt_is_atomic_and_refuses_replays(ex, tmp_path):
     a1, a2, b1 = sha256_hex(b"a1"), sha256_hex(b"a2"), sha256_hex(b"b1")
     rows = [("node-a", digest, 1, a1, "0" * 64, "0.100000"), ("node-b", digest, 1, b1, "0" * 64, "0.100000")]
     rec = store.record_receipt("job-1", "n" * 64, digest, sha256_hex(b"bundle1"), b"{}", rows)
-    assert store.receipt_for_job("job-1") == rec == store.receipt_for_nonce("n" * 64)
-    assert store.receipt_for_job("job-x") is None
+    assert store.receipt_for_job(digest, "job-1") == rec == store.receipt_for_nonce("n" * 64)
+    assert store.receipt_for_job(digest, "job-x") is None
     with pytest.raises(ReplayError, match="this job id is already recorded"):
         store.record_receipt("job-1", "m" * 64, digest, sha256_hex(b"bundle2"), b"{}", [])
     with pytest.raises(ReplayError, match="this nonce is already recorded"):
@@ -334,7 +334,7 @@ def test_record_receipt_is_atomic_and_refuses_replays(ex, tmp_path):
     double = [("node-a", digest, 2, a2, a1, "0.200000"), ("node-b", digest, 1, sha256_hex(b"b1'"), "0" * 64, "0.1")]
     with pytest.raises(ReplayError, match="chain position 1 of node node-b .* already recorded"):
         store.record_receipt("job-2", "m" * 64, digest, sha256_hex(b"bundle2"), b"{}", double)
-    assert store.receipt_for_job("job-2") is None  # rolled back as a whole
+    assert store.receipt_for_job(digest, "job-2") is None  # rolled back as a whole
     assert [r.seq for r in store.chain_entries("node-a", digest)] == [1]
     with pytest.raises(NotFound, match="contract this exchange did not issue"):
         store.record_receipt("job-3", "o" * 64, "f" * 64, sha256_hex(b"bundle3"), b"{}", [])
@@ -342,6 +342,14 @@ def test_record_receipt_is_atomic_and_refuses_replays(ex, tmp_path):
     entries = store.chain_entries("node-a", digest)
     assert [(e.seq, e.prev, e.cumulative_epsilon, e.job_id) for e in entries] == [
         (1, "0" * 64, "0.100000", "job-1"), (2, a1, "0.200000", "job-2")]
+    # job ids are the buyer's and unique per contract: the same id under another contract is another job
+    _contract(ex, tmp_path, out_path=tmp_path / "other.json")
+    other = Envelope.from_json((tmp_path / "other.json").read_bytes()).digest
+    rec2 = store.record_receipt("job-1", "p" * 64, other, sha256_hex(b"bundle4"), b"{}", [])
+    assert store.receipt_for_job(other, "job-1") == rec2 != store.receipt_for_job(digest, "job-1")
+    with pytest.raises(InvalidInput, match="under several contracts"):
+        store.log.entry_for_job("job-1")
+    assert store.log.entry_for_job("job-1", other).index == 2
 
 
 # --------------------------------------------------------------------------

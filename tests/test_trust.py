@@ -35,6 +35,7 @@ from fedtrust.trust.verify import check_relayed, verify_bundle
 
 NOT_VERIFY = r"signature by ed25519:[0-9a-f]{64} does not verify"
 D = "ab" * 32  # a well-formed digest
+RESULT = {"columns": ["n"], "rows": [[3]], "salt": "salt", "withheld": 0}
 
 
 # --------------------------------------------------------------------------
@@ -78,7 +79,7 @@ class World:
             relayed=tuple(RelayedOutputs(n, self.att_envs[n].digest, (D, D)) for n in ("node-a", "node-b")))
         self.statement_env = sign_coordinator_statement(self.statement, self.signers["coord-1"])
         self.ack_env = sign_acknowledgement(
-            Acknowledgement(self.job_env.digest, result_digest("salt", ["n"], [[3]]), utc_now()), self.signers["buyer-1"]
+            Acknowledgement(self.job_env.digest, result_digest(RESULT), utc_now()), self.signers["buyer-1"]
         )
 
     def _subject(self, role: str, name: str) -> None:
@@ -460,7 +461,7 @@ def test_job_and_receipt_round_trip(w):
     st_ = verify_statement_of_coordinator(w.statement_env, w.contract, job_digest=w.job_env.digest)
     assert st_.attestations == tuple(w.att_envs[n].digest for n in ("node-a", "node-b"))
     ack = verify_acknowledgement(w.ack_env, w.contract, job_digest=w.job_env.digest)
-    assert ack.result_digest == result_digest("salt", ("n",), ((3,),))
+    assert ack.result_digest == result_digest(dict(RESULT, result_digest="ignored"))
     bundle = ReceiptBundle(w.contract_env, w.job_env, tuple(w.att_envs.values()), w.statement_env, w.ack_env)
     assert ReceiptBundle.from_json(bundle.to_json()) == bundle
     assert ReceiptBundle.from_json(replace(bundle, acknowledgement=None).to_json()).acknowledgement is None
@@ -695,10 +696,16 @@ def test_chain_entries():
         next_chain_entry(first, None, "0.100000")
 
 
-def test_result_digest_is_canonical():
-    a = result_digest("s", ["g", "n"], [["north", 3], ["south", 2**60]])
-    assert a == result_digest("s", ("g", "n"), (("north", 3), ("south", str(2**60))))
-    assert a != result_digest("t", ["g", "n"], [["north", 3], ["south", 2**60]])
+def test_result_digest_covers_the_whole_delivered_document():
+    doc = {"columns": ["g", "n"], "rows": [["north", 3], ["south", 2**60]], "salt": "s", "withheld": 1,
+           "epsilon": {"a": "0.5"}, "dp": {"stderr": [[None, 1.5]]}}
+    a = result_digest(doc)
+    assert a == result_digest(json.loads(json.dumps(dict(doc, result_digest=a))))  # as read back from the file
+    assert a == result_digest(dict(doc, rows=[["north", 3], ["south", str(2**60)]]))
+    for change in [dict(salt="t"), dict(withheld=0), dict(dp={"stderr": [[None, 1.25]]}), dict(extra=1)]:
+        assert result_digest(dict(doc, **change)) != a  # not only the rows: every delivered field counts
+    with pytest.raises(InvalidInput, match="salt"):
+        result_digest({"rows": []})
 
 
 def test_parties_sign_the_same_contract_envelope(w):
@@ -758,3 +765,38 @@ def test_revocation_holder_moves_forward_only_and_enforces_freshness(w, tmp_path
     other = verify_contract(w.make_contract(), w.exchange.public_key)
     with pytest.raises(PolicyViolation, match="party fedtrust://node/node-b of this contract was revoked"):
         again.check("0" * 64, other)
+
+
+def _bundle_under(w, rules, **att_changes) -> ReceiptBundle:
+    """A full receipt under a contract with `rules`; every attestation with `att_changes`."""
+    cenv = w.make_contract(rules=rules)
+    contract = verify_contract(cenv, w.exchange.public_key)
+    jenv = sign_job(JobSpec.new(contract, cenv.digest, "SELECT COUNT(*) FROM claims", HeParams(context_digest=D)),
+                    w.signers["buyer-1"])
+    atts = {n: sign_attestation(replace(w.attestation(n), job_digest=jenv.digest, contract_digest=cenv.digest,
+                                        **att_changes), w.signers[n]) for n in ("node-a", "node-b")}
+    st = sign_coordinator_statement(replace(
+        w.statement, job_digest=jenv.digest, contract_digest=cenv.digest,
+        attestations=tuple(atts[n].digest for n in ("node-a", "node-b")),
+        relayed=tuple(RelayedOutputs(n, atts[n].digest, (D, D)) for n in ("node-a", "node-b"))), w.signers["coord-1"])
+    return ReceiptBundle(cenv, jenv, tuple(atts.values()), st, None)
+
+
+def test_verification_checks_each_spend_against_the_contracts_privacy_rules(w):
+    from fedtrust.trust.rules import PrivacyRules
+
+    q = QueryRules(("COUNT",), (), (), (), 1, 10)
+    dp = Rules(q, 30, privacy=PrivacyRules(Decimal("1"), Decimal("1e-6"), Decimal("0.4")))
+    ok = dict(dp=True, epsilon="0.400000", chain=ChainEntry(2, D, "0.800000"))
+    verify_bundle(_bundle_under(w, dp, **ok), w.exchange.public_key)
+    cases = [
+        (dp, dict(ok, epsilon="0.100000"), r"states ε=0.100000, δ=0.000000 for a query; .* set ε=0.400000"),
+        (dp, dict(ok, dp=False), "differential privacy was off"),
+        (dp, dict(ok, delta="0.000100"), "δ=0 per query"),
+        (dp, dict(ok, chain=ChainEntry(3, D, "1.200000")), "cumulative ε to 1.200000, over the contract's total"),
+        (Rules(q, 30), dict(dp=True), "differential-privacy spend under a contract without"),
+        (Rules(q, 30), dict(epsilon="0.100000", chain=ChainEntry(1, GENESIS, "0.100000")), "without \\[privacy\\]"),
+    ]
+    for rules, changes, message in cases:
+        with pytest.raises(VerificationError, match=message):
+            verify_bundle(_bundle_under(w, rules, **changes), w.exchange.public_key)

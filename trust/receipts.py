@@ -16,10 +16,12 @@ sums agree everywhere (`fmt_eps`).
 """
 from __future__ import annotations
 
+import json
+import math
 import re
 from dataclasses import dataclass
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from fedtrust.errors import InvalidInput, VerificationError
 from fedtrust.trust.canonical import Fields, canonical, sha256_hex
@@ -76,13 +78,31 @@ def _json_value(v: Any) -> Any:
     return v
 
 
-def result_digest(salt: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """sha256 of canonical {"salt", "columns", "rows"}; Decimals and ints beyond 2^53 count as strings."""
-    return sha256_hex(canonical({
-        "salt": salt,
-        "columns": list(columns),
-        "rows": [[_json_value(v) for v in row] for row in rows],
-    }))
+def result_digest(document: Mapping[str, Any]) -> str:
+    """sha256 of the canonical result document the buyer received, every field but `result_digest` itself.
+
+    The whole document counts (columns, rows, withheld, ε, DP noise and
+    error bars, SQL, job id, the buyer's random salt), so no part of what
+    was delivered can be swapped after the acknowledgement. Values are taken
+    as they read back from JSON; Decimals, ints beyond 2^53 and non-finite
+    floats count as strings.
+    """
+    if not isinstance(document, Mapping) or not isinstance(document.get("salt"), str):
+        raise InvalidInput("a result document is a JSON object with the buyer's random `salt`")
+    body = {k: v for k, v in document.items() if k != "result_digest"}
+    return sha256_hex(canonical(_plain(json.loads(json.dumps(body, default=_json_value)))))
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {str(k): _plain(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_plain(x) for x in v]
+    if isinstance(v, float) and not math.isfinite(v):
+        return repr(v)
+    if isinstance(v, int) and not isinstance(v, bool) and abs(v) >= 2**53:
+        return str(v)
+    return v
 
 
 def ledger_entry_digest(node: str, contract_digest: str, job_digest: str, epsilon: str, delta: str,

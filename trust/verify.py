@@ -41,6 +41,7 @@ from fedtrust.trust.receipts import (
     Attestation,
     CoordinatorStatement,
     ReceiptBundle,
+    fmt_eps,
     metrics_digest,
     verify_acknowledgement,
     verify_attestation,
@@ -103,7 +104,7 @@ def verify_bundle(
             raise VerificationError(f"attestation of node {att.node} names a product other than its holding in the contract")
         if att.data_commitment != holding.product.commitment:
             raise VerificationError(f"attestation of node {att.node} names a data commitment other than the listed one")
-        _check_spend(contract, att)
+        _check_spend(contract, att, job.kind)
 
     statement = verify_statement_of_coordinator(bundle.statement, contract)
     if statement.job_digest != job_digest or statement.contract_digest != contract_digest:
@@ -250,9 +251,31 @@ def _check_rules(contract: Contract, job: JobSpec) -> None:
             raise VerificationError(f"the job's SQL breaks the contract's rules: {e}") from None
 
 
-def _check_spend(contract: Contract, att: Attestation) -> None:
-    eps = Decimal(att.epsilon)
-    if eps < 0 or Decimal(att.delta) < 0 or Decimal(att.chain.cumulative_epsilon) < eps:
+def _check_spend(contract: Contract, att: Attestation, kind: str) -> None:
+    """The stated spend is possible and is what the contract's [privacy] rules make a node spend on this job."""
+    eps, delta, cumulative = Decimal(att.epsilon), Decimal(att.delta), Decimal(att.chain.cumulative_epsilon)
+    if eps < 0 or delta < 0 or cumulative < eps:
         raise VerificationError(f"attestation of node {att.node} states an impossible privacy spend")
     if att.chain.seq < 1:
         raise VerificationError(f"attestation of node {att.node} has chain position {att.chain.seq}; positions start at 1")
+    privacy = contract.rules.privacy
+    if privacy is None:
+        if att.dp or eps != 0:
+            raise VerificationError(f"attestation of node {att.node} states a differential-privacy spend under a "
+                                    "contract without [privacy]; the contract sells exact aggregates")
+        return
+    if not att.dp:
+        raise VerificationError(f"attestation of node {att.node} says differential privacy was off, but the "
+                                "contract's [privacy] rules require it for every job")
+    if kind == "query" and (eps != privacy.epsilon_per_query or delta != 0):
+        raise VerificationError(
+            f"attestation of node {att.node} states ε={att.epsilon}, δ={att.delta} for a query; the contract's "
+            f"[privacy] rules set ε={fmt_eps(privacy.epsilon_per_query)}, δ=0 per query")
+    if kind == "train" and (privacy.training_epsilon is None or eps > privacy.training_epsilon
+                            or delta > (privacy.training_delta or privacy.delta)):
+        raise VerificationError(f"attestation of node {att.node} states a training spend (ε={att.epsilon}, "
+                                f"δ={att.delta}) the contract's [privacy] rules do not allow")
+    if cumulative > privacy.epsilon_total:
+        raise VerificationError(
+            f"attestation of node {att.node} brings its cumulative ε to {att.chain.cumulative_epsilon}, over the "
+            f"contract's total ε={fmt_eps(privacy.epsilon_total)} (a node overspent its budget)")
