@@ -20,13 +20,17 @@ def init(
     origin: Optional[str] = typer.Option(
         None, "--origin", help="name of its receipt log in checkpoints, e.g. exchange.example.org/log "
         "(default: derived from its key; unique per exchange)"),
+    as_json: bool = typer.Option(False, "--json", help="print what was done as JSON"),
 ) -> None:
     """Create the exchange CA (ECDSA P-256), its signing key (Ed25519), its log origin and its SQLite registry."""
     from fedtrust.exchange.issuer import init_exchange
 
     ex = init_exchange(directory, origin)
+    if as_json:
+        print_json({"directory": str(directory), "origin": ex.origin, "verifier_key": ex.verifier_key})
+        return
     console.print(f"exchange initialised in {directory}; receipt log origin {ex.origin}", highlight=False)
-    console.print(f"checkpoint verifier key: {ex.verifier_key}", highlight=False)
+    console.print(f"checkpoint verifier key: {ex.verifier_key}", highlight=False, soft_wrap=True)
 
 
 @app.command("register")
@@ -34,11 +38,15 @@ def register(
     directory: Path = typer.Argument(..., help="the exchange's directory"),
     request: Path = typer.Option(..., "--request", help="request.json written by `fedtrust keygen`"),
     out: Path = typer.Option(..., "--out", help="directory for the issued public files (credential, certificate)"),
+    as_json: bool = typer.Option(False, "--json", help="print what was done as JSON"),
 ) -> None:
     """Certify a subject from its signed request: credential.json, tls.crt, ca.crt, exchange.pub (no private key)."""
     from fedtrust.exchange.issuer import register as do_register
 
     cred = do_register(directory, request, out)
+    if as_json:
+        print_json({"uri": cred.uri, "role": cred.role, "name": cred.name, "credentials": str(out)})
+        return
     console.print(f"registered {cred.uri}; credential in {out}", highlight=False)
 
 
@@ -47,12 +55,16 @@ def renew(
     directory: Path = typer.Argument(..., help="the exchange's directory"),
     request: Path = typer.Option(..., "--request", help="a new request.json from `fedtrust keygen` for the same name"),
     out: Path = typer.Option(..., "--out", help="directory for the reissued public files"),
+    as_json: bool = typer.Option(False, "--json", help="print what was done as JSON"),
 ) -> None:
     """Reissue a registered subject's credential (new keys and/or addresses); the old one stays valid until it
     expires or is revoked."""
     from fedtrust.exchange.issuer import renew as do_renew
 
     cred = do_renew(directory, request, out)
+    if as_json:
+        print_json({"uri": cred.uri, "role": cred.role, "name": cred.name, "credentials": str(out)})
+        return
     console.print(f"renewed {cred.uri}; credential in {out}", highlight=False)
 
 
@@ -65,11 +77,18 @@ def list_product(
     commitment: str = typer.Option(..., "--commitment", help="output of `fedtrust node digest DATAFILE`"),
     out: Path = typer.Option(..., "--out", help="product credential to write"),
     min_rows: Optional[int] = typer.Option(None, "--min-rows", help="public lower bound on the row count (DP training plans from it)"),
+    as_json: bool = typer.Option(False, "--json", help="print what was done as JSON"),
 ) -> None:
     """List a dataset as a product (signed schema and data commitment)."""
     from fedtrust.exchange.issuer import list_product as do_list
 
     product = do_list(directory, owner, dataset, schema, commitment, out, min_rows)
+    if as_json:
+        from fedtrust.trust.dsse import Envelope
+
+        print_json({"digest": Envelope.from_json(out.read_bytes()).digest, "owner": product.owner,
+                    "dataset": product.dataset, "file": str(out)})
+        return
     console.print(f"listed {product.dataset!r} of {product.owner} ({len(product.schema.columns)} columns) → {out}")
 
 
@@ -89,6 +108,7 @@ def contract(
     revocation_max_age_h: Optional[int] = typer.Option(
         None, "--revocation-max-age-h", min=1,
         help="nodes refuse this contract's jobs while their newest revocation list is older than N hours"),
+    as_json: bool = typer.Option(False, "--json", help="print what was done as JSON"),
 ) -> None:
     """Issue a contract (signed by the exchange): buyer, coordinator, products, purpose, term and the rules every
     node enforces. The buyer and every owner then sign it with `fedtrust contract sign`."""
@@ -103,9 +123,16 @@ def contract(
             "repeated or differencing queries can still reveal individuals. Add \\[privacy] with epsilon_total, "
             "delta and epsilon_per_query for differential privacy."
         )
-    console.print(f"contract {c.contract_id} for {c.buyer.name} over {len(c.owners)} owners, valid {c.valid_from} to "
-                  f"{c.valid_until} → {out}; next: the buyer and every owner run `fedtrust contract sign {out} "
-                  "--credentials DIR`", highlight=False)
+    from fedtrust.exchange.lookup import contract_summary
+    from fedtrust.trust.dsse import Envelope
+
+    digest = Envelope.from_json(out.read_bytes()).digest  # the contract's one identifier, everywhere
+    if as_json:
+        print_json({**contract_summary(c, digest), "file": str(out)})
+        return
+    console.print(f"contract {digest} for {c.buyer.name} over {len(c.owners)} owners, price {c.price}, valid "
+                  f"{c.valid_from} to {c.valid_until} → {out}; next: the buyer and every owner run "
+                  f"`fedtrust contract sign {out} --credentials DIR`", highlight=False, soft_wrap=True)
 
 
 @app.command("verify")
@@ -159,8 +186,9 @@ def log(
     if as_json:
         print_json(doc)
         return
-    console.print(f"receipt log {ex.origin}: {size} entries, root {lg.root(size).hex()}", highlight=False)
-    console.print(f"verifier key: {ex.verifier_key}", highlight=False)
+    console.print(f"receipt log {ex.origin}: {size} entries, root {lg.root(size).hex()}", highlight=False,
+                  soft_wrap=True)
+    console.print(f"verifier key: {ex.verifier_key}", highlight=False, soft_wrap=True)
     if entries:
         t = Table(title=f"last {min(last, size)} entries", title_justify="left")
         for c in ("index", "job", "contract", "appended"):
@@ -203,7 +231,7 @@ def settle(
         print(env.to_json().decode())
         return
     p = json.loads(env.payload)["predicate"]
-    console.print(f"settlement of contract {digest}", highlight=False)
+    console.print(f"settlement of contract {digest}", highlight=False, soft_wrap=True)  # digests stay whole
     console.print(f"buyer {escape(c.buyer.name)} pays {p['price']} for {p['count']} verified job(s) "
                   f"(log {escape(ex.origin)} at size {p['log_size']})", highlight=False)
     t = Table(title_justify="left")
@@ -235,14 +263,78 @@ def serve(
 @app.command("revoke")
 def revoke(
     directory: Path = typer.Argument(..., help="the exchange's directory"),
-    contract: Optional[str] = typer.Option(None, "--contract", help="digest of the contract to revoke"),
+    contract: Optional[str] = typer.Option(None, "--contract",
+                                           help="the contract to revoke: its digest, a unique prefix, or its file"),
     subject: Optional[str] = typer.Option(None, "--subject", help="subject to revoke, e.g. fedtrust://node/bank-a"),
     reason: str = typer.Option(..., "--reason", help="why (kept in the exchange's records)"),
+    as_json: bool = typer.Option(False, "--json", help="print what was revoked as JSON"),
 ) -> None:
     """Revoke a contract or a subject: added to the signed, sequence-numbered revocation list nodes fetch."""
     from fedtrust.exchange.issuer import load_exchange, revoke as do_revoke
+    from fedtrust.exchange.lookup import resolve_contract
 
+    if contract is not None:
+        contract = resolve_contract(load_exchange(directory).store, contract)
     r = do_revoke(directory, contract=contract, subject=subject, reason=reason)
     seq = len(load_exchange(directory).store.revocations())
+    if as_json:
+        print_json({"kind": r.kind, "target": r.target, "revocation_list": seq})
+        return
     console.print(f"revoked {r.kind} {r.target} (revocation list #{seq}); nodes refuse it from their next refresh",
                   highlight=False)
+
+
+def _listing(rows: list[dict], columns: list[tuple[str, str]], as_json: bool, title: str) -> None:
+    if as_json:
+        print_json(rows)
+        return
+    t = Table(title=f"{title} ({len(rows)})", title_justify="left")
+    for _, header in columns:
+        t.add_column(header)
+    for r in rows:
+        t.add_row(*(escape(", ".join(v) if isinstance(v, list) else "" if v is None else str(v))
+                    for v in (r[k] for k, _ in columns)))
+    console.print(t)
+
+
+@app.command("subjects")
+def subjects(
+    directory: Path = typer.Argument(..., help="the exchange's directory"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """The registered subjects: role, name, address, when their credential was issued."""
+    from fedtrust.exchange.issuer import load_exchange
+    from fedtrust.exchange.lookup import subjects as list_subjects
+
+    _listing(list_subjects(load_exchange(directory).store),
+             [("role", "role"), ("name", "name"), ("address", "address"), ("issued_at", "issued")], as_json,
+             "subjects")
+
+
+@app.command("products")
+def products(
+    directory: Path = typer.Argument(..., help="the exchange's directory"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """The listed products: digest, owner, dataset, columns, data commitment."""
+    from fedtrust.exchange.issuer import load_exchange
+    from fedtrust.exchange.lookup import products as list_products
+
+    rows = list_products(load_exchange(directory).store)
+    _listing(rows if as_json else [{**r, "digest": r["digest"][:16] + "…"} for r in rows],
+             [("digest", "digest"), ("owner", "owner"), ("dataset", "dataset"), ("columns", "columns")], as_json,
+             "products")
+
+
+@app.command("contracts")
+def contracts(
+    directory: Path = typer.Argument(..., help="the exchange's directory"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """The issued contracts by digest (the identifier every command takes; a unique prefix will do)."""
+    from fedtrust.exchange.issuer import load_exchange
+    from fedtrust.exchange.lookup import contracts as list_contracts
+
+    _listing(list_contracts(load_exchange(directory).store),
+             [("digest", "digest"), ("buyer", "buyer"), ("coordinator", "coordinator"), ("owners", "owners"),
+              ("price", "price"), ("valid_until", "valid until")], as_json, "contracts")

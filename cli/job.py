@@ -10,7 +10,7 @@ from rich.markup import escape
 
 from fedtrust.buyer.jobdir import open_job
 from fedtrust.cli.output import console, print_json
-from fedtrust.cli.query import show_result
+from fedtrust.cli.query import check_format, show_result
 from fedtrust.trust.credentials import load_identity
 
 app = typer.Typer(help="Follow jobs and fetch their results again.", no_args_is_help=True)
@@ -19,8 +19,10 @@ app = typer.Typer(help="Follow jobs and fetch their results again.", no_args_is_
 @app.command("status")
 def status(
     job_id: str = typer.Argument(...),
-    credentials: Path = typer.Option(..., "--credentials", help="the buyer's credentials directory"),
-    coordinator: Optional[str] = typer.Option(None, "--coordinator", help="HOST:PORT (default: where it was submitted)"),
+    credentials: Path = typer.Option(..., "--credentials", envvar="FEDTRUST_CREDENTIALS",
+                                     help="the buyer's credentials directory"),
+    coordinator: Optional[str] = typer.Option(None, "--coordinator", envvar="FEDTRUST_COORDINATOR",
+                                              help="HOST:PORT (default: where it was submitted)"),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Show a job's state at the coordinator (running, succeeded, failed with the reason)."""
@@ -45,11 +47,14 @@ def status(
 @app.command("result")
 def result(
     job_id: str = typer.Argument(...),
-    credentials: Path = typer.Option(..., "--credentials", help="the buyer's credentials directory"),
-    coordinator: Optional[str] = typer.Option(None, "--coordinator", help="HOST:PORT (default: where it was submitted)"),
+    credentials: Path = typer.Option(..., "--credentials", envvar="FEDTRUST_CREDENTIALS",
+                                     help="the buyer's credentials directory"),
+    coordinator: Optional[str] = typer.Option(None, "--coordinator", envvar="FEDTRUST_COORDINATOR",
+                                              help="HOST:PORT (default: where it was submitted)"),
     out: Optional[Path] = typer.Option(None, "--out", help="write the result here (JSON)"),
     receipt: Optional[Path] = typer.Option(None, "--receipt", help="write the receipt bundle here"),
     as_json: bool = typer.Option(False, "--json"),
+    fmt: str = typer.Option("table", "--format", help="a query's result as table, json or csv"),
 ) -> None:
     """Fetch a finished job's result again and verify its receipt: a query's aggregate (decrypted with the job's
     stored key) or a training job's model (--out model.safetensors)."""
@@ -72,4 +77,5 @@ def result(
             console.print(metrics_table(res.metrics, f"job {res.job_id}: aggregate metrics over all owners"))
             console.print(f"model sha256 {res.model_digest}" + (f", written to {out}" if out else ""))
         return
-    show_result(fetch_again(identity, credentials, job_id, coordinator), out, receipt, as_json)
+    fmt = check_format(fmt, as_json)
+    show_result(fetch_again(identity, credentials, job_id, coordinator), out, receipt, as_json, fmt)

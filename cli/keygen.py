@@ -15,10 +15,16 @@ def keygen(
     address: List[str] = typer.Option([], "--address",
                                       help="HOST:PORT where the daemon listens (nodes: required; repeatable)"),
     out: Path = typer.Option(..., "--out", help="new directory for the keys (0700, keys 0600) and request.json"),
+    as_json: bool = typer.Option(False, "--json", help="print {uri, directory, request} as JSON"),
 ) -> None:
     """Create this subject's private keys and `request.json` (public keys, signed: proof of possession)."""
     from fedtrust.trust.keygen import REQUEST, keygen as do_keygen
 
     req = do_keygen(role, name, address, out)
+    if as_json:
+        from fedtrust.cli.output import print_json
+
+        print_json({"uri": req.uri, "directory": str(out), "request": str(out / REQUEST)})
+        return
     console.print(f"keys for {req.uri} in {out}; send {out / REQUEST} to the exchange "
                   f"(`fedtrust exchange register EXCHANGE --request {out / REQUEST} --out DIR`)", highlight=False)

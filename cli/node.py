@@ -23,23 +23,36 @@ def serve(config: Path = typer.Option(..., "--config", help="NODE.toml")) -> Non
 
 
 @app.command("digest")
-def digest(path: Path = typer.Argument(..., exists=True, help="a CSV or Parquet file, or a ClientApp's package directory")) -> None:
+def digest(
+    path: Path = typer.Argument(..., exists=True, help="a CSV or Parquet file, or a ClientApp's package directory"),
+    as_json: bool = typer.Option(False, "--json", help="print {path, kind, digest, note} as JSON"),
+) -> None:
     """Print a data file's commitment (sha256 of the file) to list it as a product, or the digest of a ClientApp
     package directory (every file in it) to approve it under [[clientapps]]."""
     if path.is_dir():
         from fedtrust.training.apps import app_digest
 
-        print(app_digest(path))
+        _print_digest(path, "clientapp", app_digest(path), None, as_json)
         return
     from fedtrust.node.executor import encoding_problem, file_digest
 
-    print(file_digest(path))
+    problem = None
     if path.suffix.lower() in (".csv", ".tsv", ".txt"):
         problem = encoding_problem(path)  # the commitment is of the bytes as they are; the node must decode them
-        if problem:
-            from fedtrust.cli.output import err_console
+    _print_digest(path, "data", file_digest(path), problem, as_json)
 
-            err_console.print(f"[yellow]note:[/] {problem}", highlight=False)
+
+def _print_digest(path: Path, kind: str, digest: str, note: str | None, as_json: bool) -> None:
+    if as_json:
+        from fedtrust.cli.output import print_json
+
+        print_json({"path": str(path), "kind": kind, "digest": digest, "note": note})
+        return
+    print(digest)
+    if note:
+        from fedtrust.cli.output import err_console
+
+        err_console.print(f"[yellow]note:[/] {note}", highlight=False)
 
 
 @app.command("budget")

@@ -11,14 +11,31 @@ from fedtrust.cli.output import console, err_console, job_progress, print_json, 
 from fedtrust.trust.credentials import load_identity
 
 
-def show_result(res, out: Optional[Path], receipt: Optional[Path], as_json: bool) -> None:
-    """Write result.json / receipt.json where asked and print the table (or JSON)."""
+FORMATS = ("table", "json", "csv")
+
+
+def check_format(fmt: str, as_json: bool) -> str:
+    if fmt not in FORMATS:
+        raise typer.BadParameter(f"use one of {', '.join(FORMATS)}", param_hint="--format")
+    return "json" if as_json else fmt
+
+
+def show_result(res, out: Optional[Path], receipt: Optional[Path], as_json: bool, fmt: str = "table") -> None:
+    """Write result.json / receipt.json where asked and print the table (or JSON, or CSV: header and rows)."""
     if out:
         out.write_text(json.dumps(res.result, indent=2))
     if receipt:
         receipt.write_bytes(res.receipt.to_json())
-    if as_json:
+    if as_json or fmt == "json":
         print_json(res.result)
+        return
+    if fmt == "csv":
+        import csv
+        import sys
+
+        w = csv.writer(sys.stdout, lineterminator="\n")
+        w.writerow(res.result["columns"])
+        w.writerows(res.result["rows"])
         return
     ci = res.noisy.ci95 if res.noisy is not None else None
     console.print(result_table(res.table.columns, res.table.rows, title=f"job {res.job_id}", ci95=ci))
@@ -42,17 +59,21 @@ def show_result(res, out: Optional[Path], receipt: Optional[Path], as_json: bool
 
 def query(
     sql: str = typer.Argument(..., help="SELECT … FROM <dataset> [WHERE …] [GROUP BY …]"),
-    credentials: Path = typer.Option(..., "--credentials", help="the buyer's credentials directory"),
-    contract: Path = typer.Option(..., "--contract", help="the contract issued by the exchange"),
-    coordinator: str = typer.Option(..., "--coordinator", help="HOST:PORT of the contract's coordinator"),
+    credentials: Path = typer.Option(..., "--credentials", envvar="FEDTRUST_CREDENTIALS",
+                                     help="the buyer's credentials directory"),
+    contract: Path = typer.Option(..., "--contract", envvar="FEDTRUST_CONTRACT", help="the contract file"),
+    coordinator: str = typer.Option(..., "--coordinator", envvar="FEDTRUST_COORDINATOR",
+                                    help="HOST:PORT of the contract's coordinator"),
     out: Optional[Path] = typer.Option(None, "--out", help="write the result here (JSON)"),
     receipt: Optional[Path] = typer.Option(None, "--receipt", help="write the receipt bundle here"),
     as_json: bool = typer.Option(False, "--json", help="print the result as JSON on stdout"),
+    fmt: str = typer.Option("table", "--format", help="how to print the result: table, json or csv (header, rows)"),
     timeout: float = typer.Option(600.0, "--timeout", help="seconds to wait for the job"),
 ) -> None:
     """Run a secure aggregate query: nodes release masked, encrypted aggregates; only you decrypt their sum."""
     from fedtrust.buyer.query import submit_query
 
+    fmt = check_format(fmt, as_json)
     identity = load_identity(credentials)
     with job_progress() as bar:
         task = bar.add_task("query", total=None, stage="submitting")
@@ -63,4 +84,4 @@ def query(
         res = submit_query(identity, credentials, contract, coordinator, sql, progress, timeout)
         bar.update(task, stage="decrypted")
     err_console.print(f"job {res.job_id} done")
-    show_result(res, out, receipt, as_json)
+    show_result(res, out, receipt, as_json, fmt)

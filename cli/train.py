@@ -28,9 +28,11 @@ def metrics_table(metrics, title: str) -> Table:
 
 def train(
     job: Path = typer.Argument(..., help="job.toml with a [job] table (model, features, label, strategy, rounds, ...)"),
-    credentials: Path = typer.Option(..., "--credentials", help="the buyer's credentials directory"),
-    contract: Path = typer.Option(..., "--contract", help="the contract issued by the exchange"),
-    coordinator: str = typer.Option(..., "--coordinator", help="HOST:PORT of the contract's coordinator"),
+    credentials: Path = typer.Option(..., "--credentials", envvar="FEDTRUST_CREDENTIALS",
+                                     help="the buyer's credentials directory"),
+    contract: Path = typer.Option(..., "--contract", envvar="FEDTRUST_CONTRACT", help="the contract file"),
+    coordinator: str = typer.Option(..., "--coordinator", envvar="FEDTRUST_COORDINATOR",
+                                    help="HOST:PORT of the contract's coordinator"),
     out: Path = typer.Option(Path("model.safetensors"), "--out", help="write the trained model here (safetensors)"),
     receipt: Optional[Path] = typer.Option(None, "--receipt", help="write the receipt bundle here"),
     as_json: bool = typer.Option(False, "--json", help="print a summary as JSON on stdout"),

@@ -42,7 +42,7 @@ def test_readme_walkthrough(tmp_path: Path):
     ex = tmp_path / "exchange"
     run("exchange", "init", ex)
     again = run("exchange", "init", ex, ok=False)
-    assert again.returncode == 1 and "already" in again.stderr
+    assert again.returncode == 3 and "already" in again.stderr  # 3: a configuration error
     def enroll(role, name, *address):
         """The party makes its keys; the exchange certifies its request and writes public files back."""
         keys = tmp_path / "creds" / name
@@ -73,13 +73,13 @@ def test_readme_walkthrough(tmp_path: Path):
     base = ["exchange", "contract", ex, "--buyer", "analyst", "--coordinator", "coord", "--product",
             tmp_path / "bank-a.json", "--rules", tmp_path / "rules.toml", "--out", tmp_path / "c1.json"]
     one = run(*base, "--purpose", "x", ok=False)
-    assert one.returncode == 1 and "two" in one.stderr
+    assert one.returncode == 3 and "two" in one.stderr  # 3: a configuration error
     base[7:7] = ["--product", tmp_path / "bank-b.json"]
     for bad, words in [(["--purpose", " "], "needs --purpose"),
                        (["--purpose", "x", "--valid-until", "next tuesday"], "--valid-until 'next tuesday' is not a date"),
                        (["--purpose", "x", "--valid-from", "2030-01-02", "--valid-until", "2030-01-01"], "before it starts")]:
         r = run(*base, *bad, ok=False)
-        assert r.returncode == 1 and words in r.stderr and "Traceback" not in r.stderr, r.stderr
+        assert r.returncode == 3 and words in r.stderr and "Traceback" not in r.stderr, r.stderr
     show = json.loads(run("contract", "show", tmp_path / "contract.json", "--credentials", tmp_path / "creds" / "analyst",
                           "--json").stdout)
     assert show["purpose"] == "regional income statistics" and show["signatures"]["exchange"] is True
@@ -128,7 +128,7 @@ def test_readme_walkthrough(tmp_path: Path):
         assert bad.returncode != 0 and "Traceback" not in bad.stderr
         bad = run("query", "--credentials", tmp_path / "creds" / "analyst", "--contract", tmp_path / "contract.json",
                   "--coordinator", f"127.0.0.1:{cport}", "SELECT COUNT(*) FROM loans LIMIT 1", ok=False)
-        assert bad.returncode == 1 and "LIMIT" in bad.stderr and "Traceback" not in bad.stderr
+        assert bad.returncode == 6 and "LIMIT" in bad.stderr and "Traceback" not in bad.stderr
     finally:
         for p in procs:
             p.send_signal(signal.SIGTERM)

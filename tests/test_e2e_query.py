@@ -151,6 +151,21 @@ def test_cli_query_status_result_and_verify(federation, tmp_path):
                        capture_output=True, text=True, env=env, timeout=60)
     assert p.returncode == 0, p.stderr
     assert json.loads(p.stdout)["rows"] == saved["rows"]
+    # FEDTRUST_CREDENTIALS / _CONTRACT / _COORDINATOR instead of repeating the flags; results as CSV
+    buyer_env = dict(env, FEDTRUST_CREDENTIALS=str(federation.buyer_dir), FEDTRUST_CONTRACT=str(federation.contract_path),
+                     FEDTRUST_COORDINATOR=federation.coordinator_address)
+    p = subprocess.run(cmd + ["job", "result", job_id, "--format", "csv"], capture_output=True, text=True,
+                       env=buyer_env, timeout=60)
+    assert p.returncode == 0, p.stderr
+    import csv
+    import io
+
+    table = list(csv.reader(io.StringIO(p.stdout)))
+    assert table[0] == saved["columns"] and [r[0] for r in table[1:]] == [str(r[0]) for r in saved["rows"]]
+    p = subprocess.run(cmd + ["query", "--format", "csv", "SELECT COUNT(*) AS n FROM loans"], capture_output=True,
+                       text=True, env=buyer_env, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.splitlines()[0] == "n" and int(p.stdout.splitlines()[1]) > 0
     p = subprocess.run(cmd + ["exchange", "verify", str(federation.exchange_dir), str(receipt), "--result", str(out)],
                        capture_output=True, text=True, env=env, timeout=60)
     assert p.returncode == 0, p.stderr
@@ -159,5 +174,5 @@ def test_cli_query_status_result_and_verify(federation, tmp_path):
     p = subprocess.run(cmd + ["query", "--credentials", str(federation.buyer_dir), "--contract",
                               str(federation.contract_path), "--coordinator", federation.coordinator_address,
                               "SELECT * FROM loans"], capture_output=True, text=True, env=env, timeout=60)
-    assert p.returncode == 1
+    assert p.returncode == 6  # the exit status of a policy refusal
     assert "Traceback" not in p.stderr and "SELECT *" in p.stderr
