@@ -87,6 +87,8 @@ ACCURACY_KEYS = {"train": ("accuracy", "train_acc", "train_accuracy"),
                  "evaluate": ("accuracy", "eval_acc", "eval_accuracy")}
 NO_LOSS_WARNING = ("ClientApp {app} replied to training rounds without a `loss` (or `train_loss`) metric; the "
                    "aggregate training loss counts this node as 0")
+#: training jobs whose derived global models a node holds at once (in memory)
+MAX_DERIVATIONS = 16
 #: a round's Flower message: the global model (float32, at most MAX_PARAMETERS) plus framing
 MAX_MESSAGE_BYTES = 4 * MAX_PARAMETERS + (1 << 20)
 
@@ -274,8 +276,9 @@ class TrainingRuntime:
                 self._derivations.move_to_end(checked.job_digest)
                 return found
         if self.store.released(checked.job_digest):
-            raise JobFailed("this node restarted during the job and no longer holds the global models it derived "
-                            "from the signed vectors; the job cannot continue, submit a new one")
+            raise JobFailed(f"this node no longer holds the global models it derived for the job (it restarted during "
+                            f"the job, or more than {MAX_DERIVATIONS} training jobs ran at once); the job cannot "
+                            "continue, submit a new one")
         spec = checked.job.training
         assert spec is not None
         init = initial_arrays(spec, plan.preprocessor.width, plan.preprocessor.outputs, initial_seed(checked.job_digest))
@@ -283,7 +286,7 @@ class TrainingRuntime:
             raise InvalidInput("the job's initial model does not match its architecture")
         with self._lock:
             found = self._derivations.setdefault(checked.job_digest, (threading.Lock(), Derivation.start(spec, init)))
-            while len(self._derivations) > 16:
+            while len(self._derivations) > MAX_DERIVATIONS:
                 self._derivations.popitem(last=False)
         return found
 
@@ -515,8 +518,11 @@ class TrainingRuntime:
             model_digest=model, metrics_digest=metrics,
         )
         try:
-            return store.attach_attestation(checked.contract_digest, job.job_id,
-                                            sign_attestation(att, self.node.identity.signer)).attestation
+            attested = store.attach_attestation(checked.contract_digest, job.job_id,
+                                                sign_attestation(att, self.node.identity.signer)).attestation
+            with self._lock:  # the job is over: free its derived models (retries get the stored attestation)
+                self._derivations.pop(checked.job_digest, None)
+            return attested
         except ReplayError:  # a concurrent retry attested first
             again = store.lookup(checked.contract_digest, job.job_id, job.nonce, checked.job_digest)
             if again is None:

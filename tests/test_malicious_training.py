@@ -164,3 +164,28 @@ def test_the_buyer_refuses_a_model_other_than_the_one_every_node_attested(efed, 
     model.write_bytes(outcome.model)
     with pytest.raises(VerificationError, match="delivered model is not the one node bank-a computed"):
         verify_receipt_file(efed.exchange_dir, receipt, model)
+
+
+def test_the_buyer_refuses_round_metrics_other_than_the_ones_every_node_attested(efed, monkeypatch):
+    """The coordinator re-signs its statement with a better accuracy than the nodes computed."""
+    from dataclasses import replace
+
+    from fedtrust.trust.receipts import sign_coordinator_statement, verify_statement_of_coordinator
+
+    training = efed.coordinator.servicer.training
+    seal = training._seal
+
+    def flatter(contract, contract_env, job, job_env, outcome):
+        honest = ReceiptBundle.from_json(seal(contract, contract_env, job, job_env, outcome))
+        st = verify_statement_of_coordinator(honest.statement, contract)
+        first = replace(st.training.metrics[0], train_accuracy="0.999999")
+        forged = replace(st, training=replace(st.training, metrics=(first, *st.training.metrics[1:])))
+        statement = sign_coordinator_statement(forged, training.rt.identity.signer)
+        return ReceiptBundle(honest.contract, honest.job, honest.attestations, statement, None).to_json()
+
+    monkeypatch.setattr(training, "_seal", flatter)
+    with pytest.raises(VerificationError, match="reports other round metrics than node bank-a computed and attested"):
+        submit_training(identity(efed, "analyst"), efed.buyer_dir, efed.contract_path, efed.coordinator_address,
+                        make_spec(rounds=1))
+    newest = max((efed.buyer_dir / "jobs").iterdir(), key=lambda p: p.stat().st_mtime)
+    assert not (newest / "receipt.json").exists()
