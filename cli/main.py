@@ -26,7 +26,7 @@ from fedtrust.errors import Error
 #: exit status per error kind (`fedtrust.errors.Error.kind`); any other failure exits 1
 EXIT_CODES = {
     "usage": 2, "config": 3, "invalid-input": 4, "verification": 5, "policy": 6, "budget": 7, "replay": 8,
-    "not-found": 9, "unreachable": 10, "job-failed": 11,
+    "not-found": 9, "unreachable": 10, "job-failed": 11, "overloaded": 12,
 }
 
 app = typer.Typer(
@@ -75,7 +75,7 @@ def _report(kind: str, message: str, as_json: bool) -> int:
     if as_json:
         print(json.dumps({"error": {"kind": kind, "message": message}}))
     else:
-        err_console.print(f"[bold red]error[/] ({kind}): {escape(message)}", highlight=False)
+        err_console.print(f"[bold red]error[/] ({kind}): {escape(message)}", highlight=False, soft_wrap=True)  # one line, never wrapped
     return EXIT_CODES.get(kind, 1)
 
 

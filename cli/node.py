@@ -1,4 +1,4 @@
-"""`fedtrust node …`: run a node daemon; print a data file's commitment."""
+"""`fedtrust node …`: run a node daemon, check it, back up its ledger, ask its status; print a data file's commitment."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -68,7 +68,7 @@ def budget(
     from fedtrust.node.store import NodeStore
 
     cfg = load_node_config(config)
-    budgets = NodeStore(cfg.state).budgets(last)
+    budgets = NodeStore(cfg.state, cfg.watermark).budgets(last)
     if as_json:
         print_json([{
             "contract_digest": b.contract_digest, "jobs": b.jobs, "queries": b.queries,
@@ -107,7 +107,7 @@ def job_log(
     from fedtrust.node.store import NodeStore
 
     cfg = load_node_config(config)
-    records = NodeStore(cfg.state).jobs.jobs(contract.lower() if contract else None)
+    records = NodeStore(cfg.state, cfg.watermark).jobs.jobs(contract.lower() if contract else None)
     if as_json:
         print_json([r.to_dict() for r in records])
         return
@@ -135,6 +135,67 @@ def withdraw(
     from fedtrust.node.store import NodeStore
 
     cfg = load_node_config(config)
-    at = NodeStore(cfg.state).jobs.withdraw(contract_digest, reason)
+    at = NodeStore(cfg.state, cfg.watermark).jobs.withdraw(contract_digest, reason)
     console.print(f"node {cfg.name} withdrew from contract {contract_digest.strip().lower()[:16]}… at {at}; "
                   "it refuses every further job under it", highlight=False)
+
+
+@app.command("status")
+def status(
+    config: Path = typer.Option(..., "--config", help="NODE.toml"),
+    address: str = typer.Option(None, "--address", help="HOST:PORT (default: from listen in the config)"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Health (standard gRPC health check) and, with metrics_listen, jobs, refusals and ε per contract."""
+    from fedtrust.cli.status import daemon_status, print_status
+
+    cfg = load_node_config(config)
+    st = daemon_status("node", cfg.name, cfg.listen, cfg.credentials, cfg.server.metrics_listen, address)
+    print_status(st, as_json)
+    if st["health"] != "SERVING":
+        raise typer.Exit(1)
+
+
+@app.command("check")
+def check(
+    config: Path = typer.Option(..., "--config", help="NODE.toml"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Validate the config, credentials, key file modes, products, data and ledger without serving.
+
+    Per column: rows that are NULL, outside the public bounds (clipped) or outside the public domain —
+    counts only — and each file's data commitment."""
+    from rich.table import Table
+
+    from fedtrust.cli.output import print_json
+    from fedtrust.node.check import check_node
+
+    report = check_node(load_node_config(config))
+    if as_json:
+        print_json(report)
+        return
+    console.print(f"node {report['node']}: config, credentials and key files OK; ledger "
+                  f"{report['ledger']}", highlight=False)
+    for d in report["datasets"]:
+        t = Table(title=f"{d['dataset']} ({d['path']}): commitment {d['commitment']} matches the product",
+                  title_justify="left")
+        for c in ("column", "type", "rows", "NULL", "clipped to bounds", "outside domain"):
+            t.add_column(c)
+        for c in d["columns"]:
+            t.add_row(c["column"], c["type"], str(c["rows"]), str(c["nulls"]), str(c["clipped"]),
+                      str(c["outside_domain"]))
+        console.print(t)
+
+
+@app.command("backup")
+def backup(
+    config: Path = typer.Option(..., "--config", help="NODE.toml"),
+    out: Path = typer.Option(..., "--out", help="new file for the copy of the ledger and audit log"),
+) -> None:
+    """Copy the node's ledger and audit log while it serves (SQLite online backup). Restoring it cannot refund
+    budget: a node refuses a ledger older than the newest release it attested (its watermark file)."""
+    from fedtrust.node.store import NodeStore
+
+    cfg = load_node_config(config)
+    NodeStore(cfg.state, cfg.watermark).backup(out)
+    console.print(f"ledger of node {cfg.name} backed up to {out}", highlight=False)

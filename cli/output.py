@@ -51,13 +51,32 @@ def job_progress() -> Progress:
 
 
 def serve_until_stopped(daemon, banner: str) -> None:
-    """Start a daemon, print its banner (with the bound port), serve until SIGTERM or Ctrl-C."""
-    import signal
+    """Start a daemon, print its banner (with the bound port), serve until SIGTERM or Ctrl-C, then drain.
 
+    The signal handlers only set flags; the main thread does the stopping, so a second SIGTERM while the
+    first drain runs cannot re-enter `stop` (a daemon once hung that way). SIGHUP is ignored with a log
+    line: the daemon does not reload its config while serving (restart it; SIGTERM drains).
+    """
+    import logging
+    import signal
+    import threading
+
+    log = logging.getLogger("fedtrust.daemon")
+    stop, hup = threading.Event(), threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGHUP, lambda *_: hup.set())
     port = daemon.start()
     console.print(banner.format(port=port))
-    signal.signal(signal.SIGTERM, lambda *_: daemon.stop(5))
     try:
-        daemon.wait()
+        while not stop.wait(0.2):
+            if hup.is_set():
+                hup.clear()
+                log.warning("SIGHUP ignored: %s %s does not reload its config while serving; restart it to apply "
+                            "changes (SIGTERM drains jobs in flight first)", daemon.role, daemon.name)
     except KeyboardInterrupt:
-        daemon.stop(5)
+        pass
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the drain below runs once, whatever arrives now
+    err_console.print(f"{daemon.role} {daemon.name} stopping: no new jobs; jobs in flight have "
+                      f"{daemon.settings.drain_s:g} s to finish", highlight=False)
+    daemon.stop(daemon.settings.drain_s)
+    err_console.print(f"{daemon.role} {daemon.name} stopped", highlight=False)

@@ -1,18 +1,28 @@
-"""Daemon configuration files (NODE.toml, COORD.toml) as frozen dataclasses.
+"""Daemon configuration files (NODE.toml, COORD.toml) as frozen dataclasses, read strictly.
 
 Relative paths in a config file are resolved against the file's own folder,
-so a workspace can be moved as a whole.
+so a workspace can be moved as a whole. Every table declares its keys, their
+types and ranges: an unknown key (`node_timeout = 5` for `node_timeout_s`), a
+wrong type (`node_timeout_s = "5"`) or an out-of-range value (`0`) is a
+one-line ConfigError naming the file, the table and the key — a typo never
+silently falls back to a default.
 """
 from __future__ import annotations
 
 import codecs
+import os
 import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from fedtrust.errors import ConfigError
+
+__all__ = [
+    "DatasetConfig", "ClientAppConfig", "ServerSettings", "NodeConfig", "CoordinatorConfig", "read_toml",
+    "load_node_config", "load_coordinator_config", "check_private_files",
+]
 
 
 @dataclass(frozen=True)
@@ -34,13 +44,24 @@ class ClientAppConfig:
 
 
 @dataclass(frozen=True)
+class ServerSettings:
+    """What both daemons share: thread pool, per-peer limits, stream deadlines, metrics, shutdown, clocks."""
+
+    max_workers: int = 64  # RPC threads
+    max_calls_per_peer: int = 8  # concurrent calls one certificate may hold open
+    stream_idle_s: float = 30.0  # a caller must send the header and each chunk within this
+    metrics_listen: str | None = None  # HOST:PORT of the Prometheus /metrics endpoint (plain HTTP); None: off
+    drain_s: float = 30.0  # on SIGTERM: how long in-flight calls may take to finish
+    clock_skew_s: float = 300.0  # how far apart machines' clocks may be in validity checks
+
+
+@dataclass(frozen=True)
 class NodeConfig:
     name: str
     listen: str
     credentials: Path
     state: Path
     datasets: tuple[DatasetConfig, ...]
-    max_workers: int = 16
     #: where training runs: "auto" (CUDA when available, else CPU), "cpu", "cuda" or "cuda:N"
     device: str = "auto"
     clientapps: tuple[ClientAppConfig, ...] = ()
@@ -48,6 +69,14 @@ class NodeConfig:
     exchange_url: str | None = None
     #: `[exchange] refresh_s`: how often the revocation list is fetched
     refresh_s: float = 300.0
+    server: ServerSettings = ServerSettings()
+    source: Path | None = None  # the file it was read from
+    #: the ledger's high-water mark file (default `<state>.watermark`, outside the state folder)
+    watermark: Path | None = None
+
+    @property
+    def max_workers(self) -> int:
+        return self.server.max_workers
 
 
 @dataclass(frozen=True)
@@ -57,11 +86,16 @@ class CoordinatorConfig:
     credentials: Path
     state: Path
     node_timeout_s: float = 300.0
-    max_workers: int = 16
     #: node name -> HOST:PORT, overriding the address in the node's credential
     addresses: tuple[tuple[str, str], ...] = ()
     exchange_url: str | None = None
     refresh_s: float = 300.0
+    server: ServerSettings = ServerSettings()
+    source: Path | None = None
+
+    @property
+    def max_workers(self) -> int:
+        return self.server.max_workers
 
 
 def read_toml(path: str | Path, what: str) -> dict[str, Any]:
@@ -75,150 +109,236 @@ def read_toml(path: str | Path, what: str) -> dict[str, Any]:
         raise ConfigError(f"{what} {p} is not valid TOML: {e}") from None
 
 
-def _read(path: str | Path) -> tuple[dict[str, Any], Path]:
-    return read_toml(path, "config file"), Path(path).resolve().parent
+# -- typed keys -------------------------------------------------------------------------------------------
+def _listen(v: str) -> str | None:
+    host, sep, port = v.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        return "must be HOST:PORT, e.g. 127.0.0.1:7101"
+    return None
 
 
-def _table(data: dict[str, Any], key: str, path: str | Path) -> dict[str, Any]:
-    t = data.get(key)
-    if not isinstance(t, dict):
-        raise ConfigError(f"config file {path} has no [{key}] table; add one with name, listen, credentials and state")
-    return t
-
-
-def _get(t: dict[str, Any], key: str, section: str) -> str:
-    v = t.get(key)
-    if not isinstance(v, str) or not v:
-        raise ConfigError(f"[{section}] needs `{key}` (a string)")
-    return v
-
-
-def _path(base: Path, value: str) -> Path:
-    p = Path(value).expanduser()
-    return p if p.is_absolute() else base / p
-
-
-def _check_listen(listen: str, section: str) -> None:
-    host, sep, port = listen.rpartition(":")
-    if not sep or not host or not port.isdigit():
-        raise ConfigError(f"[{section}] listen = {listen!r} must be HOST:PORT, e.g. 127.0.0.1:7101")
-
-
-def _encoding(value: object) -> str:
+def _encoding(v: str) -> str | None:
     try:
-        if not isinstance(value, str):
-            raise LookupError
-        return codecs.lookup(value).name
+        codecs.lookup(v)
+        return None
     except LookupError:
-        raise ConfigError('[[datasets]] encoding must name a text encoding, e.g. "utf-8" (the default), "gb18030" '
-                          'or "latin-1"') from None
+        return 'must name a text encoding, e.g. "utf-8" (the default), "gb18030" or "latin-1"'
 
 
-def _null_values(value: object) -> tuple[str, ...]:
-    if (not isinstance(value, list) or not 0 < len(value) <= 16
-            or not all(isinstance(v, str) and len(v) <= 32 and "\n" not in v for v in value)):
-        raise ConfigError('[[datasets]] null_values must be a list of short strings that mean "missing", '
-                          'e.g. ["", "NA", "NULL"]')
-    return tuple(value)
+def _null_values(v: list) -> str | None:
+    if not 0 < len(v) <= 16 or not all(isinstance(x, str) and len(x) <= 32 and "\n" not in x for x in v):
+        return 'must be a list of short strings that mean "missing", e.g. ["", "NA", "NULL"]'
+    return None
+
+
+def _https_url(v: str) -> str | None:
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(v)
+        ok = parts.scheme == "https" and bool(parts.hostname) and parts.port is not None
+    except ValueError:
+        ok = False
+    return None if ok else "must be https://HOST:PORT (where `fedtrust exchange serve` listens)"
+
+
+def _device(v: str) -> str | None:
+    return None if re.fullmatch(r"auto|cpu|cuda(:[0-9]+)?", v) else 'must be "auto", "cpu", "cuda" or "cuda:N"'
+
+
+@dataclass(frozen=True)
+class Key:
+    kind: type  # str, int or float (a float key also takes an integer)
+    required: bool = False
+    low: float | None = None  # inclusive
+    high: float | None = None  # inclusive
+    positive: bool = False  # strictly > 0
+    check: Callable[[Any], str | None] | None = None
+
+
+_SERVER_KEYS = {
+    "max_workers": Key(int, low=1, high=1024),
+    "max_calls_per_peer": Key(int, low=1, high=1024),
+    "stream_idle_s": Key(float, positive=True, high=3600),
+    "metrics_listen": Key(str, check=_listen),
+    "drain_s": Key(float, low=0, high=3600),
+    "clock_skew_s": Key(float, low=0, high=86400),
+}
+_NODE_KEYS = {
+    "name": Key(str, required=True), "listen": Key(str, required=True, check=_listen),
+    "credentials": Key(str, required=True), "state": Key(str, required=True), "device": Key(str, check=_device),
+    "watermark": Key(str),
+    **_SERVER_KEYS,
+}
+_COORD_KEYS = {
+    "name": Key(str, required=True), "listen": Key(str, required=True, check=_listen),
+    "credentials": Key(str, required=True), "state": Key(str, required=True),
+    "node_timeout_s": Key(float, positive=True, high=86400),
+    **_SERVER_KEYS,
+}
+_EXCHANGE_KEYS = {"url": Key(str, check=_https_url), "refresh_s": Key(float, low=0.1, high=86400)}
+_DATASET_KEYS = {"product": Key(str, required=True), "path": Key(str, required=True),
+                 "encoding": Key(str, check=_encoding), "null_values": Key(list, check=_null_values)}
+_CLIENTAPP_KEYS = {"name": Key(str, required=True), "target": Key(str, required=True),
+                   "digest": Key(str, required=True)}
+
+_TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", list: "a list"}
+
+
+def _describe(v: Any) -> str:
+    if isinstance(v, bool):
+        return "a boolean"
+    if isinstance(v, str):
+        return "a string"
+    if isinstance(v, (int, float)):
+        return "a number"
+    if isinstance(v, dict):
+        return "a table"
+    if isinstance(v, list):
+        return "an array"
+    return type(v).__name__
+
+
+class _Reader:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.data = read_toml(path, "config file")
+        self.base = self.path.resolve().parent
+
+    def fail(self, where: str, key: str | None, problem: str) -> ConfigError:
+        at = f"{where} {key}" if key else where
+        return ConfigError(f"{self.path}: {at} {problem}")
+
+    def top(self, allowed: dict[str, str]) -> None:
+        for k in self.data:
+            if k not in allowed:
+                raise self.fail(f"[{k}]", None, f"is not a known table; known: {', '.join(allowed)}")
+            want = allowed[k]
+            ok = isinstance(self.data[k], dict) if want == "table" else isinstance(self.data[k], list)
+            if not ok:
+                shape = f"[{k}]" if want == "table" else f"[[{k}]]"
+                raise self.fail(f"`{k}`", None, f"must be written as {shape}")
+
+    def table(self, t: Any, where: str, keys: dict[str, Key]) -> dict[str, Any]:
+        if not isinstance(t, dict):
+            raise self.fail(where, None, "must be a table")
+        for k in t:
+            if k not in keys:
+                raise self.fail(where, k, f"is not a known key; known keys: {', '.join(keys)}")
+        out: dict[str, Any] = {}
+        for k, spec in keys.items():
+            if k not in t:
+                if spec.required:
+                    raise self.fail(where, None, f"needs `{k}` ({_TYPE_NAMES[spec.kind]})")
+                continue
+            out[k] = self._value(t[k], where, k, spec)
+        return out
+
+    def _value(self, v: Any, where: str, k: str, spec: Key) -> Any:
+        ok = (isinstance(v, spec.kind) if spec.kind in (str, list)
+              else isinstance(v, int) and not isinstance(v, bool) if spec.kind is int
+              else isinstance(v, (int, float)) and not isinstance(v, bool))
+        if not ok:
+            how = {str: "in quotes", list: "as [...]"}.get(spec.kind, "without quotes")
+            raise self.fail(where, k, f"must be {_TYPE_NAMES[spec.kind]}, not {_describe(v)} ({v!r}); write it {how}")
+        if spec.kind is str and not v:
+            raise self.fail(where, k, "must not be empty")
+        if spec.kind is float:
+            v = float(v)
+            if v != v or v in (float("inf"), float("-inf")):
+                raise self.fail(where, k, "must be a finite number")
+        if spec.positive and v <= 0:
+            raise self.fail(where, k, f"must be greater than 0 (got {v})")
+        if spec.low is not None and v < spec.low or spec.high is not None and v > spec.high:
+            lo = "" if spec.low is None else f"{spec.low:g}"
+            raise self.fail(where, k, f"must be between {lo or '0'} and {spec.high:g} (got {v})")
+        if spec.check is not None:
+            problem = spec.check(v)
+            if problem:
+                raise self.fail(where, k, f"{problem} (got {v!r})")
+        return v
+
+    def path_of(self, value: str) -> Path:
+        p = Path(value).expanduser()
+        return Path(os.path.normpath(p if p.is_absolute() else self.base / p))
+
+
+def _server(t: dict[str, Any]) -> ServerSettings:
+    return ServerSettings(**{k: t[k] for k in _SERVER_KEYS if k in t})
+
+
+def _exchange(r: _Reader) -> dict[str, Any]:
+    """`[exchange]`: `url = "https://HOST:PORT"` of `fedtrust exchange serve`, `refresh_s` (default 300)."""
+    t = r.table(r.data.get("exchange", {}), "[exchange]", _EXCHANGE_KEYS)
+    return {"exchange_url": t.get("url"), "refresh_s": float(t.get("refresh_s", 300.0))}
 
 
 def load_node_config(path: str | Path) -> NodeConfig:
-    data, base = _read(path)
-    t = _table(data, "node", path)
-    listen = _get(t, "listen", "node")
-    _check_listen(listen, "node")
-    entries = data.get("datasets", [])
-    if not isinstance(entries, list) or not entries:
-        raise ConfigError(f"config file {path} lists no [[datasets]]; add one with `product` and `path`")
+    r = _Reader(path)
+    r.top({"node": "table", "datasets": "array", "clientapps": "array", "exchange": "table"})
+    if "node" not in r.data:
+        raise r.fail("[node]", None, "table is missing; add one with name, listen, credentials and state")
+    t = r.table(r.data["node"], "[node]", _NODE_KEYS)
+    entries = r.data.get("datasets", [])
+    if not entries:
+        raise r.fail("[[datasets]]", None, "lists nothing; add one with `product` and `path`")
     datasets = []
     for i, d in enumerate(entries):
-        if not isinstance(d, dict):
-            raise ConfigError(f"[[datasets]] entry {i + 1} must be a table with `product` and `path`")
-        datasets.append(DatasetConfig(_path(base, _get(d, "product", "datasets")), _path(base, _get(d, "path", "datasets")),
-                                      _encoding(d.get("encoding", "utf-8")), _null_values(d.get("null_values", [""]))))
-    device = t.get("device", "auto")
-    if not isinstance(device, str) or not re.fullmatch(r"auto|cpu|cuda(:[0-9]+)?", device):
-        raise ConfigError('[node] device must be "auto", "cpu", "cuda" or "cuda:N"')
+        d = r.table(d, f"[[datasets]] entry {i + 1}", _DATASET_KEYS)
+        datasets.append(DatasetConfig(r.path_of(d["product"]), r.path_of(d["path"]),
+                                      codecs.lookup(d.get("encoding", "utf-8")).name,
+                                      tuple(d.get("null_values", [""]))))
     return NodeConfig(
-        name=_get(t, "name", "node"),
-        listen=listen,
-        credentials=_path(base, _get(t, "credentials", "node")),
-        state=_path(base, _get(t, "state", "node")),
-        datasets=tuple(datasets),
-        max_workers=int(t.get("max_workers", 16)),
-        device=device,
-        clientapps=_clientapps(data.get("clientapps", [])),
-        **_exchange(data.get("exchange", {})),
+        name=t["name"], listen=t["listen"], credentials=r.path_of(t["credentials"]), state=r.path_of(t["state"]),
+        datasets=tuple(datasets), device=t.get("device", "auto"),
+        clientapps=_clientapps(r, r.data.get("clientapps", [])), server=_server(t), source=r.path,
+        watermark=r.path_of(t["watermark"]) if "watermark" in t else None, **_exchange(r),
     )
 
 
-def _clientapps(entries: Any) -> tuple[ClientAppConfig, ...]:
-    if not isinstance(entries, list):
-        raise ConfigError("[[clientapps]] must be an array of tables with name, target and digest")
+def _clientapps(r: _Reader, entries: list) -> tuple[ClientAppConfig, ...]:
     apps = []
     for i, e in enumerate(entries):
-        if not isinstance(e, dict):
-            raise ConfigError(f"[[clientapps]] entry {i + 1} must be a table with name, target and digest")
-        name, target, digest = (_get(e, k, "clientapps") for k in ("name", "target", "digest"))
+        e = r.table(e, f"[[clientapps]] entry {i + 1}", _CLIENTAPP_KEYS)
+        name, target, digest = e["name"], e["target"], e["digest"]
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", name):
-            raise ConfigError(f"[[clientapps]] name {name!r} must be 1-64 characters A-Z a-z 0-9 . _ -")
+            raise r.fail("[[clientapps]]", "name", f"{name!r} must be 1-64 characters A-Z a-z 0-9 . _ -")
         if not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", target):
-            raise ConfigError(f"[[clientapps]] {name}: target must be \"package.module:attribute\"")
+            raise r.fail(f"[[clientapps]] {name}:", "target", 'must be "package.module:attribute"')
         if not re.fullmatch(r"[0-9a-f]{64}", digest):
-            raise ConfigError(f"[[clientapps]] {name}: digest must be the 64 hex digits `fedtrust node digest` prints "
-                              "for the app's package directory")
+            raise r.fail(f"[[clientapps]] {name}:", "digest", "must be the 64 hex digits `fedtrust node digest` prints "
+                                                              "for the app's package directory")
         apps.append(ClientAppConfig(name, target, digest))
     if len({a.name for a in apps}) != len(apps):
-        raise ConfigError("[[clientapps]] lists a name twice; approve each app once")
+        raise r.fail("[[clientapps]]", None, "lists a name twice; approve each app once")
     return tuple(apps)
 
 
 def load_coordinator_config(path: str | Path) -> CoordinatorConfig:
-    data, base = _read(path)
-    t = _table(data, "coordinator", path)
-    listen = _get(t, "listen", "coordinator")
-    _check_listen(listen, "coordinator")
-    try:
-        timeout = float(t.get("node_timeout_s", 300))
-    except (TypeError, ValueError):
-        raise ConfigError("[coordinator] node_timeout_s must be a number of seconds") from None
+    r = _Reader(path)
+    r.top({"coordinator": "table", "addresses": "table", "exchange": "table"})
+    if "coordinator" not in r.data:
+        raise r.fail("[coordinator]", None, "table is missing; add one with name, listen, credentials and state")
+    t = r.table(r.data["coordinator"], "[coordinator]", _COORD_KEYS)
+    addresses = r.data.get("addresses", {})
+    for node, addr in addresses.items():
+        r._value(addr, "[addresses]", node, Key(str, check=_listen))
     return CoordinatorConfig(
-        name=_get(t, "name", "coordinator"),
-        listen=listen,
-        credentials=_path(base, _get(t, "credentials", "coordinator")),
-        state=_path(base, _get(t, "state", "coordinator")),
-        node_timeout_s=timeout,
-        max_workers=int(t.get("max_workers", 16)),
-        addresses=_addresses(data.get("addresses", {})),
-        **_exchange(data.get("exchange", {})),
+        name=t["name"], listen=t["listen"], credentials=r.path_of(t["credentials"]), state=r.path_of(t["state"]),
+        node_timeout_s=t.get("node_timeout_s", 300.0), addresses=tuple(sorted(addresses.items())),
+        server=_server(t), source=r.path, **_exchange(r),
     )
 
 
-def _exchange(t: Any) -> dict[str, Any]:
-    """`[exchange]`: `url = "https://HOST:PORT"` of `fedtrust exchange serve`, `refresh_s` (default 300)."""
-    if not isinstance(t, dict) or not set(t) <= {"url", "refresh_s"}:
-        raise ConfigError('[exchange] takes url = "https://HOST:PORT" and refresh_s = SECONDS')
-    url = t.get("url")
-    if url is not None:
-        from urllib.parse import urlsplit
+def check_private_files(paths) -> None:
+    """Refuse secret key files that group or others can read or write, with the `chmod` that fixes it."""
+    import stat
 
+    for p in paths:
         try:
-            parts = urlsplit(url) if isinstance(url, str) else None
-            ok = parts is not None and parts.scheme == "https" and bool(parts.hostname) and parts.port is not None
-        except ValueError:
-            ok = False
-        if not ok:
-            raise ConfigError(f"[exchange] url = {url!r} must be https://HOST:PORT (where `fedtrust exchange serve` "
-                              "listens)")
-    refresh = t.get("refresh_s", 300)
-    if isinstance(refresh, bool) or not isinstance(refresh, (int, float)) or not 0.1 <= refresh <= 86400:
-        raise ConfigError("[exchange] refresh_s must be a number of seconds between 0.1 and 86400")
-    return {"exchange_url": url, "refresh_s": float(refresh)}
-
-
-def _addresses(t: Any) -> tuple[tuple[str, str], ...]:
-    if not isinstance(t, dict) or not all(isinstance(v, str) for v in t.values()):
-        raise ConfigError("[addresses] must map node names to HOST:PORT strings")
-    for v in t.values():
-        _check_listen(v, "addresses")
-    return tuple(sorted(t.items()))
+            mode = stat.S_IMODE(os.stat(p).st_mode)
+        except FileNotFoundError:
+            continue  # a missing file is reported by whoever loads it
+        if mode & 0o077:
+            raise ConfigError(f"key file {p} is accessible to group or others (mode {mode:04o}); "
+                              f"run `chmod 600 {p}`")

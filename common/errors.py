@@ -70,3 +70,9 @@ class JobFailed(Error):
     """A federated job failed; the message says which participant and why."""
 
     kind = "job-failed"
+
+
+class Overloaded(Error):
+    """A daemon refuses a call to stay responsive: too many concurrent calls from one caller, or it is stopping."""
+
+    kind = "overloaded"

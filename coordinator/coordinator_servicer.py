@@ -1,9 +1,12 @@
 """gRPC edge of the coordinator: stream parsing, limits, identity; logic in `runtime.py`."""
 from __future__ import annotations
 
-from fedtrust.coordinator.runtime import CoordinatorRuntime, Finished, Progress
+import time
+
+from fedtrust.coordinator.runtime import CoordinatorRuntime, Finished, NotAdmitted, Progress
 from fedtrust.coordinator.training_job import TrainingFinished, TrainingJobs, TrainingProgress
-from fedtrust.errors import InvalidInput, NotFound, VerificationError
+from fedtrust.errors import Error, InvalidInput, JobFailed, NodeUnreachable, NotFound, VerificationError
+from fedtrust.metrics import DaemonMetrics
 from fedtrust.node.node_servicer import read_header_and_context
 from fedtrust.transport.chunks import split
 from fedtrust.transport.peer import peer_identity
@@ -46,17 +49,55 @@ MAX_ENVELOPE_BYTES = 1 << 20
 
 
 class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
-    def __init__(self, runtime: CoordinatorRuntime) -> None:
+    def __init__(self, runtime: CoordinatorRuntime, metrics: DaemonMetrics | None = None) -> None:
         self.runtime = runtime
         self.training = TrainingJobs(runtime)
+        self.metrics = metrics or DaemonMetrics("coordinator")
+
+    def _measured(self, kind: str, events):
+        """Count the job in flight (and its round, for training), its duration and outcome."""
+        m = self.metrics
+        start = time.monotonic()
+        m.in_flight.labels(kind).inc()
+        if kind == "train":
+            m.rounds_in_flight.inc()  # a running training job has exactly one round in flight
+        outcome = "failed"
+        counted = False
+
+        def count() -> None:
+            nonlocal counted
+            counted = True
+            m.in_flight.labels(kind).dec()
+            if kind == "train":
+                m.rounds_in_flight.dec()
+            m.duration.labels(kind).observe(time.monotonic() - start)
+            m.jobs.labels(kind, outcome).inc()
+
+        try:
+            for ev in events:
+                if isinstance(ev, (Finished, TrainingFinished)):
+                    outcome = "succeeded"
+                    count()  # before the last event leaves: the buyer may ask /metrics as soon as it has it
+                yield ev
+        except NotAdmitted:
+            outcome = "not-admitted"
+            raise
+        except Error as e:
+            if not isinstance(e, (JobFailed, NodeUnreachable)):
+                outcome = "refused"
+                m.refusals.labels(e.kind).inc()
+            raise
+        finally:
+            if not counted:
+                count()
 
     @guarded
     def SubmitTraining(self, request, context):
         peer = peer_identity(context)
         if len(request.job_envelope) > MAX_ENVELOPE_BYTES or len(request.contract_envelope) > MAX_ENVELOPE_BYTES:
             raise InvalidInput(f"job spec or contract exceeds {MAX_ENVELOPE_BYTES} bytes")
-        yield from _training_events(self.training.run(peer, request.job_envelope, request.contract_envelope,
-                                                      cancelled=lambda: not context.is_active()))
+        yield from _training_events(self._measured("train", self.training.run(
+            peer, request.job_envelope, request.contract_envelope, cancelled=lambda: not context.is_active())))
 
     @guarded
     def FetchModel(self, request, context):
@@ -66,7 +107,8 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
     def SubmitQuery(self, request_iterator, context):
         peer = peer_identity(context)
         header, ctx = read_header_and_context(request_iterator, "header", "he_context_chunk")
-        yield from _events(self.runtime.run_query(peer, header.job_envelope, header.contract_envelope, ctx))
+        yield from _events(self._measured("query", self.runtime.run_query(peer, header.job_envelope,
+                                                                          header.contract_envelope, ctx)))
 
     def _own_job(self, request, context):
         peer = peer_identity(context)

@@ -4,6 +4,7 @@ from __future__ import annotations
 from fedtrust.config import CoordinatorConfig
 from fedtrust.coordinator.coordinator_servicer import CoordinatorServicer
 from fedtrust.coordinator.runtime import CoordinatorRuntime
+from fedtrust.metrics import DaemonMetrics
 from fedtrust.transport.daemon import GrpcDaemon
 from fedtrust.transport.exchange_client import refresher_for
 from fedtrust.v1 import coordinator_pb2_grpc
@@ -11,16 +12,17 @@ from fedtrust.v1 import coordinator_pb2_grpc
 
 class CoordinatorDaemon(GrpcDaemon):
     role = "coordinator"
+    callers = {"fedtrust.v1.CoordinatorService": frozenset({"buyer"})}
 
     def __init__(self, config: CoordinatorConfig, addresses: dict[str, str] | None = None) -> None:
         self.runtime = CoordinatorRuntime(config, addresses or dict(config.addresses))
         self.servicer: CoordinatorServicer | None = None
-        super().__init__(config.name, config.listen, self.runtime.tls, config.max_workers)
+        super().__init__(config.name, config.listen, self.runtime.tls, config.server, DaemonMetrics("coordinator"))
         self.refresher = refresher_for(config.exchange_url, config.refresh_s, self.runtime.identity,
                                        self.runtime.revocations)
 
     def _register(self):
-        servicer = self.servicer = CoordinatorServicer(self.runtime)
+        servicer = self.servicer = CoordinatorServicer(self.runtime, self.metrics)
         return lambda s: coordinator_pb2_grpc.add_CoordinatorServiceServicer_to_server(servicer, s)
 
     def _on_stop(self) -> None:

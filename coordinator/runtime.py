@@ -20,10 +20,10 @@ import logging
 import queue
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import timedelta
 from typing import Iterator, Union
 
-from fedtrust.config import CoordinatorConfig
+from fedtrust.config import CoordinatorConfig, check_private_files
 from fedtrust.coordinator.node_client import NodeRelease, admit_on_node, run_query_on_node
 from fedtrust.coordinator.store import JobStore, Relayed
 from fedtrust.errors import (
@@ -34,7 +34,7 @@ from fedtrust.trust.admission import verify_admissions
 from fedtrust.trust.canonical import sha256_hex, utc_now
 from fedtrust.trust.revocation import RevocationHolder
 from fedtrust.trust.contracts import Contract, require_signatures, verify_contract
-from fedtrust.trust.credentials import load_identity_as
+from fedtrust.trust.credentials import KX_KEY, SIGNING_KEY, TLS_KEY, load_identity_as
 from fedtrust.trust.dsse import Envelope
 from fedtrust.trust.jobs import JobSpec, verify_job
 from fedtrust.trust.receipts import (
@@ -65,7 +65,11 @@ Event = Union[Progress, Finished]
 ADMIT_TIMEOUT_S = 30.0
 
 
-def admission_failure(job_id: str, failures: dict[str, Error]) -> JobFailed:
+class NotAdmitted(JobFailed):
+    """Not every owner admitted the job: it was not run and nobody was charged (same wire kind as JobFailed)."""
+
+
+def admission_failure(job_id: str, failures: dict[str, Error]) -> NotAdmitted:
     """The buyer's error for a job that not every owner admitted: the job id and each owner, in actionable words."""
     unreachable = sorted(n for n, e in failures.items() if isinstance(e, NodeUnreachable))
     refusals: dict[tuple[str, str], list[str]] = {}
@@ -80,14 +84,16 @@ def admission_failure(job_id: str, failures: dict[str, Error]) -> JobFailed:
     if unreachable:
         verb = "is" if len(unreachable) == 1 else "are"
         parts.append(f"{owners(unreachable)} {verb} unreachable; contact them or retry later")
-    return JobFailed(f"job {job_id} was not run and nobody was charged: " + "; ".join(parts))
+    return NotAdmitted(f"job {job_id} was not run and nobody was charged: " + "; ".join(parts))
 
 
 class CoordinatorRuntime:
     def __init__(self, config: CoordinatorConfig, addresses: dict[str, str] | None = None) -> None:
         self.config = config
+        check_private_files(config.credentials / f for f in (TLS_KEY, SIGNING_KEY, KX_KEY))
         self.identity = load_identity_as(config.credentials, "coordinator", config.name)
         self.name = config.name
+        self.skew = timedelta(seconds=config.server.clock_skew_s)
         self.tls = TlsMaterial(self.identity.tls_cert_pem, self.identity.tls_key_pem, self.identity.ca_pem)
         #: operator overrides of the addresses in contracts (NAT, DNS, tests on port 0)
         self.addresses = dict(addresses or {})
@@ -113,8 +119,7 @@ class CoordinatorRuntime:
         require_signatures(contract_env, contract, [("buyer", contract.buyer.name)])
         self.revocations.check(contract_env.digest, contract)
         job_env = Envelope.from_json(job_bytes)
-        job = verify_job(job_env, contract, contract_env.digest)
-        contract.check_valid_at(datetime.now(timezone.utc))
+        job = verify_job(job_env, contract, contract_env.digest, skew=self.skew)
         return contract, contract_env, job, job_env
 
     def address_of(self, contract: Contract, node: str) -> str:
@@ -199,7 +204,7 @@ class CoordinatorRuntime:
                                   contract_digest=contract_digest, job_digest=job_digest,
                                   participants=job.participants)
             except Error as e:
-                raise JobFailed(f"job {job.job_id} was not run and nobody was charged: an owner sent an invalid "
+                raise NotAdmitted(f"job {job.job_id} was not run and nobody was charged: an owner sent an invalid "
                                 f"admission ({e})") from None
             return [admissions[n] for n in job.participants]
         raise admission_failure(job.job_id, failures)

@@ -66,15 +66,17 @@ class Federation:
     coordinator: CoordinatorDaemon | None = None
     coordinator_address: str = ""
 
-    def start(self) -> "Federation":
+    def start(self, metrics: bool = False) -> "Federation":
+        """Start every daemon on 127.0.0.1:0 (with `metrics`, each also serves /metrics on a free port)."""
         addresses = {}
+        where = "127.0.0.1:0" if metrics else None
         for name, cfg in self.node_configs.items():
             d = NodeDaemon(load_node_config(cfg))
-            port = d.start("127.0.0.1:0")
+            port = d.start("127.0.0.1:0", where)
             self.nodes[name] = d
             addresses[name] = f"127.0.0.1:{port}"
         self.coordinator = CoordinatorDaemon(load_coordinator_config(self.coordinator_config), addresses)
-        self.coordinator_address = f"127.0.0.1:{self.coordinator.start('127.0.0.1:0')}"
+        self.coordinator_address = f"127.0.0.1:{self.coordinator.start('127.0.0.1:0', where)}"
         return self
 
     def stop(self) -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from fedtrust.config import NodeConfig
+from fedtrust.metrics import DaemonMetrics
 from fedtrust.node.node_servicer import NodeServicer
 from fedtrust.node.runtime import NodeRuntime
 from fedtrust.node.training_runtime import TrainingRuntime
@@ -13,15 +14,25 @@ from fedtrust.v1 import node_pb2_grpc
 
 class NodeDaemon(GrpcDaemon):
     role = "node"
+    callers = {"fedtrust.v1.NodeService": frozenset({"coordinator"})}
 
     def __init__(self, config: NodeConfig) -> None:
         self.runtime = NodeRuntime(config)
         self.training = TrainingRuntime(self.runtime, config)  # checks the approved ClientApps' digests
         ident = self.runtime.identity
         super().__init__(config.name, config.listen, TlsMaterial(ident.tls_cert_pem, ident.tls_key_pem, ident.ca_pem),
-                         config.max_workers)
+                         config.server, DaemonMetrics("node", budgets=self._budgets))
         self.refresher = refresher_for(config.exchange_url, config.refresh_s, ident, self.runtime.revocations)
 
+    def _budgets(self):
+        for b in self.runtime.store.budgets(last=0):
+            left = b.remaining_epsilon
+            yield b.contract_digest, float(b.spent_epsilon), None if left is None else float(left), b.queries
+
+    def _ready(self) -> bool:
+        """Datasets loaded and the ledger open and readable."""
+        return bool(self.runtime.datasets) and self.runtime.store.readable()
+
     def _register(self):
-        servicer = NodeServicer(self.runtime, self.training)
+        servicer = NodeServicer(self.runtime, self.training, self.metrics)
         return lambda s: node_pb2_grpc.add_NodeServiceServicer_to_server(servicer, s)

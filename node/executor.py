@@ -36,6 +36,7 @@ import hashlib
 import os
 import tempfile
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,16 @@ _WHERE_NODES = (
     exp.And, exp.Or, exp.Not, exp.Paren, exp.EQ, exp.NEQ, exp.LT, exp.LTE, exp.GT, exp.GTE,
     exp.Between, exp.In, exp.Column, exp.Identifier, exp.Literal,
 )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ColumnProfile:
+    column: str
+    type: str
+    rows: int
+    nulls: int
+    clipped: int  # numeric values outside [min, max]: every answer clips them to the bounds
+    outside_domain: int  # category values not among the listed values: no query counts these rows
 
 
 def file_digest(path: str | Path) -> str:
@@ -304,6 +315,31 @@ class Dataset:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    # --------------------------------------------------------------- profile
+    def profile(self) -> list[ColumnProfile]:
+        """Per schema column: rows that are NULL, outside the public bounds (clipped in every answer) or
+        outside the public domain (left out of every query). Counts only, for the owner's own check."""
+        table = exp.to_identifier(TABLE, quoted=True).sql(dialect=DIALECT)
+        out = []
+        for c in self.schema.columns:
+            col = _q(c.name).sql(dialect=DIALECT)
+            clipped = "0"
+            if c.type != "category":
+                conds = [f"{col} < {_num(c.min).sql(dialect=DIALECT)}" if c.min is not None else None,
+                         f"{col} > {_num(c.max).sql(dialect=DIALECT)}" if c.max is not None else None]
+                conds = [x for x in conds if x]
+                if conds:
+                    clipped = f"count(*) FILTER (WHERE {' OR '.join(conds)})"
+            outside = "0"
+            if c.type == "category" and c.values:
+                values = ", ".join(_lit(v) for v in c.values)
+                outside = f"count(*) FILTER (WHERE {col} IS NOT NULL AND {col} NOT IN ({values}))"
+            with self._lock:
+                rows, nulls, n_clipped, n_outside = self._con.execute(
+                    f"SELECT count(*), count(*) - count({col}), {clipped}, {outside} FROM {table}").fetchone()
+            out.append(ColumnProfile(c.name, c.type, int(rows), int(nulls), int(n_clipped), int(n_outside)))
+        return out
 
     # --------------------------------------------------------------- columns
     def columns(self, names: tuple[str, ...] | list[str]) -> dict[str, Any]:

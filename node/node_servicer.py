@@ -7,8 +7,10 @@ own call but never the daemon.
 from __future__ import annotations
 
 import logging
+import time
 
 from fedtrust.errors import Error, InvalidInput
+from fedtrust.metrics import DaemonMetrics
 from fedtrust.node.runtime import NodeRuntime
 from fedtrust.node.training_runtime import MAX_MESSAGE_BYTES, TrainingRuntime
 from fedtrust.privacy.he import MAX_CONTEXT_BYTES
@@ -68,18 +70,22 @@ def read_train_header(requests):
 
 
 class NodeServicer(node_pb2_grpc.NodeServiceServicer):
-    def __init__(self, runtime: NodeRuntime, training: TrainingRuntime | None = None) -> None:
+    def __init__(self, runtime: NodeRuntime, training: TrainingRuntime | None = None,
+                 metrics: DaemonMetrics | None = None) -> None:
         self.runtime = runtime
         self.training = training or TrainingRuntime(runtime, runtime.config)
+        self.metrics = metrics or DaemonMetrics("node")
 
     def _audited(self, peer, check, run, describe, event: str = "released"):
         """check() -> (checked job, payload), run(checked, payload) -> release; audit the release or the refusal."""
         who = f"{peer[0]}/{peer[1]}"
         checked = None
+        start = time.monotonic()
         try:
             checked, payload = check()
             release = run(checked, payload)
         except Error as e:
+            self.metrics.refused(checked.job.kind if checked else "unknown", e.kind)
             job_id = checked.job.job_id if checked else None
             self.runtime.store.audit("refused", f"{e.kind}: {e}", peer=who, job_id=job_id,
                                      contract_digest=checked.contract_digest if checked else None)
@@ -88,6 +94,9 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
             raise
         self.runtime.store.audit(event, describe(release), contract_digest=checked.contract_digest,
                                  job_id=checked.job.job_id, peer=who)
+        self.metrics.jobs.labels(checked.job.kind, event).inc()
+        if event == "released":
+            self.metrics.duration.labels(checked.job.kind).observe(time.monotonic() - start)
         return release
 
     @guarded

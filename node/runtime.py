@@ -33,12 +33,12 @@ import logging
 import time
 from dataclasses import dataclass
 from decimal import Decimal
-from datetime import datetime, timezone
+from datetime import timedelta
 from pathlib import Path
 from typing import Sequence
 
 from fedtrust.code import code_digest
-from fedtrust.config import NodeConfig
+from fedtrust.config import NodeConfig, check_private_files
 from fedtrust.errors import BudgetExhausted, ConfigError, Error, InvalidInput, PolicyViolation, VerificationError
 from fedtrust.node.executor import Dataset, file_digest
 from fedtrust.node.job_log import JobRecord
@@ -53,10 +53,9 @@ from fedtrust.query.layout import Layout
 from fedtrust.query.sql import QueryPlan, plan_query
 from fedtrust.trust.admission import Admission, sign_admission, verify_admissions
 from fedtrust.trust.canonical import sha256_hex, utc_now
-from fedtrust.trust.clock import DEFAULT_SKEW
 from fedtrust.trust.revocation import RevocationHolder
 from fedtrust.trust.contracts import Contract, require_signatures, verify_contract
-from fedtrust.trust.credentials import Identity, kx_public_key, load_identity_as
+from fedtrust.trust.credentials import KX_KEY, SIGNING_KEY, TLS_KEY, Identity, kx_public_key, load_identity_as
 from fedtrust.trust.dsse import Envelope
 from fedtrust.trust.jobs import MAX_SQL_CHARS, JobSpec, verify_job
 from fedtrust.trust.products import Product, verify_product
@@ -82,15 +81,39 @@ class CheckedJob:
     held: HeldDataset
 
 
+def open_held_dataset(identity: Identity, name: str, product_path: Path, data_path: Path, encoding: str = "utf-8",
+                      null_values: tuple[str, ...] = ("",)) -> HeldDataset:
+    """A product credential of this node, verified, and its data file, matching the listed commitment."""
+    try:
+        env = Envelope.from_json(product_path.read_bytes())
+    except FileNotFoundError:
+        raise ConfigError(f"product credential {product_path} does not exist") from None
+    product = verify_product(env, identity.exchange_key)
+    if product.owner != name:
+        raise ConfigError(f"product {product_path} is listed for owner {product.owner!r}, not this node {name!r}")
+    if not data_path.is_file():
+        raise ConfigError(f"data file {data_path} does not exist")
+    digest = file_digest(data_path)
+    if digest != product.commitment:
+        raise ConfigError(
+            f"data file {data_path} does not match the commitment in {product_path}; "
+            "serve the listed data version or ask the exchange to list the new one "
+            "(`fedtrust node digest` prints the file's commitment)"
+        )
+    return HeldDataset(product, env.digest, data_path,
+                       Dataset.open(data_path, product.schema, encoding=encoding, null_values=null_values))
+
+
 class NodeRuntime:
     def __init__(self, config: NodeConfig) -> None:
         self.config = config
+        check_private_files(config.credentials / f for f in (TLS_KEY, SIGNING_KEY, KX_KEY))
         self.identity: Identity = load_identity_as(config.credentials, "node", config.name)
         if self.identity.kx_private is None:
             raise ConfigError(f"credentials in {config.credentials} have no kx.key; re-register the node")
         self.name = config.name
-        self.skew = DEFAULT_SKEW
-        self.store = NodeStore(config.state)
+        self.skew = timedelta(seconds=config.server.clock_skew_s)
+        self.store = NodeStore(config.state, config.watermark)
         #: the newest exchange revocation list this node holds (fetched, or forwarded by a coordinator)
         self.revocations = RevocationHolder(config.state, self.identity.exchange_key)
         self.code_digest = code_digest()
@@ -100,24 +123,8 @@ class NodeRuntime:
 
     def _open_dataset(self, product_path: Path, data_path: Path, encoding: str = "utf-8",
                       null_values: tuple[str, ...] = ("",)) -> None:
-        try:
-            env = Envelope.from_json(product_path.read_bytes())
-        except FileNotFoundError:
-            raise ConfigError(f"product credential {product_path} does not exist") from None
-        product = verify_product(env, self.identity.exchange_key)
-        if product.owner != self.name:
-            raise ConfigError(f"product {product_path} is listed for owner {product.owner!r}, not this node {self.name!r}")
-        if not data_path.is_file():
-            raise ConfigError(f"data file {data_path} does not exist")
-        digest = file_digest(data_path)
-        if digest != product.commitment:
-            raise ConfigError(
-                f"data file {data_path} does not match the commitment in {product_path}; "
-                "serve the listed data version or ask the exchange to list the new one "
-                "(`fedtrust node digest` prints the file's commitment)"
-            )
-        dataset = Dataset.open(data_path, product.schema, encoding=encoding, null_values=null_values)
-        self.datasets[env.digest] = HeldDataset(product, env.digest, data_path, dataset)
+        held = open_held_dataset(self.identity, self.name, product_path, data_path, encoding, null_values)
+        self.datasets[held.product_digest] = held
 
     # -- checks -----------------------------------------------------------
     def check_job(self, peer: tuple[str, str], job_bytes: bytes, contract_bytes: bytes) -> CheckedJob:
@@ -173,8 +180,7 @@ class NodeRuntime:
                 "add it to [[datasets]] in the node's config"
             )
         job_env = Envelope.from_json(job_bytes)
-        job = verify_job(job_env, contract, contract_env.digest)
-        contract.check_valid_at(datetime.now(timezone.utc))
+        job = verify_job(job_env, contract, contract_env.digest, skew=self.skew)
         return CheckedJob(contract, contract_env.digest, job, job_env.digest, held)
 
     # -- admission (phase one: every check, nothing spent) --------------------

@@ -21,13 +21,15 @@ encrypted under the buyer's key; audit rows name jobs and rules only.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Callable, Sequence
 
-from fedtrust.errors import BudgetExhausted, NotFound, ReplayError
+from fedtrust.errors import BudgetExhausted, ConfigError, NotFound, ReplayError
 from fedtrust.node.job_log import JobLog
+from fedtrust.node.watermark import Watermark
 from fedtrust.sqlite import Database
 from fedtrust.trust.canonical import utc_now
 from fedtrust.trust.dsse import Envelope
@@ -138,10 +140,63 @@ def cap_message(kind: str, max_jobs: int) -> str:
 
 
 class NodeStore:
-    def __init__(self, state_dir: str | Path) -> None:
-        self.db = Database(Path(state_dir) / "node.sqlite3", SCHEMA)
+    def __init__(self, state_dir: str | Path, watermark: str | Path | None = None) -> None:
+        """`watermark`: the ledger's high-water mark file (`fedtrust.node.watermark`), default
+        `<state_dir>.watermark`; a ledger older than the mark is refused."""
+        state = Path(state_dir)
+        self.db = Database(state / "node.sqlite3", SCHEMA)
+        self.watermark = Watermark(Path(watermark) if watermark else state.with_name(state.name + ".watermark"))
         #: the owner's view: one row per job, and withdrawals (same file, same fsync)
         self.jobs = JobLog(self.db)
+        self._check_watermark()
+
+    def _check_watermark(self) -> None:
+        con = self.db.read()
+        for contract, (seq, entry) in self.watermark.marks.items():
+            last = con.execute("SELECT MAX(seq) FROM releases WHERE contract_digest = ?", (contract,)).fetchone()[0]
+            row = con.execute("SELECT entry_digest FROM releases WHERE contract_digest = ? AND seq = ?",
+                              (contract, seq)).fetchone()
+            if row is None or row[0] != entry:
+                have = f"ends at entry {last}" if last else "holds no entry"
+                problem = "is older than" if row is None else "disagrees with"
+                raise ConfigError(
+                    f"the ledger {self.db.path} {problem} the newest release this node attested (contract "
+                    f"{contract[:16]}…: entry {seq} was released, the ledger {have}); starting on it would refund "
+                    f"spent budget. Restore the newest ledger (a `fedtrust node backup` taken after that release), "
+                    f"or keep this node stopped and contact the exchange, whose receipt log holds the attested chain"
+                )
+        # catch up with rows committed just before a crash (ledger ahead of the mark is fine)
+        for contract, seq, entry in con.execute(
+                "SELECT contract_digest, seq, entry_digest FROM releases r WHERE seq = "
+                "(SELECT MAX(seq) FROM releases WHERE contract_digest = r.contract_digest)").fetchall():
+            self.watermark.advance(contract, seq, entry)
+
+    def backup(self, out: str | Path) -> None:
+        """An online, consistent copy of the ledger and audit log (SQLite backup API) to a new file."""
+        import sqlite3
+
+        target = Path(out)
+        if target.exists():
+            raise ConfigError(f"{target} already exists; choose a new file for the backup")
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.close(fd)
+        dst = sqlite3.connect(target)
+        try:
+            src = sqlite3.connect(self.db.path)
+            try:
+                src.backup(dst)
+            finally:
+                src.close()
+        finally:
+            dst.close()
+
+    def readable(self) -> bool:
+        """The ledger is open and answers (health checks)."""
+        try:
+            self.db.read().execute("SELECT COUNT(*) FROM releases").fetchone()
+            return True
+        except Exception:  # noqa: BLE001 - health reports it, never raises
+            return False
 
     # -- lookups ----------------------------------------------------------
     def _find(self, con, contract_digest: str, job_id: str, nonce: str, job_digest: str):
@@ -249,7 +304,9 @@ class NodeStore:
                 "INSERT INTO outputs (contract_digest, seq, idx, data) VALUES (?,?,?,?)",
                 [(contract_digest, debit.chain.seq, i, bytes(o)) for i, o in enumerate(outputs)],
             )
-            return StoredRelease(debit, att, tuple(bytes(o) for o in outputs))
+            stored = StoredRelease(debit, att, tuple(bytes(o) for o in outputs))
+        self.watermark.advance(contract_digest, debit.chain.seq, debit.entry_digest)  # before anything leaves
+        return stored
 
     def debit_job(self, *, node: str, contract_digest: str, kind: str, job_id: str, nonce: str, job_digest: str,
                   mechanism: str, epsilon: Decimal = Decimal(0), delta: Decimal = Decimal(0),
@@ -259,9 +316,11 @@ class NodeStore:
             row = self._find(con, contract_digest, job_id, nonce, job_digest)
             if row is not None:
                 return _debit(row)
-            return self._debit(con, node=node, contract_digest=contract_digest, kind=kind, job_id=job_id, nonce=nonce,
-                               job_digest=job_digest, mechanism=mechanism, epsilon=epsilon, delta=delta,
-                               epsilon_total=epsilon_total, max_jobs=max_jobs)
+            debit = self._debit(con, node=node, contract_digest=contract_digest, kind=kind, job_id=job_id,
+                                nonce=nonce, job_digest=job_digest, mechanism=mechanism, epsilon=epsilon, delta=delta,
+                                epsilon_total=epsilon_total, max_jobs=max_jobs)
+        self.watermark.advance(contract_digest, debit.chain.seq, debit.entry_digest)  # before any round leaves
+        return debit
 
     def attach_attestation(self, contract_digest: str, job_id: str, attestation: Envelope,
                            outputs: Sequence[bytes] = ()) -> StoredRelease:

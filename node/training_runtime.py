@@ -70,7 +70,8 @@ from fedtrust.training.dp_sgd import DpSgdPlan, plan_dp_sgd
 from fedtrust.training.policy import check_training
 from fedtrust.training.preprocess import Preprocessor
 from fedtrust.training.server_step import Derivation, initial_seed
-from fedtrust.trust.canonical import parse_time, utc_now
+from fedtrust.trust.canonical import utc_now
+from fedtrust.trust.clock import check_not_expired
 from fedtrust.trust.credentials import kx_public_key
 from fedtrust.trust.dsse import Envelope
 from fedtrust.trust.receipts import Attestation, fmt_eps, metrics_digest, sign_attestation
@@ -153,9 +154,9 @@ class TrainingRuntime:
                     self._checked.popitem(last=False)
             return checked
         now = datetime.now(timezone.utc)
-        if now >= parse_time(checked.job.expires_at):
-            raise PolicyViolation(f"job spec expired at {checked.job.expires_at}; the buyer must submit a new job")
-        checked.contract.check_valid_at(now)
+        check_not_expired(checked.job.expires_at, "the job spec", "the buyer must submit a new job", now=now,
+                          skew=self.node.skew)
+        checked.contract.check_valid_at(now, self.node.skew)
         return checked
 
     def _check(self, checked: CheckedJob) -> None:

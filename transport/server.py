@@ -8,7 +8,7 @@ and keepalive options of `fedtrust.transport.limits`.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent import futures
 
 import grpc
@@ -37,13 +37,15 @@ def create_server(
     tls: TlsMaterial,
     register: Callable[[grpc.Server], None],
     max_workers: int = 16,
+    interceptors: Sequence[grpc.ServerInterceptor] = (),
 ) -> tuple[grpc.Server, int]:
     """Create, bind and start a mutual-TLS server.
 
     `register(server)` adds the servicers (e.g. `add_NodeServiceServicer_to_server`).
     Returns the started server and the bound port (the real one when
     `address` ends in `:0`). ConfigError naming the address when it cannot be
-    bound. Stop it with `server.stop(grace)`.
+    bound. Stop it with `server.stop(grace)`. Calls beyond twice `max_workers` are
+    refused (RESOURCE_EXHAUSTED) instead of queueing without bound.
     """
     _check_address(address, "listen address")
     if max_workers < 1:
@@ -51,6 +53,8 @@ def create_server(
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="fedtrust-rpc"),
         options=server_options(),
+        interceptors=list(interceptors),
+        maximum_concurrent_rpcs=2 * max_workers,
     )
     try:
         register(server)

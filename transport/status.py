@@ -23,6 +23,7 @@ Mapping (most specific class first):
     NotFound                  -> NOT_FOUND
     NodeUnreachable           -> UNAVAILABLE
     JobFailed                 -> ABORTED
+    Overloaded                -> RESOURCE_EXHAUSTED (too many calls from one caller)
     anything else             -> INTERNAL "internal error; see the daemon log"
 """
 from __future__ import annotations
@@ -66,6 +67,7 @@ _CODES: dict[type[Error], grpc.StatusCode] = {
     errors.NotFound: grpc.StatusCode.NOT_FOUND,
     errors.NodeUnreachable: grpc.StatusCode.UNAVAILABLE,
     errors.JobFailed: grpc.StatusCode.ABORTED,
+    errors.Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
 
 #: kind -> class, for the caller side
@@ -115,6 +117,13 @@ def abort(context: grpc.ServicerContext, err: BaseException) -> NoReturn:
     raise AssertionError("context.abort returned")  # pragma: no cover
 
 
+def _active(context: Any) -> bool:
+    try:
+        return bool(context.is_active())
+    except Exception:
+        return False
+
+
 def _already_aborted(context: Any) -> bool:
     """True when the handler ended the RPC itself (context.abort / set_code)."""
     try:
@@ -126,6 +135,11 @@ def _already_aborted(context: Any) -> bool:
 
 def _handle(context: Any, exc: Exception, name: str) -> NoReturn:
     if _already_aborted(context):
+        raise exc
+    if isinstance(exc, grpc.RpcError) and not _active(context):
+        # reading the request stream failed because the call ended: the caller went away, the stream's
+        # deadline cut it (`transport.guard`), or the daemon is stopping — not a bug, nothing to send
+        log.info("%s: the call ended before its request arrived", name)
         raise exc
     if isinstance(exc, Error) and status_code(exc) is not grpc.StatusCode.INTERNAL:
         log.info("%s refused (%s): %s", name, exc.kind, exc)

@@ -21,6 +21,7 @@ from typing import Any, Sequence
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from fedtrust.errors import ConfigError, InvalidInput, PolicyViolation, VerificationError
+from fedtrust.trust.clock import check_not_expired, check_started
 from fedtrust.trust.canonical import Fields, format_time, parse_time
 from fedtrust.trust.credentials import SubjectCredential, signing_public_key
 from fedtrust.trust.dsse import Envelope, Signer, signed_by, verify_object
@@ -110,7 +111,14 @@ class Contract:
                 return h
         raise PolicyViolation(f"node {node_name} holds no product under this contract; send jobs to its owners only")
 
-    def check_valid_at(self, when: datetime) -> None:
+    def check_valid_at(self, when: datetime, skew: timedelta | None = None) -> None:
+        """PolicyViolation outside the validity window; with `skew` (a daemon's clock tolerance) the window is
+        widened by it and the message names both clocks."""
+        if skew is not None:
+            check_started(self.valid_from, "the contract", now=when, skew=skew)
+            check_not_expired(self.valid_until, "the contract", "ask the exchange for a new contract", now=when,
+                              skew=skew)
+            return
         if when < parse_time(self.valid_from):
             raise PolicyViolation(f"contract is not valid before {self.valid_from}; wait until then")
         if when >= parse_time(self.valid_until):

@@ -15,6 +15,8 @@ import re
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+
+from fedtrust.trust.clock import check_not_expired
 from typing import Any
 
 from fedtrust.errors import InvalidInput, PolicyViolation, VerificationError
@@ -165,21 +167,25 @@ def sign_job(job: JobSpec, buyer_signer: Signer) -> Envelope:
     return buyer_signer.sign_statement(JOB_TYPE, job.to_dict(), [("contract", job.contract_digest)])
 
 
-def verify_job(envelope: Envelope, contract: Contract, contract_digest: str, *, now: datetime | None = None) -> JobSpec:
+def verify_job(envelope: Envelope, contract: Contract, contract_digest: str, *, now: datetime | None = None,
+               skew: timedelta | None = None) -> JobSpec:
     """Buyer's signature, then the job must fit this contract at `now` (default: the current time).
 
     VerificationError when the job is not the buyer's or is for another
     contract; PolicyViolation when it asks for what the contract forbids or
     has expired. The caller passes the digest of the contract envelope it
-    verified.
+    verified. A daemon passes its clock `skew` tolerance: validity is then
+    widened by it, and an expiry names both clocks.
     """
     job = verify_object(envelope, signing_public_key(contract.buyer), JOB_TYPE, JobSpec.from_dict, "job spec")
     if job.contract_digest != contract_digest:
         raise VerificationError("job spec names another contract; send the contract the buyer signed the job for")
     when = now or datetime.now(timezone.utc)
-    if when >= parse_time(job.expires_at):
+    if skew is not None:
+        check_not_expired(job.expires_at, "the job spec", "the buyer must submit a new job", now=when, skew=skew)
+    elif when >= parse_time(job.expires_at):
         raise PolicyViolation(f"job spec expired at {job.expires_at}; the buyer must submit a new job")
-    contract.check_valid_at(when)
+    contract.check_valid_at(when, skew)
     if job.coordinator != contract.coordinator.name:
         raise PolicyViolation(
             f"job names coordinator {job.coordinator} but the contract names {contract.coordinator.name}; "

@@ -185,6 +185,10 @@ class PrivacyRules:
         return cls(total, delta, per_query, t_eps, t_delta)
 
 
+#: the longest contract the exchange issues (30 years, the records' retention)
+MAX_VALID_DAYS = 30 * 366
+
+
 @dataclass(frozen=True)
 class Rules:
     """Everything RULES.toml says: `[query]`, `[training]`, `[privacy]` and the validity."""
@@ -235,8 +239,9 @@ def load_rules_toml(path: str | Path) -> Rules:
         valid_days = int(valid_days)
     except (TypeError, ValueError):
         raise ConfigError("rules: `valid_days` must be an integer") from None
-    if valid_days < 1:
-        raise ConfigError("rules: `valid_days` must be at least 1")
+    if not 1 <= valid_days <= MAX_VALID_DAYS:
+        raise ConfigError(f"rules: `valid_days` must be between 1 and {MAX_VALID_DAYS} (got {valid_days}); "
+                          "contracts are issued for days to years, and a new one can follow")
     return Rules(
         QueryRules.from_dict(q) if q is not None else None,
         valid_days,
