@@ -78,7 +78,7 @@ def test_absurd_contract_validity_is_a_one_line_error(files, tmp_path):
     rules.write_text((files.root / "rules.toml").read_text().replace("valid_days = 30", "valid_days = 3650000"))
     with pytest.raises(ConfigError, match=r"`valid_days` must be between 1 and 10980 \(got 3650000\)"):
         issue_contract(files.exchange_dir, "analyst", "coord", list((files.root / "products").glob("*.json")),
-                       rules, tmp_path / "c.json")
+                       rules, tmp_path / "c.json", purpose="credit risk research")
 
 
 def test_key_files_readable_by_others_are_refused_with_the_chmod_to_run(files):
