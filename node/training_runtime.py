@@ -70,7 +70,7 @@ from fedtrust.training.dp_sgd import DpSgdPlan, plan_dp_sgd
 from fedtrust.training.policy import check_training
 from fedtrust.training.preprocess import Preprocessor
 from fedtrust.training.server_step import Derivation, initial_seed
-from fedtrust.trust.canonical import utc_now
+from fedtrust.trust.canonical import parse_time, utc_now
 from fedtrust.trust.clock import check_not_expired
 from fedtrust.trust.credentials import kx_public_key
 from fedtrust.trust.dsse import Envelope
