@@ -16,7 +16,7 @@ from fedtrust.demo.federation import build_federation, enroll
 from fedtrust.errors import Error
 from fedtrust.transport.server import secure_channel
 from fedtrust.trust.credentials import load_identity
-from fedtrust.v1 import coordinator_pb2, coordinator_pb2_grpc, node_pb2, node_pb2_grpc
+from fedtrust.v1 import coordinator_pb2_grpc, node_pb2_grpc
 
 OWNERS = {"bank-a": 300, "bank-b": 250}
 PRIVACY = {"epsilon_total": "10", "delta": "1e-6", "epsilon_per_query": "0.5"}
