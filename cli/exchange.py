@@ -338,3 +338,31 @@ def contracts(
     _listing(list_contracts(load_exchange(directory).store),
              [("digest", "digest"), ("buyer", "buyer"), ("coordinator", "coordinator"), ("owners", "owners"),
               ("price", "price"), ("valid_until", "valid until")], as_json, "contracts")
+
+
+@app.command("submit")
+def submit(
+    receipt: Path = typer.Argument(..., help="receipt bundle (buyer's receipt.json, or one a coordinator or owner holds)"),
+    url: str = typer.Option(..., "--url", help="https://HOST:PORT where `fedtrust exchange serve` runs"),
+    credentials: Path = typer.Option(..., "--credentials", help="your credentials directory (a party of the job)"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Send a receipt to the online exchange, which verifies and logs it as `exchange verify` does."""
+    from fedtrust.errors import ConfigError
+    from fedtrust.transport.exchange_client import ExchangeClient
+    from fedtrust.transport.tls import TlsMaterial
+    from fedtrust.trust.credentials import load_identity
+
+    identity = load_identity(credentials)
+    try:
+        data = receipt.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"receipt file {receipt} does not exist") from None
+    tls = TlsMaterial(identity.tls_cert_pem, identity.tls_key_pem, identity.ca_pem)
+    verdict = ExchangeClient(url, identity.ca_pem, tls).submit_receipt(data)
+    if as_json:
+        print_json(verdict)
+    else:
+        console.print(f"VALID: job {verdict.get('job_id')} "
+                      f"{'was already recorded' if verdict.get('already_recorded') else 'recorded'} in the exchange's "
+                      f"log (size {verdict.get('log_size')})", highlight=False)

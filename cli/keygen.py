@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List
+from typing import List, Optional
 
 import typer
 
@@ -16,11 +16,13 @@ def keygen(
                                       help="HOST:PORT where the daemon listens (nodes: required; repeatable)"),
     out: Path = typer.Option(..., "--out", help="new directory for the keys (0700, keys 0600) and request.json"),
     as_json: bool = typer.Option(False, "--json", help="print {uri, directory, request} as JSON"),
+    reuse_keys: Optional[Path] = typer.Option(None, "--reuse-keys",
+                                              help="keep the keys of this earlier directory (renew addresses only)"),
 ) -> None:
     """Create this subject's private keys and `request.json` (public keys, signed: proof of possession)."""
     from fedtrust.trust.keygen import REQUEST, keygen as do_keygen
 
-    req = do_keygen(role, name, address, out)
+    req = do_keygen(role, name, address, out, reuse_keys)
     if as_json:
         from fedtrust.cli.output import print_json
 

@@ -450,6 +450,14 @@ def test_revoke_and_renew(tmp_path):
     assert [c.address for c in store.issue_history("node", "n2")] == ["10.0.0.2:1", "10.0.0.9:2"]
     assert store.get_subject("node", "n2")[0] == new.credential
     assert pki.verify_certificate(old.tls_cert_pem, old.ca_pem) == ("node", "n2")
+    # an address-only renewal keeps the keys
+    keygen("node", "n2", ["10.0.0.10:3"], tmp_path / "n2-moved", reuse_keys=tmp_path / "n2-new")
+    issuer.renew(d, tmp_path / "n2-moved" / "request.json", tmp_path / "n2-moved")
+    moved = load_identity(tmp_path / "n2-moved")
+    assert moved.credential.address == "10.0.0.10:3"
+    assert (moved.credential.signing_key, moved.credential.kx_key) == (new.credential.signing_key, new.credential.kx_key)
+    with pytest.raises(ConfigError, match="has no kx.key"):
+        keygen("node", "b", ["10.0.0.1:1"], tmp_path / "bx", reuse_keys=tmp_path / "b")
     keygen("node", "n3", ["10.0.0.3:1"], tmp_path / "n3")
     with pytest.raises(ConfigError, match="fedtrust://node/n3 is not registered; register it"):
         issuer.renew(d, tmp_path / "n3" / "request.json", tmp_path / "n3")

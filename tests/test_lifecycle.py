@@ -180,6 +180,7 @@ def test_lifecycle(tmp_path: Path):
         new_port = free_port()
         enroll_dir = tmp_path / "creds-renewed" / "bank-b"
         run("keygen", "--role", "node", "--name", "bank-b", "--address", f"127.0.0.1:{new_port}", "--out", enroll_dir)
+        assert (enroll_dir / "signing.key").read_bytes() != (creds / "bank-b" / "signing.key").read_bytes()
         run("exchange", "renew", ex, "--request", enroll_dir / "request.json", "--out", enroll_dir)
         node_procs["bank-b"].send_signal(signal.SIGTERM)
         node_procs["bank-b"].wait(timeout=30)
@@ -195,8 +196,9 @@ def test_lifecycle(tmp_path: Path):
         from fedtrust.errors import Error
         from fedtrust.transport.exchange_client import ExchangeClient
 
-        as_buyer = ExchangeClient(url, buyer.ca_pem, tls_of(buyer))
-        verdict = as_buyer.submit_receipt(res.receipt.to_json())
+        (tmp_path / "receipt.json").write_bytes(res.receipt.to_json())
+        verdict = json.loads(run("exchange", "submit", tmp_path / "receipt.json", "--url", url, "--credentials",
+                                 creds / "analyst", "--json").stdout)
         assert verdict["valid"] and not verdict["already_recorded"] and verdict["job_id"] == res.job_id
         as_owner = ExchangeClient(url, buyer.ca_pem, coord_tls)
         assert as_owner.submit_receipt(res.receipt.to_json())["already_recorded"]

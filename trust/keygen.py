@@ -82,16 +82,38 @@ def _pem(key: Ed25519PrivateKey | X25519PrivateKey | ec.EllipticCurvePrivateKey)
                              serialization.NoEncryption())
 
 
-def keygen(role: str, name: str, addresses: Sequence[str], out_dir: str | Path) -> RegistrationRequest:
-    """Create the subject's keys in `out_dir` (0700; keys 0600) and its signed `request.json`."""
+def _reused_keys(d: Path, role: str) -> tuple[Ed25519PrivateKey, ec.EllipticCurvePrivateKey, X25519PrivateKey | None]:
+    """The keys in an existing credential directory, to renew with new addresses but the same keys."""
+    def load(name: str, kind: type) -> Any:
+        try:
+            key = pki.load_private_key((d / name).read_bytes(), str(d / name))
+        except FileNotFoundError:
+            raise ConfigError(f"--reuse-keys {d} has no {name}; point it at the directory keygen wrote") from None
+        if not isinstance(key, kind):
+            raise ConfigError(f"{d / name} is not the kind of key keygen writes there")
+        return key
+
+    kx = load(KX_KEY, X25519PrivateKey) if role == "node" else None
+    return load(SIGNING_KEY, Ed25519PrivateKey), load(TLS_KEY, ec.EllipticCurvePrivateKey), kx
+
+
+def keygen(role: str, name: str, addresses: Sequence[str], out_dir: str | Path,
+           reuse_keys: str | Path | None = None) -> RegistrationRequest:
+    """Create the subject's keys in `out_dir` (0700; keys 0600) and its signed `request.json`.
+
+    With `reuse_keys`, the keys of that earlier directory are copied instead
+    (a renewal that only changes addresses)."""
     pki.check_role(role)
     pki.check_name(name)
     addrs = check_addresses(role, list(addresses))
     out = Path(out_dir)
+    if reuse_keys is not None:
+        signing, tls, kx = _reused_keys(Path(reuse_keys), role)
+    else:
+        signing = Ed25519PrivateKey.generate()
+        tls = ec.generate_private_key(ec.SECP256R1())
+        kx = X25519PrivateKey.generate() if role == "node" else None
     make_private_dir(out)
-    signing = Ed25519PrivateKey.generate()
-    tls = ec.generate_private_key(ec.SECP256R1())
-    kx = X25519PrivateKey.generate() if role == "node" else None
     write_file(out / SIGNING_KEY, _pem(signing), secret=True)
     write_file(out / TLS_KEY, _pem(tls), secret=True)
     if kx is not None:
