@@ -146,6 +146,8 @@ def finish(identity: Identity, files: JobFiles, contract: Contract, plan: QueryP
         "job_id": verified.job.job_id,
         "sql": verified.job.sql,
         "withheld": table.withheld,
+        # (group, column, owners): quantities an owner held back because it had too few values there
+        "withheld_columns": [[list(k), c, n] for k, c, n in table.withheld_columns],
         "epsilon": verified.epsilon_spent,
         "salt": salt,
     }

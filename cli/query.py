@@ -42,7 +42,11 @@ def show_result(res, out: Optional[Path], receipt: Optional[Path], as_json: bool
     if res.table.withheld:
         console.print(f"{res.table.withheld} owner contribution(s) to groups below the contract's minimum group size "
                       "were withheld by their owners.")
-    else:
+    for key, column, n in res.table.withheld_columns:
+        where = f" in group {', '.join(key)}" if key else ""
+        console.print(f"`{column}`{where}: {n} owner(s) withheld its quantities (fewer values than the contract's "
+                      "minimum group size); the figures shown pool the other owners only.", highlight=False)
+    if not res.table.withheld and not res.table.withheld_columns:
         console.print("No owner contribution was withheld.")
     spent = res.verified.epsilon_spent
     if res.noisy is not None:

@@ -249,9 +249,9 @@ class NodeRuntime:
             vector, n_withheld = encode(layout, stats, rules.min_group_size)
         else:
             noise = noise_plan(layout, epsilon, rules.min_group_size)
-            noisy, withheld = add_noise(layout, stats, noise, rules.min_group_size)
-            vector = encode_signed(layout, noisy, withheld)
-            n_withheld = len(withheld)
+            noisy = add_noise(layout, stats, noise, rules.min_group_size)
+            vector = encode_signed(layout, noisy)
+            n_withheld = len(noisy.withheld)
         peers = {
             h.credential.name: kx_public_key(h.credential) for h in contract.owners if h.credential.name != self.name
         }

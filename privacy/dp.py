@@ -30,6 +30,13 @@ b = Δ·k/ε; by basic composition within a group the release is ε-DP.
 **Withholding.** A node compares a *separately noised* row count (its own
 ε/k share) with `min_group_size`; a group below it releases pure noise in
 every slot and sets the withheld flag (post-processing of that noisy count).
+The same threshold holds per column: in a released group, a column whose
+noisy non-null count (the one it releases, with its own ε/k share) is below
+`min_group_size` releases fresh noise in its count, Σq and Σq² slots and sets
+its column flag. The decision is post-processing of that already-released
+noisy count, so it needs no share of its own and the split above is
+unchanged: k = [1 threshold count] + 1 row count + per column (non-null
+count, Σq[, Σq²]).
 Every slot of every group — withheld, empty or absent — carries noise, so the
 noise pattern does not reveal which groups a node holds or withheld.
 

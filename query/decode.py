@@ -15,6 +15,10 @@ and only then turned into floats:
 
 Like SQL, a GROUP BY result leaves out groups with no rows; without GROUP BY
 there is always exactly one row. Rows come in the public group-domain order.
+Withheld contributions are reported, never hidden: `withheld_groups` (a node
+held back a whole small group) and `withheld_columns` (a node held back one
+column's quantities in a group where fewer than `min_group_size` of its rows
+have a value); the values shown pool only what was released.
 """
 from __future__ import annotations
 
@@ -40,6 +44,8 @@ class ResultTable:
     withheld: int
     #: (group key, number of nodes that withheld it), for groups with any, in domain order
     withheld_groups: tuple[tuple[tuple[str, ...], int], ...]
+    #: (group key, column, number of nodes that withheld that column's quantities there), in domain order
+    withheld_columns: tuple[tuple[tuple[str, ...], str, int], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -47,6 +53,7 @@ class ResultTable:
             "rows": [list(r) for r in self.rows],
             "withheld": self.withheld,
             "withheld_groups": [[list(k), n] for k, n in self.withheld_groups],
+            "withheld_columns": [[list(k), c, n] for k, c, n in self.withheld_columns],
         }
 
 
@@ -122,6 +129,7 @@ def decode(plan: QueryPlan, layout: Layout, schema: Schema, summed: Sequence[int
     rows: list[tuple[Any, ...]] = []
     withheld_total = 0
     withheld_groups: list[tuple[tuple[str, ...], int]] = []
+    withheld_columns: list[tuple[tuple[str, ...], str, int]] = []
     for g, key in enumerate(layout.groups):
         base = layout.base(g)
         flag = vals[base + Layout.FLAG]
@@ -133,6 +141,11 @@ def decode(plan: QueryPlan, layout: Layout, schema: Schema, summed: Sequence[int
         n_rows = limbs(base + Layout.ROWS)
         totals: dict[str, _ColumnTotals] = {}
         for col in layout.columns:
+            cflag = vals[base + col.flag]
+            if cflag > MAX_PARTIES:
+                raise _garbled()
+            if cflag:
+                withheld_columns.append((key, col.name, cflag))
             n = limbs(base + col.count)
             if n > n_rows:
                 raise _garbled()
@@ -156,4 +169,5 @@ def decode(plan: QueryPlan, layout: Layout, schema: Schema, summed: Sequence[int
         rows=tuple(rows),
         withheld=withheld_total,
         withheld_groups=tuple(withheld_groups),
+        withheld_columns=tuple(withheld_columns),
     )

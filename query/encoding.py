@@ -10,7 +10,11 @@ sums the buyer can recombine.
 Small groups are *withheld*: a group in which this node has at least one but
 fewer than `min_group_size` matching rows contributes nothing except its
 withheld flag (1), so the buyer learns that some node held back a small group
-but nothing about its rows. Groups a node does not hold encode as zeros, the
+but nothing about its rows. The same rule holds per column: in a group the
+node releases, a column with at least one but fewer than `min_group_size`
+non-null values contributes nothing (no non-null count, Σq or Σq²) except its
+column withheld flag, so a group of many rows with one value in a column does
+not release that value. Groups a node does not hold encode as zeros, the
 same as a group it holds with zero rows — absence leaks nothing.
 """
 from __future__ import annotations
@@ -63,7 +67,9 @@ def encode(layout: Layout, stats: Mapping[tuple[str, ...], GroupStats], min_grou
     """Lay `stats` out over `layout`; returns (uint64 vector of length `layout.length`, groups withheld).
 
     Groups absent from `stats` (or with 0 rows) encode as zeros. A group with
-    0 < rows < `min_group_size` is withheld: only its flag slot is 1.
+    0 < rows < `min_group_size` is withheld: only its flag slot is 1. In a
+    released group, a column with 0 < non-null count < `min_group_size` is
+    withheld: only its column flag slot is 1.
     Raises `PolicyViolation` (no value in the message) when a quantity needs
     more than 128 bits, `InvalidInput` when the stats are inconsistent.
     """
@@ -91,6 +97,9 @@ def encode(layout: Layout, stats: Mapping[tuple[str, ...], GroupStats], min_grou
             n = _check_int(cs.count_nonnull, f"the non-null count of `{col.name}`")
             if n > rows:
                 raise InvalidInput(f"the non-null count of `{col.name}` exceeds the group's row count")
+            if 0 < n < min_group_size:
+                vec[base + col.flag] = 1
+                continue
             _put(vec, base + col.count, n)
             _put(vec, base + col.sum, _check_int(cs.sum_q, f"the sum of `{col.name}`"))
             if col.sumsq is not None:

@@ -17,8 +17,10 @@ domains, numeric bounds) — never from a node's data:
   this group because it had fewer than `min_group_size` matching rows), then
   `LIMBS` limbs of the row count, then for each numeric column the plan
   aggregates (schema order): `LIMBS` limbs of its non-null count, `LIMBS`
-  limbs of Σq and, only when VAR_SAMP / STDDEV_SAMP is asked, `LIMBS` limbs
-  of Σq².
+  limbs of Σq, only when VAR_SAMP / STDDEV_SAMP is asked `LIMBS` limbs of
+  Σq², and 1 *column withheld flag* slot (1 when the node withheld this
+  column's quantities in this group because fewer than `min_group_size` of
+  its matching rows have a value in it).
 
 Fixed-point quantisation (public): a value v of a numeric column becomes
 ``q = round((clip(v, min, max) - min) * scale)`` with round half away from
@@ -70,8 +72,8 @@ assert MAX_PARTIES < PLAIN_MODULUS
 
 
 def slots_per_group(n_columns: int, needs_sumsq: bool) -> int:
-    """Slots one group takes: flag + row count + (count, Σq[, Σq²]) per column."""
-    return 1 + LIMBS * (1 + n_columns * (3 if needs_sumsq else 2))
+    """Slots one group takes: flag + row count + (count, Σq[, Σq²], column flag) per column."""
+    return 1 + LIMBS * (1 + n_columns * (3 if needs_sumsq else 2)) + n_columns
 
 
 def scale_of(column: Column) -> int:
@@ -115,6 +117,7 @@ class ColumnSlots:
     count: int  # first limb of the non-null count
     sum: int  # first limb of Σq
     sumsq: int | None  # first limb of Σq², None when not needed
+    flag: int  # the column's withheld flag
 
 
 @dataclass(frozen=True)
@@ -149,7 +152,9 @@ class Layout:
             if plan.needs_sumsq:
                 sq = off
                 off += LIMBS
-            cols.append(ColumnSlots(name, c.type, c.min, c.max, scale_of(c), count, s, sq))
+            flag = off
+            off += 1
+            cols.append(ColumnSlots(name, c.type, c.min, c.max, scale_of(c), count, s, sq, flag))
         per_group = slots_per_group(len(cols), plan.needs_sumsq)
         assert off == per_group
         layout = cls(tuple(plan.group_by), groups, tuple(cols), plan.needs_sumsq, per_group)

@@ -4,7 +4,11 @@ Node side (`add_noise`, `encode_signed`): every quantity of every group in
 the public domain gets discrete Laplace noise at the scale of the public
 `NoisePlan` (`fedtrust.privacy.dp`); a group whose separately noised row
 count is below `min_group_size` is withheld (its slots carry noise only and
-its flag is 1). Noisy values may be negative, so they are written as 128-bit
+its flag is 1). In a released group, a column whose *noisy* non-null count
+(the one it would release) is below `min_group_size` is withheld the same
+way: its count, Σq and Σq² slots carry fresh noise only and its column flag
+is 1. That decision is post-processing of an already-noised quantity, so it
+costs no extra share of ε. Noisy values may be negative, so they are written as 128-bit
 two's complement limbs: limb sums over the participants recombine to the
 total mod 2^128, read back as a signed integer.
 
@@ -39,11 +43,21 @@ _HALF = 1 << (VALUE_BITS - 1)
 
 # -- node side -----------------------------------------------------------------
 
+@dataclass(frozen=True)
+class NoisyStats:
+    """A node's noisy release: every group of the domain, and what the noisy thresholds withheld."""
+
+    groups: dict[tuple[str, ...], GroupStats]
+    withheld: set[tuple[str, ...]]  # whole groups
+    withheld_columns: set[tuple[tuple[str, ...], str]]  # (group, column) in released groups
+
+
 def add_noise(layout: Layout, stats: Mapping[tuple[str, ...], GroupStats], noise: NoisePlan,
-              min_group_size: int) -> tuple[dict[tuple[str, ...], GroupStats], set[tuple[str, ...]]]:
-    """Noisy stats for *every* group of the domain, and the groups withheld by the noisy threshold."""
+              min_group_size: int) -> NoisyStats:
+    """Noisy stats for *every* group of the domain, and the groups and columns withheld by the noisy thresholds."""
     noisy: dict[tuple[str, ...], GroupStats] = {}
     withheld: set[tuple[str, ...]] = set()
+    withheld_columns: set[tuple[tuple[str, ...], str]] = set()
     empty = GroupStats(0, {c.name: ColumnStats() for c in layout.columns})
     for key in layout.groups:
         gs = stats.get(key, empty)
@@ -55,13 +69,19 @@ def add_noise(layout: Layout, stats: Mapping[tuple[str, ...], GroupStats], noise
         for c in layout.columns:
             cs = held.columns.get(c.name, ColumnStats())
             cn = noise.column(c.name)
+            count = cs.count_nonnull + discrete_laplace(cn.nonnull)
+            if noise.threshold is not None and key not in withheld and count < min_group_size:
+                # too few values of this column here: withhold its quantities (the noisy count decided it:
+                # post-processing, no extra ε) and release fresh noise in their slots
+                withheld_columns.add((key, c.name))
+                cs, count = ColumnStats(), discrete_laplace(cn.nonnull)
             cols[c.name] = ColumnStats(
-                cs.count_nonnull + discrete_laplace(cn.nonnull),
+                count,
                 cs.sum_q + discrete_laplace(cn.sum),
                 cs.sumsq_q + discrete_laplace(cn.sumsq) if cn.sumsq is not None else 0,
             )
         noisy[key] = GroupStats(held.rows + discrete_laplace(noise.rows), cols)
-    return noisy, withheld
+    return NoisyStats(noisy, withheld, withheld_columns)
 
 
 def _put_signed(vec: np.ndarray, slot: int, value: int) -> None:
@@ -72,16 +92,16 @@ def _put_signed(vec: np.ndarray, slot: int, value: int) -> None:
         vec[slot + i] = (v >> (LIMB_BITS * i)) & LIMB_MASK
 
 
-def encode_signed(layout: Layout, noisy: Mapping[tuple[str, ...], GroupStats],
-                  withheld: set[tuple[str, ...]]) -> np.ndarray:
+def encode_signed(layout: Layout, noisy: NoisyStats) -> np.ndarray:
     vec = np.zeros(layout.length, dtype=np.uint64)
     for g, key in enumerate(layout.groups):
-        gs = noisy[key]
+        gs = noisy.groups[key]
         base = layout.base(g)
-        vec[base + Layout.FLAG] = 1 if key in withheld else 0
+        vec[base + Layout.FLAG] = 1 if key in noisy.withheld else 0
         _put_signed(vec, base + Layout.ROWS, gs.rows)
         for c in layout.columns:
             cs = gs.columns[c.name]
+            vec[base + c.flag] = 1 if (key, c.name) in noisy.withheld_columns else 0
             _put_signed(vec, base + c.count, cs.count_nonnull)
             _put_signed(vec, base + c.sum, cs.sum_q)
             if c.sumsq is not None:
@@ -126,13 +146,16 @@ def decode_noisy(plan: QueryPlan, layout: Layout, summed: Sequence[int], noise: 
         return observed - rng.laplace(0.0, b, size=(BOOTSTRAP, parties)).sum(axis=1)
 
     rows, errs, cis = [], [], []
-    withheld_total, withheld_groups = 0, []
+    withheld_total, withheld_groups, withheld_columns = 0, [], []
     for g, key in enumerate(layout.groups):
         base = layout.base(g)
         flag = vals[base + Layout.FLAG]
         if flag:
             withheld_total += flag
             withheld_groups.append((key, flag))
+        for c in layout.columns:
+            if vals[base + c.flag]:
+                withheld_columns.append((key, c.name, vals[base + c.flag]))
         n_rows = total(base + Layout.ROWS)
         sims: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray | None]] = {}
         obs: dict[str, tuple[int, int, int | None]] = {}
@@ -167,7 +190,8 @@ def decode_noisy(plan: QueryPlan, layout: Layout, summed: Sequence[int], noise: 
         rows.append(tuple(row))
         errs.append(tuple(err))
         cis.append(tuple(ci))
-    table = ResultTable(tuple(o.name for o in plan.outputs), tuple(rows), withheld_total, tuple(withheld_groups))
+    table = ResultTable(tuple(o.name for o in plan.outputs), tuple(rows), withheld_total, tuple(withheld_groups),
+                        tuple(withheld_columns))
     return NoisyResult(table, tuple(errs), tuple(cis))
 
 

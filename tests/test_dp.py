@@ -18,7 +18,7 @@ from fedtrust.node.executor import Dataset
 from fedtrust.privacy.dp import discrete_laplace, laplace_variance, noise_plan
 from fedtrust.privacy.params import PLAIN_MODULUS
 from fedtrust.query.layout import Layout
-from fedtrust.query.noisy import add_noise, decode_noisy, encode_signed
+from fedtrust.query.noisy import NoisyStats, add_noise, decode_noisy, encode_signed
 from fedtrust.query.sql import plan_query
 from fedtrust.trust.rules import QueryRules
 from fedtrust.trust.schema import Column, Schema
@@ -53,8 +53,7 @@ def test_discrete_laplace_has_the_stated_shape():
 def _release_and_decode(layout, stats, noise, parties=1, min_group=5):
     vec = np.zeros(layout.length, dtype=np.uint64)
     for _ in range(parties):  # several nodes' releases summed slot by slot (masks would cancel)
-        noisy, withheld = add_noise(layout, stats, noise, min_group)
-        vec = (vec + encode_signed(layout, noisy, withheld)) % PLAIN_MODULUS
+        vec = (vec + encode_signed(layout, add_noise(layout, stats, noise, min_group))) % PLAIN_MODULUS
     return vec
 
 
@@ -156,8 +155,7 @@ def test_every_slot_carries_noise_so_withheld_and_absent_groups_look_alike(peopl
     south = layout.group_index(("south",))
     zeros = 0
     for _ in range(300):
-        noisy, _ = add_noise(layout, stats, noise, 1)
-        zeros += noisy[("south",)].rows == 0
+        zeros += add_noise(layout, stats, noise, 1).groups[("south",)].rows == 0
     p0 = (1 - math.exp(-1 / float(noise.rows))) / (1 + math.exp(-1 / float(noise.rows)))
     assert zeros / 300 < p0 + 0.1  # not always zero: the absent group is noised too
     assert south >= 0
@@ -174,5 +172,31 @@ def test_signed_limbs_sum_back_exactly(values):
 
     vec = np.zeros(layout.length, dtype=np.uint64)
     for v in values:
-        vec = (vec + encode_signed(layout, {(): GroupStats(v, {})}, set())) % PLAIN_MODULUS
+        vec = (vec + encode_signed(layout, NoisyStats({(): GroupStats(v, {})}, set(), set()))) % PLAIN_MODULUS
     assert _signed(join_limbs([int(x) for x in vec[1:5]])) == sum(values)
+
+
+def test_a_column_with_one_value_in_a_big_group_is_withheld_by_its_noisy_count(tmp_path):
+    """Under [privacy] the per-column rule uses the column's noisy non-null count (no extra ε share)."""
+    path = tmp_path / "sparse.csv"
+    path.write_text("region,age,income\n" + "".join(f"north,{20 + i}," + ("123456.78" if i == 0 else "") + "\n"
+                                                       for i in range(60)))
+    plan = plan_query("SELECT region, COUNT(*) AS n, SUM(income) AS s FROM loans GROUP BY region", RULES, SCHEMA,
+                      "loans")
+    layout = Layout.from_plan(plan, SCHEMA)
+    with Dataset.open(path, SCHEMA) as ds:
+        stats = ds.aggregate(plan, layout)
+    noise = noise_plan(layout, Decimal("1"), 5)
+    assert noise.shares == 1 + 1 + 2  # threshold count, row count, income's count and Σq: unchanged by the rule
+    trials = 300
+    releases = [add_noise(layout, stats, noise, 5) for _ in range(trials)]
+    flagged = sum((("north",), "income") in r.withheld_columns for r in releases)
+    # P(1 + Lap(b=4) < 5) = 1 − ½·e^{−1} ≈ 0.82 for the discrete law; far from "never" (the old behaviour)
+    assert flagged / trials > 0.7
+    assert all(("north",) not in r.withheld for r in releases)  # 60 rows: the group itself is released
+    res = decode_noisy(plan, layout, np.asarray(encode_signed(layout, releases[0])) % PLAIN_MODULUS, noise, 1)
+    assert ((("north",), "income", 1) in res.table.withheld_columns) == ((("north",), "income") in
+                                                                        releases[0].withheld_columns)
+    # a column with plenty of values is (practically) never withheld
+    full = {k: type(v)(v.rows, {"income": type(v.columns["income"])(60, 0, 0)}) for k, v in stats.items()}
+    assert not any((("north",), "income") in add_noise(layout, full, noise, 5).withheld_columns for _ in range(100))

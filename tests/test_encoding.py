@@ -396,9 +396,11 @@ def _expected(p, layout: Layout, node_stats: list[dict], k: int):
                 continue
             c = PROP_SCHEMA.column(o.column)
             scale = 1 if c.type == "int" else FLOAT_SCALE
-            n = sum(g.columns[o.column].count_nonnull for g in parts)
-            s = sum(g.columns[o.column].sum_q for g in parts)
-            ss = sum(g.columns[o.column].sumsq_q for g in parts)
+            # a node releases a column's quantities only where it has at least k values in that column
+            kept = [g.columns[o.column] for g in parts if not 0 < g.columns[o.column].count_nonnull < k]
+            n = sum(cs.count_nonnull for cs in kept)
+            s = sum(cs.sum_q for cs in kept)
+            ss = sum(cs.sumsq_q for cs in kept)
             lo = Fraction(c.min)
             if o.func == "COUNT":
                 row.append(n)
@@ -435,6 +437,15 @@ def test_encode_sum_decode_round_trip(sql, node_rows, k, seed):
     rows, withheld = _expected(p, layout, node_stats, k)
     assert result.rows == rows
     assert result.withheld == withheld
+    withheld_columns = {}
+    for key in layout.groups:
+        for stats in node_stats:
+            gs = stats.get(key)
+            if gs is not None and gs.rows >= k:
+                for c in layout.columns:
+                    if 0 < gs.columns[c.name].count_nonnull < k:
+                        withheld_columns[(key, c.name)] = withheld_columns.get((key, c.name), 0) + 1
+    assert {(k_, c): n for k_, c, n in result.withheld_columns} == withheld_columns
     if not p.group_by:
         assert len(result.rows) == 1
 
@@ -464,11 +475,12 @@ def test_layout_is_public_and_fixed():
     assert layout.group_by == ("region", "sex")
     assert layout.groups[:3] == (("north", "f"), ("north", "m"), ("south", "f"))
     assert len(layout.groups) == 10
-    assert layout.slots_per_group == slots_per_group(2, True) == 1 + 4 * (1 + 2 * 3)
+    assert layout.slots_per_group == slots_per_group(2, True) == 1 + 4 * (1 + 2 * 3) + 2
     assert layout.length == 10 * layout.slots_per_group
     income, age = layout.columns
-    assert (income.name, income.count, income.sum, income.sumsq, income.scale) == ("income", 5, 9, 13, FLOAT_SCALE)
-    assert (age.name, age.count, age.sum, age.sumsq, age.scale) == ("age", 17, 21, 25, 1)
+    assert (income.name, income.count, income.sum, income.sumsq, income.flag, income.scale) == (
+        "income", 5, 9, 13, 17, FLOAT_SCALE)
+    assert (age.name, age.count, age.sum, age.sumsq, age.flag, age.scale) == ("age", 18, 22, 26, 30, 1)
     assert layout.flag_slot(2) == 2 * layout.slots_per_group and layout.rows_slot(2) == layout.flag_slot(2) + 1
     no_group = Layout.from_plan(plan("SELECT COUNT(*) FROM loans"), SCHEMA)
     assert no_group.groups == ((),) and no_group.length == 1 + LIMBS and no_group.columns == ()
@@ -502,6 +514,25 @@ def test_encode_absent_zero_and_withheld_groups():
     result = decode(p, layout, SCHEMA, vec.tolist())
     assert result.rows == (("north", 7, float(18 + Fraction(100, 6))),)
     assert result.withheld == 1 and result.withheld_groups == ((("south",), 1),)
+
+
+def test_a_column_with_too_few_values_in_a_released_group_is_withheld():
+    """12 rows in a group, one of them with an income: the group's count is released, that income is not."""
+    p = plan("SELECT region, COUNT(*), COUNT(income), SUM(income), AVG(age) FROM loans GROUP BY region")
+    layout = Layout.from_plan(p, SCHEMA)
+    one_income = quantize(123456.78, SCHEMA.column("income"))
+    stats = {("north",): GroupStats(12, {"income": ColumnStats(1, one_income, 0), "age": ColumnStats(12, 240, 0)})}
+    vec, withheld = encode(layout, stats, 10)
+    assert withheld == 0
+    income = layout.column("income")
+    assert vec[income.flag] == 1 and not vec[income.count:income.flag].any()  # nothing of that income leaves
+    result = decode(p, layout, SCHEMA, vec.tolist())
+    assert result.rows == (("north", 12, 0, None, float(18 + Fraction(240, 12))),)
+    assert result.withheld_columns == ((("north",), "income", 1),)
+    # with enough values the column is released as before
+    stats[("north",)] = GroupStats(12, {"income": ColumnStats(10, 10 * one_income, 0), "age": ColumnStats(12, 240, 0)})
+    result = decode(p, layout, SCHEMA, encode(layout, stats, 10)[0].tolist())
+    assert result.rows[0][2] == 10 and result.withheld_columns == ()
 
 
 def test_encode_overflow_is_a_policy_violation_without_value():

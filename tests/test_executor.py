@@ -309,3 +309,18 @@ def test_hugeint_overflow_is_a_policy_violation(tmp_path):
         with pytest.raises(PolicyViolation, match=r"overflowed the 127-bit range") as e:
             ds.aggregate(plan, Layout.from_plan(plan, schema))
     assert "9000000000000000000" not in str(e.value)
+
+
+def test_a_group_of_twelve_rows_with_one_income_does_not_release_that_income(tmp_path):
+    """min_group_size holds per quantity: COUNT(income) = 1 and SUM(income) would be that person's income."""
+    rows = [("north", 87654.32 if i == 0 else None, 20 + i) for i in range(12)]
+    p = write_csv(tmp_path / "sparse.csv", rows)
+    sql = "SELECT region, COUNT(*) AS n, COUNT(income) AS k, SUM(income) AS s, AVG(age) AS a FROM loans GROUP BY region"
+    plan = plan_query(sql, RULES, SCHEMA, "loans")
+    layout = Layout.from_plan(plan, SCHEMA)
+    with Dataset.open(p, SCHEMA) as ds:
+        vec, _ = encode(layout, ds.aggregate(plan, layout), 10)
+    result = decode(plan, layout, SCHEMA, vec.tolist())
+    assert result.rows == (("north", 12, 0, None, 25.5),)
+    assert result.withheld_columns == ((("north",), "income", 1),)
+    assert 8765432 not in vec.tolist() and not any(v == 87654.32 for r in result.rows for v in r)
