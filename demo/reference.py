@@ -3,6 +3,8 @@
 It applies the same admission rule as the nodes — each owner's contribution
 to a group with fewer than `min_group_size` matching rows is left out — and
 then runs the buyer's SQL with DuckDB over the union of the admitted rows.
+It does not model the per-column threshold or the domain filter, which
+change nothing on the demo's data (no NULLs, every category listed).
 The demo shows it next to fedtrust's answer; the tests assert they agree.
 Nothing in fedtrust's release path calls this.
 """

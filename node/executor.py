@@ -15,8 +15,13 @@ DuckDB database once, with the schema's column types, inside a sandbox:
 
 `Dataset.aggregate` never runs the buyer's SQL text: it builds a fresh
 statement from the checked `QueryPlan` with sqlglot expressions (quoted
-identifiers, literals rendered by sqlglot): the plan's filter tree, plus a
-filter that drops rows whose group columns lie outside the public domain,
+identifiers, literals rendered by sqlglot): the plan's filter tree, plus the
+*domain filter* — only rows whose every category column holds a value listed
+in its public domain (not NULL, not an unlisted value) — which is the same
+for every query, grouped or not, so that no difference between two queries
+(COUNT(*) minus the sum of a GROUP BY, a filter and its complement) can
+isolate rows outside the domain; ``out_of_domain_rows`` counts those rows
+for the owner's log,
 and per numeric column the exact HUGEINT aggregates of the quantised value
 ``q = CAST(round((LEAST(GREATEST(col, min), max) - min) * scale) AS HUGEINT)``
 (NULL stays NULL; int columns are clipped and shifted in integer arithmetic;
@@ -177,6 +182,13 @@ def _greatest(a: exp.Expression, b: exp.Expression) -> exp.Expression:
 
 def _least(a: exp.Expression, b: exp.Expression) -> exp.Expression:
     return exp.Anonymous(this="LEAST", expressions=[a, b])
+
+
+def _and(conds: list[exp.Expression]) -> exp.Expression:
+    cond = conds[0]
+    for extra in conds[1:]:
+        cond = exp.And(this=cond, expression=extra)
+    return cond
 
 
 class Dataset:
@@ -417,18 +429,32 @@ class Dataset:
         if plan.where is not None:
             self._check_where(plan.where)
             conds.append(exp.Paren(this=plan.where.copy()))
-        for g in plan.group_by:
-            domain = self.schema.column(g).values
-            conds.append(exp.In(this=_q(g), expressions=[exp.Literal.string(v) for v in domain]))
+        conds += self._domain_conditions()
         query = exp.select(*items).from_(exp.Table(this=exp.Identifier(this=TABLE, quoted=True)))
         if conds:
-            cond = conds[0]
-            for extra in conds[1:]:
-                cond = exp.And(this=cond, expression=extra)
-            query = query.where(cond)
+            query = query.where(_and(conds))
         if plan.group_by:
             query = query.group_by(*[_q(g) for g in plan.group_by])
         return query.sql(dialect=DIALECT)
+
+    def _domain_conditions(self) -> list[exp.Expression]:
+        """`col IN (listed values)` for every category column: NULL and unlisted values fail it."""
+        return [exp.In(this=_q(c.name), expressions=[exp.Literal.string(v) for v in c.values])
+                for c in self.schema.columns if c.type == "category"]
+
+    def out_of_domain_rows(self) -> int:
+        """How many rows no query counts (a category value NULL or outside its public domain): for the owner's log."""
+        conds = self._domain_conditions()
+        if not conds:
+            return 0
+        query = exp.select(exp.Count(this=exp.Star())).from_(exp.Table(this=exp.Identifier(this=TABLE, quoted=True)))
+        query = query.where(exp.Not(this=exp.Paren(this=exp.func("COALESCE", _and(conds), exp.false()))))
+        with self._lock:
+            cur = self._con.cursor()
+        try:
+            return int(cur.execute(query.sql(dialect=DIALECT)).fetchone()[0])
+        finally:
+            cur.close()
 
     @staticmethod
     def _quantized(col: Column, scale: int) -> exp.Expression:

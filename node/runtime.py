@@ -124,6 +124,12 @@ class NodeRuntime:
     def _open_dataset(self, product_path: Path, data_path: Path, encoding: str = "utf-8",
                       null_values: tuple[str, ...] = ("",)) -> None:
         held = open_held_dataset(self.identity, self.name, product_path, data_path, encoding, null_values)
+        outside = held.dataset.out_of_domain_rows()
+        if outside:
+            # the owner's own log: a count only. No query counts these rows (the same domain filter for all).
+            log.warning("product %s: %d row(s) of %s have a category value that is NULL or not listed in the "
+                        "public schema; no query counts them (fix the data or list the value in a new product)",
+                        held.product.dataset, outside, data_path.name)
         self.datasets[held.product_digest] = held
 
     # -- checks -----------------------------------------------------------

@@ -336,11 +336,23 @@ class _Checker:
                 if not d.is_finite() or not math.isfinite(float(d)):
                     raise PolicyViolation(f"filter on `{col.name}` needs a finite number")
                 d = -d if neg else d
+                assert col.min is not None and col.max is not None
+                if not Decimal(repr(col.min)) <= d <= Decimal(repr(col.max)):
+                    bounds = col.to_dict()
+                    raise PolicyViolation(
+                        f"filter on `{col.name}` compares with a number outside its public bounds "
+                        f"[{bounds['min']}, {bounds['max']}]; use a value within them"
+                    )
                 text = format(d, "f") if d == d.to_integral_value() and abs(d) < 10**30 else repr(float(d))
                 return exp.Literal.number(text)
             if neg or not node.is_string:
                 raise PolicyViolation(
                     f"filter on category column `{col.name}` must compare with a string literal, e.g. {col.name} = 'value'"
+                )
+            if node.this not in col.values:
+                raise PolicyViolation(
+                    f"filter on category column `{col.name}` compares with a value outside its public domain; "
+                    f"use one of its listed values: {_fmt(col.values)}"
                 )
             return exp.Literal.string(node.this)
         if isinstance(node, exp.Column):

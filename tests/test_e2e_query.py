@@ -176,3 +176,41 @@ def test_cli_query_status_result_and_verify(federation, tmp_path):
                               "SELECT * FROM loans"], capture_output=True, text=True, env=env, timeout=60)
     assert p.returncode == 6  # the exit status of a policy refusal
     assert "Traceback" not in p.stderr and "SELECT *" in p.stderr
+
+
+def test_the_buyers_client_refuses_an_unlisted_filter_value_before_anything_is_made_or_sent(federation):
+    from fedtrust.buyer.jobdir import jobs_root
+    from fedtrust.errors import PolicyViolation
+
+    before = set(jobs_root(federation.buyer_dir).glob("*"))
+    with pytest.raises(PolicyViolation, match="outside its public domain; use one of its listed values: north, south"):
+        ask(federation, "SELECT COUNT(*) AS n FROM loans WHERE region = 'dermatology'")
+    assert set(jobs_root(federation.buyer_dir).glob("*")) == before  # no key, no job, nothing sent
+
+
+def test_a_node_tells_its_owner_at_start_how_many_rows_lie_outside_the_domain(tmp_path, caplog):
+    """A count only, in the owner's own log; queries never count those rows."""
+    from fedtrust.config import load_node_config
+    from fedtrust.demo.federation import build_federation
+    from fedtrust.exchange.issuer import list_product
+    from fedtrust.node.executor import file_digest
+    from fedtrust.node.runtime import NodeRuntime
+
+    fed = build_federation(tmp_path, {"bank-a": 100, "bank-b": 100})
+    data = fed.data["bank-a"]
+    with data.open("a") as f:
+        f.write("mars,1000.0,40,0\n,2000.0,41,1\nnorth,3000.0,42,0\n")
+    (fed.root / "products" / "bank-a.json").unlink()  # the owner lists the new data version
+    list_product(fed.exchange_dir, "bank-a", "loans", fed.root / "schema.toml", file_digest(data),
+                 fed.root / "products" / "bank-a.json")
+    caplog.set_level("INFO", logger="fedtrust.node")
+    rt = NodeRuntime(load_node_config(fed.node_configs["bank-a"]))
+    try:
+        (held,) = rt.datasets.values()
+        assert held.dataset.out_of_domain_rows() == 2
+        lines = [r.getMessage() for r in caplog.records if "outside" in r.getMessage() or "not listed" in r.getMessage()]
+        assert len(lines) == 1 and " 2 row(s) " in lines[0]
+        assert "mars" not in lines[0] and "1000" not in lines[0]
+    finally:
+        for h in rt.datasets.values():
+            h.dataset.close()

@@ -94,6 +94,10 @@ def test_node_releases_to_the_coordinator_and_a_retry_gets_the_same_bytes_withou
         ("SELECT COUNT(*) FROM loans a JOIN loans b ON a.age = b.age", "join"),
         ("SELECT COUNT(*) FROM read_csv('/etc/passwd')", "table function|dataset"),
         ("SELECT COUNT(*) FROM other", "other"),
+        # probes for unlisted values in the owners' files: refused, naming the listed values only
+        ("SELECT COUNT(*) FROM loans WHERE region = 'dermatology'",
+         "outside its public domain; use one of its listed values: north, south, east, west, central"),
+        ("SELECT COUNT(*) FROM loans WHERE age > 150", r"outside its public bounds \[18, 100\]"),
     ],
 )
 def test_node_refuses_sql_the_rules_forbid_and_releases_nothing(federation, sql, rule):

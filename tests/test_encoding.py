@@ -185,7 +185,7 @@ QUERIES = [
     "SELECT sex, region, COUNT(*) AS n, VAR_SAMP(age), SUM(income) FROM loans "
     "WHERE age BETWEEN 30 AND 60 AND region <> 'south' GROUP BY region, sex",
     "SELECT COUNT(*), AVG(income), SUM(age) FROM loans WHERE region IN ('north', 'east') OR NOT (age < 40)",
-    "SELECT COUNT(*), SUM(income), AVG(income), VAR_SAMP(age), SUM(age) FROM loans WHERE age > 1000",
+    "SELECT COUNT(*), SUM(income), AVG(income), VAR_SAMP(age), SUM(age) FROM loans WHERE age > 100",
     "SELECT region, sex, SUM(income), COUNT(age) FROM loans WHERE sex = 'f' GROUP BY sex, region",
 ]
 

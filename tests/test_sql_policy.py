@@ -93,7 +93,7 @@ def test_group_by_normalised_to_schema_order_and_select_order_kept():
 def test_where_forms_accepted_and_rebuilt():
     p = plan(
         "SELECT COUNT(*) FROM loans AS l WHERE (region = 'north' OR region <> 'south') AND age != 30 "
-        "AND NOT sex IN ('m') AND age BETWEEN 20 AND 40 AND 50 > age AND l.age >= -1 AND age <= 99.5 AND age < 1e2"
+        "AND NOT sex IN ('m') AND age BETWEEN 20 AND 40 AND 50 > age AND l.age >= 18 AND age <= 99.5 AND age < 1e2"
     )
     sql = p.where_sql
     assert sql is not None
@@ -105,7 +105,8 @@ def test_where_forms_accepted_and_rebuilt():
 
 
 def test_where_string_literal_is_escaped_in_rebuilt_tree():
-    p = plan("SELECT COUNT(*) FROM loans WHERE region = 'it''s'")
+    quoted = Schema((Column("region", "category", values=("north", "it's")), Column("age", "int", 18, 100)))
+    p = plan("SELECT COUNT(*) FROM loans WHERE region = 'it''s'", schema=quoted)
     assert "'it''s'" in p.where_sql
 
 
@@ -259,3 +260,31 @@ def test_refusal_messages_never_echo_literals():
     with pytest.raises(PolicyViolation) as e:
         plan("SELECT COUNT(*) FROM loans WHERE salary = 123456.78")
     assert "123456" not in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "sql, message",
+    [
+        ("SELECT COUNT(*) FROM loans WHERE region = 'dermatology'",
+         r"filter on category column `region` compares with a value outside its public domain; use one of its listed "
+         r"values: north, south, east, west"),
+        ("SELECT COUNT(*) FROM loans WHERE region IN ('north', 'Mars')", r"outside its public domain"),
+        ("SELECT COUNT(*) FROM loans WHERE region <> 'NORTH'", r"outside its public domain"),
+        ("SELECT COUNT(*) FROM loans WHERE sex = ''", r"`sex` compares with a value outside .*: f, m"),
+        ("SELECT COUNT(*) FROM loans WHERE age > 1000", r"filter on `age` compares with a number outside its public "
+                                                         r"bounds \[18, 100\]; use a value within them"),
+        ("SELECT COUNT(*) FROM loans WHERE age < -5", r"outside its public bounds \[18, 100\]"),
+        ("SELECT COUNT(*) FROM loans WHERE age BETWEEN 20 AND 100.5", r"outside its public bounds"),
+        ("SELECT COUNT(*) FROM loans WHERE age IN (30, 17)", r"outside its public bounds"),
+    ],
+)
+def test_filter_literals_must_lie_in_the_public_domain_and_bounds(sql, message):
+    """A literal outside the listed domain probes for unlisted values in an owner's file; refused by name."""
+    with pytest.raises(PolicyViolation, match=message) as e:
+        plan(sql)
+    assert "dermatology" not in str(e.value) and "Mars" not in str(e.value) and "1000" not in str(e.value)
+
+
+def test_filter_literals_at_the_bounds_and_listed_values_are_fine():
+    p = plan("SELECT COUNT(*) FROM loans WHERE age >= 18 AND age <= 100 AND region IN ('north', 'west') AND sex = 'f'")
+    assert p.filter_columns == ("region", "sex", "age")
