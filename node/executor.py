@@ -284,8 +284,9 @@ class Dataset:
             ).sql(dialect=DIALECT)
             for c in schema.columns
         )
+        table = exp.to_identifier(TABLE, quoted=True).sql(dialect=DIALECT)
         try:
-            con.execute(f"CREATE TABLE {exp.to_identifier(TABLE, quoted=True).sql(dialect=DIALECT)} AS SELECT {items} FROM {source}")
+            con.execute(f"CREATE TABLE {table} AS SELECT {items} FROM {source}")
         except duckdb.Error:
             problem = encoding_problem(p) if kind == "csv" else None
             if problem:
@@ -300,6 +301,16 @@ class Dataset:
                     f"schema declares; fix the file or the schema{hint}"
                 ) from None
             raise ConfigError(f"data file {shown.name} cannot be loaded with the schema's column types; check the file") from None
+        # the table must have exactly the schema's columns: DuckDB folds case and renames clashes (`x`, `x_1`),
+        # and a query must never reach a column under another column's name
+        loaded = [r[0] for r in con.execute(f"DESCRIBE {table}").fetchall()]
+        if loaded != list(schema.names):
+            extra = [n for n in loaded if n not in schema.names]
+            missing = [n for n in schema.names if n not in loaded]
+            raise ConfigError(
+                f"data file {shown.name} loaded with columns other than the schema's (not in the schema: "
+                f"{', '.join(extra) or 'none'}; missing: {', '.join(missing) or 'none'}); fix the schema or the file"
+            )
 
     @staticmethod
     def _bad_column(con: Any, reader: str, schema: Schema, found: dict[str, str]) -> tuple[Column, str | None] | None:

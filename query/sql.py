@@ -169,12 +169,9 @@ def _ident_name(node: exp.Expression | None) -> tuple[str, bool]:
     raise PolicyViolation("a name in the query is not a plain identifier; use plain column and table names")
 
 
-def _resolve(name: str, candidates: tuple[str, ...]) -> str | None:
-    """Match a SQL identifier to a schema name (exact first, then case-insensitive like DuckDB)."""
-    if name in candidates:
-        return name
-    folded = [c for c in candidates if c.lower() == name.lower()]
-    return folded[0] if len(folded) == 1 else None
+def _allowed(schema: Schema, rule_names: tuple[str, ...]) -> set[str]:
+    """The schema columns a rules list names (each rule name resolved like a SQL identifier)."""
+    return {r for r in (schema.resolve(n) for n in rule_names) if r is not None}
 
 
 def _fmt(names: tuple[str, ...] | list[str]) -> str:
@@ -210,7 +207,7 @@ class _Checker:
         if isinstance(node.this, exp.Star):
             raise PolicyViolation("SELECT * is not allowed; name the group columns and aggregates you want")
         name, _ = _ident_name(node.this)
-        resolved = _resolve(name, self.schema.names)
+        resolved = self.schema.resolve(name)
         if resolved is None:
             raise PolicyViolation(
                 f"{where}: column `{name}` is not in the schema of dataset `{self.dataset}` "
@@ -302,8 +299,9 @@ class _Checker:
                 f"functions or expressions inside {func} are not allowed; aggregate a plain column, e.g. {func}(income)"
             )
         name, _ = _ident_name(arg.this)
-        resolved = _resolve(name, self.rules.columns)
-        if resolved is None:
+        # resolve against the schema first (as DuckDB will), then check the column it resolves to
+        resolved = self.schema.resolve(name)
+        if resolved is None or resolved not in _allowed(self.schema, self.rules.columns):
             raise PolicyViolation(
                 f"column `{name}` may not be aggregated under this contract (allowed: {_fmt(self.rules.columns)})"
             )
@@ -380,8 +378,8 @@ class _Checker:
         if isinstance(node.this, exp.Star):
             raise PolicyViolation("* is not allowed in WHERE; compare a filter column with a literal")
         name, _ = _ident_name(node.this)
-        resolved = _resolve(name, self.rules.filters)
-        if resolved is None:
+        resolved = self.schema.resolve(name)
+        if resolved is None or resolved not in _allowed(self.schema, self.rules.filters):
             raise PolicyViolation(
                 f"column `{name}` may not be used in WHERE under this contract (allowed filter columns: {_fmt(self.rules.filters)})"
             )
@@ -486,8 +484,8 @@ def plan_query(sql: str, rules: QueryRules, schema: Schema, dataset: str) -> Que
             if not isinstance(g, exp.Column):
                 raise PolicyViolation("GROUP BY takes plain column names; expressions are not allowed")
             name, _ = _ident_name(g.this)
-            resolved = _resolve(name, rules.group_by)
-            if resolved is None:
+            resolved = schema.resolve(name)
+            if resolved is None or resolved not in _allowed(schema, rules.group_by):
                 raise PolicyViolation(
                     f"column `{name}` may not be grouped by under this contract (allowed group columns: {_fmt(rules.group_by)})"
                 )

@@ -486,3 +486,14 @@ def test_revoke_and_renew(tmp_path):
     keygen("node", "n1", ["10.0.0.1:1"], tmp_path / "n1-new")
     with pytest.raises(ConfigError, match="fedtrust://node/n1 is revoked; the exchange issues it no credential"):
         issuer.renew(d, tmp_path / "n1-new" / "request.json", tmp_path / "n1-new")
+
+
+def test_list_refuses_a_schema_whose_names_collide_when_case_is_folded(ex, tmp_path):
+    """`Salary` (not sold) and `salary` (sold) are one column to SQL; the exchange lists no such schema."""
+    twins = tmp_path / "twins.toml"
+    twins.write_text(SCHEMA + '\n[columns.Salary]\ntype = "float"\nmin = 0\nmax = 1\n'
+                              '\n[columns.salary]\ntype = "float"\nmin = 0\nmax = 1\n')
+    with pytest.raises(ConfigError, match=r"columns `Salary` and `salary`, whose names differ only in case; SQL "
+                                          r"folds case, so rename one"):
+        issuer.list_product(ex, "node-a", "claims", twins, C1, tmp_path / "twins.product.json")
+    assert not (tmp_path / "twins.product.json").exists()

@@ -330,3 +330,30 @@ def test_a_group_of_twelve_rows_with_one_income_does_not_release_that_income(tmp
     assert result.rows == (("north", 12, 0, None, 25.5),)
     assert result.withheld_columns == ((("north",), "income", 1),)
     assert 8765432 not in vec.tolist() and not any(v == 87654.32 for r in result.rows for v in r)
+
+
+def _twin_schema() -> Schema:
+    """A schema an old exchange could list (`Salary` not sold, `salary` sold); today's Schema refuses it."""
+    cols = (Column("region", "category", values=("north", "south", "east")), Column("Salary", "float", 0.0, 1e6),
+            Column("salary", "float", 0.0, 1e6))
+    with pytest.raises(ConfigError, match="differ only in case"):
+        Schema(cols)
+    twin = object.__new__(Schema)
+    object.__setattr__(twin, "columns", cols)
+    return twin
+
+
+def test_the_salary_twin_attack_is_refused_at_every_edge(tmp_path):
+    """Rules sell `salary`; SQL folds `SUM(Salary)` / DuckDB folds the table: neither may reach `Salary`."""
+    twin = _twin_schema()
+    rules = QueryRules(("COUNT", "SUM"), ("salary",), (), ("region",), 1, 10)
+    # the planner resolves against the schema first, then checks the column it resolved to against the rules
+    with pytest.raises(PolicyViolation, match=r"column `Salary` may not be aggregated under this contract"):
+        plan_query("SELECT SUM(Salary) FROM loans", rules, twin, "loans")
+    # and a node never loads a table whose columns are not exactly the schema's
+    p = tmp_path / "twins.csv"
+    p.write_text("region,Salary,salary\nnorth,250000,1\nnorth,260000,1\n")
+    with pytest.raises(ConfigError, match=r"loaded with columns other than the schema's \(not in the schema: "
+                                          r"salary_1; missing: salary\)"):
+        Dataset.open(p, twin)
+

@@ -800,3 +800,15 @@ def test_verification_checks_each_spend_against_the_contracts_privacy_rules(w):
     for rules, changes, message in cases:
         with pytest.raises(VerificationError, match=message):
             verify_bundle(_bundle_under(w, rules, **changes), w.exchange.public_key)
+
+
+def test_a_product_whose_schema_names_collide_when_folded_is_refused_where_it_is_read(w):
+    """An old exchange's listing with `Salary` and `salary`: a node (or anyone) verifying it refuses it."""
+    from fedtrust.trust.products import PRODUCT_TYPE
+
+    payload = Product("node-a", "claims", w.schema, sha256_hex(b"x"), utc_now()).to_dict()
+    payload["schema"]["columns"] += [{"name": "Salary", "type": "float", "min": "0", "max": "1"},
+                                     {"name": "salary", "type": "float", "min": "0", "max": "1"}]
+    env = w.exchange.sign_statement(PRODUCT_TYPE, payload, [("product", "0" * 64)])
+    with pytest.raises(VerificationError, match=r"columns `Salary` and `salary`, whose names differ only in case"):
+        verify_product(env, w.exchange.public_key)

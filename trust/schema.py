@@ -84,6 +84,16 @@ class Schema:
         names = [c.name for c in self.columns]
         if len(set(names)) != len(names):
             raise ConfigError("schema declares a column twice; declare each column once")
+        # SQL (and DuckDB) fold the case of names: `Salary` and `salary` would be one column to a query
+        # but two to the rules, so a contract could sell one and deliver the other
+        seen: dict[str, str] = {}
+        for n in names:
+            other = seen.setdefault(n.lower(), n)
+            if other != n:
+                raise ConfigError(
+                    f"schema declares columns `{other}` and `{n}`, whose names differ only in case; SQL folds case, "
+                    "so rename one"
+                )
 
     def column(self, name: str) -> Column:
         for c in self.columns:
@@ -93,6 +103,12 @@ class Schema:
 
     def has(self, name: str) -> bool:
         return any(c.name == name for c in self.columns)
+
+    def resolve(self, name: str) -> str | None:
+        """The schema's name for a SQL identifier, case folded as SQL does (names never collide when folded)."""
+        if self.has(name):
+            return name
+        return next((c.name for c in self.columns if c.name.lower() == name.lower()), None)
 
     @property
     def names(self) -> tuple[str, ...]:
