@@ -92,6 +92,27 @@ def list_product(
     console.print(f"listed {product.dataset!r} of {product.owner} ({len(product.schema.columns)} columns) → {out}")
 
 
+def no_privacy_warning(c) -> str | None:
+    """What a contract without `[privacy]` still lets a buyer learn, in numbers from its rules (None with DP)."""
+    if c.rules.privacy is not None:
+        return None
+    parts = ["these rules have no [privacy] table, so nodes release exact answers."]
+    q = c.rules.query
+    if q is not None:
+        numeric = [f for f in q.filters if c.schema.has(f) and c.schema.column(f).numeric]
+        f = numeric[0] if numeric else None
+        example = (f"(e.g. `{f} >= a` and `{f} >= a AND {f} < b`)" if f else "(e.g. a filter and its complement)")
+        parts.append(
+            f"Without [privacy], two queries that differ in one filter {example} can reveal one person's value "
+            f"exactly, and an answer without GROUP BY minus a grouped one reveals what small groups withheld: "
+            f"min_group_size {q.min_group_size} only limits single answers, and the buyer may ask "
+            f"{q.max_queries} queries per owner.")
+    if c.rules.training is not None:
+        parts.append("Trained models and their aggregate updates are not differentially private either.")
+    parts.append("Add [privacy] with epsilon_total, delta and epsilon_per_query for differential privacy.")
+    return " ".join(parts)
+
+
 @app.command("contract")
 def contract(
     directory: Path = typer.Argument(..., help="the exchange's directory"),
@@ -116,13 +137,9 @@ def contract(
 
     c = issue_contract(directory, buyer, coordinator, product, rules, out, price=price, purpose=purpose,
                        valid_from=valid_from, valid_until=valid_until, revocation_max_age_h=revocation_max_age_h)
-    if c.rules.privacy is None:
-        err_console.print(
-            "[yellow]warning:[/] these rules have no \\[privacy] table: nodes release exact aggregates under the "
-            "aggregation rules alone (minimum group size, allowed columns and filters), as a clean room does; "
-            "repeated or differencing queries can still reveal individuals. Add \\[privacy] with epsilon_total, "
-            "delta and epsilon_per_query for differential privacy."
-        )
+    warning = no_privacy_warning(c)
+    if warning:
+        err_console.print(f"[yellow]warning:[/] {escape(warning)}")
     from fedtrust.exchange.lookup import contract_summary
     from fedtrust.trust.dsse import Envelope
 

@@ -69,7 +69,11 @@ def test_readme_walkthrough(tmp_path: Path):
     c = run("exchange", "contract", ex, "--buyer", "analyst", "--coordinator", "coord", "--product",
             tmp_path / "bank-a.json", "--product", tmp_path / "bank-b.json", "--rules", tmp_path / "rules.toml",
             "--out", tmp_path / "contract.json", "--purpose", "regional income statistics")
-    assert "no [privacy] table" in c.stderr  # the exchange warns about exact-answer contracts
+    warned = " ".join(c.stderr.split())  # the exchange warns about exact-answer contracts, in the contract's numbers
+    assert "no [privacy] table" in warned
+    assert ("two queries that differ in one filter (e.g. `age >= a` and `age >= a AND age < b`) can reveal one "
+            "person's value exactly" in warned)
+    assert "min_group_size 5 only limits single answers, and the buyer may ask 10 queries per owner" in warned
     base = ["exchange", "contract", ex, "--buyer", "analyst", "--coordinator", "coord", "--product",
             tmp_path / "bank-a.json", "--rules", tmp_path / "rules.toml", "--out", tmp_path / "c1.json"]
     one = run(*base, "--purpose", "x", ok=False)

@@ -497,3 +497,19 @@ def test_list_refuses_a_schema_whose_names_collide_when_case_is_folded(ex, tmp_p
                                           r"folds case, so rename one"):
         issuer.list_product(ex, "node-a", "claims", twins, C1, tmp_path / "twins.product.json")
     assert not (tmp_path / "twins.product.json").exists()
+
+
+def test_contracts_without_privacy_are_warned_about_in_their_own_numbers(ex, tmp_path):
+    from dataclasses import replace
+    from decimal import Decimal
+
+    from fedtrust.cli.exchange import no_privacy_warning
+    from fedtrust.trust.rules import PrivacyRules
+
+    c = _contract(ex, tmp_path)
+    warning = no_privacy_warning(c)
+    # RULES: numeric filter `amount`, min_group_size 5, max_queries 10
+    assert "two queries that differ in one filter (e.g. `amount >= a` and `amount >= a AND amount < b`)" in warning
+    assert "min_group_size 5 only limits single answers, and the buyer may ask 10 queries per owner" in warning
+    dp = replace(c, rules=replace(c.rules, privacy=PrivacyRules(Decimal(3), Decimal("1e-6"), Decimal("0.5"))))
+    assert no_privacy_warning(dp) is None
