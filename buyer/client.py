@@ -12,7 +12,7 @@ from fedtrust.transport.chunks import split
 from fedtrust.transport.server import secure_channel
 from fedtrust.transport.status import error_from_rpc
 from fedtrust.transport.tls import TlsMaterial
-from fedtrust.v1 import coordinator_pb2, coordinator_pb2_grpc
+from fedtrust.v1 import coordinator_pb2, coordinator_pb2_grpc, vertical_pb2, vertical_pb2_grpc
 
 #: a query's vector never needs more ciphertexts than this per node (16 × 8192 slots)
 MAX_CIPHERTEXTS_PER_NODE = 16
@@ -168,6 +168,14 @@ class CoordinatorClient:
         with self._channel() as ch:
             return _collect(self._stub(ch).SubmitQuery(requests(), timeout=self.timeout), on_progress,
                             f"coordinator {self.name} at {self.address}", max_nodes)
+
+    def submit_vertical(self, job: bytes, contract: bytes, on_progress: OnProgress | None = None) -> JobOutcome:
+        """A vertical job (PSI): progress, then the receipt; nothing else is relayed to the buyer."""
+        with self._channel() as ch:
+            outcome = _collect(vertical_pb2_grpc.VerticalCoordinatorServiceStub(ch).SubmitVertical(
+                vertical_pb2.VerticalSubmission(job_envelope=job, contract_envelope=contract), timeout=self.timeout),
+                on_progress, f"coordinator {self.name} at {self.address}", max_nodes=0)
+        return outcome
 
     def submit_training(self, job: bytes, contract: bytes, on_round: OnRound | None = None) -> TrainingOutcome:
         with self._channel() as ch:

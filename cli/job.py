@@ -77,5 +77,11 @@ def result(
             console.print(metrics_table(res.metrics, f"job {res.job_id}: aggregate metrics over all owners"))
             console.print(f"model sha256 {res.model_digest}" + (f", written to {out}" if out else ""))
         return
+    if open_job(credentials, job_id).read_meta().get("kind") == "psi":
+        from fedtrust.buyer.vertical import fetch_psi_again
+        from fedtrust.cli.vertical import show_psi
+
+        show_psi(fetch_psi_again(identity, credentials, job_id, coordinator), out, receipt, as_json)
+        return
     fmt = check_format(fmt, as_json)
     show_result(fetch_again(identity, credentials, job_id, coordinator), out, receipt, as_json, fmt)

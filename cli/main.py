@@ -19,7 +19,7 @@ import click
 import typer
 from rich.markup import escape
 
-from fedtrust.cli import audit, contract, coordinator, demo, exchange, job, keygen, node, predict, query, train
+from fedtrust.cli import audit, contract, coordinator, demo, exchange, job, keygen, node, predict, query, train, vertical
 from fedtrust.cli.output import err_console
 from fedtrust.errors import Error
 
@@ -67,6 +67,7 @@ app.command("keygen")(keygen.keygen)
 app.add_typer(audit.app, name="audit")
 app.command("query")(query.query)
 app.command("train")(train.train)
+app.command("psi")(vertical.psi)
 app.command("predict")(predict.predict)
 app.command("demo")(demo.demo)
 

@@ -6,8 +6,9 @@ from fedtrust.coordinator.coordinator_servicer import CoordinatorServicer
 from fedtrust.coordinator.runtime import CoordinatorRuntime
 from fedtrust.metrics import DaemonMetrics
 from fedtrust.transport.daemon import GrpcDaemon
+from fedtrust.coordinator.vertical_servicer import VerticalCoordinatorServicer
 from fedtrust.transport.exchange_client import refresher_for
-from fedtrust.v1 import coordinator_pb2_grpc
+from fedtrust.v1 import coordinator_pb2_grpc, vertical_pb2_grpc
 
 
 class CoordinatorDaemon(GrpcDaemon):
@@ -23,7 +24,13 @@ class CoordinatorDaemon(GrpcDaemon):
 
     def _register(self):
         servicer = self.servicer = CoordinatorServicer(self.runtime, self.metrics)
-        return lambda s: coordinator_pb2_grpc.add_CoordinatorServiceServicer_to_server(servicer, s)
+        vertical = VerticalCoordinatorServicer(self.runtime, self.metrics)
+
+        def register(s):
+            coordinator_pb2_grpc.add_CoordinatorServiceServicer_to_server(servicer, s)
+            vertical_pb2_grpc.add_VerticalCoordinatorServiceServicer_to_server(vertical, s)
+
+        return register
 
     def _on_stop(self) -> None:
         if self.servicer is not None:

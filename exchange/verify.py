@@ -149,6 +149,10 @@ def _summary(v: VerifiedReceipt, result_checked: bool, again: bool) -> str:
         parts[3] = "buyer acknowledged delivery" + (" and the model file matches" if result_checked else "")
         if not eps:
             parts[4] = "no differential privacy (masked updates; the model itself is not DP)"
+    if v.job.kind == "psi":
+        parts[2] = (f"coordinator {v.contract.coordinator.name} relayed the owners' sealed PSI messages; every owner "
+                    f"attested intersection size {v.attestations[0].intersection_size} and the messages it released")
+        parts[4] = "no differential privacy (an exact intersection size; PSI is refused under [privacy])"
     parts += [f"warning from {a.node}: {w}" for a in v.attestations for w in a.warnings]
     parts += [
         "already recorded" if again else "recorded",

@@ -9,7 +9,9 @@ from fedtrust.node.training_runtime import TrainingRuntime
 from fedtrust.transport.daemon import GrpcDaemon
 from fedtrust.transport.exchange_client import refresher_for
 from fedtrust.transport.tls import TlsMaterial
-from fedtrust.v1 import node_pb2_grpc
+from fedtrust.node.vertical_runtime import PsiRuntime
+from fedtrust.node.vertical_servicer import VerticalNodeServicer
+from fedtrust.v1 import node_pb2_grpc, vertical_pb2_grpc
 
 
 class NodeDaemon(GrpcDaemon):
@@ -19,6 +21,7 @@ class NodeDaemon(GrpcDaemon):
     def __init__(self, config: NodeConfig) -> None:
         self.runtime = NodeRuntime(config)
         self.training = TrainingRuntime(self.runtime, config)  # checks the approved ClientApps' digests
+        self.psi = PsiRuntime(self.runtime)
         ident = self.runtime.identity
         super().__init__(config.name, config.listen, TlsMaterial(ident.tls_cert_pem, ident.tls_key_pem, ident.ca_pem),
                          config.server, DaemonMetrics("node", budgets=self._budgets))
@@ -34,5 +37,11 @@ class NodeDaemon(GrpcDaemon):
         return bool(self.runtime.datasets) and self.runtime.store.readable()
 
     def _register(self):
-        servicer = NodeServicer(self.runtime, self.training, self.metrics)
-        return lambda s: node_pb2_grpc.add_NodeServiceServicer_to_server(servicer, s)
+        servicer = NodeServicer(self.runtime, self.training, self.metrics, psi=self.psi)
+        vertical = VerticalNodeServicer(servicer, self.psi)
+
+        def register(s):
+            node_pb2_grpc.add_NodeServiceServicer_to_server(servicer, s)
+            vertical_pb2_grpc.add_VerticalNodeServiceServicer_to_server(vertical, s)
+
+        return register

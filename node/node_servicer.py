@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 
-from fedtrust.errors import Error, InvalidInput
+from fedtrust.errors import Error, InvalidInput, PolicyViolation
 from fedtrust.metrics import DaemonMetrics
 from fedtrust.node.runtime import NodeRuntime
 from fedtrust.node.training_runtime import MAX_MESSAGE_BYTES, TrainingRuntime
@@ -71,10 +71,12 @@ def read_train_header(requests):
 
 class NodeServicer(node_pb2_grpc.NodeServiceServicer):
     def __init__(self, runtime: NodeRuntime, training: TrainingRuntime | None = None,
-                 metrics: DaemonMetrics | None = None) -> None:
+                 metrics: DaemonMetrics | None = None, psi=None) -> None:
         self.runtime = runtime
         self.training = training or TrainingRuntime(runtime, runtime.config)
         self.metrics = metrics or DaemonMetrics("node")
+        #: vertical PSI jobs (`node.vertical_runtime.PsiRuntime`), shared with the VerticalNodeService
+        self.psi = psi
 
     def _audited(self, peer, check, run, describe, event: str = "released"):
         """check() -> (checked job, payload), run(checked, payload) -> release; audit the release or the refusal."""
@@ -117,6 +119,10 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
         def admit(checked, _):
             if checked.job.kind == "train":
                 self.training.admit(checked)
+            elif checked.job.kind == "psi":
+                if self.psi is None:
+                    raise PolicyViolation("this node does not serve vertical jobs")
+                self.psi.admit(checked)
             else:
                 self.runtime.admit_query(checked)
             return self.runtime.sign_admission(checked)

@@ -310,7 +310,7 @@ class NodeRuntime:
                    detail: str = "", duration_s: float = 0.0) -> None:
         """One row (and one info log line) per job in the owner's job log (`fedtrust node log`)."""
         job, c = checked.job, checked.contract
-        request = job.sql if job.kind == "query" else json.dumps(job.training.to_dict() if job.training else {},
-                                                                 sort_keys=True)
+        request = job.sql if job.kind == "query" else json.dumps(
+            job.training.to_dict() if job.training else job.vertical.to_dict() if job.vertical else {}, sort_keys=True)
         self.store.jobs.record(JobRecord(checked.contract_digest, job.job_id, job.kind, c.buyer.name,
                                          c.coordinator.name, request, epsilon, withheld, outcome, detail, duration_s))

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from fedtrust.demo.federation import enroll
+from fedtrust.demo.vertical import TELCO_SCHEMA as TELCO
 from fedtrust.errors import ConfigError, PolicyViolation
 from fedtrust.exchange import issuer
 from fedtrust.query.sql import plan_query
@@ -25,14 +26,6 @@ values = ["retail", "sme"]
 type = "int"
 min = 0
 max = 1
-"""
-TELCO = """
-[columns.phone_key]
-type = "key"
-[columns.arpu]
-type = "float"
-min = 0
-max = 500
 """
 VERTICAL = """
 [vertical]

@@ -26,6 +26,7 @@ from fedtrust.trust.canonical import Fields, format_time, is_sha256_hex, parse_t
 from fedtrust.trust.contracts import Contract
 from fedtrust.trust.credentials import signing_public_key
 from fedtrust.trust.dsse import Envelope, Signer, verify_object
+from fedtrust.trust.vertical import VerticalJob
 
 __all__ = [
     "JOB_TYPE", "JOB_KINDS", "MAX_SQL_CHARS", "DEFAULT_TTL", "TRAINING_TTL", "JobSpec", "new_job_id", "new_nonce",
@@ -33,7 +34,7 @@ __all__ = [
 ]
 
 JOB_TYPE = "https://fedtrust.dev/JobSpec/v1"
-JOB_KINDS = ("query", "train")
+JOB_KINDS = ("query", "train", "psi")
 #: a training job runs many rounds: the buyer's signature stays valid this long by default
 TRAINING_TTL = timedelta(hours=24)
 MAX_SQL_CHARS = 65536
@@ -62,6 +63,7 @@ class JobSpec:
     sql: str = ""  # query jobs
     he: HeParams | None = None  # query jobs
     training: TrainingSpec | None = None  # train jobs
+    vertical: VerticalJob | None = None  # vertical jobs (kind "psi")
     created_at: str
     expires_at: str
 
@@ -89,6 +91,16 @@ class JobSpec:
             training=spec, created_at=format_time(now), expires_at=format_time(now + ttl),
         )
 
+    @classmethod
+    def new_psi(cls, contract: Contract, contract_digest: str, key: str, *, ttl: timedelta = DEFAULT_TTL) -> JobSpec:
+        """A fresh private-set-intersection job between the owners of a vertical `contract`."""
+        now = datetime.now(timezone.utc)
+        return cls(
+            contract_digest=contract_digest, job_id=new_job_id(), nonce=new_nonce(), kind="psi",
+            coordinator=contract.coordinator.name, participants=contract.owner_names, dataset=contract.dataset,
+            vertical=VerticalJob(key), created_at=format_time(now), expires_at=format_time(now + ttl),
+        )
+
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {
             "contract_digest": self.contract_digest,
@@ -105,6 +117,10 @@ class JobSpec:
             if self.training is None:
                 raise InvalidInput("job spec: a train job needs its training spec")
             d["training"] = self.training.to_dict()
+        elif self.kind == "psi":
+            if self.vertical is None:
+                raise InvalidInput("job spec: a psi job needs its vertical payload")
+            d["vertical"] = self.vertical.to_dict()
         else:
             if self.he is None:
                 raise InvalidInput("job spec: a query job needs its HE parameters")
@@ -118,6 +134,8 @@ class JobSpec:
         kind = f.text("kind")
         if kind == "train":
             extra = {"training": TrainingSpec.from_dict(f.obj("training"))}
+        elif kind == "psi":
+            extra = {"vertical": VerticalJob.from_dict(f.obj("vertical"))}
         else:
             extra = {"sql": f.text("sql"), "he": HeParams.from_dict(f.obj("he"))}
         job = cls(
@@ -145,14 +163,17 @@ class JobSpec:
             raise InvalidInput("job spec: nonce must be 32 random bytes in lowercase hex")
         if self.kind not in JOB_KINDS:
             raise InvalidInput(f"job spec: kind must be one of {', '.join(JOB_KINDS)}")
-        if self.kind == "train":
-            if self.training is None or self.sql or self.he is not None:
+        if self.kind == "psi":
+            if self.vertical is None or self.training is not None or self.sql or self.he is not None:
+                raise InvalidInput("job spec: a psi job carries a vertical payload and no sql, he or training spec")
+        elif self.kind == "train":
+            if self.training is None or self.sql or self.he is not None or self.vertical is not None:
                 raise InvalidInput("job spec: a train job carries a training spec and no sql or he")
             self.training.check_form()
             if self.training.dataset != self.dataset:
                 raise InvalidInput("job spec: the training spec names another dataset than the job")
         else:
-            if self.training is not None or self.he is None:
+            if self.training is not None or self.vertical is not None or self.he is None:
                 raise InvalidInput("job spec: a query job carries sql and he and no training spec")
             if not self.sql.strip() or len(self.sql) > MAX_SQL_CHARS:
                 raise InvalidInput(f"job spec: sql must be a non-empty query of at most {MAX_SQL_CHARS} characters")

@@ -178,9 +178,13 @@ class Attestation:
     #: metrics, both computed by this node itself from every participant's signed vectors
     model_digest: str | None = None
     metrics_digest: str | None = None
+    #: PSI jobs: the size of the intersection this node found (both owners find the same; the buyer buys it)
+    intersection_size: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = self._fields()
+        if self.intersection_size is not None:
+            d["intersection_size"] = self.intersection_size
         if self.warnings:
             d["warnings"] = list(self.warnings)
         if self.model_digest is not None:
@@ -225,10 +229,17 @@ class Attestation:
             warnings=_warnings(f.d.get("warnings", [])),
             model_digest=f.digest("model_digest") if "model_digest" in f.d else None,
             metrics_digest=f.digest("metrics_digest") if "model_digest" in f.d else None,
+            intersection_size=_size(f.d["intersection_size"]) if "intersection_size" in f.d else None,
         )
         parse_eps(att.epsilon, "attestation epsilon")
         parse_eps(att.delta, "attestation delta")
         return att
+
+
+def _size(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**53:
+        raise InvalidInput("attestation: `intersection_size` must be a whole number of rows")
+    return value
 
 
 def _warnings(value: object) -> tuple[str, ...]:

@@ -117,6 +117,7 @@ def verify_bundle(
     if job.kind == "train" and aggregate is not None:
         check_model_attested(aggregate[0] if aggregate else b"", atts)
     _check_query_statement(job, atts, digests, statement)
+    _check_psi(contract, job, atts, statement)
 
     ack = None
     if bundle.acknowledgement is not None:
@@ -228,7 +229,39 @@ def _check_training_statement(job: JobSpec, statement: CoordinatorStatement,
             raise VerificationError(f"nodes {attestations[0].node} and {att.node} attested different final models")
 
 
+def _check_psi(contract: Contract, job: JobSpec, atts: Sequence[Attestation], statement: CoordinatorStatement) -> None:
+    """A PSI job: every owner attests the same intersection size, at least the contract's minimum; the
+    coordinator claims no output of its own. Other jobs carry no intersection size."""
+    if job.kind != "psi":
+        if any(a.intersection_size is not None for a in atts):
+            raise VerificationError("an attestation states an intersection size for a job that is not a PSI")
+        return
+    if statement.aggregate_outputs:
+        raise VerificationError("the coordinator's statement for a PSI names an output of its own; it only relays")
+    sizes = {a.intersection_size for a in atts}
+    if None in sizes:
+        raise VerificationError("an owner's attestation of a PSI job states no intersection size")
+    if len(sizes) != 1:
+        raise VerificationError("the owners attested different intersection sizes; the PSI was not run on one pair "
+                                "of messages (a relay fault or a dishonest owner)")
+    assert contract.rules.vertical is not None  # _check_rules ran first
+    if sizes.pop() < contract.rules.vertical.min_intersection:
+        raise VerificationError("the attested intersection is below the contract's min_intersection; no owner may "
+                                "release it")
+
+
 def _check_rules(contract: Contract, job: JobSpec) -> None:
+    if job.kind == "psi":
+        from fedtrust.trust.vertical import check_vertical_job
+
+        assert job.vertical is not None
+        try:
+            check_vertical_job(contract.rules.vertical, job.kind, job.vertical)
+        except PolicyViolation as e:
+            raise VerificationError(f"the vertical job breaks the contract's rules: {e}") from None
+        return
+    if contract.rules.vertical is not None:
+        raise VerificationError("the contract is vertical; it sells no horizontal query or training job")
     if job.kind == "train":
         from fedtrust.training.policy import check_training  # local: no training code at import time
 

@@ -23,9 +23,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from fedtrust.errors import ConfigError
+from fedtrust.errors import ConfigError, InvalidInput, PolicyViolation
 
-__all__ = ["VERTICAL_KINDS", "VerticalRules", "check_vertical_products"]
+__all__ = ["VERTICAL_KINDS", "VerticalJob", "VerticalRules", "check_vertical_job", "check_vertical_products"]
 
 VERTICAL_KINDS = ("psi",)
 #: owners a vertical contract joins today (two-party PSI)
@@ -114,3 +114,29 @@ def check_vertical_products(rules: VerticalRules, products: Sequence[Any]) -> No
     extra = sorted(set(dict(rules.columns)) - set(datasets))
     if extra:
         raise ConfigError(f"rules: [vertical.columns] names {extra[0]!r}, which is not a product of this contract")
+
+
+@dataclass(frozen=True)
+class VerticalJob:
+    """The payload of a vertical job spec (kind "psi"): the join column it runs on."""
+
+    key: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"key": self.key}
+
+    @classmethod
+    def from_dict(cls, d: Any) -> "VerticalJob":
+        if not isinstance(d, dict) or set(d) != {"key"} or not isinstance(d["key"], str) or not d["key"]:
+            raise InvalidInput("job spec: `vertical` must be {\"key\": <the join column>}")
+        return cls(d["key"])
+
+
+def check_vertical_job(rules: "VerticalRules | None", kind: str, job: VerticalJob) -> None:
+    """A vertical job of `kind` under a contract's rules; PolicyViolation naming the rule."""
+    if rules is None:
+        raise PolicyViolation("this contract sells no vertical jobs (its rules have no [vertical] table)")
+    if kind not in rules.kinds:
+        raise PolicyViolation(f"this contract's [vertical] kinds do not include {kind!r} (allowed: {', '.join(rules.kinds)})")
+    if job.key != rules.key:
+        raise PolicyViolation(f"the job joins on {job.key!r} but the contract's join key is {rules.key!r}")

@@ -1,0 +1,93 @@
+"""The buyer's side of a vertical PSI job: check, sign, submit, verify the receipt, acknowledge.
+
+The buyer learns the intersection size and nothing else: no key, no row, no
+blinded point reaches it (the owners' messages are sealed to each other). It
+accepts the size only from a receipt in which both owners signed the same
+size, for this job, at or above the contract's `min_intersection`, and the
+coordinator signed over exactly those attestations (`trust.verify`); then it
+writes the result and signs its acknowledgement.
+"""
+from __future__ import annotations
+
+import json
+import secrets
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+from fedtrust.buyer.client import CoordinatorClient, JobOutcome, OnProgress
+from fedtrust.buyer.jobdir import JobFiles, jobs_root, open_job
+from fedtrust.buyer.query import check_agreed, load_contract, tls_of
+from fedtrust.errors import ConfigError, VerificationError
+from fedtrust.trust.canonical import utc_now
+from fedtrust.trust.contracts import Contract
+from fedtrust.trust.credentials import Identity
+from fedtrust.trust.dsse import Envelope
+from fedtrust.trust.jobs import JobSpec, sign_job
+from fedtrust.trust.receipts import Acknowledgement, ReceiptBundle, result_digest, sign_acknowledgement
+from fedtrust.trust.verify import VerifiedReceipt, verify_bundle
+from fedtrust.trust.vertical import check_vertical_job, VerticalJob
+
+JOB_TTL = timedelta(hours=1)
+COLUMNS = ["intersection_size"]
+
+
+@dataclass(frozen=True)
+class PsiOutcome:
+    job_id: str
+    intersection_size: int
+    result: dict  # what result.json holds
+    receipt: ReceiptBundle  # with the buyer's acknowledgement
+    verified: VerifiedReceipt
+
+
+def submit_psi(identity: Identity, credentials_dir: Path, contract_path: Path, coordinator: str,
+               on_progress: OnProgress | None = None, timeout: float = 3600.0) -> PsiOutcome:
+    contract, contract_raw = load_contract(identity, contract_path)
+    check_agreed(contract, contract_raw)
+    rules = contract.rules.vertical
+    if rules is None:
+        raise ConfigError("this contract sells no vertical jobs (its rules have no [vertical] table)")
+    check_vertical_job(rules, "psi", VerticalJob(rules.key))  # fast, clear refusal before anything is sent
+    contract_env = Envelope.from_json(contract_raw)
+    job = JobSpec.new_psi(contract, contract_env.digest, rules.key, ttl=JOB_TTL)
+    job_env = sign_job(job, identity.signer)
+    files = JobFiles(jobs_root(credentials_dir) / job.job_id)
+    files.create(b"", job_env.to_json(), contract_raw,
+                 {"job_id": job.job_id, "coordinator": coordinator, "kind": "psi", "submitted_at": utc_now()})
+    client = CoordinatorClient(coordinator, tls_of(identity), contract.coordinator.name, timeout)
+    return finish(identity, files, contract, client.submit_vertical(job_env.to_json(), contract_raw, on_progress))
+
+
+def fetch_psi_again(identity: Identity, credentials_dir: Path, job_id: str, coordinator: str | None = None) -> PsiOutcome:
+    files = open_job(credentials_dir, job_id)
+    meta = files.read_meta()
+    contract, _ = load_contract(identity, files.contract)
+    outcome = CoordinatorClient(coordinator or meta["coordinator"], tls_of(identity),
+                                contract.coordinator.name).fetch_result(job_id, max_nodes=0)
+    return finish(identity, files, contract, outcome)
+
+
+def finish(identity: Identity, files: JobFiles, contract: Contract, outcome: JobOutcome) -> PsiOutcome:
+    if outcome.relayed:
+        raise VerificationError("the coordinator relayed outputs for a PSI job; the buyer receives only the receipt")
+    bundle = ReceiptBundle.from_json(outcome.receipt)
+    if bundle.job.digest != Envelope.from_json(files.job.read_bytes()).digest:
+        raise VerificationError("the coordinator returned a receipt for another job")
+    verified = verify_bundle(bundle, identity.exchange_key)
+    if verified.job.kind != "psi":
+        raise VerificationError("the coordinator returned a receipt of another kind of job")
+    size = verified.attestations[0].intersection_size
+    assert size is not None  # verify_bundle checked every owner attested the same size
+    salt = secrets.token_hex(16)
+    rows = [[size]]
+    digest = result_digest(salt, COLUMNS, rows)
+    ack = sign_acknowledgement(Acknowledgement(job_digest=verified.job_digest, result_digest=digest,
+                                               acknowledged_at=utc_now()), identity.signer)
+    receipt = ReceiptBundle(bundle.contract, bundle.job, bundle.attestations, bundle.statement, ack)
+    result = {"columns": COLUMNS, "rows": rows, "job_id": verified.job.job_id, "kind": "psi",
+              "key": verified.job.vertical.key if verified.job.vertical else None,
+              "salt": salt, "result_digest": digest}
+    files.result.write_text(json.dumps(result, indent=2))
+    files.receipt.write_bytes(receipt.to_json())
+    return PsiOutcome(verified.job.job_id, size, result, receipt, verified)

@@ -1,0 +1,52 @@
+"""`fedtrust psi`: the private set intersection of a vertical contract's two owners."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from fedtrust.cli.output import console, err_console, job_progress, print_json
+from fedtrust.trust.credentials import load_identity
+
+
+def psi(
+    credentials: Path = typer.Option(..., "--credentials", help="the buyer's credentials directory"),
+    contract: Path = typer.Option(..., "--contract", help="a vertical contract (its rules have a vertical table)"),
+    coordinator: str = typer.Option(..., "--coordinator", help="HOST:PORT of the contract's coordinator"),
+    out: Optional[Path] = typer.Option(None, "--out", help="write the result here (JSON)"),
+    receipt: Optional[Path] = typer.Option(None, "--receipt", help="write the receipt bundle here"),
+    as_json: bool = typer.Option(False, "--json", help="print the result as JSON on stdout"),
+    timeout: float = typer.Option(3600.0, "--timeout", help="seconds to wait for the job"),
+) -> None:
+    """Intersect the owners' customers on the contract's join key: you learn the size; each owner its own rows."""
+    from fedtrust.buyer.vertical import submit_psi
+
+    identity = load_identity(credentials)
+    with job_progress() as bar:
+        task = bar.add_task("psi", total=None, stage="submitting")
+
+        def progress(ev) -> None:
+            bar.update(task, total=ev.total, completed=ev.done, stage=ev.stage)
+
+        res = submit_psi(identity, credentials, contract, coordinator, progress, timeout)
+        bar.update(task, stage="attested")
+    err_console.print(f"job {res.job_id} done")
+    show_psi(res, out, receipt, as_json)
+
+
+def show_psi(res, out: Optional[Path], receipt: Optional[Path], as_json: bool) -> None:
+    if out:
+        out.write_text(json.dumps(res.result, indent=2))
+    if receipt:
+        receipt.write_bytes(res.receipt.to_json())
+    if as_json:
+        print_json(res.result)
+        return
+    console.print(f"intersection size: {res.intersection_size} (attested by both owners; each owner keeps which of "
+                  "its own rows matched, for later joint jobs)")
+    if out:
+        console.print(f"result written to {out}")
+    if receipt:
+        console.print(f"receipt written to {receipt}; the exchange checks it with `fedtrust exchange verify`")
