@@ -79,15 +79,12 @@ def finish(identity: Identity, files: JobFiles, contract: Contract, outcome: Job
         raise VerificationError("the coordinator returned a receipt of another kind of job")
     size = verified.attestations[0].intersection_size
     assert size is not None  # verify_bundle checked every owner attested the same size
-    salt = secrets.token_hex(16)
-    rows = [[size]]
-    digest = result_digest(salt, COLUMNS, rows)
+    result = {"columns": COLUMNS, "rows": [[size]], "job_id": verified.job.job_id, "kind": "psi",
+              "key": verified.job.vertical.key if verified.job.vertical else None, "salt": secrets.token_hex(16)}
+    digest = result["result_digest"] = result_digest(result)
     ack = sign_acknowledgement(Acknowledgement(job_digest=verified.job_digest, result_digest=digest,
                                                acknowledged_at=utc_now()), identity.signer)
     receipt = ReceiptBundle(bundle.contract, bundle.job, bundle.attestations, bundle.statement, ack)
-    result = {"columns": COLUMNS, "rows": rows, "job_id": verified.job.job_id, "kind": "psi",
-              "key": verified.job.vertical.key if verified.job.vertical else None,
-              "salt": salt, "result_digest": digest}
     files.result.write_text(json.dumps(result, indent=2))
     files.receipt.write_bytes(receipt.to_json())
     return PsiOutcome(verified.job.job_id, size, result, receipt, verified)
