@@ -13,7 +13,8 @@ from fedtrust.v1 import coordinator_pb2_grpc, vertical_pb2_grpc
 
 class CoordinatorDaemon(GrpcDaemon):
     role = "coordinator"
-    callers = {"fedtrust.v1.CoordinatorService": frozenset({"buyer"})}
+    callers = {"fedtrust.v1.CoordinatorService": frozenset({"buyer"}),
+               "fedtrust.v1.VerticalCoordinatorService": frozenset({"buyer"})}
 
     def __init__(self, config: CoordinatorConfig, addresses: dict[str, str] | None = None) -> None:
         self.runtime = CoordinatorRuntime(config, addresses or dict(config.addresses))
@@ -24,7 +25,7 @@ class CoordinatorDaemon(GrpcDaemon):
 
     def _register(self):
         servicer = self.servicer = CoordinatorServicer(self.runtime, self.metrics)
-        vertical = VerticalCoordinatorServicer(self.runtime, self.metrics)
+        vertical = VerticalCoordinatorServicer(self.runtime)
 
         def register(s):
             coordinator_pb2_grpc.add_CoordinatorServiceServicer_to_server(servicer, s)

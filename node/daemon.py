@@ -16,7 +16,8 @@ from fedtrust.v1 import node_pb2_grpc, vertical_pb2_grpc
 
 class NodeDaemon(GrpcDaemon):
     role = "node"
-    callers = {"fedtrust.v1.NodeService": frozenset({"coordinator"})}
+    callers = {"fedtrust.v1.NodeService": frozenset({"coordinator"}),
+               "fedtrust.v1.VerticalNodeService": frozenset({"coordinator"})}
 
     def __init__(self, config: NodeConfig) -> None:
         self.runtime = NodeRuntime(config)

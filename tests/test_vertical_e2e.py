@@ -223,3 +223,19 @@ def test_cli_psi_and_job_result(fed, tmp_path):
     again = CliRunner().invoke(app, ["job", "result", got["job_id"], *common, "--json"])
     assert again.exit_code == 0, again.output
     assert json.loads(again.stdout[again.stdout.index("{"):])["rows"] == [[SHARED]]
+
+
+def test_only_the_coordinator_may_call_a_node_and_only_the_buyer_the_coordinator(fed):
+    from fedtrust.errors import Error
+
+    buyer = load_identity(fed.buyer_dir)
+    raw = fed.contract_path.read_bytes()
+    contract, _ = load_contract(buyer, fed.contract_path)
+    job = sign_job(JobSpec.new_psi(contract, Envelope.from_json(raw).digest, "phone_key"), buyer.signer).to_json()
+    node = fed.nodes["telco-node"]
+    with pytest.raises(Error, match="buyer"):  # a valid buyer certificate is not the coordinator's
+        psi_step_on_node("telco-node", f"127.0.0.1:{node.port}", tls_of(buyer), job, raw, [], 1, b"", 30)
+    bank = load_identity(fed.root / "credentials" / "bank-node")
+    client = CoordinatorClient(fed.coordinator_address, tls_of(bank), "coord", 30)
+    with pytest.raises(Error, match="node"):  # an owner cannot submit jobs in the buyer's name
+        client.submit_vertical(job, raw)
