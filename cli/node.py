@@ -95,7 +95,7 @@ def budget(
 @app.command("log")
 def job_log(
     config: Path = typer.Option(..., "--config", help="NODE.toml"),
-    contract: Optional[str] = typer.Option(None, "--contract", help="only jobs under this contract digest"),
+    contract: Optional[str] = typer.Option(None, "--contract", help="only jobs under this contract (digest or file)"),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Every job this node was asked to run: contract, buyer, coordinator, SQL or training spec, ε, groups
@@ -107,7 +107,7 @@ def job_log(
     from fedtrust.node.store import NodeStore
 
     cfg = load_node_config(config)
-    records = NodeStore(cfg.state, cfg.watermark).jobs.jobs(contract.lower() if contract else None)
+    records = NodeStore(cfg.state, cfg.watermark).jobs.jobs(_contract_digest(contract) if contract else None)
     if as_json:
         print_json([r.to_dict() for r in records])
         return
@@ -127,7 +127,7 @@ def job_log(
 
 @app.command("withdraw")
 def withdraw(
-    contract_digest: str = typer.Argument(..., help="digest of the contract to withdraw from (`fedtrust contract show`)"),
+    contract_digest: str = typer.Argument(..., help="the contract's digest (`fedtrust contract show`) or its file"),
     config: Path = typer.Option(..., "--config", help="NODE.toml"),
     reason: str = typer.Option("", "--reason", help="why, for the owner's records"),
 ) -> None:
@@ -135,6 +135,7 @@ def withdraw(
     from fedtrust.node.store import NodeStore
 
     cfg = load_node_config(config)
+    contract_digest = _contract_digest(contract_digest)
     at = NodeStore(cfg.state, cfg.watermark).jobs.withdraw(contract_digest, reason)
     console.print(f"node {cfg.name} withdrew from contract {contract_digest.strip().lower()[:16]}… at {at}; "
                   "it refuses every further job under it", highlight=False)
@@ -199,3 +200,17 @@ def backup(
     cfg = load_node_config(config)
     NodeStore(cfg.state, cfg.watermark).backup(out)
     console.print(f"ledger of node {cfg.name} backed up to {out}", highlight=False)
+
+
+def _contract_digest(value: str) -> str:
+    """A contract named by its digest or by its file (whose payload digest names it)."""
+    from fedtrust.errors import ConfigError, InvalidInput
+    from fedtrust.trust.dsse import Envelope
+
+    p = Path(value)
+    if p.is_file():
+        try:
+            return Envelope.from_json(p.read_bytes()).digest
+        except InvalidInput:
+            raise ConfigError(f"{p} is not a contract file; pass the contract's digest or its file") from None
+    return value.strip().lower()

@@ -513,3 +513,17 @@ def test_contracts_without_privacy_are_warned_about_in_their_own_numbers(ex, tmp
     assert "min_group_size 5 only limits single answers, and the buyer may ask 10 queries per owner" in warning
     dp = replace(c, rules=replace(c.rules, privacy=PrivacyRules(Decimal(3), Decimal("1e-6"), Decimal("0.5"))))
     assert no_privacy_warning(dp) is None
+
+
+def test_no_contract_embeds_an_expired_credential(ex, tmp_path, monkeypatch):
+    from datetime import datetime, timedelta, timezone
+
+    real = pki.certificate_not_after
+    expired = load_identity(root_of(ex) / "node-b").credential.cert_pem
+
+    def not_after(pem):  # node-b's certificate as if a year had passed
+        return datetime.now(timezone.utc) - timedelta(days=1) if pem == expired else real(pem)
+
+    monkeypatch.setattr(issuer.pki, "certificate_not_after", not_after)
+    with pytest.raises(ConfigError, match="the credential of fedtrust://node/node-b has expired; renew it"):
+        _contract(ex, tmp_path)

@@ -155,7 +155,7 @@ def test_lifecycle(tmp_path: Path):
 
         # the owner of bank-a withdraws from a contract it had signed: its node refuses from then on
         run("node", "withdraw", "--config", node_config("bank-a", creds / "bank-a", ports["bank-a"]),
-            digest[withdrawn], "--reason", "terms changed")
+            withdrawn, "--reason", "terms changed")  # the contract file names it as well as its digest
         with pytest.raises(JobFailed, match="owner of node bank-a withdrew from this contract"):
             submit_query(buyer, creds / "analyst", withdrawn, coordinator, SQL)
 
