@@ -1,19 +1,28 @@
-"""Secure aggregate query latency: fedtrust (3 nodes, mTLS, BFV, masks) vs DuckDB on the pooled plaintext.
+"""Secure aggregate query latency: fedtrust (n nodes, mTLS, BFV, masks) vs DuckDB on the pooled plaintext.
 
-Same data, same GROUP BY query, same run. Two baselines, both DuckDB over the
-union of the three owners' files:
+Each case of issue 13's table gets its own federation (exchange, coordinator,
+one node daemon per owner); same data, same GROUP BY query, same run. Two
+baselines, both DuckDB over the union of the owners' files:
 
 * warm: the pooled rows already loaded into an in-memory table (like a node,
   which loads its file once at start-up) — the query alone;
-* cold: reading the three CSV files and querying them, as a one-off analysis
+* cold: reading the owners' CSV files and querying them, as a one-off analysis
   of the pooled files would.
 
 fedtrust's time is the buyer's wall clock for the whole job: key generation,
-signing, the coordinator fanning out over mTLS, three nodes each checking the
-contract, querying DuckDB, masking and encrypting, aggregation, receipt
-verification and decryption.
+signing, the coordinator fanning out over mTLS, every node checking the
+contract, querying DuckDB, masking and encrypting, the buyer verifying every
+node's attestation, adding the ciphertexts, decrypting and verifying receipts.
 
-    python benchmarks/query_latency.py --rows 1000000 --repeat 5
+The fixed cost per job is fedtrust's time at 3 owners × 1,000 rows (where the
+data-dependent work is negligible) minus DuckDB's warm time there.
+
+Cases (owners × rows per owner [× groups]); `--scale` multiplies the rows, so
+the default (0.1) runs in a few minutes and `--scale 1` is the issue's table:
+
+    3 × 1M, 3 × 3M, 3 × 300k, 10 × 300k, 3 × 1M with 10,000 groups
+
+    python benchmarks/query_latency.py [--scale 1] [--repeat 5] [--cases 3x1000000,10x300000,3x1000000g10000]
 """
 from __future__ import annotations
 
@@ -21,6 +30,7 @@ import argparse
 import statistics
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
@@ -30,54 +40,101 @@ from fedtrust.demo.federation import build_federation
 from fedtrust.trust.credentials import load_identity
 
 SQL = "SELECT region, COUNT(*) AS n, AVG(income) AS mean_income FROM loans GROUP BY region"
+SQL_BRANCH = "SELECT branch, COUNT(*) AS n, AVG(income) AS mean_income FROM loans GROUP BY branch"
+NAMES = ("bank-a", "bank-b", "insurer-c")
+ISSUE_CASES = "3x1000000,3x3000000,3x300000,10x300000,3x1000000g10000"
 
 
-def timed(fn, repeat: int) -> tuple[float, object]:
-    times, out = [], None
+@dataclass(frozen=True)
+class Case:
+    owners: int
+    rows: int
+    groups: int  # 0: the 5 regions
+
+    @classmethod
+    def parse(cls, text: str, scale: float) -> "Case":
+        head, _, groups = text.partition("g")
+        owners, _, rows = head.partition("x")
+        return cls(int(owners), max(100, int(int(rows) * scale)), int(groups or 0))
+
+    @property
+    def label(self) -> str:
+        g = f", {self.groups:,} groups" if self.groups else ""
+        return f"{self.owners} × {self.rows:,} rows{g}"
+
+
+@dataclass(frozen=True)
+class Row:
+    case: Case
+    warm: float
+    cold: float
+    fedtrust: float
+
+
+def timed(fn, repeat: int) -> float:
+    times = []
     for _ in range(repeat):
         t0 = time.perf_counter()
-        out = fn()
+        fn()
         times.append(time.perf_counter() - t0)
-    return statistics.median(times), out
+    return statistics.median(times)
+
+
+def owner_names(n: int) -> list[str]:
+    return list(NAMES[:n]) + [f"owner-{i:02d}" for i in range(len(NAMES), n)]
+
+
+def run_case(case: Case, repeat: int) -> Row:
+    sql = SQL_BRANCH if case.groups else SQL
+    with tempfile.TemporaryDirectory(prefix="fedtrust-bench-") as tmp:
+        owners = {name: case.rows for name in owner_names(case.owners)}
+        fed = build_federation(Path(tmp), owners, max_queries=10_000, branches=case.groups)
+        reader = f"read_csv({[str(p) for p in fed.data.values()]!r})"
+
+        def cold():
+            con = duckdb.connect()
+            con.execute(sql.replace("FROM loans", f"FROM {reader}")).fetchall()
+            con.close()
+
+        warm_con = duckdb.connect()
+        warm_con.execute(f"CREATE TABLE loans AS SELECT * FROM {reader}")
+        warm = timed(lambda: warm_con.execute(sql).fetchall(), repeat)
+        cold_t = timed(cold, repeat)
+        warm_con.close()
+        with fed:
+            buyer = load_identity(fed.buyer_dir)
+
+            def job():
+                return submit_query(buyer, fed.buyer_dir, fed.contract_path, fed.coordinator_address, sql)
+
+            job()  # warm-up: fork servers, first channel, caches
+            fed_t = timed(job, repeat)
+    return Row(case, warm, cold_t, fed_t)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rows", type=int, default=1_000_000, help="rows per owner (3 owners)")
+    ap.add_argument("--cases", default=ISSUE_CASES, help="comma-separated OWNERSxROWS[gGROUPS]")
+    ap.add_argument("--scale", type=float, default=0.1, help="multiply every case's rows (1 = the issue's table)")
     ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--no-fixed", action="store_true", help="skip the fixed-cost case (3 × 1,000 rows)")
     args = ap.parse_args()
-    with tempfile.TemporaryDirectory(prefix="fedtrust-bench-") as tmp:
+    cases = [Case.parse(c.strip(), args.scale) for c in args.cases.split(",") if c.strip()]
+    fixed = None if args.no_fixed else run_case(Case(3, 1000, 0), args.repeat)
+    rows = []
+    for case in cases:
         t0 = time.perf_counter()
-        owners = {"bank-a": args.rows, "bank-b": args.rows, "insurer-c": args.rows}
-        fed = build_federation(Path(tmp), owners, max_queries=10_000)
-        print(f"built 3 × {args.rows:,} rows in {time.perf_counter() - t0:.1f} s")
-        files = [str(p) for p in fed.data.values()]
-        reader = f"read_csv({files!r})"
-
-        def cold():
-            con = duckdb.connect()
-            rows = con.execute(SQL.replace("FROM loans", f"FROM {reader}")).fetchall()
-            con.close()
-            return rows
-
-        warm_con = duckdb.connect()
-        warm_con.execute(f"CREATE TABLE loans AS SELECT * FROM {reader}")
-        warm, _ = timed(lambda: warm_con.execute(SQL).fetchall(), args.repeat)
-        cold_t, _ = timed(cold, args.repeat)
-
-        t0 = time.perf_counter()
-        with fed:
-            print(f"daemons started in {time.perf_counter() - t0:.1f} s (each node loaded its file)")
-            buyer = load_identity(fed.buyer_dir)
-            submit_query(buyer, fed.buyer_dir, fed.contract_path, fed.coordinator_address, SQL)  # warm-up
-            fed_t, res = timed(lambda: submit_query(buyer, fed.buyer_dir, fed.contract_path,
-                                                    fed.coordinator_address, SQL), args.repeat)
-        print(f"rows per owner     : {args.rows:,} (3 owners)")
-        print(f"DuckDB warm        : {warm * 1000:8.1f} ms  (pooled rows in memory)")
-        print(f"DuckDB cold        : {cold_t * 1000:8.1f} ms  (reading the three CSV files)")
-        print(f"fedtrust           : {fed_t * 1000:8.1f} ms  (whole secure job, median of {args.repeat})")
-        print(f"ratio vs warm      : {fed_t / warm:8.1f}")
-        print(f"ratio vs cold      : {fed_t / cold_t:8.2f}   (goal ≤ 2)")
+        rows.append(run_case(case, args.repeat))
+        print(f"  measured {case.label} in {time.perf_counter() - t0:.0f} s", flush=True)
+    print(f"\nmedians of {args.repeat}; fedtrust = the buyer's wall clock for the whole secure job")
+    print(f"{'case':<34}{'DuckDB warm':>12}{'DuckDB cold':>12}{'fedtrust':>10}{'× warm':>8}{'× cold':>8}")
+    for r in rows:
+        print(f"{r.case.label:<34}{r.warm * 1e3:>9.1f} ms{r.cold * 1e3:>9.1f} ms{r.fedtrust * 1e3:>7.0f} ms"
+              f"{r.fedtrust / r.warm:>8.1f}{r.fedtrust / r.cold:>8.2f}")
+    if fixed is not None:
+        print(f"\nfixed cost per job at 3 owners (3 × 1,000 rows): {(fixed.fedtrust - fixed.warm) * 1e3:.0f} ms "
+              f"(goal < 60 ms)")
+    print("goals: ≤ 3× DuckDB warm at 3 × 1M rows, ≤ 2× at 3 × 10M (run with --scale 1)")
 
 
 if __name__ == "__main__":

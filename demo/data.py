@@ -61,8 +61,27 @@ def training_toml(rules: dict | None = None) -> str:
     return "\n[training]\n" + "\n".join(lines) + "\n"
 
 
-def loans(rows: int, seed: int, region_weights: tuple[float, ...] | None = None) -> dict[str, np.ndarray]:
-    """Columns of a loan book; each owner gets its own regional mix so groups differ in size."""
+def branch_names(branches: int) -> list[str]:
+    """The public domain of the optional `branch` column (benchmarks with many groups)."""
+    return [f"b{i:05d}" for i in range(branches)]
+
+
+def with_branches(schema_toml: str, rules_toml: str, branches: int) -> tuple[str, str]:
+    """Schema and rules with a `branch` category of `branches` values that queries may group by."""
+    if not branches:
+        return schema_toml, rules_toml
+    values = ", ".join(f'"{b}"' for b in branch_names(branches))
+    schema_toml += f"\n[columns.branch]\ntype = \"category\"\nvalues = [{values}]\n"
+    rules_toml = rules_toml.replace('group_by = ["region"]', 'group_by = ["region", "branch"]')
+    return schema_toml, rules_toml
+
+
+def loans(rows: int, seed: int, region_weights: tuple[float, ...] | None = None,
+          branches: int = 0) -> dict[str, np.ndarray]:
+    """Columns of a loan book; each owner gets its own regional mix so groups differ in size.
+
+    With `branches` > 0 a `branch` column (uniform over `branch_names(branches)`) is added.
+    """
     rng = np.random.default_rng(seed)
     p = np.array(region_weights or (0.3, 0.25, 0.2, 0.15, 0.1), dtype=float)
     region = rng.choice(np.array(REGIONS), size=rows, p=p / p.sum())
@@ -71,14 +90,18 @@ def loans(rows: int, seed: int, region_weights: tuple[float, ...] | None = None)
     # a learnable signal for the training demo: lower income, youth and the south raise the risk
     logit = 1.0 - income / 25000.0 + (age < 30) * 1.2 + (region == "south") * 1.0 - (region == "central") * 0.8
     defaulted = (rng.random(rows) < 1 / (1 + np.exp(-logit))).astype(np.int64)
-    return {"region": region, "income": income, "age": age, "defaulted": defaulted}
+    cols = {"region": region, "income": income, "age": age, "defaulted": defaulted}
+    if branches:
+        cols["branch"] = np.array(branch_names(branches))[rng.integers(0, branches, size=rows)]
+    return cols
 
 
-def write_loans(path: Path, rows: int, seed: int, region_weights: tuple[float, ...] | None = None) -> Path:
+def write_loans(path: Path, rows: int, seed: int, region_weights: tuple[float, ...] | None = None,
+                branches: int = 0) -> Path:
     """Write a CSV (or Parquet for a .parquet path) with DuckDB, quickly even at millions of rows."""
     import duckdb
 
-    cols = loans(rows, seed, region_weights)
+    cols = loans(rows, seed, region_weights, branches)
     path.parent.mkdir(parents=True, exist_ok=True)
     con = duckdb.connect()
     con.register("t", cols)  # DuckDB scans a dict of NumPy arrays directly

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from fedtrust.config import load_coordinator_config, load_node_config
 from fedtrust.coordinator.daemon import CoordinatorDaemon
-from fedtrust.demo.data import RULES_TOML, SCHEMA_TOML, training_toml, write_loans
+from fedtrust.demo.data import RULES_TOML, SCHEMA_TOML, training_toml, with_branches, write_loans
 from fedtrust.exchange.issuer import init_exchange, issue_contract, list_product, register
 from fedtrust.trust.contract_files import sign_contract_file
 from fedtrust.trust.credentials import load_identity
@@ -98,8 +98,12 @@ def build_federation(root: Path, owners: dict[str, int] | None = None, *, min_gr
                      max_queries: int = 100, data_format: str = "csv", seed: int = 7,
                      coordinator_name: str = "coord", buyer_name: str = "analyst",
                      privacy: dict[str, str] | None = None, training: dict | None = None,
-                     node_extra: str = "") -> Federation:
-    """Issue everything and write every file; `Federation.start()` then starts the daemons."""
+                     node_extra: str = "", branches: int = 0) -> Federation:
+    """Issue everything and write every file; `Federation.start()` then starts the daemons.
+
+    `branches` > 0 adds a `branch` category of that many values that queries may group by
+    (benchmarks with many groups).
+    """
     owners = owners or DEFAULT_OWNERS
     root = Path(root)
     ex = root / "exchange"
@@ -107,8 +111,9 @@ def build_federation(root: Path, owners: dict[str, int] | None = None, *, min_gr
     creds = root / "credentials"
     enroll(ex, "buyer", buyer_name, [], creds / buyer_name)
     enroll(ex, "coordinator", coordinator_name, ["127.0.0.1:7000"], creds / coordinator_name)
-    (root / "schema.toml").write_text(SCHEMA_TOML)
-    rules = RULES_TOML.format(min_group_size=min_group_size, max_queries=max_queries)
+    schema_toml, rules_toml = with_branches(SCHEMA_TOML, RULES_TOML, branches)
+    (root / "schema.toml").write_text(schema_toml)
+    rules = rules_toml.format(min_group_size=min_group_size, max_queries=max_queries)
     rules += training_toml(training)
     if privacy:
         rules += "\n[privacy]\n" + "".join(f'{k} = "{v}"\n' for k, v in privacy.items())
@@ -116,7 +121,7 @@ def build_federation(root: Path, owners: dict[str, int] | None = None, *, min_gr
     data, configs, products = {}, {}, []
     for i, (name, rows) in enumerate(owners.items()):
         enroll(ex, "node", name, [f"127.0.0.1:{7101 + i}"], creds / name)  # daemons bind port 0; see start()
-        path = write_loans(root / "data" / f"{name}.{data_format}", rows, seed + i, MIXES[i % len(MIXES)])
+        path = write_loans(root / "data" / f"{name}.{data_format}", rows, seed + i, MIXES[i % len(MIXES)], branches)
         data[name] = path
         product = root / "products" / f"{name}.json"
         product.parent.mkdir(parents=True, exist_ok=True)
