@@ -25,6 +25,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from fedtrust.buyer.client import CoordinatorClient, JobOutcome, OnProgress
+from fedtrust.buyer.keys import contract_keys
 from fedtrust.buyer.jobdir import JobFiles, jobs_root, open_job
 from fedtrust.errors import ConfigError, InvalidInput, VerificationError
 from fedtrust.privacy import he
@@ -92,7 +93,7 @@ def submit_query(identity: Identity, credentials_dir: Path, contract_path: Path,
     contract_env = Envelope.from_json(contract_raw)
     check_agreed(contract, contract_raw)
     plan = plan_for(contract, sql)  # fast, clear refusal before any key is made or byte is sent
-    keys = he.BuyerKeys.generate()
+    keys = contract_keys(credentials_dir, contract_env.digest)  # one pair per contract (see buyer/keys.py)
     job = JobSpec.new(contract, contract_env.digest, sql, keys.params, ttl=JOB_TTL)
     job_env = sign_job(job, identity.signer)
     files = JobFiles(jobs_root(credentials_dir) / job.job_id)

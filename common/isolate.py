@@ -15,6 +15,9 @@ Security reasoning
 ------------------
 - One process per call, never reused: whatever a malicious input does to the
   worker's heap cannot influence a later call (another job, another buyer).
+  Up to `SPARES` workers are started ahead of time and wait, holding no data,
+  for their one call (the parent sends it over the worker's private pipe),
+  so a call does not wait for a process start; each still exits after it.
 - Start method ``forkserver`` (``spawn`` where that is missing), never a
   plain ``fork`` of the daemon: the daemon runs gRPC threads, and forking a
   multi-threaded process can deadlock the child on locks held by other
@@ -60,6 +63,7 @@ from __future__ import annotations
 
 import multiprocessing
 import multiprocessing.connection
+import os
 import pickle
 import signal
 import threading
@@ -70,7 +74,7 @@ from typing import Any, Callable
 
 from fedtrust.errors import InvalidInput
 
-__all__ = ["run_isolated", "preload", "start_worker"]
+__all__ = ["run_isolated", "run_in_session", "end_sessions", "preload", "start_worker"]
 
 _lock = threading.Lock()
 _context: Any = None
@@ -170,6 +174,81 @@ def _exit_reason(exitcode: int | None) -> str:
     return f"the worker process exited with status {exitcode} without a result"
 
 
+#: Workers started ahead of time, each waiting for its one call (see `_take_spare`).
+SPARES = 2
+_spares: list[tuple[Any, Any]] = []
+_spares_pid: int | None = None
+_refilling = False
+
+
+def _spare_main(conn: Any) -> None:
+    """Body of a pre-started worker: wait for exactly one call from the parent, run it, exit."""
+    try:
+        fn, args, memory_limit = conn.recv()  # sent by the parent that started us: never network data
+    except BaseException:  # noqa: BLE001 - the parent went away (EOF) or shut the pool down
+        conn.close()
+        return
+    _worker_main(conn, fn, args, memory_limit)
+
+
+def _new_spare() -> tuple[Any, Any]:
+    ctx = _get_context()
+    parent_end, child_end = ctx.Pipe(duplex=True)
+    proc = ctx.Process(target=_spare_main, args=(child_end,), name="fedtrust-isolate", daemon=True)
+    try:
+        with _lock:  # Process.start() reaps other children: not thread-safe with join()
+            _start(proc)
+    finally:
+        child_end.close()
+    return proc, parent_end
+
+
+def _refill() -> None:
+    global _refilling
+    try:
+        while True:
+            with _lock:
+                if len(_spares) >= SPARES or _spares_pid != os.getpid():
+                    return
+            spare = _new_spare()
+            with _lock:
+                _spares.append(spare)
+    except Exception:  # noqa: BLE001 - a spare that cannot start now is started on demand later
+        return
+    finally:
+        with _lock:
+            _refilling = False
+
+
+def _take_spare() -> tuple[Any, Any]:
+    """A fresh worker for one call: a pre-started one when there is one, else started now.
+
+    Pre-starting only moves the start (fork from the key-free fork server) off
+    the caller's path: every worker still runs exactly one call and exits, so
+    nothing one input does to a worker can reach another call. A refill
+    thread keeps `SPARES` waiting (they hold no data until their call).
+    """
+    global _spares_pid, _refilling
+    spare = None
+    with _lock:
+        if _spares_pid != os.getpid():  # a forked child never uses its parent's workers
+            _spares.clear()
+            _spares_pid = os.getpid()
+        while _spares and spare is None:
+            proc, conn = _spares.pop(0)
+            proc.join(0)
+            if proc.exitcode is None:
+                spare = (proc, conn)
+            else:  # died while waiting (e.g. killed by the host): drop it
+                conn.close()
+        start_refill = SPARES > 0 and not _refilling
+        if start_refill:
+            _refilling = True
+    if start_refill:
+        threading.Thread(target=_refill, name="fedtrust-isolate-refill", daemon=True).start()
+    return spare if spare is not None else _new_spare()
+
+
 def run_isolated(
     fn: Callable[..., Any],
     *args: Any,
@@ -177,7 +256,7 @@ def run_isolated(
     what: str,
     memory_limit: int | None = None,
 ) -> Any:
-    """Run ``fn(*args)`` in a fresh worker process and return its result.
+    """Run ``fn(*args)`` in a fresh worker process (pre-started, never reused) and return its result.
 
     `fn` must be a module-level function (it is pickled by reference);
     `args` and the result should be plain data (bytes, ints, str, lists,
@@ -192,29 +271,23 @@ def run_isolated(
     """
     if timeout <= 0:
         raise ValueError("timeout must be positive")
-    ctx = _get_context()
+    proc, conn = _take_spare()
     deadline = time.monotonic() + timeout
-    recv_conn, send_conn = ctx.Pipe(duplex=False)
-    proc = ctx.Process(
-        target=_worker_main,
-        args=(send_conn, fn, args, memory_limit),
-        name=f"fedtrust-isolate-{getattr(fn, '__name__', 'fn')}",
-        daemon=True,
-    )
+    reply = None
+    failure: str | None = None
     try:
-        with _lock:  # Process.start() reaps other children: not thread-safe with join()
-            _start(proc)
-        send_conn.close()
-        reply = None
-        failure: str | None = None
+        try:
+            conn.send((fn, args, memory_limit))  # our own data, to our own worker
+        except (OSError, ValueError):  # the spare died while it waited: its exit status says how
+            pass
         try:
             remaining = max(0.0, deadline - time.monotonic())
-            ready = multiprocessing.connection.wait([recv_conn, proc.sentinel], remaining)
+            ready = multiprocessing.connection.wait([conn, proc.sentinel], remaining)
             if not ready:
                 failure = f"it took longer than {timeout:g} s"
-            elif recv_conn.poll():
+            elif conn.poll():
                 try:
-                    reply = recv_conn.recv()
+                    reply = conn.recv()
                 except (EOFError, OSError, pickle.UnpicklingError):  # died mid-message
                     reply = None
             if reply is None and failure is None:
@@ -225,10 +298,13 @@ def run_isolated(
                     exitcode = proc.exitcode
                 failure = _exit_reason(exitcode)
         finally:
-            _reap(proc, 0.0 if failure is not None and reply is None else 2.0)
+            if failure is None and reply is not None:
+                # it answered and is exiting: reap it off the caller's path (killed if it lingers)
+                threading.Thread(target=_reap, args=(proc, 2.0), name="fedtrust-isolate-reap", daemon=True).start()
+            else:
+                _reap(proc, 0.0 if failure is not None and reply is None else 2.0)
     finally:
-        recv_conn.close()
-        send_conn.close()
+        conn.close()
 
     if failure is not None:
         raise InvalidInput(f"{what} was rejected: {failure}")
@@ -270,3 +346,192 @@ def start_worker(fn: Callable[..., Any], *args: Any, name: str) -> tuple[Any, An
         _start(proc)
     send_conn.close()
     return proc, recv_conn
+
+
+# --------------------------------------------------------------------------- keyed sessions
+#
+# A session is a worker that keeps what it parsed (e.g. a buyer's HE context) for
+# further calls *under the same key* — the caller chooses a key that names one
+# party's input and one purpose (a node uses (contract digest, context digest)),
+# so a session never handles another key's data. Everything else is as for
+# `run_isolated`: the worker is forked from the key-free fork server, a crash,
+# timeout or error ends the session (the next call starts a new one), and the
+# worker's address space is capped. Use it only where everything a session sees
+# is input of the key's owner or data that owner may see anyway.
+
+_SESSION_LIMIT = 4
+_SESSION_IDLE_S = 300.0
+
+
+def _session_main(conn: Any, init: Callable[..., Any], init_args: tuple[Any, ...], memory_limit: int | None) -> None:
+    """Body of a session worker: state = init(*init_args), then answer fn(state, *args) per request."""
+    try:
+        if memory_limit is not None:
+            import resource
+
+            resource.setrlimit(resource.RLIMIT_AS, (memory_limit, memory_limit))
+        state = init(*init_args)
+        conn.send(("ok", None))
+    except BaseException as e:  # noqa: BLE001
+        _send_failure(conn, e)
+        conn.close()
+        return
+    while True:
+        try:
+            request = conn.recv()  # from the parent that started us: never network-decoded objects
+        except BaseException:  # noqa: BLE001 - the parent closed the session
+            break
+        if request is None:
+            break
+        fn, args = request
+        try:
+            conn.send(("ok", fn(state, *args)))
+        except BaseException as e:  # noqa: BLE001
+            _send_failure(conn, e)
+            break  # a session that failed once is never used again
+    conn.close()
+
+
+def _send_failure(conn: Any, e: BaseException) -> None:
+    if isinstance(e, InvalidInput):
+        reply = ("invalid", str(e))
+    elif isinstance(e, MemoryError):
+        reply = ("error", "it needed more memory than allowed")
+    elif isinstance(e, RecursionError):
+        reply = ("error", "it nested too deeply")
+    else:
+        reply = ("error", f"the worker raised {type(e).__name__}")
+    try:
+        conn.send(reply)
+    except BaseException:  # noqa: BLE001
+        pass
+
+
+class _Session:
+    def __init__(self, proc: Any, conn: Any) -> None:
+        self.proc, self.conn = proc, conn
+        self.busy = threading.Lock()
+        self.used = time.monotonic()
+
+    def ask(self, request: Any, deadline: float, timeout: float) -> tuple[str | None, Any]:
+        """(failure, reply): exactly one is not None."""
+        try:
+            if request is not None:
+                self.conn.send(request)
+            ready = multiprocessing.connection.wait([self.conn, self.proc.sentinel],
+                                                    max(0.0, deadline - time.monotonic()))
+            if not ready:
+                return f"it took longer than {timeout:g} s", None
+            if self.conn.poll():
+                reply = self.conn.recv()
+                if isinstance(reply, tuple) and len(reply) == 2:
+                    return None, reply
+                return "the worker answered malformed data", None
+        except (EOFError, OSError, ValueError, pickle.UnpicklingError):
+            pass
+        multiprocessing.connection.wait([self.proc.sentinel], max(0.0, deadline - time.monotonic()) + 1.0)
+        with _lock:
+            self.proc.join(0)
+            exitcode = self.proc.exitcode
+        return _exit_reason(exitcode), None
+
+    def end(self) -> None:
+        try:
+            self.conn.send(None)
+        except (OSError, ValueError):
+            pass
+        self.conn.close()
+        threading.Thread(target=_reap, args=(self.proc, 1.0), name="fedtrust-isolate-reap", daemon=True).start()
+
+
+_sessions: "dict[tuple[str, ...], _Session]" = {}
+_sessions_lock = threading.Lock()
+
+
+def _drop(key: tuple[str, ...], session: _Session) -> None:
+    with _sessions_lock:
+        if _sessions.get(key) is session:
+            del _sessions[key]
+    session.end()
+
+
+def run_in_session(
+    key: tuple[str, ...],
+    init: Callable[..., Any],
+    init_args: tuple[Any, ...],
+    fn: Callable[..., Any],
+    *args: Any,
+    timeout: float,
+    what: str,
+    memory_limit: int | None = None,
+) -> Any:
+    """``fn(state, *args)`` in the worker kept for `key`, whose state is ``init(*init_args)``.
+
+    The first call for a key (or the first after a failure, an eviction or
+    `_SESSION_IDLE_S` idle seconds) starts the worker and runs `init`; later
+    calls skip it. At most `_SESSION_LIMIT` sessions live at once (least
+    recently used ones end first). A call that finds the key's session busy
+    runs in a one-off worker instead (init + fn). Failures raise
+    ``InvalidInput("<what> was rejected: <reason>")`` and end the session.
+    """
+    if timeout <= 0:
+        raise ValueError("timeout must be positive")
+    now = time.monotonic()
+    stale: list[_Session] = []
+    with _sessions_lock:
+        for k, s in list(_sessions.items()):
+            if now - s.used > _SESSION_IDLE_S and not s.busy.locked():
+                stale.append(_sessions.pop(k))
+        session = _sessions.get(key)
+        fresh = session is None
+        if fresh:
+            while len(_sessions) >= _SESSION_LIMIT:
+                oldest = min(_sessions, key=lambda k: _sessions[k].used)
+                stale.append(_sessions.pop(oldest))
+            ctx = _get_context()
+            parent_end, child_end = ctx.Pipe(duplex=True)
+            proc = ctx.Process(target=_session_main, args=(child_end, init, init_args, memory_limit),
+                               name="fedtrust-isolate-session", daemon=True)
+            try:
+                with _lock:
+                    _start(proc)
+            finally:
+                child_end.close()
+            session = _sessions[key] = _Session(proc, parent_end)
+        got = session.busy.acquire(blocking=False)
+    for s in stale:
+        s.end()
+    if not got:
+        return run_isolated(_one_off, init, init_args, fn, args, timeout=timeout, what=what, memory_limit=memory_limit)
+    try:
+        deadline = time.monotonic() + timeout
+        if fresh:
+            failure, reply = session.ask(None, deadline, timeout)
+            if failure is None and reply[0] != "ok":
+                failure = reply[1]
+            if failure is not None:
+                _drop(key, session)
+                raise InvalidInput(f"{what} was rejected: {failure}")
+        failure, reply = session.ask((fn, args), deadline, timeout)
+        if failure is None and reply[0] != "ok":
+            failure = reply[1]
+        if failure is not None:
+            _drop(key, session)
+            raise InvalidInput(f"{what} was rejected: {failure}")
+        session.used = time.monotonic()
+        return reply[1]
+    finally:
+        session.busy.release()
+
+
+def _one_off(init: Callable[..., Any], init_args: tuple[Any, ...], fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
+    return fn(init(*init_args), *args)
+
+
+def end_sessions() -> None:
+    """End every session of this process (daemons call it when they stop)."""
+    with _sessions_lock:
+        sessions = list(_sessions.values())
+        _sessions.clear()
+    for s in sessions:
+        s.end()

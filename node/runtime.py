@@ -266,7 +266,8 @@ class NodeRuntime:
         mask = pairwise_mask(self.identity.kx_private, self.name, peers, checked.job_digest, layout.length,
                              PLAIN_MODULUS)
         masked = add_mod(vector, mask, PLAIN_MODULUS)
-        ciphertexts = he.encrypt_isolated(context, job.he, [int(x) for x in masked])
+        # the worker keeps the parsed context for this contract's next job under the same context
+        ciphertexts = he.encrypt_isolated(context, job.he, masked, session=checked.contract_digest)
 
         def attest(debit) -> Envelope:
             return sign_attestation(

@@ -51,6 +51,8 @@ from __future__ import annotations
 import array
 import hashlib
 import sys
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -87,6 +89,8 @@ MAX_COEFF_MODULUS_BITS = 218
 # Worker limits: generous, but bounded, so hostile input cannot exhaust the host.
 _BASE_TIMEOUT = 30.0
 _BASE_MEMORY = 1024 * 1024 * 1024
+#: a query layout needs at most 16 ciphertexts (fedtrust.query.layout.MAX_SLOTS)
+MAX_QUERY_CIPHERTEXTS = 16
 
 # Let the fork server import TenSEAL once, so that each worker starts warm.
 isolate.preload("fedtrust.privacy.he")
@@ -251,7 +255,10 @@ def _load_ciphertext(ctx: Any, data: bytes, where: str, expected_size: int | Non
 
 
 def _encrypt_worker(public_bytes: bytes, digest: str, degree: int, plain_modulus: int, packed: bytes) -> list[bytes]:
-    ctx = _load_public_context(public_bytes, digest, degree, plain_modulus)
+    return _encrypt_with(_load_public_context(public_bytes, digest, degree, plain_modulus), packed, plain_modulus)
+
+
+def _encrypt_with(ctx: Any, packed: bytes, plain_modulus: int) -> list[bytes]:
     values = array.array("Q")
     if values.itemsize != 8 or len(packed) % 8:  # pragma: no cover - every 64-bit platform
         raise InvalidInput("the packed vector is not a whole number of 64-bit words")
@@ -333,16 +340,33 @@ def _pack_vector(vector: Sequence[int], modulus: int) -> bytes:
     return arr.astype("<u8").tobytes()
 
 
-def encrypt_isolated(public_bytes: bytes, params: HeParams, vector: Sequence[int]) -> list[bytes]:
+def encrypt_isolated(public_bytes: bytes, params: HeParams, vector: Sequence[int],
+                     session: str | None = None) -> list[bytes]:
     """Encrypt `vector` (ints in [0, t)) under the buyer's public context, in a worker process.
 
     Returns `ciphertext_count(len(vector))` serialized ciphertexts of SLOTS
     slots each (the last one holds the rest). InvalidInput when the context
     fails any check (see the module docstring) or the vector is out of range.
+
+    With `session` (a node passes the contract digest), the worker that parsed
+    and checked this context is kept for the next job under the same
+    (session, context digest) — `isolate.run_in_session` — so a buyer's
+    context is parsed once per contract, not once per job. What that worker
+    sees is the buyer's own context and vectors the buyer may decrypt anyway
+    (each masked with the job's fresh pairwise masks).
     """
     _check_public_args(public_bytes, params)
     packed = _pack_vector(vector, params.plain_modulus)
     n = len(packed) // 8
+    if session is not None:
+        return isolate.run_in_session(
+            ("encrypt", str(session), params.context_digest), _load_public_context,
+            (bytes(public_bytes), params.context_digest, params.poly_modulus_degree, params.plain_modulus),
+            _encrypt_with, packed, params.plain_modulus,
+            timeout=_BASE_TIMEOUT + 0.5 * ciphertext_count(n),
+            what="the buyer's HE context",
+            memory_limit=_BASE_MEMORY + 4 * MAX_CIPHERTEXT_BYTES * MAX_QUERY_CIPHERTEXTS + 16 * MAX_QUERY_CIPHERTEXTS * SLOTS,
+        )
     return isolate.run_isolated(
         _encrypt_worker, bytes(public_bytes), params.context_digest, params.poly_modulus_degree,
         params.plain_modulus, packed,
@@ -408,7 +432,36 @@ def decrypt(secret_bytes: bytes, ciphertexts: list[bytes], length: int | None = 
     Runs in-process: it is the buyer's own CLI; the ciphertexts are still
     size- and shape-checked before SEAL touches them.
     """
-    ctx = _load_secret_context(secret_bytes)
+    ctx, ctx_lock = _secret_context(secret_bytes)
+    with ctx_lock:
+        return _decrypt(ctx, ciphertexts, length)
+
+
+#: parsed secret contexts of this process, keyed by the digest of the secret bytes (bounded)
+_SECRET_CACHE_SIZE = 4
+_secret_cache: "OrderedDict[str, tuple[Any, threading.Lock]]" = OrderedDict()
+_secret_cache_lock = threading.Lock()
+
+
+def _secret_context(secret_bytes: bytes) -> tuple[Any, threading.Lock]:
+    """The parsed secret context (parsing costs ≈20 ms; a buyer reuses its pair per contract)."""
+    if not isinstance(secret_bytes, (bytes, bytearray)):
+        raise InvalidInput("the secret HE context is empty or too large")
+    key = hashlib.sha256(secret_bytes).hexdigest()
+    with _secret_cache_lock:
+        hit = _secret_cache.get(key)
+        if hit is not None:
+            _secret_cache.move_to_end(key)
+            return hit
+    entry = (_load_secret_context(secret_bytes), threading.Lock())
+    with _secret_cache_lock:
+        _secret_cache[key] = entry
+        while len(_secret_cache) > _SECRET_CACHE_SIZE:
+            _secret_cache.popitem(last=False)
+    return entry
+
+
+def _decrypt(ctx: Any, ciphertexts: list[bytes], length: int | None) -> list[int]:
     if not isinstance(ciphertexts, (list, tuple)) or len(ciphertexts) == 0:
         raise InvalidInput("there are no ciphertexts to decrypt")
     if len(ciphertexts) > MAX_CIPHERTEXTS:

@@ -1,0 +1,66 @@
+"""Pre-started workers and keyed sessions (fedtrust.isolate): faster, never shared across keys or calls."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from fedtrust import isolate
+from fedtrust.errors import InvalidInput
+
+
+# module level, so they pickle by reference
+def _pid() -> int:
+    return os.getpid()
+
+
+def _init(tag: str) -> dict:
+    if tag == "bad":
+        raise InvalidInput("the blob has a bad header")
+    return {"tag": tag, "calls": 0}
+
+
+def _state(state: dict, crash: bool = False) -> tuple[str, int, int]:
+    if crash:
+        os.abort()
+    state["calls"] += 1
+    return state["tag"], state["calls"], os.getpid()
+
+
+def test_pre_started_workers_still_run_one_call_each() -> None:
+    pids = {isolate.run_isolated(_pid, timeout=30, what="x") for _ in range(4)}
+    assert len(pids) == 4  # four calls, four processes: a worker is never reused
+    assert os.getpid() not in pids
+
+
+def test_session_keeps_state_for_its_key_only() -> None:
+    isolate.end_sessions()
+    a1 = isolate.run_in_session(("t", "a"), _init, ("a",), _state, timeout=30, what="x")
+    a2 = isolate.run_in_session(("t", "a"), _init, ("a",), _state, timeout=30, what="x")
+    b1 = isolate.run_in_session(("t", "b"), _init, ("b",), _state, timeout=30, what="x")
+    assert a1[:2] == ("a", 1) and a2[:2] == ("a", 2) and a1[2] == a2[2]  # same worker, parsed once
+    assert b1[:2] == ("b", 1) and b1[2] != a1[2]  # another key: another worker, another state
+    isolate.end_sessions()
+
+
+def test_failed_session_is_never_reused() -> None:
+    isolate.end_sessions()
+    first = isolate.run_in_session(("t", "c"), _init, ("c",), _state, timeout=30, what="the blob")
+    with pytest.raises(InvalidInput, match=r"^the blob was rejected: the worker process crashed \(SIGABRT\)$"):
+        isolate.run_in_session(("t", "c"), _init, ("c",), _state, True, timeout=30, what="the blob")
+    again = isolate.run_in_session(("t", "c"), _init, ("c",), _state, timeout=30, what="the blob")
+    assert again[:2] == ("c", 1) and again[2] != first[2]  # a fresh worker parsed it again
+    with pytest.raises(InvalidInput, match=r"^the blob was rejected: the blob has a bad header$"):
+        isolate.run_in_session(("t", "bad"), _init, ("bad",), _state, timeout=30, what="the blob")
+    isolate.end_sessions()
+
+
+def test_sessions_are_bounded() -> None:
+    isolate.end_sessions()
+    pids = [isolate.run_in_session(("t", str(i)), _init, (str(i),), _state, timeout=30, what="x")[2]
+            for i in range(isolate._SESSION_LIMIT + 2)]
+    assert len(isolate._sessions) == isolate._SESSION_LIMIT
+    # the least recently used key was ended: asking it again starts (and parses in) a new worker
+    again = isolate.run_in_session(("t", "0"), _init, ("0",), _state, timeout=30, what="x")
+    assert again[1] == 1 and again[2] != pids[0]
+    isolate.end_sessions()
