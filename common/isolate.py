@@ -359,8 +359,8 @@ def start_worker(fn: Callable[..., Any], *args: Any, name: str) -> tuple[Any, An
 # worker's address space is capped. Use it only where everything a session sees
 # is input of the key's owner or data that owner may see anyway.
 
-_SESSION_LIMIT = 4
-_SESSION_IDLE_S = 300.0
+_SESSION_LIMIT = 16
+_SESSION_IDLE_S = 120.0
 
 
 def _session_main(conn: Any, init: Callable[..., Any], init_args: tuple[Any, ...], memory_limit: int | None) -> None:
@@ -483,45 +483,63 @@ def run_in_session(
             if now - s.used > _SESSION_IDLE_S and not s.busy.locked():
                 stale.append(_sessions.pop(k))
         session = _sessions.get(key)
-        fresh = session is None
-        if fresh:
-            while len(_sessions) >= _SESSION_LIMIT:
-                oldest = min(_sessions, key=lambda k: _sessions[k].used)
-                stale.append(_sessions.pop(oldest))
-            ctx = _get_context()
-            parent_end, child_end = ctx.Pipe(duplex=True)
-            proc = ctx.Process(target=_session_main, args=(child_end, init, init_args, memory_limit),
-                               name="fedtrust-isolate-session", daemon=True)
-            try:
-                with _lock:
-                    _start(proc)
-            finally:
-                child_end.close()
-            session = _sessions[key] = _Session(proc, parent_end)
-        got = session.busy.acquire(blocking=False)
     for s in stale:
         s.end()
+    fresh = session is None
+    if fresh:
+        ctx = _get_context()
+        parent_end, child_end = ctx.Pipe(duplex=True)
+        proc = ctx.Process(target=_session_main, args=(child_end, init, init_args, memory_limit),
+                           name="fedtrust-isolate-session", daemon=True)
+        try:
+            with _lock:
+                _start(proc)
+        finally:
+            child_end.close()
+        session = _Session(proc, parent_end)
+        session.busy.acquire()  # ours until its first call is answered
+        evicted: list[_Session] = []
+        with _sessions_lock:
+            other = _sessions.get(key)
+            if other is None:
+                while len(_sessions) >= _SESSION_LIMIT:
+                    oldest = min(_sessions, key=lambda k: _sessions[k].used)
+                    evicted.append(_sessions.pop(oldest))
+                _sessions[key] = session
+        for s in evicted:
+            s.end()
+        if other is not None:  # another thread started one for this key meanwhile: ours serves this call only
+            try:
+                return _call(None, session, True, fn, args, timeout, what)
+            finally:
+                session.busy.release()
+                session.end()
+        got = True
+    else:
+        got = session.busy.acquire(blocking=False)
     if not got:
         return run_isolated(_one_off, init, init_args, fn, args, timeout=timeout, what=what, memory_limit=memory_limit)
     try:
-        deadline = time.monotonic() + timeout
-        if fresh:
-            failure, reply = session.ask(None, deadline, timeout)
-            if failure is None and reply[0] != "ok":
-                failure = reply[1]
-            if failure is not None:
-                _drop(key, session)
-                raise InvalidInput(f"{what} was rejected: {failure}")
-        failure, reply = session.ask((fn, args), deadline, timeout)
+        return _call(key, session, fresh, fn, args, timeout, what)
+    finally:
+        session.busy.release()
+
+
+def _call(key: tuple[str, ...] | None, session: _Session, fresh: bool, fn: Callable[..., Any],
+          args: tuple[Any, ...], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    steps = [None, (fn, args)] if fresh else [(fn, args)]
+    reply: Any = None
+    for request in steps:  # the session's own answer to init, then fn's
+        failure, reply = session.ask(request, deadline, timeout)
         if failure is None and reply[0] != "ok":
             failure = reply[1]
         if failure is not None:
-            _drop(key, session)
+            if key is not None:
+                _drop(key, session)
             raise InvalidInput(f"{what} was rejected: {failure}")
-        session.used = time.monotonic()
-        return reply[1]
-    finally:
-        session.busy.release()
+    session.used = time.monotonic()
+    return reply[1]
 
 
 def _one_off(init: Callable[..., Any], init_args: tuple[Any, ...], fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:

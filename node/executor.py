@@ -37,6 +37,7 @@ own messages often quote the offending value, so they are not passed on).
 from __future__ import annotations
 
 import codecs
+from collections import OrderedDict
 import hashlib
 import os
 import tempfile
@@ -197,6 +198,8 @@ class Dataset:
     def __init__(self, con: duckdb.DuckDBPyConnection, path: Path, schema: Schema) -> None:
         self._con = con
         self._lock = threading.Lock()
+        #: statements already built, keyed by everything `build_sql` reads (bounded; see there)
+        self._statements: "OrderedDict[tuple, str]" = OrderedDict()
         self.path = path
         self.schema = schema
 
@@ -418,9 +421,32 @@ class Dataset:
                 raise PolicyViolation("a filter names a column that is not in the schema; rebuild the plan with plan_query")
 
     def build_sql(self, plan: QueryPlan, layout: Layout) -> str:
-        """The statement `aggregate` runs, built from the checked plan only."""
+        """The statement `aggregate` runs, built from the checked plan only.
+
+        The statement depends only on the plan's group columns, aggregated
+        columns, filter and this dataset's schema, so it is remembered per
+        (group columns, columns, sums of squares, filter SQL): with a domain
+        of 10,000 groups building it costs far more than running it. The
+        filter is still checked on every call.
+        """
         if tuple(layout.group_by) != tuple(plan.group_by) or tuple(c.name for c in layout.columns) != tuple(plan.columns):
             raise InvalidInput("the layout was not built from this query plan")
+        if plan.where is not None:
+            self._check_where(plan.where)
+        key = (tuple(plan.group_by), tuple(layout.columns), plan.where_sql)
+        with self._lock:
+            sql = self._statements.get(key)
+            if sql is not None:
+                self._statements.move_to_end(key)
+                return sql
+        sql = self._build_sql(plan, layout)
+        with self._lock:
+            self._statements[key] = sql
+            while len(self._statements) > 64:
+                self._statements.popitem(last=False)
+        return sql
+
+    def _build_sql(self, plan: QueryPlan, layout: Layout) -> str:
         items: list[exp.Expression] = []
         for i, g in enumerate(plan.group_by):
             if self.schema.column(g).type != "category":
@@ -441,11 +467,12 @@ class Dataset:
             self._check_where(plan.where)
             conds.append(exp.Paren(this=plan.where.copy()))
         conds += self._domain_conditions()
-        query = exp.select(*items).from_(exp.Table(this=exp.Identifier(this=TABLE, quoted=True)))
+        # every node of this tree was built here: no defensive copies (they dominate with large domains)
+        query = exp.select(*items, copy=False).from_(exp.Table(this=exp.Identifier(this=TABLE, quoted=True)), copy=False)
         if conds:
-            query = query.where(_and(conds))
+            query = query.where(_and(conds), copy=False)
         if plan.group_by:
-            query = query.group_by(*[_q(g) for g in plan.group_by])
+            query = query.group_by(*[_q(g) for g in plan.group_by], copy=False)
         return query.sql(dialect=DIALECT)
 
     def _domain_conditions(self) -> list[exp.Expression]:

@@ -267,7 +267,7 @@ class NodeRuntime:
                              PLAIN_MODULUS)
         masked = add_mod(vector, mask, PLAIN_MODULUS)
         # the worker keeps the parsed context for this contract's next job under the same context
-        ciphertexts = he.encrypt_isolated(context, job.he, masked, session=checked.contract_digest)
+        ciphertexts = he.encrypt_isolated(context, job.he, masked, session=(self.name, checked.contract_digest))
 
         def attest(debit) -> Envelope:
             return sign_attestation(

@@ -341,16 +341,16 @@ def _pack_vector(vector: Sequence[int], modulus: int) -> bytes:
 
 
 def encrypt_isolated(public_bytes: bytes, params: HeParams, vector: Sequence[int],
-                     session: str | None = None) -> list[bytes]:
+                     session: tuple[str, ...] | None = None) -> list[bytes]:
     """Encrypt `vector` (ints in [0, t)) under the buyer's public context, in a worker process.
 
     Returns `ciphertext_count(len(vector))` serialized ciphertexts of SLOTS
     slots each (the last one holds the rest). InvalidInput when the context
     fails any check (see the module docstring) or the vector is out of range.
 
-    With `session` (a node passes the contract digest), the worker that parsed
-    and checked this context is kept for the next job under the same
-    (session, context digest) — `isolate.run_in_session` — so a buyer's
+    With `session` (a node passes its name and the contract digest), the worker
+    that parsed and checked this context is kept for the next job under the
+    same (session, context digest) — `isolate.run_in_session` — so a buyer's
     context is parsed once per contract, not once per job. What that worker
     sees is the buyer's own context and vectors the buyer may decrypt anyway
     (each masked with the job's fresh pairwise masks).
@@ -360,7 +360,7 @@ def encrypt_isolated(public_bytes: bytes, params: HeParams, vector: Sequence[int
     n = len(packed) // 8
     if session is not None:
         return isolate.run_in_session(
-            ("encrypt", str(session), params.context_digest), _load_public_context,
+            ("encrypt", *map(str, session), params.context_digest), _load_public_context,
             (bytes(public_bytes), params.context_digest, params.poly_modulus_degree, params.plain_modulus),
             _encrypt_with, packed, params.plain_modulus,
             timeout=_BASE_TIMEOUT + 0.5 * ciphertext_count(n),
