@@ -100,6 +100,8 @@ def submit_query(identity: Identity, credentials_dir: Path, contract_path: Path,
     files.create(keys.secret_bytes, job_env.to_json(), contract_raw,
                  {"job_id": job.job_id, "coordinator": coordinator, "sql": sql, "submitted_at": utc_now()},
                  public=keys.public_bytes)
+    # the worker that will add the relayed ciphertexts parses our own context while the nodes work
+    he.prepare_add(keys.public_bytes, keys.params, (job.contract_digest,), len(job.participants))
     client = CoordinatorClient(coordinator, tls_of(identity), contract.coordinator.name, timeout)
     outcome = client.submit_query(job_env.to_json(), contract_raw, keys.public_bytes, on_progress,
                                   max_nodes=len(job.participants))
@@ -127,7 +129,8 @@ def finish(identity: Identity, files: JobFiles, contract: Contract, plan: QueryP
     # the buyer adds the nodes' own releases itself (parsed in a worker: they crossed the network)
     public = files.read_public()
     try:
-        total = he.add_isolated(public, verified.job.he, per_node, layout.length)
+        total = he.add_isolated(public, verified.job.he, per_node, layout.length,
+                                prepared=(verified.job.contract_digest,))
     except InvalidInput as e:
         raise VerificationError(f"the relayed ciphertexts cannot be added: {e}; refusing the result") from None
     summed = he.decrypt(files.secret.read_bytes(), total, layout.length)

@@ -62,6 +62,7 @@ Usage notes
 from __future__ import annotations
 
 import multiprocessing
+from collections import OrderedDict
 import multiprocessing.connection
 import os
 import pickle
@@ -74,7 +75,7 @@ from typing import Any, Callable
 
 from fedtrust.errors import InvalidInput
 
-__all__ = ["run_isolated", "run_in_session", "end_sessions", "preload", "start_worker"]
+__all__ = ["run_isolated", "run_in_session", "end_sessions", "prepare", "run_prepared", "preload", "start_worker"]
 
 _lock = threading.Lock()
 _context: Any = None
@@ -553,3 +554,54 @@ def end_sessions() -> None:
         _sessions.clear()
     for s in sessions:
         s.end()
+
+
+# --------------------------------------------------------------------------- prepared one-call workers
+#
+# For a call whose expensive set-up reads only the caller's own trusted input
+# (the buyer's own public context) while its real argument is untrusted (other
+# parties' ciphertexts): `prepare` starts the worker and runs `init` before the
+# untrusted data exists; `run_prepared` then sends it that data once and ends
+# the worker, exactly like `run_isolated` — nothing the untrusted input does can
+# reach a later call.
+
+_PREPARED_LIMIT = 4
+_prepared: "OrderedDict[tuple[str, ...], _Session]" = OrderedDict()
+
+
+def prepare(key: tuple[str, ...], init: Callable[..., Any], init_args: tuple[Any, ...],
+            memory_limit: int | None = None) -> None:
+    """Start a one-call worker for `key` and run ``init(*init_args)`` in it now (returns at once)."""
+    ctx = _get_context()
+    parent_end, child_end = ctx.Pipe(duplex=True)
+    proc = ctx.Process(target=_session_main, args=(child_end, init, init_args, memory_limit),
+                       name="fedtrust-isolate-prepared", daemon=True)
+    try:
+        with _lock:
+            _start(proc)
+    finally:
+        child_end.close()
+    session = _Session(proc, parent_end)
+    old: list[_Session] = []
+    with _sessions_lock:
+        if key in _prepared:
+            old.append(_prepared.pop(key))
+        _prepared[key] = session
+        while len(_prepared) > _PREPARED_LIMIT:
+            old.append(_prepared.popitem(last=False)[1])
+    for s in old:
+        s.end()
+
+
+def run_prepared(key: tuple[str, ...], init: Callable[..., Any], init_args: tuple[Any, ...],
+                 fn: Callable[..., Any], *args: Any, timeout: float, what: str,
+                 memory_limit: int | None = None) -> Any:
+    """``fn(init(*init_args), *args)`` in the worker `prepare` started for `key` (else in a fresh one); one call."""
+    with _sessions_lock:
+        session = _prepared.pop(key, None)
+    if session is None:
+        return run_isolated(_one_off, init, init_args, fn, args, timeout=timeout, what=what, memory_limit=memory_limit)
+    try:
+        return _call(None, session, True, fn, args, timeout, what)
+    finally:
+        session.end()

@@ -34,5 +34,6 @@ class CoordinatorDaemon(GrpcDaemon):
         return register
 
     def _on_stop(self) -> None:
+        self.runtime.channels.close()
         if self.servicer is not None:
             self.servicer.training.shutdown()  # running training workers die with the daemon

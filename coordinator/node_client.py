@@ -9,7 +9,7 @@ import grpc
 from fedtrust.errors import InvalidInput
 from fedtrust.privacy.he import MAX_CIPHERTEXT_BYTES
 from fedtrust.transport.chunks import split
-from fedtrust.transport.server import secure_channel
+from fedtrust.transport.channels import ChannelPool, channel_to
 from fedtrust.transport.status import error_from_rpc
 from fedtrust.transport.tls import TlsMaterial
 from fedtrust.trust.dsse import Envelope
@@ -27,9 +27,9 @@ class NodeRelease:
 
 
 def admit_on_node(node: str, address: str, tls: TlsMaterial, job_bytes: bytes, contract_bytes: bytes,
-                  timeout: float, revocation_list: bytes = b"") -> bytes:
+                  timeout: float, revocation_list: bytes = b"", channels: ChannelPool | None = None) -> bytes:
     """Phase one: the node's signed admission of the job (DSSE JSON); the node's refusal or NodeUnreachable."""
-    with secure_channel(address, tls, ("node", node)) as channel:
+    with channel_to(channels, address, tls, ("node", node)) as channel:
         try:
             reply = node_pb2_grpc.NodeServiceStub(channel).AdmitJob(
                 node_pb2.AdmitRequest(job_envelope=job_bytes, contract_envelope=contract_bytes,
@@ -40,7 +40,8 @@ def admit_on_node(node: str, address: str, tls: TlsMaterial, job_bytes: bytes, c
 
 
 def run_query_on_node(node: str, address: str, tls: TlsMaterial, job_bytes: bytes, contract_bytes: bytes,
-                      context: bytes, timeout: float, admissions: Sequence[bytes] = ()) -> NodeRelease:
+                      context: bytes, timeout: float, admissions: Sequence[bytes] = (),
+                      channels: ChannelPool | None = None) -> NodeRelease:
     def requests():
         yield node_pb2.QueryRequest(header=node_pb2.QueryHeader(
             job_envelope=job_bytes, contract_envelope=contract_bytes, he_context_size=len(context),
@@ -48,7 +49,7 @@ def run_query_on_node(node: str, address: str, tls: TlsMaterial, job_bytes: byte
         for chunk in split(context):
             yield node_pb2.QueryRequest(he_context_chunk=chunk)
 
-    with secure_channel(address, tls, ("node", node)) as channel:
+    with channel_to(channels, address, tls, ("node", node)) as channel:
         stub = node_pb2_grpc.NodeServiceStub(channel)
         data = bytearray()
         release = None

@@ -24,6 +24,7 @@ from datetime import timedelta
 from typing import Iterator, Union
 
 from fedtrust.config import CoordinatorConfig, check_private_files
+from fedtrust.transport.channels import ChannelPool
 from fedtrust.coordinator.node_client import NodeRelease, admit_on_node, run_query_on_node
 from fedtrust.coordinator.store import JobStore, Relayed
 from fedtrust.errors import (
@@ -98,6 +99,8 @@ class CoordinatorRuntime:
         #: operator overrides of the addresses in contracts (NAT, DNS, tests on port 0)
         self.addresses = dict(addresses or {})
         self.store = JobStore(config.state)
+        #: one kept mTLS channel per node (the subject is pinned on every handshake; see transport.channels)
+        self.channels = ChannelPool()
         #: the newest revocation list this coordinator holds; forwarded to nodes with every job
         self.revocations = RevocationHolder(config.state, self.identity.exchange_key)
         interrupted = self.store.fail_interrupted()
@@ -184,7 +187,7 @@ class CoordinatorRuntime:
 
         def ask(node: str) -> bytes:
             return admit_on_node(node, self.address_of(contract, node), self.tls, job_bytes, contract_bytes, timeout,
-                                 self.revocations.newest_bytes())
+                                 self.revocations.newest_bytes(), channels=self.channels)
 
         admissions: dict[str, bytes] = {}
         failures: dict[str, Error] = {}
@@ -216,7 +219,7 @@ class CoordinatorRuntime:
         def ask(node: str) -> None:
             try:
                 rel = run_query_on_node(node, self.address_of(contract, node), self.tls, job_bytes, contract_bytes,
-                                        context, self.config.node_timeout_s, admissions)
+                                        context, self.config.node_timeout_s, admissions, channels=self.channels)
                 results.put((node, rel, None))
             except Error as e:
                 results.put((node, None, e))

@@ -278,7 +278,10 @@ def _add_worker(
     public_bytes: bytes, digest: str, degree: int, plain_modulus: int,
     per_party: list[list[bytes]], sizes: list[int] | None,
 ) -> list[bytes]:
-    ctx = _load_public_context(public_bytes, digest, degree, plain_modulus)
+    return _add_with(_load_public_context(public_bytes, digest, degree, plain_modulus), per_party, sizes)
+
+
+def _add_with(ctx: Any, per_party: list[list[bytes]], sizes: list[int] | None) -> list[bytes]:
     count = len(per_party[0])
     out: list[bytes] = []
     for j in range(count):
@@ -377,7 +380,8 @@ def encrypt_isolated(public_bytes: bytes, params: HeParams, vector: Sequence[int
 
 
 def add_isolated(
-    public_bytes: bytes, params: HeParams, per_party: list[list[bytes]], length: int | None = None
+    public_bytes: bytes, params: HeParams, per_party: list[list[bytes]], length: int | None = None,
+    prepared: tuple[str, ...] | None = None,
 ) -> list[bytes]:
     """Sum the parties' ciphertext vectors position-wise, in a worker process.
 
@@ -415,6 +419,15 @@ def add_isolated(
         if len(sizes) != count:
             raise InvalidInput("the number of ciphertexts does not fit the vector length")
     plain = [[bytes(ct) for ct in cts] for cts in per_party]
+    if prepared is not None:
+        return isolate.run_prepared(
+            ("add", *map(str, prepared), params.context_digest), _load_public_context,
+            (bytes(public_bytes), params.context_digest, params.poly_modulus_degree, params.plain_modulus),
+            _add_with, plain, sizes,
+            timeout=_BASE_TIMEOUT + 0.2 * count * len(per_party),
+            what="the aggregation input",
+            memory_limit=_add_memory(len(per_party)),
+        )
     return isolate.run_isolated(
         _add_worker, bytes(public_bytes), params.context_digest, params.poly_modulus_degree,
         params.plain_modulus, plain, sizes,
@@ -422,6 +435,24 @@ def add_isolated(
         what="the aggregation input",
         memory_limit=_BASE_MEMORY + 8 * total + 4 * MAX_CIPHERTEXT_BYTES * count,
     )
+
+
+def _add_memory(parties: int) -> int:
+    """Address-space cap of an add worker prepared before the ciphertexts' sizes are known (their maximum)."""
+    return _BASE_MEMORY + (8 * parties + 4) * MAX_CIPHERTEXT_BYTES * MAX_QUERY_CIPHERTEXTS
+
+
+def prepare_add(public_bytes: bytes, params: HeParams, prepared: tuple[str, ...], parties: int) -> None:
+    """Start the worker that will add the parties' ciphertexts and let it parse the buyer's *own* context now.
+
+    The buyer calls it when it submits a job, so the context is parsed while the
+    nodes work; the relayed ciphertexts (untrusted) reach the worker only in
+    `add_isolated(..., prepared=...)`, which is its one and only call.
+    """
+    _check_public_args(public_bytes, params)
+    isolate.prepare(("add", *map(str, prepared), params.context_digest), _load_public_context,
+                    (bytes(public_bytes), params.context_digest, params.poly_modulus_degree, params.plain_modulus),
+                    _add_memory(parties))
 
 
 def decrypt(secret_bytes: bytes, ciphertexts: list[bytes], length: int | None = None) -> list[int]:

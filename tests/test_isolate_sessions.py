@@ -64,3 +64,14 @@ def test_sessions_are_bounded() -> None:
     again = isolate.run_in_session(("t", "0"), _init, ("0",), _state, timeout=30, what="x")
     assert again[1] == 1 and again[2] != pids[0]
     isolate.end_sessions()
+
+
+def test_a_prepared_worker_serves_exactly_one_call() -> None:
+    isolate.prepare(("t", "p"), _init, ("p",))
+    first = isolate.run_prepared(("t", "p"), _init, ("p",), _state, timeout=30, what="x")
+    second = isolate.run_prepared(("t", "p"), _init, ("p",), _state, timeout=30, what="x")
+    assert first[:2] == ("p", 1) and second[:2] == ("p", 1)  # each call its own, freshly initialised worker
+    assert first[2] != second[2]
+    isolate.prepare(("t", "bad"), _init, ("bad",))
+    with pytest.raises(InvalidInput, match=r"^x was rejected: the blob has a bad header$"):
+        isolate.run_prepared(("t", "bad"), _init, ("bad",), _state, timeout=30, what="x")

@@ -679,3 +679,41 @@ def test_daemons_warn_thirty_days_before_their_certificate_expires(caplog):
         assert warn_if_expiring(pem, "node n9", end - datetime.timedelta(days=29))
         assert warn_if_expiring(pem, "node n9", end + datetime.timedelta(days=1))
     assert "expires at" in caplog.text and "in 29 days" in caplog.text and "expired at" in caplog.text
+
+
+def test_pooled_channels_are_kept_per_subject_and_still_pin_the_server_identity():
+    from fedtrust.transport.channels import ChannelPool, channel_to
+    from fedtrust.trust import pki as tp
+
+    ca_key, ca_cert = tp.create_ca("fedtrust test exchange")
+    ca_pem = tp.cert_pem(ca_cert)
+
+    def material(role: str, name: str, hosts=()) -> TlsMaterial:
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = tp.issue_certificate(ca_key, ca_cert, role, name, list(hosts), key.public_key())
+        return TlsMaterial(tp.cert_pem(cert), tp.key_pem(key), ca_pem)
+
+    coord = material("coordinator", "c1")
+    srv, port = create_server("127.0.0.1:0", material("node", "n2", ["127.0.0.1"]), _register, max_workers=2)
+    pool = ChannelPool()
+    try:
+        target = f"127.0.0.1:{port}"
+        with channel_to(pool, target, coord, ("node", "n2")) as ch:
+            assert _unary(ch, "Whoami") == b"coordinator/c1"
+        with channel_to(pool, target, coord, ("node", "n2")) as again:
+            assert again is ch and _unary(again, "Whoami") == b"coordinator/c1"  # kept open, reused
+        # the same address dialled as another subject gets its own channel, refused in its handshake
+        with channel_to(pool, target, coord, ("node", "n3")) as other:
+            assert other is not ch
+            with pytest.raises(grpc.RpcError) as ei:
+                _unary(other, "Whoami")
+        assert isinstance(status.error_from_rpc(ei.value, "node n3"), errors.VerificationError)
+        # other own credentials never share a channel either
+        with channel_to(pool, target, material("coordinator", "c9"), ("node", "n2")) as mine:
+            assert mine is not ch and _unary(mine, "Whoami") == b"coordinator/c9"
+        pool.close()
+        with channel_to(pool, target, coord, ("node", "n2")) as fresh:  # a closed pool: one-off channels
+            assert fresh is not ch and _unary(fresh, "Whoami") == b"coordinator/c1"
+    finally:
+        pool.close()
+        srv.stop(0)

@@ -102,8 +102,9 @@ def to_bytes(vector: np.ndarray) -> bytes:
 def from_bytes(data: bytes, length: int, what: str) -> np.ndarray:
     if len(data) != 8 * length:
         raise InvalidInput(f"{what} has {len(data)} bytes; the job's model needs exactly {8 * length}")
-    v = np.frombuffer(data, dtype="<u8").astype(np.uint64)
-    if (v >= np.uint64(MODULUS)).any():
+    # zero-copy, read-only view of the received bytes (callers only read it); one pass for the range check
+    v = np.frombuffer(data, dtype="<u8").astype(np.uint64, copy=False)
+    if v.size and v.max() >= np.uint64(MODULUS):
         raise InvalidInput(f"{what} holds values outside [0, 2^63)")
     return v
 
