@@ -333,7 +333,8 @@ class TrainingRuntime:
         with lock:
             idx = deriv.index(phase, rnd)
             vectors = verify_round_vectors(checked.contract, checked.job_digest, job.participants, phase, rnd, items)
-            digests = tuple(hashlib.sha256(vectors[n]).hexdigest() for n in job.participants)
+            hashed = {it.node: it.digest for it in items}  # each vector hashed once (verify_round_vectors did)
+            digests = tuple(hashed[n] for n in job.participants)
             if idx < deriv.position:
                 if deriv.folded[idx] != hashlib.sha256("".join(digests).encode()).hexdigest():
                     raise VerificationError(f"the coordinator forwarded other vectors for {phase} round {rnd} than "
@@ -347,7 +348,7 @@ class TrainingRuntime:
             if own is None:
                 raise VerificationError(f"this node released no vector in {phase} round {rnd}; it adds only rounds "
                                         "it took part in")
-            if own != hashlib.sha256(vectors[self.node.name]).hexdigest():
+            if own != hashed[self.node.name]:
                 raise VerificationError(f"the relayed vector of this node in {phase} round {rnd} is not the one it "
                                         "released")
             length = deriv.vector_length(phase)

@@ -17,6 +17,7 @@ signature over any other fedtrust object.
 from __future__ import annotations
 
 import hashlib
+from functools import cached_property
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -58,8 +59,9 @@ class SignedVector:
     signature: bytes
     vector: bytes
 
-    @property
+    @cached_property
     def digest(self) -> str:
+        """SHA-256 of the vector bytes, computed once (a model-sized vector is hashed on every check)."""
         return hashlib.sha256(self.vector).hexdigest()
 
 
