@@ -302,6 +302,13 @@ def main() -> None:
                              "flwr run_simulation", sim, statistics.median(masked))
                     show("(b') vs the ClientApps called directly in-process", "direct in-process Grid", direct,
                          statistics.median(masked))
+                    print("(b'') Flower's deployment runtime (SuperLink + SuperNodes, with and without SecAgg+): not "
+                          "run by this benchmark — it needs a SuperLink, one SuperNode process per owner and a "
+                          "`flwr run` federation config, which this script does not set up; measured by hand on "
+                          "2026-12-01: 9.6 s per round, 29.4 s with SecAgg+ (notes/performance-2026-12-01.md). "
+                          f"fedtrust's round here: {statistics.median(masked):.2f} s "
+                          f"({9.6 / statistics.median(masked):.0f}× / {29.4 / statistics.median(masked):.0f}× faster; "
+                          "goal ≥ 10× vs SecAgg+)")
         if "d" in args.parts:
             fed = build_federation(Path(tmp) / "d", dict.fromkeys(OWNERS, args.rows), training=training)
             with fed:
