@@ -90,7 +90,7 @@ def run_case(case: Case, repeat: int) -> Row:
     sql = SQL_BRANCH if case.groups else SQL
     with tempfile.TemporaryDirectory(prefix="fedtrust-bench-") as tmp:
         owners = {name: case.rows for name in owner_names(case.owners)}
-        fed = build_federation(Path(tmp), owners, max_queries=10_000, branches=case.groups)
+        fed = build_federation(Path(tmp), owners, max_queries=10_000, **({"branches": case.groups} if case.groups else {}))
         reader = f"read_csv({[str(p) for p in fed.data.values()]!r})"
 
         def cold():
