@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
@@ -15,6 +15,9 @@ def predict(
     job: Optional[Path] = typer.Option(None, "--job", help="the job.toml the model was trained with (checked)"),
     out: Optional[Path] = typer.Option(None, "--out", help="write one prediction per input row here (CSV)"),
     as_json: bool = typer.Option(False, "--json", help="print the predictions as JSON on stdout"),
+    encoding: str = typer.Option("utf-8", "--encoding", help="the CSV's text encoding, e.g. gb18030"),
+    null_values: Optional[List[str]] = typer.Option(None, "--null-value",
+                                                    help="a cell that means missing, e.g. NA (repeat; default: empty)"),
 ) -> None:
     """Predict the label for every row: probability (binary label) or class scores, and the predicted class."""
     from fedtrust.errors import ConfigError
@@ -25,7 +28,8 @@ def predict(
         raw = model.read_bytes()
     except FileNotFoundError:
         raise ConfigError(f"model file {model} does not exist") from None
-    pred = predict_rows(raw, data, load_training_toml(job) if job else None)
+    pred = predict_rows(raw, data, load_training_toml(job) if job else None, encoding=encoding,
+                        null_values=tuple(null_values) if null_values else ("",))
     if out:
         write_predictions(pred, out)
     if as_json:

@@ -157,7 +157,8 @@ def encoding_problem(p: Path) -> str | None:
         return None
     enc = _guess_encoding(p)
     return (f"data file {p.name} is not UTF-8 (invalid byte sequence at byte {at}; it looks like {enc.upper()}): "
-            f'declare encoding = "{enc}" for this dataset in the node config, or convert it with '
+            f'declare encoding = "{enc}" for this dataset in the node config (`--encoding {enc}` for '
+            "`fedtrust predict`), or convert it with "
             f"`iconv -f {enc.upper()} -t UTF-8 {p.name} > {p.stem}.utf8{p.suffix}` and list the converted file")
 
 

@@ -232,6 +232,17 @@ def test_cli_train_predict_and_exchange_verify(tfed, tmp_path):
     lines = preds.read_text().splitlines()
     assert lines[0] == "probability,predicted" and len(lines) == 4
     assert all(0 <= float(line.split(",")[0]) <= 1 for line in lines[1:])
+    # the same rows from a GB18030 export with NA for missing: refused with the fix, then read the same way
+    gbk = tmp_path / "new-gbk.csv"
+    gbk.write_bytes("income,age,region\n30000,25,south\n250000,60,north\nNA,40,华北\n".encode("gb18030"))
+    p = subprocess.run(cmd + ["predict", "--model", str(model), str(gbk)], capture_output=True, text=True, env=env,
+                       timeout=120)
+    assert p.returncode == 3 and "--encoding gb18030" in p.stderr, p.stderr
+    p = subprocess.run(cmd + ["predict", "--model", str(model), str(gbk), "--encoding", "gb18030", "--null-value", "",
+                              "--null-value", "NA", "--out", str(tmp_path / "p2.csv")],
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert (tmp_path / "p2.csv").read_text().splitlines() == lines  # an unknown region reads as a missing one
     p = subprocess.run(cmd + ["exchange", "verify", str(tfed.exchange_dir), str(receipt), "--result", str(model)],
                        capture_output=True, text=True, env=env, timeout=120)
     assert p.returncode == 0, p.stderr

@@ -202,16 +202,51 @@ def _every_signed_object(w: World) -> list[tuple[Envelope, Signer]]:
                (w.ack_env, w.signers["buyer-1"])] + [(e, w.signers[n]) for n, e in w.att_envs.items()])
 
 
-def test_every_signed_object_parses_with_sigstore_models_and_verifies_with_securesystemslib(w):
+def _more_signed_objects(w: World, tmp_path) -> list[tuple[Envelope, list]]:
+    """Settlements, revocation lists, admissions, registration requests and a contract signed by all its parties."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    from fedtrust.exchange.receipt_log import ReceiptLog, sign_settlement
+    from fedtrust.sqlite import Database
+    from fedtrust.trust.admission import Admission, sign_admission
+    from fedtrust.trust.contracts import sign_as
+    from fedtrust.trust.keygen import REQUEST, keygen
+    from fedtrust.trust.revocation import RevocationList, Revoked, sign_revocation_list
+
+    now = utc_now()
+    signed = w.contract_env
+    for role, name in (("buyer", "buyer-1"), ("node", "node-a"), ("node", "node-b")):
+        signed = sign_as(signed, w.contract, role, name, w.signers[name])
+    log = ReceiptLog(Database(tmp_path / "log.sqlite", ""))
+    with log.db.write() as con:
+        log.append(con, w.job.job_id, w.contract_env.digest, D)
+    request = keygen("node", "node-z", ["10.0.0.9:7101"], tmp_path / "keys")
+    request_key = Ed25519PublicKey.from_public_bytes(base64.b64decode(request.signing_key))
+    rl = RevocationList(1, now, (Revoked("contract", D, "test", now),))
+    return [
+        (signed, [w.exchange, w.signers["buyer-1"], w.signers["node-a"], w.signers["node-b"]]),
+        (sign_settlement(log, w.contract_env.digest, w.exchange, "x.example/log", price="1", owners=["a"]), [w.exchange]),
+        (sign_revocation_list(rl, w.exchange), [w.exchange]),
+        (sign_admission(Admission("node-a", w.job_env.digest, w.contract_env.digest, "query", now, now),
+                        w.signers["node-a"]), [w.signers["node-a"]]),
+        (Envelope.from_json((tmp_path / "keys" / REQUEST).read_bytes()), [request_key]),
+    ]
+
+
+def test_every_signed_object_parses_with_sigstore_models_and_verifies_with_securesystemslib(w, tmp_path):
     from securesystemslib.dsse import Envelope as SslibEnvelope
     from securesystemslib.signer import SSlibKey
     from sigstore_models.intoto import Envelope as SigstoreEnvelope
 
-    for env, signer in _every_signed_object(w):
+    objects = [(env, [signer]) for env, signer in _every_signed_object(w)] + _more_signed_objects(w, tmp_path)
+    for env, signers in objects:
         parsed = SigstoreEnvelope.from_json(env.to_json())  # strict: an extra field such as `alg` is refused
-        assert parsed.payload == env.payload and parsed.signatures[0].keyid == signer.keyid
-        key = SSlibKey.from_crypto(signer.public_key, keyid=signer.keyid)
-        assert list(SslibEnvelope.from_dict(json.loads(env.to_json())).verify([key], 1)) == [signer.keyid]
+        assert parsed.payload == env.payload and len(parsed.signatures) == len(signers)
+        keys = [s.public_key if isinstance(s, Signer) else s for s in signers]
+        sslib = [SSlibKey.from_crypto(k, keyid=keyid_of(k)) for k in keys]
+        # every party's signature verifies with the independent implementation (threshold: all of them)
+        assert set(SslibEnvelope.from_dict(json.loads(env.to_json())).verify(sslib, len(sslib))) == {
+            keyid_of(k) for k in keys}
 
 
 def test_fedtrust_verifies_envelopes_securesystemslib_produced():

@@ -55,14 +55,15 @@ def load_model(data: bytes, job: TrainingSpec | None = None):
     return model, spec, pre
 
 
-def predict_rows(data: bytes, rows_path: Path, job: TrainingSpec | None = None) -> Predictions:
+def predict_rows(data: bytes, rows_path: Path, job: TrainingSpec | None = None, *, encoding: str = "utf-8",
+                 null_values: tuple[str, ...] = ("",)) -> Predictions:
     from fedtrust.node.executor import Dataset
     from fedtrust.training.loop import predict_scores
 
     model, _, pre = load_model(data, job)
     schema = Schema(tuple(Column(f.name, f.type, None if f.type == "category" else f.min,
                                  None if f.type == "category" else f.max, f.values) for f in pre.features))
-    with Dataset.open(rows_path, schema) as ds:
+    with Dataset.open(rows_path, schema, encoding=encoding, null_values=null_values) as ds:
         x = pre.transform(ds.columns(tuple(f.name for f in pre.features)))
     scores = predict_scores(model, x)
     if pre.outputs == 1:
