@@ -52,7 +52,7 @@ def _print_digest(path: Path, kind: str, digest: str, note: str | None, as_json:
     if note:
         from fedtrust.cli.output import err_console
 
-        err_console.print(f"[yellow]note:[/] {note}", highlight=False)
+        err_console.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)  # commands stay copyable
 
 
 @app.command("budget")
