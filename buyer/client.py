@@ -44,6 +44,17 @@ class JobState:
     participants: tuple[str, ...]
     created_at: str
     updated_at: str
+    kind: str = "query"
+    stage: str = ""
+    round: int = 0
+    rounds: int = 0
+    answered: int = 0
+    heartbeat_at: str = ""
+
+    @classmethod
+    def from_proto(cls, s) -> "JobState":
+        return cls(s.job_id, s.state, s.error, s.contract_digest, tuple(s.participants), s.created_at, s.updated_at,
+                   s.kind or "query", s.stage, s.round, s.rounds, s.answered, s.heartbeat_at)
 
 
 OnProgress = Callable[[ProgressEvent], None]
@@ -202,4 +213,22 @@ class CoordinatorClient:
                 s = self._stub(ch).GetJob(coordinator_pb2.JobRef(job_id=job_id), timeout=60)
             except grpc.RpcError as e:
                 raise error_from_rpc(e, f"coordinator {self.name} at {self.address}") from None
-        return JobState(s.job_id, s.state, s.error, s.contract_digest, tuple(s.participants), s.created_at, s.updated_at)
+        return JobState.from_proto(s)
+
+    def list_jobs(self, limit: int = 50) -> list[JobState]:
+        """This buyer's jobs at the coordinator, newest first."""
+        with self._channel() as ch:
+            try:
+                reply = self._stub(ch).ListJobs(coordinator_pb2.ListJobsRequest(limit=limit), timeout=60)
+            except grpc.RpcError as e:
+                raise error_from_rpc(e, f"coordinator {self.name} at {self.address}") from None
+        return [JobState.from_proto(s) for s in reply.jobs]
+
+    def cancel_job(self, job_id: str) -> JobState:
+        """Ask the coordinator to stop a running job of this buyer."""
+        with self._channel() as ch:
+            try:
+                s = self._stub(ch).CancelJob(coordinator_pb2.JobRef(job_id=job_id), timeout=60)
+            except grpc.RpcError as e:
+                raise error_from_rpc(e, f"coordinator {self.name} at {self.address}") from None
+        return JobState.from_proto(s)

@@ -1,4 +1,4 @@
-"""`fedtrust job status|result`: follow a job and fetch its result again."""
+"""`fedtrust job list|status|cancel|result`: follow jobs, stop one, and fetch a result again."""
 from __future__ import annotations
 
 from dataclasses import asdict
@@ -16,6 +16,29 @@ from fedtrust.trust.credentials import load_identity
 app = typer.Typer(help="Follow jobs and fetch their results again.", no_args_is_help=True)
 
 
+def _client_for_job(credentials: Path, job_id: str, coordinator: Optional[str]):
+    from fedtrust.buyer.client import CoordinatorClient
+    from fedtrust.buyer.query import load_contract, tls_of
+
+    identity = load_identity(credentials)
+    files = open_job(credentials, job_id)
+    meta = files.read_meta()
+    contract, _ = load_contract(identity, files.contract)
+    return CoordinatorClient(coordinator or meta["coordinator"], tls_of(identity), contract.coordinator.name)
+
+
+def _progress(st) -> str:
+    """Where a job is: its last stage, round (training) and owners answered, and its last heartbeat."""
+    parts = []
+    if st.kind == "train" and st.rounds:
+        parts.append(f"round {st.round}/{st.rounds}")
+    if st.stage:
+        parts.append(f"{st.stage} ({st.answered}/{len(st.participants)} owners answered)")
+    if st.heartbeat_at:
+        parts.append(f"last heartbeat {st.heartbeat_at}")
+    return ", ".join(parts)
+
+
 @app.command("status")
 def status(
     job_id: str = typer.Argument(...),
@@ -25,23 +48,72 @@ def status(
                                               help="HOST:PORT (default: where it was submitted)"),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Show a job's state at the coordinator (running, succeeded, failed with the reason)."""
-    from fedtrust.buyer.client import CoordinatorClient
-    from fedtrust.buyer.query import load_contract, tls_of
-
-    identity = load_identity(credentials)
-    files = open_job(credentials, job_id)
-    meta = files.read_meta()
-    contract, _ = load_contract(identity, files.contract)
-    st = CoordinatorClient(coordinator or meta["coordinator"], tls_of(identity), contract.coordinator.name).job_status(job_id)
+    """Show a job's state at the coordinator (running with its round and last heartbeat, succeeded, failed
+    with the reason)."""
+    st = _client_for_job(credentials, job_id, coordinator).job_status(job_id)
     if as_json:
         print_json(asdict(st))
         return
     colour = {"succeeded": "green", "failed": "red"}.get(st.state, "yellow")
-    console.print(f"job {st.job_id}: [{colour}]{st.state}[/]  (updated {st.updated_at})")
+    console.print(f"{st.kind} job {st.job_id}: [{colour}]{st.state}[/]  (updated {st.updated_at})")
     console.print(f"participants: {', '.join(st.participants)}")
+    if st.state == "running" and _progress(st):
+        console.print(f"progress: {_progress(st)}", highlight=False)
     if st.error:
         console.print(f"reason: {escape(st.error)}", highlight=False)
+
+
+@app.command("list")
+def list_jobs(
+    credentials: Path = typer.Option(..., "--credentials", envvar="FEDTRUST_CREDENTIALS",
+                                     help="the buyer's credentials directory"),
+    contract: Path = typer.Option(..., "--contract", envvar="FEDTRUST_CONTRACT",
+                                  help="a contract naming the coordinator to ask"),
+    coordinator: str = typer.Option(..., "--coordinator", envvar="FEDTRUST_COORDINATOR", help="HOST:PORT"),
+    limit: int = typer.Option(50, "--limit", min=1, max=1000),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Your jobs at the coordinator, newest first: kind, state, progress and last heartbeat."""
+    from rich.table import Table
+
+    from fedtrust.buyer.client import CoordinatorClient
+    from fedtrust.buyer.query import load_contract, tls_of
+
+    identity = load_identity(credentials)
+    c, _ = load_contract(identity, contract)
+    jobs = CoordinatorClient(coordinator, tls_of(identity), c.coordinator.name).list_jobs(limit)
+    if as_json:
+        print_json([asdict(j) for j in jobs])
+        return
+    if not jobs:
+        console.print("no jobs at this coordinator yet")
+        return
+    t = Table(title=f"jobs of {identity.credential.name} at {coordinator}", title_justify="left")
+    for col in ("job", "kind", "state", "created", "progress / reason"):
+        t.add_column(col)
+    for j in jobs:
+        t.add_row(j.job_id, j.kind, j.state, j.created_at,
+                  escape(j.error if j.state == "failed" else _progress(j) if j.state == "running" else ""))
+    console.print(t)
+
+
+@app.command("cancel")
+def cancel(
+    job_id: str = typer.Argument(...),
+    credentials: Path = typer.Option(..., "--credentials", envvar="FEDTRUST_CREDENTIALS",
+                                     help="the buyer's credentials directory"),
+    coordinator: Optional[str] = typer.Option(None, "--coordinator", envvar="FEDTRUST_COORDINATOR",
+                                              help="HOST:PORT (default: where it was submitted)"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Stop a running job: it fails with "cancelled by the buyer" at its next step (before the run phase,
+    nobody is charged; owners that already released their part keep the spend)."""
+    st = _client_for_job(credentials, job_id, coordinator).cancel_job(job_id)
+    if as_json:
+        print_json(asdict(st))
+        return
+    console.print(f"job {st.job_id}: cancel requested; `fedtrust job status {st.job_id}` shows when it stopped",
+                  highlight=False)
 
 
 @app.command("result")

@@ -45,7 +45,42 @@ def result_table(columns: Sequence[str], rows: Sequence[Sequence[Any]], title: s
     return t
 
 
-def job_progress() -> Progress:
+class LineProgress:
+    """Progress as plain lines on stderr, one per change, flushed at once — what `job_progress` gives when
+    stderr is not a terminal (systemd, nohup, CI), where a progress bar would only be drawn at the end."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self._last: tuple | None = None
+
+    def __enter__(self) -> "LineProgress":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def add_task(self, description: str, total: float | None = None, completed: float = 0, **fields: Any) -> int:
+        self._fields = {"total": total, "completed": completed, **fields}
+        return 0
+
+    def update(self, task: int, **changes: Any) -> None:
+        f = self._fields
+        f.update(changes)
+        text = f.get("stage") or f.get("status") or ""
+        count = f"{f['completed']:g}/{f['total']:g}" if f.get("total") and f.get("completed") is not None else ""
+        key = (text, count)
+        if key == self._last or not text:
+            return
+        self._last = key
+        import sys
+
+        print(f"{self.what}: {text}" + (f" [{count}]" if count else ""), file=sys.stderr, flush=True)
+
+
+def job_progress():
+    """A progress bar on a terminal; plain lines otherwise (`LineProgress`)."""
+    if not err_console.is_terminal:
+        return LineProgress("query")
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TextColumn("{task.fields[stage]}"), TimeElapsedColumn(), console=err_console, transient=False)
 

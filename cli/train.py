@@ -12,7 +12,12 @@ from fedtrust.cli.output import console, err_console, print_json
 from fedtrust.trust.credentials import load_identity
 
 
-def _bar() -> Progress:
+def _bar():
+    """A progress bar per round on a terminal; plain lines (one per node answer or round) otherwise."""
+    from fedtrust.cli.output import LineProgress
+
+    if not err_console.is_terminal:
+        return LineProgress("training")
     return Progress(TextColumn("[bold]training"), BarColumn(), MofNCompleteColumn(), TextColumn("rounds"),
                     TextColumn("{task.fields[status]}"), TimeElapsedColumn(), console=err_console, transient=False)
 

@@ -5,7 +5,7 @@ import time
 
 from fedtrust.coordinator.runtime import CoordinatorRuntime, Finished, NotAdmitted, Progress
 from fedtrust.coordinator.training_job import TrainingFinished, TrainingJobs, TrainingProgress
-from fedtrust.errors import Error, InvalidInput, JobFailed, NodeUnreachable, NotFound, VerificationError
+from fedtrust.errors import Error, InvalidInput, JobFailed, NodeUnreachable, NotFound
 from fedtrust.metrics import DaemonMetrics
 from fedtrust.node.node_servicer import read_header_and_context
 from fedtrust.transport.chunks import split
@@ -42,6 +42,13 @@ def _training_events(events):
                 yield coordinator_pb2.TrainingEvent(model_chunk=chunk)
             yield coordinator_pb2.TrainingEvent(outcome=coordinator_pb2.TrainingOutcome(
                 receipt=ev.receipt, model_size=len(ev.model)))
+
+
+def _status(rec) -> coordinator_pb2.JobStatus:
+    return coordinator_pb2.JobStatus(
+        job_id=rec.job_id, state=rec.state, error=rec.error, contract_digest=rec.contract_digest,
+        participants=list(rec.participants), created_at=rec.created_at, updated_at=rec.updated_at, kind=rec.kind,
+        stage=rec.stage, round=rec.round, rounds=rec.rounds, answered=rec.answered, heartbeat_at=rec.heartbeat_at)
 
 
 #: a signed job spec or contract is a few KB; 1 MiB leaves room for many owners
@@ -111,18 +118,22 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
                                                                           header.contract_envelope, ctx)))
 
     def _own_job(self, request, context):
-        peer = peer_identity(context)
-        rec = self.runtime.store.get(request.job_id)
-        if peer != ("buyer", rec.buyer):
-            raise VerificationError(f"caller fedtrust://{peer[0]}/{peer[1]} is not the buyer of this job")
-        return rec
+        return self.runtime.own_job(peer_identity(context), request.job_id)
 
     @guarded
     def GetJob(self, request, context):
-        rec = self._own_job(request, context)
-        return coordinator_pb2.JobStatus(
-            job_id=rec.job_id, state=rec.state, error=rec.error, contract_digest=rec.contract_digest,
-            participants=list(rec.participants), created_at=rec.created_at, updated_at=rec.updated_at)
+        return _status(self._own_job(request, context))
+
+    @guarded
+    def ListJobs(self, request, context):
+        peer = peer_identity(context)
+        limit = min(request.limit or 50, 1000)
+        return coordinator_pb2.JobList(jobs=[_status(r) for r in self.runtime.store.jobs_of(peer[1], limit)]
+                                       if peer[0] == "buyer" else [])
+
+    @guarded
+    def CancelJob(self, request, context):
+        return _status(self.runtime.cancel(peer_identity(context), request.job_id))
 
     @guarded
     def FetchResult(self, request, context):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
@@ -26,9 +27,9 @@ from typing import Iterator, Union
 from fedtrust.config import CoordinatorConfig, check_private_files
 from fedtrust.transport.channels import ChannelPool
 from fedtrust.coordinator.node_client import NodeRelease, admit_on_node, run_query_on_node
-from fedtrust.coordinator.store import JobStore, Relayed
+from fedtrust.coordinator.store import JobRecord, JobStore, Relayed
 from fedtrust.errors import (
-    ConfigError, Error, InvalidInput, JobFailed, NodeUnreachable, PolicyViolation, VerificationError,
+    ConfigError, Error, InvalidInput, JobFailed, NodeUnreachable, NotFound, PolicyViolation, VerificationError,
 )
 from fedtrust.transport.tls import TlsMaterial
 from fedtrust.trust.admission import verify_admissions
@@ -106,6 +107,38 @@ class CoordinatorRuntime:
         interrupted = self.store.fail_interrupted()
         if interrupted:
             log.warning("marked %d interrupted job(s) failed", interrupted)
+        #: running jobs their buyer asked to stop (`fedtrust job cancel`)
+        self._cancelled: set[str] = set()
+        self._cancel_lock = threading.Lock()
+
+    # -- following and cancelling jobs ------------------------------------------
+    def own_job(self, peer: tuple[str, str], job_id: str) -> JobRecord:
+        rec = self.store.get(job_id)
+        if peer != ("buyer", rec.buyer):
+            raise VerificationError(f"caller fedtrust://{peer[0]}/{peer[1]} is not the buyer of this job")
+        return rec
+
+    def cancel(self, peer: tuple[str, str], job_id: str) -> JobRecord:
+        """Ask a running job of this buyer to stop; it fails with "cancelled by the buyer" at its next step."""
+        rec = self.own_job(peer, job_id)
+        if rec.state != "running":
+            raise NotFound(f"job {job_id} is not running (state: {rec.state}); there is nothing to cancel")
+        with self._cancel_lock:
+            self._cancelled.add(job_id)
+        log.info("job %s: cancel requested by its buyer", job_id)
+        return rec
+
+    def cancelled(self, job_id: str) -> bool:
+        with self._cancel_lock:
+            return job_id in self._cancelled
+
+    def check_cancelled(self, job_id: str, consequence: str) -> None:
+        if self.cancelled(job_id):
+            raise JobFailed(f"job {job_id} was cancelled by the buyer; {consequence}")
+
+    def forget_cancel(self, job_id: str) -> None:
+        with self._cancel_lock:
+            self._cancelled.discard(job_id)
 
     def check(self, peer: tuple[str, str], job_bytes: bytes, contract_bytes: bytes) -> tuple[Contract, Envelope, JobSpec, Envelope]:
         contract_env = Envelope.from_json(contract_bytes)
@@ -145,11 +178,15 @@ class CoordinatorRuntime:
             yield Finished(done.receipt or b"", self.store.relayed(job.job_id))
             return
         try:
+            self.store.heartbeat(job.job_id, "admitting", answered=0)
             yield Progress("admitting", 0, total, f"asking {total} owners to admit the job")
             admissions = self.admit_all(contract, contract_env.digest, job, job_env.digest, job_bytes, contract_bytes)
+            self.check_cancelled(job.job_id, "no owner ran it and nobody was charged")
+            self.store.heartbeat(job.job_id, "dispatched", answered=0)
             yield Progress("dispatched", 0, total, f"all {total} owners admitted the job; sent to them")
             releases: dict[str, NodeRelease] = {}
             for event in self._fan_out(contract, job, job_bytes, contract_bytes, context, releases, admissions):
+                self.store.heartbeat(job.job_id, event.stage, answered=event.done)
                 yield event
             attestations = [self._check_release(contract, contract_env.digest, job_env.digest, releases[n])
                             for n in job.participants]
@@ -174,6 +211,8 @@ class CoordinatorRuntime:
         except BaseException:
             self.store.fail(job.job_id, "internal error at the coordinator; see its log")
             raise
+        finally:
+            self.forget_cancel(job.job_id)
         yield Progress("relayed", total, total, "every node's ciphertexts relayed; receipt signed")
         yield Finished(bundle, relayed)
 
@@ -231,7 +270,13 @@ class CoordinatorRuntime:
             for node in job.participants:
                 pool.submit(ask, node)
             for _ in job.participants:
-                node, rel, err = results.get()
+                while True:
+                    try:
+                        node, rel, err = results.get(timeout=0.5)
+                        break
+                    except queue.Empty:
+                        self.check_cancelled(job.job_id, "owners that had already released their part were "
+                                                         "charged for it")
                 if err is not None:
                     raise JobFailed(f"node {node} failed, so the job failed (no partial aggregates): {err}")
                 releases[node] = rel

@@ -90,15 +90,50 @@ class JobRecord:
     created_at: str
     updated_at: str
     kind: str = "query"
+    #: progress: the last stage, the round (training), participants that answered, and when
+    stage: str = ""
+    round: int = 0
+    rounds: int = 0
+    answered: int = 0
+    heartbeat_at: str = ""
+
+
+#: columns added after the first release, with their definitions (stores migrate in place)
+_ADDED_COLUMNS = {
+    "kind": "TEXT NOT NULL DEFAULT 'query'",
+    "stage": "TEXT NOT NULL DEFAULT ''",
+    "round": "INTEGER NOT NULL DEFAULT 0",
+    "rounds": "INTEGER NOT NULL DEFAULT 0",
+    "answered": "INTEGER NOT NULL DEFAULT 0",
+    "heartbeat_at": "TEXT NOT NULL DEFAULT ''",
+}
 
 
 class JobStore:
     def __init__(self, state_dir: str | Path) -> None:
         self.db = Database(Path(state_dir) / "coordinator.sqlite3", SCHEMA)
-        with self.db.write() as con:  # stores made before training existed
+        with self.db.write() as con:  # stores made by earlier versions
             cols = {r["name"] for r in con.execute("PRAGMA table_info(jobs)")}
-            if "kind" not in cols:
-                con.execute("ALTER TABLE jobs ADD COLUMN kind TEXT NOT NULL DEFAULT 'query'")
+            for name, definition in _ADDED_COLUMNS.items():
+                if name not in cols:
+                    con.execute(f"ALTER TABLE jobs ADD COLUMN {name} {definition}")
+
+    def heartbeat(self, job_id: str, stage: str, *, round: int | None = None, rounds: int | None = None,
+                  answered: int | None = None) -> None:
+        """Record a running job's progress (what `fedtrust job status` shows as round and last heartbeat)."""
+        sets, args = ["stage = ?", "heartbeat_at = ?"], [stage, utc_now()]
+        for col, v in (("round", round), ("rounds", rounds), ("answered", answered)):
+            if v is not None:
+                sets.append(f"{col} = ?")
+                args.append(v)
+        with self.db.write() as con:
+            con.execute(f"UPDATE jobs SET {', '.join(sets)} WHERE job_id = ? AND state = 'running'", (*args, job_id))
+
+    def jobs_of(self, buyer: str, limit: int = 50) -> list[JobRecord]:
+        """A buyer's jobs, newest first."""
+        rows = self.db.read().execute(
+            "SELECT * FROM jobs WHERE buyer = ? ORDER BY created_at DESC, rowid DESC LIMIT ?", (buyer, limit))
+        return [_record(r) for r in rows]
 
     def begin(self, job_id: str, job_digest: str, contract_digest: str, buyer: str,
               participants: tuple[str, ...], kind: str = "query") -> JobRecord | None:
@@ -116,13 +151,13 @@ class JobStore:
                 con.execute("DELETE FROM relayed WHERE job_id = ?", (job_id,))
                 con.execute("DELETE FROM training_rounds WHERE job_id = ?", (job_id,))
                 con.execute("DELETE FROM models WHERE job_id = ?", (job_id,))
-                con.execute("UPDATE jobs SET state='running', error='', receipt=NULL, updated_at=? WHERE job_id=?",
-                            (now, job_id))
+                con.execute("UPDATE jobs SET state='running', error='', receipt=NULL, updated_at=?, stage='',"
+                            " round=0, answered=0, heartbeat_at=? WHERE job_id=?", (now, now, job_id))
                 return None
             con.execute(
                 "INSERT INTO jobs (job_id, job_digest, contract_digest, buyer, participants, state, created_at,"
-                " updated_at, kind) VALUES (?,?,?,?,?, 'running', ?, ?, ?)",
-                (job_id, job_digest, contract_digest, buyer, json.dumps(list(participants)), now, now, kind),
+                " updated_at, kind, heartbeat_at) VALUES (?,?,?,?,?, 'running', ?, ?, ?, ?)",
+                (job_id, job_digest, contract_digest, buyer, json.dumps(list(participants)), now, now, kind, now),
             )
         return None
 
@@ -195,5 +230,6 @@ def _record(row) -> JobRecord:
         job_id=row["job_id"], job_digest=row["job_digest"], contract_digest=row["contract_digest"],
         buyer=row["buyer"], participants=tuple(json.loads(row["participants"])), state=row["state"],
         error=row["error"], receipt=bytes(row["receipt"]) if row["receipt"] is not None else None,
-        created_at=row["created_at"], updated_at=row["updated_at"], kind=row["kind"],
+        created_at=row["created_at"], updated_at=row["updated_at"], kind=row["kind"], stage=row["stage"],
+        round=row["round"], rounds=row["rounds"], answered=row["answered"], heartbeat_at=row["heartbeat_at"],
     )

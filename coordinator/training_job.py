@@ -97,8 +97,10 @@ class TrainingJobs:
         try:
             yield TrainingProgress("admitting", 0, spec.rounds, "", 0, total,
                                    message=f"asking {total} owners to admit the job")
+            store.heartbeat(job.job_id, "admitting", round=0, rounds=spec.rounds, answered=0)
             admissions = self.rt.admit_all(contract, contract_env.digest, job, job_env.digest, job_bytes,
                                            contract_bytes)
+            self.rt.check_cancelled(job.job_id, "no owner trained and nobody was charged")
             args = JobArgs(
                 job_id=job.job_id, job_digest=job_env.digest, job_bytes=job_bytes, contract_bytes=contract_bytes,
                 spec=spec.to_dict(), schema=contract.schema.to_dict(), participants=job.participants,
@@ -108,8 +110,9 @@ class TrainingJobs:
                 admissions=tuple(admissions),
             )
             outcome = None
-            for item in self._watch(args, cancelled):
+            for item in self._watch(args, cancelled, job.job_id):
                 if isinstance(item, TrainingProgress):
+                    store.heartbeat(job.job_id, item.stage, round=item.round, rounds=item.rounds, answered=item.done)
                     if item.stage == "aggregated" and item.loss is not None and item.accuracy is not None:
                         store.record_round(job.job_id, item.round, item.phase, item.loss, item.accuracy)
                     yield item
@@ -128,10 +131,13 @@ class TrainingJobs:
             log.exception("training job %s failed", job.job_id)
             store.fail(job.job_id, "internal error at the coordinator; see its log")
             raise
+        finally:
+            self.rt.forget_cancel(job.job_id)
         yield TrainingProgress("succeeded", spec.rounds, spec.rounds, "", total, total, message="model and receipt ready")
         yield TrainingFinished(bundle, outcome["model"])
 
-    def _watch(self, args: JobArgs, cancelled: Callable[[], bool]) -> Iterator[TrainingProgress | dict]:
+    def _watch(self, args: JobArgs, cancelled: Callable[[], bool],
+               job_id: str = "") -> Iterator[TrainingProgress | dict]:
         proc, conn = start_worker(run_job, args, name=f"fedtrust-train-{args.job_id[:12]}")
         with self._lock:
             self._workers.add(proc)
@@ -139,6 +145,7 @@ class TrainingJobs:
             while True:
                 if cancelled():
                     raise JobFailed("the buyer disconnected; the training job was stopped")
+                self.rt.check_cancelled(job_id, "the training was stopped (owners keep what they already spent)")
                 try:
                     ready = conn.poll(0.5)
                     msg = conn.recv() if ready else None

@@ -25,35 +25,39 @@ _sym_db = _symbol_database.Default()
 from fedtrust.v1 import common_pb2 as fedtrust_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x66\x65\x64trust/v1/coordinator.proto\x12\x0b\x66\x65\x64trust.v1\x1a\x18\x66\x65\x64trust/v1/common.proto\"X\n\x0cSubmitHeader\x12\x14\n\x0cjob_envelope\x18\x01 \x01(\x0c\x12\x19\n\x11\x63ontract_envelope\x18\x02 \x01(\x0c\x12\x17\n\x0fhe_context_size\x18\x03 \x01(\x04\"`\n\rSubmitRequest\x12+\n\x06header\x18\x01 \x01(\x0b\x32\x19.fedtrust.v1.SubmitHeaderH\x00\x12\x1a\n\x10he_context_chunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\" \n\x07Outcome\x12\x0f\n\x07receipt\x18\x01 \x01(\x0cJ\x04\x08\x02\x10\x03\"8\n\x0eRelayedRelease\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x18\n\x10\x63iphertext_sizes\x18\x02 \x03(\x04\"\xb2\x01\n\x08JobEvent\x12)\n\x08progress\x18\x01 \x01(\x0b\x32\x15.fedtrust.v1.ProgressH\x00\x12\x1a\n\x10\x63iphertext_chunk\x18\x02 \x01(\x0cH\x00\x12\'\n\x07outcome\x18\x03 \x01(\x0b\x32\x14.fedtrust.v1.OutcomeH\x00\x12.\n\x07relayed\x18\x04 \x01(\x0b\x32\x1b.fedtrust.v1.RelayedReleaseH\x00\x42\x06\n\x04part\"\x18\n\x06JobRef\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\x90\x01\n\tJobStatus\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12\x17\n\x0f\x63ontract_digest\x18\x04 \x01(\t\x12\x14\n\x0cparticipants\x18\x05 \x03(\t\x12\x12\n\ncreated_at\x18\x06 \x01(\t\x12\x12\n\nupdated_at\x18\x07 \x01(\t\"E\n\x12TrainingSubmission\x12\x14\n\x0cjob_envelope\x18\x01 \x01(\x0c\x12\x19\n\x11\x63ontract_envelope\x18\x02 \x01(\x0c\"\xaf\x01\n\rRoundProgress\x12\r\n\x05stage\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\r\x12\x0e\n\x06rounds\x18\x03 \x01(\r\x12\r\n\x05phase\x18\x04 \x01(\t\x12\x0c\n\x04\x64one\x18\x05 \x01(\r\x12\r\n\x05total\x18\x06 \x01(\r\x12\x13\n\x0bhas_metrics\x18\x07 \x01(\x08\x12\x0c\n\x04loss\x18\x08 \x01(\x01\x12\x10\n\x08\x61\x63\x63uracy\x18\t \x01(\x01\x12\x0f\n\x07message\x18\n \x01(\t\"6\n\x0fTrainingOutcome\x12\x0f\n\x07receipt\x18\x01 \x01(\x0c\x12\x12\n\nmodel_size\x18\x02 \x01(\x04\"\x8f\x01\n\rTrainingEvent\x12.\n\x08progress\x18\x01 \x01(\x0b\x32\x1a.fedtrust.v1.RoundProgressH\x00\x12\x15\n\x0bmodel_chunk\x18\x02 \x01(\x0cH\x00\x12/\n\x07outcome\x18\x03 \x01(\x0b\x32\x1c.fedtrust.v1.TrainingOutcomeH\x00\x42\x06\n\x04part2\xe0\x02\n\x12\x43oordinatorService\x12\x44\n\x0bSubmitQuery\x12\x1a.fedtrust.v1.SubmitRequest\x1a\x15.fedtrust.v1.JobEvent(\x01\x30\x01\x12\x35\n\x06GetJob\x12\x13.fedtrust.v1.JobRef\x1a\x16.fedtrust.v1.JobStatus\x12;\n\x0b\x46\x65tchResult\x12\x13.fedtrust.v1.JobRef\x1a\x15.fedtrust.v1.JobEvent0\x01\x12O\n\x0eSubmitTraining\x12\x1f.fedtrust.v1.TrainingSubmission\x1a\x1a.fedtrust.v1.TrainingEvent0\x01\x12?\n\nFetchModel\x12\x13.fedtrust.v1.JobRef\x1a\x1a.fedtrust.v1.TrainingEvent0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x66\x65\x64trust/v1/coordinator.proto\x12\x0b\x66\x65\x64trust.v1\x1a\x18\x66\x65\x64trust/v1/common.proto\" \n\x0fListJobsRequest\x12\r\n\x05limit\x18\x01 \x01(\r\"/\n\x07JobList\x12$\n\x04jobs\x18\x01 \x03(\x0b\x32\x16.fedtrust.v1.JobStatus\"X\n\x0cSubmitHeader\x12\x14\n\x0cjob_envelope\x18\x01 \x01(\x0c\x12\x19\n\x11\x63ontract_envelope\x18\x02 \x01(\x0c\x12\x17\n\x0fhe_context_size\x18\x03 \x01(\x04\"`\n\rSubmitRequest\x12+\n\x06header\x18\x01 \x01(\x0b\x32\x19.fedtrust.v1.SubmitHeaderH\x00\x12\x1a\n\x10he_context_chunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\" \n\x07Outcome\x12\x0f\n\x07receipt\x18\x01 \x01(\x0cJ\x04\x08\x02\x10\x03\"8\n\x0eRelayedRelease\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x18\n\x10\x63iphertext_sizes\x18\x02 \x03(\x04\"\xb2\x01\n\x08JobEvent\x12)\n\x08progress\x18\x01 \x01(\x0b\x32\x15.fedtrust.v1.ProgressH\x00\x12\x1a\n\x10\x63iphertext_chunk\x18\x02 \x01(\x0cH\x00\x12\'\n\x07outcome\x18\x03 \x01(\x0b\x32\x14.fedtrust.v1.OutcomeH\x00\x12.\n\x07relayed\x18\x04 \x01(\x0b\x32\x1b.fedtrust.v1.RelayedReleaseH\x00\x42\x06\n\x04part\"\x18\n\x06JobRef\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\xf4\x01\n\tJobStatus\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12\x17\n\x0f\x63ontract_digest\x18\x04 \x01(\t\x12\x14\n\x0cparticipants\x18\x05 \x03(\t\x12\x12\n\ncreated_at\x18\x06 \x01(\t\x12\x12\n\nupdated_at\x18\x07 \x01(\t\x12\x0c\n\x04kind\x18\x08 \x01(\t\x12\r\n\x05stage\x18\t \x01(\t\x12\r\n\x05round\x18\n \x01(\r\x12\x0e\n\x06rounds\x18\x0b \x01(\r\x12\x10\n\x08\x61nswered\x18\x0c \x01(\r\x12\x14\n\x0cheartbeat_at\x18\r \x01(\t\"E\n\x12TrainingSubmission\x12\x14\n\x0cjob_envelope\x18\x01 \x01(\x0c\x12\x19\n\x11\x63ontract_envelope\x18\x02 \x01(\x0c\"\xaf\x01\n\rRoundProgress\x12\r\n\x05stage\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\r\x12\x0e\n\x06rounds\x18\x03 \x01(\r\x12\r\n\x05phase\x18\x04 \x01(\t\x12\x0c\n\x04\x64one\x18\x05 \x01(\r\x12\r\n\x05total\x18\x06 \x01(\r\x12\x13\n\x0bhas_metrics\x18\x07 \x01(\x08\x12\x0c\n\x04loss\x18\x08 \x01(\x01\x12\x10\n\x08\x61\x63\x63uracy\x18\t \x01(\x01\x12\x0f\n\x07message\x18\n \x01(\t\"6\n\x0fTrainingOutcome\x12\x0f\n\x07receipt\x18\x01 \x01(\x0c\x12\x12\n\nmodel_size\x18\x02 \x01(\x04\"\x8f\x01\n\rTrainingEvent\x12.\n\x08progress\x18\x01 \x01(\x0b\x32\x1a.fedtrust.v1.RoundProgressH\x00\x12\x15\n\x0bmodel_chunk\x18\x02 \x01(\x0cH\x00\x12/\n\x07outcome\x18\x03 \x01(\x0b\x32\x1c.fedtrust.v1.TrainingOutcomeH\x00\x42\x06\n\x04part2\xda\x03\n\x12\x43oordinatorService\x12\x44\n\x0bSubmitQuery\x12\x1a.fedtrust.v1.SubmitRequest\x1a\x15.fedtrust.v1.JobEvent(\x01\x30\x01\x12\x35\n\x06GetJob\x12\x13.fedtrust.v1.JobRef\x1a\x16.fedtrust.v1.JobStatus\x12;\n\x0b\x46\x65tchResult\x12\x13.fedtrust.v1.JobRef\x1a\x15.fedtrust.v1.JobEvent0\x01\x12O\n\x0eSubmitTraining\x12\x1f.fedtrust.v1.TrainingSubmission\x1a\x1a.fedtrust.v1.TrainingEvent0\x01\x12?\n\nFetchModel\x12\x13.fedtrust.v1.JobRef\x1a\x1a.fedtrust.v1.TrainingEvent0\x01\x12>\n\x08ListJobs\x12\x1c.fedtrust.v1.ListJobsRequest\x1a\x14.fedtrust.v1.JobList\x12\x38\n\tCancelJob\x12\x13.fedtrust.v1.JobRef\x1a\x16.fedtrust.v1.JobStatusb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'fedtrust.v1.coordinator_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SUBMITHEADER']._serialized_start=72
-  _globals['_SUBMITHEADER']._serialized_end=160
-  _globals['_SUBMITREQUEST']._serialized_start=162
-  _globals['_SUBMITREQUEST']._serialized_end=258
-  _globals['_OUTCOME']._serialized_start=260
-  _globals['_OUTCOME']._serialized_end=292
-  _globals['_RELAYEDRELEASE']._serialized_start=294
-  _globals['_RELAYEDRELEASE']._serialized_end=350
-  _globals['_JOBEVENT']._serialized_start=353
-  _globals['_JOBEVENT']._serialized_end=531
-  _globals['_JOBREF']._serialized_start=533
-  _globals['_JOBREF']._serialized_end=557
-  _globals['_JOBSTATUS']._serialized_start=560
-  _globals['_JOBSTATUS']._serialized_end=704
-  _globals['_TRAININGSUBMISSION']._serialized_start=706
-  _globals['_TRAININGSUBMISSION']._serialized_end=775
-  _globals['_ROUNDPROGRESS']._serialized_start=778
-  _globals['_ROUNDPROGRESS']._serialized_end=953
-  _globals['_TRAININGOUTCOME']._serialized_start=955
-  _globals['_TRAININGOUTCOME']._serialized_end=1009
-  _globals['_TRAININGEVENT']._serialized_start=1012
-  _globals['_TRAININGEVENT']._serialized_end=1155
-  _globals['_COORDINATORSERVICE']._serialized_start=1158
-  _globals['_COORDINATORSERVICE']._serialized_end=1510
+  _globals['_LISTJOBSREQUEST']._serialized_start=72
+  _globals['_LISTJOBSREQUEST']._serialized_end=104
+  _globals['_JOBLIST']._serialized_start=106
+  _globals['_JOBLIST']._serialized_end=153
+  _globals['_SUBMITHEADER']._serialized_start=155
+  _globals['_SUBMITHEADER']._serialized_end=243
+  _globals['_SUBMITREQUEST']._serialized_start=245
+  _globals['_SUBMITREQUEST']._serialized_end=341
+  _globals['_OUTCOME']._serialized_start=343
+  _globals['_OUTCOME']._serialized_end=375
+  _globals['_RELAYEDRELEASE']._serialized_start=377
+  _globals['_RELAYEDRELEASE']._serialized_end=433
+  _globals['_JOBEVENT']._serialized_start=436
+  _globals['_JOBEVENT']._serialized_end=614
+  _globals['_JOBREF']._serialized_start=616
+  _globals['_JOBREF']._serialized_end=640
+  _globals['_JOBSTATUS']._serialized_start=643
+  _globals['_JOBSTATUS']._serialized_end=887
+  _globals['_TRAININGSUBMISSION']._serialized_start=889
+  _globals['_TRAININGSUBMISSION']._serialized_end=958
+  _globals['_ROUNDPROGRESS']._serialized_start=961
+  _globals['_ROUNDPROGRESS']._serialized_end=1136
+  _globals['_TRAININGOUTCOME']._serialized_start=1138
+  _globals['_TRAININGOUTCOME']._serialized_end=1192
+  _globals['_TRAININGEVENT']._serialized_start=1195
+  _globals['_TRAININGEVENT']._serialized_end=1338
+  _globals['_COORDINATORSERVICE']._serialized_start=1341
+  _globals['_COORDINATORSERVICE']._serialized_end=1815
 # @@protoc_insertion_point(module_scope)

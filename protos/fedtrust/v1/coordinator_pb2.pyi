@@ -7,6 +7,18 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class ListJobsRequest(_message.Message):
+    __slots__ = ("limit",)
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    limit: int
+    def __init__(self, limit: _Optional[int] = ...) -> None: ...
+
+class JobList(_message.Message):
+    __slots__ = ("jobs",)
+    JOBS_FIELD_NUMBER: _ClassVar[int]
+    jobs: _containers.RepeatedCompositeFieldContainer[JobStatus]
+    def __init__(self, jobs: _Optional[_Iterable[_Union[JobStatus, _Mapping]]] = ...) -> None: ...
+
 class SubmitHeader(_message.Message):
     __slots__ = ("job_envelope", "contract_envelope", "he_context_size")
     JOB_ENVELOPE_FIELD_NUMBER: _ClassVar[int]
@@ -58,7 +70,7 @@ class JobRef(_message.Message):
     def __init__(self, job_id: _Optional[str] = ...) -> None: ...
 
 class JobStatus(_message.Message):
-    __slots__ = ("job_id", "state", "error", "contract_digest", "participants", "created_at", "updated_at")
+    __slots__ = ("job_id", "state", "error", "contract_digest", "participants", "created_at", "updated_at", "kind", "stage", "round", "rounds", "answered", "heartbeat_at")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
@@ -66,6 +78,12 @@ class JobStatus(_message.Message):
     PARTICIPANTS_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    STAGE_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    ROUNDS_FIELD_NUMBER: _ClassVar[int]
+    ANSWERED_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_AT_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     state: str
     error: str
@@ -73,7 +91,13 @@ class JobStatus(_message.Message):
     participants: _containers.RepeatedScalarFieldContainer[str]
     created_at: str
     updated_at: str
-    def __init__(self, job_id: _Optional[str] = ..., state: _Optional[str] = ..., error: _Optional[str] = ..., contract_digest: _Optional[str] = ..., participants: _Optional[_Iterable[str]] = ..., created_at: _Optional[str] = ..., updated_at: _Optional[str] = ...) -> None: ...
+    kind: str
+    stage: str
+    round: int
+    rounds: int
+    answered: int
+    heartbeat_at: str
+    def __init__(self, job_id: _Optional[str] = ..., state: _Optional[str] = ..., error: _Optional[str] = ..., contract_digest: _Optional[str] = ..., participants: _Optional[_Iterable[str]] = ..., created_at: _Optional[str] = ..., updated_at: _Optional[str] = ..., kind: _Optional[str] = ..., stage: _Optional[str] = ..., round: _Optional[int] = ..., rounds: _Optional[int] = ..., answered: _Optional[int] = ..., heartbeat_at: _Optional[str] = ...) -> None: ...
 
 class TrainingSubmission(_message.Message):
     __slots__ = ("job_envelope", "contract_envelope")

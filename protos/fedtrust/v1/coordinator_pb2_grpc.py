@@ -60,6 +60,16 @@ class CoordinatorServiceStub:
                 request_serializer=fedtrust_dot_v1_dot_coordinator__pb2.JobRef.SerializeToString,
                 response_deserializer=fedtrust_dot_v1_dot_coordinator__pb2.TrainingEvent.FromString,
                 _registered_method=True)
+        self.ListJobs = channel.unary_unary(
+                '/fedtrust.v1.CoordinatorService/ListJobs',
+                request_serializer=fedtrust_dot_v1_dot_coordinator__pb2.ListJobsRequest.SerializeToString,
+                response_deserializer=fedtrust_dot_v1_dot_coordinator__pb2.JobList.FromString,
+                _registered_method=True)
+        self.CancelJob = channel.unary_unary(
+                '/fedtrust.v1.CoordinatorService/CancelJob',
+                request_serializer=fedtrust_dot_v1_dot_coordinator__pb2.JobRef.SerializeToString,
+                response_deserializer=fedtrust_dot_v1_dot_coordinator__pb2.JobStatus.FromString,
+                _registered_method=True)
 
 
 class CoordinatorServiceServicer:
@@ -106,6 +116,20 @@ class CoordinatorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListJobs(self, request, context):
+        """The calling buyer's jobs at this coordinator, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelJob(self, request, context):
+        """Stop a running job of the calling buyer; it fails with "cancelled by the buyer".
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CoordinatorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -133,6 +157,16 @@ def add_CoordinatorServiceServicer_to_server(servicer, server):
                     servicer.FetchModel,
                     request_deserializer=fedtrust_dot_v1_dot_coordinator__pb2.JobRef.FromString,
                     response_serializer=fedtrust_dot_v1_dot_coordinator__pb2.TrainingEvent.SerializeToString,
+            ),
+            'ListJobs': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListJobs,
+                    request_deserializer=fedtrust_dot_v1_dot_coordinator__pb2.ListJobsRequest.FromString,
+                    response_serializer=fedtrust_dot_v1_dot_coordinator__pb2.JobList.SerializeToString,
+            ),
+            'CancelJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelJob,
+                    request_deserializer=fedtrust_dot_v1_dot_coordinator__pb2.JobRef.FromString,
+                    response_serializer=fedtrust_dot_v1_dot_coordinator__pb2.JobStatus.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -271,6 +305,60 @@ class CoordinatorService:
             '/fedtrust.v1.CoordinatorService/FetchModel',
             fedtrust_dot_v1_dot_coordinator__pb2.JobRef.SerializeToString,
             fedtrust_dot_v1_dot_coordinator__pb2.TrainingEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListJobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedtrust.v1.CoordinatorService/ListJobs',
+            fedtrust_dot_v1_dot_coordinator__pb2.ListJobsRequest.SerializeToString,
+            fedtrust_dot_v1_dot_coordinator__pb2.JobList.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedtrust.v1.CoordinatorService/CancelJob',
+            fedtrust_dot_v1_dot_coordinator__pb2.JobRef.SerializeToString,
+            fedtrust_dot_v1_dot_coordinator__pb2.JobStatus.FromString,
             options,
             channel_credentials,
             insecure,
