@@ -9,7 +9,7 @@ import grpc
 from fedtrust.errors import InvalidInput, VerificationError
 from fedtrust.privacy.he import MAX_CIPHERTEXT_BYTES
 from fedtrust.transport.chunks import split
-from fedtrust.transport.server import secure_channel
+from fedtrust.transport.channels import ChannelPool, channel_to
 from fedtrust.transport.status import error_from_rpc
 from fedtrust.transport.tls import TlsMaterial
 from fedtrust.v1 import coordinator_pb2, coordinator_pb2_grpc, vertical_pb2, vertical_pb2_grpc
@@ -153,6 +153,10 @@ def _collect(events: Iterator, on_progress: OnProgress | None, peer: str,
     raise InvalidInput("the coordinator ended the stream without an outcome")
 
 
+#: the buyer's channels to coordinators, per (address, subject, own credentials); see transport.channels
+_CHANNELS = ChannelPool(limit=16)
+
+
 class CoordinatorClient:
     """Calls one coordinator, `name` (from the contract): a server with another subject's certificate is refused."""
 
@@ -163,7 +167,8 @@ class CoordinatorClient:
         self.timeout = timeout
 
     def _channel(self):
-        return secure_channel(self.address, self.tls, ("coordinator", self.name))
+        # kept open across this process's jobs; the coordinator's subject is pinned on every handshake
+        return channel_to(_CHANNELS, self.address, self.tls, ("coordinator", self.name))
 
     def _stub(self, channel):
         return coordinator_pb2_grpc.CoordinatorServiceStub(channel)
