@@ -1,6 +1,8 @@
 """`fedtrust coordinator serve`: the coordinator daemon bound to its config."""
 from __future__ import annotations
 
+import threading
+
 from fedtrust.config import CoordinatorConfig
 from fedtrust.coordinator.coordinator_servicer import CoordinatorServicer
 from fedtrust.coordinator.runtime import CoordinatorRuntime
@@ -32,6 +34,17 @@ class CoordinatorDaemon(GrpcDaemon):
             vertical_pb2_grpc.add_VerticalCoordinatorServiceServicer_to_server(vertical, s)
 
         return register
+
+    def start(self, listen: str | None = None, metrics_listen: str | None = None) -> int:
+        port = super().start(listen, metrics_listen)
+        for rec, job_bytes, contract_bytes in self.runtime.resumable:  # training jobs a restart interrupted
+            threading.Thread(target=self.servicer.training.resume, args=(rec, job_bytes, contract_bytes),
+                             name=f"resume-{rec.job_id[:12]}", daemon=True).start()
+        self.runtime.resumable = []
+        return port
+
+    def _before_drain(self) -> None:
+        self.runtime.stopping = True  # running training jobs are kept to resume, not failed
 
     def _on_stop(self) -> None:
         self.runtime.channels.close()

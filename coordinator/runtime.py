@@ -104,9 +104,13 @@ class CoordinatorRuntime:
         self.channels = ChannelPool()
         #: the newest revocation list this coordinator holds; forwarded to nodes with every job
         self.revocations = RevocationHolder(config.state, self.identity.exchange_key)
+        #: training jobs a previous process left running; the daemon resumes them once it serves
+        self.resumable = self.store.take_resumable()
         interrupted = self.store.fail_interrupted()
         if interrupted:
             log.warning("marked %d interrupted job(s) failed", interrupted)
+        #: set when the daemon starts draining: a training job cut by the shutdown is kept to resume, not failed
+        self.stopping = False
         #: running jobs their buyer asked to stop (`fedtrust job cancel`)
         self._cancelled: set[str] = set()
         self._cancel_lock = threading.Lock()

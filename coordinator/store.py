@@ -106,6 +106,9 @@ _ADDED_COLUMNS = {
     "rounds": "INTEGER NOT NULL DEFAULT 0",
     "answered": "INTEGER NOT NULL DEFAULT 0",
     "heartbeat_at": "TEXT NOT NULL DEFAULT ''",
+    # a training job's signed envelopes, kept so that a restarted coordinator can resume it
+    "job_envelope": "BLOB",
+    "contract_envelope": "BLOB",
 }
 
 
@@ -201,13 +204,37 @@ class JobStore:
             raise NotFound(f"job {job_id} has no trained model at this coordinator")
         return bytes(row[0])
 
+    def keep_envelopes(self, job_id: str, job_bytes: bytes, contract_bytes: bytes) -> None:
+        """Keep a training job's signed job and contract, so a restarted coordinator can resume it."""
+        with self.db.write() as con:
+            con.execute("UPDATE jobs SET job_envelope = ?, contract_envelope = ? WHERE job_id = ?",
+                        (job_bytes, contract_bytes, job_id))
+
+    def interrupt(self, job_id: str) -> None:
+        """The coordinator is stopping under a running training job: it stays running, to resume at start."""
+        with self.db.write() as con:
+            con.execute("UPDATE jobs SET error = 'interrupted by a coordinator shutdown; it resumes when the "
+                        "coordinator starts again', updated_at = ? WHERE job_id = ? AND state = 'running'",
+                        (utc_now(), job_id))
+
     def fail_interrupted(self) -> int:
-        """At start-up: jobs left running by a previous process failed with it."""
+        """At start-up: jobs left running by a previous process that cannot resume failed with it."""
         with self.db.write() as con:
             cur = con.execute(
                 "UPDATE jobs SET state='failed', error='the coordinator restarted during the job; submit it again',"
-                " updated_at=? WHERE state='running'", (utc_now(),))
+                " updated_at=? WHERE state='running' AND (kind != 'train' OR job_envelope IS NULL)", (utc_now(),))
             return cur.rowcount
+
+    def take_resumable(self) -> list[tuple[JobRecord, bytes, bytes]]:
+        """At start-up: training jobs a previous process left running, with their envelopes; marked failed
+        ("resuming") so that resubmitting them through `TrainingJobs.run` restarts them."""
+        with self.db.write() as con:
+            rows = con.execute("SELECT * FROM jobs WHERE state = 'running' AND kind = 'train' AND job_envelope IS NOT "
+                               "NULL").fetchall()
+            con.execute("UPDATE jobs SET state='failed', error='interrupted by a coordinator restart; resuming',"
+                        " updated_at=? WHERE state = 'running' AND kind = 'train' AND job_envelope IS NOT NULL",
+                        (utc_now(),))
+        return [(_record(r), bytes(r["job_envelope"]), bytes(r["contract_envelope"])) for r in rows]
 
     def get(self, job_id: str) -> JobRecord:
         row = self.db.read().execute("SELECT * FROM jobs WHERE job_id = ?", (job_id,)).fetchone()

@@ -73,6 +73,18 @@ class TrainingJobs:
         self._workers: set = set()
         self._lock = threading.Lock()
 
+    def resume(self, rec: JobRecord, job_bytes: bytes, contract_bytes: bytes) -> None:
+        """Run an interrupted job again (in the caller's thread): the nodes answer the rounds they already
+        released from their stored vectors (same global, same bytes, no second training or debit), so the job
+        continues where it stopped. The buyer fetches the model with `fedtrust job result`."""
+        log.warning("resuming training job %s after a coordinator restart", rec.job_id)
+        try:
+            for _ in self.run(("buyer", rec.buyer), job_bytes, contract_bytes):
+                pass
+            log.warning("resumed training job %s succeeded", rec.job_id)
+        except Error as e:
+            log.warning("resumed training job %s failed: %s", rec.job_id, e)
+
     def shutdown(self) -> None:
         """Stop every running job's worker (the daemon is stopping; the jobs are failed at the next start)."""
         with self._lock:
@@ -93,6 +105,7 @@ class TrainingJobs:
         if done is not None:
             yield from self.replay(done)
             return
+        store.keep_envelopes(job.job_id, job_bytes, contract_bytes)
         total = len(job.participants)
         try:
             yield TrainingProgress("admitting", 0, spec.rounds, "", 0, total,
@@ -121,11 +134,13 @@ class TrainingJobs:
             assert outcome is not None
             bundle = self._seal(contract, contract_env, job, job_env, outcome)
             store.succeed_training(job.job_id, bundle, outcome["model"])
-        except Error as e:
-            store.fail(job.job_id, str(e))
-            raise
-        except GeneratorExit:
-            store.fail(job.job_id, "the buyer disconnected during the job; the training was stopped")
+        except (Error, GeneratorExit) as e:
+            if self.rt.stopping:  # cut by the coordinator's shutdown: resumed at its next start
+                store.interrupt(job.job_id)
+            elif isinstance(e, GeneratorExit):
+                store.fail(job.job_id, "the buyer disconnected during the job; the training was stopped")
+            else:
+                store.fail(job.job_id, str(e))
             raise
         except BaseException:
             log.exception("training job %s failed", job.job_id)

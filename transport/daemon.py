@@ -89,6 +89,9 @@ class GrpcDaemon:
     def _on_stop(self) -> None:
         pass
 
+    def _before_drain(self) -> None:
+        pass
+
     def _set_health(self, status) -> None:
         for service in ("", *self.callers):
             self.health.set(service, status)
@@ -136,6 +139,7 @@ class GrpcDaemon:
             self._stopped.wait()
             return
         try:
+            self._before_drain()
             if self.refresher is not None:
                 self.refresher.stop()
             if self.server is not None:
