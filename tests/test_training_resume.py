@@ -56,3 +56,22 @@ def test_a_coordinator_restart_mid_training_resumes_the_job(tmp_path):
             released = d.training.store.released(res.verified.job_digest)
             assert sorted(r for p, r, _ in released if p == "train") == [1, 2, 3, 4, 5, 6]
             assert [x.job_id for x in d.runtime.store.debits()].count(job_id) == 1
+
+
+def test_stopping_the_coordinator_drains_a_running_job_to_completion(tmp_path):
+    """What SIGTERM does (`stop(drain_s)`): no new calls, but the job in flight finishes and is delivered."""
+    fed = build_federation(tmp_path, {"bank-a": 300, "bank-b": 250}, min_group_size=3)
+    buyer = load_identity(fed.buyer_dir)
+    with fed:
+        stopper: list[threading.Thread] = []
+
+        def on_round(ev):
+            if ev.stage == "aggregated" and ev.round == 1 and not stopper:
+                stopper.append(threading.Thread(target=fed.coordinator.stop, args=(60,)))
+                stopper[0].start()
+
+        res = submit_training(buyer, fed.buyer_dir, fed.contract_path, fed.coordinator_address,
+                              make_spec(rounds=3), on_round)
+        assert [m.round for m in res.metrics] == [1, 2, 3] and stopper
+        stopper[0].join(60)
+        assert fed.coordinator.server is None  # and then it stopped
