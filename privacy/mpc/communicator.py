@@ -92,6 +92,22 @@ class LinkCommunicator(Communicator):
     def _recv(self, src: int) -> torch.Tensor:
         return wire.decode_tensor(self.link.recv(src))
 
+    def _send_many(self, tensors, dst: int) -> None:
+        frame = wire.encode_tensors(tensors)
+        self.comm_bytes += len(frame)
+        self.comm_rounds += 1
+        self.link.send(dst, frame)
+
+    def _recv_many(self, src: int, count: int, like) -> list[torch.Tensor]:
+        return [t.to(x.device) for t, x in zip(wire.decode_tensors(self.link.recv(src), count), like)]
+
+    def _all_gather_many(self, tensors) -> list[list[torch.Tensor]]:
+        """One round: every party sends all its tensors in one frame to every other party."""
+        for r in self._others():
+            self._send_many(tensors, r)
+        return [list(tensors) if r == self.rank else self._recv_many(r, len(tensors), tensors)
+                for r in range(self.world_size)]
+
     def send(self, tensor, dst):
         self._send(tensor, dst)
 
@@ -119,7 +135,11 @@ class LinkCommunicator(Communicator):
 
     def broadcast(self, input, src, group=None, batched=False, async_op=False):
         if batched:
-            return [self.broadcast(t, src) for t in input]
+            if self.rank == src:
+                for r in self._others():
+                    self._send_many(input, r)
+                return list(input)
+            return self._recv_many(src, len(input), input)
         if self.rank == src:
             for r in self._others():
                 self._send(input, r)
@@ -158,13 +178,19 @@ class LinkCommunicator(Communicator):
 
     def reduce(self, input, dst, op=None, batched=False, async_op=False):
         if batched:
-            return [self.reduce(t, dst, op=op) for t in input]
+            if self.rank != dst:
+                self._send_many(input, dst)
+                return None
+            parts = [list(input) if r == dst else self._recv_many(r, len(input), input)
+                     for r in range(self.world_size)]
+            return [self._combine([p[i] for p in parts], op) for i in range(len(input))]
         parts = self.gather(input, dst)
         return None if parts is None else self._combine(parts, op)
 
     def all_reduce(self, input, op=None, batched=False, async_op=False):
         if batched:
-            return [self.all_reduce(t, op=op) for t in input]
+            parts = self._all_gather_many(input)
+            return [self._combine([p[i] for p in parts], op) for i in range(len(input))]
         return self._combine(self.all_gather(input), op)
 
     def barrier(self):

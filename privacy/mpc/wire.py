@@ -59,6 +59,35 @@ def decode_tensor(frame: bytes) -> torch.Tensor:
     return torch.from_numpy(array.reshape(shape).copy())
 
 
+#: most tensors one batched frame may carry (CrypTen batches a few dozen at most)
+MAX_BATCH = 4096
+
+
+def encode_tensors(tensors) -> bytes:
+    """Several tensors in one frame (CrypTen's batched collectives: one round trip, not one per tensor)."""
+    parts = [encode_tensor(t) for t in tensors]
+    return struct.pack(">I", len(parts)) + b"".join(struct.pack(">Q", len(p)) + p for p in parts)
+
+
+def decode_tensors(frame: bytes, count: int) -> list[torch.Tensor]:
+    """Exactly `count` tensors from a batched frame; WireError for anything else."""
+    if len(frame) < 4 or struct.unpack(">I", frame[:4])[0] != count or count > MAX_BATCH:
+        raise WireError("batched MPC frame does not hold the expected number of tensors")
+    out, pos = [], 4
+    for _ in range(count):
+        if pos + 8 > len(frame):
+            raise WireError("batched MPC frame is truncated")
+        (n,) = struct.unpack(">Q", frame[pos:pos + 8])
+        pos += 8
+        if pos + n > len(frame):
+            raise WireError("batched MPC frame is truncated")
+        out.append(decode_tensor(frame[pos:pos + n]))
+        pos += n
+    if pos != len(frame):
+        raise WireError("batched MPC frame has trailing bytes")
+    return out
+
+
 def encode_value(value) -> bytes:
     """Small control values (sizes, ints, None) CrypTen broadcasts: JSON, never pickle."""
     if isinstance(value, torch.Size):
