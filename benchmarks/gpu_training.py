@@ -24,12 +24,12 @@ import torch
 
 from fedtrust.buyer.query import load_contract
 from fedtrust.demo.federation import build_federation
-from fedtrust.node.executor import Dataset
+from fedtrust.query.dataset import Dataset
 from fedtrust.training.data import load_rows
 from fedtrust.training.loop import resolve_device
 from fedtrust.training.models import build_model, initial_arrays
 from fedtrust.training.preprocess import Preprocessor
-from fedtrust.training.spec import TrainingSpec
+from fedtrust.trust.training_spec import TrainingSpec
 from fedtrust.trust.credentials import load_identity
 
 

@@ -47,7 +47,7 @@ import numpy as np
 from fedtrust.buyer.train import submit_training
 from fedtrust.demo.federation import build_federation
 from fedtrust.training.context import node_config
-from fedtrust.training.spec import TrainingSpec
+from fedtrust.trust.training_spec import TrainingSpec
 from fedtrust.trust.credentials import load_identity
 
 OWNERS = ("bank-a", "bank-b", "insurer-c")
@@ -200,8 +200,8 @@ def verified_rounds(fed, spec: TrainingSpec) -> dict[str, float]:
     """(d): median per-round time, forwarding time and bytes, with the coordinator's loop in this process."""
     from fedtrust.buyer.query import load_contract
     from fedtrust.coordinator.node_client import admit_on_node
-    from fedtrust.training.grid import FedtrustGrid
-    from fedtrust.training.server_loop import JobArgs, _run
+    from fedtrust.coordinator.grid import FedtrustGrid
+    from fedtrust.coordinator.server_loop import JobArgs, _run
     from fedtrust.transport.tls import TlsMaterial
     from fedtrust.trust.dsse import Envelope
     from fedtrust.trust.jobs import JobSpec, sign_job

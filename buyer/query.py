@@ -41,6 +41,7 @@ from fedtrust.trust.credentials import Identity
 from fedtrust.trust.dsse import Envelope
 from fedtrust.trust.jobs import JobSpec, sign_job
 from fedtrust.trust.receipts import Acknowledgement, ReceiptBundle, result_digest, sign_acknowledgement
+from fedtrust.query.checks import QUERY
 from fedtrust.trust.verify import VerifiedReceipt, check_relayed, verify_bundle
 
 JOB_TTL = timedelta(hours=1)
@@ -123,7 +124,7 @@ def finish(identity: Identity, files: JobFiles, contract: Contract, plan: QueryP
     bundle = ReceiptBundle.from_json(outcome.receipt)
     if bundle.job.digest != Envelope.from_json(files.job.read_bytes()).digest:
         raise VerificationError("the coordinator returned a receipt for another job")
-    verified = verify_bundle(bundle, identity.exchange_key)
+    verified = verify_bundle(bundle, identity.exchange_key, {"query": QUERY})
     per_node = check_relayed(verified, outcome.relayed)
     layout = Layout.from_plan(plan, contract.owners[0].product.schema)
     # the buyer adds the nodes' own releases itself (parsed in a worker: they crossed the network)

@@ -25,13 +25,14 @@ from fedtrust.errors import VerificationError
 from fedtrust.training.arrays import read_model
 from fedtrust.training.policy import check_training
 from fedtrust.training.preprocess import Preprocessor
-from fedtrust.training.spec import TrainingSpec
+from fedtrust.trust.training_spec import TrainingSpec
 from fedtrust.trust.canonical import sha256_hex, utc_now
 from fedtrust.trust.contracts import Contract
 from fedtrust.trust.credentials import Identity
 from fedtrust.trust.dsse import Envelope
 from fedtrust.trust.jobs import TRAINING_TTL, JobSpec, sign_job
 from fedtrust.trust.receipts import Acknowledgement, ReceiptBundle, RoundMetric, sign_acknowledgement
+from fedtrust.training.checks import TRAINING
 from fedtrust.trust.verify import VerifiedReceipt, verify_bundle
 
 __all__ = ["TrainingResult", "check_spec", "submit_training", "fetch_model_again", "MODEL_FILE"]
@@ -109,7 +110,7 @@ def _finish(identity: Identity, files: JobFiles, contract: Contract, outcome: Tr
     bundle = ReceiptBundle.from_json(outcome.receipt)
     if bundle.job.digest != Envelope.from_json(files.job.read_bytes()).digest:
         raise VerificationError("the coordinator returned a receipt for another job")
-    verified = verify_bundle(bundle, identity.exchange_key, aggregate=(outcome.model,))
+    verified = verify_bundle(bundle, identity.exchange_key, {"train": TRAINING}, aggregate=(outcome.model,))
     check_model_file(outcome.model, verified.job, contract)
     digest = sha256_hex(outcome.model)
     ack = sign_acknowledgement(Acknowledgement(job_digest=verified.job_digest, result_digest=digest,

@@ -25,7 +25,7 @@ from fedtrust.trust.credentials import Identity
 from fedtrust.trust.dsse import Envelope
 from fedtrust.trust.jobs import JobSpec, sign_job
 from fedtrust.trust.receipts import Acknowledgement, ReceiptBundle, result_digest, sign_acknowledgement
-from fedtrust.trust.verify import VerifiedReceipt, verify_bundle
+from fedtrust.trust.verify import PSI, VerifiedReceipt, verify_bundle
 from fedtrust.trust.vertical import check_vertical_job, VerticalJob
 
 JOB_TTL = timedelta(hours=1)
@@ -74,7 +74,7 @@ def finish(identity: Identity, files: JobFiles, contract: Contract, outcome: Job
     bundle = ReceiptBundle.from_json(outcome.receipt)
     if bundle.job.digest != Envelope.from_json(files.job.read_bytes()).digest:
         raise VerificationError("the coordinator returned a receipt for another job")
-    verified = verify_bundle(bundle, identity.exchange_key)
+    verified = verify_bundle(bundle, identity.exchange_key, {"psi": PSI})
     if verified.job.kind != "psi":
         raise VerificationError("the coordinator returned a receipt of another kind of job")
     size = verified.attestations[0].intersection_size

@@ -34,7 +34,7 @@ def digest(
 
         _print_digest(path, "clientapp", app_digest(path), None, as_json)
         return
-    from fedtrust.node.executor import encoding_problem, file_digest
+    from fedtrust.query.dataset import encoding_problem, file_digest
 
     problem = None
     if path.suffix.lower() in (".csv", ".tsv", ".txt"):

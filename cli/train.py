@@ -45,7 +45,7 @@ def train(
 ) -> None:
     """Train a model over every owner's data: masked updates, only sums leave the nodes; verified receipt."""
     from fedtrust.buyer.train import submit_training
-    from fedtrust.training.spec import load_training_toml
+    from fedtrust.trust.training_spec import load_training_toml
 
     spec = load_training_toml(job)
     identity = load_identity(credentials)

@@ -7,7 +7,8 @@ from fedtrust.coordinator.runtime import CoordinatorRuntime, Finished, NotAdmitt
 from fedtrust.coordinator.training_job import TrainingFinished, TrainingJobs, TrainingProgress
 from fedtrust.errors import Error, InvalidInput, JobFailed, NodeUnreachable, NotFound
 from fedtrust.metrics import DaemonMetrics
-from fedtrust.node.node_servicer import read_header_and_context
+from fedtrust.privacy.he import MAX_CONTEXT_BYTES
+from fedtrust.transport.streams import check_envelope_sizes, read_header_and_payload
 from fedtrust.transport.chunks import split
 from fedtrust.transport.peer import peer_identity
 from fedtrust.transport.status import guarded
@@ -49,10 +50,6 @@ def _status(rec) -> coordinator_pb2.JobStatus:
         job_id=rec.job_id, state=rec.state, error=rec.error, contract_digest=rec.contract_digest,
         participants=list(rec.participants), created_at=rec.created_at, updated_at=rec.updated_at, kind=rec.kind,
         stage=rec.stage, round=rec.round, rounds=rec.rounds, answered=rec.answered, heartbeat_at=rec.heartbeat_at)
-
-
-#: a signed job spec or contract is a few KB; 1 MiB leaves room for many owners
-MAX_ENVELOPE_BYTES = 1 << 20
 
 
 class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
@@ -101,8 +98,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
     @guarded
     def SubmitTraining(self, request, context):
         peer = peer_identity(context)
-        if len(request.job_envelope) > MAX_ENVELOPE_BYTES or len(request.contract_envelope) > MAX_ENVELOPE_BYTES:
-            raise InvalidInput(f"job spec or contract exceeds {MAX_ENVELOPE_BYTES} bytes")
+        check_envelope_sizes(request)
         yield from _training_events(self._measured("train", self.training.run(
             peer, request.job_envelope, request.contract_envelope, cancelled=lambda: not context.is_active())))
 
@@ -113,7 +109,8 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
     @guarded
     def SubmitQuery(self, request_iterator, context):
         peer = peer_identity(context)
-        header, ctx = read_header_and_context(request_iterator, "header", "he_context_chunk")
+        header, ctx = read_header_and_payload(request_iterator, "header", "he_context_size", "he_context_chunk",
+                                              MAX_CONTEXT_BYTES, "HE context")
         yield from _events(self._measured("query", self.runtime.run_query(peer, header.job_envelope,
                                                                           header.contract_envelope, ctx)))
 

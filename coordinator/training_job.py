@@ -24,7 +24,7 @@ from fedtrust.coordinator.store import JobRecord
 from fedtrust.errors import Error, InvalidInput, JobFailed
 from fedtrust.isolate import preload, start_worker
 from fedtrust.training.policy import check_training
-from fedtrust.training.server_loop import JobArgs, run_job
+from fedtrust.coordinator.server_loop import JobArgs, run_job
 from fedtrust.trust.canonical import sha256_hex, utc_now
 from fedtrust.trust.dsse import Envelope
 from fedtrust.trust.receipts import (
@@ -37,7 +37,7 @@ log = logging.getLogger("fedtrust.coordinator")
 __all__ = ["TrainingJobs", "TrainingProgress", "TrainingFinished"]
 
 # the worker's fork server starts with Flower, torch and gRPC already imported, so a job starts in milliseconds
-preload("fedtrust.training.server_loop", "fedtrust.training.grid", "fedtrust.coordinator.training_client",
+preload("fedtrust.coordinator.server_loop", "fedtrust.coordinator.grid", "fedtrust.coordinator.training_client",
         "fedtrust.training.models", "torch", "flwr.serverapp")
 
 _KINDS = {cls.kind: cls for cls in (errors.InvalidInput, errors.ConfigError, errors.VerificationError,

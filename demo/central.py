@@ -15,14 +15,14 @@ import numpy as np
 
 from fedtrust.training.data import LocalData, load_rows
 from fedtrust.training.preprocess import Preprocessor
-from fedtrust.training.spec import TrainingSpec
+from fedtrust.trust.training_spec import TrainingSpec
 from fedtrust.trust.schema import Schema
 
 __all__ = ["pooled_rows", "train_central", "score", "auc"]
 
 
 def pooled_rows(files: Sequence[Path], schema: Schema, spec: TrainingSpec) -> LocalData:
-    from fedtrust.node.executor import Dataset
+    from fedtrust.query.dataset import Dataset
 
     pre = Preprocessor.build(schema, spec.features, spec.label)
     parts = []

@@ -20,7 +20,7 @@ from fedtrust.trust.contract_files import sign_contract_file
 from fedtrust.trust.credentials import load_identity
 from fedtrust.trust.keygen import REQUEST, keygen
 from fedtrust.node.daemon import NodeDaemon
-from fedtrust.node.executor import file_digest
+from fedtrust.query.dataset import file_digest
 
 DEFAULT_OWNERS = {"bank-a": 4000, "bank-b": 2500, "insurer-c": 1200}
 #: each owner's regional mix, so that some owners have small groups that they withhold

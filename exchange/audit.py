@@ -28,6 +28,7 @@ from fedtrust.trust.credentials import load_exchange_key, public_key_pem
 from fedtrust.trust.dsse import Envelope, load_json
 from fedtrust.trust.note import parse_verifier_key
 from fedtrust.trust.receipts import ReceiptBundle
+from fedtrust.exchange.verify import JOB_KINDS
 from fedtrust.trust.verify import verify_bundle
 
 __all__ = ["ExchangeKey", "load_key", "audit_checkpoint", "audit_inclusion", "audit_consistency", "audit_settlement"]
@@ -136,7 +137,7 @@ def audit_inclusion(checkpoint_file: str | Path, key: ExchangeKey, *, proof_file
     leaf = None
     if receipt_file is not None:
         bundle = ReceiptBundle.from_json(_read(receipt_file, "receipt"))
-        v = verify_bundle(bundle, key.public_key, require_acknowledgement=True)
+        v = verify_bundle(bundle, key.public_key, JOB_KINDS, require_acknowledgement=True)
         leaf = receipt_leaf_hash(v.job.job_id, v.contract_digest, bundle.digest)
         out.update(job_id=v.job.job_id, contract_digest=v.contract_digest, receipt_digest=bundle.digest)
     check_inclusion(proof, cp, leaf)

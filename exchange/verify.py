@@ -23,8 +23,12 @@ from fedtrust.errors import ConfigError, InvalidInput, ReplayError, Verification
 from fedtrust.exchange.issuer import load_exchange
 from fedtrust.trust.receipts import GENESIS, ReceiptBundle, ledger_entry_digest, result_digest
 from fedtrust.trust.canonical import sha256_hex
-from fedtrust.trust.verify import VerifiedReceipt, check_model_attested, verify_bundle
+from fedtrust.query.checks import QUERY
+from fedtrust.training.checks import TRAINING
+from fedtrust.trust.verify import PSI, KindCheck, VerifiedReceipt, check_model_attested, verify_bundle
 
+#: the job kinds the exchange settles, each with its check against the contract's rules
+JOB_KINDS: dict[str, KindCheck] = {"query": QUERY, "train": TRAINING, "psi": PSI}
 
 @dataclass(frozen=True)
 class Verdict:
@@ -52,7 +56,7 @@ def verify_receipt_file(exchange_dir: str | Path, receipt_path: str | Path,
 def verify_receipt(exchange_dir: str | Path, bundle: ReceiptBundle, result: dict | bytes | None = None) -> Verdict:
     """`result`: a query's result.json (parsed, or its bytes) or a training job's model file (bytes)."""
     ex = load_exchange(exchange_dir)
-    v = verify_bundle(bundle, ex.signer.public_key, require_acknowledgement=True)
+    v = verify_bundle(bundle, ex.signer.public_key, JOB_KINDS, require_acknowledgement=True)
     ex.store.get_contract(v.contract_digest)  # NotFound unless this exchange issued it
     if result is not None:
         _check_result(v, result)
@@ -79,7 +83,7 @@ def _check_result(v: VerifiedReceipt, result: dict | bytes) -> None:
         if digest != v.acknowledgement.result_digest or digest != v.statement.training.model_digest:
             raise VerificationError("the model file does not match the digest the buyer acknowledged and the "
                                     "coordinator signed in the receipt")
-        check_model_attested(bytes(result), v.attestations)
+        check_model_attested(bytes(result), v.attestations, TRAINING)
         return
     if isinstance(result, (bytes, bytearray)):
         try:

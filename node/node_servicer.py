@@ -16,57 +16,17 @@ from fedtrust.node.training_runtime import MAX_MESSAGE_BYTES, TrainingRuntime
 from fedtrust.privacy.he import MAX_CONTEXT_BYTES
 from fedtrust.transport.chunks import Assembler, split
 from fedtrust.transport.peer import peer_identity
+from fedtrust.transport.streams import check_envelope_sizes, read_header, read_header_and_payload
 from fedtrust.transport.status import guarded
 from fedtrust.trust.vectors import SignedVector, check_participant_set
 from fedtrust.v1 import node_pb2, node_pb2_grpc
 
 log = logging.getLogger("fedtrust.node")
 
-#: a signed job spec or contract is a few KB; 1 MiB leaves room for many owners
-MAX_ENVELOPE_BYTES = 1 << 20
-
-
-def _check_envelope_sizes(msg) -> None:
-    if len(msg.job_envelope) > MAX_ENVELOPE_BYTES or len(msg.contract_envelope) > MAX_ENVELOPE_BYTES:
-        raise InvalidInput(f"job spec or contract exceeds {MAX_ENVELOPE_BYTES} bytes")
-
-
-def read_header_and_context(requests, header_field: str, chunk_field: str, what: str = "HE context"):
-    """First message: the header; then the context in chunks, within declared size and limit."""
-    first = next(requests, None)
-    if first is None or first.WhichOneof("part") != header_field:
-        raise InvalidInput(f"the stream must start with a {header_field} message")
-    header = getattr(first, header_field)
-    _check_envelope_sizes(header)
-    if header.he_context_size > MAX_CONTEXT_BYTES:
-        raise InvalidInput(f"{what} of {header.he_context_size} bytes exceeds the limit of {MAX_CONTEXT_BYTES} bytes")
-    asm = Assembler(header.he_context_size, MAX_CONTEXT_BYTES, what)
-    for msg in requests:
-        if msg.WhichOneof("part") != chunk_field:
-            raise InvalidInput(f"only {chunk_field} messages may follow the header")
-        asm.add(getattr(msg, chunk_field))
-    return header, asm.finish()
-
-
-def read_header(requests):
-    """A training stream's first message: its header, whose envelopes are within their limit."""
-    first = next(requests, None)
-    if first is None or first.WhichOneof("part") != "header":
-        raise InvalidInput("the stream must start with a header message")
-    header = first.header
-    _check_envelope_sizes(header)
-    return header
-
-
 def read_train_header(requests):
     """TrainRound's stream: the header, then the round's Flower message within its declared size."""
-    header = read_header(requests)
-    asm = Assembler(header.message_size, MAX_MESSAGE_BYTES, "the round's Flower message")
-    for msg in requests:
-        if msg.WhichOneof("part") != "message_chunk":
-            raise InvalidInput("only message_chunk messages may follow the header")
-        asm.add(msg.message_chunk)
-    return header, asm.finish()
+    return read_header_and_payload(requests, "header", "message_size", "message_chunk", MAX_MESSAGE_BYTES,
+                                   "the round's Flower message")
 
 
 class NodeServicer(node_pb2_grpc.NodeServiceServicer):
@@ -107,7 +67,7 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
         peer = peer_identity(context)
 
         def check():
-            _check_envelope_sizes(request)
+            check_envelope_sizes(request)
             if request.revocation_list:  # the coordinator's newest list: adopted only if signed and newer
                 try:
                     self.runtime.revocations.offer(request.revocation_list)
@@ -135,7 +95,8 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
         peer = peer_identity(context)
 
         def check():
-            header, he_context = read_header_and_context(request_iterator, "header", "he_context_chunk")
+            header, he_context = read_header_and_payload(request_iterator, "header", "he_context_size",
+                                                         "he_context_chunk", MAX_CONTEXT_BYTES, "HE context")
             checked = self.runtime.check_job(peer, header.job_envelope, header.contract_envelope)
             return checked, (he_context, list(header.admissions))
 
@@ -204,7 +165,7 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
     @guarded
     def FinishTraining(self, request, context):
         peer = peer_identity(context)
-        _check_envelope_sizes(request)
+        check_envelope_sizes(request)
         checked = self.runtime.check_job(peer, request.job_envelope, request.contract_envelope)
         attestation = self.training.finish(checked)
         self.training.record_finished(checked)

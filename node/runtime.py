@@ -40,7 +40,7 @@ from typing import Sequence
 from fedtrust.code import code_digest
 from fedtrust.config import NodeConfig, check_private_files
 from fedtrust.errors import BudgetExhausted, ConfigError, Error, InvalidInput, PolicyViolation, VerificationError
-from fedtrust.node.executor import Dataset, file_digest
+from fedtrust.query.dataset import Dataset, file_digest
 from fedtrust.node.job_log import JobRecord
 from fedtrust.node.store import NodeStore, StoredRelease
 from fedtrust.privacy import he

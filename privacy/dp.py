@@ -50,12 +50,33 @@ import secrets
 from dataclasses import dataclass
 from decimal import Decimal
 from fractions import Fraction
-from typing import TYPE_CHECKING
+from typing import Protocol, Sequence
 
 from fedtrust.errors import InvalidInput
 
-if TYPE_CHECKING:  # pragma: no cover
-    from fedtrust.query.layout import Layout
+
+class _Slots(Protocol):
+    """What `noise_plan` reads of one numeric column of a query layout (`fedtrust.query.layout.ColumnSlots`)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def min(self) -> float: ...
+    @property
+    def max(self) -> float: ...
+    @property
+    def scale(self) -> int: ...
+    @property
+    def sumsq(self) -> int | None: ...
+
+
+class _Layout(Protocol):
+    """What `noise_plan` reads of a query layout (`fedtrust.query.layout.Layout`): privacy sits below query."""
+
+    @property
+    def needs_sumsq(self) -> bool: ...
+    @property
+    def columns(self) -> Sequence[_Slots]: ...
 
 
 # -- exact sampling (Canonne, Kamath, Steinke 2020) -----------------------------
@@ -146,7 +167,7 @@ class NoisePlan:
         }
 
 
-def noise_plan(layout: "Layout", epsilon: Decimal, min_group_size: int) -> NoisePlan:
+def noise_plan(layout: _Layout, epsilon: Decimal, min_group_size: int) -> NoisePlan:
     """Scales b = Δ·k/ε for every quantity of the layout, from public information only."""
     if not isinstance(epsilon, Decimal) or not epsilon.is_finite() or epsilon <= 0:
         raise InvalidInput("ε per query must be a positive decimal")

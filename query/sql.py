@@ -8,7 +8,7 @@ checked description of the query (group-by columns, aggregates, a rebuilt
 filter tree) from which
 
 * `fedtrust.query.layout` derives the public slot layout,
-* `fedtrust.node.executor` rebuilds the SQL it runs (never the buyer's text),
+* `fedtrust.query.dataset` rebuilds the SQL it runs (never the buyer's text),
 * `fedtrust.query.decode` derives the buyer's result table.
 
 Only a deliberately tiny subset of SQL is accepted (a whitelist, not a

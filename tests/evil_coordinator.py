@@ -7,8 +7,8 @@ from dataclasses import replace
 import numpy as np
 
 from fedtrust.buyer.query import load_contract
-from fedtrust.training.grid import FedtrustGrid
-from fedtrust.training.server_loop import JobArgs, _run
+from fedtrust.coordinator.grid import FedtrustGrid
+from fedtrust.coordinator.server_loop import JobArgs, _run
 from fedtrust.trust.dsse import Envelope
 
 from jobs_helper import admit_everywhere

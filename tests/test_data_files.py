@@ -9,7 +9,7 @@ import pytest
 
 from fedtrust.config import load_node_config
 from fedtrust.errors import ConfigError
-from fedtrust.node.executor import Dataset, file_digest
+from fedtrust.query.dataset import Dataset, file_digest
 from fedtrust.trust.schema import Column, Schema
 
 SCHEMA = Schema((

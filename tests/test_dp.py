@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from fedtrust.node.executor import Dataset
+from fedtrust.query.dataset import Dataset
 from fedtrust.privacy.dp import discrete_laplace, laplace_variance, noise_plan
 from fedtrust.privacy.params import PLAIN_MODULUS
 from fedtrust.query.layout import Layout

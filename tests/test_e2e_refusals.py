@@ -22,7 +22,7 @@ from fedtrust.errors import (
     BudgetExhausted, ConfigError, InvalidInput, JobFailed, PolicyViolation, ReplayError, VerificationError,
 )
 from fedtrust.exchange.issuer import list_product, load_exchange
-from fedtrust.node.executor import file_digest
+from fedtrust.query.dataset import file_digest
 from fedtrust.privacy import he
 from fedtrust.privacy.params import HeParams
 from fedtrust.trust.canonical import format_time, sha256_hex
@@ -308,9 +308,10 @@ def ask_rows(keys, outcome, fed):
     from fedtrust.query.decode import decode
     from fedtrust.query.layout import Layout
     from fedtrust.trust.receipts import ReceiptBundle
+    from fedtrust.exchange.verify import JOB_KINDS
     from fedtrust.trust.verify import check_relayed, verify_bundle
 
-    v = verify_bundle(ReceiptBundle.from_json(outcome.receipt), identity(fed, "analyst").exchange_key)
+    v = verify_bundle(ReceiptBundle.from_json(outcome.receipt), identity(fed, "analyst").exchange_key, JOB_KINDS)
     plan = plan_for(v.contract, v.job.sql)
     layout = Layout.from_plan(plan, v.contract.schema)
     total = he.add_isolated(keys.public_bytes, v.job.he, check_relayed(v, outcome.relayed), layout.length)

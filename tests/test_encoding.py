@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fedtrust.errors import InvalidInput, PolicyViolation
-from fedtrust.node.executor import Dataset
+from fedtrust.query.dataset import Dataset
 from fedtrust.privacy.params import PLAIN_MODULUS
 from fedtrust.query.decode import ResultTable, decode
 from fedtrust.query.encoding import ColumnStats, GroupStats, encode

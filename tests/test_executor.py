@@ -12,7 +12,7 @@ import pytest
 from sqlglot import exp
 
 from fedtrust.errors import ConfigError, InvalidInput, PolicyViolation
-from fedtrust.node.executor import Dataset, file_digest
+from fedtrust.query.dataset import Dataset, file_digest
 from fedtrust.query.decode import decode
 from fedtrust.query.encoding import encode
 from fedtrust.query.layout import Layout

@@ -23,7 +23,7 @@ from fedtrust.demo.data import RULES_TOML, SCHEMA_TOML, write_loans
 from fedtrust.demo.federation import sign_by_parties
 from fedtrust.errors import JobFailed, PolicyViolation, VerificationError
 from fedtrust.exchange.issuer import issue_contract, list_product
-from fedtrust.node.executor import file_digest
+from fedtrust.query.dataset import file_digest
 from fedtrust.privacy import he
 from fedtrust.transport.server import create_server
 from fedtrust.trust.credentials import load_identity

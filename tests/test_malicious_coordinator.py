@@ -27,6 +27,7 @@ from fedtrust.trust.contracts import Contract
 from fedtrust.trust.credentials import load_identity
 from fedtrust.trust.jobs import JobSpec
 from fedtrust.trust.receipts import ReceiptBundle, sign_coordinator_statement
+from fedtrust.exchange.verify import JOB_KINDS
 from fedtrust.trust.verify import verify_bundle
 
 SQL = "SELECT region, COUNT(*) AS n, SUM(income) AS s FROM loans GROUP BY region"
@@ -80,7 +81,7 @@ def forged_table(context: bytes, ev: Finished) -> tuple[bytes, ...]:
 
 
 def statement_of(fed, ev: Finished):
-    return verify_bundle(ReceiptBundle.from_json(ev.receipt), fed.coordinator.runtime.identity.exchange_key).statement
+    return verify_bundle(ReceiptBundle.from_json(ev.receipt), fed.coordinator.runtime.identity.exchange_key, JOB_KINDS).statement
 
 
 def refused(fed, buyer, match: str) -> None:

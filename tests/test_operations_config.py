@@ -17,7 +17,7 @@ from fedtrust.demo.federation import build_federation
 from fedtrust.errors import ConfigError
 from fedtrust.exchange.issuer import issue_contract
 from fedtrust.node.daemon import NodeDaemon
-from fedtrust.node.executor import Dataset, file_digest
+from fedtrust.query.dataset import Dataset, file_digest
 from fedtrust.trust.credentials import load_identity
 from fedtrust.trust.schema import load_schema_toml
 

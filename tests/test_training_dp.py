@@ -73,7 +73,7 @@ def test_what_dp_training_cannot_protect_is_refused_by_the_node(dpfed, changes, 
 def test_dp_training_needs_the_declared_minimum_row_count(tmp_path):
     from fedtrust.demo.federation import issue_signed_contract
     from fedtrust.exchange.issuer import list_product
-    from fedtrust.node.executor import file_digest
+    from fedtrust.query.dataset import file_digest
 
     fed = build_federation(tmp_path, OWNERS, privacy=PRIVACY, training={"models": ["logreg"]})
     # a product listed without --min-rows: its owner cannot plan DP-SGD from public numbers

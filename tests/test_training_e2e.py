@@ -183,7 +183,7 @@ def store_global(store, job_digest):
 def test_predict_reproduces_the_nodes_preprocessing(tfed, tmp_path):
     import torch
 
-    from fedtrust.node.executor import Dataset
+    from fedtrust.query.dataset import Dataset
     from fedtrust.training.data import load_rows
     from fedtrust.training.predict import load_model, predict_rows, write_predictions
 

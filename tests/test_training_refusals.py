@@ -20,7 +20,7 @@ from fedtrust.coordinator.runtime import CoordinatorRuntime
 from fedtrust.demo.data import training_toml, RULES_TOML
 from fedtrust.demo.federation import build_federation, issue_signed_contract
 from fedtrust.errors import InvalidInput, JobFailed, PolicyViolation
-from fedtrust.training.spec import load_training_toml
+from fedtrust.trust.training_spec import load_training_toml
 from fedtrust.trust.jobs import sign_job
 from fedtrust.v1 import node_pb2, node_pb2_grpc
 

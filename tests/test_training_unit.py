@@ -13,7 +13,7 @@ from fedtrust.training import quantize
 from fedtrust.training.arrays import array_numpy, arrays_digest, check_arrays, read_model, write_model
 from fedtrust.training.policy import check_training
 from fedtrust.training.preprocess import Preprocessor
-from fedtrust.training.spec import TrainingSpec
+from fedtrust.trust.training_spec import TrainingSpec
 from fedtrust.trust.rules import Rules, TrainingRules
 from fedtrust.trust.schema import Column, Schema
 
@@ -246,7 +246,7 @@ def _fake_nodes(ns: dict[str, int], rng):
 
 
 def _grid(participants, send, events=None, s=None, init=None):
-    from fedtrust.training.grid import FedtrustGrid
+    from fedtrust.coordinator.grid import FedtrustGrid
     from fedtrust.training.server_step import Derivation
 
     init = init or {"w": np.zeros((3, 2), np.float32), "b": np.ones(2, np.float32)}
@@ -260,7 +260,7 @@ def test_fedavg_over_the_grid_equals_fedavg_over_individual_replies():
     from flwr.supercore.task_identity import TaskIdentity
 
     from fedtrust.training.arrays import to_array_record
-    from fedtrust.training.server_loop import make_strategy
+    from fedtrust.coordinator.server_loop import make_strategy
 
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 7, 1, 0
     ns = {"a": 30, "b": 10, "c": 60}
@@ -285,7 +285,7 @@ def test_grid_refuses_rounds_that_are_not_exactly_the_participants_and_never_wai
     from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
     from flwr.supercore.task_identity import TaskIdentity
 
-    from fedtrust.training.grid import NODE_ID_BASE
+    from fedtrust.coordinator.grid import NODE_ID_BASE
 
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 7, 1, 0
     send, _ = _fake_nodes({"a": 1, "b": 1}, np.random.default_rng(0))
@@ -339,7 +339,7 @@ def test_every_supported_strategy_runs_on_the_single_aggregated_reply(strategy, 
     from flwr.supercore.task_identity import TaskIdentity
 
     from fedtrust.training.arrays import to_array_record
-    from fedtrust.training.server_loop import make_strategy
+    from fedtrust.coordinator.server_loop import make_strategy
 
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 7, 1, 0
     s = spec(strategy=strategy, strategy_options=options, rounds=2)

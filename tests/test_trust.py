@@ -31,6 +31,7 @@ from fedtrust.trust.receipts import (
 )
 from fedtrust.trust.rules import QueryRules, Rules
 from fedtrust.trust.schema import Column, Schema
+from fedtrust.exchange.verify import JOB_KINDS
 from fedtrust.trust.verify import check_relayed, verify_bundle
 
 NOT_VERIFY = r"signature by ed25519:[0-9a-f]{64} does not verify"
@@ -509,7 +510,7 @@ def _bundle_with(w, **statement_changes) -> ReceiptBundle:
 
 
 def test_a_query_statement_names_exactly_the_attested_outputs(w):
-    v = verify_bundle(_bundle_with(w), w.exchange.public_key)
+    v = verify_bundle(_bundle_with(w), w.exchange.public_key, JOB_KINDS)
     assert [r.node for r in v.statement.relayed] == ["node-a", "node-b"]
     a, b = w.statement.relayed
     cases = [
@@ -524,7 +525,7 @@ def test_a_query_statement_names_exactly_the_attested_outputs(w):
     ]
     for changes, message in cases:
         with pytest.raises(VerificationError, match=message):
-            verify_bundle(_bundle_with(w, **changes), w.exchange.public_key)
+            verify_bundle(_bundle_with(w, **changes), w.exchange.public_key, JOB_KINDS)
 
 
 def test_check_relayed_ties_each_ciphertext_to_its_nodes_signature(w):
@@ -535,7 +536,7 @@ def test_check_relayed_ties_each_ciphertext_to_its_nodes_signature(w):
     relayed = tuple(RelayedOutputs(n, atts[n].digest, tuple(sha256_hex(c) for c in cts[n])) for n in cts)
     st = sign_coordinator_statement(replace(w.statement, attestations=tuple(e.digest for e in atts.values()),
                                             relayed=relayed), w.signers["coord-1"])
-    v = verify_bundle(ReceiptBundle(w.contract_env, w.job_env, tuple(atts.values()), st, None), w.exchange.public_key)
+    v = verify_bundle(ReceiptBundle(w.contract_env, w.job_env, tuple(atts.values()), st, None), w.exchange.public_key, JOB_KINDS)
     assert check_relayed(v, [("node-b", cts["node-b"]), ("node-a", cts["node-a"])]) == [
         list(cts["node-a"]), list(cts["node-b"])]
     cases = [
@@ -823,7 +824,7 @@ def test_verification_checks_each_spend_against_the_contracts_privacy_rules(w):
     q = QueryRules(("COUNT",), (), (), (), 1, 10)
     dp = Rules(q, 30, privacy=PrivacyRules(Decimal("1"), Decimal("1e-6"), Decimal("0.4")))
     ok = dict(dp=True, epsilon="0.400000", chain=ChainEntry(2, D, "0.800000"))
-    verify_bundle(_bundle_under(w, dp, **ok), w.exchange.public_key)
+    verify_bundle(_bundle_under(w, dp, **ok), w.exchange.public_key, JOB_KINDS)
     cases = [
         (dp, dict(ok, epsilon="0.100000"), r"states ε=0.100000, δ=0.000000 for a query; .* set ε=0.400000"),
         (dp, dict(ok, dp=False), "differential privacy was off"),
@@ -834,7 +835,7 @@ def test_verification_checks_each_spend_against_the_contracts_privacy_rules(w):
     ]
     for rules, changes, message in cases:
         with pytest.raises(VerificationError, match=message):
-            verify_bundle(_bundle_under(w, rules, **changes), w.exchange.public_key)
+            verify_bundle(_bundle_under(w, rules, **changes), w.exchange.public_key, JOB_KINDS)
 
 
 def test_a_product_whose_schema_names_collide_when_folded_is_refused_where_it_is_read(w):

@@ -19,7 +19,7 @@ from fedtrust.demo.federation import build_federation
 from fedtrust.demo.federation import issue_signed_contract
 from fedtrust.demo.vertical import VERTICAL_RULES, build_vertical_federation
 from fedtrust.errors import ConfigError, InvalidInput, JobFailed, PolicyViolation, VerificationError
-from fedtrust.exchange.verify import verify_receipt
+from fedtrust.exchange.verify import JOB_KINDS, verify_receipt
 from fedtrust.privacy.psi import hash_to_point
 from fedtrust.trust.credentials import load_identity
 from fedtrust.trust.dsse import Envelope
@@ -192,7 +192,7 @@ def test_the_buyer_refuses_a_receipt_whose_owners_disagree(fed):
     mixed = ReceiptBundle(bundle.contract, bundle.job, (bundle.attestations[0], other.receipt.attestations[1]),
                           bundle.statement, None)
     with pytest.raises(VerificationError):
-        verify_bundle(mixed, load_identity(fed.buyer_dir).exchange_key)
+        verify_bundle(mixed, load_identity(fed.buyer_dir).exchange_key, JOB_KINDS)
 
 
 def test_a_query_under_a_vertical_contract_or_a_job_on_another_key_is_refused(fed):

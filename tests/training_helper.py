@@ -7,7 +7,7 @@ from pathlib import Path
 
 from fedtrust.buyer.query import load_contract, tls_of
 from fedtrust.coordinator.training_client import NodeTrainingClient
-from fedtrust.training.spec import TrainingSpec
+from fedtrust.trust.training_spec import TrainingSpec
 from fedtrust.trust.credentials import load_identity
 from fedtrust.trust.dsse import Envelope
 from fedtrust.trust.jobs import JOB_TYPE, JobSpec, sign_job

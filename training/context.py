@@ -49,7 +49,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from fedtrust.errors import InvalidInput
-from fedtrust.training.spec import ModelOptions, TrainingSpec
+from fedtrust.trust.training_spec import ModelOptions, TrainingSpec
 from fedtrust.training.quantize import MAX_EXAMPLES
 
 __all__ = ["KEYS", "FLOWER_NODE_KEYS", "NodeJob", "node_config", "run_config", "round_config"]

@@ -76,7 +76,7 @@ def local_data(context: Any) -> LocalData:
     schema = Schema.from_dict(job.schema)
     pre = Preprocessor.build(schema, job.features, job.label)
     if dataset is None:
-        from fedtrust.node.executor import Dataset
+        from fedtrust.query.dataset import Dataset
 
         with Dataset.open(job.dataset_path, schema) as ds:
             data = load_rows(ds, pre, job.max_examples)

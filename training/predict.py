@@ -20,7 +20,7 @@ import numpy as np
 from fedtrust.errors import ConfigError
 from fedtrust.training.arrays import read_model
 from fedtrust.training.preprocess import Preprocessor
-from fedtrust.training.spec import TrainingSpec
+from fedtrust.trust.training_spec import TrainingSpec
 from fedtrust.trust.schema import Column, Schema
 
 __all__ = ["Predictions", "load_model", "predict_rows", "write_predictions"]
@@ -57,7 +57,7 @@ def load_model(data: bytes, job: TrainingSpec | None = None):
 
 def predict_rows(data: bytes, rows_path: Path, job: TrainingSpec | None = None, *, encoding: str = "utf-8",
                  null_values: tuple[str, ...] = ("",)) -> Predictions:
-    from fedtrust.node.executor import Dataset
+    from fedtrust.query.dataset import Dataset
     from fedtrust.training.loop import predict_scores
 
     model, _, pre = load_model(data, job)

@@ -14,6 +14,7 @@ import json
 
 __all__ = [
     "MAX_MESSAGE_BYTES",
+    "MAX_ENVELOPE_BYTES",
     "CHUNK_BYTES",
     "KEEPALIVE_TIME_MS",
     "KEEPALIVE_TIMEOUT_MS",
@@ -23,6 +24,8 @@ __all__ = [
 
 #: largest single gRPC message, either direction
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+#: a signed job spec or contract is a few KB; 1 MiB leaves room for many owners
+MAX_ENVELOPE_BYTES = 1 << 20
 #: size of the pieces large payloads are streamed in
 CHUNK_BYTES = 1024 * 1024
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from fedtrust.errors import InvalidInput, PolicyViolation, VerificationError
 from fedtrust.privacy.params import HeParams
-from fedtrust.training.spec import TrainingSpec
+from fedtrust.trust.training_spec import TrainingSpec
 from fedtrust.trust.canonical import Fields, format_time, is_sha256_hex, parse_time
 from fedtrust.trust.contracts import Contract
 from fedtrust.trust.credentials import signing_public_key

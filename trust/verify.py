@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
@@ -50,6 +50,16 @@ from fedtrust.trust.receipts import (
 
 
 @dataclass(frozen=True)
+class KindCheck:
+    """What trust cannot judge itself about one job kind, passed in by the caller (the way sigstore-python's
+    verifier takes a policy), so trust imports nothing above it: `rules` raises VerificationError when the job's
+    payload breaks the contract's rules; `model_digest` reads a delivered model file (kinds that deliver one)."""
+
+    rules: Callable[[Contract, JobSpec], None]
+    model_digest: Callable[[bytes], str] | None = None
+
+
+@dataclass(frozen=True)
 class VerifiedReceipt:
     contract: Contract
     contract_digest: str
@@ -68,17 +78,20 @@ class VerifiedReceipt:
 def verify_bundle(
     bundle: ReceiptBundle,
     exchange_key: Ed25519PublicKey,
+    kinds: Mapping[str, KindCheck],
     *,
     aggregate: Sequence[bytes] | None = None,
     require_acknowledgement: bool = False,
 ) -> VerifiedReceipt:
+    """Every check of the module docstring; `kinds` judges each job kind's payload against the contract's rules
+    (the caller passes the kinds it settles: `fedtrust.query.checks.QUERY`, `fedtrust.training.checks.TRAINING`)."""
     contract = verify_contract(bundle.contract, exchange_key)
     contract_digest = bundle.contract.digest
     # the job is judged at the time it was signed: expiry and contract validity then, not now
     signed = verify_object(bundle.job, signing_public_key(contract.buyer), JOB_TYPE, JobSpec.from_dict, "job spec")
     job = verify_job(bundle.job, contract, contract_digest, now=parse_time(signed.created_at))
     job_digest = bundle.job.digest
-    _check_rules(contract, job)
+    check = _check_rules(kinds, contract, job)
 
     by_node: dict[str, tuple[Attestation, str]] = {}
     for env in bundle.attestations:
@@ -115,7 +128,7 @@ def verify_bundle(
         raise VerificationError("the aggregate received does not match the digest the coordinator signed")
     _check_training_statement(job, statement, atts)
     if job.kind == "train" and aggregate is not None:
-        check_model_attested(aggregate[0] if aggregate else b"", atts)
+        check_model_attested(aggregate[0] if aggregate else b"", atts, check)
     _check_query_statement(job, atts, digests, statement)
     _check_psi(contract, job, atts, statement)
 
@@ -185,12 +198,12 @@ def check_relayed(v: VerifiedReceipt, received: Iterable[tuple[str, Sequence[byt
     return [[bytes(c) for c in got[n]] for n in v.job.participants]
 
 
-def check_model_attested(model: bytes, attestations: Sequence[Attestation]) -> None:
+def check_model_attested(model: bytes, attestations: Sequence[Attestation], check: KindCheck) -> None:
     """The delivered model file's weights are the final model every node computed and attested."""
-    from fedtrust.training.arrays import arrays_digest, read_model  # local: no numpy/safetensors at import time
-
+    if check.model_digest is None:
+        raise VerificationError("this kind of job delivers no model file")
     try:
-        digest = arrays_digest(read_model(model)[0])
+        digest = check.model_digest(model)
     except InvalidInput as e:
         raise VerificationError(f"the delivered model cannot be read ({e})") from None
     for att in attestations:
@@ -250,38 +263,35 @@ def _check_psi(contract: Contract, job: JobSpec, atts: Sequence[Attestation], st
                                 "release it")
 
 
-def _check_rules(contract: Contract, job: JobSpec) -> None:
-    if job.kind == "psi":
-        from fedtrust.trust.vertical import check_vertical_job
+def _check_rules(kinds: Mapping[str, KindCheck], contract: Contract, job: JobSpec) -> KindCheck:
+    check = kinds.get(job.kind)
+    if check is None:
+        raise VerificationError(f"this verifier checks {', '.join(sorted(kinds))} jobs, not a {job.kind} job; "
+                                "verify the receipt where such jobs are settled")
+    check.rules(contract, job)
+    return check
 
-        assert job.vertical is not None
-        try:
-            check_vertical_job(contract.rules.vertical, job.kind, job.vertical)
-        except PolicyViolation as e:
-            raise VerificationError(f"the vertical job breaks the contract's rules: {e}") from None
-        return
+
+def check_horizontal(contract: Contract) -> None:
+    """Query and training jobs run under horizontal contracts only (for the kinds' rules checks)."""
     if contract.rules.vertical is not None:
         raise VerificationError("the contract is vertical; it sells no horizontal query or training job")
-    if job.kind == "train":
-        from fedtrust.training.policy import check_training  # local: no training code at import time
 
-        assert job.training is not None
-        try:
-            check_training(job.training, contract.rules, contract.schema, contract.dataset, len(job.participants))
-        except (PolicyViolation, InvalidInput) as e:
-            raise VerificationError(f"the job's training spec breaks the contract's rules: {e}") from None
-        return
-    if job.kind == "query":
-        from fedtrust.query.sql import plan_query  # local: keeps trust free of sqlglot at import time
 
-        rules = contract.rules.query
-        if rules is None:
-            raise VerificationError("the job is a query but the contract sells no queries")
-        schema = contract.owners[0].product.schema
-        try:
-            plan_query(job.sql, rules, schema, contract.dataset)
-        except PolicyViolation as e:
-            raise VerificationError(f"the job's SQL breaks the contract's rules: {e}") from None
+def check_psi_job(contract: Contract, job: JobSpec) -> None:
+    """A PSI job's vertical spec fits the contract's [vertical] rules; VerificationError naming the rule otherwise."""
+    from fedtrust.trust.vertical import check_vertical_job
+
+    if job.vertical is None:
+        raise VerificationError("the job is a PSI without its vertical spec")
+    try:
+        check_vertical_job(contract.rules.vertical, job.kind, job.vertical)
+    except PolicyViolation as e:
+        raise VerificationError(f"the vertical job breaks the contract's rules: {e}") from None
+
+
+#: the PSI kind's check (trust holds the vertical rules itself)
+PSI = KindCheck(check_psi_job)
 
 
 def _check_spend(contract: Contract, att: Attestation, kind: str) -> None:

@@ -28,7 +28,7 @@ from typing import Any
 from fedtrust.errors import Error, InvalidInput, JobFailed
 from fedtrust.training.arrays import array_numpy
 from fedtrust.training.server_step import DEFAULTS, initial_seed
-from fedtrust.training.spec import TrainingSpec
+from fedtrust.trust.training_spec import TrainingSpec
 
 __all__ = ["JobArgs", "run_job", "make_strategy"]
 
@@ -108,7 +108,7 @@ def _run(conn, args: JobArgs, grid_class=None) -> dict[str, Any]:
 
     from fedtrust.coordinator.training_client import NodeTrainingClient
     from fedtrust.training.arrays import to_array_record, write_model
-    from fedtrust.training.grid import FedtrustGrid
+    from fedtrust.coordinator.grid import FedtrustGrid
     from fedtrust.training.models import initial_arrays
     from fedtrust.training.preprocess import Preprocessor
     from fedtrust.training.server_step import Derivation

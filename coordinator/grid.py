@@ -19,7 +19,7 @@ per sampled node. This Grid
   (`forward`), which checks them, adds them and computes the next global
   itself, and fails the job if any node's global differs from its own;
 * hands the strategy **one** reply whose arrays are exactly that next global
-  (the strategy of `fedtrust.training.server_loop.make_strategy` passes them
+  (the strategy of `fedtrust.coordinator.server_loop.make_strategy` passes them
   through) and whose metrics are the example-weighted means.
 
 No single node's vector outlives the round: only its digest is kept (the
