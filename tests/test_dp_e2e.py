@@ -20,11 +20,12 @@ from fedtrust.buyer.query import plan_for, submit_query, tls_of
 from fedtrust.demo.federation import build_federation
 from fedtrust.demo.reference import pooled_answer
 from fedtrust.errors import Error, JobFailed, VerificationError
-from fedtrust.exchange.verify import verify_receipt
+from fedtrust.exchange.verify import JOB_KINDS, verify_receipt
 from fedtrust.config import load_node_config
 from fedtrust.node.store import NodeStore
 from fedtrust.trust.credentials import load_identity
 from fedtrust.trust.jobs import sign_job
+from fedtrust.trust.verify import verify_bundle
 from fedtrust.trust.receipts import (
     GENESIS, ReceiptBundle, ledger_entry_digest, sign_acknowledgement, sign_attestation,
     sign_coordinator_statement, verify_acknowledgement, verify_attestation, verify_statement_of_coordinator,
@@ -94,7 +95,7 @@ def test_exchange_flags_a_double_spend_at_one_chain_position(tmp_path):
     verify_receipt(fed.exchange_dir, first)
     # bank-a signs its second release again, claiming the chain position of the first (a double spend)
     ids = {n: load_identity(fed.root / "credentials" / n) for n in ("bank-a", "bank-b", "coord", "analyst")}
-    contract = verify_receipt.__globals__["verify_bundle"](first, ids["analyst"].exchange_key).contract
+    contract = verify_bundle(first, ids["analyst"].exchange_key, JOB_KINDS).contract
     atts = []
     for env in second.attestations:
         att = verify_attestation(env, contract)
