@@ -51,7 +51,7 @@ def run_fedtrust(a, b, ctx):
     to_a = relay(pb.first_message(), kb, ka, "b", "a", "psi-1")
     back_a = relay(pb.answer(to_b), kb, ka, "b", "a", "psi-2")
     back_b = relay(pa.answer(to_a), ka, kb, "a", "b", "psi-2")
-    ra, rb = pa.finish(back_a), pb.finish(back_b)
+    ra, _ = pa.finish(back_a), pb.finish(back_b)
     return ra.size, moved
 
 

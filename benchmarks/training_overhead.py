@@ -47,8 +47,8 @@ import numpy as np
 from fedtrust.buyer.train import submit_training
 from fedtrust.demo.federation import build_federation
 from fedtrust.training.context import node_config
-from fedtrust.trust.training_spec import TrainingSpec
 from fedtrust.trust.credentials import load_identity
+from fedtrust.trust.training_spec import TrainingSpec
 
 OWNERS = ("bank-a", "bank-b", "insurer-c")
 
@@ -144,8 +144,8 @@ def direct_rounds(fed, spec: TrainingSpec) -> float:
 
 def simulation_rounds(fed, spec: TrainingSpec) -> float | None:
     try:
-        from flwr.simulation import run_simulation
         import ray  # noqa: F401
+        from flwr.simulation import run_simulation
     except ImportError:
         return None
     from flwr.app import Context
@@ -199,8 +199,8 @@ def mask_cost(length: int, owners: int) -> float:
 def verified_rounds(fed, spec: TrainingSpec) -> dict[str, float]:
     """(d): median per-round time, forwarding time and bytes, with the coordinator's loop in this process."""
     from fedtrust.buyer.query import load_contract
-    from fedtrust.coordinator.node_client import admit_on_node
     from fedtrust.coordinator.grid import FedtrustGrid
+    from fedtrust.coordinator.node_client import admit_on_node
     from fedtrust.coordinator.server_loop import JobArgs, _run
     from fedtrust.transport.tls import TlsMaterial
     from fedtrust.trust.dsse import Envelope

@@ -25,14 +25,15 @@ from datetime import timedelta
 from pathlib import Path
 
 from fedtrust.buyer.client import CoordinatorClient, JobOutcome, OnProgress
-from fedtrust.buyer.keys import contract_keys
 from fedtrust.buyer.jobdir import JobFiles, jobs_root, open_job
+from fedtrust.buyer.keys import contract_keys
 from fedtrust.errors import ConfigError, InvalidInput, VerificationError
 from fedtrust.privacy import he
 from fedtrust.privacy.dp import noise_plan
+from fedtrust.query.checks import QUERY
 from fedtrust.query.decode import ResultTable, decode
-from fedtrust.query.noisy import NoisyResult, decode_noisy
 from fedtrust.query.layout import Layout
+from fedtrust.query.noisy import NoisyResult, decode_noisy
 from fedtrust.query.sql import QueryPlan, plan_query
 from fedtrust.transport.tls import TlsMaterial
 from fedtrust.trust.canonical import utc_now
@@ -41,7 +42,6 @@ from fedtrust.trust.credentials import Identity
 from fedtrust.trust.dsse import Envelope
 from fedtrust.trust.jobs import JobSpec, sign_job
 from fedtrust.trust.receipts import Acknowledgement, ReceiptBundle, result_digest, sign_acknowledgement
-from fedtrust.query.checks import QUERY
 from fedtrust.trust.verify import VerifiedReceipt, check_relayed, verify_bundle
 
 JOB_TTL = timedelta(hours=1)

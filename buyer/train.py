@@ -23,16 +23,16 @@ from fedtrust.buyer.jobdir import JobFiles, jobs_root, open_job
 from fedtrust.buyer.query import check_agreed, load_contract, tls_of
 from fedtrust.errors import VerificationError
 from fedtrust.training.arrays import read_model
+from fedtrust.training.checks import TRAINING
 from fedtrust.training.policy import check_training
 from fedtrust.training.preprocess import Preprocessor
-from fedtrust.trust.training_spec import TrainingSpec
 from fedtrust.trust.canonical import sha256_hex, utc_now
 from fedtrust.trust.contracts import Contract
 from fedtrust.trust.credentials import Identity
 from fedtrust.trust.dsse import Envelope
 from fedtrust.trust.jobs import TRAINING_TTL, JobSpec, sign_job
 from fedtrust.trust.receipts import Acknowledgement, ReceiptBundle, RoundMetric, sign_acknowledgement
-from fedtrust.training.checks import TRAINING
+from fedtrust.trust.training_spec import TrainingSpec
 from fedtrust.trust.verify import VerifiedReceipt, verify_bundle
 
 __all__ = ["TrainingResult", "check_spec", "submit_training", "fetch_model_again", "MODEL_FILE"]

@@ -26,7 +26,7 @@ from fedtrust.trust.dsse import Envelope
 from fedtrust.trust.jobs import JobSpec, sign_job
 from fedtrust.trust.receipts import Acknowledgement, ReceiptBundle, result_digest, sign_acknowledgement
 from fedtrust.trust.verify import PSI, VerifiedReceipt, verify_bundle
-from fedtrust.trust.vertical import check_vertical_job, VerticalJob
+from fedtrust.trust.vertical import VerticalJob, check_vertical_job
 
 JOB_TTL = timedelta(hours=1)
 COLUMNS = ["intersection_size"]

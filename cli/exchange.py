@@ -287,7 +287,8 @@ def revoke(
     as_json: bool = typer.Option(False, "--json", help="print what was revoked as JSON"),
 ) -> None:
     """Revoke a contract or a subject: added to the signed, sequence-numbered revocation list nodes fetch."""
-    from fedtrust.exchange.issuer import load_exchange, revoke as do_revoke
+    from fedtrust.exchange.issuer import load_exchange
+    from fedtrust.exchange.issuer import revoke as do_revoke
     from fedtrust.exchange.lookup import resolve_contract
 
     if contract is not None:

@@ -20,7 +20,8 @@ def keygen(
                                               help="keep the keys of this earlier directory (renew addresses only)"),
 ) -> None:
     """Create this subject's private keys and `request.json` (public keys, signed: proof of possession)."""
-    from fedtrust.trust.keygen import REQUEST, keygen as do_keygen
+    from fedtrust.trust.keygen import REQUEST
+    from fedtrust.trust.keygen import keygen as do_keygen
 
     req = do_keygen(role, name, address, out, reuse_keys)
     if as_json:

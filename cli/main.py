@@ -12,14 +12,28 @@ import json
 import logging
 import os
 import sys
-from importlib.metadata import PackageNotFoundError, version as package_version
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as package_version
 from typing import Sequence
 
 import click
 import typer
 from rich.markup import escape
 
-from fedtrust.cli import audit, contract, coordinator, demo, exchange, job, keygen, node, predict, query, train, vertical
+from fedtrust.cli import (
+    audit,
+    contract,
+    coordinator,
+    demo,
+    exchange,
+    job,
+    keygen,
+    node,
+    predict,
+    query,
+    train,
+    vertical,
+)
 from fedtrust.cli.output import err_console
 from fedtrust.errors import Error
 

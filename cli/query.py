@@ -10,7 +10,6 @@ import typer
 from fedtrust.cli.output import console, err_console, job_progress, print_json, result_table
 from fedtrust.trust.credentials import load_identity
 
-
 FORMATS = ("table", "json", "csv")
 
 

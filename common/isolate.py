@@ -62,15 +62,15 @@ Usage notes
 from __future__ import annotations
 
 import multiprocessing
-from collections import OrderedDict
 import multiprocessing.connection
 import os
 import pickle
 import signal
-import threading
 import sys
+import threading
 import time
 import types
+from collections import OrderedDict
 from typing import Any, Callable
 
 from fedtrust.errors import InvalidInput

@@ -5,13 +5,13 @@ import time
 
 from fedtrust.coordinator.runtime import CoordinatorRuntime, Finished, NotAdmitted, Progress
 from fedtrust.coordinator.training_job import TrainingFinished, TrainingJobs, TrainingProgress
-from fedtrust.errors import Error, InvalidInput, JobFailed, NodeUnreachable, NotFound
+from fedtrust.errors import Error, JobFailed, NodeUnreachable, NotFound
 from fedtrust.metrics import DaemonMetrics
 from fedtrust.privacy.he import MAX_CONTEXT_BYTES
-from fedtrust.transport.streams import check_envelope_sizes, read_header_and_payload
 from fedtrust.transport.chunks import split
 from fedtrust.transport.peer import peer_identity
 from fedtrust.transport.status import guarded
+from fedtrust.transport.streams import check_envelope_sizes, read_header_and_payload
 from fedtrust.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc
 
 

@@ -6,9 +6,9 @@ import threading
 from fedtrust.config import CoordinatorConfig
 from fedtrust.coordinator.coordinator_servicer import CoordinatorServicer
 from fedtrust.coordinator.runtime import CoordinatorRuntime
+from fedtrust.coordinator.vertical_servicer import VerticalCoordinatorServicer
 from fedtrust.metrics import DaemonMetrics
 from fedtrust.transport.daemon import GrpcDaemon
-from fedtrust.coordinator.vertical_servicer import VerticalCoordinatorServicer
 from fedtrust.transport.exchange_client import refresher_for
 from fedtrust.v1 import coordinator_pb2_grpc, vertical_pb2_grpc
 

@@ -25,23 +25,34 @@ from datetime import timedelta
 from typing import Iterator, Union
 
 from fedtrust.config import CoordinatorConfig, check_private_files
-from fedtrust.transport.channels import ChannelPool
 from fedtrust.coordinator.node_client import NodeRelease, admit_on_node, run_query_on_node
 from fedtrust.coordinator.store import JobRecord, JobStore, Relayed
 from fedtrust.errors import (
-    ConfigError, Error, InvalidInput, JobFailed, NodeUnreachable, NotFound, PolicyViolation, VerificationError,
+    ConfigError,
+    Error,
+    InvalidInput,
+    JobFailed,
+    NodeUnreachable,
+    NotFound,
+    PolicyViolation,
+    VerificationError,
 )
+from fedtrust.transport.channels import ChannelPool
 from fedtrust.transport.tls import TlsMaterial
 from fedtrust.trust.admission import verify_admissions
 from fedtrust.trust.canonical import sha256_hex, utc_now
-from fedtrust.trust.revocation import RevocationHolder
 from fedtrust.trust.contracts import Contract, require_signatures, verify_contract
 from fedtrust.trust.credentials import KX_KEY, SIGNING_KEY, TLS_KEY, load_identity_as
 from fedtrust.trust.dsse import Envelope
 from fedtrust.trust.jobs import JobSpec, verify_job
 from fedtrust.trust.receipts import (
-    CoordinatorStatement, ReceiptBundle, RelayedOutputs, sign_coordinator_statement, verify_attestation,
+    CoordinatorStatement,
+    ReceiptBundle,
+    RelayedOutputs,
+    sign_coordinator_statement,
+    verify_attestation,
 )
+from fedtrust.trust.revocation import RevocationHolder
 
 log = logging.getLogger("fedtrust.coordinator")
 

@@ -106,9 +106,9 @@ def _run(conn, args: JobArgs, grid_class=None) -> dict[str, Any]:
     from flwr.common.constant import SUPERLINK_NODE_ID
     from flwr.supercore.task_identity import TaskIdentity
 
+    from fedtrust.coordinator.grid import FedtrustGrid
     from fedtrust.coordinator.training_client import NodeTrainingClient
     from fedtrust.training.arrays import to_array_record, write_model
-    from fedtrust.coordinator.grid import FedtrustGrid
     from fedtrust.training.models import initial_arrays
     from fedtrust.training.preprocess import Preprocessor
     from fedtrust.training.server_step import Derivation

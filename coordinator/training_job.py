@@ -20,15 +20,20 @@ from dataclasses import dataclass
 from typing import Callable, Iterator, Union
 
 from fedtrust import errors
+from fedtrust.coordinator.server_loop import JobArgs, run_job
 from fedtrust.coordinator.store import JobRecord
 from fedtrust.errors import Error, InvalidInput, JobFailed
 from fedtrust.isolate import preload, start_worker
 from fedtrust.training.policy import check_training
-from fedtrust.coordinator.server_loop import JobArgs, run_job
 from fedtrust.trust.canonical import sha256_hex, utc_now
 from fedtrust.trust.dsse import Envelope
 from fedtrust.trust.receipts import (
-    CoordinatorStatement, ReceiptBundle, RoundMetric, TrainingSummary, metrics_digest, sign_coordinator_statement,
+    CoordinatorStatement,
+    ReceiptBundle,
+    RoundMetric,
+    TrainingSummary,
+    metrics_digest,
+    sign_coordinator_statement,
     verify_attestation,
 )
 

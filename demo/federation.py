@@ -16,11 +16,11 @@ from fedtrust.config import load_coordinator_config, load_node_config
 from fedtrust.coordinator.daemon import CoordinatorDaemon
 from fedtrust.demo.data import RULES_TOML, SCHEMA_TOML, training_toml, with_branches, write_loans
 from fedtrust.exchange.issuer import init_exchange, issue_contract, list_product, register
+from fedtrust.node.daemon import NodeDaemon
+from fedtrust.query.dataset import file_digest
 from fedtrust.trust.contract_files import sign_contract_file
 from fedtrust.trust.credentials import load_identity
 from fedtrust.trust.keygen import REQUEST, keygen
-from fedtrust.node.daemon import NodeDaemon
-from fedtrust.query.dataset import file_digest
 
 DEFAULT_OWNERS = {"bank-a": 4000, "bank-b": 2500, "insurer-c": 1200}
 #: each owner's regional mix, so that some owners have small groups that they withhold

@@ -12,7 +12,6 @@ read as the same thing.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,14 +20,20 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from fedtrust.errors import ConfigError, InvalidInput, VerificationError
 from fedtrust.exchange.receipt_log import (
-    Checkpoint, ConsistencyProof, InclusionProof, check_consistency, check_inclusion, receipt_leaf_hash,
-    verify_checkpoint, verify_settlement,
+    Checkpoint,
+    ConsistencyProof,
+    InclusionProof,
+    check_consistency,
+    check_inclusion,
+    receipt_leaf_hash,
+    verify_checkpoint,
+    verify_settlement,
 )
+from fedtrust.exchange.verify import JOB_KINDS
 from fedtrust.trust.credentials import load_exchange_key, public_key_pem
 from fedtrust.trust.dsse import Envelope, load_json
 from fedtrust.trust.note import parse_verifier_key
 from fedtrust.trust.receipts import ReceiptBundle
-from fedtrust.exchange.verify import JOB_KINDS
 from fedtrust.trust.verify import verify_bundle
 
 __all__ = ["ExchangeKey", "load_key", "audit_checkpoint", "audit_inclusion", "audit_consistency", "audit_settlement"]

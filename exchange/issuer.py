@@ -19,30 +19,44 @@ from pathlib import Path
 from typing import Sequence
 
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.hazmat.primitives import serialization
 
 from fedtrust.errors import ConfigError, InvalidInput, NotFound, VerificationError
 from fedtrust.exchange.store import ExchangeStore
 from fedtrust.trust import pki
 from fedtrust.trust.canonical import format_time, is_sha256_hex, parse_time, utc_now
 from fedtrust.trust.contracts import (
-    MAX_PURPOSE_CHARS, Contract, Holding, check_price, check_rules, sign_contract,
+    MAX_PURPOSE_CHARS,
+    Contract,
+    Holding,
+    check_price,
+    check_rules,
+    sign_contract,
 )
 from fedtrust.trust.credentials import (
-    CREDENTIAL, SubjectCredential, public_key_pem, sign_credential, write_credential_files, write_file,
+    CREDENTIAL,
+    SubjectCredential,
+    public_key_pem,
+    sign_credential,
+    write_credential_files,
+    write_file,
 )
-from fedtrust.trust.keygen import load_request, verify_request
 from fedtrust.trust.dsse import Envelope, Signer, keyid_of
+from fedtrust.trust.keygen import load_request, verify_request
 from fedtrust.trust.note import check_key_name, verifier_key
 from fedtrust.trust.products import Product, check_dataset, sign_product, verify_product
 from fedtrust.trust.revocation import (
-    MAX_REASON_CHARS, RevocationList, Revoked, check_target, sign_revocation_list,
+    MAX_REASON_CHARS,
+    RevocationList,
+    Revoked,
+    check_target,
+    sign_revocation_list,
 )
 from fedtrust.trust.rules import load_rules_toml
-from fedtrust.trust.vertical import check_vertical_products
 from fedtrust.trust.schema import load_schema_toml
+from fedtrust.trust.vertical import check_vertical_products
 
 __all__ = ["Exchange", "default_origin", "init_exchange", "load_exchange", "register", "renew", "revoke", "list_product",
            "issue_contract"]

@@ -21,10 +21,10 @@ from pathlib import Path
 
 from fedtrust.errors import ConfigError, InvalidInput, ReplayError, VerificationError
 from fedtrust.exchange.issuer import load_exchange
-from fedtrust.trust.receipts import GENESIS, ReceiptBundle, ledger_entry_digest, result_digest
-from fedtrust.trust.canonical import sha256_hex
 from fedtrust.query.checks import QUERY
 from fedtrust.training.checks import TRAINING
+from fedtrust.trust.canonical import sha256_hex
+from fedtrust.trust.receipts import GENESIS, ReceiptBundle, ledger_entry_digest, result_digest
 from fedtrust.trust.verify import PSI, KindCheck, VerifiedReceipt, check_model_attested, verify_bundle
 
 #: the job kinds the exchange settles, each with its check against the contract's rules

@@ -6,11 +6,11 @@ from fedtrust.metrics import DaemonMetrics
 from fedtrust.node.node_servicer import NodeServicer
 from fedtrust.node.runtime import NodeRuntime
 from fedtrust.node.training_runtime import TrainingRuntime
+from fedtrust.node.vertical_runtime import PsiRuntime
+from fedtrust.node.vertical_servicer import VerticalNodeServicer
 from fedtrust.transport.daemon import GrpcDaemon
 from fedtrust.transport.exchange_client import refresher_for
 from fedtrust.transport.tls import TlsMaterial
-from fedtrust.node.vertical_runtime import PsiRuntime
-from fedtrust.node.vertical_servicer import VerticalNodeServicer
 from fedtrust.v1 import node_pb2_grpc, vertical_pb2_grpc
 
 

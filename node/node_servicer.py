@@ -16,8 +16,8 @@ from fedtrust.node.training_runtime import MAX_MESSAGE_BYTES, TrainingRuntime
 from fedtrust.privacy.he import MAX_CONTEXT_BYTES
 from fedtrust.transport.chunks import Assembler, split
 from fedtrust.transport.peer import peer_identity
-from fedtrust.transport.streams import check_envelope_sizes, read_header, read_header_and_payload
 from fedtrust.transport.status import guarded
+from fedtrust.transport.streams import check_envelope_sizes, read_header, read_header_and_payload
 from fedtrust.trust.vectors import SignedVector, check_participant_set
 from fedtrust.v1 import node_pb2, node_pb2_grpc
 

@@ -32,34 +32,34 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from decimal import Decimal
 from datetime import timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Sequence
 
 from fedtrust.code import code_digest
 from fedtrust.config import NodeConfig, check_private_files
 from fedtrust.errors import BudgetExhausted, ConfigError, Error, InvalidInput, PolicyViolation, VerificationError
-from fedtrust.query.dataset import Dataset, file_digest
 from fedtrust.node.job_log import JobRecord
 from fedtrust.node.store import NodeStore, StoredRelease
 from fedtrust.privacy import he
+from fedtrust.privacy.dp import noise_plan
 from fedtrust.privacy.masking import add_mod, pairwise_mask
 from fedtrust.privacy.params import PLAIN_MODULUS
-from fedtrust.privacy.dp import noise_plan
+from fedtrust.query.dataset import Dataset, file_digest
 from fedtrust.query.encoding import encode
-from fedtrust.query.noisy import add_noise, encode_signed
 from fedtrust.query.layout import Layout
+from fedtrust.query.noisy import add_noise, encode_signed
 from fedtrust.query.sql import QueryPlan, plan_query
 from fedtrust.trust.admission import Admission, sign_admission, verify_admissions
 from fedtrust.trust.canonical import sha256_hex, utc_now
-from fedtrust.trust.revocation import RevocationHolder
 from fedtrust.trust.contracts import Contract, require_signatures, verify_contract
 from fedtrust.trust.credentials import KX_KEY, SIGNING_KEY, TLS_KEY, Identity, kx_public_key, load_identity_as
 from fedtrust.trust.dsse import Envelope
 from fedtrust.trust.jobs import MAX_SQL_CHARS, JobSpec, verify_job
 from fedtrust.trust.products import Product, verify_product
 from fedtrust.trust.receipts import Attestation, fmt_eps, sign_attestation
+from fedtrust.trust.revocation import RevocationHolder
 
 log = logging.getLogger("fedtrust.node")
 

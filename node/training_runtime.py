@@ -54,7 +54,14 @@ import numpy as np
 
 from fedtrust.config import NodeConfig
 from fedtrust.errors import (
-    BudgetExhausted, Error, InvalidInput, JobFailed, NotFound, PolicyViolation, ReplayError, VerificationError,
+    BudgetExhausted,
+    Error,
+    InvalidInput,
+    JobFailed,
+    NotFound,
+    PolicyViolation,
+    ReplayError,
+    VerificationError,
 )
 from fedtrust.node.runtime import CheckedJob, NodeRuntime
 from fedtrust.node.store import cap_message
@@ -65,8 +72,8 @@ from fedtrust.training.apps import AppRegistry
 from fedtrust.training.arrays import arrays_digest, from_array_record, to_array_record
 from fedtrust.training.context import node_config, round_config, run_config
 from fedtrust.training.data import register_dataset
-from fedtrust.training.models import MAX_PARAMETERS
 from fedtrust.training.dp_sgd import DpSgdPlan, plan_dp_sgd
+from fedtrust.training.models import MAX_PARAMETERS
 from fedtrust.training.policy import check_training
 from fedtrust.training.preprocess import Preprocessor
 from fedtrust.training.server_step import Derivation, initial_seed

@@ -123,9 +123,8 @@ def load():
         return _loaded
     _stub_onnx_registration()
     import crypten
-    import crypten.encoder
-
     import crypten.communicator as comm
+    import crypten.encoder
 
     crypten.encoder.FixedPointEncoder.decode = _patched_decode
     crypten.generators = _ThreadGenerators()

@@ -33,9 +33,8 @@ def generated_files() -> list[Path]:
 
 def generate(out: Path) -> list[Path]:
     """Run protoc into `out`; returns the written files (relative to `out`)."""
-    from grpc_tools import protoc  # test-only dependency; imported lazily
-
     import grpc_tools
+    from grpc_tools import protoc  # test-only dependency; imported lazily
 
     out.mkdir(parents=True, exist_ok=True)
     well_known = Path(grpc_tools.__file__).resolve().parent / "_proto"

@@ -37,11 +37,11 @@ own messages often quote the offending value, so they are not passed on).
 from __future__ import annotations
 
 import codecs
-from collections import OrderedDict
 import hashlib
 import os
 import tempfile
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any

@@ -12,11 +12,12 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from fedtrust.query.dataset import Dataset
 from fedtrust.privacy.dp import discrete_laplace, laplace_variance, noise_plan
 from fedtrust.privacy.params import PLAIN_MODULUS
+from fedtrust.query.dataset import Dataset
 from fedtrust.query.layout import Layout
 from fedtrust.query.noisy import NoisyStats, add_noise, decode_noisy, encode_signed
 from fedtrust.query.sql import plan_query
@@ -167,8 +168,8 @@ def test_signed_limbs_sum_back_exactly(values):
     plan = plan_query("SELECT COUNT(*) AS n FROM loans", RULES, SCHEMA, "loans")
     layout = Layout.from_plan(plan, SCHEMA)
     from fedtrust.query.encoding import GroupStats
-    from fedtrust.query.noisy import _signed
     from fedtrust.query.layout import join_limbs
+    from fedtrust.query.noisy import _signed
 
     vec = np.zeros(layout.length, dtype=np.uint64)
     for v in values:

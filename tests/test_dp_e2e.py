@@ -14,24 +14,30 @@ from dataclasses import replace
 from decimal import Decimal
 
 import pytest
+from jobs_helper import make_job
 
 from fedtrust.buyer.client import CoordinatorClient
 from fedtrust.buyer.query import plan_for, submit_query, tls_of
+from fedtrust.config import load_node_config
 from fedtrust.demo.federation import build_federation
 from fedtrust.demo.reference import pooled_answer
 from fedtrust.errors import Error, JobFailed, VerificationError
 from fedtrust.exchange.verify import JOB_KINDS, verify_receipt
-from fedtrust.config import load_node_config
 from fedtrust.node.store import NodeStore
 from fedtrust.trust.credentials import load_identity
 from fedtrust.trust.jobs import sign_job
-from fedtrust.trust.verify import verify_bundle
 from fedtrust.trust.receipts import (
-    GENESIS, ReceiptBundle, ledger_entry_digest, sign_acknowledgement, sign_attestation,
-    sign_coordinator_statement, verify_acknowledgement, verify_attestation, verify_statement_of_coordinator,
+    GENESIS,
+    ReceiptBundle,
+    ledger_entry_digest,
+    sign_acknowledgement,
+    sign_attestation,
+    sign_coordinator_statement,
+    verify_acknowledgement,
+    verify_attestation,
+    verify_statement_of_coordinator,
 )
-
-from jobs_helper import make_job
+from fedtrust.trust.verify import verify_bundle
 
 PRIVACY = {"epsilon_total": "3", "delta": "1e-6", "epsilon_per_query": "1"}
 SMALL = {"bank-a": 1500, "bank-b": 1200, "insurer-c": 900}

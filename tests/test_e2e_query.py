@@ -193,8 +193,8 @@ def test_a_node_tells_its_owner_at_start_how_many_rows_lie_outside_the_domain(tm
     from fedtrust.config import load_node_config
     from fedtrust.demo.federation import build_federation
     from fedtrust.exchange.issuer import list_product
-    from fedtrust.query.dataset import file_digest
     from fedtrust.node.runtime import NodeRuntime
+    from fedtrust.query.dataset import file_digest
 
     fed = build_federation(tmp_path, {"bank-a": 100, "bank-b": 100})
     data = fed.data["bank-a"]

@@ -13,26 +13,31 @@ from datetime import datetime, timedelta, timezone
 import grpc
 import numpy as np
 import pytest
+from jobs_helper import admit_everywhere, make_job
 
 from fedtrust.buyer.client import CoordinatorClient
 from fedtrust.buyer.query import tls_of
 from fedtrust.coordinator.node_client import run_query_on_node
 from fedtrust.demo.federation import build_federation, issue_signed_contract, sign_by_parties
 from fedtrust.errors import (
-    BudgetExhausted, ConfigError, InvalidInput, JobFailed, PolicyViolation, ReplayError, VerificationError,
+    BudgetExhausted,
+    ConfigError,
+    InvalidInput,
+    JobFailed,
+    PolicyViolation,
+    ReplayError,
+    VerificationError,
 )
 from fedtrust.exchange.issuer import list_product, load_exchange
-from fedtrust.query.dataset import file_digest
 from fedtrust.privacy import he
 from fedtrust.privacy.params import HeParams
+from fedtrust.query.dataset import file_digest
 from fedtrust.trust.canonical import format_time, sha256_hex
 from fedtrust.trust.contracts import sign_contract, verify_contract
 from fedtrust.trust.credentials import load_identity
 from fedtrust.trust.dsse import Envelope
 from fedtrust.trust.jobs import sign_job
 from fedtrust.v1 import node_pb2, node_pb2_grpc
-
-from jobs_helper import admit_everywhere, make_job
 
 OK_SQL = "SELECT region, COUNT(*) AS n FROM loans GROUP BY region"
 
@@ -305,10 +310,10 @@ def test_the_coordinator_keeps_only_relayed_ciphertexts_and_no_value_in_its_stor
 
 def ask_rows(keys, outcome, fed):
     from fedtrust.buyer.query import plan_for
+    from fedtrust.exchange.verify import JOB_KINDS
     from fedtrust.query.decode import decode
     from fedtrust.query.layout import Layout
     from fedtrust.trust.receipts import ReceiptBundle
-    from fedtrust.exchange.verify import JOB_KINDS
     from fedtrust.trust.verify import check_relayed, verify_bundle
 
     v = verify_bundle(ReceiptBundle.from_json(outcome.receipt), identity(fed, "analyst").exchange_key, JOB_KINDS)
@@ -347,7 +352,8 @@ def test_a_node_serves_only_contracts_its_owner_and_the_buyer_signed(federation)
     with pytest.raises(VerificationError, match="lacks the signature of buyer analyst"):
         call_node(federation, "bank-b", sign_job(job, buyer.signer), raw, keys.public_bytes)
     # another party's key cannot sign in an owner's name
-    from fedtrust.trust.contracts import sign_as, verify_contract as vc
+    from fedtrust.trust.contracts import sign_as
+    from fedtrust.trust.contracts import verify_contract as vc
 
     c = vc(Envelope.from_json(raw), identity(federation, "bank-a").exchange_key)
     with pytest.raises(ConfigError, match="signing key is not the one the contract names for owner bank-b"):

@@ -14,8 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fedtrust.errors import InvalidInput, PolicyViolation
-from fedtrust.query.dataset import Dataset
 from fedtrust.privacy.params import PLAIN_MODULUS
+from fedtrust.query.dataset import Dataset
 from fedtrust.query.decode import ResultTable, decode
 from fedtrust.query.encoding import ColumnStats, GroupStats, encode
 from fedtrust.query.layout import (

@@ -10,15 +10,15 @@ from pathlib import Path
 import grpc
 import pytest
 
-from fedtrust.errors import ConfigError, InvalidInput, NotFound, ReplayError, VerificationError
 from fedtrust.demo.federation import enroll
+from fedtrust.errors import ConfigError, InvalidInput, NotFound, ReplayError, VerificationError
 from fedtrust.exchange import issuer
 from fedtrust.trust import pki
 from fedtrust.trust.canonical import canonical, sha256_hex
 from fedtrust.trust.contracts import verify_contract
 from fedtrust.trust.credentials import FILES, PUBLIC_FILES, load_identity, verify_credential
-from fedtrust.trust.keygen import keygen
 from fedtrust.trust.dsse import Envelope
+from fedtrust.trust.keygen import keygen
 from fedtrust.trust.products import verify_product
 
 SCHEMA = """

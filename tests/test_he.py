@@ -6,16 +6,15 @@ import os
 
 import numpy as np
 import pytest
-from scipy.stats import chi2
 import tenseal as ts
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from scipy.stats import chi2
 
 from fedtrust.errors import InvalidInput
 from fedtrust.privacy import he
 from fedtrust.privacy.masking import add_mod, pairwise_mask
 from fedtrust.privacy.params import PLAIN_MODULUS as T
 from fedtrust.privacy.params import SLOTS, HeParams
-
 
 NAMES = ["node-a", "node-b", "node-c"]
 

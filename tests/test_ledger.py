@@ -5,7 +5,8 @@ import threading
 from decimal import Decimal
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from fedtrust.errors import BudgetExhausted, ReplayError
 from fedtrust.node.store import NodeStore

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from test_cli_walkthrough import CMD, ENV, run, serve
 
 from fedtrust.buyer.client import CoordinatorClient
 from fedtrust.buyer.query import submit_query, tls_of
@@ -23,14 +24,12 @@ from fedtrust.demo.data import RULES_TOML, SCHEMA_TOML, write_loans
 from fedtrust.demo.federation import sign_by_parties
 from fedtrust.errors import JobFailed, PolicyViolation, VerificationError
 from fedtrust.exchange.issuer import issue_contract, list_product
-from fedtrust.query.dataset import file_digest
 from fedtrust.privacy import he
+from fedtrust.query.dataset import file_digest
 from fedtrust.transport.server import create_server
 from fedtrust.trust.credentials import load_identity
 from fedtrust.trust.dsse import Envelope
 from fedtrust.trust.jobs import JobSpec, sign_job
-
-from test_cli_walkthrough import CMD, ENV, run, serve
 
 pytestmark = pytest.mark.timeout(300)
 

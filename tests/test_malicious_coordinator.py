@@ -20,6 +20,7 @@ from fedtrust.coordinator.runtime import Finished
 from fedtrust.coordinator.store import Relayed
 from fedtrust.demo.federation import build_federation
 from fedtrust.errors import VerificationError
+from fedtrust.exchange.verify import JOB_KINDS
 from fedtrust.privacy import he
 from fedtrust.query.layout import Layout
 from fedtrust.trust.canonical import sha256_hex
@@ -27,7 +28,6 @@ from fedtrust.trust.contracts import Contract
 from fedtrust.trust.credentials import load_identity
 from fedtrust.trust.jobs import JobSpec
 from fedtrust.trust.receipts import ReceiptBundle, sign_coordinator_statement
-from fedtrust.exchange.verify import JOB_KINDS
 from fedtrust.trust.verify import verify_bundle
 
 SQL = "SELECT region, COUNT(*) AS n, SUM(income) AS s FROM loans GROUP BY region"

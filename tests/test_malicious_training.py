@@ -12,6 +12,8 @@ import re
 import time
 
 import pytest
+from evil_coordinator import EvilGrid, evil_grid, new_job, released, run_evil, tampered
+from training_helper import identity, make_spec
 
 from fedtrust.buyer.client import CoordinatorClient
 from fedtrust.buyer.query import load_contract, tls_of
@@ -22,11 +24,13 @@ from fedtrust.exchange.verify import verify_receipt_file
 from fedtrust.trust.canonical import sha256_hex, utc_now
 from fedtrust.trust.dsse import Envelope
 from fedtrust.trust.receipts import (
-    Acknowledgement, ReceiptBundle, RoundMetric, metrics_digest, sign_acknowledgement, verify_attestation,
+    Acknowledgement,
+    ReceiptBundle,
+    RoundMetric,
+    metrics_digest,
+    sign_acknowledgement,
+    verify_attestation,
 )
-
-from evil_coordinator import EvilGrid, evil_grid, new_job, released, run_evil, tampered
-from training_helper import identity, make_spec
 
 pytestmark = pytest.mark.slow
 OWNERS = {"bank-a": 300, "bank-b": 200, "insurer-c": 200}

@@ -13,17 +13,31 @@ import hashlib
 import sqlite3
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fedtrust.errors import InvalidInput, NotFound, ReplayError, VerificationError
 from fedtrust.exchange import merkle
 from fedtrust.exchange.merkle import (
-    EMPTY_ROOT, consistency_proof, inclusion_proof, leaf_hash, node_hash, root_hash, verify_consistency,
+    EMPTY_ROOT,
+    consistency_proof,
+    inclusion_proof,
+    leaf_hash,
+    node_hash,
+    root_hash,
+    verify_consistency,
     verify_inclusion,
 )
 from fedtrust.exchange.receipt_log import (
-    ConsistencyProof, InclusionProof, ReceiptLog, check_consistency, check_inclusion,
-    receipt_leaf_hash, sign_settlement, verify_checkpoint, verify_settlement,
+    ConsistencyProof,
+    InclusionProof,
+    ReceiptLog,
+    check_consistency,
+    check_inclusion,
+    receipt_leaf_hash,
+    sign_settlement,
+    verify_checkpoint,
+    verify_settlement,
 )
 from fedtrust.sqlite import Database
 from fedtrust.trust.dsse import Signer

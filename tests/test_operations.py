@@ -197,6 +197,7 @@ def test_metrics_count_jobs_refusals_durations_and_budgets_without_data_values(o
     assert ("fedtrust_rounds_in_flight", ()) in c
     # a refusal by the buyer's own CLI never reaches the daemons; one signed past it is counted by rule
     from jobs_helper import make_job
+
     from fedtrust.buyer.client import CoordinatorClient
     from fedtrust.trust.jobs import sign_job
 

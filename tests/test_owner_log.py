@@ -7,7 +7,7 @@ import pytest
 
 from fedtrust.buyer.query import submit_query
 from fedtrust.demo.federation import issue_signed_contract
-from fedtrust.errors import JobFailed, PolicyViolation
+from fedtrust.errors import JobFailed
 from fedtrust.node.store import NodeStore
 from fedtrust.trust.credentials import load_identity
 from fedtrust.trust.dsse import Envelope

@@ -51,7 +51,7 @@ def test_stubs_import(name):
 
 
 def test_messages_round_trip():
-    from fedtrust.v1 import common_pb2, coordinator_pb2, node_pb2, node_pb2_grpc, coordinator_pb2_grpc
+    from fedtrust.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc, node_pb2, node_pb2_grpc
 
     event = coordinator_pb2.JobEvent(progress=common_pb2.Progress(stage="accepted", done=0, total=3))
     again = coordinator_pb2.JobEvent.FromString(event.SerializeToString())

@@ -10,6 +10,17 @@ import sys
 
 import numpy as np
 import pytest
+from training_helper import (
+    MODELS,
+    clientapps_toml,
+    identity,
+    initial,
+    make_spec,
+    node_client,
+    round_message,
+    signed_job,
+    vector_bytes,
+)
 
 from fedtrust.buyer.query import load_contract
 from fedtrust.buyer.train import submit_training
@@ -20,10 +31,6 @@ from fedtrust.exchange.verify import verify_receipt_file
 from fedtrust.training.arrays import read_model
 from fedtrust.trust.canonical import sha256_hex
 from fedtrust.trust.dsse import Envelope
-
-from training_helper import (
-    MODELS, clientapps_toml, identity, initial, make_spec, node_client, round_message, signed_job, vector_bytes,
-)
 
 pytestmark = pytest.mark.slow
 OWNERS = {"bank-a": 1500, "bank-b": 1000, "insurer-c": 600}

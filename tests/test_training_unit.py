@@ -13,9 +13,9 @@ from fedtrust.training import quantize
 from fedtrust.training.arrays import array_numpy, arrays_digest, check_arrays, read_model, write_model
 from fedtrust.training.policy import check_training
 from fedtrust.training.preprocess import Preprocessor
-from fedtrust.trust.training_spec import TrainingSpec
 from fedtrust.trust.rules import Rules, TrainingRules
 from fedtrust.trust.schema import Column, Schema
+from fedtrust.trust.training_spec import TrainingSpec
 
 SCHEMA = Schema((
     Column("region", "category", values=("north", "south", "east")),
@@ -259,8 +259,8 @@ def test_fedavg_over_the_grid_equals_fedavg_over_individual_replies():
     from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
     from flwr.supercore.task_identity import TaskIdentity
 
-    from fedtrust.training.arrays import to_array_record
     from fedtrust.coordinator.server_loop import make_strategy
+    from fedtrust.training.arrays import to_array_record
 
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 7, 1, 0
     ns = {"a": 30, "b": 10, "c": 60}
@@ -338,8 +338,8 @@ def test_approved_app_digest_is_checked_before_anything_is_imported(tmp_path, mo
 def test_every_supported_strategy_runs_on_the_single_aggregated_reply(strategy, options):
     from flwr.supercore.task_identity import TaskIdentity
 
-    from fedtrust.training.arrays import to_array_record
     from fedtrust.coordinator.server_loop import make_strategy
+    from fedtrust.training.arrays import to_array_record
 
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 7, 1, 0
     s = spec(strategy=strategy, strategy_options=options, rounds=2)

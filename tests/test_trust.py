@@ -14,24 +14,43 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fedtrust.errors import ConfigError, InvalidInput, PolicyViolation, VerificationError
+from fedtrust.exchange.verify import JOB_KINDS
 from fedtrust.privacy.params import HeParams
 from fedtrust.trust import pki
 from fedtrust.trust.canonical import canonical, format_time, parse_time, sha256_hex, utc_now
 from fedtrust.trust.contracts import Contract, Holding, sign_contract, verify_contract
 from fedtrust.trust.credentials import (
-    SubjectCredential, kx_public_key, raw_b64, sign_credential, signing_public_key, verify_credential,
+    SubjectCredential,
+    kx_public_key,
+    raw_b64,
+    sign_credential,
+    signing_public_key,
+    verify_credential,
 )
 from fedtrust.trust.dsse import Envelope, Signature, Signer, keyid_of, pae, verify_statement
 from fedtrust.trust.jobs import JobSpec, new_nonce, sign_job, verify_job
 from fedtrust.trust.products import Product, sign_product, verify_product
 from fedtrust.trust.receipts import (
-    GENESIS, Acknowledgement, Attestation, ChainEntry, CoordinatorStatement, ReceiptBundle, RelayedOutputs, fmt_eps,
-    next_chain_entry, parse_eps, result_digest, sign_acknowledgement, sign_attestation,
-    sign_coordinator_statement, verify_acknowledgement, verify_attestation, verify_statement_of_coordinator,
+    GENESIS,
+    Acknowledgement,
+    Attestation,
+    ChainEntry,
+    CoordinatorStatement,
+    ReceiptBundle,
+    RelayedOutputs,
+    fmt_eps,
+    next_chain_entry,
+    parse_eps,
+    result_digest,
+    sign_acknowledgement,
+    sign_attestation,
+    sign_coordinator_statement,
+    verify_acknowledgement,
+    verify_attestation,
+    verify_statement_of_coordinator,
 )
 from fedtrust.trust.rules import QueryRules, Rules
 from fedtrust.trust.schema import Column, Schema
-from fedtrust.exchange.verify import JOB_KINDS
 from fedtrust.trust.verify import check_relayed, verify_bundle
 
 NOT_VERIFY = r"signature by ed25519:[0-9a-f]{64} does not verify"

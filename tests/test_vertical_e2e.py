@@ -15,8 +15,7 @@ from fedtrust.buyer.query import load_contract, submit_query, tls_of
 from fedtrust.buyer.vertical import submit_psi
 from fedtrust.coordinator import vertical_job
 from fedtrust.coordinator.vertical_client import psi_step_on_node
-from fedtrust.demo.federation import build_federation
-from fedtrust.demo.federation import issue_signed_contract
+from fedtrust.demo.federation import build_federation, issue_signed_contract
 from fedtrust.demo.vertical import VERTICAL_RULES, build_vertical_federation
 from fedtrust.errors import ConfigError, InvalidInput, JobFailed, PolicyViolation, VerificationError
 from fedtrust.exchange.verify import JOB_KINDS, verify_receipt

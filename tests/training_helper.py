@@ -7,10 +7,10 @@ from pathlib import Path
 
 from fedtrust.buyer.query import load_contract, tls_of
 from fedtrust.coordinator.training_client import NodeTrainingClient
-from fedtrust.trust.training_spec import TrainingSpec
 from fedtrust.trust.credentials import load_identity
 from fedtrust.trust.dsse import Envelope
 from fedtrust.trust.jobs import JOB_TYPE, JobSpec, sign_job
+from fedtrust.trust.training_spec import TrainingSpec
 
 APPS = Path(__file__).resolve().parent / "training_apps.py"
 TEST_APPS = {"raising": "raising", "nan-update": "nan_update", "oversized": "oversized", "chatty": "chatty",

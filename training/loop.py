@@ -96,8 +96,8 @@ def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, *, device: str = "c
     for start in range(0, n, EVAL_BATCH):
         xb = torch.from_numpy(np.ascontiguousarray(x[start:start + EVAL_BATCH])).to(device)
         yb = torch.from_numpy(np.ascontiguousarray(y[start:start + EVAL_BATCH])).to(device)
-        l, c = _loss_and_correct(model(xb), yb)
-        loss += float(l)
+        batch_loss, c = _loss_and_correct(model(xb), yb)
+        loss += float(batch_loss)
         correct += int(c)
     return Outcome(n, loss / n, correct / n)
 

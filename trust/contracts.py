@@ -24,8 +24,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from fedtrust.errors import ConfigError, InvalidInput, PolicyViolation, VerificationError
+from fedtrust.trust.canonical import Fields, parse_time, sha256_hex
 from fedtrust.trust.clock import check_not_expired, check_started
-from fedtrust.trust.canonical import Fields, format_time, parse_time, sha256_hex
 from fedtrust.trust.credentials import SubjectCredential, signing_public_key
 from fedtrust.trust.dsse import Envelope, Signer, signed_by, verify_object
 from fedtrust.trust.products import Product, verify_product

@@ -26,7 +26,12 @@ from fedtrust.errors import ConfigError, InvalidInput, VerificationError
 from fedtrust.trust.canonical import Fields, sha256_hex
 from fedtrust.trust.dsse import Envelope, Signer, verify_object
 from fedtrust.trust.pki import (
-    certificate_subject, check_name, check_role, load_certificate, load_private_key, subject_uri,
+    certificate_subject,
+    check_name,
+    check_role,
+    load_certificate,
+    load_private_key,
+    subject_uri,
 )
 
 __all__ = [

@@ -15,17 +15,16 @@ import re
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-
-from fedtrust.trust.clock import check_not_expired
 from typing import Any
 
 from fedtrust.errors import InvalidInput, PolicyViolation, VerificationError
 from fedtrust.privacy.params import HeParams
-from fedtrust.trust.training_spec import TrainingSpec
 from fedtrust.trust.canonical import Fields, format_time, is_sha256_hex, parse_time
+from fedtrust.trust.clock import check_not_expired
 from fedtrust.trust.contracts import Contract
 from fedtrust.trust.credentials import signing_public_key
 from fedtrust.trust.dsse import Envelope, Signer, verify_object
+from fedtrust.trust.training_spec import TrainingSpec
 from fedtrust.trust.vertical import VerticalJob
 
 __all__ = [

@@ -25,7 +25,13 @@ from fedtrust.errors import ConfigError, InvalidInput, VerificationError
 from fedtrust.trust import pki
 from fedtrust.trust.canonical import Fields, sha256_hex, utc_now
 from fedtrust.trust.credentials import (
-    KX_KEY, SIGNING_KEY, TLS_KEY, make_private_dir, raw_b64, signing_public_key_of, write_file,
+    KX_KEY,
+    SIGNING_KEY,
+    TLS_KEY,
+    make_private_dir,
+    raw_b64,
+    signing_public_key_of,
+    write_file,
 )
 from fedtrust.trust.dsse import Envelope, Signer, verify_object
 

@@ -17,8 +17,8 @@ signature over any other fedtrust object.
 from __future__ import annotations
 
 import hashlib
-from functools import cached_property
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Sequence
 
 from cryptography.exceptions import InvalidSignature
