@@ -41,8 +41,9 @@ from fedtrust.code import code_digest
 from fedtrust.config import NodeConfig, check_private_files
 from fedtrust.errors import BudgetExhausted, ConfigError, Error, InvalidInput, PolicyViolation, VerificationError
 from fedtrust.node.job_log import JobRecord
-from fedtrust.node.store import NodeStore, StoredRelease
+from fedtrust.node.store import ACCOUNTANT, NodeStore, StoredRelease
 from fedtrust.privacy import he
+from fedtrust.privacy.accounting import Budget, Spend
 from fedtrust.privacy.dp import noise_plan
 from fedtrust.privacy.masking import add_mod, pairwise_mask
 from fedtrust.privacy.params import PLAIN_MODULUS
@@ -58,7 +59,7 @@ from fedtrust.trust.credentials import KX_KEY, SIGNING_KEY, TLS_KEY, Identity, k
 from fedtrust.trust.dsse import Envelope
 from fedtrust.trust.jobs import MAX_SQL_CHARS, JobSpec, verify_job
 from fedtrust.trust.products import Product, verify_product
-from fedtrust.trust.receipts import Attestation, fmt_eps, sign_attestation
+from fedtrust.trust.receipts import Attestation, sign_attestation
 from fedtrust.trust.revocation import RevocationHolder
 
 log = logging.getLogger("fedtrust.node")
@@ -226,15 +227,9 @@ class NodeRuntime:
             )
         privacy = contract.rules.privacy
         if privacy is not None:
-            epsilon = privacy.epsilon_per_query
-            spent = self.store.spent_epsilon(checked.contract_digest)
-            if spent + epsilon > privacy.epsilon_total:
-                # fast refusal; the debit in commit_release re-checks atomically
-                raise BudgetExhausted(
-                    f"privacy budget exhausted: this query needs ε={fmt_eps(epsilon)} but only "
-                    f"ε={fmt_eps(max(privacy.epsilon_total - spent, Decimal(0)))} of ε={fmt_eps(privacy.epsilon_total)} "
-                    f"is left for this contract at node {self.name}; ask the exchange for a new contract"
-                )
+            # fast refusal before any computation; the debit in commit_release re-checks atomically
+            ACCOUNTANT.charge(Budget(privacy.epsilon_total, privacy.delta), self.store.spends(checked.contract_digest),
+                              Spend("discrete-laplace", privacy.epsilon_per_query), where=f"node {self.name}")
         return plan, None
 
     def run_query(self, checked: CheckedJob, context: bytes, admissions: Sequence[bytes] = ()) -> StoredRelease:
@@ -283,6 +278,7 @@ class NodeRuntime:
                     delta=debit.delta,
                     chain=debit.chain,
                     dp=privacy is not None,
+                    accountant=None if privacy is None else ACCOUNTANT.name,
                     started_at=started,
                     released_at=utc_now(),
                 ),
@@ -301,6 +297,7 @@ class NodeRuntime:
             make_attestation=attest,
             epsilon=epsilon,
             epsilon_total=privacy.epsilon_total if privacy else None,
+            delta_total=privacy.delta if privacy else None,
         )
         self.record_job(checked, "released", epsilon=release.debit.epsilon, withheld=n_withheld,
                         duration_s=time.monotonic() - clock)

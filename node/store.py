@@ -23,17 +23,21 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from decimal import Decimal
+from decimal import ROUND_CEILING, Decimal
 from pathlib import Path
 from typing import Callable, Sequence
 
 from fedtrust.errors import BudgetExhausted, ConfigError, NotFound, ReplayError
 from fedtrust.node.job_log import JobLog
 from fedtrust.node.watermark import Watermark
+from fedtrust.privacy.accounting import Budget, Spend, accountant
 from fedtrust.sqlite import Database
 from fedtrust.trust.canonical import utc_now
 from fedtrust.trust.dsse import Envelope
 from fedtrust.trust.receipts import GENESIS, ChainEntry, fmt_eps, ledger_entry_digest
+
+#: the privacy accountant this node composes its spends with (named in its DP attestations)
+ACCOUNTANT = accountant()
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS releases (
@@ -223,6 +227,10 @@ class NodeStore:
         row = self._find(self.db.read(), contract_digest, job_id, nonce, job_digest)
         return _debit(row) if row is not None else None
 
+    def spends(self, contract_digest: str) -> list[Spend]:
+        """The contract's recorded spends in ledger order: what the accountant composes."""
+        return _spends(self.db.read(), contract_digest)
+
     def released_count(self, contract_digest: str, kind: str = "query") -> int:
         return self.db.read().execute(
             "SELECT COUNT(*) FROM releases WHERE contract_digest = ? AND kind = ?", (contract_digest, kind)
@@ -238,8 +246,13 @@ class NodeStore:
     # -- debits -----------------------------------------------------------
     def _debit(self, con, *, node: str, contract_digest: str, kind: str, job_id: str, nonce: str,
                job_digest: str, mechanism: str, epsilon: Decimal, delta: Decimal,
-               epsilon_total: Decimal | None, max_jobs: int | None) -> Debit:
-        """Insert a ledger row inside the caller's IMMEDIATE transaction, after checking every cap."""
+               epsilon_total: Decimal | None, delta_total: Decimal | None, max_jobs: int | None) -> Debit:
+        """Insert a ledger row inside the caller's IMMEDIATE transaction, after checking every cap.
+
+        The privacy arithmetic is the accountant's (`fedtrust.privacy.accounting`): it composes the contract's
+        recorded spends with this one and refuses (BudgetExhausted, nothing written) past ε_total or δ_total.
+        The ledger records δ rounded *up* to six places, so the recorded history over-states what was spent.
+        """
         if max_jobs is not None:
             done = con.execute("SELECT COUNT(*) FROM releases WHERE contract_digest = ? AND kind = ?",
                                (contract_digest, kind)).fetchone()[0]
@@ -249,17 +262,12 @@ class NodeStore:
             "SELECT seq, entry_digest, cumulative_epsilon FROM releases WHERE contract_digest = ?"
             " ORDER BY seq DESC LIMIT 1", (contract_digest,),
         ).fetchone()
-        spent = Decimal(last["cumulative_epsilon"]) if last else Decimal(0)
-        cumulative = spent + epsilon
-        if epsilon_total is not None and cumulative > epsilon_total:
-            left = max(epsilon_total - spent, Decimal(0))
-            raise BudgetExhausted(
-                f"privacy budget exhausted: this job needs ε={fmt_eps(epsilon)} but only ε={fmt_eps(left)} of "
-                f"ε={fmt_eps(epsilon_total)} is left for this contract at node {node}; ask the exchange for a new contract"
-            )
+        history = _spends(con, contract_digest)
+        budget = None if epsilon_total is None else Budget(epsilon_total, Decimal(0) if delta_total is None else delta_total)
+        after = ACCOUNTANT.charge(budget, history, Spend(mechanism, epsilon, delta), where=f"node {node}")
         chain = ChainEntry(seq=(last["seq"] if last else 0) + 1, prev=last["entry_digest"] if last else GENESIS,
-                           cumulative_epsilon=fmt_eps(cumulative))
-        eps, dlt = fmt_eps(epsilon), fmt_eps(delta)
+                           cumulative_epsilon=fmt_eps(after.epsilon))
+        eps, dlt = fmt_eps(epsilon), str(delta.quantize(Decimal("0.000001"), rounding=ROUND_CEILING))
         entry = ledger_entry_digest(node, contract_digest, job_digest, eps, dlt, chain)
         now = utc_now()
         con.execute(
@@ -285,6 +293,7 @@ class NodeStore:
         epsilon: Decimal = Decimal(0),
         delta: Decimal = Decimal(0),
         epsilon_total: Decimal | None = None,
+        delta_total: Decimal | None = None,
     ) -> StoredRelease:
         """Debit, attest and record a query's release atomically (one fsynced transaction).
 
@@ -296,7 +305,7 @@ class NodeStore:
                 return _release(con, row)
             debit = self._debit(con, node=node, contract_digest=contract_digest, kind="query", job_id=job_id,
                                 nonce=nonce, job_digest=job_digest, mechanism=mechanism, epsilon=epsilon, delta=delta,
-                                epsilon_total=epsilon_total, max_jobs=max_queries)
+                                epsilon_total=epsilon_total, delta_total=delta_total, max_jobs=max_queries)
             att = make_attestation(debit)
             con.execute("UPDATE releases SET attestation = ?, attestation_digest = ? WHERE contract_digest = ? AND seq = ?",
                         (att.to_json(), att.digest, contract_digest, debit.chain.seq))
@@ -310,7 +319,8 @@ class NodeStore:
 
     def debit_job(self, *, node: str, contract_digest: str, kind: str, job_id: str, nonce: str, job_digest: str,
                   mechanism: str, epsilon: Decimal = Decimal(0), delta: Decimal = Decimal(0),
-                  epsilon_total: Decimal | None = None, max_jobs: int | None = None) -> Debit:
+                  epsilon_total: Decimal | None = None, delta_total: Decimal | None = None,
+                  max_jobs: int | None = None) -> Debit:
         """Debit a multi-step job (training) before its first release; idempotent for the same job."""
         with self.db.write() as con:
             row = self._find(con, contract_digest, job_id, nonce, job_digest)
@@ -318,7 +328,7 @@ class NodeStore:
                 return _debit(row)
             debit = self._debit(con, node=node, contract_digest=contract_digest, kind=kind, job_id=job_id,
                                 nonce=nonce, job_digest=job_digest, mechanism=mechanism, epsilon=epsilon, delta=delta,
-                                epsilon_total=epsilon_total, max_jobs=max_jobs)
+                                epsilon_total=epsilon_total, delta_total=delta_total, max_jobs=max_jobs)
         self.watermark.advance(contract_digest, debit.chain.seq, debit.entry_digest)  # before any round leaves
         return debit
 
@@ -387,6 +397,12 @@ class NodeStore:
             AuditEvent(r["at"], r["event"], r["contract_digest"], r["job_id"], r["peer"], r["detail"])
             for r in self.db.read().execute("SELECT * FROM audit ORDER BY id")
         ]
+
+
+def _spends(con, contract_digest: str) -> list[Spend]:
+    rows = con.execute("SELECT mechanism, epsilon, delta FROM releases WHERE contract_digest = ? ORDER BY seq",
+                       (contract_digest,))
+    return [Spend(r["mechanism"], Decimal(r["epsilon"]), Decimal(r["delta"])) for r in rows]
 
 
 def _debit(row) -> Debit:

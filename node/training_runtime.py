@@ -48,7 +48,6 @@ from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from decimal import ROUND_CEILING, Decimal
 
 import numpy as np
 
@@ -64,8 +63,9 @@ from fedtrust.errors import (
     VerificationError,
 )
 from fedtrust.node.runtime import CheckedJob, NodeRuntime
-from fedtrust.node.store import cap_message
+from fedtrust.node.store import ACCOUNTANT, cap_message
 from fedtrust.node.training_store import TrainingStore
+from fedtrust.privacy.accounting import Budget, Spend
 from fedtrust.privacy.masking import pairwise_mask, training_purpose
 from fedtrust.training import quantize
 from fedtrust.training.apps import AppRegistry
@@ -81,7 +81,7 @@ from fedtrust.trust.canonical import parse_time, utc_now
 from fedtrust.trust.clock import check_not_expired
 from fedtrust.trust.credentials import kx_public_key
 from fedtrust.trust.dsse import Envelope
-from fedtrust.trust.receipts import Attestation, fmt_eps, metrics_digest, sign_attestation
+from fedtrust.trust.receipts import Attestation, metrics_digest, sign_attestation
 from fedtrust.trust.vectors import SignedVector, sign_vector, verify_round_vectors
 
 log = logging.getLogger("fedtrust.node")
@@ -207,14 +207,9 @@ class TrainingRuntime:
         dp = self.dp_plan(checked)
         privacy = checked.contract.rules.privacy
         if dp is not None and privacy is not None:
-            spent = store.spent_epsilon(checked.contract_digest)
-            if spent + dp.epsilon > privacy.epsilon_total:
-                left = max(privacy.epsilon_total - spent, Decimal(0))
-                raise BudgetExhausted(
-                    f"privacy budget exhausted: this job needs ε={fmt_eps(dp.epsilon)} but only ε={fmt_eps(left)} "
-                    f"of ε={fmt_eps(privacy.epsilon_total)} is left for this contract at node {self.node.name}; "
-                    "ask the exchange for a new contract"
-                )
+            # fast refusal at admission; the debit re-checks atomically before the first round runs
+            ACCOUNTANT.charge(Budget(privacy.epsilon_total, privacy.delta), store.spends(checked.contract_digest),
+                              Spend("dp-sgd", dp.epsilon, dp.delta), where=f"node {self.node.name}")
 
     # -- rounds -----------------------------------------------------------
     def train_round(self, checked: CheckedJob, message: bytes, admissions=()) -> RoundRelease:
@@ -246,8 +241,8 @@ class TrainingRuntime:
                 store.debit_job(node=self.node.name, contract_digest=checked.contract_digest, kind="train",
                                 job_id=job.job_id, nonce=job.nonce, job_digest=checked.job_digest,
                                 mechanism="dp-sgd", epsilon=dp.epsilon,
-                                delta=dp.delta.quantize(Decimal("0.000001"), rounding=ROUND_CEILING),
-                                epsilon_total=privacy.epsilon_total, max_jobs=self._max_jobs(checked))
+                                delta=dp.delta, epsilon_total=privacy.epsilon_total, delta_total=privacy.delta,
+                                max_jobs=self._max_jobs(checked))
             n, loss, acc, delta = self._run_app(checked, plan, phase, rnd, arrays, dp)
             if dp is not None:
                 # the row count and exact metrics are not DP: release the public declared minimum as the
@@ -525,6 +520,7 @@ class TrainingRuntime:
             delta=debit.delta, chain=debit.chain, dp=debit.mechanism == "dp-sgd", started_at=debit.created_at,
             released_at=utc_now(), warnings=tuple(sorted(self._warnings.get(checked.job_digest, ()))),
             model_digest=model, metrics_digest=metrics,
+            accountant=ACCOUNTANT.name if debit.mechanism == "dp-sgd" else None,
         )
         try:
             attested = store.attach_attestation(checked.contract_digest, job.job_id,

@@ -137,3 +137,23 @@ def test_state_files_are_private(tmp_path):
         assert stat.S_IMODE(folder.stat().st_mode) == 0o700
         files = list(folder.iterdir())
         assert files and all(stat.S_IMODE(f.stat().st_mode) == 0o600 for f in files), files
+
+
+def test_delta_is_a_total_over_the_contracts_jobs(tmp_path):
+    """The contract's δ caps the sum of the jobs' δ (DP-SGD spends its δ, rounded up in the ledger; a query
+    spends δ = 0); a job past it is refused, names what is left and spends nothing."""
+    store = NodeStore(tmp_path)
+    kw = dict(node="n1", contract_digest=CONTRACT, epsilon=Decimal(1), epsilon_total=Decimal(10),
+              delta_total=Decimal("0.000002"))
+    store.debit_job(kind="train", job_id="t1", nonce="1" * 64, job_digest="a" * 64, mechanism="dp-sgd",
+                    delta=Decimal("0.0000015"), **kw)
+    before = store.debits(CONTRACT)
+    assert before[0].delta == "0.000002"  # rounded up: the ledger never under-states a spend
+    with pytest.raises(BudgetExhausted, match=r"needs δ=0\.000001 but only δ=0\.000000 of δ=0\.000002 is left .*"
+                                              r"total over all its jobs"):
+        store.debit_job(kind="train", job_id="t2", nonce="2" * 64, job_digest="b" * 64, mechanism="dp-sgd",
+                        delta=Decimal("0.000001"), **kw)
+    assert store.debits(CONTRACT) == before and store.spends(CONTRACT)[0].delta == Decimal("0.000002")
+    q = store.debit_job(kind="query", job_id="q1", nonce="3" * 64, job_digest="c" * 64,
+                        mechanism="discrete-laplace", **kw)
+    assert (q.delta, q.chain.cumulative_epsilon) == ("0.000000", "2.000000")

@@ -180,11 +180,16 @@ class Attestation:
     metrics_digest: str | None = None
     #: PSI jobs: the size of the intersection this node found (both owners find the same; the buyer buys it)
     intersection_size: int | None = None
+    #: differential-privacy jobs: the accountant that composed the node's spends
+    #: (`fedtrust.privacy.accounting`, e.g. "basic-composition"); omitted when None
+    accountant: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = self._fields()
         if self.intersection_size is not None:
             d["intersection_size"] = self.intersection_size
+        if self.accountant is not None:
+            d["accountant"] = self.accountant
         if self.warnings:
             d["warnings"] = list(self.warnings)
         if self.model_digest is not None:
@@ -230,6 +235,7 @@ class Attestation:
             model_digest=f.digest("model_digest") if "model_digest" in f.d else None,
             metrics_digest=f.digest("metrics_digest") if "model_digest" in f.d else None,
             intersection_size=_size(f.d["intersection_size"]) if "intersection_size" in f.d else None,
+            accountant=f.text("accountant") if "accountant" in f.d else None,
         )
         parse_eps(att.epsilon, "attestation epsilon")
         parse_eps(att.delta, "attestation delta")

@@ -31,6 +31,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from fedtrust.errors import InvalidInput, PolicyViolation, VerificationError
+from fedtrust.privacy.accounting import ACCOUNTANTS
 from fedtrust.trust.canonical import parse_time, sha256_hex
 from fedtrust.trust.contracts import Contract, verify_contract
 from fedtrust.trust.credentials import signing_public_key
@@ -310,6 +311,9 @@ def _check_spend(contract: Contract, att: Attestation, kind: str) -> None:
     if not att.dp:
         raise VerificationError(f"attestation of node {att.node} says differential privacy was off, but the "
                                 "contract's [privacy] rules require it for every job")
+    if att.accountant is not None and att.accountant not in ACCOUNTANTS:
+        raise VerificationError(f"attestation of node {att.node} names a privacy accountant this verifier does not "
+                                f"know; known: {', '.join(sorted(ACCOUNTANTS))}")
     if kind == "query" and (eps != privacy.epsilon_per_query or delta != 0):
         raise VerificationError(
             f"attestation of node {att.node} states ε={att.epsilon}, δ={att.delta} for a query; the contract's "
