@@ -76,7 +76,8 @@ class Accountant(Protocol):
     """Composes spends. `charge` returns the composed spend with `new` added, or raises BudgetExhausted naming
     what is left (and spends nothing: the caller's transaction rolls back)."""
 
-    name: str
+    @property
+    def name(self) -> str: ...
 
     def spent(self, history: Iterable[Spend]) -> Spent: ...
 
