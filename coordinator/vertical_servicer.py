@@ -1,12 +1,12 @@
 """gRPC edge of the coordinator's vertical jobs (`VerticalCoordinatorService`); logic in `vertical_job.py`."""
 from __future__ import annotations
 
-from fedtrust.coordinator.coordinator_servicer import MAX_ENVELOPE_BYTES, _events
+from fedtrust.coordinator.coordinator_servicer import _events
 from fedtrust.coordinator.runtime import CoordinatorRuntime
 from fedtrust.coordinator.vertical_job import VerticalJobs
-from fedtrust.errors import InvalidInput
 from fedtrust.transport.peer import peer_identity
 from fedtrust.transport.status import guarded
+from fedtrust.transport.streams import check_envelope_sizes
 from fedtrust.v1 import vertical_pb2_grpc
 
 
@@ -17,6 +17,5 @@ class VerticalCoordinatorServicer(vertical_pb2_grpc.VerticalCoordinatorServiceSe
     @guarded
     def SubmitVertical(self, request, context):
         peer = peer_identity(context)
-        if len(request.job_envelope) > MAX_ENVELOPE_BYTES or len(request.contract_envelope) > MAX_ENVELOPE_BYTES:
-            raise InvalidInput(f"job spec or contract exceeds {MAX_ENVELOPE_BYTES} bytes")
+        check_envelope_sizes(request)
         yield from _events(self.jobs.run(peer, request.job_envelope, request.contract_envelope))

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from fedtrust.demo.federation import Federation, enroll, issue_signed_contract
 from fedtrust.exchange.issuer import init_exchange, list_product
-from fedtrust.node.executor import file_digest
+from fedtrust.query.dataset import file_digest
 
 BANK_SCHEMA = """
 [columns.phone_key]

@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 from fedtrust.errors import InvalidInput
-from fedtrust.node.node_servicer import NodeServicer, _check_envelope_sizes
+from fedtrust.node.node_servicer import NodeServicer
 from fedtrust.node.vertical_runtime import PsiRuntime
 from fedtrust.transport.chunks import Assembler, split
 from fedtrust.transport.peer import peer_identity
 from fedtrust.transport.status import guarded
+from fedtrust.transport.streams import check_envelope_sizes
 from fedtrust.v1 import vertical_pb2, vertical_pb2_grpc
 
 #: largest sealed PSI message (2 million keys of 32 bytes, plus the seal); the contract's max_keys is checked after
@@ -18,7 +19,7 @@ def read_psi_request(requests):
     if first is None or first.WhichOneof("part") != "header":
         raise InvalidInput("the stream must start with a header message")
     header = first.header
-    _check_envelope_sizes(header)
+    check_envelope_sizes(header)
     asm = Assembler(header.sealed_size, MAX_SEALED_BYTES, "the other owner's sealed PSI message")
     for msg in requests:
         if msg.WhichOneof("part") != "sealed_chunk":
