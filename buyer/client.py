@@ -8,8 +8,8 @@ import grpc
 
 from fedtrust.errors import InvalidInput, VerificationError
 from fedtrust.privacy.he import MAX_CIPHERTEXT_BYTES
-from fedtrust.transport.chunks import split
 from fedtrust.transport.channels import ChannelPool, channel_to
+from fedtrust.transport.chunks import split
 from fedtrust.transport.status import error_from_rpc
 from fedtrust.transport.tls import TlsMaterial
 from fedtrust.v1 import coordinator_pb2, coordinator_pb2_grpc, vertical_pb2, vertical_pb2_grpc
