@@ -5,13 +5,14 @@ from __future__ import annotations
 from dataclasses import replace
 
 import numpy as np
-from jobs_helper import admit_everywhere
-from training_helper import identity, signed_job
 
 from fedtrust.buyer.query import load_contract
 from fedtrust.coordinator.grid import FedtrustGrid
 from fedtrust.coordinator.server_loop import JobArgs, _run
 from fedtrust.trust.dsse import Envelope
+
+from jobs_helper import admit_everywhere
+from training_helper import identity, signed_job
 
 
 class _Conn:

@@ -14,7 +14,6 @@ from dataclasses import replace
 from decimal import Decimal
 
 import pytest
-from jobs_helper import make_job
 
 from fedtrust.buyer.client import CoordinatorClient
 from fedtrust.buyer.query import plan_for, submit_query, tls_of
@@ -38,6 +37,8 @@ from fedtrust.trust.receipts import (
     verify_statement_of_coordinator,
 )
 from fedtrust.trust.verify import verify_bundle
+
+from jobs_helper import make_job
 
 PRIVACY = {"epsilon_total": "3", "delta": "1e-6", "epsilon_per_query": "1"}
 SMALL = {"bank-a": 1500, "bank-b": 1200, "insurer-c": 900}

@@ -13,7 +13,6 @@ from datetime import datetime, timedelta, timezone
 import grpc
 import numpy as np
 import pytest
-from jobs_helper import admit_everywhere, make_job
 
 from fedtrust.buyer.client import CoordinatorClient
 from fedtrust.buyer.query import tls_of
@@ -38,6 +37,8 @@ from fedtrust.trust.credentials import load_identity
 from fedtrust.trust.dsse import Envelope
 from fedtrust.trust.jobs import sign_job
 from fedtrust.v1 import node_pb2, node_pb2_grpc
+
+from jobs_helper import admit_everywhere, make_job
 
 OK_SQL = "SELECT region, COUNT(*) AS n FROM loans GROUP BY region"
 

@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from training_helper import identity, make_spec
 
 from fedtrust.buyer.train import submit_training
 from fedtrust.config import ClientAppConfig
@@ -18,6 +17,8 @@ from fedtrust.errors import ConfigError, PolicyViolation
 from fedtrust.exchange.verify import verify_receipt_file
 from fedtrust.training.apps import AppRegistry, app_digest
 from fedtrust.training.arrays import read_model
+
+from training_helper import identity, make_spec
 
 APP_DIR = Path(__file__).resolve().parents[1] / "examples" / "flower_app"
 PACKAGE = APP_DIR / "flower_loans"

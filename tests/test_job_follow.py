@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import pytest
-from training_helper import make_spec
 
 from fedtrust.buyer.client import CoordinatorClient
 from fedtrust.buyer.query import submit_query, tls_of
@@ -15,6 +14,8 @@ from fedtrust.buyer.train import submit_training
 from fedtrust.demo.federation import build_federation, enroll
 from fedtrust.errors import JobFailed, NotFound, VerificationError
 from fedtrust.trust.credentials import load_identity
+
+from training_helper import make_spec
 
 OWNERS = {"bank-a": 300, "bank-b": 250}
 SQL = "SELECT region, COUNT(*) AS n FROM loans GROUP BY region"

@@ -12,8 +12,6 @@ import re
 import time
 
 import pytest
-from evil_coordinator import EvilGrid, evil_grid, new_job, released, run_evil, tampered
-from training_helper import identity, make_spec
 
 from fedtrust.buyer.client import CoordinatorClient
 from fedtrust.buyer.query import load_contract, tls_of
@@ -31,6 +29,9 @@ from fedtrust.trust.receipts import (
     sign_acknowledgement,
     verify_attestation,
 )
+
+from evil_coordinator import EvilGrid, evil_grid, new_job, released, run_evil, tampered
+from training_helper import identity, make_spec
 
 pytestmark = pytest.mark.slow
 OWNERS = {"bank-a": 300, "bank-b": 200, "insurer-c": 200}

@@ -196,10 +196,10 @@ def test_metrics_count_jobs_refusals_durations_and_budgets_without_data_values(o
     assert c[("fedtrust_jobs_total", (("kind", "query"), ("outcome", "succeeded")))] >= 1
     assert ("fedtrust_rounds_in_flight", ()) in c
     # a refusal by the buyer's own CLI never reaches the daemons; one signed past it is counted by rule
-    from jobs_helper import make_job
-
     from fedtrust.buyer.client import CoordinatorClient
     from fedtrust.trust.jobs import sign_job
+
+    from jobs_helper import make_job
 
     job, raw, keys = make_job(buyer, ops.contract_path, "SELECT AVG(income) FROM loans WHERE income > 1")
     with pytest.raises(Error, match="was not run and nobody was charged"):

@@ -5,7 +5,6 @@ from __future__ import annotations
 from decimal import Decimal
 
 import pytest
-from training_helper import identity, make_spec, node_client, signed_job
 
 from fedtrust.buyer.train import submit_training
 from fedtrust.demo.federation import build_federation
@@ -13,6 +12,8 @@ from fedtrust.errors import Error, JobFailed, PolicyViolation
 from fedtrust.exchange.verify import verify_receipt
 from fedtrust.training.dp_sgd import plan_dp_sgd
 from fedtrust.training.predict import load_model
+
+from training_helper import identity, make_spec, node_client, signed_job
 
 pytestmark = pytest.mark.slow
 OWNERS = {"bank-a": 1500, "bank-b": 1200}

@@ -10,6 +10,17 @@ import sys
 
 import numpy as np
 import pytest
+
+from fedtrust.buyer.query import load_contract
+from fedtrust.buyer.train import submit_training
+from fedtrust.demo.central import pooled_rows, score, train_central
+from fedtrust.demo.federation import build_federation
+from fedtrust.errors import ReplayError, VerificationError
+from fedtrust.exchange.verify import verify_receipt_file
+from fedtrust.training.arrays import read_model
+from fedtrust.trust.canonical import sha256_hex
+from fedtrust.trust.dsse import Envelope
+
 from training_helper import (
     MODELS,
     clientapps_toml,
@@ -21,16 +32,6 @@ from training_helper import (
     signed_job,
     vector_bytes,
 )
-
-from fedtrust.buyer.query import load_contract
-from fedtrust.buyer.train import submit_training
-from fedtrust.demo.central import pooled_rows, score, train_central
-from fedtrust.demo.federation import build_federation
-from fedtrust.errors import ReplayError, VerificationError
-from fedtrust.exchange.verify import verify_receipt_file
-from fedtrust.training.arrays import read_model
-from fedtrust.trust.canonical import sha256_hex
-from fedtrust.trust.dsse import Envelope
 
 pytestmark = pytest.mark.slow
 OWNERS = {"bank-a": 1500, "bank-b": 1000, "insurer-c": 600}

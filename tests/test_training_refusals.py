@@ -11,18 +11,6 @@ import time
 import grpc
 import numpy as np
 import pytest
-from jobs_helper import make_job
-from training_helper import (
-    MODELS,
-    clientapps_toml,
-    identity,
-    initial,
-    make_spec,
-    node_client,
-    round_message,
-    signed_job,
-    vector_bytes,
-)
 
 from fedtrust.buyer.client import CoordinatorClient
 from fedtrust.buyer.query import load_contract, tls_of
@@ -35,6 +23,19 @@ from fedtrust.errors import InvalidInput, JobFailed, PolicyViolation
 from fedtrust.trust.jobs import sign_job
 from fedtrust.trust.training_spec import load_training_toml
 from fedtrust.v1 import node_pb2, node_pb2_grpc
+
+from jobs_helper import make_job
+from training_helper import (
+    MODELS,
+    clientapps_toml,
+    identity,
+    initial,
+    make_spec,
+    node_client,
+    round_message,
+    signed_job,
+    vector_bytes,
+)
 
 pytestmark = pytest.mark.slow
 OWNERS = {"bank-a": 400, "bank-b": 300}

@@ -6,8 +6,6 @@ from __future__ import annotations
 import re
 
 import pytest
-from jobs_helper import admit_everywhere, make_job
-from training_helper import make_spec
 
 from fedtrust.buyer.query import submit_query
 from fedtrust.buyer.train import submit_training
@@ -20,6 +18,9 @@ from fedtrust.trust.admission import Admission, sign_admission
 from fedtrust.trust.credentials import load_identity
 from fedtrust.trust.dsse import Envelope
 from fedtrust.trust.jobs import sign_job
+
+from jobs_helper import admit_everywhere, make_job
+from training_helper import make_spec
 
 OWNERS = {"bank-a": 600, "bank-b": 500, "insurer-c": 400}
 PRIVACY = {"epsilon_total": "4", "delta": "1e-6", "epsilon_per_query": "0.5", "training_epsilon": "1"}
