@@ -139,8 +139,9 @@ class JobStore:
         return [_record(r) for r in rows]
 
     def begin(self, job_id: str, job_digest: str, contract_digest: str, buyer: str,
-              participants: tuple[str, ...], kind: str = "query") -> JobRecord | None:
-        """Mark a job running. Returns the finished record when this exact job already succeeded."""
+              participants: tuple[str, ...], kind: str = "query", resume: bool = False) -> JobRecord | None:
+        """Mark a job running. Returns the finished record when this exact job already succeeded.
+        `resume` restarts a job that `take_resumable` handed over (it stays 'running' meanwhile)."""
         now = utc_now()
         with self.db.write() as con:
             row = con.execute("SELECT * FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
@@ -149,7 +150,7 @@ class JobStore:
                     raise ReplayError("job id already used for a different job; sign the new job with a new id")
                 if row["state"] == "succeeded":
                     return _record(row)
-                if row["state"] == "running":
+                if row["state"] == "running" and not resume:
                     raise ReplayError("this job is already running; follow it with `fedtrust job status`")
                 con.execute("DELETE FROM relayed WHERE job_id = ?", (job_id,))
                 con.execute("DELETE FROM training_rounds WHERE job_id = ?", (job_id,))
@@ -226,12 +227,13 @@ class JobStore:
             return cur.rowcount
 
     def take_resumable(self) -> list[tuple[JobRecord, bytes, bytes]]:
-        """At start-up: training jobs a previous process left running, with their envelopes; marked failed
-        ("resuming") so that resubmitting them through `TrainingJobs.run` restarts them."""
+        """At start-up: training jobs a previous process left running, with their envelopes. They stay
+        'running' (stage "resuming"), so `job status` never shows a job that is about to resume as failed;
+        `TrainingJobs.resume` restarts them (`begin(..., resume=True)`) or fails them with the reason."""
         with self.db.write() as con:
             rows = con.execute("SELECT * FROM jobs WHERE state = 'running' AND kind = 'train' AND job_envelope IS NOT "
                                "NULL").fetchall()
-            con.execute("UPDATE jobs SET state='failed', error='interrupted by a coordinator restart; resuming',"
+            con.execute("UPDATE jobs SET stage='resuming', error='interrupted by a coordinator restart; resuming',"
                         " updated_at=? WHERE state = 'running' AND kind = 'train' AND job_envelope IS NOT NULL",
                         (utc_now(),))
         return [(_record(r), bytes(r["job_envelope"]), bytes(r["contract_envelope"])) for r in rows]

@@ -84,11 +84,15 @@ class TrainingJobs:
         continues where it stopped. The buyer fetches the model with `fedtrust job result`."""
         log.warning("resuming training job %s after a coordinator restart", rec.job_id)
         try:
-            for _ in self.run(("buyer", rec.buyer), job_bytes, contract_bytes):
+            for _ in self.run(("buyer", rec.buyer), job_bytes, contract_bytes, resume=True):
                 pass
             log.warning("resumed training job %s succeeded", rec.job_id)
         except Error as e:
             log.warning("resumed training job %s failed: %s", rec.job_id, e)
+            self.rt.store.fail(rec.job_id, f"could not resume after a coordinator restart: {e}")
+        except Exception:  # never leave a job 'running' that nothing runs
+            log.exception("resumed training job %s failed unexpectedly", rec.job_id)
+            self.rt.store.fail(rec.job_id, "could not resume after a coordinator restart; submit it again")
 
     def shutdown(self) -> None:
         """Stop every running job's worker (the daemon is stopping; the jobs are failed at the next start)."""
@@ -98,7 +102,7 @@ class TrainingJobs:
 
     # -- submit -------------------------------------------------------------
     def run(self, peer: tuple[str, str], job_bytes: bytes, contract_bytes: bytes,
-            cancelled: Callable[[], bool] = lambda: False) -> Iterator[TrainingEvent]:
+            cancelled: Callable[[], bool] = lambda: False, resume: bool = False) -> Iterator[TrainingEvent]:
         contract, contract_env, job, job_env = self.rt.check(peer, job_bytes, contract_bytes)
         if job.kind != "train" or job.training is None:
             raise InvalidInput(f"job kind {job.kind!r} sent to SubmitTraining; submit queries with SubmitQuery")
@@ -106,7 +110,7 @@ class TrainingJobs:
         check_training(spec, contract.rules, contract.schema, contract.dataset, len(job.participants))
         store = self.rt.store
         done = store.begin(job.job_id, job_env.digest, contract_env.digest, contract.buyer.name, job.participants,
-                           kind="train")
+                           kind="train", resume=resume)
         if done is not None:
             yield from self.replay(done)
             return
