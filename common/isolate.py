@@ -449,6 +449,21 @@ _sessions: "dict[tuple[str, ...], _Session]" = {}
 _sessions_lock = threading.Lock()
 
 
+def _spawn_session(init: Callable[..., Any], init_args: tuple[Any, ...], memory_limit: int | None,
+                   name: str) -> _Session:
+    """Start a worker that runs ``init(*init_args)`` and then serves calls over its own pipe."""
+    ctx = _get_context()
+    parent_end, child_end = ctx.Pipe(duplex=True)
+    proc = ctx.Process(target=_session_main, args=(child_end, init, init_args, memory_limit), name=name,
+                       daemon=True)
+    try:
+        with _lock:
+            _start(proc)
+    finally:
+        child_end.close()
+    return _Session(proc, parent_end)
+
+
 def _drop(key: tuple[str, ...], session: _Session) -> None:
     with _sessions_lock:
         if _sessions.get(key) is session:
@@ -488,16 +503,7 @@ def run_in_session(
         s.end()
     fresh = session is None
     if fresh:
-        ctx = _get_context()
-        parent_end, child_end = ctx.Pipe(duplex=True)
-        proc = ctx.Process(target=_session_main, args=(child_end, init, init_args, memory_limit),
-                           name="fedtrust-isolate-session", daemon=True)
-        try:
-            with _lock:
-                _start(proc)
-        finally:
-            child_end.close()
-        session = _Session(proc, parent_end)
+        session = _spawn_session(init, init_args, memory_limit, "fedtrust-isolate-session")
         session.busy.acquire()  # ours until its first call is answered
         evicted: list[_Session] = []
         with _sessions_lock:
@@ -572,16 +578,7 @@ _prepared: "OrderedDict[tuple[str, ...], _Session]" = OrderedDict()
 def prepare(key: tuple[str, ...], init: Callable[..., Any], init_args: tuple[Any, ...],
             memory_limit: int | None = None) -> None:
     """Start a one-call worker for `key` and run ``init(*init_args)`` in it now (returns at once)."""
-    ctx = _get_context()
-    parent_end, child_end = ctx.Pipe(duplex=True)
-    proc = ctx.Process(target=_session_main, args=(child_end, init, init_args, memory_limit),
-                       name="fedtrust-isolate-prepared", daemon=True)
-    try:
-        with _lock:
-            _start(proc)
-    finally:
-        child_end.close()
-    session = _Session(proc, parent_end)
+    session = _spawn_session(init, init_args, memory_limit, "fedtrust-isolate-prepared")
     old: list[_Session] = []
     with _sessions_lock:
         if key in _prepared:
