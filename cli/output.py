@@ -88,24 +88,28 @@ def job_progress():
 def serve_until_stopped(daemon, banner: str) -> None:
     """Start a daemon, print its banner (with the bound port), serve until SIGTERM or Ctrl-C, then drain.
 
-    The signal handlers only set flags; the main thread does the stopping, so a second SIGTERM while the
-    first drain runs cannot re-enter `stop` (a daemon once hung that way). SIGHUP is ignored with a log
-    line: the daemon does not reload its config while serving (restart it; SIGTERM drains).
+    The signal handlers only flip entries of a plain dict; the main thread polls them and does the stopping,
+    so a second SIGTERM while the first drain runs cannot re-enter `stop` (a daemon once hung that way).
+    They must not touch a `threading.Event`: a handler runs in the main thread between bytecodes, and if
+    that thread is inside `Event.wait` holding the event's (non-reentrant) lock, `Event.set` deadlocks
+    (CI once hung 60 s on exactly that). SIGHUP is ignored with a log line: the daemon does not reload its
+    config while serving (restart it; SIGTERM drains).
     """
     import logging
     import signal
-    import threading
+    import time
 
     log = logging.getLogger("fedtrust.daemon")
-    stop, hup = threading.Event(), threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGHUP, lambda *_: hup.set())
+    flags = {"stop": False, "hup": False}
+    signal.signal(signal.SIGTERM, lambda *_: flags.__setitem__("stop", True))
+    signal.signal(signal.SIGHUP, lambda *_: flags.__setitem__("hup", True))
     port = daemon.start()
     console.print(banner.format(port=port))
     try:
-        while not stop.wait(0.2):
-            if hup.is_set():
-                hup.clear()
+        while not flags["stop"]:
+            time.sleep(0.2)  # a signal interrupts the sleep; its handler runs, the loop re-reads the flags
+            if flags["hup"]:
+                flags["hup"] = False
                 log.warning("SIGHUP ignored: %s %s does not reload its config while serving; restart it to apply "
                             "changes (SIGTERM drains jobs in flight first)", daemon.role, daemon.name)
     except KeyboardInterrupt:
