@@ -11,7 +11,7 @@ import tomllib
 from collections import defaultdict
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 ROLES = {"node", "coordinator", "buyer", "exchange"}
 #: the order of the layers; a package may import only packages of a lower layer (or its own)
 LAYERS = [{"common", "v1"}, {"trust", "privacy"}, {"query", "training", "transport"}, ROLES, {"demo"}, {"cli"}]

@@ -20,9 +20,9 @@ from fedtrust.training.arrays import read_model
 
 from training_helper import identity, make_spec
 
-APP_DIR = Path(__file__).resolve().parents[1] / "examples" / "flower_app"
+APP_DIR = Path(__file__).resolve().parents[2] / "examples" / "flower_app"
 PACKAGE = APP_DIR / "flower_loans"
-RUNNER = Path(__file__).resolve().parent / "flower_simulation.py"
+RUNNER = Path(__file__).resolve().parents[1] / "flower_simulation.py"
 
 
 def test_the_app_imports_nothing_from_fedtrust():

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "deployment"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "deployment"
 ENV = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
 
 
