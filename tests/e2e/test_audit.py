@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from test_trust import World
 from typer.testing import CliRunner
 
 from fedtrust.cli.main import app
@@ -26,6 +25,8 @@ from fedtrust.sqlite import Database
 from fedtrust.trust.credentials import public_key_pem
 from fedtrust.trust.note import open_note, parse_verifier_key, sign_note, verifier_key
 from fedtrust.trust.receipts import ReceiptBundle
+
+from trust_world import World
 
 ORIGIN = "exchange.example.org/log"
 
