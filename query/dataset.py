@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import numpy as np
 from sqlglot import exp
 
 from fedtrust.errors import ConfigError, InvalidInput, PolicyViolation
@@ -191,6 +192,16 @@ def _and(conds: list[exp.Expression]) -> exp.Expression:
     for extra in conds[1:]:
         cond = exp.And(this=cond, expression=extra)
     return cond
+
+
+@dataclass(frozen=True)
+class AlignedColumns:
+    """One owner's columns for a joint query, row i = aligned row i (see `Dataset.aligned_columns`)."""
+
+    groups: Any  # int64 [N, group columns]: domain index, -1 outside the domain or NULL
+    values: Any  # int64 [N, value columns]: quantized, 0 where NULL
+    present: Any  # int64 [N, value columns]: 1 where the value is not NULL
+    keep: Any  # int64 [N]: 1 where the row passes the owner's filter and the public-domain filter
 
 
 class Dataset:
@@ -412,6 +423,72 @@ class Dataset:
         finally:
             cur.close()
         return [int(r) for r, _ in rows], [str(k).encode() for _, k in rows]
+
+    def aligned_columns(self, rows: list[int], groups: tuple[str, ...], values: tuple[tuple[str, int], ...],
+                        where: exp.Expression | None) -> "AlignedColumns":
+        """This owner's part of a joint query, for `rows` (row ids from `join_keys`, in the PSI's common order):
+        per row the domain index of each group column (-1 outside the public domain or NULL), each value
+        column quantized like `aggregate` does (`round((clip(v) - min) * scale)`, 0 where NULL) with its
+        non-null flag, and whether the row passes `where` and the domain filter every query applies.
+
+        Private to the node: these feed the MPC as this owner's secret input and never leave it in clear.
+        """
+        if where is not None:
+            self._check_where(where)
+        items: list[exp.Expression] = [exp.alias_(exp.column("rowid"), "rid", quoted=True)]
+        for i, g in enumerate(groups):
+            col = self.schema.column(g)
+            if col.type != "category":
+                raise PolicyViolation(f"group column `{g}` is not a category column")
+            case = exp.Case(ifs=[exp.If(this=exp.EQ(this=_q(g), expression=exp.Literal.string(v)),
+                                        true=exp.Literal.number(k)) for k, v in enumerate(col.values)],
+                            default=exp.Literal.number(-1))
+            items.append(exp.alias_(case, f"g{i}", quoted=True))
+        for j, (name, scale) in enumerate(values):
+            col = self.schema.column(name)
+            if not col.numeric:
+                raise PolicyViolation(f"column `{name}` is not numeric")
+            q = exp.Cast(this=self._quantized(col, scale), to=exp.DataType.build("BIGINT"))
+            items.append(exp.alias_(exp.func("COALESCE", q, exp.Literal.number(0)), f"v{j}", quoted=True))
+            items.append(exp.alias_(exp.Cast(this=exp.Not(this=exp.Is(this=_q(name), expression=exp.Null())),
+                                             to=exp.DataType.build("BIGINT")), f"n{j}", quoted=True))
+        conds = self._domain_conditions() + ([exp.Paren(this=where.copy())] if where is not None else [])
+        keep = exp.Literal.number(1) if not conds else exp.Case(
+            ifs=[exp.If(this=_and(conds), true=exp.Literal.number(1))], default=exp.Literal.number(0))
+        items.append(exp.alias_(keep, "keep", quoted=True))
+        query = exp.select(*items).from_(exp.Table(this=exp.Identifier(this=TABLE, quoted=True)))
+        with self._lock:
+            cur = self._con.cursor()
+        try:
+            got = cur.execute(query.sql(dialect=DIALECT)).fetchnumpy()
+        except duckdb.OutOfRangeException:
+            raise PolicyViolation("a quantized value overflowed 64 bits on this node; narrow the contract's column "
+                                  "bounds") from None
+        except duckdb.Error as e:
+            raise InvalidInput(f"reading the joint query's columns failed on this node's data ({type(e).__name__})") from None
+        finally:
+            cur.close()
+        rid = np.asarray(got["rid"], dtype=np.int64)
+        pos = np.full(int(rid.max()) + 1 if len(rid) else 0, -1, dtype=np.int64)
+        pos[rid] = np.arange(len(rid))
+        idx = np.asarray(rows, dtype=np.int64)
+        if len(idx) and (idx.min() < 0 or idx.max() >= len(pos) or (pos[idx] < 0).any()):
+            raise InvalidInput("the stored alignment names rows this dataset does not have; the data changed since "
+                               "the PSI job, run a new one")
+        at = pos[idx]
+
+        def col(name: str) -> np.ndarray:
+            return np.asarray(got[name], dtype=np.int64)[at]
+
+        return AlignedColumns(
+            groups=np.stack([col(f"g{i}") for i in range(len(groups))], axis=1) if groups
+            else np.zeros((len(at), 0), dtype=np.int64),
+            values=np.stack([col(f"v{j}") for j in range(len(values))], axis=1) if values
+            else np.zeros((len(at), 0), dtype=np.int64),
+            present=np.stack([col(f"n{j}") for j in range(len(values))], axis=1) if values
+            else np.zeros((len(at), 0), dtype=np.int64),
+            keep=col("keep"),
+        )
 
     # ------------------------------------------------------------- aggregate
     def _check_where(self, where: exp.Expression) -> None:

@@ -33,7 +33,7 @@ __all__ = [
 ]
 
 JOB_TYPE = "https://fedtrust.dev/JobSpec/v1"
-JOB_KINDS = ("query", "train", "psi")
+JOB_KINDS = ("query", "train", "psi", "joint")
 #: a training job runs many rounds: the buyer's signature stays valid this long by default
 TRAINING_TTL = timedelta(hours=24)
 MAX_SQL_CHARS = 65536
@@ -62,7 +62,7 @@ class JobSpec:
     sql: str = ""  # query jobs
     he: HeParams | None = None  # query jobs
     training: TrainingSpec | None = None  # train jobs
-    vertical: VerticalJob | None = None  # vertical jobs (kind "psi")
+    vertical: VerticalJob | None = None  # vertical jobs (kinds "psi", "joint")
     created_at: str
     expires_at: str
 
@@ -100,6 +100,17 @@ class JobSpec:
             vertical=VerticalJob(key), created_at=format_time(now), expires_at=format_time(now + ttl),
         )
 
+    @classmethod
+    def new_joint(cls, contract: Contract, contract_digest: str, key: str, sql: str, alignment: str, *,
+                  ttl: timedelta = DEFAULT_TTL) -> JobSpec:
+        """A fresh joint-statistics job over the rows PSI job `alignment` aligned under a vertical `contract`."""
+        now = datetime.now(timezone.utc)
+        return cls(
+            contract_digest=contract_digest, job_id=new_job_id(), nonce=new_nonce(), kind="joint",
+            coordinator=contract.coordinator.name, participants=contract.owner_names, dataset=contract.dataset,
+            vertical=VerticalJob(key, sql, alignment), created_at=format_time(now), expires_at=format_time(now + ttl),
+        )
+
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {
             "contract_digest": self.contract_digest,
@@ -116,9 +127,9 @@ class JobSpec:
             if self.training is None:
                 raise InvalidInput("job spec: a train job needs its training spec")
             d["training"] = self.training.to_dict()
-        elif self.kind == "psi":
+        elif self.kind in ("psi", "joint"):
             if self.vertical is None:
-                raise InvalidInput("job spec: a psi job needs its vertical payload")
+                raise InvalidInput(f"job spec: a {self.kind} job needs its vertical payload")
             d["vertical"] = self.vertical.to_dict()
         else:
             if self.he is None:
@@ -133,7 +144,7 @@ class JobSpec:
         kind = f.text("kind")
         if kind == "train":
             extra = {"training": TrainingSpec.from_dict(f.obj("training"))}
-        elif kind == "psi":
+        elif kind in ("psi", "joint"):
             extra = {"vertical": VerticalJob.from_dict(f.obj("vertical"))}
         else:
             extra = {"sql": f.text("sql"), "he": HeParams.from_dict(f.obj("he"))}
@@ -162,9 +173,17 @@ class JobSpec:
             raise InvalidInput("job spec: nonce must be 32 random bytes in lowercase hex")
         if self.kind not in JOB_KINDS:
             raise InvalidInput(f"job spec: kind must be one of {', '.join(JOB_KINDS)}")
-        if self.kind == "psi":
+        if self.kind in ("psi", "joint"):
             if self.vertical is None or self.training is not None or self.sql or self.he is not None:
-                raise InvalidInput("job spec: a psi job carries a vertical payload and no sql, he or training spec")
+                raise InvalidInput(f"job spec: a {self.kind} job carries a vertical payload and no sql, he or "
+                                   "training spec")
+            joint = self.kind == "joint"
+            if bool(self.vertical.sql) != joint or bool(self.vertical.alignment) != joint:
+                raise InvalidInput("job spec: a joint job's vertical payload names its sql and alignment (the PSI "
+                                   "job id); a psi job's names neither")
+            if joint and (len(self.vertical.sql) > MAX_SQL_CHARS or not _JOB_ID.fullmatch(self.vertical.alignment)):
+                raise InvalidInput(f"job spec: a joint job's sql is at most {MAX_SQL_CHARS} characters and its "
+                                   "alignment a PSI job id")
         elif self.kind == "train":
             if self.training is None or self.sql or self.he is not None or self.vertical is not None:
                 raise InvalidInput("job spec: a train job carries a training spec and no sql or he")

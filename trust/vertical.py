@@ -11,12 +11,13 @@ Every node enforces these rules by itself:
     kinds = ["psi"]              # vertical job kinds sold: psi (more kinds to come)
     min_intersection = 100       # a job whose intersection is smaller fails before anything else is released
     max_keys = 1000000           # most keys either party's set may hold (caps what a peer can probe)
-    max_jobs = 10                # vertical jobs each owner runs under this contract
+    max_jobs = 10                # vertical jobs of each kind each owner runs under this contract
     [vertical.columns]           # per product (dataset name): the columns joint jobs may use
     bank = ["segment", "defaulted"]
     telco = ["arpu"]
 
-PSI is run between exactly two owners today.
+PSI is run between exactly two owners today. Kind "joint" (joint statistics
+over the aligned rows) needs a `[vertical.joint]` table (`trust.joint_rules`).
 """
 from __future__ import annotations
 
@@ -24,10 +25,11 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from fedtrust.errors import ConfigError, InvalidInput, PolicyViolation
+from fedtrust.trust.joint_rules import JointRules, check_joint_products
 
 __all__ = ["VERTICAL_KINDS", "VerticalJob", "VerticalRules", "check_vertical_job", "check_vertical_products"]
 
-VERTICAL_KINDS = ("psi",)
+VERTICAL_KINDS = ("psi", "joint")
 #: owners a vertical contract joins today (two-party PSI)
 VERTICAL_OWNERS = 2
 
@@ -40,12 +42,13 @@ class VerticalRules:
     max_keys: int
     max_jobs: int
     columns: tuple[tuple[str, tuple[str, ...]], ...]  # (dataset, usable columns), sorted by dataset
+    joint: JointRules | None = None  # [vertical.joint]: present exactly when kinds include "joint"
 
     def usable(self, dataset: str) -> tuple[str, ...]:
         return dict(self.columns).get(dataset, ())
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d: dict[str, Any] = {
             "key": self.key,
             "kinds": list(self.kinds),
             "min_intersection": self.min_intersection,
@@ -53,12 +56,15 @@ class VerticalRules:
             "max_jobs": self.max_jobs,
             "columns": {d: list(c) for d, c in self.columns},
         }
+        if self.joint is not None:  # absent otherwise: PSI-only contracts sign the same JSON as before
+            d["joint"] = self.joint.to_dict()
+        return d
 
     @classmethod
     def from_dict(cls, d: Any) -> "VerticalRules":
         if not isinstance(d, dict):
             raise ConfigError("rules: [vertical] must be a table")
-        unknown = sorted(set(d) - {"key", "kinds", "min_intersection", "max_keys", "max_jobs", "columns"})
+        unknown = sorted(set(d) - {"key", "kinds", "min_intersection", "max_keys", "max_jobs", "columns", "joint"})
         if unknown:
             raise ConfigError(f"rules: [vertical] has unknown setting `{unknown[0]}`; see the README for its keys")
         key = d.get("key")
@@ -90,7 +96,16 @@ class VerticalRules:
             if key in names:
                 raise ConfigError(f"rules: [vertical.columns] `{dataset}` lists the join key {key!r}; the key is never used as a value")
             columns.append((dataset, tuple(names)))
-        return cls(key, tuple(kinds), ints["min_intersection"], ints["max_keys"], ints["max_jobs"], tuple(columns))
+        joint = None
+        if "joint" in kinds:
+            if "joint" not in d:
+                raise ConfigError("rules: [vertical] kinds include \"joint\" but there is no [vertical.joint] table; "
+                                  "add it with aggregates, group_by and min_group_size")
+            joint = JointRules.from_dict(d["joint"])
+        elif "joint" in d:
+            raise ConfigError("rules: [vertical.joint] is set but [vertical] kinds do not include \"joint\"; add it")
+        return cls(key, tuple(kinds), ints["min_intersection"], ints["max_keys"], ints["max_jobs"], tuple(columns),
+                   joint)
 
 
 def check_vertical_products(rules: VerticalRules, products: Sequence[Any]) -> None:
@@ -114,22 +129,32 @@ def check_vertical_products(rules: VerticalRules, products: Sequence[Any]) -> No
     extra = sorted(set(dict(rules.columns)) - set(datasets))
     if extra:
         raise ConfigError(f"rules: [vertical.columns] names {extra[0]!r}, which is not a product of this contract")
+    if rules.joint is not None:
+        check_joint_products(rules.joint, dict(rules.columns), products)
 
 
 @dataclass(frozen=True)
 class VerticalJob:
-    """The payload of a vertical job spec (kind "psi"): the join column it runs on."""
+    """The payload of a vertical job spec: the join column it runs on; for kind "joint" also the SQL over the
+    joined rows and `alignment`, the id of the PSI job (under the same contract) whose rows it joins."""
 
     key: str
+    sql: str = ""
+    alignment: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"key": self.key}
+        d = {"key": self.key}
+        if self.sql or self.alignment:
+            d.update(sql=self.sql, alignment=self.alignment)
+        return d
 
     @classmethod
     def from_dict(cls, d: Any) -> "VerticalJob":
-        if not isinstance(d, dict) or set(d) != {"key"} or not isinstance(d["key"], str) or not d["key"]:
-            raise InvalidInput("job spec: `vertical` must be {\"key\": <the join column>}")
-        return cls(d["key"])
+        if (not isinstance(d, dict) or set(d) not in ({"key"}, {"key", "sql", "alignment"})
+                or not all(isinstance(v, str) for v in d.values()) or not d["key"]):
+            raise InvalidInput("job spec: `vertical` must be {\"key\": <the join column>} (and for a joint job "
+                               "\"sql\" and \"alignment\", the PSI job id)")
+        return cls(d["key"], d.get("sql", ""), d.get("alignment", ""))
 
 
 def check_vertical_job(rules: "VerticalRules | None", kind: str, job: VerticalJob) -> None:
