@@ -4,28 +4,24 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
-import grpc
-
 from fedtrust.errors import InvalidInput, VerificationError
-from fedtrust.privacy.he import MAX_CIPHERTEXT_BYTES
+from fedtrust.progress import JobState, Progress
 from fedtrust.transport.channels import ChannelPool, channel_to
-from fedtrust.transport.chunks import split
-from fedtrust.transport.status import error_from_rpc
+from fedtrust.transport.chunks import unframe
+from fedtrust.transport.limits import (
+    MAX_CIPHERTEXT_BYTES,
+    MAX_MODEL_BYTES,
+    MAX_QUERY_CIPHERTEXT_BYTES,
+    MAX_QUERY_CIPHERTEXTS,
+    MAX_RELAYED_NODES,
+)
+from fedtrust.transport.serde import job_state_from_proto, progress_from_proto
+from fedtrust.transport.status import calling
+from fedtrust.transport.streams import read_parts, send_header_first
 from fedtrust.transport.tls import TlsMaterial
 from fedtrust.v1 import coordinator_pb2, coordinator_pb2_grpc, vertical_pb2, vertical_pb2_grpc
 
-#: a query's vector never needs more ciphertexts than this per node (16 × 8192 slots)
-MAX_CIPHERTEXTS_PER_NODE = 16
-#: default cap on relayed participants when the caller does not know the job's (a receipt holds at most 1024)
-MAX_RELAYED_NODES = 1024
-
-
-@dataclass(frozen=True)
-class ProgressEvent:
-    stage: str
-    done: int
-    total: int
-    message: str
+__all__ = ["CoordinatorClient", "JobOutcome", "TrainingOutcome", "JobState", "Progress", "OnProgress"]
 
 
 @dataclass(frozen=True)
@@ -36,77 +32,27 @@ class JobOutcome:
 
 
 @dataclass(frozen=True)
-class JobState:
-    job_id: str
-    state: str
-    error: str
-    contract_digest: str
-    participants: tuple[str, ...]
-    created_at: str
-    updated_at: str
-    kind: str = "query"
-    stage: str = ""
-    round: int = 0
-    rounds: int = 0
-    answered: int = 0
-    heartbeat_at: str = ""
-
-    @classmethod
-    def from_proto(cls, s) -> "JobState":
-        return cls(s.job_id, s.state, s.error, s.contract_digest, tuple(s.participants), s.created_at, s.updated_at,
-                   s.kind or "query", s.stage, s.round, s.rounds, s.answered, s.heartbeat_at)
-
-
-OnProgress = Callable[[ProgressEvent], None]
-
-
-@dataclass(frozen=True)
-class RoundEvent:
-    """A training job's progress: aggregate metrics only (means over all participants)."""
-
-    stage: str  # "started", "node-answered", "aggregated", "finishing", "succeeded"
-    round: int
-    rounds: int
-    phase: str  # "train" or "evaluate"
-    done: int
-    total: int
-    loss: float | None
-    accuracy: float | None
-    message: str
-
-
-@dataclass(frozen=True)
 class TrainingOutcome:
     receipt: bytes
     model: bytes
 
 
-OnRound = Callable[[RoundEvent], None]
-#: the largest model file a coordinator may send (10M float32 parameters plus metadata)
-MAX_MODEL_BYTES = 48 * 1024 * 1024
+#: called with every progress message of a job (a query's stages, a training job's rounds)
+OnProgress = Callable[[Progress], None]
 
 
-def _collect_training(events: Iterator, on_round: OnRound | None, peer: str) -> TrainingOutcome:
-    data = bytearray()
-    try:
-        for ev in events:
-            part = ev.WhichOneof("part")
+def _collect_training(events: Iterator, on_progress: OnProgress | None, peer: str) -> TrainingOutcome:
+    with calling(peer):
+        for part, value, data in read_parts(events, "model_chunk", MAX_MODEL_BYTES, f"the model from {peer}"):
             if part == "progress":
-                if on_round:
-                    p = ev.progress
-                    on_round(RoundEvent(p.stage, p.round, p.rounds, p.phase, p.done, p.total,
-                                        p.loss if p.has_metrics else None, p.accuracy if p.has_metrics else None,
-                                        p.message))
-            elif part == "model_chunk":
-                data += ev.model_chunk
-                if len(data) > MAX_MODEL_BYTES:
-                    raise InvalidInput("the coordinator sent a model larger than any training job produces")
+                if data:
+                    raise InvalidInput(f"{peer} sent model chunks before a progress message")
+                if on_progress:
+                    on_progress(progress_from_proto(value))
             elif part == "outcome":
-                if ev.outcome.model_size != len(data):
+                if value.model_size != len(data):
                     raise InvalidInput("the coordinator's model size does not match its data")
-                return TrainingOutcome(bytes(ev.outcome.receipt), bytes(data))
-    except grpc.RpcError as e:
-        raise error_from_rpc(e, peer) from None
+                return TrainingOutcome(bytes(value.receipt), data)
     raise InvalidInput("the coordinator ended the stream without an outcome")
 
 
@@ -118,38 +64,26 @@ def _collect(events: Iterator, on_progress: OnProgress | None, peer: str,
     make the buyer hold unbounded data); what the ciphertexts are worth is
     checked against the nodes' attestations by `fedtrust.trust.verify.check_relayed`.
     """
-    data = bytearray()
     relayed: list[tuple[str, tuple[bytes, ...]]] = []
-    try:
-        for ev in events:
-            part = ev.WhichOneof("part")
-            if part == "progress":
-                if on_progress:
-                    p = ev.progress
-                    on_progress(ProgressEvent(p.stage, p.done, p.total, p.message))
-            elif part == "ciphertext_chunk":
-                data += ev.ciphertext_chunk
-                if len(data) > MAX_CIPHERTEXTS_PER_NODE * MAX_CIPHERTEXT_BYTES:
-                    raise InvalidInput("the coordinator relayed more ciphertext bytes for one node than any query needs")
-            elif part == "relayed":
-                sizes = list(ev.relayed.ciphertext_sizes)
+    what = "the ciphertexts the coordinator relayed for one node"
+    with calling(peer):
+        for part, value, data in read_parts(events, "ciphertext_chunk", MAX_QUERY_CIPHERTEXT_BYTES, what):
+            if part == "relayed":
                 if len(relayed) >= max_nodes:
                     raise VerificationError(f"the coordinator relayed outputs of more nodes than the job's {max_nodes} "
                                             "participants (a duplicated or extra node); refusing the result")
-                if not sizes or len(sizes) > MAX_CIPHERTEXTS_PER_NODE or sum(sizes) != len(data):
-                    raise InvalidInput("the coordinator's relayed ciphertext sizes do not match its data")
-                cts, pos = [], 0
-                for s in sizes:
-                    cts.append(bytes(data[pos:pos + s]))
-                    pos += s
-                relayed.append((ev.relayed.node, tuple(cts)))
-                data = bytearray()
+                if not value.ciphertext_sizes:
+                    raise InvalidInput("the coordinator relayed a node's release without ciphertexts")
+                cts = unframe(value.ciphertext_sizes, data, what=what, limit=MAX_QUERY_CIPHERTEXT_BYTES,
+                              limit_each=MAX_CIPHERTEXT_BYTES, max_count=MAX_QUERY_CIPHERTEXTS)
+                relayed.append((value.node, tuple(cts)))
+            elif data:
+                raise InvalidInput("the coordinator sent ciphertext chunks that no relayed release claims")
+            elif part == "progress":
+                if on_progress:
+                    on_progress(progress_from_proto(value))
             elif part == "outcome":
-                if data:
-                    raise InvalidInput("the coordinator sent ciphertext chunks that no relayed release claims")
-                return JobOutcome(bytes(ev.outcome.receipt), tuple(relayed))
-    except grpc.RpcError as e:
-        raise error_from_rpc(e, peer) from None
+                return JobOutcome(bytes(value.receipt), tuple(relayed))
     raise InvalidInput("the coordinator ended the stream without an outcome")
 
 
@@ -175,14 +109,11 @@ class CoordinatorClient:
 
     def submit_query(self, job: bytes, contract: bytes, context: bytes, on_progress: OnProgress | None = None,
                      max_nodes: int = MAX_RELAYED_NODES) -> JobOutcome:
-        def requests():
-            yield coordinator_pb2.SubmitRequest(header=coordinator_pb2.SubmitHeader(
-                job_envelope=job, contract_envelope=contract, he_context_size=len(context)))
-            for chunk in split(context):
-                yield coordinator_pb2.SubmitRequest(he_context_chunk=chunk)
-
+        header = coordinator_pb2.SubmitHeader(job_envelope=job, contract_envelope=contract,
+                                              he_context_size=len(context))
+        requests = send_header_first(coordinator_pb2.SubmitRequest, "header", header, "he_context_chunk", context)
         with self._channel() as ch:
-            return _collect(self._stub(ch).SubmitQuery(requests(), timeout=self.timeout), on_progress,
+            return _collect(self._stub(ch).SubmitQuery(requests, timeout=self.timeout), on_progress,
                             f"coordinator {self.name} at {self.address}", max_nodes)
 
     def submit_vertical(self, job: bytes, contract: bytes, on_progress: OnProgress | None = None) -> JobOutcome:
@@ -193,13 +124,13 @@ class CoordinatorClient:
                 on_progress, f"coordinator {self.name} at {self.address}", max_nodes=0)
         return outcome
 
-    def submit_training(self, job: bytes, contract: bytes, on_round: OnRound | None = None) -> TrainingOutcome:
+    def submit_training(self, job: bytes, contract: bytes, on_progress: OnProgress | None = None) -> TrainingOutcome:
         with self._channel() as ch:
             return _collect_training(
                 self._stub(ch).SubmitTraining(coordinator_pb2.TrainingSubmission(job_envelope=job,
                                                                                   contract_envelope=contract),
                                               timeout=self.timeout),
-                on_round, f"coordinator {self.name} at {self.address}")
+                on_progress, f"coordinator {self.name} at {self.address}")
 
     def fetch_model(self, job_id: str) -> TrainingOutcome:
         with self._channel() as ch:
@@ -213,27 +144,18 @@ class CoordinatorClient:
                             None, f"coordinator {self.name} at {self.address}", max_nodes)
 
     def job_status(self, job_id: str) -> JobState:
-        with self._channel() as ch:
-            try:
-                s = self._stub(ch).GetJob(coordinator_pb2.JobRef(job_id=job_id), timeout=60)
-            except grpc.RpcError as e:
-                raise error_from_rpc(e, f"coordinator {self.name} at {self.address}") from None
-        return JobState.from_proto(s)
+        with self._channel() as ch, calling(f"coordinator {self.name} at {self.address}"):
+            s = self._stub(ch).GetJob(coordinator_pb2.JobRef(job_id=job_id), timeout=60)
+        return job_state_from_proto(s)
 
     def list_jobs(self, limit: int = 50) -> list[JobState]:
         """This buyer's jobs at the coordinator, newest first."""
-        with self._channel() as ch:
-            try:
-                reply = self._stub(ch).ListJobs(coordinator_pb2.ListJobsRequest(limit=limit), timeout=60)
-            except grpc.RpcError as e:
-                raise error_from_rpc(e, f"coordinator {self.name} at {self.address}") from None
-        return [JobState.from_proto(s) for s in reply.jobs]
+        with self._channel() as ch, calling(f"coordinator {self.name} at {self.address}"):
+            reply = self._stub(ch).ListJobs(coordinator_pb2.ListJobsRequest(limit=limit), timeout=60)
+        return [job_state_from_proto(s) for s in reply.jobs]
 
     def cancel_job(self, job_id: str) -> JobState:
         """Ask the coordinator to stop a running job of this buyer."""
-        with self._channel() as ch:
-            try:
-                s = self._stub(ch).CancelJob(coordinator_pb2.JobRef(job_id=job_id), timeout=60)
-            except grpc.RpcError as e:
-                raise error_from_rpc(e, f"coordinator {self.name} at {self.address}") from None
-        return JobState.from_proto(s)
+        with self._channel() as ch, calling(f"coordinator {self.name} at {self.address}"):
+            s = self._stub(ch).CancelJob(coordinator_pb2.JobRef(job_id=job_id), timeout=60)
+        return job_state_from_proto(s)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fedtrust.buyer.client import CoordinatorClient, OnRound, TrainingOutcome
+from fedtrust.buyer.client import CoordinatorClient, OnProgress, TrainingOutcome
 from fedtrust.buyer.jobdir import JobFiles, jobs_root, open_job
 from fedtrust.buyer.query import check_agreed, load_contract, tls_of
 from fedtrust.errors import VerificationError
@@ -60,7 +60,7 @@ def check_spec(contract: Contract, spec: TrainingSpec) -> None:
 
 
 def submit_training(identity: Identity, credentials_dir: Path, contract_path: Path, coordinator: str,
-                    spec: TrainingSpec, on_round: OnRound | None = None, timeout: float = 86400.0) -> TrainingResult:
+                    spec: TrainingSpec, on_round: OnProgress | None = None, timeout: float = 86400.0) -> TrainingResult:
     contract, contract_raw = load_contract(identity, contract_path)
     contract_env = Envelope.from_json(contract_raw)
     check_agreed(contract, contract_raw)

@@ -3,53 +3,41 @@ from __future__ import annotations
 
 import time
 
-from fedtrust.coordinator.runtime import CoordinatorRuntime, Finished, NotAdmitted, Progress
-from fedtrust.coordinator.training_job import TrainingFinished, TrainingJobs, TrainingProgress
+from fedtrust.coordinator.runtime import CoordinatorRuntime, Finished, NotAdmitted
+from fedtrust.coordinator.training_job import TrainingFinished, TrainingJobs
 from fedtrust.errors import Error, JobFailed, NodeUnreachable, NotFound
 from fedtrust.metrics import DaemonMetrics
-from fedtrust.privacy.he import MAX_CONTEXT_BYTES
-from fedtrust.transport.chunks import split
+from fedtrust.progress import Progress
+from fedtrust.transport.limits import MAX_CONTEXT_BYTES
 from fedtrust.transport.peer import peer_identity
+from fedtrust.transport.serde import job_state_to_proto, progress_to_proto
 from fedtrust.transport.status import guarded
-from fedtrust.transport.streams import check_envelope_sizes, read_header_and_payload
-from fedtrust.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc
+from fedtrust.transport.streams import check_envelope_sizes, deadline_of, read_header_first, send_chunks_then
+from fedtrust.v1 import coordinator_pb2, coordinator_pb2_grpc
 
 
 def _events(events):
+    """A query or vertical job's events as `JobEvent`s: progress, per node its ciphertexts then its release,
+    the receipt."""
     for ev in events:
         if isinstance(ev, Progress):
-            yield coordinator_pb2.JobEvent(progress=common_pb2.Progress(
-                stage=ev.stage, done=ev.done, total=ev.total, message=ev.message))
+            yield coordinator_pb2.JobEvent(progress=progress_to_proto(ev))
         elif isinstance(ev, Finished):
             for rel in ev.relayed:
-                for ct in rel.ciphertexts:
-                    for chunk in split(ct):
-                        yield coordinator_pb2.JobEvent(ciphertext_chunk=chunk)
-                yield coordinator_pb2.JobEvent(relayed=coordinator_pb2.RelayedRelease(
-                    node=rel.node, ciphertext_sizes=[len(c) for c in rel.ciphertexts]))
+                yield from send_chunks_then(coordinator_pb2.JobEvent, "ciphertext_chunk", rel.ciphertexts, "relayed",
+                                            coordinator_pb2.RelayedRelease(
+                                                node=rel.node, ciphertext_sizes=[len(c) for c in rel.ciphertexts]))
             yield coordinator_pb2.JobEvent(outcome=coordinator_pb2.Outcome(receipt=ev.receipt))
 
 
 def _training_events(events):
+    """A training job's events as `TrainingEvent`s: progress per round, the model, the receipt."""
     for ev in events:
-        if isinstance(ev, TrainingProgress):
-            has = ev.loss is not None and ev.accuracy is not None
-            yield coordinator_pb2.TrainingEvent(progress=coordinator_pb2.RoundProgress(
-                stage=ev.stage, round=ev.round, rounds=ev.rounds, phase=ev.phase, done=ev.done, total=ev.total,
-                has_metrics=has, loss=ev.loss if has else 0.0, accuracy=ev.accuracy if has else 0.0,
-                message=ev.message))
+        if isinstance(ev, Progress):
+            yield coordinator_pb2.TrainingEvent(progress=progress_to_proto(ev))
         elif isinstance(ev, TrainingFinished):
-            for chunk in split(ev.model):
-                yield coordinator_pb2.TrainingEvent(model_chunk=chunk)
-            yield coordinator_pb2.TrainingEvent(outcome=coordinator_pb2.TrainingOutcome(
-                receipt=ev.receipt, model_size=len(ev.model)))
-
-
-def _status(rec) -> coordinator_pb2.JobStatus:
-    return coordinator_pb2.JobStatus(
-        job_id=rec.job_id, state=rec.state, error=rec.error, contract_digest=rec.contract_digest,
-        participants=list(rec.participants), created_at=rec.created_at, updated_at=rec.updated_at, kind=rec.kind,
-        stage=rec.stage, round=rec.round, rounds=rec.rounds, answered=rec.answered, heartbeat_at=rec.heartbeat_at)
+            yield from send_chunks_then(coordinator_pb2.TrainingEvent, "model_chunk", ev.model, "outcome",
+                                        coordinator_pb2.TrainingOutcome(receipt=ev.receipt, model_size=len(ev.model)))
 
 
 class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
@@ -109,8 +97,8 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
     @guarded
     def SubmitQuery(self, request_iterator, context):
         peer = peer_identity(context)
-        header, ctx = read_header_and_payload(request_iterator, "header", "he_context_size", "he_context_chunk",
-                                              MAX_CONTEXT_BYTES, "HE context")
+        header, ctx = read_header_first(request_iterator, size="he_context_size", chunk_field="he_context_chunk",
+                                        limit=MAX_CONTEXT_BYTES, what="HE context", deadline=deadline_of(context))
         yield from _events(self._measured("query", self.runtime.run_query(peer, header.job_envelope,
                                                                           header.contract_envelope, ctx)))
 
@@ -119,18 +107,18 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
 
     @guarded
     def GetJob(self, request, context):
-        return _status(self._own_job(request, context))
+        return job_state_to_proto(self._own_job(request, context))
 
     @guarded
     def ListJobs(self, request, context):
         peer = peer_identity(context)
         limit = min(request.limit or 50, 1000)
-        return coordinator_pb2.JobList(jobs=[_status(r) for r in self.runtime.store.jobs_of(peer[1], limit)]
+        return coordinator_pb2.JobList(jobs=[job_state_to_proto(r) for r in self.runtime.store.jobs_of(peer[1], limit)]
                                        if peer[0] == "buyer" else [])
 
     @guarded
     def CancelJob(self, request, context):
-        return _status(self.runtime.cancel(peer_identity(context), request.job_id))
+        return job_state_to_proto(self.runtime.cancel(peer_identity(context), request.job_id))
 
     @guarded
     def FetchResult(self, request, context):

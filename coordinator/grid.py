@@ -31,12 +31,12 @@ from __future__ import annotations
 import hashlib
 import logging
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass
 from typing import Callable, Iterable
 
 import numpy as np
 
 from fedtrust.errors import Error, JobFailed
+from fedtrust.progress import Progress
 from fedtrust.training import quantize
 from fedtrust.training.arrays import array_numpy, arrays_digest
 from fedtrust.training.server_step import Derivation
@@ -44,7 +44,7 @@ from fedtrust.trust.vectors import SignedVector
 
 log = logging.getLogger("fedtrust.coordinator")
 
-__all__ = ["FedtrustGrid", "RoundSummary", "NODE_ID_BASE"]
+__all__ = ["FedtrustGrid", "NODE_ID_BASE"]
 
 #: Flower node ids of the participants (sorted by name): NODE_ID_BASE + index
 NODE_ID_BASE = 1000
@@ -55,16 +55,7 @@ MAX_IDLE_NODE_QUERIES = 50
 SendRound = Callable[[str, bytes, int], tuple[bytes, bytes]]
 #: (node, phase, round, every participant's signed vector) -> the global digest that node computed
 Forward = Callable[[str, str, int, list[SignedVector]], str]
-OnEvent = Callable[[dict], None]
-
-
-@dataclass(frozen=True)
-class RoundSummary:
-    round: int
-    phase: str
-    examples: int
-    loss: float
-    accuracy: float
+OnEvent = Callable[[Progress], None]
 
 
 def _grid_base():
@@ -92,7 +83,6 @@ class FedtrustGrid(_grid_base()):  # type: ignore[misc]
         self._seq = 0
         #: node -> sha256 of every vector it sent, in order (what its attestation must list)
         self.digests: dict[str, list[str]] = {n: [] for n in self.participants}
-        self.summaries: list[RoundSummary] = []
         self._pool = ThreadPoolExecutor(max_workers=max(1, len(self.participants)), thread_name_prefix="round")
 
     # -- Grid API -----------------------------------------------------------
@@ -190,8 +180,7 @@ class FedtrustGrid(_grid_base()):  # type: ignore[misc]
                 quantize.from_bytes(data, length, f"node {node}'s vector")
                 released[node] = (data, signature)
                 self.digests[node].append(hashlib.sha256(data).hexdigest())
-                self._on_event({"stage": "node-answered", "round": rnd, "phase": phase, "done": len(released),
-                                "total": len(msgs)})
+                self._on_event(Progress("node-answered", len(released), len(msgs), round=rnd, phase=phase))
         finally:
             for f in futures:
                 f.cancel()
@@ -201,10 +190,8 @@ class FedtrustGrid(_grid_base()):  # type: ignore[misc]
         items = [SignedVector(n, self.job_digest, phase, rnd, released[n][1], released[n][0]) for n in self.participants]
         del released
         self._forward_all(phase, rnd, items)
-        summary = RoundSummary(rnd, phase, decoded.examples, decoded.loss, decoded.accuracy)
-        self.summaries.append(summary)
-        self._on_event({"stage": "aggregated", "round": rnd, "phase": phase, "done": len(msgs), "total": len(msgs),
-                        "loss": decoded.loss, "accuracy": decoded.accuracy})
+        self._on_event(Progress("aggregated", len(msgs), len(msgs), round=rnd, phase=phase, loss=decoded.loss,
+                                accuracy=decoded.accuracy))
         return self._reply(msgs[0], deriv.state.arrays if phase == "train" else None, decoded)
 
     def _check_global(self, phase: str, rnd: int, arrays: dict[str, np.ndarray]) -> None:

@@ -37,6 +37,7 @@ from fedtrust.errors import (
     PolicyViolation,
     VerificationError,
 )
+from fedtrust.progress import Progress
 from fedtrust.transport.channels import ChannelPool
 from fedtrust.transport.tls import TlsMaterial
 from fedtrust.trust.admission import verify_admissions
@@ -55,14 +56,6 @@ from fedtrust.trust.receipts import (
 from fedtrust.trust.revocation import RevocationHolder
 
 log = logging.getLogger("fedtrust.coordinator")
-
-
-@dataclass(frozen=True)
-class Progress:
-    stage: str
-    done: int
-    total: int
-    message: str
 
 
 @dataclass(frozen=True)

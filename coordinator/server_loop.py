@@ -22,10 +22,11 @@ from __future__ import annotations
 import logging
 import traceback
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from fedtrust.errors import Error, InvalidInput, JobFailed
+from fedtrust.progress import Progress
 from fedtrust.training.arrays import array_numpy
 from fedtrust.training.server_step import DEFAULTS, initial_seed
 from fedtrust.trust.training_spec import TrainingSpec
@@ -127,11 +128,11 @@ def _run(conn, args: JobArgs, grid_class=None) -> dict[str, Any]:
     clients = {n: NodeTrainingClient(n, args.addresses[n], tls, args.node_timeout) for n in args.participants}
     rounds: dict[int, dict[str, float]] = {}
 
-    def on_event(ev: dict) -> None:
-        if ev["stage"] == "aggregated":
-            prefix = "train" if ev["phase"] == "train" else "eval"
-            rounds.setdefault(ev["round"], {}).update({f"{prefix}_loss": ev["loss"], f"{prefix}_accuracy": ev["accuracy"]})
-        conn.send(("progress", dict(ev, rounds=spec.rounds)))
+    def on_event(ev: Progress) -> None:
+        if ev.stage == "aggregated":
+            prefix = "train" if ev.phase == "train" else "eval"
+            rounds.setdefault(ev.round, {}).update({f"{prefix}_loss": ev.loss, f"{prefix}_accuracy": ev.accuracy})
+        conn.send(("progress", replace(ev, rounds=spec.rounds).to_dict()))
 
     def send_round(node: str, message: bytes, expected: int) -> tuple[bytes, bytes]:
         return clients[node].train_round(args.job_bytes, args.contract_bytes, message, expected, args.admissions)
@@ -142,8 +143,7 @@ def _run(conn, args: JobArgs, grid_class=None) -> dict[str, Any]:
     grid = (grid_class or FedtrustGrid)(run_id, args.participants, send_round, on_event, derivation=derivation,
                                         job_digest=args.job_digest, forward=forward)
     try:
-        conn.send(("progress", {"stage": "started", "round": 0, "phase": "", "done": 0,
-                                "total": len(args.participants), "rounds": spec.rounds}))
+        conn.send(("progress", Progress("started", 0, len(args.participants), rounds=spec.rounds).to_dict()))
         strategy = make_strategy(spec, len(args.participants))
         result = strategy.start(grid=grid, initial_arrays=to_array_record(init), num_rounds=spec.rounds,
                                 timeout=args.node_timeout)
@@ -151,8 +151,8 @@ def _run(conn, args: JobArgs, grid_class=None) -> dict[str, Any]:
         if set(final) != set(init) or not derivation.complete:
             raise JobFailed("the strategy produced no model; every round failed to aggregate")
         model = write_model(final, spec.to_dict(), pre.to_dict(), args.job_id)
-        conn.send(("progress", {"stage": "finishing", "round": spec.rounds, "phase": "", "done": 0,
-                                "total": len(args.participants), "rounds": spec.rounds}))
+        conn.send(("progress", Progress("finishing", 0, len(args.participants), round=spec.rounds,
+                                        rounds=spec.rounds).to_dict()))
         with ThreadPoolExecutor(max_workers=len(clients)) as pool:
             futures = {n: pool.submit(c.finish, args.job_bytes, args.contract_bytes) for n, c in clients.items()}
             attestations = {}

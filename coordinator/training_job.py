@@ -24,6 +24,7 @@ from fedtrust.coordinator.server_loop import JobArgs, run_job
 from fedtrust.coordinator.store import JobRecord
 from fedtrust.errors import Error, InvalidInput, JobFailed
 from fedtrust.isolate import preload, start_worker
+from fedtrust.progress import Progress
 from fedtrust.training.policy import check_training
 from fedtrust.trust.canonical import sha256_hex, utc_now
 from fedtrust.trust.dsse import Envelope
@@ -39,7 +40,7 @@ from fedtrust.trust.receipts import (
 
 log = logging.getLogger("fedtrust.coordinator")
 
-__all__ = ["TrainingJobs", "TrainingProgress", "TrainingFinished"]
+__all__ = ["TrainingJobs", "TrainingFinished"]
 
 # the worker's fork server starts with Flower, torch and gRPC already imported, so a job starts in milliseconds
 preload("fedtrust.coordinator.server_loop", "fedtrust.coordinator.grid", "fedtrust.coordinator.training_client",
@@ -51,25 +52,12 @@ _KINDS = {cls.kind: cls for cls in (errors.InvalidInput, errors.ConfigError, err
 
 
 @dataclass(frozen=True)
-class TrainingProgress:
-    stage: str
-    round: int
-    rounds: int
-    phase: str
-    done: int
-    total: int
-    loss: float | None = None
-    accuracy: float | None = None
-    message: str = ""
-
-
-@dataclass(frozen=True)
 class TrainingFinished:
     receipt: bytes  # ReceiptBundle JSON, without the buyer's acknowledgement
     model: bytes  # safetensors
 
 
-TrainingEvent = Union[TrainingProgress, TrainingFinished]
+TrainingEvent = Union[Progress, TrainingFinished]
 
 
 class TrainingJobs:
@@ -117,8 +105,7 @@ class TrainingJobs:
         store.keep_envelopes(job.job_id, job_bytes, contract_bytes)
         total = len(job.participants)
         try:
-            yield TrainingProgress("admitting", 0, spec.rounds, "", 0, total,
-                                   message=f"asking {total} owners to admit the job")
+            yield Progress("admitting", 0, total, f"asking {total} owners to admit the job", rounds=spec.rounds)
             store.heartbeat(job.job_id, "admitting", round=0, rounds=spec.rounds, answered=0)
             admissions = self.rt.admit_all(contract, contract_env.digest, job, job_env.digest, job_bytes,
                                            contract_bytes)
@@ -133,7 +120,7 @@ class TrainingJobs:
             )
             outcome = None
             for item in self._watch(args, cancelled, job.job_id):
-                if isinstance(item, TrainingProgress):
+                if isinstance(item, Progress):
                     store.heartbeat(job.job_id, item.stage, round=item.round, rounds=item.rounds, answered=item.done)
                     if item.stage == "aggregated" and item.loss is not None and item.accuracy is not None:
                         store.record_round(job.job_id, item.round, item.phase, item.loss, item.accuracy)
@@ -157,11 +144,11 @@ class TrainingJobs:
             raise
         finally:
             self.rt.forget_cancel(job.job_id)
-        yield TrainingProgress("succeeded", spec.rounds, spec.rounds, "", total, total, message="model and receipt ready")
+        yield Progress("succeeded", total, total, "model and receipt ready", spec.rounds, spec.rounds)
         yield TrainingFinished(bundle, outcome["model"])
 
     def _watch(self, args: JobArgs, cancelled: Callable[[], bool],
-               job_id: str = "") -> Iterator[TrainingProgress | dict]:
+               job_id: str = "") -> Iterator[Progress | dict]:
         proc, conn = start_worker(run_job, args, name=f"fedtrust-train-{args.job_id[:12]}")
         with self._lock:
             self._workers.add(proc)
@@ -181,9 +168,7 @@ class TrainingJobs:
                         raise JobFailed("the training worker process crashed; see the coordinator's log")
                     continue
                 if msg[0] == "progress":
-                    ev = msg[1]
-                    yield TrainingProgress(ev["stage"], ev["round"], ev["rounds"], ev["phase"], ev["done"], ev["total"],
-                                           ev.get("loss"), ev.get("accuracy"))
+                    yield Progress.from_dict(msg[1])
                 elif msg[0] == "done":
                     yield msg[1]
                     return
@@ -233,8 +218,8 @@ class TrainingJobs:
         rounds = self.rt.store.rounds(rec.job_id)
         n = len(rec.participants)
         for m in rounds:
-            yield TrainingProgress("aggregated", m.round, len(rounds), "train", n, n, m.train_loss, m.train_accuracy)
+            yield Progress("aggregated", n, n, "", m.round, len(rounds), "train", m.train_loss, m.train_accuracy)
             if m.eval_loss is not None:
-                yield TrainingProgress("aggregated", m.round, len(rounds), "evaluate", n, n, m.eval_loss, m.eval_accuracy)
-        yield TrainingProgress("succeeded", len(rounds), len(rounds), "", n, n, message="stored model and receipt")
+                yield Progress("aggregated", n, n, "", m.round, len(rounds), "evaluate", m.eval_loss, m.eval_accuracy)
+        yield Progress("succeeded", n, n, "stored model and receipt", len(rounds), len(rounds))
         yield TrainingFinished(rec.receipt or b"", self.rt.store.model(rec.job_id))

@@ -16,9 +16,10 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterator
 
-from fedtrust.coordinator.runtime import CoordinatorRuntime, Event, Finished, Progress
+from fedtrust.coordinator.runtime import CoordinatorRuntime, Event, Finished
 from fedtrust.coordinator.vertical_client import psi_step_on_node
 from fedtrust.errors import Error, InvalidInput, JobFailed
+from fedtrust.progress import Progress
 from fedtrust.trust.canonical import sha256_hex, utc_now
 from fedtrust.trust.receipts import CoordinatorStatement, ReceiptBundle, sign_coordinator_statement, verify_attestation
 

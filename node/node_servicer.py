@@ -9,24 +9,31 @@ from __future__ import annotations
 import logging
 import time
 
-from fedtrust.errors import Error, InvalidInput, PolicyViolation
+from fedtrust.errors import Error, PolicyViolation
 from fedtrust.metrics import DaemonMetrics
 from fedtrust.node.runtime import NodeRuntime
-from fedtrust.node.training_runtime import MAX_MESSAGE_BYTES, TrainingRuntime
-from fedtrust.privacy.he import MAX_CONTEXT_BYTES
-from fedtrust.transport.chunks import Assembler, split
+from fedtrust.node.training_runtime import MAX_ROUND_MESSAGE_BYTES, TrainingRuntime
+from fedtrust.transport.limits import MAX_CONTEXT_BYTES
 from fedtrust.transport.peer import peer_identity
+from fedtrust.transport.serde import vectors_from_proto
 from fedtrust.transport.status import guarded
-from fedtrust.transport.streams import check_envelope_sizes, read_header, read_header_and_payload
-from fedtrust.trust.vectors import SignedVector, check_participant_set
+from fedtrust.transport.streams import (
+    check_envelope_sizes,
+    deadline_of,
+    read_header,
+    read_header_first,
+    read_payload,
+    send_chunks_then,
+)
+from fedtrust.trust.vectors import check_participant_set
 from fedtrust.v1 import node_pb2, node_pb2_grpc
 
 log = logging.getLogger("fedtrust.node")
 
-def read_train_header(requests):
+def read_train_header(requests, deadline: float | None = None):
     """TrainRound's stream: the header, then the round's Flower message within its declared size."""
-    return read_header_and_payload(requests, "header", "message_size", "message_chunk", MAX_MESSAGE_BYTES,
-                                   "the round's Flower message")
+    return read_header_first(requests, size="message_size", chunk_field="message_chunk",
+                             limit=MAX_ROUND_MESSAGE_BYTES, what="the round's Flower message", deadline=deadline)
 
 
 class NodeServicer(node_pb2_grpc.NodeServiceServicer):
@@ -95,38 +102,33 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
         peer = peer_identity(context)
 
         def check():
-            header, he_context = read_header_and_payload(request_iterator, "header", "he_context_size",
-                                                         "he_context_chunk", MAX_CONTEXT_BYTES, "HE context")
+            header, he_context = read_header_first(request_iterator, size="he_context_size",
+                                                   chunk_field="he_context_chunk", limit=MAX_CONTEXT_BYTES,
+                                                   what="HE context", deadline=deadline_of(context))
             checked = self.runtime.check_job(peer, header.job_envelope, header.contract_envelope)
             return checked, (he_context, list(header.admissions))
 
         release = self._audited(peer, check, lambda c, p: self.runtime.run_query(c, *p), lambda r: f"seq {r.seq}")
-        for ct in release.outputs:
-            for chunk in split(ct):
-                yield node_pb2.QueryReply(ciphertext_chunk=chunk)
-        yield node_pb2.QueryReply(
-            release=node_pb2.Release(
-                attestation_envelope=release.attestation.to_json(),
-                ciphertext_sizes=[len(c) for c in release.outputs],
-            )
-        )
+        yield from send_chunks_then(node_pb2.QueryReply, "ciphertext_chunk", release.outputs, "release",
+                                    node_pb2.Release(attestation_envelope=release.attestation.to_json(),
+                                                     ciphertext_sizes=[len(c) for c in release.outputs]))
 
     @guarded
     def TrainRound(self, request_iterator, context):
         peer = peer_identity(context)
 
         def check():
-            header, message = read_train_header(request_iterator)
+            header, message = read_train_header(request_iterator, deadline_of(context))
             checked = self.training.check(peer, header.job_envelope, header.contract_envelope)
             return checked, (message, list(header.admissions))
 
         release = self._audited(peer, check, lambda c, p: self.training.train_round(c, *p),
                                 lambda r: f"{r.phase} round {r.round}")
-        for chunk in split(release.vector):
-            yield node_pb2.TrainReply(vector_chunk=chunk)
-        yield node_pb2.TrainReply(release=node_pb2.RoundRelease(
-            phase=release.phase, round=release.round, global_digest=release.global_digest,
-            vector_size=len(release.vector), signature=release.signature))
+        yield from send_chunks_then(node_pb2.TrainReply, "vector_chunk", release.vector, "release",
+                                    node_pb2.RoundRelease(phase=release.phase, round=release.round,
+                                                          global_digest=release.global_digest,
+                                                          vector_size=len(release.vector),
+                                                          signature=release.signature))
 
     @guarded
     def ForwardRound(self, request_iterator, context):
@@ -139,19 +141,10 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
             limit = self.training.forward_limit(checked)
             check_participant_set([v.node for v in header.vectors], checked.job.participants, header.phase,
                                   header.round)
-            sizes = [v.vector_size for v in header.vectors]
-            if sum(sizes) > limit:
-                raise InvalidInput("the forwarded vectors exceed what the job's participants and model can release")
-            asm = Assembler(sum(sizes), limit, "the forwarded vectors")
-            for msg in request_iterator:
-                if msg.WhichOneof("part") != "vector_chunk":
-                    raise InvalidInput("only vector_chunk messages may follow the header")
-                asm.add(msg.vector_chunk)
-            data, items, pos = asm.finish(), [], 0
-            for v in header.vectors:
-                items.append(SignedVector(v.node, v.job_digest, v.phase, v.round, v.signature,
-                                          data[pos:pos + v.vector_size]))
-                pos += v.vector_size
+            data = read_payload(request_iterator, sum(v.vector_size for v in header.vectors),
+                                chunk_field="vector_chunk", limit=limit, what="the forwarded vectors",
+                                deadline=deadline_of(context))
+            items = vectors_from_proto(header.vectors, data)
             digest = self.training.forward(checked, header.phase, header.round, items)
         except Error as e:
             self.runtime.store.audit("refused", f"{e.kind}: {e}", peer=who, job_id=checked.job.job_id if checked else None,

@@ -86,7 +86,7 @@ from fedtrust.trust.vectors import SignedVector, sign_vector, verify_round_vecto
 
 log = logging.getLogger("fedtrust.node")
 
-__all__ = ["TrainingRuntime", "RoundRelease", "PHASES", "MAX_MESSAGE_BYTES", "mask_purpose"]
+__all__ = ["TrainingRuntime", "RoundRelease", "PHASES", "MAX_ROUND_MESSAGE_BYTES", "mask_purpose"]
 
 PHASES = ("train", "evaluate")
 #: where a ClientApp's reply may carry its loss and accuracy: fedtrust's names, then Flower's templates'
@@ -98,7 +98,7 @@ NO_LOSS_WARNING = ("ClientApp {app} replied to training rounds without a `loss` 
 #: training jobs whose derived global models a node holds at once (in memory)
 MAX_DERIVATIONS = 16
 #: a round's Flower message: the global model (float32, at most MAX_PARAMETERS) plus framing
-MAX_MESSAGE_BYTES = 4 * MAX_PARAMETERS + (1 << 20)
+MAX_ROUND_MESSAGE_BYTES = 4 * MAX_PARAMETERS + (1 << 20)
 
 
 def mask_purpose(phase: str, rnd: int, global_digest: str) -> bytes:

@@ -60,7 +60,15 @@ import tenseal as ts
 
 from fedtrust import isolate
 from fedtrust.errors import InvalidInput
-from fedtrust.privacy.params import PLAIN_MODULUS, POLY_MODULUS_DEGREE, SLOTS, HeParams
+from fedtrust.privacy.params import (
+    MAX_CIPHERTEXT_BYTES,
+    MAX_CONTEXT_BYTES,
+    MAX_QUERY_CIPHERTEXTS,
+    PLAIN_MODULUS,
+    POLY_MODULUS_DEGREE,
+    SLOTS,
+    HeParams,
+)
 
 __all__ = [
     "PLAIN_MODULUS",
@@ -77,10 +85,6 @@ __all__ = [
     "ciphertext_digest",
 ]
 
-#: Largest serialized public context accepted (a public BFV context at N=8192 is ~540 KB).
-MAX_CONTEXT_BYTES = 4 * 1024 * 1024
-#: Largest serialized ciphertext accepted (a fresh one at N=8192 is ~432 KB).
-MAX_CIPHERTEXT_BYTES = 1024 * 1024
 #: Most ciphertexts in one vector (8 388 608 slots, ~440 MB).
 MAX_CIPHERTEXTS = 1024
 #: SEAL's largest total coefficient-modulus size for N=8192 at 128-bit security.
@@ -89,8 +93,6 @@ MAX_COEFF_MODULUS_BITS = 218
 # Worker limits: generous, but bounded, so hostile input cannot exhaust the host.
 _BASE_TIMEOUT = 30.0
 _BASE_MEMORY = 1024 * 1024 * 1024
-#: a query layout needs at most 16 ciphertexts (fedtrust.query.layout.MAX_SLOTS)
-MAX_QUERY_CIPHERTEXTS = 16
 
 # Let the fork server import TenSEAL once, so that each worker starts warm.
 isolate.preload("fedtrust.privacy.he")

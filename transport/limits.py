@@ -12,12 +12,22 @@ from __future__ import annotations
 
 import json
 
+from fedtrust.privacy.params import MAX_CIPHERTEXT_BYTES, MAX_CONTEXT_BYTES, MAX_QUERY_CIPHERTEXTS
+
 __all__ = [
     "MAX_MESSAGE_BYTES",
     "MAX_ENVELOPE_BYTES",
+    "MAX_CONTEXT_BYTES",
+    "MAX_CIPHERTEXT_BYTES",
+    "MAX_QUERY_CIPHERTEXTS",
     "CHUNK_BYTES",
     "KEEPALIVE_TIME_MS",
     "KEEPALIVE_TIMEOUT_MS",
+    "MAX_SEALED_BYTES",
+    "MAX_MODEL_BYTES",
+    "MAX_QUERY_CIPHERTEXT_BYTES",
+    "MAX_RELAYED_NODES",
+    "STREAM_SECONDS",
     "channel_options",
     "server_options",
 ]
@@ -28,6 +38,18 @@ MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 MAX_ENVELOPE_BYTES = 1 << 20
 #: size of the pieces large payloads are streamed in
 CHUNK_BYTES = 1024 * 1024
+
+#: payloads that travel in chunks (each reader also checks the size its sender declared):
+#: a sealed PSI message (2 million keys of 32 bytes, plus the seal); the contract's max_keys is checked after
+MAX_SEALED_BYTES = 64 * 1024 * 1024 + 64
+#: a trained model file (safetensors: 10M float32 parameters plus metadata)
+MAX_MODEL_BYTES = 48 * 1024 * 1024
+#: one node's released ciphertexts of a query (MAX_QUERY_CIPHERTEXTS of at most MAX_CIPHERTEXT_BYTES each)
+MAX_QUERY_CIPHERTEXT_BYTES = MAX_QUERY_CIPHERTEXTS * MAX_CIPHERTEXT_BYTES
+#: relayed participants when the reader does not know the job's (a receipt holds at most 1024 attestations)
+MAX_RELAYED_NODES = 1024
+#: longest a request stream may take to arrive at a daemon (the call's own deadline applies when shorter)
+STREAM_SECONDS = 600.0
 
 #: client pings an idle-but-open connection this often (also during long calls)
 KEEPALIVE_TIME_MS = 60_000

@@ -31,7 +31,8 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, NoReturn, TypeVar
 
 import grpc
@@ -47,6 +48,7 @@ __all__ = [
     "abort",
     "guarded",
     "error_from_rpc",
+    "calling",
 ]
 
 log = logging.getLogger(__name__)
@@ -241,6 +243,16 @@ def error_from_rpc(e: grpc.RpcError, peer: str) -> Error:
     fallback = _FALLBACK.get(code, Error)  # type: ignore[arg-type]
     name = code.name if isinstance(code, grpc.StatusCode) else str(code)
     return fallback(f"{peer} refused the call ({name}): {details}")
+
+
+@contextmanager
+def calling(peer: str) -> Iterator[None]:
+    """A client's call to `peer`: a `grpc.RpcError` inside becomes the fedtrust error the peer sent
+    (`error_from_rpc`), raised without the gRPC exception chained."""
+    try:
+        yield
+    except grpc.RpcError as e:
+        raise error_from_rpc(e, peer) from None
 
 
 def _call(e: Any, attr: str) -> Any:

@@ -276,7 +276,7 @@ def test_fedavg_over_the_grid_equals_fedavg_over_individual_replies():
         np.testing.assert_allclose(result.arrays[k].numpy(), want[k].numpy(), atol=1e-5)
     assert result.train_metrics_clientapp[1]["loss"] == pytest.approx(0.5)
     assert result.evaluate_metrics_clientapp[1]["accuracy"] == pytest.approx(1.0)
-    assert [e["stage"] for e in events].count("aggregated") == 2
+    assert [e.stage for e in events].count("aggregated") == 2
     assert all(len(d) == 2 for d in grid.digests.values())  # one digest per vector, per node
     grid.close()
 

@@ -24,13 +24,13 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x66\x65\x64trust/v1/common.proto\x12\x0b\x66\x65\x64trust.v1\"G\n\x08Progress\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x0c\n\x04\x64one\x18\x02 \x01(\r\x12\r\n\x05total\x18\x03 \x01(\r\x12\x0f\n\x07message\x18\x04 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x66\x65\x64trust/v1/common.proto\x12\x0b\x66\x65\x64trust.v1\"\xaa\x01\n\x08Progress\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x0c\n\x04\x64one\x18\x02 \x01(\r\x12\r\n\x05total\x18\x03 \x01(\r\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\r\n\x05round\x18\x05 \x01(\r\x12\x0e\n\x06rounds\x18\x06 \x01(\r\x12\r\n\x05phase\x18\x07 \x01(\t\x12\x13\n\x0bhas_metrics\x18\x08 \x01(\x08\x12\x0c\n\x04loss\x18\t \x01(\x01\x12\x10\n\x08\x61\x63\x63uracy\x18\n \x01(\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'fedtrust.v1.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PROGRESS']._serialized_start=41
-  _globals['_PROGRESS']._serialized_end=112
+  _globals['_PROGRESS']._serialized_start=42
+  _globals['_PROGRESS']._serialized_end=212
 # @@protoc_insertion_point(module_scope)

@@ -107,30 +107,6 @@ class TrainingSubmission(_message.Message):
     contract_envelope: bytes
     def __init__(self, job_envelope: _Optional[bytes] = ..., contract_envelope: _Optional[bytes] = ...) -> None: ...
 
-class RoundProgress(_message.Message):
-    __slots__ = ("stage", "round", "rounds", "phase", "done", "total", "has_metrics", "loss", "accuracy", "message")
-    STAGE_FIELD_NUMBER: _ClassVar[int]
-    ROUND_FIELD_NUMBER: _ClassVar[int]
-    ROUNDS_FIELD_NUMBER: _ClassVar[int]
-    PHASE_FIELD_NUMBER: _ClassVar[int]
-    DONE_FIELD_NUMBER: _ClassVar[int]
-    TOTAL_FIELD_NUMBER: _ClassVar[int]
-    HAS_METRICS_FIELD_NUMBER: _ClassVar[int]
-    LOSS_FIELD_NUMBER: _ClassVar[int]
-    ACCURACY_FIELD_NUMBER: _ClassVar[int]
-    MESSAGE_FIELD_NUMBER: _ClassVar[int]
-    stage: str
-    round: int
-    rounds: int
-    phase: str
-    done: int
-    total: int
-    has_metrics: bool
-    loss: float
-    accuracy: float
-    message: str
-    def __init__(self, stage: _Optional[str] = ..., round: _Optional[int] = ..., rounds: _Optional[int] = ..., phase: _Optional[str] = ..., done: _Optional[int] = ..., total: _Optional[int] = ..., has_metrics: _Optional[bool] = ..., loss: _Optional[float] = ..., accuracy: _Optional[float] = ..., message: _Optional[str] = ...) -> None: ...
-
 class TrainingOutcome(_message.Message):
     __slots__ = ("receipt", "model_size")
     RECEIPT_FIELD_NUMBER: _ClassVar[int]
@@ -144,7 +120,7 @@ class TrainingEvent(_message.Message):
     PROGRESS_FIELD_NUMBER: _ClassVar[int]
     MODEL_CHUNK_FIELD_NUMBER: _ClassVar[int]
     OUTCOME_FIELD_NUMBER: _ClassVar[int]
-    progress: RoundProgress
+    progress: _common_pb2.Progress
     model_chunk: bytes
     outcome: TrainingOutcome
-    def __init__(self, progress: _Optional[_Union[RoundProgress, _Mapping]] = ..., model_chunk: _Optional[bytes] = ..., outcome: _Optional[_Union[TrainingOutcome, _Mapping]] = ...) -> None: ...
+    def __init__(self, progress: _Optional[_Union[_common_pb2.Progress, _Mapping]] = ..., model_chunk: _Optional[bytes] = ..., outcome: _Optional[_Union[TrainingOutcome, _Mapping]] = ...) -> None: ...
