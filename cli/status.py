@@ -21,21 +21,18 @@ def _local(address: str) -> str:
 def daemon_status(role: str, name: str, listen: str, credentials: Path, metrics_listen: str | None,
                   address: str | None = None) -> dict[str, Any]:
     """{"health": "SERVING"|…, "metrics": {...}}; NodeUnreachable when the daemon does not answer."""
-    import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     from fedtrust.transport.server import secure_channel
-    from fedtrust.transport.status import error_from_rpc
+    from fedtrust.transport.status import calling
     from fedtrust.transport.tls import TlsMaterial
     from fedtrust.trust.credentials import load_identity
 
     ident = load_identity(credentials)
     target = address or _local(listen)
-    with secure_channel(target, TlsMaterial.from_identity(ident), (role, name)) as ch:
-        try:
-            reply = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=""), timeout=10)
-        except grpc.RpcError as e:
-            raise error_from_rpc(e, f"the {role} {name} at {target}") from None
+    with secure_channel(target, TlsMaterial.from_identity(ident), (role, name)) as ch, \
+            calling(f"the {role} {name} at {target}"):
+        reply = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=""), timeout=10)
     out: dict[str, Any] = {"role": role, "name": name, "address": target,
                            "health": health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)}
     if metrics_listen:
