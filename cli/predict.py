@@ -11,7 +11,8 @@ from fedtrust.cli.output import console, print_json, result_table
 
 def predict(
     data: Path = typer.Argument(..., help="CSV or Parquet file with the model's feature columns"),
-    model: Path = typer.Option(..., "--model", help="model.safetensors written by `fedtrust train`"),
+    model: Path = typer.Option(..., "--model", help="model.safetensors written by `fedtrust train` (federated or "
+                                                    "vertical-lr)"),
     job: Optional[Path] = typer.Option(None, "--job", help="the job.toml the model was trained with (checked)"),
     out: Optional[Path] = typer.Option(None, "--out", help="write one prediction per input row here (CSV)"),
     as_json: bool = typer.Option(False, "--json", help="print the predictions as JSON on stdout"),
@@ -23,12 +24,14 @@ def predict(
     from fedtrust.errors import ConfigError
     from fedtrust.training.predict import predict_rows, write_predictions
     from fedtrust.trust.training_spec import load_training_toml
+    from fedtrust.trust.vertical_lr import is_vertical_lr_toml, load_vertical_lr_toml
 
     try:
         raw = model.read_bytes()
     except FileNotFoundError:
         raise ConfigError(f"model file {model} does not exist") from None
-    pred = predict_rows(raw, data, load_training_toml(job) if job else None, encoding=encoding,
+    spec = None if job is None else load_vertical_lr_toml(job) if is_vertical_lr_toml(job) else load_training_toml(job)
+    pred = predict_rows(raw, data, spec, encoding=encoding,
                         null_values=tuple(null_values) if null_values else ("",))
     if out:
         write_predictions(pred, out)

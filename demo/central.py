@@ -18,7 +18,7 @@ from fedtrust.training.preprocess import Preprocessor
 from fedtrust.trust.schema import Schema
 from fedtrust.trust.training_spec import TrainingSpec
 
-__all__ = ["pooled_rows", "train_central", "score", "auc"]
+__all__ = ["pooled_rows", "train_central", "score", "auc", "auc_of"]
 
 
 def pooled_rows(files: Sequence[Path], schema: Schema, spec: TrainingSpec) -> LocalData:
@@ -56,13 +56,19 @@ def score(model, data: LocalData) -> tuple[float, float]:
 
 
 def auc(model, data: LocalData) -> float:
-    """Area under the ROC curve of a binary model (rank statistic; ties count one half)."""
+    """Area under the ROC curve of a binary model on preprocessed rows."""
     from fedtrust.training.loop import predict_scores
 
     p = predict_scores(model, data.x)
-    y = data.y.astype(bool)
+    return auc_of(data.y, p) if p.ndim == 1 else float("nan")
+
+
+def auc_of(labels: np.ndarray, p: np.ndarray) -> float:
+    """Area under the ROC curve of scores `p` for 0/1 `labels` (rank statistic; ties count one half)."""
+    y = np.asarray(labels).astype(bool)
+    p = np.asarray(p)
     pos, neg = int(y.sum()), int((~y).sum())
-    if pos == 0 or neg == 0 or p.ndim != 1:
+    if pos == 0 or neg == 0:
         return float("nan")
     order = np.argsort(p, kind="mergesort")
     ranks = np.empty(len(p), dtype=np.float64)

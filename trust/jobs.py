@@ -26,6 +26,8 @@ from fedtrust.trust.credentials import signing_public_key
 from fedtrust.trust.dsse import Envelope, Signer, verify_object
 from fedtrust.trust.training_spec import TrainingSpec
 from fedtrust.trust.vertical import VerticalJob
+from fedtrust.trust.vertical_lr import KIND as VERTICAL_LR
+from fedtrust.trust.vertical_lr import VerticalLRSpec
 
 __all__ = [
     "JOB_TYPE", "JOB_KINDS", "MAX_SQL_CHARS", "DEFAULT_TTL", "TRAINING_TTL", "JobSpec", "new_job_id", "new_nonce",
@@ -33,7 +35,7 @@ __all__ = [
 ]
 
 JOB_TYPE = "https://fedtrust.dev/JobSpec/v1"
-JOB_KINDS = ("query", "train", "psi", "joint")
+JOB_KINDS = ("query", "train", "psi", "joint", VERTICAL_LR)
 #: a training job runs many rounds: the buyer's signature stays valid this long by default
 TRAINING_TTL = timedelta(hours=24)
 MAX_SQL_CHARS = 65536
@@ -63,6 +65,7 @@ class JobSpec:
     he: HeParams | None = None  # query jobs
     training: TrainingSpec | None = None  # train jobs
     vertical: VerticalJob | None = None  # vertical jobs (kinds "psi", "joint")
+    vertical_lr: VerticalLRSpec | None = None  # vertical logistic regression (kind "vertical-lr")
     created_at: str
     expires_at: str
 
@@ -111,6 +114,17 @@ class JobSpec:
             vertical=VerticalJob(key, sql, alignment), created_at=format_time(now), expires_at=format_time(now + ttl),
         )
 
+    @classmethod
+    def new_vertical_lr(cls, contract: Contract, contract_digest: str, spec: VerticalLRSpec, *,
+                        ttl: timedelta = TRAINING_TTL) -> JobSpec:
+        """A fresh vertical logistic regression job between the owners of a vertical `contract`."""
+        now = datetime.now(timezone.utc)
+        return cls(
+            contract_digest=contract_digest, job_id=new_job_id(), nonce=new_nonce(), kind=VERTICAL_LR,
+            coordinator=contract.coordinator.name, participants=contract.owner_names, dataset=contract.dataset,
+            vertical_lr=spec, created_at=format_time(now), expires_at=format_time(now + ttl),
+        )
+
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {
             "contract_digest": self.contract_digest,
@@ -131,6 +145,10 @@ class JobSpec:
             if self.vertical is None:
                 raise InvalidInput(f"job spec: a {self.kind} job needs its vertical payload")
             d["vertical"] = self.vertical.to_dict()
+        elif self.kind == VERTICAL_LR:
+            if self.vertical_lr is None:
+                raise InvalidInput("job spec: a vertical-lr job needs its vertical_lr payload")
+            d["vertical_lr"] = self.vertical_lr.to_dict()
         else:
             if self.he is None:
                 raise InvalidInput("job spec: a query job needs its HE parameters")
@@ -146,6 +164,8 @@ class JobSpec:
             extra = {"training": TrainingSpec.from_dict(f.obj("training"))}
         elif kind in ("psi", "joint"):
             extra = {"vertical": VerticalJob.from_dict(f.obj("vertical"))}
+        elif kind == VERTICAL_LR:
+            extra = {"vertical_lr": VerticalLRSpec.from_dict(f.obj("vertical_lr"), where="job spec: vertical_lr")}
         else:
             extra = {"sql": f.text("sql"), "he": HeParams.from_dict(f.obj("he"))}
         job = cls(
@@ -174,7 +194,8 @@ class JobSpec:
         if self.kind not in JOB_KINDS:
             raise InvalidInput(f"job spec: kind must be one of {', '.join(JOB_KINDS)}")
         if self.kind in ("psi", "joint"):
-            if self.vertical is None or self.training is not None or self.sql or self.he is not None:
+            if self.vertical is None or self.training is not None or self.sql or self.he is not None \
+                    or self.vertical_lr is not None:
                 raise InvalidInput(f"job spec: a {self.kind} job carries a vertical payload and no sql, he or "
                                    "training spec")
             joint = self.kind == "joint"
@@ -184,14 +205,19 @@ class JobSpec:
             if joint and (len(self.vertical.sql) > MAX_SQL_CHARS or not _JOB_ID.fullmatch(self.vertical.alignment)):
                 raise InvalidInput(f"job spec: a joint job's sql is at most {MAX_SQL_CHARS} characters and its "
                                    "alignment a PSI job id")
+        elif self.kind == VERTICAL_LR:
+            if self.vertical_lr is None or self.vertical is not None or self.training is not None or self.sql \
+                    or self.he is not None:
+                raise InvalidInput("job spec: a vertical-lr job carries a vertical_lr payload only")
         elif self.kind == "train":
-            if self.training is None or self.sql or self.he is not None or self.vertical is not None:
+            if self.training is None or self.sql or self.he is not None or self.vertical is not None \
+                    or self.vertical_lr is not None:
                 raise InvalidInput("job spec: a train job carries a training spec and no sql or he")
             self.training.check_form()
             if self.training.dataset != self.dataset:
                 raise InvalidInput("job spec: the training spec names another dataset than the job")
         else:
-            if self.training is not None or self.vertical is not None or self.he is None:
+            if self.training is not None or self.vertical is not None or self.vertical_lr is not None or self.he is None:
                 raise InvalidInput("job spec: a query job carries sql and he and no training spec")
             if not self.sql.strip() or len(self.sql) > MAX_SQL_CHARS:
                 raise InvalidInput(f"job spec: sql must be a non-empty query of at most {MAX_SQL_CHARS} characters")

@@ -8,13 +8,16 @@ Every node enforces these rules by itself:
 
     [vertical]
     key = "phone_key"            # the join column, type = "key" in every product's schema
-    kinds = ["psi"]              # vertical job kinds sold: psi (more kinds to come)
+    kinds = ["psi"]              # vertical job kinds sold: psi, joint, vertical-lr
     min_intersection = 100       # a job whose intersection is smaller fails before anything else is released
     max_keys = 1000000           # most keys either party's set may hold (caps what a peer can probe)
     max_jobs = 10                # vertical jobs of each kind each owner runs under this contract
     [vertical.columns]           # per product (dataset name): the columns joint jobs may use
     bank = ["segment", "defaulted"]
     telco = ["arpu"]
+    [vertical.lr]                # caps of vertical logistic regression (trust.vertical_lr), when kinds has it
+    max_epochs = 20
+    max_features = 8
 
 PSI is run between exactly two owners today. Kind "joint" (joint statistics
 over the aligned rows) needs a `[vertical.joint]` table (`trust.joint_rules`).
@@ -26,10 +29,11 @@ from typing import Any, Sequence
 
 from fedtrust.errors import ConfigError, InvalidInput, PolicyViolation
 from fedtrust.trust.joint_rules import JointRules, check_joint_products
+from fedtrust.trust.vertical_lr import VerticalLRRules
 
 __all__ = ["VERTICAL_KINDS", "VerticalJob", "VerticalRules", "check_vertical_job", "check_vertical_products"]
 
-VERTICAL_KINDS = ("psi", "joint")
+VERTICAL_KINDS = ("psi", "joint", "vertical-lr")
 #: owners a vertical contract joins today (two-party PSI)
 VERTICAL_OWNERS = 2
 
@@ -43,6 +47,7 @@ class VerticalRules:
     max_jobs: int
     columns: tuple[tuple[str, tuple[str, ...]], ...]  # (dataset, usable columns), sorted by dataset
     joint: JointRules | None = None  # [vertical.joint]: present exactly when kinds include "joint"
+    lr: VerticalLRRules | None = None  # [vertical.lr]: caps of vertical-lr jobs
 
     def usable(self, dataset: str) -> tuple[str, ...]:
         return dict(self.columns).get(dataset, ())
@@ -58,13 +63,16 @@ class VerticalRules:
         }
         if self.joint is not None:  # absent otherwise: PSI-only contracts sign the same JSON as before
             d["joint"] = self.joint.to_dict()
+        if self.lr is not None:  # absent otherwise: PSI-only contracts sign the same JSON as before
+            d["lr"] = self.lr.to_dict()
         return d
 
     @classmethod
     def from_dict(cls, d: Any) -> "VerticalRules":
         if not isinstance(d, dict):
             raise ConfigError("rules: [vertical] must be a table")
-        unknown = sorted(set(d) - {"key", "kinds", "min_intersection", "max_keys", "max_jobs", "columns", "joint"})
+        unknown = sorted(set(d) - {"key", "kinds", "min_intersection", "max_keys", "max_jobs", "columns", "joint",
+                                   "lr"})
         if unknown:
             raise ConfigError(f"rules: [vertical] has unknown setting `{unknown[0]}`; see the README for its keys")
         key = d.get("key")
@@ -104,8 +112,16 @@ class VerticalRules:
             joint = JointRules.from_dict(d["joint"])
         elif "joint" in d:
             raise ConfigError("rules: [vertical.joint] is set but [vertical] kinds do not include \"joint\"; add it")
+        lr = None
+        if "vertical-lr" in kinds:
+            if "lr" not in d:
+                raise ConfigError("rules: [vertical] kinds include \"vertical-lr\" but [vertical.lr] (max_epochs, "
+                                  "max_features) is missing")
+            lr = VerticalLRRules.from_dict(d["lr"])
+        elif "lr" in d:
+            raise ConfigError("rules: [vertical.lr] is set but [vertical] kinds do not include \"vertical-lr\"; add it")
         return cls(key, tuple(kinds), ints["min_intersection"], ints["max_keys"], ints["max_jobs"], tuple(columns),
-                   joint)
+                   joint, lr)
 
 
 def check_vertical_products(rules: VerticalRules, products: Sequence[Any]) -> None:
