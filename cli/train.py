@@ -45,8 +45,13 @@ def train(
 ) -> None:
     """Train a model over every owner's data: masked updates, only sums leave the nodes; verified receipt."""
     from fedtrust.buyer.train import submit_training
+    from fedtrust.errors import ConfigError
     from fedtrust.trust.training_spec import load_training_toml
+    from fedtrust.trust.vertical_lr import is_vertical_lr_toml
 
+    if is_vertical_lr_toml(job):
+        raise ConfigError(f"{job} is a vertical-lr job, which needs the MPC relay between nodes that this version "
+                          "does not have yet; see the README's vertical logistic regression section")
     spec = load_training_toml(job)
     identity = load_identity(credentials)
     with _bar() as bar:
