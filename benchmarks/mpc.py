@@ -107,7 +107,8 @@ def _raw_party(rank, rendezvous, n, repeat, out):
     out.put((rank, times, 0))
 
 
-def _run(target, args_for) -> tuple[dict[str, float], int]:
+def run_parties(target, args_for) -> list:
+    """Two forked parties `target(rank, *args_for(rank), out)`; what each put on `out` (fails fast if one dies)."""
     ctx = mp.get_context("fork")
     out = ctx.Queue()
     procs = [ctx.Process(target=target, args=(r, *args_for(r), out)) for r in range(2)]
@@ -124,6 +125,11 @@ def _run(target, args_for) -> tuple[dict[str, float], int]:
                 raise SystemExit("a party failed; see its traceback above") from None
     for p in procs:
         p.join()
+    return results
+
+
+def _run(target, args_for) -> tuple[dict[str, float], int]:
+    results = run_parties(target, args_for)
     slowest = {op: max(r[1][op] for r in results) for op in OPS}
     return slowest, sum(r[2] for r in results)
 

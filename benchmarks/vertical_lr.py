@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from mpc import _PipeLink  # noqa: E402 (the pipe transport of benchmarks/mpc.py)
+from mpc import _PipeLink, run_parties  # noqa: E402 (the pipe transport and party processes of benchmarks/mpc.py)
 
 from fedtrust.privacy import crypten_shim  # noqa: E402
 from fedtrust.trust.vertical_lr import VerticalLRSpec  # noqa: E402
@@ -113,22 +113,7 @@ def _raw_party(rank, rendezvous, rows, spec, repeat, out):
 
 
 def _run(target, args_for):
-    ctx = mp.get_context("fork")
-    out = ctx.Queue()
-    procs = [ctx.Process(target=target, args=(r, *args_for(r), out)) for r in range(2)]
-    for p in procs:
-        p.start()
-    results = []
-    while len(results) < 2:
-        try:
-            results.append(out.get(timeout=2))
-        except Exception:  # queue.Empty: fail fast when a party died
-            if any(p.exitcode not in (None, 0) for p in procs):
-                for p in procs:
-                    p.kill()
-                raise SystemExit("a party failed; see its traceback above") from None
-    for p in procs:
-        p.join()
+    results = run_parties(target, args_for)
     return max(r[1] for r in results), sum(r[2] for r in results), results[0][3]
 
 
