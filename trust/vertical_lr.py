@@ -7,7 +7,7 @@ weights. job.toml::
 
     [job]
     kind = "vertical-lr"
-    psi_job = "3f2a…"                     # the PSI job whose alignment joins the rows (`fedtrust psi`)
+    alignment = "3f2a…"                   # the PSI job whose alignment joins the rows (`fedtrust psi`)
     features = ["bank.income", "bank.segment", "telco.arpu", "telco.tenure_months"]  # product.column
     label = "bank.defaulted"              # the label's owner (its product) and column: binary
     epochs = 5
@@ -98,7 +98,7 @@ class VerticalLRRules:
 class VerticalLRSpec:
     """What the buyer asks a vertical-lr job to train (signed inside the JobSpec under `vertical_lr`)."""
 
-    psi_job: str
+    alignment: str
     features: tuple[str, ...]  # product-qualified, in the buyer's order
     label: str  # product-qualified
     epochs: int
@@ -106,23 +106,23 @@ class VerticalLRSpec:
     batch_size: int
 
     def to_dict(self) -> dict[str, Any]:
-        return {"psi_job": self.psi_job, "features": list(self.features), "label": self.label, "epochs": self.epochs,
+        return {"alignment": self.alignment, "features": list(self.features), "label": self.label, "epochs": self.epochs,
                 "learning_rate": repr(float(self.learning_rate)), "batch_size": self.batch_size}
 
     @classmethod
     def from_dict(cls, d: Any, *, where: str = "vertical-lr spec") -> VerticalLRSpec:
         if not isinstance(d, dict):
             raise InvalidInput(f"{where} must be a table / JSON object")
-        known = {"psi_job", "features", "label", "epochs", "learning_rate", "batch_size"}
+        known = {"alignment", "features", "label", "epochs", "learning_rate", "batch_size"}
         unknown = sorted(set(d) - known)
         if unknown:
             raise InvalidInput(f"{where}: unknown key `{unknown[0]}`; see the README's vertical job.toml")
         missing = sorted(known - set(d))
         if missing:
             raise InvalidInput(f"{where}: `{missing[0]}` is missing")
-        psi_job = d["psi_job"]
-        if not isinstance(psi_job, str) or not _JOB_ID.fullmatch(psi_job):
-            raise InvalidInput(f"{where}: `psi_job` must be the job id `fedtrust psi` printed")
+        alignment = d["alignment"]
+        if not isinstance(alignment, str) or not _JOB_ID.fullmatch(alignment):
+            raise InvalidInput(f"{where}: `alignment` must be the job id `fedtrust psi` printed")
         features = d["features"]
         if not isinstance(features, list) or not 1 <= len(features) <= MAX_FEATURES:
             raise InvalidInput(f"{where}: `features` must list 1 to {MAX_FEATURES} columns as product.column")
@@ -137,7 +137,7 @@ class VerticalLRSpec:
             rate = math.nan
         if not (math.isfinite(rate) and 0 < rate <= 10):
             raise InvalidInput(f"{where}: `learning_rate` must be a number in (0, 10]")
-        spec = cls(psi_job, tuple(features), d["label"], _int(d["epochs"], "epochs", 1, MAX_EPOCHS, where), rate,
+        spec = cls(alignment, tuple(features), d["label"], _int(d["epochs"], "epochs", 1, MAX_EPOCHS, where), rate,
                    _int(d["batch_size"], "batch_size", 1, MAX_BATCH, where))
         if len(set(spec.features)) != len(spec.features):
             raise InvalidInput(f"{where}: `features` lists a column twice")

@@ -149,10 +149,10 @@ def test_spec_round_trips_through_the_signed_job(world):
 
 def test_job_toml(tmp_path):
     p = tmp_path / "job.toml"
-    p.write_text('[job]\nkind = "vertical-lr"\npsi_job = "abc"\nfeatures = ["bank.income", "telco.arpu"]\n'
+    p.write_text('[job]\nkind = "vertical-lr"\nalignment = "abc"\nfeatures = ["bank.income", "telco.arpu"]\n'
                  'label = "bank.defaulted"\nepochs = 3\nlearning_rate = 0.5\nbatch_size = 16\n')
     assert load_vertical_lr_toml(p) == VerticalLRSpec("abc", ("bank.income", "telco.arpu"), "bank.defaulted", 3, 0.5, 16)
-    p.write_text('[job]\npsi_job = "abc"\n')
+    p.write_text('[job]\nalignment = "abc"\n')
     with pytest.raises(ConfigError, match="not a vertical-lr job"):
         load_vertical_lr_toml(p)
 
@@ -163,7 +163,7 @@ def test_job_toml(tmp_path):
     ({"label": "bank.income"}, "cannot also be a feature"),
     ({"epochs": 0}, "`epochs` must be between"),
     ({"learning_rate": "nan"}, "learning_rate"),
-    ({"psi_job": "../x"}, "psi_job"),
+    ({"alignment": "../x"}, "alignment"),
     ({"extra": 1}, "unknown key `extra`"),
 ])
 def test_malformed_specs_are_refused(change, match):
