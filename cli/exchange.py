@@ -167,6 +167,7 @@ def verify(
         v = verdict.verified
         print_json({"valid": True, "job_id": v.job.job_id, "contract_digest": v.contract_digest,
                     "participants": list(v.job.participants), "epsilon": v.epsilon_spent,
+                    "delta": v.delta_spent,
                     "result_checked": verdict.result_checked, "already_recorded": verdict.already_recorded})
     else:
         console.print(verdict.summary, highlight=False)

@@ -61,7 +61,8 @@ def budget(
     as_json: bool = typer.Option(False, "--json"),
     last: int = typer.Option(3, "--last", help="how many recent jobs to list per contract"),
 ) -> None:
-    """Per contract: ε spent and remaining, number of jobs, and the last receipts (from the node's ledger)."""
+    """Per contract: ε and δ spent and remaining (both totals over the contract's jobs), number of jobs, and the
+    last receipts (from the node's ledger)."""
     from rich.table import Table
 
     from fedtrust.cli.output import print_json
@@ -74,7 +75,8 @@ def budget(
             "contract_digest": b.contract_digest, "jobs": b.jobs, "queries": b.queries,
             "spent_epsilon": b.spent_epsilon, "epsilon_total": b.epsilon_total,
             "remaining_epsilon": b.remaining_epsilon,
-            "last": [{"job_id": d.job_id, "kind": d.kind, "epsilon": d.epsilon, "seq": d.chain.seq,
+            "spent_delta": b.spent_delta, "delta_total": b.delta_total, "remaining_delta": b.remaining_delta,
+            "last": [{"job_id": d.job_id, "kind": d.kind, "epsilon": d.epsilon, "delta": d.delta, "seq": d.chain.seq,
                       "entry_digest": d.entry_digest, "attestation_digest": att, "at": d.created_at}
                      for d, att in b.last],
         } for b in budgets])
@@ -83,12 +85,13 @@ def budget(
         console.print(f"node {cfg.name} has run no jobs yet")
         return
     t = Table(title=f"privacy budget at node {cfg.name}", title_justify="left")
-    for c in ("contract", "jobs", "ε spent", "ε total", "ε left", "last jobs (seq: job, ε)"):
+    for c in ("contract", "jobs", "ε spent", "ε total", "ε left", "δ spent", "δ total", "δ left",
+              "last jobs (seq: job, ε, δ)"):
         t.add_column(c)
     for b in budgets:
-        recent = "\n".join(f"{d.chain.seq}: {d.job_id[:12]} ε={d.epsilon}" for d, _ in b.last)
+        recent = "\n".join(f"{d.chain.seq}: {d.job_id[:12]} ε={d.epsilon} δ={d.delta}" for d, _ in b.last)
         t.add_row(b.contract_digest[:16] + "…", str(b.jobs), b.spent_epsilon, b.epsilon_total or "no DP",
-                  b.remaining_epsilon or "—", recent)
+                  b.remaining_epsilon or "—", b.spent_delta, b.delta_total or "no DP", b.remaining_delta or "—", recent)
     console.print(t)
 
 

@@ -93,6 +93,7 @@ CREATE TABLE IF NOT EXISTS chain (
     prev TEXT NOT NULL,
     cumulative_epsilon TEXT NOT NULL,
     job_id TEXT NOT NULL,
+    cumulative_delta TEXT,
     PRIMARY KEY (node, contract_digest, seq),
     FOREIGN KEY (contract_digest, job_id) REFERENCES receipts (contract_digest, job_id)
 );
@@ -118,6 +119,8 @@ class ChainRow:
     prev: str
     cumulative_epsilon: str
     job_id: str
+    #: Σδ the node stated at this position (None for entries from nodes that predate δ in the chain)
+    cumulative_delta: str | None = None
 
 
 class ExchangeStore:
@@ -125,6 +128,9 @@ class ExchangeStore:
 
     def __init__(self, path: str | Path, exchange_key: Ed25519PublicKey) -> None:
         self.db = Database(path, SCHEMA)
+        with self.db.write() as con:  # stores made before δ joined the budget chain
+            if "cumulative_delta" not in {r["name"] for r in con.execute("PRAGMA table_info(chain)")}:
+                con.execute("ALTER TABLE chain ADD COLUMN cumulative_delta TEXT")
         #: append-only Merkle log of accepted receipts, written in the same transaction
         self.log = ReceiptLog(self.db)
         self.exchange_key = exchange_key
@@ -260,12 +266,12 @@ class ExchangeStore:
         contract_digest: str,
         bundle_digest: str,
         bundle_json: bytes,
-        chain_rows: Sequence[tuple[str, str, int, str, str, str]],
+        chain_rows: Sequence[tuple[str, str, int, str, str, str, str | None]],
     ) -> ReceiptRecord:
         """Record a verified receipt and its chain entries atomically.
 
         `chain_rows`: (node, contract_digest, seq, attestation_digest, prev,
-        cumulative_epsilon). ReplayError when the job id, nonce, bundle or a
+        cumulative_epsilon, cumulative_delta). ReplayError when the job id, nonce, bundle or a
         chain position was recorded before; NotFound for an unknown contract.
         """
         now = utc_now()
@@ -285,12 +291,12 @@ class ExchangeStore:
                 " VALUES (?,?,?,?,?,?)",
                 (job_id, nonce, contract_digest, bundle_digest, bytes(bundle_json), now),
             )
-            for node, cdigest, seq, att_digest, prev, cum in chain_rows:
+            for node, cdigest, seq, att_digest, prev, cum, cum_delta in chain_rows:
                 try:
                     con.execute(
                         "INSERT INTO chain (node, contract_digest, seq, attestation_digest, prev, cumulative_epsilon,"
-                        " job_id) VALUES (?,?,?,?,?,?,?)",
-                        (node, cdigest, seq, att_digest, prev, cum, job_id),
+                        " job_id, cumulative_delta) VALUES (?,?,?,?,?,?,?,?)",
+                        (node, cdigest, seq, att_digest, prev, cum, job_id, cum_delta),
                     )
                 except sqlite3.IntegrityError:
                     raise ReplayError(
@@ -320,9 +326,9 @@ class ExchangeStore:
     def chain_entries(self, node: str, contract_digest: str) -> list[ChainRow]:
         """Recorded chain entries of `node` under the contract, by sequence number."""
         rows = self.db.read().execute(
-            "SELECT node, contract_digest, seq, attestation_digest, prev, cumulative_epsilon, job_id FROM chain"
-            " WHERE node = ? AND contract_digest = ? ORDER BY seq",
+            "SELECT node, contract_digest, seq, attestation_digest, prev, cumulative_epsilon, job_id, cumulative_delta"
+            " FROM chain WHERE node = ? AND contract_digest = ? ORDER BY seq",
             (node, contract_digest),
         ).fetchall()
         return [ChainRow(r["node"], r["contract_digest"], r["seq"], r["attestation_digest"], r["prev"],
-                         r["cumulative_epsilon"], r["job_id"]) for r in rows]
+                         r["cumulative_epsilon"], r["job_id"], r["cumulative_delta"]) for r in rows]

@@ -114,23 +114,34 @@ def _chain_row(store, v: VerifiedReceipt, i: int) -> tuple:
     before = entries.get(chain.seq - 1)
     if chain.seq == 1:
         expected_prev, expected_cum = GENESIS, Decimal(att.epsilon)
+        expected_delta: Decimal | None = Decimal(att.delta)
     elif before is not None:
         expected_prev, expected_cum = before.attestation_digest, Decimal(before.cumulative_epsilon) + Decimal(att.epsilon)
+        expected_delta = None if before.cumulative_delta is None else Decimal(before.cumulative_delta) + Decimal(att.delta)
     else:
-        expected_prev = expected_cum = None  # earlier receipts not (yet) presented: checked when they are
+        expected_prev = expected_cum = expected_delta = None  # earlier receipts not (yet) presented: checked then
     if expected_prev is not None and (chain.prev != expected_prev or Decimal(chain.cumulative_epsilon) != expected_cum):
         raise VerificationError(
             f"budget chain of node {att.node} is inconsistent at position {chain.seq}: it does not extend the "
             "recorded previous entry (previous digest or cumulative ε differ)"
         )
+    if chain.cumulative_delta is not None and expected_delta is not None \
+            and Decimal(chain.cumulative_delta) != expected_delta:
+        raise VerificationError(
+            f"budget chain of node {att.node} is inconsistent at position {chain.seq}: its cumulative δ is not the "
+            "recorded previous entry's plus this job's δ (basic composition)"
+        )
     after = entries.get(chain.seq + 1)
     if after is not None and (after.prev != digest or
-                              Decimal(after.cumulative_epsilon) < Decimal(chain.cumulative_epsilon)):
+                              Decimal(after.cumulative_epsilon) < Decimal(chain.cumulative_epsilon) or
+                              (after.cumulative_delta is not None and chain.cumulative_delta is not None and
+                               Decimal(after.cumulative_delta) < Decimal(chain.cumulative_delta))):
         raise VerificationError(
             f"budget chain of node {att.node} is inconsistent at position {chain.seq}: the recorded next entry "
             "does not extend this one"
         )
-    return (att.node, v.contract_digest, chain.seq, digest, chain.prev, chain.cumulative_epsilon)
+    return (att.node, v.contract_digest, chain.seq, digest, chain.prev, chain.cumulative_epsilon,
+            chain.cumulative_delta)
 
 
 def _summary(v: VerifiedReceipt, result_checked: bool, again: bool) -> str:
@@ -141,7 +152,7 @@ def _summary(v: VerifiedReceipt, result_checked: bool, again: bool) -> str:
         f"coordinator {v.contract.coordinator.name} relayed exactly the owners' attested outputs "
         "(the buyer added them itself)",
         "buyer acknowledged delivery" + (" and the result matches" if result_checked else ""),
-        ("ε spent per owner: " + ", ".join(f"{a.node} {a.epsilon}" for a in v.attestations)) if eps
+        ("ε, δ spent per owner: " + ", ".join(f"{a.node} ε={a.epsilon} δ={a.delta}" for a in v.attestations)) if eps
         else "no differential privacy (exact aggregates under the contract's rules)",
     ]
     if v.statement.training is not None:

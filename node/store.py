@@ -52,6 +52,8 @@ CREATE TABLE IF NOT EXISTS releases (
     delta TEXT NOT NULL,
     cumulative_epsilon TEXT NOT NULL,
     epsilon_total TEXT,
+    cumulative_delta TEXT,
+    delta_total TEXT,
     prev TEXT NOT NULL,
     entry_digest TEXT NOT NULL,
     attestation BLOB,
@@ -78,6 +80,10 @@ CREATE TABLE IF NOT EXISTS audit (
     detail TEXT NOT NULL
 );
 """
+
+
+#: ledger columns added after the first release (ledgers made by earlier versions gain them, NULL in old rows)
+_ADDED_COLUMNS = {"cumulative_delta": "TEXT", "delta_total": "TEXT"}
 
 
 @dataclass(frozen=True)
@@ -126,12 +132,20 @@ class ContractBudget:
     spent_epsilon: str
     epsilon_total: str | None  # None: the contract asks for no differential privacy
     last: tuple[tuple[Debit, str | None], ...]  # newest first, with the attestation digest
+    spent_delta: str = "0.000000"  # Σδ of the contract's jobs (basic composition)
+    delta_total: str | None = None  # the contract's δ, a total over all its jobs (None: no [privacy])
 
     @property
     def remaining_epsilon(self) -> str | None:
         if self.epsilon_total is None:
             return None
         return fmt_eps(max(Decimal(self.epsilon_total) - Decimal(self.spent_epsilon), Decimal(0)))
+
+    @property
+    def remaining_delta(self) -> str | None:
+        if self.delta_total is None:
+            return None
+        return fmt_eps(max(Decimal(self.delta_total) - Decimal(self.spent_delta), Decimal(0)))
 
 
 def cap_message(kind: str, max_jobs: int) -> str:
@@ -152,6 +166,11 @@ class NodeStore:
         self.watermark = Watermark(Path(watermark) if watermark else state.with_name(state.name + ".watermark"))
         #: the owner's view: one row per job, and withdrawals (same file, same fsync)
         self.jobs = JobLog(self.db)
+        with self.db.write() as con:  # ledgers made by earlier versions
+            cols = {r["name"] for r in con.execute("PRAGMA table_info(releases)")}
+            for name, definition in _ADDED_COLUMNS.items():
+                if name not in cols:
+                    con.execute(f"ALTER TABLE releases ADD COLUMN {name} {definition}")
         self._check_watermark()
 
     def _check_watermark(self) -> None:
@@ -251,7 +270,8 @@ class NodeStore:
 
         The privacy arithmetic is the accountant's (`fedtrust.privacy.accounting`): it composes the contract's
         recorded spends with this one and refuses (BudgetExhausted, nothing written) past ε_total or δ_total.
-        The ledger records δ rounded *up* to six places, so the recorded history over-states what was spent.
+        The ledger records δ rounded *up* to six places and charges that, so the recorded history (and the Σδ
+        the chain entry states, which the exchange caps at the contract's δ) never under-states what was spent.
         """
         if max_jobs is not None:
             done = con.execute("SELECT COUNT(*) FROM releases WHERE contract_digest = ? AND kind = ?",
@@ -264,17 +284,20 @@ class NodeStore:
         ).fetchone()
         history = _spends(con, contract_digest)
         budget = None if epsilon_total is None else Budget(epsilon_total, Decimal(0) if delta_total is None else delta_total)
-        after = ACCOUNTANT.charge(budget, history, Spend(mechanism, epsilon, delta), where=f"node {node}")
-        chain = ChainEntry(seq=(last["seq"] if last else 0) + 1, prev=last["entry_digest"] if last else GENESIS,
-                           cumulative_epsilon=fmt_eps(after.epsilon))
         eps, dlt = fmt_eps(epsilon), str(delta.quantize(Decimal("0.000001"), rounding=ROUND_CEILING))
+        after = ACCOUNTANT.charge(budget, history, Spend(mechanism, epsilon, Decimal(dlt)), where=f"node {node}")
+        chain = ChainEntry(seq=(last["seq"] if last else 0) + 1, prev=last["entry_digest"] if last else GENESIS,
+                           cumulative_epsilon=fmt_eps(after.epsilon), cumulative_delta=fmt_eps(after.delta))
         entry = ledger_entry_digest(node, contract_digest, job_digest, eps, dlt, chain)
         now = utc_now()
         con.execute(
             "INSERT INTO releases (contract_digest, seq, kind, job_id, nonce, job_digest, mechanism, epsilon, delta,"
-            " cumulative_epsilon, epsilon_total, prev, entry_digest, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            " cumulative_epsilon, epsilon_total, cumulative_delta, delta_total, prev, entry_digest, created_at)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (contract_digest, chain.seq, kind, job_id, nonce, job_digest, mechanism, eps, dlt,
-             chain.cumulative_epsilon, None if epsilon_total is None else fmt_eps(epsilon_total), chain.prev, entry, now),
+             chain.cumulative_epsilon, None if epsilon_total is None else fmt_eps(epsilon_total),
+             chain.cumulative_delta, None if epsilon_total is None or delta_total is None else fmt_eps(delta_total),
+             chain.prev, entry, now),
         )
         return Debit(contract_digest, kind, job_id, nonce, job_digest, mechanism, eps, dlt, chain, entry, now)
 
@@ -380,6 +403,8 @@ class NodeStore:
                 spent_epsilon=rows[0]["cumulative_epsilon"],
                 epsilon_total=rows[0]["epsilon_total"],
                 last=tuple((_debit(r), r["attestation_digest"]) for r in rows[:last]),
+                spent_delta=fmt_eps(ACCOUNTANT.spent(_spends(con, digest)).delta),
+                delta_total=rows[0]["delta_total"],
             ))
         return out
 
@@ -409,7 +434,8 @@ def _debit(row) -> Debit:
     return Debit(
         contract_digest=row["contract_digest"], kind=row["kind"], job_id=row["job_id"], nonce=row["nonce"],
         job_digest=row["job_digest"], mechanism=row["mechanism"], epsilon=row["epsilon"], delta=row["delta"],
-        chain=ChainEntry(seq=row["seq"], prev=row["prev"], cumulative_epsilon=row["cumulative_epsilon"]),
+        chain=ChainEntry(seq=row["seq"], prev=row["prev"], cumulative_epsilon=row["cumulative_epsilon"],
+                         cumulative_delta=row["cumulative_delta"]),
         entry_digest=row["entry_digest"], created_at=row["created_at"],
     )
 

@@ -112,9 +112,11 @@ def ledger_entry_digest(node: str, contract_digest: str, job_digest: str, epsilo
     Everything in it is in the node's attestation, so anyone holding the
     receipts can recompute the chain; and it exists from the moment the node
     debits (before any output or attestation), so a training job that debits
-    at its first round and attests at its end is chained like a query.
+    at its first round and attests at its end is chained like a query. The
+    cumulative δ is covered when the entry has one (every entry a node writes
+    now; entries written before δ joined the chain have none, and keep their digest).
     """
-    return sha256_hex(canonical({
+    entry = {
         "node": node,
         "contract_digest": contract_digest,
         "job_digest": job_digest,
@@ -123,37 +125,53 @@ def ledger_entry_digest(node: str, contract_digest: str, job_digest: str, epsilo
         "seq": chain.seq,
         "prev": chain.prev,
         "cumulative_epsilon": chain.cumulative_epsilon,
-    }))
+    }
+    if chain.cumulative_delta is not None:
+        entry["cumulative_delta"] = chain.cumulative_delta
+    return sha256_hex(canonical(entry))
 
 
 @dataclass(frozen=True)
 class ChainEntry:
+    """A position in a node's budget chain under one contract: Σε and Σδ of every job up to this one."""
+
     seq: int
     prev: str
     cumulative_epsilon: str
+    #: Σδ (basic composition), six places like ε; None only in entries written before δ joined the chain
+    cumulative_delta: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"seq": self.seq, "prev": self.prev, "cumulative_epsilon": self.cumulative_epsilon}
+        d: dict[str, Any] = {"seq": self.seq, "prev": self.prev, "cumulative_epsilon": self.cumulative_epsilon}
+        if self.cumulative_delta is not None:
+            d["cumulative_delta"] = self.cumulative_delta
+        return d
 
     @classmethod
     def from_dict(cls, d: object) -> ChainEntry:
         f = Fields(d, "chain entry")
-        entry = cls(f.integer("seq"), f.digest("prev"), f.text("cumulative_epsilon"))
+        entry = cls(f.integer("seq"), f.digest("prev"), f.text("cumulative_epsilon"),
+                    f.text("cumulative_delta") if "cumulative_delta" in f.d else None)
         if entry.seq < 1:
             raise InvalidInput("chain entry: seq starts at 1")
         if (entry.seq == 1) != (entry.prev == GENESIS):
             raise InvalidInput("chain entry: exactly the first entry (seq 1) has the all-zero prev")
         parse_eps(entry.cumulative_epsilon, "chain entry cumulative_epsilon")
+        if entry.cumulative_delta is not None:
+            parse_eps(entry.cumulative_delta, "chain entry cumulative_delta")
         return entry
 
 
-def next_chain_entry(prev: ChainEntry | None, prev_digest: str | None, epsilon: str) -> ChainEntry:
-    """The entry after `prev` (whose attestation envelope digest is `prev_digest`), spending `epsilon`."""
+def next_chain_entry(prev: ChainEntry | None, prev_digest: str | None, epsilon: str,
+                     delta: str = "0.000000") -> ChainEntry:
+    """The entry after `prev` (whose attestation envelope digest is `prev_digest`), spending `epsilon` and `delta`."""
     if prev is None:
-        return ChainEntry(1, GENESIS, fmt_eps(parse_eps(epsilon)))
+        return ChainEntry(1, GENESIS, fmt_eps(parse_eps(epsilon)), fmt_eps(parse_eps(delta)))
     if prev_digest is None:
         raise InvalidInput("the previous attestation's digest is needed to extend a chain")
-    return ChainEntry(prev.seq + 1, prev_digest, fmt_eps(parse_eps(prev.cumulative_epsilon) + parse_eps(epsilon)))
+    before_delta = parse_eps(prev.cumulative_delta or "0.000000")
+    return ChainEntry(prev.seq + 1, prev_digest, fmt_eps(parse_eps(prev.cumulative_epsilon) + parse_eps(epsilon)),
+                      fmt_eps(before_delta + parse_eps(delta)))
 
 
 @dataclass(frozen=True)

@@ -75,6 +75,10 @@ class VerifiedReceipt:
     def epsilon_spent(self) -> dict[str, str]:
         return {a.node: a.epsilon for a in self.attestations}
 
+    @property
+    def delta_spent(self) -> dict[str, str]:
+        return {a.node: a.delta for a in self.attestations}
+
 
 def verify_bundle(
     bundle: ReceiptBundle,
@@ -298,7 +302,8 @@ PSI = KindCheck(check_psi_job)
 def _check_spend(contract: Contract, att: Attestation, kind: str) -> None:
     """The stated spend is possible and is what the contract's [privacy] rules make a node spend on this job."""
     eps, delta, cumulative = Decimal(att.epsilon), Decimal(att.delta), Decimal(att.chain.cumulative_epsilon)
-    if eps < 0 or delta < 0 or cumulative < eps:
+    cumulative_delta = None if att.chain.cumulative_delta is None else Decimal(att.chain.cumulative_delta)
+    if eps < 0 or delta < 0 or cumulative < eps or (cumulative_delta is not None and cumulative_delta < delta):
         raise VerificationError(f"attestation of node {att.node} states an impossible privacy spend")
     if att.chain.seq < 1:
         raise VerificationError(f"attestation of node {att.node} has chain position {att.chain.seq}; positions start at 1")
@@ -326,3 +331,12 @@ def _check_spend(contract: Contract, att: Attestation, kind: str) -> None:
         raise VerificationError(
             f"attestation of node {att.node} brings its cumulative ε to {att.chain.cumulative_epsilon}, over the "
             f"contract's total ε={fmt_eps(privacy.epsilon_total)} (a node overspent its budget)")
+    if cumulative_delta is None and att.accountant is not None:
+        raise VerificationError(
+            f"attestation of node {att.node} names its accountant but not its cumulative δ; a node that composes "
+            "δ states Σδ in its budget chain")
+    if cumulative_delta is not None and cumulative_delta > privacy.delta:
+        raise VerificationError(
+            f"attestation of node {att.node} brings its cumulative δ to {att.chain.cumulative_delta}, over the "
+            f"contract's total δ={fmt_eps(privacy.delta)} (a node overspent its budget; the contract's delta is a "
+            "total over all its jobs)")

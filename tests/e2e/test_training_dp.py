@@ -53,11 +53,39 @@ def test_dp_training_debits_the_planned_epsilon_and_attests_it(dpfed):
 
 
 def test_a_training_plan_over_the_remaining_budget_is_refused_with_what_is_left(dpfed):
-    # ε 2 per job against a total of 5, after the job above (and possibly others): the third cannot fit
+    # after the job above δ is spent (see the test before); whichever runs out first, the refusal says what is left
     spec = make_spec(rounds=1, evaluate=False, batch_size=100)
     with pytest.raises(JobFailed, match="privacy budget exhausted.*is left for this contract"):
         for _ in range(3):
             train(dpfed, spec)
+
+
+def test_a_job_past_the_contracts_delta_is_refused_and_spends_nothing(dpfed):
+    """δ is a total per owner per contract (basic composition: Σδ ≤ the contract's `delta`): after one DP-SGD
+    job at δ=1e-6 under δ=1e-6, the next is refused at admission naming δ, although ε is left (2 of 5 per job)."""
+    import json
+    import subprocess
+    import sys
+
+    spec = make_spec(rounds=1, evaluate=False, batch_size=100)
+    stores = {n: dpfed.nodes[n].runtime.store for n in OWNERS}
+    if not stores["bank-a"].budgets():  # (run alone: the first job of the module spends the δ)
+        train(dpfed, spec)
+    before = {n: s.debits() for n, s in stores.items()}
+    assert all(Decimal(s.budgets()[0].remaining_epsilon) >= 1 for s in stores.values())  # ε is not what runs out
+    with pytest.raises(JobFailed, match=r"privacy budget exhausted: this job needs δ=0\.000001 but only "
+                                        r"δ=0\.000000 of δ=0\.000001 is left .*total over all its jobs"):
+        train(dpfed, spec)
+    assert {n: s.debits() for n, s in stores.items()} == before  # refused: nothing spent anywhere
+    [last] = [d for d in before["bank-a"] if d.kind == "train"][-1:]
+    assert last.chain.cumulative_delta == "0.000001"  # Σδ is in the signed chain entry
+    p = subprocess.run([sys.executable, "-m", "fedtrust.cli.main", "node", "budget", "--config",
+                        str(dpfed.node_configs["bank-a"]), "--json"], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    [report] = json.loads(p.stdout)
+    assert (report["spent_delta"], report["delta_total"], report["remaining_delta"]) == \
+        ("0.000001", "0.000001", "0.000000")
+    assert report["last"][0]["delta"] == "0.000001"
 
 
 @pytest.mark.parametrize("changes, rule", [

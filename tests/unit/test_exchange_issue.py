@@ -323,7 +323,8 @@ def test_record_receipt_is_atomic_and_refuses_replays(ex, tmp_path):
     digest = Envelope.from_json((tmp_path / "contract.json").read_bytes()).digest
     store = issuer.load_exchange(ex).store
     a1, a2, b1 = sha256_hex(b"a1"), sha256_hex(b"a2"), sha256_hex(b"b1")
-    rows = [("node-a", digest, 1, a1, "0" * 64, "0.100000"), ("node-b", digest, 1, b1, "0" * 64, "0.100000")]
+    rows = [("node-a", digest, 1, a1, "0" * 64, "0.100000", "0.000001"),
+            ("node-b", digest, 1, b1, "0" * 64, "0.100000", None)]
     rec = store.record_receipt("job-1", "n" * 64, digest, sha256_hex(b"bundle1"), b"{}", rows)
     assert store.receipt_for_job(digest, "job-1") == rec == store.receipt_for_nonce("n" * 64)
     assert store.receipt_for_job(digest, "job-x") is None
@@ -331,7 +332,8 @@ def test_record_receipt_is_atomic_and_refuses_replays(ex, tmp_path):
         store.record_receipt("job-1", "m" * 64, digest, sha256_hex(b"bundle2"), b"{}", [])
     with pytest.raises(ReplayError, match="this nonce is already recorded"):
         store.record_receipt("job-2", "n" * 64, digest, sha256_hex(b"bundle2"), b"{}", [])
-    double = [("node-a", digest, 2, a2, a1, "0.200000"), ("node-b", digest, 1, sha256_hex(b"b1'"), "0" * 64, "0.1")]
+    double = [("node-a", digest, 2, a2, a1, "0.200000", "0.000002"),
+              ("node-b", digest, 1, sha256_hex(b"b1'"), "0" * 64, "0.1", None)]
     with pytest.raises(ReplayError, match="chain position 1 of node node-b .* already recorded"):
         store.record_receipt("job-2", "m" * 64, digest, sha256_hex(b"bundle2"), b"{}", double)
     assert store.receipt_for_job(digest, "job-2") is None  # rolled back as a whole
@@ -340,8 +342,8 @@ def test_record_receipt_is_atomic_and_refuses_replays(ex, tmp_path):
         store.record_receipt("job-3", "o" * 64, "f" * 64, sha256_hex(b"bundle3"), b"{}", [])
     store.record_receipt("job-2", "m" * 64, digest, sha256_hex(b"bundle2"), b"{}", double[:1])
     entries = store.chain_entries("node-a", digest)
-    assert [(e.seq, e.prev, e.cumulative_epsilon, e.job_id) for e in entries] == [
-        (1, "0" * 64, "0.100000", "job-1"), (2, a1, "0.200000", "job-2")]
+    assert [(e.seq, e.prev, e.cumulative_epsilon, e.job_id, e.cumulative_delta) for e in entries] == [
+        (1, "0" * 64, "0.100000", "job-1", "0.000001"), (2, a1, "0.200000", "job-2", "0.000002")]
     # job ids are the buyer's and unique per contract: the same id under another contract is another job
     _contract(ex, tmp_path, out_path=tmp_path / "other.json")
     other = Envelope.from_json((tmp_path / "other.json").read_bytes()).digest

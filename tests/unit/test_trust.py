@@ -667,9 +667,9 @@ def test_fmt_eps():
 
 def test_chain_entries():
     first = next_chain_entry(None, None, "0.250000")
-    assert first == ChainEntry(1, GENESIS, "0.250000")
+    assert first == ChainEntry(1, GENESIS, "0.250000", "0.000000")  # a query's δ is 0; the entry states Σδ
     second = next_chain_entry(first, D, "0.500000")
-    assert second == ChainEntry(2, D, "0.750000")
+    assert second == ChainEntry(2, D, "0.750000", "0.000000")
     with pytest.raises(InvalidInput):
         next_chain_entry(first, None, "0.100000")
 
@@ -767,11 +767,17 @@ def test_verification_checks_each_spend_against_the_contracts_privacy_rules(w):
     dp = Rules(q, 30, privacy=PrivacyRules(Decimal("1"), Decimal("1e-6"), Decimal("0.4")))
     ok = dict(dp=True, epsilon="0.400000", chain=ChainEntry(2, D, "0.800000"))
     verify_bundle(_bundle_under(w, dp, **ok), w.exchange.public_key, JOB_KINDS)
+    verify_bundle(_bundle_under(w, dp, **dict(ok, chain=ChainEntry(2, D, "0.800000", "0.000001"),
+                                              accountant="basic-composition")), w.exchange.public_key, JOB_KINDS)
     cases = [
         (dp, dict(ok, epsilon="0.100000"), r"states ε=0.100000, δ=0.000000 for a query; .* set ε=0.400000"),
         (dp, dict(ok, dp=False), "differential privacy was off"),
         (dp, dict(ok, delta="0.000100"), "δ=0 per query"),
         (dp, dict(ok, chain=ChainEntry(3, D, "1.200000")), "cumulative ε to 1.200000, over the contract's total"),
+        (dp, dict(ok, chain=ChainEntry(2, D, "0.800000", "0.000002")),
+         r"cumulative δ to 0.000002, over the contract's total δ=0.000001"),
+        (dp, dict(ok, chain=ChainEntry(2, D, "0.800000", "0.000000"), delta="0.000001"), "impossible privacy spend"),
+        (dp, dict(ok, accountant="basic-composition"), "names its accountant but not its cumulative δ"),
         (Rules(q, 30), dict(dp=True), "differential-privacy spend under a contract without"),
         (Rules(q, 30), dict(epsilon="0.100000", chain=ChainEntry(1, GENESIS, "0.100000")), "without \\[privacy\\]"),
     ]
