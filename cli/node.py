@@ -30,7 +30,7 @@ def digest(
     """Print a data file's commitment (sha256 of the file) to list it as a product, or the digest of a ClientApp
     package directory (every file in it) to approve it under [[clientapps]]."""
     if path.is_dir():
-        from fedtrust.training.apps import app_digest
+        from fedtrust.node.apps import app_digest
 
         _print_digest(path, "clientapp", app_digest(path), None, as_json)
         return

@@ -40,7 +40,7 @@ class ClientAppConfig:
 
     name: str  # what a contract's [training] models and a job's `model` call it
     target: str  # "package.module:attribute" (the module must be importable on the node)
-    digest: str  # `fedtrust.training.apps.app_digest` of the package directory (or single module file)
+    digest: str  # `fedtrust.node.apps.app_digest` of the package directory (or single module file)
 
 
 @dataclass(frozen=True)

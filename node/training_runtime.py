@@ -62,13 +62,13 @@ from fedtrust.errors import (
     ReplayError,
     VerificationError,
 )
+from fedtrust.node.apps import AppRegistry
 from fedtrust.node.runtime import CheckedJob, NodeRuntime
 from fedtrust.node.store import ACCOUNTANT, cap_message
 from fedtrust.node.training_store import TrainingStore
 from fedtrust.privacy.accounting import Budget, Spend
 from fedtrust.privacy.masking import pairwise_mask, training_purpose
 from fedtrust.training import quantize
-from fedtrust.training.apps import AppRegistry
 from fedtrust.training.arrays import arrays_digest, from_array_record, to_array_record
 from fedtrust.training.context import node_config, round_config, run_config
 from fedtrust.training.data import register_dataset

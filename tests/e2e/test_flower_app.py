@@ -15,7 +15,7 @@ from fedtrust.demo.data import write_loans
 from fedtrust.demo.federation import build_federation
 from fedtrust.errors import ConfigError, PolicyViolation
 from fedtrust.exchange.verify import verify_receipt_file
-from fedtrust.training.apps import AppRegistry, app_digest
+from fedtrust.node.apps import AppRegistry, app_digest
 from fedtrust.training.arrays import read_model
 
 from training_helper import identity, make_spec

@@ -312,7 +312,7 @@ def test_grid_refuses_rounds_that_are_not_exactly_the_participants_and_never_wai
 
 def test_approved_app_digest_is_checked_before_anything_is_imported(tmp_path, monkeypatch):
     from fedtrust.config import ClientAppConfig
-    from fedtrust.training.apps import AppRegistry
+    from fedtrust.node.apps import AppRegistry
 
     mod = tmp_path / "owner_apps_x.py"
     mod.write_text("raise SystemExit('must not run at start-up')\n")
