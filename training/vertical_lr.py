@@ -30,7 +30,7 @@ product-qualified names (`bank.income`).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -119,14 +119,19 @@ def local_inputs(plan: Plan, me: str, dataset: Any, row_ids: list[int]) -> dict[
 
 
 # -- inside MPC, identical on every party ------------------------------------------------------
-def compute(plan: Plan, rank: int, inputs: Mapping[str, Any], seed: int) -> dict[str, Any]:
-    """Train on shares; returns this party's shares (int64 ring elements) of `weight` and `bias`. Run inside
-    `crypten_shim.party(rank, len(plan.parties), link)`."""
+def compute(plan: Plan, rank: int, inputs: Mapping[str, Any], seed: int, share: Callable | None = None,
+            device: Any = None) -> tuple[Any, Any]:
+    """Train on shares; returns the shared (weight, bias) as CrypTen tensors, never revealed. Run inside
+    `crypten_shim.party(rank, len(plan.parties), link)`. `share(tensor or None, src, shape)` secret-shares party
+    `src`'s input (default: `crypten.cryptensor`); `device` places the public zeros (CUDA where the inputs are)."""
     import torch
 
     from fedtrust.privacy import crypten_shim
 
     crypten = crypten_shim.load()
+    if share is None:
+        def share(t, src, shape):
+            return crypten.cryptensor(t if t is not None else torch.zeros(shape), src=src)
     comm = crypten.communicator.get()
     n = int(inputs["x"].shape[0])
     sizes = comm.all_gather(torch.tensor([n], dtype=torch.int64))
@@ -135,17 +140,14 @@ def compute(plan: Plan, rank: int, inputs: Mapping[str, Any], seed: int) -> dict
     if n == 0:
         raise InvalidInput("the PSI alignment is empty; there are no joined rows to train on")
     label_rank = plan.rank(plan.label_party)
-    parts = []
-    for r, block in enumerate(plan.blocks):
-        if block.width:
-            mine = inputs["x"] if r == rank else torch.zeros(n, block.width)
-            parts.append(crypten.cryptensor(mine, src=r))
+    parts = [share(inputs["x"] if r == rank else None, r, (n, block.width))
+             for r, block in enumerate(plan.blocks) if block.width]
     x = parts[0] if len(parts) == 1 else crypten.cat(parts, dim=1)
-    y = crypten.cryptensor(inputs["y"] if rank == label_rank else torch.zeros(n), src=label_rank)
-    usable = crypten.cryptensor(inputs["usable"] if rank == label_rank else torch.zeros(n), src=label_rank)
-    w, b = sgd(x, y, usable, crypten.cryptensor(torch.zeros(plan.width)), crypten.cryptensor(torch.zeros(1)),
-               plan.spec, seed)
-    return {"weight": w.share.clone(), "bias": b.share.clone()}
+    y = share(inputs["y"] if rank == label_rank else None, label_rank, (n,))
+    usable = share(inputs["usable"] if rank == label_rank else None, label_rank, (n,))
+    zeros = {"device": device} if device is not None else {}
+    return sgd(x, y, usable, crypten.cryptensor(torch.zeros(plan.width, **zeros)),
+               crypten.cryptensor(torch.zeros(1, **zeros)), plan.spec, seed)
 
 
 def sgd(x: Any, y: Any, usable: Any, w: Any, b: Any, spec: VerticalLRSpec, seed: int) -> tuple[Any, Any]:

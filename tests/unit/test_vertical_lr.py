@@ -64,7 +64,8 @@ def run_parties(plan, inputs, seed, tamper_n=None):
             if tamper_n is not None and rank == 1:
                 mine["x"] = mine["x"][:tamper_n]
             with crypten_shim.party(rank, len(plan.parties), link):
-                shares[rank] = vlr.compute(plan, rank, mine, seed)
+                w, b = vlr.compute(plan, rank, mine, seed)
+                shares[rank] = {"weight": w.share.clone(), "bias": b.share.clone()}
         except Exception as e:  # noqa: BLE001 - reported to the test
             errors.append(e)
 
