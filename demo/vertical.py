@@ -10,7 +10,11 @@ import csv
 import hashlib
 import math
 import random
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from fedtrust.demo.federation import Federation, enroll, issue_signed_contract
 from fedtrust.exchange.issuer import init_exchange, list_product
@@ -151,3 +155,126 @@ def plaintext_alignment(files: dict[str, Path], schemas: dict[str, Schema], key:
         rows[node] = dict(zip(keys, ids))
     common = sorted(set.intersection(*(set(r) for r in rows.values())), key=lambda k: hashlib.sha256(k).digest())
     return {node: [r[k] for k in common] for node, r in rows.items()}
+
+
+#: the demo's vertical-lr job (the PSI job's id is filled in)
+DEMO_VERTICAL_JOB = """\
+[job]
+kind = "vertical-lr"
+alignment = "{alignment}"
+features = ["bank.income", "bank.segment", "telco.arpu", "telco.tenure_months"]
+label = "bank.defaulted"
+epochs = 4
+learning_rate = 1.0
+batch_size = 50
+"""
+
+
+def central_reference(fed: Federation, contract, spec) -> tuple[Any, Any, Any, Any]:
+    """(plan, x, y, usable) of the joined rows as a trusted party holding both files would have them (the demo's
+    and the tests' comparison only; nothing in fedtrust's job path calls this)."""
+    from fedtrust.query.dataset import Dataset
+    from fedtrust.training.vertical_lr import local_inputs, plan_for
+
+    schemas = {h.credential.name: h.product.schema for h in contract.owners}
+    alignment = plaintext_alignment(fed.data, schemas)
+    plan = plan_for(contract, contract.owner_names, spec)
+    inputs = {}
+    for node in contract.owner_names:
+        with Dataset.open(fed.data[node], schemas[node]) as ds:
+            inputs[node] = local_inputs(plan, node, ds, alignment[node])
+    x = np.concatenate([inputs[b.party]["x"].numpy() for b in plan.blocks], axis=1)
+    label = inputs[plan.label_party]
+    return plan, x, label["y"].numpy(), label["usable"].numpy()
+
+
+def train_in_process(plan, inputs: dict[str, dict], seed: int, timeout_s: float = 120.0):
+    """Run the vertical-lr MPC program with each owner as a thread of this process over sealed in-process links
+    (the frames sealed as between organisations); returns (the buyer's model, every party's shares). For the demo
+    and tests until the daemons relay MPC sessions."""
+    import threading
+
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    from fedtrust.privacy import crypten_shim
+    from fedtrust.privacy.mpc.communicator import QueueLinks
+    from fedtrust.privacy.mpc.sealed_link import SealedLink
+    from fedtrust.training.vertical_lr import compute, finish
+
+    keys = [X25519PrivateKey.generate() for _ in plan.parties]
+    peers = {n: k.public_key() for n, k in zip(plan.parties, keys)}
+    queues = QueueLinks(len(plan.parties), timeout_s=timeout_s)
+    shares: list = [None] * len(plan.parties)
+    errors: list[BaseException] = []
+
+    def party(rank: int) -> None:
+        try:
+            link = SealedLink(queues.link(rank), session=f"demo-{seed}", names=list(plan.parties), rank=rank,
+                              own=keys[rank], peers=peers)
+            with crypten_shim.party(rank, len(plan.parties), link):
+                w, b = compute(plan, rank, inputs[plan.parties[rank]], seed)
+                shares[rank] = {"weight": w.share.clone(), "bias": b.share.clone()}
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=party, args=(r,), daemon=True) for r in range(len(plan.parties))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout_s)
+    if errors:
+        raise errors[0]
+    summed = {k: sum(s[k] for s in shares) for k in shares[0]}
+    outputs = {k: crypten_shim.fixed_point_decode(v, 2 ** 16) for k, v in summed.items()}
+    return finish(plan.spec, outputs), shares
+
+
+@dataclass(frozen=True)
+class VerticalDemo:
+    intersection_size: int  # attested by both owners
+    joined_rows: int  # the plaintext join of the two files (comparison only)
+    job_toml: str
+    auc_vertical: float
+    auc_central: float
+    auc_bank_only: float
+
+
+def run_vertical(root: Path) -> VerticalDemo:
+    """The demo's vertical story: a PSI job through the daemons, then vertical logistic regression on the owners'
+    aligned rows, next to central training on the plaintext join (AUC on the joined rows)."""
+    from fedtrust.buyer.vertical import submit_psi
+    from fedtrust.demo.central import auc_of
+    from fedtrust.node.vertical_store import VerticalStore
+    from fedtrust.query.dataset import Dataset
+    from fedtrust.training import vertical_lr as vlr
+    from fedtrust.trust.credentials import load_identity
+    from fedtrust.trust.jobs import new_nonce
+    from fedtrust.trust.vertical_lr import check_vertical_lr, load_vertical_lr_toml
+
+    fed = build_vertical_federation(root)
+    buyer = load_identity(fed.buyer_dir)
+    with fed:
+        psi = submit_psi(buyer, fed.buyer_dir, fed.contract_path, fed.coordinator_address)
+        contract = psi.verified.contract
+        job = root / "vertical-job.toml"
+        job.write_text(DEMO_VERTICAL_JOB.format(alignment=psi.job_id))
+        spec = load_vertical_lr_toml(job)
+        check_vertical_lr(contract, spec)
+        plan = vlr.plan_for(contract, contract.owner_names, spec)
+        inputs = {}
+        for h in contract.owners:  # each owner reads its own file, in the order its node stored after the PSI
+            node = h.credential.name
+            rows = VerticalStore(fed.nodes[node].runtime.config.state).alignment(psi.verified.contract_digest,
+                                                                               psi.job_id)
+            with Dataset.open(fed.data[node], h.product.schema) as ds:
+                inputs[node] = vlr.local_inputs(plan, node, ds, rows or [])
+        seed = vlr.order_seed(new_nonce())
+        model, _ = train_in_process(plan, inputs, seed)
+    _, x, y, usable = central_reference(fed, contract, spec)
+    central = vlr.fit_plain(x, y, usable, spec, seed)
+    width = plan.blocks[0].width
+    bank = vlr.fit_plain(x[:, :width], y, usable, spec, seed)
+    return VerticalDemo(psi.intersection_size, len(y), job.read_text(),
+                        auc_of(y, vlr.predict_proba(model.weight, model.bias, x)),
+                        auc_of(y, vlr.predict_proba(central.weight, central.bias, x)),
+                        auc_of(y, vlr.predict_proba(bank.weight, bank.bias, x[:, :width])))
