@@ -29,8 +29,8 @@ from fedtrust.training.data import load_rows
 from fedtrust.training.loop import resolve_device
 from fedtrust.training.models import build_model, initial_arrays
 from fedtrust.training.preprocess import Preprocessor
+from fedtrust.training.spec import TrainingSpec
 from fedtrust.trust.credentials import load_identity
-from fedtrust.trust.training_spec import TrainingSpec
 
 
 def plain_loop(x: np.ndarray, y: np.ndarray, spec: TrainingSpec, device: str, pre: Preprocessor) -> float:

@@ -47,8 +47,8 @@ import numpy as np
 from fedtrust.buyer.train import submit_training
 from fedtrust.demo.federation import build_federation
 from fedtrust.training.context import node_config
+from fedtrust.training.spec import TrainingSpec
 from fedtrust.trust.credentials import load_identity
-from fedtrust.trust.training_spec import TrainingSpec
 
 OWNERS = ("bank-a", "bank-b", "insurer-c")
 
@@ -208,7 +208,7 @@ def verified_rounds(fed, spec: TrainingSpec) -> dict[str, float]:
 
     buyer, coord = load_identity(fed.buyer_dir), load_identity(fed.root / "credentials" / "coord")
     contract, raw = load_contract(buyer, fed.contract_path)
-    job = sign_job(JobSpec.new_training(contract, Envelope.from_json(raw).digest, spec), buyer.signer)
+    job = sign_job(JobSpec.create(contract, Envelope.from_json(raw).digest, spec), buyer.signer)
     tls = TlsMaterial(coord.tls_cert_pem, coord.tls_key_pem, coord.ca_pem)
     addresses = {n: f"127.0.0.1:{fed.nodes[n].port}" for n in contract.owner_names}
     admissions = tuple(admit_on_node(n, a, tls, job.to_json(), raw, 60) for n, a in addresses.items())

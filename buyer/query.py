@@ -34,6 +34,7 @@ from fedtrust.query.checks import QUERY
 from fedtrust.query.decode import ResultTable, decode
 from fedtrust.query.layout import Layout
 from fedtrust.query.noisy import NoisyResult, decode_noisy
+from fedtrust.query.payload import QueryPayload
 from fedtrust.query.sql import QueryPlan, plan_query
 from fedtrust.transport.tls import TlsMaterial
 from fedtrust.trust.canonical import utc_now
@@ -95,7 +96,7 @@ def submit_query(identity: Identity, credentials_dir: Path, contract_path: Path,
     check_agreed(contract, contract_raw)
     plan = plan_for(contract, sql)  # fast, clear refusal before any key is made or byte is sent
     keys = contract_keys(credentials_dir, contract_env.digest)  # one pair per contract (see buyer/keys.py)
-    job = JobSpec.new(contract, contract_env.digest, sql, keys.params, ttl=JOB_TTL)
+    job = JobSpec.create(contract, contract_env.digest, QueryPayload(sql, keys.params), ttl=JOB_TTL)
     job_env = sign_job(job, identity.signer)
     files = JobFiles(jobs_root(credentials_dir) / job.job_id)
     files.create(keys.secret_bytes, job_env.to_json(), contract_raw,
@@ -124,13 +125,14 @@ def finish(identity: Identity, files: JobFiles, contract: Contract, plan: QueryP
     bundle = ReceiptBundle.from_json(outcome.receipt)
     if bundle.job.digest != Envelope.from_json(files.job.read_bytes()).digest:
         raise VerificationError("the coordinator returned a receipt for another job")
-    verified = verify_bundle(bundle, identity.exchange_key, {"query": QUERY})
+    verified = verify_bundle(bundle, identity.exchange_key, {QueryPayload.kind: QUERY})
+    payload = verified.job.payload_as(QueryPayload, "the buyer's query result")
     per_node = check_relayed(verified, outcome.relayed)
     layout = Layout.from_plan(plan, contract.owners[0].product.schema)
     # the buyer adds the nodes' own releases itself (parsed in a worker: they crossed the network)
     public = files.read_public()
     try:
-        total = he.add_isolated(public, verified.job.he, per_node, layout.length,
+        total = he.add_isolated(public, payload.he, per_node, layout.length,
                                 prepared=(verified.job.contract_digest,))
     except InvalidInput as e:
         raise VerificationError(f"the relayed ciphertexts cannot be added: {e}; refusing the result") from None
@@ -149,7 +151,7 @@ def finish(identity: Identity, files: JobFiles, contract: Contract, plan: QueryP
         "columns": columns,
         "rows": rows,
         "job_id": verified.job.job_id,
-        "sql": verified.job.sql,
+        "sql": payload.sql,
         "withheld": table.withheld,
         # (group, column, owners): quantities an owner held back because it had too few values there
         "withheld_columns": [[list(k), c, n] for k, c, n in table.withheld_columns],

@@ -26,13 +26,13 @@ from fedtrust.training.arrays import read_model
 from fedtrust.training.checks import TRAINING
 from fedtrust.training.policy import check_training
 from fedtrust.training.preprocess import Preprocessor
+from fedtrust.training.spec import TrainingSpec
 from fedtrust.trust.canonical import sha256_hex, utc_now
 from fedtrust.trust.contracts import Contract
 from fedtrust.trust.credentials import Identity
 from fedtrust.trust.dsse import Envelope
 from fedtrust.trust.jobs import TRAINING_TTL, JobSpec, sign_job
 from fedtrust.trust.receipts import Acknowledgement, ReceiptBundle, RoundMetric, sign_acknowledgement
-from fedtrust.trust.training_spec import TrainingSpec
 from fedtrust.trust.verify import VerifiedReceipt, verify_bundle
 
 __all__ = ["TrainingResult", "check_spec", "submit_training", "fetch_model_again", "MODEL_FILE"]
@@ -65,7 +65,7 @@ def submit_training(identity: Identity, credentials_dir: Path, contract_path: Pa
     contract_env = Envelope.from_json(contract_raw)
     check_agreed(contract, contract_raw)
     check_spec(contract, spec)
-    job = JobSpec.new_training(contract, contract_env.digest, spec, ttl=TRAINING_TTL)
+    job = JobSpec.create(contract, contract_env.digest, spec, ttl=TRAINING_TTL)
     job_env = sign_job(job, identity.signer)
     files = JobFiles(jobs_root(credentials_dir) / job.job_id)
     files.root.mkdir(parents=True, exist_ok=False, mode=0o700)
@@ -92,14 +92,14 @@ def check_model_file(model: bytes, job: JobSpec, contract: Contract) -> None:
     """The delivered file is the job's model: its spec, public preprocessing, architecture, finite weights."""
     from fedtrust.training.models import expected_shapes
 
-    assert job.training is not None
+    signed = job.payload_as(TrainingSpec, "the buyer's model check")
     arrays, spec, pre, job_id = read_model(model)
-    if spec != job.training.to_dict() or job_id != job.job_id:
+    if spec != signed.to_dict() or job_id != job.job_id:
         raise VerificationError("the model file names another training spec or job than the one the buyer signed")
-    expected = Preprocessor.build(contract.schema, job.training.features, job.training.label)
+    expected = Preprocessor.build(contract.schema, signed.features, signed.label)
     if pre != expected.to_dict():
         raise VerificationError("the model file's preprocessing differs from the contract's public schema")
-    shapes = expected_shapes(job.training, expected.width, expected.outputs)
+    shapes = expected_shapes(signed, expected.width, expected.outputs)
     if {k: tuple(v.shape) for k, v in arrays.items()} != shapes:
         raise VerificationError("the model file's arrays do not match the job's architecture")
     if not all(v.dtype == np.float32 and np.isfinite(v).all() for v in arrays.values()):
@@ -110,7 +110,7 @@ def _finish(identity: Identity, files: JobFiles, contract: Contract, outcome: Tr
     bundle = ReceiptBundle.from_json(outcome.receipt)
     if bundle.job.digest != Envelope.from_json(files.job.read_bytes()).digest:
         raise VerificationError("the coordinator returned a receipt for another job")
-    verified = verify_bundle(bundle, identity.exchange_key, {"train": TRAINING}, aggregate=(outcome.model,))
+    verified = verify_bundle(bundle, identity.exchange_key, {TrainingSpec.kind: TRAINING}, aggregate=(outcome.model,))
     check_model_file(outcome.model, verified.job, contract)
     digest = sha256_hex(outcome.model)
     ack = sign_acknowledgement(Acknowledgement(job_digest=verified.job_digest, result_digest=digest,

@@ -24,8 +24,9 @@ from fedtrust.trust.contracts import Contract
 from fedtrust.trust.credentials import Identity
 from fedtrust.trust.dsse import Envelope
 from fedtrust.trust.jobs import JobSpec, sign_job
+from fedtrust.trust.psi_checks import PSI
 from fedtrust.trust.receipts import Acknowledgement, ReceiptBundle, result_digest, sign_acknowledgement
-from fedtrust.trust.verify import PSI, VerifiedReceipt, verify_bundle
+from fedtrust.trust.verify import VerifiedReceipt, verify_bundle
 from fedtrust.trust.vertical import VerticalJob, check_vertical_job
 
 JOB_TTL = timedelta(hours=1)
@@ -50,7 +51,7 @@ def submit_psi(identity: Identity, credentials_dir: Path, contract_path: Path, c
         raise ConfigError("this contract sells no vertical jobs (its rules have no [vertical] table)")
     check_vertical_job(rules, "psi", VerticalJob(rules.key))  # fast, clear refusal before anything is sent
     contract_env = Envelope.from_json(contract_raw)
-    job = JobSpec.new_psi(contract, contract_env.digest, rules.key, ttl=JOB_TTL)
+    job = JobSpec.create(contract, contract_env.digest, VerticalJob(rules.key), ttl=JOB_TTL)
     job_env = sign_job(job, identity.signer)
     files = JobFiles(jobs_root(credentials_dir) / job.job_id)
     files.create(b"", job_env.to_json(), contract_raw,
@@ -74,13 +75,14 @@ def finish(identity: Identity, files: JobFiles, contract: Contract, outcome: Job
     bundle = ReceiptBundle.from_json(outcome.receipt)
     if bundle.job.digest != Envelope.from_json(files.job.read_bytes()).digest:
         raise VerificationError("the coordinator returned a receipt for another job")
-    verified = verify_bundle(bundle, identity.exchange_key, {"psi": PSI})
-    if verified.job.kind != "psi":
+    verified = verify_bundle(bundle, identity.exchange_key, {VerticalJob.kind: PSI})
+    if not isinstance(verified.job.payload, VerticalJob):
         raise VerificationError("the coordinator returned a receipt of another kind of job")
+    payload = verified.job.payload
     size = verified.attestations[0].intersection_size
     assert size is not None  # verify_bundle checked every owner attested the same size
     result = {"columns": COLUMNS, "rows": [[size]], "job_id": verified.job.job_id, "kind": "psi",
-              "key": verified.job.vertical.key if verified.job.vertical else None, "salt": secrets.token_hex(16)}
+              "key": payload.key, "salt": secrets.token_hex(16)}
     digest = result["result_digest"] = result_digest(result)
     ack = sign_acknowledgement(Acknowledgement(job_digest=verified.job_digest, result_digest=digest,
                                                acknowledged_at=utc_now()), identity.signer)

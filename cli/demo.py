@@ -136,7 +136,7 @@ def run_training_part(root: Path, fed, buyer) -> None:
     from fedtrust.demo.data import write_loans
     from fedtrust.exchange.verify import verify_receipt_file
     from fedtrust.training.predict import load_model, predict_rows
-    from fedtrust.trust.training_spec import load_training_toml
+    from fedtrust.training.spec import load_training_toml
 
     console.rule("[bold]federated training: one model over every owner's rows, no update seen in the clear")
     job = root / "job.toml"

@@ -23,7 +23,7 @@ def predict(
     """Predict the label for every row: probability (binary label) or class scores, and the predicted class."""
     from fedtrust.errors import ConfigError
     from fedtrust.training.predict import predict_rows, write_predictions
-    from fedtrust.trust.training_spec import load_training_toml
+    from fedtrust.training.spec import load_training_toml
     from fedtrust.trust.vertical_lr import is_vertical_lr_toml, load_vertical_lr_toml
 
     try:

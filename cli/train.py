@@ -46,7 +46,7 @@ def train(
     """Train a model over every owner's data: masked updates, only sums leave the nodes; verified receipt."""
     from fedtrust.buyer.train import submit_training
     from fedtrust.errors import ConfigError
-    from fedtrust.trust.training_spec import load_training_toml
+    from fedtrust.training.spec import load_training_toml
     from fedtrust.trust.vertical_lr import is_vertical_lr_toml
 
     if is_vertical_lr_toml(job):

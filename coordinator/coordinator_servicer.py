@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import time
 
+from fedtrust.coordinator.kinds import CoordinatorKinds
+from fedtrust.coordinator.query_job import QueryJobs
 from fedtrust.coordinator.runtime import CoordinatorRuntime, Finished, NotAdmitted
 from fedtrust.coordinator.training_job import TrainingFinished, TrainingJobs
 from fedtrust.errors import Error, JobFailed, NodeUnreachable, NotFound
@@ -41,17 +43,23 @@ def _training_events(events):
 
 
 class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
-    def __init__(self, runtime: CoordinatorRuntime, metrics: DaemonMetrics | None = None) -> None:
+    def __init__(self, runtime: CoordinatorRuntime, metrics: DaemonMetrics | None = None,
+                 kinds: CoordinatorKinds | None = None) -> None:
         self.runtime = runtime
-        self.training = TrainingJobs(runtime)
+        #: one handler per job kind (`coordinator/kinds.py`), shared with the VerticalCoordinatorService
+        self.kinds = kinds or CoordinatorKinds(runtime)
         self.metrics = metrics or DaemonMetrics("coordinator")
 
-    def _measured(self, kind: str, events):
-        """Count the job in flight (and its round, for training), its duration and outcome."""
+    @property
+    def training(self) -> TrainingJobs:
+        return self.kinds.get(TrainingJobs)
+
+    def _measured(self, kind: str, events, *, rounds: bool = False):
+        """Count the job in flight (and its round, for kinds that run in `rounds`), its duration and outcome."""
         m = self.metrics
         start = time.monotonic()
         m.in_flight.labels(kind).inc()
-        if kind == "train":
+        if rounds:
             m.rounds_in_flight.inc()  # a running training job has exactly one round in flight
         outcome = "failed"
         counted = False
@@ -60,7 +68,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
             nonlocal counted
             counted = True
             m.in_flight.labels(kind).dec()
-            if kind == "train":
+            if rounds:
                 m.rounds_in_flight.dec()
             m.duration.labels(kind).observe(time.monotonic() - start)
             m.jobs.labels(kind, outcome).inc()
@@ -87,8 +95,10 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
     def SubmitTraining(self, request, context):
         peer = peer_identity(context)
         check_envelope_sizes(request)
-        yield from _training_events(self._measured("train", self.training.run(
-            peer, request.job_envelope, request.contract_envelope, cancelled=lambda: not context.is_active())))
+        training = self.training
+        yield from _training_events(self._measured(training.kind, training.run(
+            peer, request.job_envelope, request.contract_envelope, cancelled=lambda: not context.is_active()),
+            rounds=True))
 
     @guarded
     def FetchModel(self, request, context):
@@ -99,8 +109,9 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
         peer = peer_identity(context)
         header, ctx = read_header_first(request_iterator, size="he_context_size", chunk_field="he_context_chunk",
                                         limit=MAX_CONTEXT_BYTES, what="HE context", deadline=deadline_of(context))
-        yield from _events(self._measured("query", self.runtime.run_query(peer, header.job_envelope,
-                                                                          header.contract_envelope, ctx)))
+        query = self.kinds.get(QueryJobs)
+        yield from _events(self._measured(query.kind, query.run(peer, header.job_envelope, header.contract_envelope,
+                                                                ctx)))
 
     def _own_job(self, request, context):
         return self.runtime.own_job(peer_identity(context), request.job_id)

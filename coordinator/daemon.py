@@ -27,7 +27,7 @@ class CoordinatorDaemon(GrpcDaemon):
 
     def _register(self):
         servicer = self.servicer = CoordinatorServicer(self.runtime, self.metrics)
-        vertical = VerticalCoordinatorServicer(self.runtime)
+        vertical = VerticalCoordinatorServicer(servicer)
 
         def register(s):
             coordinator_pb2_grpc.add_CoordinatorServiceServicer_to_server(servicer, s)

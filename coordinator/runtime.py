@@ -1,4 +1,7 @@
-"""The coordinator's domain logic: check, fan out, verify, relay, sign.
+"""The coordinator's core: check a submitted job, run the admission phase, reach the nodes.
+
+Each job kind's handler (registered in `coordinator/kinds.py`: `query_job.py`,
+`training_job.py`, `vertical_job.py`) runs its jobs on top of this core.
 
 The coordinator is a relay, not a source of truth. It holds no secret key and
 computes no aggregate: it sends each job to exactly the participants the
@@ -17,20 +20,18 @@ job fails (no partial results) with the reason.
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Iterator, Union
+from typing import Union
 
 from fedtrust.config import CoordinatorConfig, check_private_files
-from fedtrust.coordinator.node_client import NodeRelease, admit_on_node, run_query_on_node
+from fedtrust.coordinator.node_client import admit_on_node
 from fedtrust.coordinator.store import JobRecord, JobStore, Relayed
 from fedtrust.errors import (
     ConfigError,
     Error,
-    InvalidInput,
     JobFailed,
     NodeUnreachable,
     NotFound,
@@ -41,18 +42,10 @@ from fedtrust.progress import Progress
 from fedtrust.transport.channels import ChannelPool
 from fedtrust.transport.tls import TlsMaterial
 from fedtrust.trust.admission import verify_admissions
-from fedtrust.trust.canonical import sha256_hex, utc_now
 from fedtrust.trust.contracts import Contract, require_signatures, verify_contract
 from fedtrust.trust.credentials import KX_KEY, SIGNING_KEY, TLS_KEY, load_identity_as
 from fedtrust.trust.dsse import Envelope
 from fedtrust.trust.jobs import JobSpec, verify_job
-from fedtrust.trust.receipts import (
-    CoordinatorStatement,
-    ReceiptBundle,
-    RelayedOutputs,
-    sign_coordinator_statement,
-    verify_attestation,
-)
 from fedtrust.trust.revocation import RevocationHolder
 
 log = logging.getLogger("fedtrust.coordinator")
@@ -172,58 +165,6 @@ class CoordinatorRuntime:
             raise ConfigError(f"no address for node {node}: its credential has none and COORD.toml [addresses] names none")
         return addr
 
-    def run_query(self, peer: tuple[str, str], job_bytes: bytes, contract_bytes: bytes, context: bytes) -> Iterator[Event]:
-        contract, contract_env, job, job_env = self.check(peer, job_bytes, contract_bytes)
-        if job.kind != "query" or job.he is None:
-            raise InvalidInput(f"job kind {job.kind!r} sent to SubmitQuery; submit training jobs with SubmitTraining")
-        job.he.check_supported()
-        if sha256_hex(context) != job.he.context_digest:
-            raise InvalidInput("HE context does not match the digest in the signed job spec; resend the buyer's context")
-        done = self.store.begin(job.job_id, job_env.digest, contract_env.digest, contract.buyer.name, job.participants)
-        total = len(job.participants)
-        if done is not None:
-            yield Progress("succeeded", total, total, "job already finished; returning the stored result")
-            yield Finished(done.receipt or b"", self.store.relayed(job.job_id))
-            return
-        try:
-            self.store.heartbeat(job.job_id, "admitting", answered=0)
-            yield Progress("admitting", 0, total, f"asking {total} owners to admit the job")
-            admissions = self.admit_all(contract, contract_env.digest, job, job_env.digest, job_bytes, contract_bytes)
-            self.check_cancelled(job.job_id, "no owner ran it and nobody was charged")
-            self.store.heartbeat(job.job_id, "dispatched", answered=0)
-            yield Progress("dispatched", 0, total, f"all {total} owners admitted the job; sent to them")
-            releases: dict[str, NodeRelease] = {}
-            for event in self._fan_out(contract, job, job_bytes, contract_bytes, context, releases, admissions):
-                self.store.heartbeat(job.job_id, event.stage, answered=event.done)
-                yield event
-            attestations = [self._check_release(contract, contract_env.digest, job_env.digest, releases[n])
-                            for n in job.participants]
-            relayed = tuple(Relayed(n, releases[n].ciphertexts) for n in job.participants)
-            statement = sign_coordinator_statement(
-                CoordinatorStatement(
-                    job_digest=job_env.digest,
-                    contract_digest=contract_env.digest,
-                    aggregate_outputs=(),
-                    attestations=tuple(a.digest for a in attestations),
-                    completed_at=utc_now(),
-                    relayed=tuple(RelayedOutputs(r.node, a.digest, tuple(sha256_hex(c) for c in r.ciphertexts))
-                                  for r, a in zip(relayed, attestations)),
-                ),
-                self.identity.signer,
-            )
-            bundle = ReceiptBundle(contract_env, job_env, tuple(attestations), statement, None).to_json()
-            self.store.succeed(job.job_id, bundle, relayed)
-        except Error as e:
-            self.store.fail(job.job_id, str(e))
-            raise
-        except BaseException:
-            self.store.fail(job.job_id, "internal error at the coordinator; see its log")
-            raise
-        finally:
-            self.forget_cancel(job.job_id)
-        yield Progress("relayed", total, total, "every node's ciphertexts relayed; receipt signed")
-        yield Finished(bundle, relayed)
-
     def admit_all(self, contract: Contract, contract_digest: str, job: JobSpec, job_digest: str, job_bytes: bytes,
                   contract_bytes: bytes) -> list[bytes]:
         """Phase one: every participant admits the job (nothing spent) or the job fails naming who did not.
@@ -258,49 +199,3 @@ class CoordinatorRuntime:
                                 f"admission ({e})") from None
             return [admissions[n] for n in job.participants]
         raise admission_failure(job.job_id, failures)
-
-    def _fan_out(self, contract, job, job_bytes, contract_bytes, context, releases, admissions) -> Iterator[Event]:
-        results: queue.Queue = queue.Queue()
-        pool = ThreadPoolExecutor(max_workers=len(job.participants), thread_name_prefix="fanout")
-
-        def ask(node: str) -> None:
-            try:
-                rel = run_query_on_node(node, self.address_of(contract, node), self.tls, job_bytes, contract_bytes,
-                                        context, self.config.node_timeout_s, admissions, channels=self.channels)
-                results.put((node, rel, None))
-            except Error as e:
-                results.put((node, None, e))
-            except Exception:  # never let a thread die silently
-                log.exception("asking node %s failed", node)
-                results.put((node, None, JobFailed(f"internal error while asking node {node}")))
-
-        try:
-            for node in job.participants:
-                pool.submit(ask, node)
-            for _ in job.participants:
-                while True:
-                    try:
-                        node, rel, err = results.get(timeout=0.5)
-                        break
-                    except queue.Empty:
-                        self.check_cancelled(job.job_id, "owners that had already released their part were "
-                                                         "charged for it")
-                if err is not None:
-                    raise JobFailed(f"node {node} failed, so the job failed (no partial aggregates): {err}")
-                releases[node] = rel
-                yield Progress("node-released", len(releases), len(job.participants), f"{node} released")
-        finally:
-            pool.shutdown(wait=False, cancel_futures=True)
-
-    def _check_release(self, contract, contract_digest: str, job_digest: str, rel: NodeRelease) -> Envelope:
-        att = verify_attestation(rel.attestation, contract)
-        problems = []
-        if att.node != rel.node:
-            problems.append("names another node")
-        if att.job_digest != job_digest or att.contract_digest != contract_digest:
-            problems.append("is for another job or contract")
-        if tuple(att.outputs) != tuple(sha256_hex(c) for c in rel.ciphertexts):
-            problems.append("does not match the ciphertexts it sent")
-        if problems:
-            raise JobFailed(f"node {rel.node} sent an attestation that {' and '.join(problems)}")
-        return rel.attestation

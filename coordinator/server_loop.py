@@ -29,7 +29,7 @@ from fedtrust.errors import Error, InvalidInput, JobFailed
 from fedtrust.progress import Progress
 from fedtrust.training.arrays import array_numpy
 from fedtrust.training.server_step import DEFAULTS, initial_seed
-from fedtrust.trust.training_spec import TrainingSpec
+from fedtrust.training.spec import TrainingSpec
 
 __all__ = ["JobArgs", "run_job", "make_strategy"]
 

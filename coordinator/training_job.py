@@ -17,15 +17,16 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
-from typing import Callable, Iterator, Union
+from typing import Callable, ClassVar, Iterator, Union
 
 from fedtrust import errors
 from fedtrust.coordinator.server_loop import JobArgs, run_job
 from fedtrust.coordinator.store import JobRecord
-from fedtrust.errors import Error, InvalidInput, JobFailed
+from fedtrust.errors import Error, JobFailed
 from fedtrust.isolate import preload, start_worker
 from fedtrust.progress import Progress
 from fedtrust.training.policy import check_training
+from fedtrust.training.spec import TrainingSpec
 from fedtrust.trust.canonical import sha256_hex, utc_now
 from fedtrust.trust.dsse import Envelope
 from fedtrust.trust.receipts import (
@@ -61,6 +62,8 @@ TrainingEvent = Union[Progress, TrainingFinished]
 
 
 class TrainingJobs:
+    kind: ClassVar[str] = TrainingSpec.kind
+
     def __init__(self, runtime) -> None:
         self.rt = runtime
         self._workers: set = set()
@@ -92,9 +95,7 @@ class TrainingJobs:
     def run(self, peer: tuple[str, str], job_bytes: bytes, contract_bytes: bytes,
             cancelled: Callable[[], bool] = lambda: False, resume: bool = False) -> Iterator[TrainingEvent]:
         contract, contract_env, job, job_env = self.rt.check(peer, job_bytes, contract_bytes)
-        if job.kind != "train" or job.training is None:
-            raise InvalidInput(f"job kind {job.kind!r} sent to SubmitTraining; submit queries with SubmitQuery")
-        spec = job.training
+        spec = job.payload_as(TrainingSpec, "SubmitTraining", "submit queries with SubmitQuery")
         check_training(spec, contract.rules, contract.schema, contract.dataset, len(job.participants))
         store = self.rt.store
         done = store.begin(job.job_id, job_env.digest, contract_env.digest, contract.buyer.name, job.participants,
@@ -183,7 +184,7 @@ class TrainingJobs:
                 self._workers.discard(proc)
 
     def _seal(self, contract, contract_env: Envelope, job, job_env: Envelope, outcome: dict) -> bytes:
-        spec = job.training
+        spec = job.payload_as(TrainingSpec, "the training seal")
         metrics = tuple(RoundMetric.from_dict(m) for m in outcome["metrics"])
         attestations = []
         for node in job.participants:
@@ -213,7 +214,7 @@ class TrainingJobs:
     # -- fetch again ----------------------------------------------------------
     def replay(self, rec: JobRecord) -> Iterator[TrainingEvent]:
         """A finished job's aggregate progress, model and receipt, from the store."""
-        if rec.kind != "train" or rec.state != "succeeded":
+        if rec.kind != self.kind or rec.state != "succeeded":
             raise errors.NotFound(f"job {rec.job_id} has no trained model (state: {rec.state}); see `fedtrust job status`")
         rounds = self.rt.store.rounds(rec.job_id)
         n = len(rec.participants)

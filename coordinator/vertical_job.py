@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Iterator
+from typing import Callable, ClassVar, Iterator
 
 from fedtrust.coordinator.runtime import CoordinatorRuntime, Event, Finished
 from fedtrust.coordinator.vertical_client import psi_step_on_node
@@ -22,23 +22,25 @@ from fedtrust.errors import Error, InvalidInput, JobFailed
 from fedtrust.progress import Progress
 from fedtrust.trust.canonical import sha256_hex, utc_now
 from fedtrust.trust.receipts import CoordinatorStatement, ReceiptBundle, sign_coordinator_statement, verify_attestation
+from fedtrust.trust.vertical import VerticalJob
 
 log = logging.getLogger("fedtrust.coordinator")
 
 
 class VerticalJobs:
+    kind: ClassVar[str] = VerticalJob.kind
+
     def __init__(self, runtime: CoordinatorRuntime) -> None:
         self.runtime = runtime
 
     def run(self, peer: tuple[str, str], job_bytes: bytes, contract_bytes: bytes) -> Iterator[Event]:
         rt = self.runtime
         contract, contract_env, job, job_env = rt.check(peer, job_bytes, contract_bytes)
-        if job.kind != "psi" or job.vertical is None:
-            raise InvalidInput(f"job kind {job.kind!r} sent to SubmitVertical; submit it with its own call")
+        job.payload_as(VerticalJob, "SubmitVertical", "submit it with its own call")
         if contract.rules.vertical is None:
             raise InvalidInput("this contract sells no vertical jobs (its rules have no [vertical] table)")
         done = rt.store.begin(job.job_id, job_env.digest, contract_env.digest, contract.buyer.name, job.participants,
-                              kind="psi")
+                              kind=self.kind)
         total = len(job.participants)
         if done is not None:
             yield Progress("succeeded", total, total, "job already finished; returning the stored receipt")

@@ -15,8 +15,8 @@ import numpy as np
 
 from fedtrust.training.data import LocalData, load_rows
 from fedtrust.training.preprocess import Preprocessor
+from fedtrust.training.spec import TrainingSpec
 from fedtrust.trust.schema import Schema
-from fedtrust.trust.training_spec import TrainingSpec
 
 __all__ = ["pooled_rows", "train_central", "score", "auc", "auc_of"]
 

@@ -22,13 +22,18 @@ from pathlib import Path
 from fedtrust.errors import ConfigError, InvalidInput, ReplayError, VerificationError
 from fedtrust.exchange.issuer import load_exchange
 from fedtrust.query.checks import QUERY
+from fedtrust.query.payload import QueryPayload
 from fedtrust.training.checks import TRAINING
+from fedtrust.training.spec import TrainingSpec
 from fedtrust.trust.canonical import sha256_hex
+from fedtrust.trust.psi_checks import PSI
 from fedtrust.trust.receipts import GENESIS, ReceiptBundle, ledger_entry_digest, result_digest
-from fedtrust.trust.verify import PSI, KindCheck, VerifiedReceipt, check_model_attested, verify_bundle
+from fedtrust.trust.verify import KindCheck, VerifiedReceipt, check_model_attested, verify_bundle
+from fedtrust.trust.vertical import VerticalJob
 
-#: the job kinds the exchange settles, each with its check against the contract's rules
-JOB_KINDS: dict[str, KindCheck] = {"query": QUERY, "train": TRAINING, "psi": PSI}
+#: the job kinds the exchange settles, each with its receipt checks (one line per kind)
+JOB_KINDS: dict[str, KindCheck] = {QueryPayload.kind: QUERY, TrainingSpec.kind: TRAINING, VerticalJob.kind: PSI}
+
 
 @dataclass(frozen=True)
 class Verdict:
@@ -75,15 +80,16 @@ def verify_receipt(exchange_dir: str | Path, bundle: ReceiptBundle, result: dict
 
 def _check_result(v: VerifiedReceipt, result: dict | bytes) -> None:
     assert v.acknowledgement is not None
-    if v.job.kind == "train":
+    check = JOB_KINDS[v.job.kind]
+    if check.model_digest is not None:  # kinds that deliver a model file
         if not isinstance(result, (bytes, bytearray)):
-            raise VerificationError("a training job's result is its model file; pass the model.safetensors delivered")
+            raise VerificationError(f"a {v.job.kind} job's result is its model file; pass the model.safetensors "
+                                    "delivered")
         digest = sha256_hex(bytes(result))
-        assert v.statement.training is not None
-        if digest != v.acknowledgement.result_digest or digest != v.statement.training.model_digest:
+        if digest != v.acknowledgement.result_digest or digest not in v.statement.aggregate_outputs:
             raise VerificationError("the model file does not match the digest the buyer acknowledged and the "
                                     "coordinator signed in the receipt")
-        check_model_attested(bytes(result), v.attestations, TRAINING)
+        check_model_attested(bytes(result), v.attestations, check)
         return
     if isinstance(result, (bytes, bytearray)):
         try:
@@ -159,7 +165,7 @@ def _summary(v: VerifiedReceipt, result_checked: bool, again: bool) -> str:
         t = v.statement.training
         parts[2] = (f"coordinator {v.contract.coordinator.name} signed model {t.model_digest[:12]}… trained over "
                     f"{t.rounds} rounds with secure aggregation "
-                    f"{v.job.training.secure_aggregation if v.job.training else '?'}")
+                    f"{getattr(v.job.payload, 'secure_aggregation', '?')}")
         parts[2] += "; every owner attested that it computed this model and these metrics itself"
         parts[3] = "buyer acknowledged delivery" + (" and the model file matches" if result_checked else "")
         if not eps:

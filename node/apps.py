@@ -156,7 +156,7 @@ class AppRegistry:
 
     def get(self, model: str) -> Any:
         """The ClientApp for a job's `model`: the built-in one for registry models, else an approved app."""
-        from fedtrust.trust.training_spec import ARCHITECTURES
+        from fedtrust.training.spec import ARCHITECTURES
 
         if model in ARCHITECTURES:
             from fedtrust.training.clientapp import app

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from fedtrust.config import NodeConfig
 from fedtrust.metrics import DaemonMetrics
+from fedtrust.node.kinds import NodeKinds
 from fedtrust.node.node_servicer import NodeServicer
 from fedtrust.node.runtime import NodeRuntime
 from fedtrust.node.training_runtime import TrainingRuntime
@@ -21,8 +22,9 @@ class NodeDaemon(GrpcDaemon):
 
     def __init__(self, config: NodeConfig) -> None:
         self.runtime = NodeRuntime(config)
-        self.training = TrainingRuntime(self.runtime, config)  # checks the approved ClientApps' digests
-        self.psi = PsiRuntime(self.runtime)
+        self.kinds = NodeKinds(self.runtime)  # the training handler checks the approved ClientApps' digests
+        self.training = self.kinds.get(TrainingRuntime)
+        self.psi = self.kinds.get(PsiRuntime)
         ident = self.runtime.identity
         super().__init__(config.name, config.listen, TlsMaterial(ident.tls_cert_pem, ident.tls_key_pem, ident.ca_pem),
                          config.server, DaemonMetrics("node", budgets=self._budgets))
@@ -38,7 +40,7 @@ class NodeDaemon(GrpcDaemon):
         return bool(self.runtime.datasets) and self.runtime.store.readable()
 
     def _register(self):
-        servicer = NodeServicer(self.runtime, self.training, self.metrics, psi=self.psi)
+        servicer = NodeServicer(self.runtime, self.kinds, self.metrics)
         vertical = VerticalNodeServicer(servicer, self.psi)
 
         def register(s):

@@ -9,8 +9,10 @@ from __future__ import annotations
 import logging
 import time
 
-from fedtrust.errors import Error, PolicyViolation
+from fedtrust.errors import Error
 from fedtrust.metrics import DaemonMetrics
+from fedtrust.node.kinds import NodeKinds
+from fedtrust.node.query_runtime import QueryRuntime
 from fedtrust.node.runtime import NodeRuntime
 from fedtrust.node.training_runtime import MAX_ROUND_MESSAGE_BYTES, TrainingRuntime
 from fedtrust.transport.limits import MAX_CONTEXT_BYTES
@@ -37,13 +39,16 @@ def read_train_header(requests, deadline: float | None = None):
 
 
 class NodeServicer(node_pb2_grpc.NodeServiceServicer):
-    def __init__(self, runtime: NodeRuntime, training: TrainingRuntime | None = None,
-                 metrics: DaemonMetrics | None = None, psi=None) -> None:
+    def __init__(self, runtime: NodeRuntime, kinds: NodeKinds | None = None,
+                 metrics: DaemonMetrics | None = None) -> None:
         self.runtime = runtime
-        self.training = training or TrainingRuntime(runtime, runtime.config)
+        #: one handler per job kind (`node/kinds.py`), shared with the VerticalNodeService
+        self.kinds = kinds or NodeKinds(runtime)
         self.metrics = metrics or DaemonMetrics("node")
-        #: vertical PSI jobs (`node.vertical_runtime.PsiRuntime`), shared with the VerticalNodeService
-        self.psi = psi
+
+    @property
+    def training(self) -> TrainingRuntime:
+        return self.kinds.get(TrainingRuntime)
 
     def _audited(self, peer, check, run, describe, event: str = "released"):
         """check() -> (checked job, payload), run(checked, payload) -> release; audit the release or the refusal."""
@@ -84,14 +89,7 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
             return checked, None
 
         def admit(checked, _):
-            if checked.job.kind == "train":
-                self.training.admit(checked)
-            elif checked.job.kind == "psi":
-                if self.psi is None:
-                    raise PolicyViolation("this node does not serve vertical jobs")
-                self.psi.admit(checked)
-            else:
-                self.runtime.admit_query(checked)
+            self.kinds.admit(checked)  # the job kind's handler, by the signed job's kind
             return self.runtime.sign_admission(checked)
 
         admission = self._audited(peer, check, admit, lambda _: "admitted", event="admitted")
@@ -108,7 +106,8 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
             checked = self.runtime.check_job(peer, header.job_envelope, header.contract_envelope)
             return checked, (he_context, list(header.admissions))
 
-        release = self._audited(peer, check, lambda c, p: self.runtime.run_query(c, *p), lambda r: f"seq {r.seq}")
+        query = self.kinds.get(QueryRuntime)
+        release = self._audited(peer, check, lambda c, p: query.run_query(c, *p), lambda r: f"seq {r.seq}")
         yield from send_chunks_then(node_pb2.QueryReply, "ciphertext_chunk", release.outputs, "release",
                                     node_pb2.Release(attestation_envelope=release.attestation.to_json(),
                                                      ciphertext_sizes=[len(c) for c in release.outputs]))

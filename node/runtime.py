@@ -1,30 +1,24 @@
-"""The node's domain logic: check a job against the contract, compute, protect, release.
+"""The node's core: check a job against the contract, its admissions, and the owner's job log.
 
-No protobuf here (see `node_servicer.py`). The order of `run_query` is the
-security argument, top to bottom:
+No protobuf here (see `node_servicer.py`). Every job kind starts with
+`check_job` (steps 1-3 below); the kind's handler, registered by name in
+`node/kinds.py` (`query_runtime.py`, `training_runtime.py`,
+`vertical_runtime.py`), adds its own checks, spends and computes:
 
 1. the contract verifies under the exchange key, carries the signatures of
    the buyer and of this node's own owner, and the caller's mTLS identity is
-   the contract's coordinator;
+   the contract's coordinator; it is not revoked and the owner did not
+   withdraw from it;
 2. this node is an owner of the contract and holds the product it names,
    whose data commitment matched the file at start-up;
 3. the job is signed by the contract's buyer, names exactly the contract's
    owners and coordinator, is unexpired, within the contract's validity;
-4. the SQL passes the contract's rules (`fedtrust.query.sql`) and is rebuilt
-   from the checked tree; the HE context is the one the job names, with the
-   supported parameters;
-5. a recorded release of the same job is returned as it was (no second
-   debit); a reused job id or nonce is refused; the query cap and the
-   privacy budget allow it — steps 1-5 are also the *admission* the node
-   signs in phase one (`sign_admission`), spending nothing;
-6. every participant signed a valid admission of this exact job
-   (`fedtrust.trust.admission`): nothing is computed or debited for a job
-   that one owner refused or that could not reach one owner;
-7. DuckDB computes exact per-group integers over the node's file only; small
-   groups are withheld; pairwise masks are added mod t; the vector is
-   encrypted in a worker process under the buyer's public context;
-8. the ledger row (chain entry, attestation, ciphertexts) is committed and
-   fsynced, and only then does anything leave the node.
+4. (the kind's admit) its rules, caps and budget allow it; this is the
+   *admission* the node signs in phase one (`sign_admission`), spending
+   nothing;
+5. (the kind's run) every participant signed a valid admission of this exact
+   job (`check_admissions`): nothing is computed or debited for a job that
+   one owner refused or that could not reach one owner.
 """
 from __future__ import annotations
 
@@ -33,33 +27,21 @@ import logging
 import time
 from dataclasses import dataclass
 from datetime import timedelta
-from decimal import Decimal
 from pathlib import Path
 from typing import Sequence
 
 from fedtrust.code import code_digest
 from fedtrust.config import NodeConfig, check_private_files
-from fedtrust.errors import BudgetExhausted, ConfigError, Error, InvalidInput, PolicyViolation, VerificationError
+from fedtrust.errors import ConfigError, Error, PolicyViolation, VerificationError
 from fedtrust.node.job_log import JobRecord
-from fedtrust.node.store import ACCOUNTANT, NodeStore, StoredRelease
-from fedtrust.privacy import he
-from fedtrust.privacy.accounting import Budget, Spend
-from fedtrust.privacy.dp import noise_plan
-from fedtrust.privacy.masking import add_mod, pairwise_mask
-from fedtrust.privacy.params import PLAIN_MODULUS
+from fedtrust.node.store import NodeStore
 from fedtrust.query.dataset import Dataset, file_digest
-from fedtrust.query.encoding import encode
-from fedtrust.query.layout import Layout
-from fedtrust.query.noisy import add_noise, encode_signed
-from fedtrust.query.sql import QueryPlan, plan_query
 from fedtrust.trust.admission import Admission, sign_admission, verify_admissions
-from fedtrust.trust.canonical import sha256_hex, utc_now
 from fedtrust.trust.contracts import Contract, require_signatures, verify_contract
-from fedtrust.trust.credentials import KX_KEY, SIGNING_KEY, TLS_KEY, Identity, kx_public_key, load_identity_as
+from fedtrust.trust.credentials import KX_KEY, SIGNING_KEY, TLS_KEY, Identity, load_identity_as
 from fedtrust.trust.dsse import Envelope
 from fedtrust.trust.jobs import MAX_SQL_CHARS, JobSpec, verify_job
 from fedtrust.trust.products import Product, verify_product
-from fedtrust.trust.receipts import Attestation, sign_attestation
 from fedtrust.trust.revocation import RevocationHolder
 
 log = logging.getLogger("fedtrust.node")
@@ -202,113 +184,11 @@ class NodeRuntime:
                           contract_digest=checked.contract_digest, job_digest=checked.job_digest,
                           participants=checked.job.participants, skew=self.skew)
 
-    # -- queries ----------------------------------------------------------
-    def admit_query(self, checked: CheckedJob) -> tuple[QueryPlan, StoredRelease | None]:
-        """Every check of a query job short of its HE context; spends nothing.
-
-        Returns the plan and, for a job this node already released, the recorded release.
-        """
-        contract, job, held = checked.contract, checked.job, checked.held
-        if job.kind != "query" or job.he is None:
-            raise InvalidInput(f"job kind {job.kind!r} sent to the query endpoint; use the endpoint for that kind")
-        rules = contract.rules.query
-        if rules is None:
-            raise PolicyViolation("this contract sells no queries (its rules have no [query] table)")
-        plan = plan_query(job.sql, rules, held.product.schema, contract.dataset)
-        job.he.check_supported()
-        existing = self.store.lookup(checked.contract_digest, job.job_id, job.nonce, checked.job_digest)
-        if existing is not None:
-            return plan, existing
-        if self.store.released_count(checked.contract_digest) >= rules.max_queries:
-            # fast refusal before any computation; re-checked atomically in commit_release
-            raise BudgetExhausted(
-                f"query cap reached: this contract allows {rules.max_queries} query jobs at this node and all are "
-                "spent; ask the exchange for a new contract"
-            )
-        privacy = contract.rules.privacy
-        if privacy is not None:
-            # fast refusal before any computation; the debit in commit_release re-checks atomically
-            ACCOUNTANT.charge(Budget(privacy.epsilon_total, privacy.delta), self.store.spends(checked.contract_digest),
-                              Spend("discrete-laplace", privacy.epsilon_per_query), where=f"node {self.name}")
-        return plan, None
-
-    def run_query(self, checked: CheckedJob, context: bytes, admissions: Sequence[bytes] = ()) -> StoredRelease:
-        contract, job, held = checked.contract, checked.job, checked.held
-        plan, existing = self.admit_query(checked)
-        if existing is not None:
-            return existing
-        if sha256_hex(context) != job.he.context_digest:
-            raise InvalidInput("HE context does not match the digest in the signed job spec; resend the buyer's context")
-        self.check_admissions(checked, admissions)
-        rules = contract.rules.query
-        privacy = contract.rules.privacy
-        epsilon = privacy.epsilon_per_query if privacy else Decimal(0)
-        started, clock = utc_now(), time.monotonic()
-        layout = Layout.from_plan(plan, held.product.schema)
-        stats = held.dataset.aggregate(plan, layout)
-        if privacy is None:
-            vector, n_withheld = encode(layout, stats, rules.min_group_size)
-        else:
-            noise = noise_plan(layout, epsilon, rules.min_group_size)
-            noisy = add_noise(layout, stats, noise, rules.min_group_size)
-            vector = encode_signed(layout, noisy)
-            n_withheld = len(noisy.withheld)
-        peers = {
-            h.credential.name: kx_public_key(h.credential) for h in contract.owners if h.credential.name != self.name
-        }
-        # keyed by the digest of the signed job, not its id: a buyer who reused a job id under another
-        # contract must not get two vectors under the same mask (their difference would be in the clear)
-        mask = pairwise_mask(self.identity.kx_private, self.name, peers, checked.job_digest, layout.length,
-                             PLAIN_MODULUS)
-        masked = add_mod(vector, mask, PLAIN_MODULUS)
-        # the worker keeps the parsed context for this contract's next job under the same context
-        ciphertexts = he.encrypt_isolated(context, job.he, masked, session=(self.name, checked.contract_digest))
-
-        def attest(debit) -> Envelope:
-            return sign_attestation(
-                Attestation(
-                    node=self.name,
-                    job_digest=checked.job_digest,
-                    contract_digest=checked.contract_digest,
-                    product_digest=held.product_digest,
-                    data_commitment=held.product.commitment,
-                    code_digest=self.code_digest,
-                    outputs=tuple(sha256_hex(c) for c in ciphertexts),
-                    epsilon=debit.epsilon,
-                    delta=debit.delta,
-                    chain=debit.chain,
-                    dp=privacy is not None,
-                    accountant=None if privacy is None else ACCOUNTANT.name,
-                    started_at=started,
-                    released_at=utc_now(),
-                ),
-                self.identity.signer,
-            )
-
-        release = self.store.commit_release(
-            node=self.name,
-            contract_digest=checked.contract_digest,
-            job_id=job.job_id,
-            nonce=job.nonce,
-            job_digest=checked.job_digest,
-            max_queries=rules.max_queries,
-            mechanism="exact" if privacy is None else "discrete-laplace",
-            outputs=ciphertexts,
-            make_attestation=attest,
-            epsilon=epsilon,
-            epsilon_total=privacy.epsilon_total if privacy else None,
-            delta_total=privacy.delta if privacy else None,
-        )
-        self.record_job(checked, "released", epsilon=release.debit.epsilon, withheld=n_withheld,
-                        duration_s=time.monotonic() - clock)
-        return release
-
     # -- the owner's job log --------------------------------------------------
     def record_job(self, checked: CheckedJob, outcome: str, *, epsilon: str | None = None, withheld: int | None = None,
                    detail: str = "", duration_s: float = 0.0) -> None:
         """One row (and one info log line) per job in the owner's job log (`fedtrust node log`)."""
         job, c = checked.job, checked.contract
-        request = job.sql if job.kind == "query" else json.dumps(
-            job.training.to_dict() if job.training else job.vertical.to_dict() if job.vertical else {}, sort_keys=True)
+        request = job.payload.describe()
         self.store.jobs.record(JobRecord(checked.contract_digest, job.job_id, job.kind, c.buyer.name,
                                          c.coordinator.name, request, epsilon, withheld, outcome, detail, duration_s))

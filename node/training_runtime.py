@@ -48,6 +48,7 @@ from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import ClassVar
 
 import numpy as np
 
@@ -77,6 +78,7 @@ from fedtrust.training.models import MAX_PARAMETERS
 from fedtrust.training.policy import check_training
 from fedtrust.training.preprocess import Preprocessor
 from fedtrust.training.server_step import Derivation, initial_seed
+from fedtrust.training.spec import TrainingSpec
 from fedtrust.trust.canonical import parse_time, utc_now
 from fedtrust.trust.clock import check_not_expired
 from fedtrust.trust.credentials import kx_public_key
@@ -123,7 +125,10 @@ class _Plan:
 
 
 class TrainingRuntime:
-    def __init__(self, node: NodeRuntime, config: NodeConfig) -> None:
+    kind: ClassVar[str] = TrainingSpec.kind
+
+    def __init__(self, node: NodeRuntime, config: NodeConfig | None = None) -> None:
+        config = config or node.config
         self.node = node
         self.store = TrainingStore(config.state)
         self.apps = AppRegistry(config.clientapps)  # ConfigError when an approved app's digest differs
@@ -166,13 +171,16 @@ class TrainingRuntime:
         checked.contract.check_valid_at(now, self.node.skew)
         return checked
 
-    def _check(self, checked: CheckedJob) -> None:
-        job = checked.job
-        if job.kind != "train" or job.training is None:
-            raise InvalidInput(f"job kind {job.kind!r} sent to the training endpoint; use the endpoint for that kind")
-        check_training(job.training, checked.contract.rules, checked.held.product.schema, checked.contract.dataset,
-                       len(job.participants))
-        self.apps.get(job.training.model)  # an app this node never approved is refused before anything is spent
+    @staticmethod
+    def spec(checked: CheckedJob) -> TrainingSpec:
+        return checked.job.payload_as(TrainingSpec, "the training endpoint")
+
+    def _check(self, checked: CheckedJob) -> TrainingSpec:
+        spec = self.spec(checked)
+        check_training(spec, checked.contract.rules, checked.held.product.schema, checked.contract.dataset,
+                       len(checked.job.participants))
+        self.apps.get(spec.model)  # an app this node never approved is refused before anything is spent
+        return spec
 
     def _plan(self, checked: CheckedJob) -> _Plan:
         with self._lock:
@@ -181,8 +189,7 @@ class TrainingRuntime:
                 return plan
         from fedtrust.training.models import expected_shapes
 
-        spec = checked.job.training
-        assert spec is not None
+        spec = self.spec(checked)
         pre = Preprocessor.build(checked.held.product.schema, spec.features, spec.label)
         shapes = dict(sorted(expected_shapes(spec, pre.width, pre.outputs).items()))
         plan = _Plan(pre, shapes, int(sum(int(np.prod(s)) for s in shapes.values())))
@@ -213,10 +220,8 @@ class TrainingRuntime:
 
     # -- rounds -----------------------------------------------------------
     def train_round(self, checked: CheckedJob, message: bytes, admissions=()) -> RoundRelease:
-        self._check(checked)
-        job, spec = checked.job, checked.job.training
-        assert spec is not None
-        store = self.node.store
+        spec = self._check(checked)
+        job, store = checked.job, self.node.store
         if store.lookup(checked.contract_digest, job.job_id, job.nonce, checked.job_digest) is not None:
             raise PolicyViolation("this training job is finished (attested) at this node; submit a new job")
         plan = self._plan(checked)
@@ -282,8 +287,7 @@ class TrainingRuntime:
             raise JobFailed(f"this node no longer holds the global models it derived for the job (it restarted during "
                             f"the job, or more than {MAX_DERIVATIONS} training jobs ran at once); the job cannot "
                             "continue, submit a new one")
-        spec = checked.job.training
-        assert spec is not None
+        spec = self.spec(checked)
         init = initial_arrays(spec, plan.preprocessor.width, plan.preprocessor.outputs, initial_seed(checked.job_digest))
         if {k: tuple(v.shape) for k, v in init.items()} != plan.shapes:
             raise InvalidInput("the job's initial model does not match its architecture")
@@ -399,8 +403,8 @@ class TrainingRuntime:
         privacy = checked.contract.rules.privacy
         if privacy is None:
             return None
-        spec = checked.job.training
-        assert spec is not None and privacy.training_epsilon is not None
+        spec = self.spec(checked)
+        assert privacy.training_epsilon is not None  # check_training refused the job otherwise
         with self._lock:
             cached = self._dp_plans.get(checked.job_digest)
         if cached is not None:
@@ -419,8 +423,7 @@ class TrainingRuntime:
 
         from fedtrust.training.loop import resolve_device
 
-        spec = checked.job.training
-        assert spec is not None
+        spec = self.spec(checked)
         app = self.apps.get(spec.model)
         run_id = int(checked.job_digest[:15], 16)
         node_index = checked.job.participants.index(self.node.name) + 1

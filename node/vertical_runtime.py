@@ -32,7 +32,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import ClassVar, Sequence
 
 from fedtrust.errors import BudgetExhausted, InvalidInput, PolicyViolation, VerificationError
 from fedtrust.node.runtime import CheckedJob, NodeRuntime
@@ -44,7 +44,7 @@ from fedtrust.trust.canonical import sha256_hex, utc_now
 from fedtrust.trust.credentials import kx_public_key
 from fedtrust.trust.dsse import Envelope
 from fedtrust.trust.receipts import Attestation, sign_attestation
-from fedtrust.trust.vertical import check_vertical_job
+from fedtrust.trust.vertical import VerticalJob, check_vertical_job
 
 __all__ = ["PsiRuntime", "PsiStepResult", "SESSION_TTL_S"]
 
@@ -72,6 +72,8 @@ class _Session:
 
 
 class PsiRuntime:
+    kind: ClassVar[str] = VerticalJob.kind
+
     def __init__(self, node: NodeRuntime) -> None:
         self.node = node
         self.store = VerticalStore(node.config.state)
@@ -82,10 +84,9 @@ class PsiRuntime:
     def admit(self, checked: CheckedJob, *, finished_ok: bool = False) -> None:
         """Every check of a PSI job short of running it; spends nothing."""
         contract, job = checked.contract, checked.job
-        if job.kind != "psi" or job.vertical is None:
-            raise InvalidInput(f"job kind {job.kind!r} sent to the PSI endpoint; use the endpoint for that kind")
+        payload = job.payload_as(VerticalJob, "the PSI endpoint")
         rules = contract.rules.vertical
-        check_vertical_job(rules, job.kind, job.vertical)
+        check_vertical_job(rules, job.kind, payload)
         assert rules is not None
         if contract.rules.privacy is not None:
             raise PolicyViolation("this contract has [privacy]: an exact intersection size is not differentially "

@@ -5,15 +5,17 @@ from dataclasses import replace
 
 from fedtrust.buyer.query import load_contract
 from fedtrust.privacy import he
+from fedtrust.query.payload import QueryPayload
 from fedtrust.trust.dsse import Envelope
 from fedtrust.trust.jobs import JobSpec
 
 
 def make_job(identity, contract_path, sql, keys=None, **changes):
-    """A query job as the buyer's CLI makes it, then with `changes` applied (unsigned)."""
+    """A query job as the buyer's CLI makes it, then with `changes` applied (unsigned; `he` changes the payload)."""
     contract, raw = load_contract(identity, contract_path)
     keys = keys or he.BuyerKeys.generate()
-    job = JobSpec.new(contract, Envelope.from_json(raw).digest, sql, keys.params)
+    payload = QueryPayload(sql, changes.pop("he", keys.params))
+    job = JobSpec.create(contract, Envelope.from_json(raw).digest, payload)
     return replace(job, **changes), raw, keys
 
 

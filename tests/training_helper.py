@@ -7,10 +7,10 @@ from pathlib import Path
 
 from fedtrust.buyer.query import load_contract, tls_of
 from fedtrust.coordinator.training_client import NodeTrainingClient
+from fedtrust.training.spec import TrainingSpec
 from fedtrust.trust.credentials import load_identity
 from fedtrust.trust.dsse import Envelope
 from fedtrust.trust.jobs import JOB_TYPE, JobSpec, sign_job
-from fedtrust.trust.training_spec import TrainingSpec
 
 APPS = Path(__file__).resolve().parent / "training_apps.py"
 TEST_APPS = {"raising": "raising", "nan-update": "nan_update", "oversized": "oversized", "chatty": "chatty",
@@ -42,9 +42,9 @@ def signed_job(fed, spec: TrainingSpec | dict, contract_path: Path | None = None
     contract, raw = load_contract(buyer, contract_path or fed.contract_path)
     digest = Envelope.from_json(raw).digest
     if isinstance(spec, TrainingSpec):
-        job = JobSpec.new_training(contract, digest, spec)
+        job = JobSpec.create(contract, digest, spec)
         return sign_job(job, buyer.signer).to_json(), raw, job
-    good = JobSpec.new_training(contract, digest, make_spec()).to_dict()
+    good = JobSpec.create(contract, digest, make_spec()).to_dict()
     env = buyer.signer.sign_statement(JOB_TYPE, {**good, "training": spec}, [("contract", digest)])
     return env.to_json(), raw, None
 

@@ -10,6 +10,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from fedtrust.privacy.params import HeParams
+from fedtrust.query.payload import QueryPayload
 from fedtrust.trust import pki
 from fedtrust.trust.canonical import format_time, sha256_hex, utc_now
 from fedtrust.trust.contracts import Contract, Holding, sign_contract, verify_contract
@@ -67,8 +68,8 @@ class World:
         rules = Rules(QueryRules(("COUNT", "SUM"), ("amount",), ("region",), ("region",), 5, 10), 30)
         self.contract_env = self.make_contract(rules=rules)
         self.contract = verify_contract(self.contract_env, self.exchange.public_key)
-        self.job = JobSpec.new(self.contract, self.contract_env.digest, "SELECT COUNT(*) FROM claims",
-                               HeParams(context_digest=D))
+        self.job = JobSpec.create(self.contract, self.contract_env.digest,
+                                  QueryPayload("SELECT COUNT(*) FROM claims", HeParams(context_digest=D)))
         self.job_env = sign_job(self.job, self.signers["buyer-1"])
         self.att_envs = {n: sign_attestation(self.attestation(n), self.signers[n]) for n in ("node-a", "node-b")}
         self.statement = CoordinatorStatement(

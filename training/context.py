@@ -50,7 +50,7 @@ from typing import Any, Mapping
 
 from fedtrust.errors import InvalidInput
 from fedtrust.training.quantize import MAX_EXAMPLES
-from fedtrust.trust.training_spec import ModelOptions, TrainingSpec
+from fedtrust.training.spec import ModelOptions, TrainingSpec
 
 __all__ = ["KEYS", "FLOWER_NODE_KEYS", "NodeJob", "node_config", "run_config", "round_config"]
 

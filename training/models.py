@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from fedtrust.errors import InvalidInput, PolicyViolation
-from fedtrust.trust.training_spec import TrainingSpec
+from fedtrust.training.spec import TrainingSpec
 
 if TYPE_CHECKING:  # torch is imported lazily: parsing specs must stay cheap
     import torch

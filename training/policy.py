@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from fedtrust.errors import InvalidInput, PolicyViolation
 from fedtrust.training.quantize import MAX_PARTICIPANTS
+from fedtrust.training.spec import TrainingSpec
 from fedtrust.trust.rules import Rules
 from fedtrust.trust.schema import Schema
-from fedtrust.trust.training_spec import TrainingSpec
 
 __all__ = ["check_training", "check_dp_training", "DP_MODELS", "MAX_CLASSES"]
 

@@ -20,8 +20,8 @@ import numpy as np
 from fedtrust.errors import ConfigError
 from fedtrust.training.arrays import read_model
 from fedtrust.training.preprocess import Preprocessor
+from fedtrust.training.spec import TrainingSpec
 from fedtrust.trust.schema import Column, Schema
-from fedtrust.trust.training_spec import TrainingSpec
 
 __all__ = ["Predictions", "load_model", "predict_rows", "write_predictions"]
 

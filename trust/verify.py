@@ -30,7 +30,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from fedtrust.errors import InvalidInput, PolicyViolation, VerificationError
+from fedtrust.errors import InvalidInput, VerificationError
 from fedtrust.privacy.accounting import ACCOUNTANTS
 from fedtrust.trust.canonical import parse_time, sha256_hex
 from fedtrust.trust.contracts import Contract, verify_contract
@@ -43,20 +43,39 @@ from fedtrust.trust.receipts import (
     CoordinatorStatement,
     ReceiptBundle,
     fmt_eps,
-    metrics_digest,
     verify_acknowledgement,
     verify_attestation,
     verify_statement_of_coordinator,
 )
+from fedtrust.trust.rules import PrivacyRules
+
+
+def _nothing(*_: object) -> None:
+    return None
+
+
+#: the kind-specific blocks a receipt may carry; a kind's check names the ones its receipts use
+BLOCKS = ("relayed", "training", "intersection_size")
 
 
 @dataclass(frozen=True)
 class KindCheck:
-    """What trust cannot judge itself about one job kind, passed in by the caller (the way sigstore-python's
-    verifier takes a policy), so trust imports nothing above it: `rules` raises VerificationError when the job's
-    payload breaks the contract's rules; `model_digest` reads a delivered model file (kinds that deliver one)."""
+    """How the buyer and the exchange verify one job kind's receipts, passed in by the caller (the way
+    sigstore-python's verifier takes a policy), so trust imports nothing above it. Each kind's module defines one
+    (`fedtrust.query.checks.QUERY`, `fedtrust.training.checks.TRAINING`, `fedtrust.trust.psi_checks.PSI`):
+
+    - `rules(contract, job)` raises VerificationError when the job's payload breaks the contract's rules;
+    - `receipt(contract, job, attestations, digests, statement)` checks the kind's own part of the coordinator's
+      statement and of the attestations (every other check of the bundle is the same for every kind);
+    - `spend(privacy, attestation)` checks the ε/δ a node states for one job of this kind under [privacy];
+    - `blocks` names the kind-specific receipt blocks it uses (of `BLOCKS`): any other one is refused;
+    - `model_digest` reads a delivered model file (kinds that deliver one).
+    """
 
     rules: Callable[[Contract, JobSpec], None]
+    receipt: Callable[[Contract, JobSpec, Sequence[Attestation], Sequence[str], CoordinatorStatement], None] = _nothing
+    spend: Callable[[PrivacyRules, Attestation], None] = _nothing
+    blocks: frozenset[str] = frozenset()
     model_digest: Callable[[bytes], str] | None = None
 
 
@@ -122,7 +141,7 @@ def verify_bundle(
             raise VerificationError(f"attestation of node {att.node} names a product other than its holding in the contract")
         if att.data_commitment != holding.product.commitment:
             raise VerificationError(f"attestation of node {att.node} names a data commitment other than the listed one")
-        _check_spend(contract, att, job.kind)
+        _check_spend(contract, att, check)
 
     statement = verify_statement_of_coordinator(bundle.statement, contract)
     if statement.job_digest != job_digest or statement.contract_digest != contract_digest:
@@ -131,11 +150,10 @@ def verify_bundle(
         raise VerificationError("the coordinator's statement does not cover exactly the bundle's attestations")
     if aggregate is not None and tuple(statement.aggregate_outputs) != tuple(sha256_hex(c) for c in aggregate):
         raise VerificationError("the aggregate received does not match the digest the coordinator signed")
-    _check_training_statement(job, statement, atts)
-    if job.kind == "train" and aggregate is not None:
+    _check_blocks(job, check, statement, atts)
+    check.receipt(contract, job, atts, digests, statement)
+    if check.model_digest is not None and aggregate is not None:
         check_model_attested(aggregate[0] if aggregate else b"", atts, check)
-    _check_query_statement(job, atts, digests, statement)
-    _check_psi(contract, job, atts, statement)
 
     ack = None
     if bundle.acknowledgement is not None:
@@ -149,28 +167,15 @@ def verify_bundle(
     return VerifiedReceipt(contract, contract_digest, job, job_digest, atts, digests, statement, ack)
 
 
-def _check_query_statement(job: JobSpec, atts: Sequence[Attestation], digests: Sequence[str],
-                           statement: CoordinatorStatement) -> None:
-    """A query's statement names, per participant in order, the attestation and outputs it relayed: no more."""
-    if job.kind != "query":
-        if statement.relayed is not None:
-            raise VerificationError("the coordinator's statement lists relayed query outputs for a training job")
-        return
-    if statement.relayed is None:
-        raise VerificationError("the coordinator's statement for a query does not name the outputs it relayed")
-    if statement.aggregate_outputs:
-        raise VerificationError("the coordinator's statement for a query names an aggregate of its own; a coordinator "
-                                "relays the nodes' outputs and the buyer adds them")
-    if len(statement.relayed) != len(job.participants):
-        raise VerificationError("the coordinator's statement names relayed outputs for other than exactly the job's "
-                                "participants")
-    for r, att, digest in zip(statement.relayed, atts, digests):
-        if r.node != att.node:
-            raise VerificationError("the coordinator's statement names relayed outputs for other than exactly the "
-                                    "job's participants, in order")
-        if r.attestation != digest or tuple(r.outputs) != tuple(att.outputs):
-            raise VerificationError(f"the coordinator's statement names outputs for node {att.node} other than "
-                                    "those the node signed in its attestation")
+def _check_blocks(job: JobSpec, check: KindCheck, statement: CoordinatorStatement,
+                  atts: Sequence[Attestation]) -> None:
+    """A receipt carries only the kind-specific blocks its kind's check names."""
+    if statement.relayed is not None and "relayed" not in check.blocks:
+        raise VerificationError(f"the coordinator's statement lists relayed query outputs for a {job.kind} job")
+    if statement.training is not None and "training" not in check.blocks:
+        raise VerificationError(f"the coordinator's statement carries a training block for a {job.kind} job")
+    if "intersection_size" not in check.blocks and any(a.intersection_size is not None for a in atts):
+        raise VerificationError("an attestation states an intersection size for a job that is not a PSI")
 
 
 def check_relayed(v: VerifiedReceipt, received: Iterable[tuple[str, Sequence[bytes]]]) -> list[list[bytes]]:
@@ -217,57 +222,6 @@ def check_model_attested(model: bytes, attestations: Sequence[Attestation], chec
                                     "refuse it (the coordinator altered or replaced the model)")
 
 
-def _check_training_statement(job: JobSpec, statement: CoordinatorStatement,
-                              attestations: Sequence[Attestation]) -> None:
-    """A training job's statement names its model, rounds, participants and one metrics entry per round,
-    and every node attested the same final model and exactly the statement's metrics."""
-    t = statement.training
-    if job.kind != "train":
-        if t is not None:
-            raise VerificationError("the coordinator's statement carries a training block for a query job")
-        return
-    assert job.training is not None
-    if t is None:
-        raise VerificationError("the coordinator's statement for a training job has no training block")
-    if tuple(statement.aggregate_outputs) != (t.model_digest,):
-        raise VerificationError("the coordinator's statement names a model digest other than its aggregate output")
-    if t.rounds != job.training.rounds or [m.round for m in t.metrics] != list(range(1, t.rounds + 1)):
-        raise VerificationError("the coordinator's statement does not report exactly the job's rounds")
-    if tuple(t.participants) != tuple(job.participants):
-        raise VerificationError("the coordinator's statement names other participants than the job")
-    metrics = metrics_digest(t.metrics)
-    for att in attestations:
-        if att.model_digest is None or att.metrics_digest is None:
-            raise VerificationError(f"attestation of node {att.node} names no final model; nodes of this version "
-                                    "attest the model and metrics they computed themselves")
-        if att.metrics_digest != metrics:
-            raise VerificationError(f"the coordinator's statement reports other round metrics than node {att.node} "
-                                    "computed and attested")
-        if att.model_digest != attestations[0].model_digest:
-            raise VerificationError(f"nodes {attestations[0].node} and {att.node} attested different final models")
-
-
-def _check_psi(contract: Contract, job: JobSpec, atts: Sequence[Attestation], statement: CoordinatorStatement) -> None:
-    """A PSI job: every owner attests the same intersection size, at least the contract's minimum; the
-    coordinator claims no output of its own. Other jobs carry no intersection size."""
-    if job.kind != "psi":
-        if any(a.intersection_size is not None for a in atts):
-            raise VerificationError("an attestation states an intersection size for a job that is not a PSI")
-        return
-    if statement.aggregate_outputs:
-        raise VerificationError("the coordinator's statement for a PSI names an output of its own; it only relays")
-    sizes = {a.intersection_size for a in atts}
-    if None in sizes:
-        raise VerificationError("an owner's attestation of a PSI job states no intersection size")
-    if len(sizes) != 1:
-        raise VerificationError("the owners attested different intersection sizes; the PSI was not run on one pair "
-                                "of messages (a relay fault or a dishonest owner)")
-    assert contract.rules.vertical is not None  # _check_rules ran first
-    if sizes.pop() < contract.rules.vertical.min_intersection:
-        raise VerificationError("the attested intersection is below the contract's min_intersection; no owner may "
-                                "release it")
-
-
 def _check_rules(kinds: Mapping[str, KindCheck], contract: Contract, job: JobSpec) -> KindCheck:
     check = kinds.get(job.kind)
     if check is None:
@@ -283,23 +237,7 @@ def check_horizontal(contract: Contract) -> None:
         raise VerificationError("the contract is vertical; it sells no horizontal query or training job")
 
 
-def check_psi_job(contract: Contract, job: JobSpec) -> None:
-    """A PSI job's vertical spec fits the contract's [vertical] rules; VerificationError naming the rule otherwise."""
-    from fedtrust.trust.vertical import check_vertical_job
-
-    if job.vertical is None:
-        raise VerificationError("the job is a PSI without its vertical spec")
-    try:
-        check_vertical_job(contract.rules.vertical, job.kind, job.vertical)
-    except PolicyViolation as e:
-        raise VerificationError(f"the vertical job breaks the contract's rules: {e}") from None
-
-
-#: the PSI kind's check (trust holds the vertical rules itself)
-PSI = KindCheck(check_psi_job)
-
-
-def _check_spend(contract: Contract, att: Attestation, kind: str) -> None:
+def _check_spend(contract: Contract, att: Attestation, check: KindCheck) -> None:
     """The stated spend is possible and is what the contract's [privacy] rules make a node spend on this job."""
     eps, delta, cumulative = Decimal(att.epsilon), Decimal(att.delta), Decimal(att.chain.cumulative_epsilon)
     cumulative_delta = None if att.chain.cumulative_delta is None else Decimal(att.chain.cumulative_delta)
@@ -319,14 +257,7 @@ def _check_spend(contract: Contract, att: Attestation, kind: str) -> None:
     if att.accountant is not None and att.accountant not in ACCOUNTANTS:
         raise VerificationError(f"attestation of node {att.node} names a privacy accountant this verifier does not "
                                 f"know; known: {', '.join(sorted(ACCOUNTANTS))}")
-    if kind == "query" and (eps != privacy.epsilon_per_query or delta != 0):
-        raise VerificationError(
-            f"attestation of node {att.node} states ε={att.epsilon}, δ={att.delta} for a query; the contract's "
-            f"[privacy] rules set ε={fmt_eps(privacy.epsilon_per_query)}, δ=0 per query")
-    if kind == "train" and (privacy.training_epsilon is None or eps > privacy.training_epsilon
-                            or delta > (privacy.training_delta or privacy.delta)):
-        raise VerificationError(f"attestation of node {att.node} states a training spend (ε={att.epsilon}, "
-                                f"δ={att.delta}) the contract's [privacy] rules do not allow")
+    check.spend(privacy, att)
     if cumulative > privacy.epsilon_total:
         raise VerificationError(
             f"attestation of node {att.node} brings its cumulative ε to {att.chain.cumulative_epsilon}, over the "

@@ -24,14 +24,18 @@ over the aligned rows) needs a `[vertical.joint]` table (`trust.joint_rules`).
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
-from typing import Any, Sequence
+from datetime import timedelta
+from typing import Any, ClassVar, Sequence
 
 from fedtrust.errors import ConfigError, InvalidInput, PolicyViolation
+from fedtrust.trust.canonical import Fields
 from fedtrust.trust.joint_rules import JointRules, check_joint_products
+from fedtrust.trust.kinds import JOB_ID, MAX_SQL_CHARS, register_payload
 from fedtrust.trust.vertical_lr import VerticalLRRules
 
-__all__ = ["VERTICAL_KINDS", "VerticalJob", "VerticalRules", "check_vertical_job", "check_vertical_products"]
+__all__ = ["VERTICAL_KINDS", "JointJob", "VerticalJob", "VerticalRules", "check_vertical_job", "check_vertical_products"]
 
 VERTICAL_KINDS = ("psi", "joint", "vertical-lr")
 #: owners a vertical contract joins today (two-party PSI)
@@ -151,29 +155,78 @@ def check_vertical_products(rules: VerticalRules, products: Sequence[Any]) -> No
 
 @dataclass(frozen=True)
 class VerticalJob:
-    """The payload of a vertical job spec: the join column it runs on; for kind "joint" also the SQL over the
-    joined rows and `alignment`, the id of the PSI job (under the same contract) whose rows it joins."""
+    """The payload of a PSI job spec (kind "psi"): the join column it runs on (key "vertical" in the JSON)."""
 
     key: str
-    sql: str = ""
-    alignment: str = ""
+
+    kind: ClassVar[str] = "psi"
+    ttl: ClassVar[timedelta] = timedelta(hours=1)
 
     def to_dict(self) -> dict[str, Any]:
-        d = {"key": self.key}
-        if self.sql or self.alignment:
-            d.update(sql=self.sql, alignment=self.alignment)
-        return d
+        return {"key": self.key}
+
+    def to_fields(self) -> dict[str, Any]:
+        return {"vertical": self.to_dict()}
+
+    @classmethod
+    def from_fields(cls, f: Fields) -> "VerticalJob":
+        return cls.from_dict(f.obj("vertical"))
+
+    def check_payload(self, dataset: str) -> None:
+        """The key's form is checked by `from_dict`; the contract's rules by `check_vertical_job`."""
+
+    def describe(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
     def from_dict(cls, d: Any) -> "VerticalJob":
-        if (not isinstance(d, dict) or set(d) not in ({"key"}, {"key", "sql", "alignment"})
-                or not all(isinstance(v, str) for v in d.values()) or not d["key"]):
-            raise InvalidInput("job spec: `vertical` must be {\"key\": <the join column>} (and for a joint job "
-                               "\"sql\" and \"alignment\", the PSI job id)")
-        return cls(d["key"], d.get("sql", ""), d.get("alignment", ""))
+        if not isinstance(d, dict) or set(d) != {"key"} or not isinstance(d["key"], str) or not d["key"]:
+            raise InvalidInput("job spec: a psi job's `vertical` payload is {\"key\": <the join column>}; it names "
+                               "neither sql nor alignment (those are a joint job's)")
+        return cls(d["key"])
 
 
-def check_vertical_job(rules: "VerticalRules | None", kind: str, job: VerticalJob) -> None:
+@dataclass(frozen=True)
+class JointJob:
+    """The payload of a joint-statistics job spec (kind "joint"): the join column, the SQL over the joined rows
+    and `alignment`, the id of the PSI job (under the same contract) whose rows it joins (key "vertical" in the
+    JSON, beside the PSI payload's key)."""
+
+    key: str
+    sql: str
+    alignment: str
+
+    kind: ClassVar[str] = "joint"
+    ttl: ClassVar[timedelta] = timedelta(hours=1)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"key": self.key, "sql": self.sql, "alignment": self.alignment}
+
+    def to_fields(self) -> dict[str, Any]:
+        return {"vertical": self.to_dict()}
+
+    @classmethod
+    def from_fields(cls, f: Fields) -> "JointJob":
+        d = f.obj("vertical")
+        if (set(d) != {"key", "sql", "alignment"} or not all(isinstance(v, str) and v for v in d.values())):
+            raise InvalidInput("job spec: a joint job's vertical payload names its key, sql and alignment (the PSI "
+                               "job id); a psi job's names neither sql nor alignment")
+        return cls(d["key"], d["sql"], d["alignment"])
+
+    def check_payload(self, dataset: str) -> None:
+        if len(self.sql) > MAX_SQL_CHARS or not JOB_ID.fullmatch(self.alignment):
+            raise InvalidInput(f"job spec: a joint job's sql is at most {MAX_SQL_CHARS} characters and its "
+                               "alignment a PSI job id")
+
+    def describe(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+
+register_payload(VerticalJob.kind, VerticalJob.from_fields)
+register_payload(JointJob.kind, JointJob.from_fields)
+
+
+def check_vertical_job(rules: "VerticalRules | None", kind: str, job: "VerticalJob | JointJob") -> None:
     """A vertical job of `kind` under a contract's rules; PolicyViolation naming the rule."""
     if rules is None:
         raise PolicyViolation("this contract sells no vertical jobs (its rules have no [vertical] table)")

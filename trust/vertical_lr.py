@@ -30,14 +30,18 @@ inside MPC, clipping per-row gradients on shares, is not built).
 """
 from __future__ import annotations
 
+import json
 import math
 import re
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from fedtrust.config import read_toml
 from fedtrust.errors import ConfigError, InvalidInput, PolicyViolation
+from fedtrust.trust.canonical import Fields
+from fedtrust.trust.kinds import JOB_ID, register_payload
 
 if TYPE_CHECKING:  # trust.contracts imports trust.vertical, which imports this module
     from fedtrust.trust.contracts import Contract
@@ -50,7 +54,6 @@ KIND = "vertical-lr"
 MAX_EPOCHS = 1000
 MAX_FEATURES = 256
 MAX_BATCH = 1 << 16
-_JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _NAME = re.compile(r"[^.,\s]+\.[^.,\s]+")
 
 
@@ -105,6 +108,23 @@ class VerticalLRSpec:
     learning_rate: float
     batch_size: int
 
+    kind: ClassVar[str] = KIND
+    #: many epochs in MPC: the buyer's signature stays valid as long as a training job's
+    ttl: ClassVar[timedelta] = timedelta(hours=24)
+
+    def to_fields(self) -> dict[str, Any]:
+        return {"vertical_lr": self.to_dict()}
+
+    @classmethod
+    def from_fields(cls, f: Fields) -> VerticalLRSpec:
+        return cls.from_dict(f.obj("vertical_lr"), where="job spec: vertical_lr")
+
+    def check_payload(self, dataset: str) -> None:
+        """The spec's form is checked by `from_dict`; the contract's rules by `check_vertical_lr`."""
+
+    def describe(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
     def to_dict(self) -> dict[str, Any]:
         return {"alignment": self.alignment, "features": list(self.features), "label": self.label, "epochs": self.epochs,
                 "learning_rate": repr(float(self.learning_rate)), "batch_size": self.batch_size}
@@ -121,7 +141,7 @@ class VerticalLRSpec:
         if missing:
             raise InvalidInput(f"{where}: `{missing[0]}` is missing")
         alignment = d["alignment"]
-        if not isinstance(alignment, str) or not _JOB_ID.fullmatch(alignment):
+        if not isinstance(alignment, str) or not JOB_ID.fullmatch(alignment):
             raise InvalidInput(f"{where}: `alignment` must be the job id `fedtrust psi` printed")
         features = d["features"]
         if not isinstance(features, list) or not 1 <= len(features) <= MAX_FEATURES:
@@ -152,6 +172,9 @@ class VerticalLRSpec:
     def features_of(self, dataset: str) -> tuple[str, ...]:
         """The bare column names this job reads from `dataset`, in the job's order."""
         return tuple(c for d, c in map(split_name, self.features) if d == dataset)
+
+
+register_payload(VerticalLRSpec.kind, VerticalLRSpec.from_fields)
 
 
 def is_vertical_lr_toml(path: str | Path) -> bool:

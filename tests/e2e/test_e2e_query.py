@@ -223,11 +223,11 @@ def test_the_buyer_reuses_one_key_pair_per_contract_and_each_job_still_decodes(f
     first, second = ask(federation, GROUPED), ask(federation, GROUPED)
     assert first.verified.job.job_id != second.verified.job.job_id
     # key generation and the context happen once per contract; the masks stay per job (results exact)
-    assert first.verified.job.he.context_digest == second.verified.job.he.context_digest
+    assert first.verified.job.payload.he.context_digest == second.verified.job.payload.he.context_digest
     assert first.table.rows == second.table.rows
     digest = Envelope.from_json(federation.contract_path.read_bytes()).digest
     secret = keys_dir(federation.buyer_dir, digest) / "he-secret.bin"
     assert secret.stat().st_mode & 0o777 == 0o600
     # another contract (or another buyer's folder) never gets this pair
     other = contract_keys(tmp_path, "ab" * 32)
-    assert other.params.context_digest != first.verified.job.he.context_digest
+    assert other.params.context_digest != first.verified.job.payload.he.context_digest

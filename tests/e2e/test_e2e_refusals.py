@@ -318,9 +318,9 @@ def ask_rows(keys, outcome, fed):
     from fedtrust.trust.verify import check_relayed, verify_bundle
 
     v = verify_bundle(ReceiptBundle.from_json(outcome.receipt), identity(fed, "analyst").exchange_key, JOB_KINDS)
-    plan = plan_for(v.contract, v.job.sql)
+    plan = plan_for(v.contract, v.job.payload.sql)
     layout = Layout.from_plan(plan, v.contract.schema)
-    total = he.add_isolated(keys.public_bytes, v.job.he, check_relayed(v, outcome.relayed), layout.length)
+    total = he.add_isolated(keys.public_bytes, v.job.payload.he, check_relayed(v, outcome.relayed), layout.length)
     return decode(plan, layout, v.contract.schema, he.decrypt(keys.secret_bytes, total)).rows
 
 

@@ -26,6 +26,7 @@ from fedtrust.errors import JobFailed, PolicyViolation, VerificationError
 from fedtrust.exchange.issuer import issue_contract, list_product
 from fedtrust.privacy import he
 from fedtrust.query.dataset import file_digest
+from fedtrust.query.payload import QueryPayload
 from fedtrust.transport.server import create_server
 from fedtrust.trust.credentials import load_identity
 from fedtrust.trust.dsse import Envelope
@@ -148,7 +149,7 @@ def test_lifecycle(tmp_path: Path):
         from fedtrust.trust.contracts import verify_contract
 
         keys = he.BuyerKeys.generate()
-        job = sign_job(JobSpec.new(verify_contract(c, buyer.exchange_key), c.digest, SQL, keys.params), buyer.signer)
+        job = sign_job(JobSpec.create(verify_contract(c, buyer.exchange_key), c.digest, QueryPayload(SQL, keys.params)), buyer.signer)
         with pytest.raises(JobFailed, match=r"owner bank-b refused the job .*lacks the signature of owner bank-b"):
             CoordinatorClient(coordinator, tls_of(buyer), "coord").submit_query(job.to_json(), raw, keys.public_bytes)
 
@@ -160,8 +161,8 @@ def test_lifecycle(tmp_path: Path):
 
         # the exchange revokes the main contract: every node refuses it within a refresh, on its own list
         run("exchange", "revoke", ex, "--contract", digest[main], "--reason", "breach of the stated purpose")
-        job = sign_job(JobSpec.new(verify_contract(Envelope.from_json(main.read_bytes()), buyer.exchange_key),
-                                   digest[main], SQL, keys.params), buyer.signer).to_json()
+        job = sign_job(JobSpec.create(verify_contract(Envelope.from_json(main.read_bytes()), buyer.exchange_key),
+                                      digest[main], QueryPayload(SQL, keys.params)), buyer.signer).to_json()
 
         def refused_by(n):
             try:  # straight to the node, as the coordinator, forwarding no list: the node's own refresh decides

@@ -1,7 +1,7 @@
 """A malicious coordinator, in a real federation: it relays anything but the nodes' own releases.
 
-The coordinator daemon runs for real (mTLS on 127.0.0.1:0); its runtime's
-`run_query` (or its store, for `fedtrust job result`) is wrapped so that the
+The coordinator daemon runs for real (mTLS on 127.0.0.1:0); its query handler's
+`run` (or its store, for `fedtrust job result`) is wrapped so that the
 finished event it streams to the buyer is tampered with, re-signing its
 statement where the attack needs it (a malicious coordinator holds its own
 key). The buyer's real client must refuse every such result with one clear
@@ -16,6 +16,7 @@ import pytest
 
 from fedtrust.buyer.jobdir import jobs_root
 from fedtrust.buyer.query import fetch_again, plan_for, submit_query
+from fedtrust.coordinator.query_job import QueryJobs
 from fedtrust.coordinator.runtime import Finished
 from fedtrust.coordinator.store import Relayed
 from fedtrust.demo.federation import build_federation
@@ -48,15 +49,15 @@ def buyer(fed):
 @pytest.fixture
 def coordinator(fed, monkeypatch):
     """Install a tampering function `fn(finished, context) -> finished` in the live coordinator."""
-    rt = fed.coordinator.runtime
-    honest = rt.run_query
+    jobs = fed.coordinator.servicer.kinds.get(QueryJobs)
+    honest = jobs.run
 
     def install(fn):
         def run_query(peer, job_bytes, contract_bytes, context):
             for ev in honest(peer, job_bytes, contract_bytes, context):
                 yield fn(ev, context) if isinstance(ev, Finished) else ev
 
-        monkeypatch.setattr(rt, "run_query", run_query)
+        monkeypatch.setattr(jobs, "run", run_query)
 
     return install
 
@@ -76,8 +77,8 @@ def forged_table(context: bytes, ev: Finished) -> tuple[bytes, ...]:
     bundle = ReceiptBundle.from_json(ev.receipt)
     contract = Contract.from_dict(json.loads(bundle.contract.payload)["predicate"])
     job = JobSpec.from_dict(json.loads(bundle.job.payload)["predicate"])
-    length = Layout.from_plan(plan_for(contract, job.sql), contract.schema).length
-    return tuple(he.encrypt_isolated(context, job.he, [424242] * length))
+    length = Layout.from_plan(plan_for(contract, job.payload.sql), contract.schema).length
+    return tuple(he.encrypt_isolated(context, job.payload.he, [424242] * length))
 
 
 def statement_of(fed, ev: Finished):

@@ -105,7 +105,7 @@ def test_fedadam_trains_an_mlp_and_the_model_file_is_safetensors_with_the_spec(t
 def test_fedprox_with_an_approved_app_that_adds_per_node_details_which_the_node_strips(tfed):
     res = train(tfed, make_spec(model="chatty", strategy="fedprox", strategy_options={"proximal_mu": 0.1},
                                 rounds=2))
-    assert res.verified.job.training.model == "chatty"
+    assert res.verified.job.payload.model == "chatty"
     for name, daemon in tfed.nodes.items():
         vectors = daemon.training.store.outputs(res.verified.job_digest)
         # only the model's 8 parameters + count, loss, accuracy were released: the extra metric was dropped

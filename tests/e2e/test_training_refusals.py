@@ -20,8 +20,8 @@ from fedtrust.coordinator.runtime import CoordinatorRuntime
 from fedtrust.demo.data import RULES_TOML, training_toml
 from fedtrust.demo.federation import build_federation, issue_signed_contract
 from fedtrust.errors import InvalidInput, JobFailed, PolicyViolation
+from fedtrust.training.spec import load_training_toml
 from fedtrust.trust.jobs import sign_job
-from fedtrust.trust.training_spec import load_training_toml
 from fedtrust.v1 import node_pb2, node_pb2_grpc
 
 from jobs_helper import make_job
@@ -204,7 +204,7 @@ def test_nan_and_oversized_updates_are_refused_by_the_node(rfed, model, match):
 def test_plaintext_aggregation_runs_only_where_the_contract_allows_it(rfed):
     path = variant(rfed, "plain", allow_plaintext_aggregation=True)
     res = train(rfed, make_spec(secure_aggregation="none", rounds=2), contract=path)
-    assert res.verified.job.training.secure_aggregation == "none"
+    assert res.verified.job.payload.secure_aggregation == "none"
     vec = rfed.nodes["bank-a"].training.store.outputs(res.verified.job_digest)[0]
     values = np.frombuffer(vec, dtype="<u8")
     small = (values < np.uint64(1 << 53)) | (values > np.uint64((1 << 63) - (1 << 53)))

@@ -25,6 +25,7 @@ from fedtrust.trust.dsse import Envelope
 from fedtrust.trust.jobs import JobSpec, sign_job
 from fedtrust.trust.receipts import ReceiptBundle
 from fedtrust.trust.verify import verify_bundle
+from fedtrust.trust.vertical import VerticalJob
 
 SHARED = 120
 
@@ -147,7 +148,7 @@ def test_a_horizontal_contract_refuses_vertical_jobs(tmp_path):
             submit_psi(ident, hfed.buyer_dir, hfed.contract_path, hfed.coordinator_address)
         raw = hfed.contract_path.read_bytes()
         contract, _ = load_contract(ident, hfed.contract_path)
-        job = sign_job(JobSpec.new_psi(contract, Envelope.from_json(raw).digest, "region"), ident.signer).to_json()
+        job = sign_job(JobSpec.create(contract, Envelope.from_json(raw).digest, VerticalJob("region")), ident.signer).to_json()
         client = CoordinatorClient(hfed.coordinator_address, tls_of(ident), "coord", 60)
         with pytest.raises(InvalidInput, match="sells no vertical jobs"):
             client.submit_vertical(job, raw)
@@ -202,7 +203,7 @@ def test_a_query_under_a_vertical_contract_or_a_job_on_another_key_is_refused(fe
     raw = fed.contract_path.read_bytes()
     env = Envelope.from_json(raw)
     contract, _ = load_contract(ident, fed.contract_path)
-    job = JobSpec.new_psi(contract, env.digest, "segment")  # a key the contract does not join on
+    job = JobSpec.create(contract, env.digest, VerticalJob("segment"))  # a key the contract does not join on
     client = CoordinatorClient(fed.coordinator_address, tls_of(ident), "coord", 60)
     with pytest.raises(JobFailed, match="joins on 'segment' but the contract's join key is 'phone_key'"):
         client.submit_vertical(sign_job(job, ident.signer).to_json(), raw)
@@ -230,7 +231,7 @@ def test_only_the_coordinator_may_call_a_node_and_only_the_buyer_the_coordinator
     buyer = load_identity(fed.buyer_dir)
     raw = fed.contract_path.read_bytes()
     contract, _ = load_contract(buyer, fed.contract_path)
-    job = sign_job(JobSpec.new_psi(contract, Envelope.from_json(raw).digest, "phone_key"), buyer.signer).to_json()
+    job = sign_job(JobSpec.create(contract, Envelope.from_json(raw).digest, VerticalJob("phone_key")), buyer.signer).to_json()
     node = fed.nodes["telco-node"]
     with pytest.raises(Error, match="buyer"):  # a valid buyer certificate is not the coordinator's
         psi_step_on_node("telco-node", f"127.0.0.1:{node.port}", tls_of(buyer), job, raw, [], 1, b"", 30)

@@ -23,7 +23,7 @@ from fedtrust.query.joint_sql import plan_joint
 from fedtrust.trust.jobs import JobSpec
 from fedtrust.trust.rules import load_rules_toml
 from fedtrust.trust.schema import load_schema_toml
-from fedtrust.trust.vertical import VerticalJob, VerticalRules
+from fedtrust.trust.vertical import JointJob, VerticalRules
 
 NAMES = ["bank-node", "telco-node"]
 JOINT = dict(aggregates=["COUNT", "SUM", "AVG"], group_by=["bank.segment"],
@@ -336,7 +336,7 @@ def test_a_joint_job_spec_names_its_sql_and_alignment():
          "vertical": {"key": "phone_key", "sql": "SELECT COUNT(*) FROM bank JOIN telco USING (phone_key)",
                       "alignment": "psi-1"}}
     job = JobSpec.from_dict(d)
-    assert job.vertical == VerticalJob("phone_key", d["vertical"]["sql"], "psi-1") and JobSpec.from_dict(job.to_dict()) == job
+    assert job.payload == JointJob("phone_key", d["vertical"]["sql"], "psi-1") and JobSpec.from_dict(job.to_dict()) == job
     for bad in ({"key": "phone_key"}, {"key": "phone_key", "sql": "SELECT 1", "alignment": ""},
                 {"key": "phone_key", "sql": "", "alignment": "psi-1"}):
         with pytest.raises(InvalidInput, match="joint job's vertical payload"):

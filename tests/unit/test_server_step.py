@@ -20,7 +20,7 @@ import pytest
 
 from fedtrust.training import quantize
 from fedtrust.training.server_step import DEFAULTS, Derivation, ServerState, server_step
-from fedtrust.trust.training_spec import TrainingSpec
+from fedtrust.training.spec import TrainingSpec
 
 SHAPES = {"a.weight": (5, 7), "a.bias": (5,), "b.weight": (1, 5), "b.bias": (1,)}  # 46 parameters: odd SIMD tails
 OPTIONS = {"fedavg": {}, "fedprox": {"proximal_mu": 0.1}, "fedavgm": {"server_learning_rate": 0.7,

@@ -13,9 +13,9 @@ from fedtrust.training import quantize
 from fedtrust.training.arrays import array_numpy, arrays_digest, check_arrays, read_model, write_model
 from fedtrust.training.policy import check_training
 from fedtrust.training.preprocess import Preprocessor
+from fedtrust.training.spec import TrainingSpec
 from fedtrust.trust.rules import Rules, TrainingRules
 from fedtrust.trust.schema import Column, Schema
-from fedtrust.trust.training_spec import TrainingSpec
 
 SCHEMA = Schema((
     Column("region", "category", values=("north", "south", "east")),
@@ -71,15 +71,16 @@ def test_spec_form_refusals(changes, error, match):
 
 def test_query_jobs_keep_their_json_and_train_jobs_carry_only_the_training_spec():
     from fedtrust.privacy.params import HeParams
+    from fedtrust.query.payload import QueryPayload
     from fedtrust.trust.jobs import JobSpec
 
     common = dict(contract_digest="0" * 64, job_id="j1", nonce="1" * 64, coordinator="coord",
                   participants=("a", "b"), dataset="loans", created_at="2025-01-01T00:00:00Z",
                   expires_at="2025-01-01T01:00:00Z")
-    q = JobSpec(kind="query", sql="SELECT COUNT(*) FROM loans", he=HeParams("2" * 64), **common)
+    q = JobSpec(payload=QueryPayload("SELECT COUNT(*) FROM loans", HeParams("2" * 64)), **common)
     assert set(q.to_dict()) == {"contract_digest", "job_id", "nonce", "kind", "coordinator", "participants",
                                 "dataset", "sql", "he", "created_at", "expires_at"}
-    t = JobSpec(kind="train", training=spec(), **common)
+    t = JobSpec(payload=spec(), **common)
     d = t.to_dict()
     assert "sql" not in d and "he" not in d and d["training"]["learning_rate"] == "0.1"
     assert JobSpec.from_dict(d) == t

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from fedtrust.errors import ConfigError, InvalidInput, PolicyViolation, VerificationError
 from fedtrust.exchange.verify import JOB_KINDS
 from fedtrust.privacy.params import HeParams
+from fedtrust.query.payload import QueryPayload
 from fedtrust.trust import pki
 from fedtrust.trust.canonical import canonical, format_time, parse_time, sha256_hex, utc_now
 from fedtrust.trust.contracts import Contract, verify_contract
@@ -749,7 +750,7 @@ def _bundle_under(w, rules, **att_changes) -> ReceiptBundle:
     """A full receipt under a contract with `rules`; every attestation with `att_changes`."""
     cenv = w.make_contract(rules=rules)
     contract = verify_contract(cenv, w.exchange.public_key)
-    jenv = sign_job(JobSpec.new(contract, cenv.digest, "SELECT COUNT(*) FROM claims", HeParams(context_digest=D)),
+    jenv = sign_job(JobSpec.create(contract, cenv.digest, QueryPayload("SELECT COUNT(*) FROM claims", HeParams(context_digest=D))),
                     w.signers["buyer-1"])
     atts = {n: sign_attestation(replace(w.attestation(n), job_digest=jenv.digest, contract_digest=cenv.digest,
                                         **att_changes), w.signers[n]) for n in ("node-a", "node-b")}

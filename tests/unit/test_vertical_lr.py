@@ -115,7 +115,7 @@ def test_local_inputs_follow_the_alignment_and_the_public_schema(world):
 # -- the job's form and the rules ---------------------------------------------------------------
 def test_spec_round_trips_through_the_signed_job(world):
     _, contract, _, _ = world
-    job = JobSpec.new_vertical_lr(contract, "0" * 64, SPEC)
+    job = JobSpec.create(contract, "0" * 64, SPEC)
     assert JobSpec.from_dict(job.to_dict()) == job and job.kind == "vertical-lr"
     assert "vertical_lr" in job.to_dict() and "sql" not in job.to_dict()
 

@@ -1,10 +1,11 @@
 """The training spec: what a buyer asks a federated training job to do (job.toml `[job]`).
 
-A `TrainingSpec` travels inside the buyer-signed `JobSpec` (kind "train"), so
-every node checks it against the contract's `[training]` rules by itself
+A `TrainingSpec` is the payload of a buyer-signed `JobSpec` of kind "train"
+(key "training" in the JSON; registered with `fedtrust.trust.jobs` on import),
+so every node checks it against the contract's `[training]` rules by itself
 (`fedtrust.training.policy`). This module only parses and checks the *form*
 of a spec (types, ranges, known names); it imports neither torch nor Flower,
-so the trust code can parse signed jobs cheaply.
+so every role can parse signed jobs cheaply.
 
 Fractional numbers travel as decimal strings in signed JSON (`"0.05"`), like
 every other fractional value fedtrust signs.
@@ -33,13 +34,17 @@ job.toml::
 """
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from fedtrust.config import read_toml
 from fedtrust.errors import ConfigError, InvalidInput, PolicyViolation
+from fedtrust.trust.canonical import Fields
+from fedtrust.trust.jobs import TRAINING_TTL, register_payload
 
 __all__ = [
     "ARCHITECTURES", "STRATEGIES", "ROBUST_STRATEGIES", "OPTIMIZERS", "AGGREGATIONS",
@@ -161,6 +166,24 @@ class TrainingSpec:
     evaluate: bool = True
     strategy_options: tuple[tuple[str, float], ...] = ()  # sorted by name
     model_options: ModelOptions = ModelOptions()
+
+    kind: ClassVar[str] = "train"
+    ttl: ClassVar[timedelta] = TRAINING_TTL
+
+    def to_fields(self) -> dict[str, Any]:
+        return {"training": self.to_dict()}
+
+    @classmethod
+    def from_fields(cls, f: Fields) -> TrainingSpec:
+        return cls.from_dict(f.obj("training"))
+
+    def check_payload(self, dataset: str) -> None:
+        self.check_form()
+        if self.dataset != dataset:
+            raise InvalidInput("job spec: the training spec names another dataset than the job")
+
+    def describe(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
 
     @property
     def architecture(self) -> str:
@@ -292,3 +315,6 @@ def load_training_toml(path: str | Path) -> TrainingSpec:
     if not isinstance(job, dict):
         raise ConfigError(f"job file {p} has no [job] table; see the README's job.toml section")
     return TrainingSpec.from_dict(job, defaults=True)
+
+
+register_payload(TrainingSpec.kind, TrainingSpec.from_fields)

@@ -1,0 +1,141 @@
+"""The coordinator's side of a query job (kind "query"): admit, fan out, check, relay, sign.
+
+The coordinator relays: every participant first admits the job
+(`CoordinatorRuntime.admit_all`); then each computes and encrypts its part
+under the buyer's key and attests it. The coordinator checks each node's
+attestation against the ciphertexts that node sent (a faulty node fails the
+job early, with its name), relays every participant's ciphertexts with the
+receipt, and signs a statement naming exactly what it relayed; the buyer's
+client checks them against the nodes' signatures, adds and decrypts.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+from concurrent.futures import ThreadPoolExecutor
+from typing import ClassVar, Iterator
+
+from fedtrust.coordinator.node_client import NodeRelease, run_query_on_node
+from fedtrust.coordinator.runtime import CoordinatorRuntime, Event, Finished
+from fedtrust.coordinator.store import Relayed
+from fedtrust.errors import Error, InvalidInput, JobFailed
+from fedtrust.progress import Progress
+from fedtrust.query.payload import QueryPayload
+from fedtrust.trust.canonical import sha256_hex, utc_now
+from fedtrust.trust.dsse import Envelope
+from fedtrust.trust.receipts import (
+    CoordinatorStatement,
+    ReceiptBundle,
+    RelayedOutputs,
+    sign_coordinator_statement,
+    verify_attestation,
+)
+
+log = logging.getLogger("fedtrust.coordinator")
+
+__all__ = ["QueryJobs"]
+
+
+class QueryJobs:
+    kind: ClassVar[str] = QueryPayload.kind
+
+    def __init__(self, runtime: CoordinatorRuntime) -> None:
+        self.rt = runtime
+
+    def run(self, peer: tuple[str, str], job_bytes: bytes, contract_bytes: bytes, context: bytes) -> Iterator[Event]:
+        rt = self.rt
+        contract, contract_env, job, job_env = rt.check(peer, job_bytes, contract_bytes)
+        payload = job.payload_as(QueryPayload, "SubmitQuery", "submit training jobs with SubmitTraining")
+        payload.he.check_supported()
+        if sha256_hex(context) != payload.he.context_digest:
+            raise InvalidInput("HE context does not match the digest in the signed job spec; resend the buyer's context")
+        done = rt.store.begin(job.job_id, job_env.digest, contract_env.digest, contract.buyer.name, job.participants)
+        total = len(job.participants)
+        if done is not None:
+            yield Progress("succeeded", total, total, "job already finished; returning the stored result")
+            yield Finished(done.receipt or b"", rt.store.relayed(job.job_id))
+            return
+        try:
+            rt.store.heartbeat(job.job_id, "admitting", answered=0)
+            yield Progress("admitting", 0, total, f"asking {total} owners to admit the job")
+            admissions = rt.admit_all(contract, contract_env.digest, job, job_env.digest, job_bytes, contract_bytes)
+            rt.check_cancelled(job.job_id, "no owner ran it and nobody was charged")
+            rt.store.heartbeat(job.job_id, "dispatched", answered=0)
+            yield Progress("dispatched", 0, total, f"all {total} owners admitted the job; sent to them")
+            releases: dict[str, NodeRelease] = {}
+            for event in self._fan_out(contract, job, job_bytes, contract_bytes, context, releases, admissions):
+                rt.store.heartbeat(job.job_id, event.stage, answered=event.done)
+                yield event
+            attestations = [self._check_release(contract, contract_env.digest, job_env.digest, releases[n])
+                            for n in job.participants]
+            relayed = tuple(Relayed(n, releases[n].ciphertexts) for n in job.participants)
+            statement = sign_coordinator_statement(
+                CoordinatorStatement(
+                    job_digest=job_env.digest,
+                    contract_digest=contract_env.digest,
+                    aggregate_outputs=(),
+                    attestations=tuple(a.digest for a in attestations),
+                    completed_at=utc_now(),
+                    relayed=tuple(RelayedOutputs(r.node, a.digest, tuple(sha256_hex(c) for c in r.ciphertexts))
+                                  for r, a in zip(relayed, attestations)),
+                ),
+                rt.identity.signer,
+            )
+            bundle = ReceiptBundle(contract_env, job_env, tuple(attestations), statement, None).to_json()
+            rt.store.succeed(job.job_id, bundle, relayed)
+        except Error as e:
+            rt.store.fail(job.job_id, str(e))
+            raise
+        except BaseException:
+            rt.store.fail(job.job_id, "internal error at the coordinator; see its log")
+            raise
+        finally:
+            rt.forget_cancel(job.job_id)
+        yield Progress("relayed", total, total, "every node's ciphertexts relayed; receipt signed")
+        yield Finished(bundle, relayed)
+
+    def _fan_out(self, contract, job, job_bytes, contract_bytes, context, releases, admissions) -> Iterator[Event]:
+        results: queue.Queue = queue.Queue()
+        pool = ThreadPoolExecutor(max_workers=len(job.participants), thread_name_prefix="fanout")
+
+        def ask(node: str) -> None:
+            try:
+                rel = run_query_on_node(node, self.rt.address_of(contract, node), self.rt.tls, job_bytes, contract_bytes,
+                                        context, self.rt.config.node_timeout_s, admissions, channels=self.rt.channels)
+                results.put((node, rel, None))
+            except Error as e:
+                results.put((node, None, e))
+            except Exception:  # never let a thread die silently
+                log.exception("asking node %s failed", node)
+                results.put((node, None, JobFailed(f"internal error while asking node {node}")))
+
+        try:
+            for node in job.participants:
+                pool.submit(ask, node)
+            for _ in job.participants:
+                while True:
+                    try:
+                        node, rel, err = results.get(timeout=0.5)
+                        break
+                    except queue.Empty:
+                        self.rt.check_cancelled(job.job_id, "owners that had already released their part were "
+                                                             "charged for it")
+                if err is not None:
+                    raise JobFailed(f"node {node} failed, so the job failed (no partial aggregates): {err}")
+                releases[node] = rel
+                yield Progress("node-released", len(releases), len(job.participants), f"{node} released")
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    def _check_release(self, contract, contract_digest: str, job_digest: str, rel: NodeRelease) -> Envelope:
+        att = verify_attestation(rel.attestation, contract)
+        problems = []
+        if att.node != rel.node:
+            problems.append("names another node")
+        if att.job_digest != job_digest or att.contract_digest != contract_digest:
+            problems.append("is for another job or contract")
+        if tuple(att.outputs) != tuple(sha256_hex(c) for c in rel.ciphertexts):
+            problems.append("does not match the ciphertexts it sent")
+        if problems:
+            raise JobFailed(f"node {rel.node} sent an attestation that {' and '.join(problems)}")
+        return rel.attestation

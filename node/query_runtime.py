@@ -1,0 +1,159 @@
+"""The node's handler of query jobs (kind "query"): admit, compute, protect, release.
+
+The order of `run_query` is the security argument, after `NodeRuntime.check_job`
+(contract, caller, this node's product, the buyer's signed job):
+
+4. the SQL passes the contract's rules (`fedtrust.query.sql`) and is rebuilt
+   from the checked tree; the HE context is the one the job names, with the
+   supported parameters;
+5. a recorded release of the same job is returned as it was (no second
+   debit); a reused job id or nonce is refused; the query cap and the
+   privacy budget allow it — steps 1-5 are also the *admission* the node
+   signs in phase one, spending nothing;
+6. every participant signed a valid admission of this exact job
+   (`fedtrust.trust.admission`): nothing is computed or debited for a job
+   that one owner refused or that could not reach one owner;
+7. DuckDB computes exact per-group integers over the node's file only; small
+   groups are withheld; pairwise masks are added mod t; the vector is
+   encrypted in a worker process under the buyer's public context;
+8. the ledger row (chain entry, attestation, ciphertexts) is committed and
+   fsynced, and only then does anything leave the node.
+"""
+from __future__ import annotations
+
+import time
+from decimal import Decimal
+from typing import ClassVar, Sequence
+
+from fedtrust.errors import BudgetExhausted, InvalidInput, PolicyViolation
+from fedtrust.node.runtime import CheckedJob, NodeRuntime
+from fedtrust.node.store import ACCOUNTANT, StoredRelease
+from fedtrust.privacy import he
+from fedtrust.privacy.accounting import Budget, Spend
+from fedtrust.privacy.dp import noise_plan
+from fedtrust.privacy.masking import add_mod, pairwise_mask
+from fedtrust.privacy.params import PLAIN_MODULUS
+from fedtrust.query.encoding import encode
+from fedtrust.query.layout import Layout
+from fedtrust.query.noisy import add_noise, encode_signed
+from fedtrust.query.payload import QueryPayload
+from fedtrust.query.sql import QueryPlan, plan_query
+from fedtrust.trust.canonical import sha256_hex, utc_now
+from fedtrust.trust.credentials import kx_public_key
+from fedtrust.trust.dsse import Envelope
+from fedtrust.trust.receipts import Attestation, sign_attestation
+
+__all__ = ["QueryRuntime"]
+
+
+class QueryRuntime:
+    kind: ClassVar[str] = QueryPayload.kind
+
+    def __init__(self, node: NodeRuntime) -> None:
+        self.node = node
+
+    def admit(self, checked: CheckedJob) -> None:
+        self.admit_query(checked)
+
+    def admit_query(self, checked: CheckedJob) -> tuple[QueryPlan, StoredRelease | None]:
+        """Every check of a query job short of its HE context; spends nothing.
+
+        Returns the plan and, for a job this node already released, the recorded release.
+        """
+        contract, job, held = checked.contract, checked.job, checked.held
+        payload = job.payload_as(QueryPayload, "the query endpoint")
+        store = self.node.store
+        rules = contract.rules.query
+        if rules is None:
+            raise PolicyViolation("this contract sells no queries (its rules have no [query] table)")
+        plan = plan_query(payload.sql, rules, held.product.schema, contract.dataset)
+        payload.he.check_supported()
+        existing = store.lookup(checked.contract_digest, job.job_id, job.nonce, checked.job_digest)
+        if existing is not None:
+            return plan, existing
+        if store.released_count(checked.contract_digest) >= rules.max_queries:
+            # fast refusal before any computation; re-checked atomically in commit_release
+            raise BudgetExhausted(
+                f"query cap reached: this contract allows {rules.max_queries} query jobs at this node and all are "
+                "spent; ask the exchange for a new contract"
+            )
+        privacy = contract.rules.privacy
+        if privacy is not None:
+            # fast refusal before any computation; the debit in commit_release re-checks atomically
+            ACCOUNTANT.charge(Budget(privacy.epsilon_total, privacy.delta), store.spends(checked.contract_digest),
+                              Spend("discrete-laplace", privacy.epsilon_per_query), where=f"node {self.node.name}")
+        return plan, None
+
+    def run_query(self, checked: CheckedJob, context: bytes, admissions: Sequence[bytes] = ()) -> StoredRelease:
+        contract, job, held, node = checked.contract, checked.job, checked.held, self.node
+        plan, existing = self.admit_query(checked)
+        if existing is not None:
+            return existing
+        payload = job.payload_as(QueryPayload, "the query endpoint")
+        if sha256_hex(context) != payload.he.context_digest:
+            raise InvalidInput("HE context does not match the digest in the signed job spec; resend the buyer's context")
+        node.check_admissions(checked, admissions)
+        rules = contract.rules.query
+        assert rules is not None  # admit_query refused the job otherwise
+        privacy = contract.rules.privacy
+        epsilon = privacy.epsilon_per_query if privacy else Decimal(0)
+        started, clock = utc_now(), time.monotonic()
+        layout = Layout.from_plan(plan, held.product.schema)
+        stats = held.dataset.aggregate(plan, layout)
+        if privacy is None:
+            vector, n_withheld = encode(layout, stats, rules.min_group_size)
+        else:
+            noise = noise_plan(layout, epsilon, rules.min_group_size)
+            noisy = add_noise(layout, stats, noise, rules.min_group_size)
+            vector = encode_signed(layout, noisy)
+            n_withheld = len(noisy.withheld)
+        peers = {
+            h.credential.name: kx_public_key(h.credential) for h in contract.owners if h.credential.name != node.name
+        }
+        # keyed by the digest of the signed job, not its id: a buyer who reused a job id under another
+        # contract must not get two vectors under the same mask (their difference would be in the clear)
+        mask = pairwise_mask(node.identity.kx_private, node.name, peers, checked.job_digest, layout.length,
+                             PLAIN_MODULUS)
+        masked = add_mod(vector, mask, PLAIN_MODULUS)
+        # the worker keeps the parsed context for this contract's next job under the same context
+        ciphertexts = he.encrypt_isolated(context, payload.he, masked, session=(node.name, checked.contract_digest))
+
+        def attest(debit) -> Envelope:
+            return sign_attestation(
+                Attestation(
+                    node=node.name,
+                    job_digest=checked.job_digest,
+                    contract_digest=checked.contract_digest,
+                    product_digest=held.product_digest,
+                    data_commitment=held.product.commitment,
+                    code_digest=node.code_digest,
+                    outputs=tuple(sha256_hex(c) for c in ciphertexts),
+                    epsilon=debit.epsilon,
+                    delta=debit.delta,
+                    chain=debit.chain,
+                    dp=privacy is not None,
+                    accountant=None if privacy is None else ACCOUNTANT.name,
+                    started_at=started,
+                    released_at=utc_now(),
+                ),
+                node.identity.signer,
+            )
+
+        release = node.store.commit_release(
+            node=node.name,
+            contract_digest=checked.contract_digest,
+            job_id=job.job_id,
+            nonce=job.nonce,
+            job_digest=checked.job_digest,
+            max_queries=rules.max_queries,
+            mechanism="exact" if privacy is None else "discrete-laplace",
+            outputs=ciphertexts,
+            make_attestation=attest,
+            epsilon=epsilon,
+            epsilon_total=privacy.epsilon_total if privacy else None,
+            delta_total=privacy.delta if privacy else None,
+        )
+        node.record_job(checked, "released", epsilon=release.debit.epsilon, withheld=n_withheld,
+                        duration_s=time.monotonic() - clock)
+        return release
+
