@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
-from fedtrust.errors import InvalidInput, VerificationError
+from fedtrust.errors import ContextNeeded, InvalidInput, VerificationError
 from fedtrust.progress import JobState, Progress
 from fedtrust.transport.channels import ChannelPool, channel_to
 from fedtrust.transport.chunks import unframe
@@ -108,13 +108,28 @@ class CoordinatorClient:
         return coordinator_pb2_grpc.CoordinatorServiceStub(channel)
 
     def submit_query(self, job: bytes, contract: bytes, context: bytes, on_progress: OnProgress | None = None,
-                     max_nodes: int = MAX_RELAYED_NODES) -> JobOutcome:
-        header = coordinator_pb2.SubmitHeader(job_envelope=job, contract_envelope=contract,
-                                              he_context_size=len(context))
-        requests = send_header_first(coordinator_pb2.SubmitRequest, "header", header, "he_context_chunk", context)
-        with self._channel() as ch:
-            return _collect(self._stub(ch).SubmitQuery(requests, timeout=self.timeout), on_progress,
-                            f"coordinator {self.name} at {self.address}", max_nodes)
+                     max_nodes: int = MAX_RELAYED_NODES, context_sent_before: bool = False) -> JobOutcome:
+        """Submit a query job with the buyer's public HE context.
+
+        With `context_sent_before` (an earlier job of this contract carried the
+        same context), the job names the context by digest only; a coordinator
+        that keeps no copy answers ContextNeeded before recording anything, and
+        the job is sent again with the context.
+        """
+        def submit(ctx: bytes) -> JobOutcome:
+            header = coordinator_pb2.SubmitHeader(job_envelope=job, contract_envelope=contract,
+                                                  he_context_size=len(ctx))
+            requests = send_header_first(coordinator_pb2.SubmitRequest, "header", header, "he_context_chunk", ctx)
+            with self._channel() as ch:
+                return _collect(self._stub(ch).SubmitQuery(requests, timeout=self.timeout), on_progress,
+                                f"coordinator {self.name} at {self.address}", max_nodes)
+
+        if context_sent_before:
+            try:
+                return submit(b"")
+            except ContextNeeded:
+                pass
+        return submit(context)
 
     def submit_vertical(self, job: bytes, contract: bytes, on_progress: OnProgress | None = None) -> JobOutcome:
         """A vertical job (PSI): progress, then the receipt; nothing else is relayed to the buyer."""

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from fedtrust.buyer.client import CoordinatorClient, JobOutcome, OnProgress
 from fedtrust.buyer.jobdir import JobFiles, jobs_root, open_job
-from fedtrust.buyer.keys import contract_keys
+from fedtrust.buyer.keys import contract_keys, keys_dir
 from fedtrust.errors import ConfigError, InvalidInput, VerificationError
 from fedtrust.privacy import he
 from fedtrust.privacy.dp import noise_plan
@@ -95,6 +95,8 @@ def submit_query(identity: Identity, credentials_dir: Path, contract_path: Path,
     contract_env = Envelope.from_json(contract_raw)
     check_agreed(contract, contract_raw)
     plan = plan_for(contract, sql)  # fast, clear refusal before any key is made or byte is sent
+    # an earlier job of this contract carried the same public context to the coordinator, which keeps it
+    sent_before = keys_dir(credentials_dir, contract_env.digest).is_dir()
     keys = contract_keys(credentials_dir, contract_env.digest)  # one pair per contract (see buyer/keys.py)
     job = JobSpec.create(contract, contract_env.digest, QueryPayload(sql, keys.params), ttl=JOB_TTL)
     job_env = sign_job(job, identity.signer)
@@ -106,7 +108,7 @@ def submit_query(identity: Identity, credentials_dir: Path, contract_path: Path,
     he.prepare_add(keys.public_bytes, keys.params, (job.contract_digest,), len(job.participants))
     client = CoordinatorClient(coordinator, tls_of(identity), contract.coordinator.name, timeout)
     outcome = client.submit_query(job_env.to_json(), contract_raw, keys.public_bytes, on_progress,
-                                  max_nodes=len(job.participants))
+                                  max_nodes=len(job.participants), context_sent_before=sent_before)
     return finish(identity, files, contract, plan, outcome)
 
 

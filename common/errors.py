@@ -72,6 +72,12 @@ class JobFailed(Error):
     kind = "job-failed"
 
 
+class ContextNeeded(Error):
+    """A job named the buyer's HE context by digest only and this daemon keeps no copy of it: resend it with the job."""
+
+    kind = "context-needed"
+
+
 class Overloaded(Error):
     """A daemon refuses a call to stay responsive: too many concurrent calls from one caller, or it is stopping."""
 

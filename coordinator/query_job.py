@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import logging
 import queue
+import threading
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from typing import ClassVar, Iterator
 
 from fedtrust.coordinator.node_client import NodeRelease, run_query_on_node
 from fedtrust.coordinator.runtime import CoordinatorRuntime, Event, Finished
 from fedtrust.coordinator.store import Relayed
-from fedtrust.errors import Error, InvalidInput, JobFailed
+from fedtrust.errors import ContextNeeded, Error, InvalidInput, JobFailed
+from fedtrust.privacy.context_cache import ContextCache
 from fedtrust.progress import Progress
 from fedtrust.query.payload import QueryPayload
 from fedtrust.trust.canonical import sha256_hex, utc_now
@@ -35,20 +38,27 @@ log = logging.getLogger("fedtrust.coordinator")
 
 __all__ = ["QueryJobs"]
 
+#: how many (node, contract, context digest) deliveries the coordinator remembers
+DELIVERED_LIMIT = 4096
+
 
 class QueryJobs:
     kind: ClassVar[str] = QueryPayload.kind
 
     def __init__(self, runtime: CoordinatorRuntime) -> None:
         self.rt = runtime
+        #: buyers' public HE contexts per (contract, context digest): a buyer sends its context once per contract
+        self.contexts = ContextCache()
+        #: (node, contract, context digest) whose context a node has received: later jobs name it by digest only
+        self._delivered: OrderedDict[tuple[str, str, str], None] = OrderedDict()
+        self._delivered_lock = threading.Lock()
 
     def run(self, peer: tuple[str, str], job_bytes: bytes, contract_bytes: bytes, context: bytes) -> Iterator[Event]:
         rt = self.rt
         contract, contract_env, job, job_env = rt.check(peer, job_bytes, contract_bytes)
         payload = job.payload_as(QueryPayload, "SubmitQuery", "submit training jobs with SubmitTraining")
         payload.he.check_supported()
-        if sha256_hex(context) != payload.he.context_digest:
-            raise InvalidInput("HE context does not match the digest in the signed job spec; resend the buyer's context")
+        context = self.job_context(contract_env.digest, payload, context)
         done = rt.store.begin(job.job_id, job_env.digest, contract_env.digest, contract.buyer.name, job.participants)
         total = len(job.participants)
         if done is not None:
@@ -63,7 +73,8 @@ class QueryJobs:
             rt.store.heartbeat(job.job_id, "dispatched", answered=0)
             yield Progress("dispatched", 0, total, f"all {total} owners admitted the job; sent to them")
             releases: dict[str, NodeRelease] = {}
-            for event in self._fan_out(contract, job, job_bytes, contract_bytes, context, releases, admissions):
+            for event in self._fan_out(contract, contract_env.digest, job, payload, job_bytes, contract_bytes, context,
+                                       releases, admissions):
                 rt.store.heartbeat(job.job_id, event.stage, answered=event.done)
                 yield event
             attestations = [self._check_release(contract, contract_env.digest, job_env.digest, releases[n])
@@ -83,6 +94,8 @@ class QueryJobs:
             )
             bundle = ReceiptBundle(contract_env, job_env, tuple(attestations), statement, None).to_json()
             rt.store.succeed(job.job_id, bundle, relayed)
+            # kept once a job of the contract succeeded with it: the buyer's next jobs name it by digest only
+            self.contexts.keep(contract_env.digest, payload.he.context_digest, context)
         except Error as e:
             rt.store.fail(job.job_id, str(e))
             raise
@@ -94,14 +107,62 @@ class QueryJobs:
         yield Progress("relayed", total, total, "every node's ciphertexts relayed; receipt signed")
         yield Finished(bundle, relayed)
 
-    def _fan_out(self, contract, job, job_bytes, contract_bytes, context, releases, admissions) -> Iterator[Event]:
+    def job_context(self, contract_digest: str, payload: QueryPayload, context: bytes) -> bytes:
+        """The buyer's context: the one sent (kept for the contract's next jobs), else the kept copy, else
+        ContextNeeded (before anything is recorded: the buyer resends the job with its context)."""
+        if context:
+            if sha256_hex(context) != payload.he.context_digest:
+                raise InvalidInput("HE context does not match the digest in the signed job spec; resend the buyer's "
+                                   "context")
+            return context
+        kept = self.contexts.get(contract_digest, payload.he.context_digest)
+        if kept is None:
+            raise ContextNeeded("the coordinator keeps no copy of the HE context this job names; resend the job "
+                                "with the buyer's context")
+        return kept
+
+    def _node_holds(self, key: tuple[str, str, str]) -> bool:
+        with self._delivered_lock:
+            return key in self._delivered
+
+    def _delivered_to(self, key: tuple[str, str, str]) -> None:
+        with self._delivered_lock:
+            self._delivered[key] = None
+            self._delivered.move_to_end(key)
+            while len(self._delivered) > DELIVERED_LIMIT:
+                self._delivered.popitem(last=False)
+
+    def _run_on_node(self, contract, contract_digest: str, payload: QueryPayload, node: str, job_bytes: bytes,
+                     contract_bytes: bytes, context: bytes, admissions: list[bytes]) -> NodeRelease:
+        """RunQuery at one node, naming the context by digest only where the node received it before; a node
+        that answers ContextNeeded (restarted, or its copy expired) gets the job again with the context."""
+        key = (node, contract_digest, payload.he.context_digest)
+        rt = self.rt
+
+        def run(ctx: bytes) -> NodeRelease:
+            return run_query_on_node(node, rt.address_of(contract, node), rt.tls, job_bytes, contract_bytes, ctx,
+                                     rt.config.node_timeout_s, admissions, channels=rt.channels)
+
+        rel = None
+        if self._node_holds(key):
+            try:
+                rel = run(b"")
+            except ContextNeeded:
+                log.info("node %s keeps no copy of the buyer's context; resending it", node)
+        if rel is None:
+            rel = run(context)
+        self._delivered_to(key)
+        return rel
+
+    def _fan_out(self, contract, contract_digest, job, payload, job_bytes, contract_bytes, context, releases,
+                 admissions) -> Iterator[Event]:
         results: queue.Queue = queue.Queue()
         pool = ThreadPoolExecutor(max_workers=len(job.participants), thread_name_prefix="fanout")
 
         def ask(node: str) -> None:
             try:
-                rel = run_query_on_node(node, self.rt.address_of(contract, node), self.rt.tls, job_bytes, contract_bytes,
-                                        context, self.rt.config.node_timeout_s, admissions, channels=self.rt.channels)
+                rel = self._run_on_node(contract, contract_digest, payload, node, job_bytes, contract_bytes, context,
+                                        admissions)
                 results.put((node, rel, None))
             except Error as e:
                 results.put((node, None, e))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 
-from fedtrust.errors import Error
+from fedtrust.errors import ContextNeeded, Error
 from fedtrust.metrics import DaemonMetrics
 from fedtrust.node.kinds import NodeKinds
 from fedtrust.node.query_runtime import QueryRuntime
@@ -58,6 +58,8 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
         try:
             checked, payload = check()
             release = run(checked, payload)
+        except ContextNeeded:  # not a refusal: the coordinator resends the job with the buyer's context
+            raise
         except Error as e:
             self.metrics.refused(checked.job.kind if checked else "unknown", e.kind)
             job_id = checked.job.job_id if checked else None
@@ -100,6 +102,7 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
         peer = peer_identity(context)
 
         def check():
+            # he_context_size 0: the job names the context by digest only (see QueryRuntime.job_context)
             header, he_context = read_header_first(request_iterator, size="he_context_size",
                                                    chunk_field="he_context_chunk", limit=MAX_CONTEXT_BYTES,
                                                    what="HE context", deadline=deadline_of(context))

@@ -25,11 +25,12 @@ import time
 from decimal import Decimal
 from typing import ClassVar, Sequence
 
-from fedtrust.errors import BudgetExhausted, InvalidInput, PolicyViolation
+from fedtrust.errors import BudgetExhausted, ContextNeeded, InvalidInput, PolicyViolation
 from fedtrust.node.runtime import CheckedJob, NodeRuntime
 from fedtrust.node.store import ACCOUNTANT, StoredRelease
 from fedtrust.privacy import he
 from fedtrust.privacy.accounting import Budget, Spend
+from fedtrust.privacy.context_cache import ContextCache
 from fedtrust.privacy.dp import noise_plan
 from fedtrust.privacy.masking import add_mod, pairwise_mask
 from fedtrust.privacy.params import PLAIN_MODULUS
@@ -51,6 +52,8 @@ class QueryRuntime:
 
     def __init__(self, node: NodeRuntime) -> None:
         self.node = node
+        #: buyers' public HE contexts received with earlier released jobs, per (contract, context digest)
+        self.contexts = ContextCache()
 
     def admit(self, checked: CheckedJob) -> None:
         self.admit_query(checked)
@@ -90,8 +93,7 @@ class QueryRuntime:
         if existing is not None:
             return existing
         payload = job.payload_as(QueryPayload, "the query endpoint")
-        if sha256_hex(context) != payload.he.context_digest:
-            raise InvalidInput("HE context does not match the digest in the signed job spec; resend the buyer's context")
+        context = self.job_context(checked, payload, context)
         node.check_admissions(checked, admissions)
         rules = contract.rules.query
         assert rules is not None  # admit_query refused the job otherwise
@@ -155,5 +157,26 @@ class QueryRuntime:
         )
         node.record_job(checked, "released", epsilon=release.debit.epsilon, withheld=n_withheld,
                         duration_s=time.monotonic() - clock)
+        # kept only for a job that was admitted everywhere and released: later jobs of the contract may name it
+        self.contexts.keep(checked.contract_digest, payload.he.context_digest, context)
         return release
+
+    def job_context(self, checked: CheckedJob, payload: QueryPayload, context: bytes) -> bytes:
+        """The buyer's public HE context for this job: the one sent, else the copy kept for (contract, digest).
+
+        Either way its SHA-256 is the digest the buyer signed in the job spec
+        (`privacy.context_cache`); with neither, ContextNeeded asks the
+        coordinator to resend it (nothing was computed or spent).
+        """
+        digest = payload.he.context_digest
+        if context:
+            if sha256_hex(context) != digest:
+                raise InvalidInput("HE context does not match the digest in the signed job spec; resend the buyer's "
+                                   "context")
+            return context
+        kept = self.contexts.get(checked.contract_digest, digest)
+        if kept is None:
+            raise ContextNeeded(f"node {self.node.name} keeps no copy of the buyer's HE context this job names; "
+                                "resend the job with the context")
+        return kept
 

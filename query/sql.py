@@ -21,6 +21,7 @@ value (the messages travel to the buyer and may be logged).
 """
 from __future__ import annotations
 
+import functools
 import math
 import re
 from dataclasses import dataclass
@@ -442,7 +443,23 @@ def plan_query(sql: str, rules: QueryRules, schema: Schema, dataset: str) -> Que
 
     Raises `InvalidInput` when the SQL does not parse (with the position) and
     `PolicyViolation` when the contract forbids it (naming the rule and fix).
+    A plan is a pure function of its four inputs (frozen values), so accepted
+    plans are remembered per (sql, rules, schema, dataset): every party checks
+    the same query several times per job (the buyer, then each node at
+    admission and at run time). Refusals are not remembered: they raise anew.
     """
+    try:
+        return _remembered_plan(sql, rules, schema, dataset)
+    except TypeError:  # an unhashable argument (not a str, or a mutable rules object): check it uncached
+        return _plan_query(sql, rules, schema, dataset)
+
+
+@functools.lru_cache(maxsize=256)
+def _remembered_plan(sql: str, rules: QueryRules, schema: Schema, dataset: str) -> QueryPlan:
+    return _plan_query(sql, rules, schema, dataset)
+
+
+def _plan_query(sql: str, rules: QueryRules, schema: Schema, dataset: str) -> QueryPlan:
     tree = _parse(sql)
     if isinstance(tree, (exp.Union, exp.Intersect, exp.Except)):
         raise PolicyViolation("UNION, INTERSECT and EXCEPT are not allowed; submit one SELECT")

@@ -24,6 +24,9 @@ Mapping (most specific class first):
     NodeUnreachable           -> UNAVAILABLE
     JobFailed                 -> ABORTED
     Overloaded                -> RESOURCE_EXHAUSTED (too many calls from one caller)
+    ContextNeeded             -> FAILED_PRECONDITION (a job named the buyer's HE
+                                 context by digest only, and the callee keeps no
+                                 copy: the caller resends it)
     anything else             -> INTERNAL "internal error; see the daemon log"
 """
 from __future__ import annotations
@@ -70,6 +73,7 @@ _CODES: dict[type[Error], grpc.StatusCode] = {
     errors.NodeUnreachable: grpc.StatusCode.UNAVAILABLE,
     errors.JobFailed: grpc.StatusCode.ABORTED,
     errors.Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    errors.ContextNeeded: grpc.StatusCode.FAILED_PRECONDITION,
 }
 
 #: kind -> class, for the caller side
