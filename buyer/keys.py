@@ -1,6 +1,6 @@
 """The buyer's BFV key pair per contract, made once and reused by the contract's query jobs.
 
-Key generation (≈35 ms) and the public context (≈540 KB) are the same for every
+Key generation (≈35 ms) and the public context (≈390 KB) are the same for every
 job of a contract, so the buyer keeps one pair per contract under
 `<credentials>/he-keys/<contract digest>/` (folder 0700, secret 0600) and an
 in-process copy (bounded, keyed by credentials folder and contract digest, so a

@@ -39,6 +39,14 @@ Security reasoning
   ciphertext at the context's first level, and for a slot count that fits a
   ciphertext: TenSEAL trusts the serialized size field, so an unchecked one
   would make decryption read past the plaintext.
+- Size of the modulus: the buyer's key pair uses three 60-bit primes
+  (`COEFF_MOD_BIT_SIZES`, 180 bits, under the 218 that 128-bit security
+  allows at N = 8192), so ciphertexts live at a 120-bit level: a sum only
+  needs a few bits of noise budget per doubling of the participants (sums of
+  2,000 ciphertexts of t − 1 decrypt exactly), and ciphertexts are ~260 KB
+  instead of ~430 KB with SEAL's default five primes. A smaller modulus is
+  harder, not easier, to attack; nodes accept any modulus up to the bound
+  (older buyers' default contexts keep working).
 - Encryption itself hides nothing from a buyer who colludes with the
   coordinator (the buyer holds the secret key); that protection comes from
   the pairwise masks added before encryption (`fedtrust.privacy.masking`).
@@ -89,6 +97,8 @@ __all__ = [
 MAX_CIPHERTEXTS = 1024
 #: SEAL's largest total coefficient-modulus size for N=8192 at 128-bit security.
 MAX_COEFF_MODULUS_BITS = 218
+#: the buyer's primes: a 120-bit ciphertext level (two primes; the third is SEAL's special prime)
+COEFF_MOD_BIT_SIZES = (60, 60, 60)
 
 # Worker limits: generous, but bounded, so hostile input cannot exhaust the host.
 _BASE_TIMEOUT = 30.0
@@ -129,7 +139,8 @@ class BuyerKeys:
     @classmethod
     def generate(cls) -> "BuyerKeys":
         """Create a fresh key pair with fedtrust's fixed parameters (runs in-process: the buyer's own CLI)."""
-        ctx = ts.context(ts.SCHEME_TYPE.BFV, poly_modulus_degree=POLY_MODULUS_DEGREE, plain_modulus=PLAIN_MODULUS)
+        ctx = ts.context(ts.SCHEME_TYPE.BFV, poly_modulus_degree=POLY_MODULUS_DEGREE, plain_modulus=PLAIN_MODULUS,
+                         coeff_mod_bit_sizes=list(COEFF_MOD_BIT_SIZES))
         public = ctx.serialize(
             save_public_key=True, save_secret_key=False, save_galois_keys=False, save_relin_keys=False
         )

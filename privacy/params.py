@@ -10,9 +10,9 @@ from fedtrust.errors import InvalidInput
 PLAIN_MODULUS = 576460752303210497
 POLY_MODULUS_DEGREE = 8192
 SLOTS = POLY_MODULUS_DEGREE
-#: Largest serialized public context accepted (a public BFV context at N=8192 is ~540 KB).
+#: Largest serialized public context accepted (a buyer's public BFV context at N=8192 is ~390 KB; ~540 KB with SEAL's default modulus).
 MAX_CONTEXT_BYTES = 4 * 1024 * 1024
-#: Largest serialized ciphertext accepted (a fresh one at N=8192 is ~432 KB).
+#: Largest serialized ciphertext accepted (a fresh one at N=8192 is ~260 KB; ~432 KB with SEAL's default modulus).
 MAX_CIPHERTEXT_BYTES = 1024 * 1024
 #: a query layout needs at most 16 ciphertexts (fedtrust.query.layout.MAX_SLOTS)
 MAX_QUERY_CIPHERTEXTS = 16

@@ -51,6 +51,25 @@ def test_generate(buyer) -> None:
     assert again.params == buyer.params
 
 
+def test_the_buyers_smaller_modulus_still_sums_many_parties_exactly(buyer) -> None:
+    """Three 60-bit primes (a 120-bit ciphertext level): ~260 KB ciphertexts, and 64 parties' t − 1 sum exactly."""
+    seal = ts.context_from(buyer.public_bytes).seal_context().data
+    assert seal.key_context_data().total_coeff_modulus_bit_count() == 180
+    assert seal.first_context_data().total_coeff_modulus_bit_count() == 120
+    (ct,) = he.encrypt_isolated(buyer.public_bytes, buyer.params, [T - 1] * SLOTS)
+    assert len(ct) < 300_000
+    (total,) = he.add_isolated(buyer.public_bytes, buyer.params, [[ct]] * 64, SLOTS)
+    assert he.decrypt(buyer.secret_bytes, [total]) == [64 * (T - 1) % T] * SLOTS
+
+
+def test_a_context_with_seals_default_modulus_is_still_served() -> None:
+    """Buyers whose saved key pair predates the smaller modulus keep working (nodes accept up to 218 bits)."""
+    ctx = ts.context(ts.SCHEME_TYPE.BFV, poly_modulus_degree=8192, plain_modulus=T)
+    blob = public_of(ctx)
+    (ct,) = he.encrypt_isolated(blob, params_for(blob), [5] * 10)
+    assert ts.bfv_vector_from(ctx, ct).decrypt()[:10] == [5] * 10
+
+
 def test_ciphertext_count() -> None:
     assert he.ciphertext_count(1) == 1
     assert he.ciphertext_count(SLOTS) == 1
