@@ -5,7 +5,8 @@ full table) one federation is built and started in this process, then:
 
 * query: the buyer's wall clock for a GROUP BY job (median of `--repeat`,
   after a warm-up), and the bytes of the buyer's public context sent to the
-  nodes per job (once per node);
+  nodes by the contract's first job (once per node; later jobs name it by
+  digest and send none);
 * training: the median round time of an MLP job (`--hidden`, default
   two hidden layers of 256: 68k parameters), and the bytes per node per round: the global
   model it receives, its own masked vector, and the n signed masked vectors
@@ -117,13 +118,14 @@ def main() -> None:
     base = rows[0]
     print(f"\nquery: GROUP BY over {args.rows:,} rows per owner; training: MLP 7-{args.hidden}-{args.hidden}-1 "
           f"({base['params']:,} parameters), median round of rounds 2..{args.rounds}")
-    print(f"{'owners':>6} {'query':>9} {'× first':>8} {'context→nodes':>14} {'round':>9} {'× first':>8} "
+    print(f"{'owners':>6} {'query':>9} {'× first':>8} {'context→nodes*':>14} {'round':>9} {'× first':>8} "
           f"{'bytes/node/round':>17} {'× first':>8} {'masks, one node':>16} {'× first':>8}")
     for r in rows:
         print(f"{r['n']:>6} {r['query_s'] * 1e3:>6.0f} ms {r['query_s'] / base['query_s']:>8.2f} "
               f"{r['context_bytes'] / 1e6:>11.1f} MB {r['round_s'] * 1e3:>6.0f} ms {r['round_s'] / base['round_s']:>8.2f} "
               f"{r['bytes_per_node_round'] / 1e6:>14.2f} MB {r['bytes_per_node_round'] / base['bytes_per_node_round']:>8.2f} "
               f"{r['mask_s'] * 1e3:>13.1f} ms {r['mask_s'] / base['mask_s']:>8.2f}")
+    print("* the contract's first job only; later jobs name the context by digest")
     print("expected: masks and bytes per node O(n) (× n/first); node-side verification O(n · model); "
           "all nodes share this machine's cores, so wall clock grows at least with n")
 

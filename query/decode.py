@@ -27,9 +27,11 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any, Sequence
 
+import numpy as np
+
 from fedtrust.errors import InvalidInput
 from fedtrust.privacy.params import PLAIN_MODULUS
-from fedtrust.query.layout import LIMB_MASK, LIMBS, MAX_PARTIES, ColumnSlots, Layout, join_limbs
+from fedtrust.query.layout import COUNT_LIMBS, LIMB_BITS, LIMB_MASK, LIMBS, MAX_PARTIES, ColumnSlots, Layout
 from fedtrust.query.sql import QueryPlan
 from fedtrust.trust.schema import Schema
 
@@ -66,35 +68,55 @@ def _garbled() -> InvalidInput:
 
 @dataclass(frozen=True)
 class _ColumnTotals:
-    n: int
-    s: int
-    ss: int | None
+    """Per group (in layout order): non-null count, Σq and Σq² (None when not laid out)."""
+
+    n: list[int]
+    s: list[int]
+    ss: list[int] | None
 
 
-def _derive(func: str, col: ColumnSlots, t: _ColumnTotals) -> Any:
-    n, s = t.n, t.s
+def _joined(m: np.ndarray, at: int, k: int) -> list[int]:
+    """Per group, the exact total of the `k` limb sums at offset `at` (Python ints: they may exceed 64 bits)."""
+    part = m[:, at:at + k]
+    if (part > _MAX_LIMB_SUM).any():
+        raise _garbled()
+    total = part[:, 0].astype(object)
+    for i in range(1, k):
+        total = total + (part[:, i].astype(object) << (LIMB_BITS * i))
+    return total.tolist()
+
+
+def _derive_all(func: str, col: ColumnSlots, t: _ColumnTotals, keep: Sequence[int]) -> list[Any]:
+    """`_derive` for the groups in `keep`, with the same exact rationals as plain integer divisions.
+
+    Python's int / int is correctly rounded, so ``a / b`` is ``float(Fraction(a, b))``
+    bit for bit (and far cheaper with thousands of groups).
+    """
+    n, s, ss = t.n, t.s, t.ss
     if func == "COUNT":
-        return n
-    if n == 0:
-        return None
+        return [n[g] for g in keep]
     lo = Fraction(col.min)
+    p, q, k = lo.numerator, lo.denominator, col.scale
     if func == "SUM":
-        total = lo * n + Fraction(s, col.scale)
         if col.type == "int":
-            assert total.denominator == 1
-            return int(total)
-        return float(total)
+            assert q == 1 and k == 1
+            return [p * n[g] + s[g] if n[g] else None for g in keep]
+        return [(p * k * n[g] + s[g] * q) / (q * k) if n[g] else None for g in keep]
     if func == "AVG":
-        return float(lo + Fraction(s, col.scale * n))
+        return [(p * k * n[g] + s[g] * q) / (q * k * n[g]) if n[g] else None for g in keep]
     if func in ("VAR_SAMP", "STDDEV_SAMP"):
-        if n < 2:
-            return None
-        assert t.ss is not None, "layout lacks sums of squares"
-        num = n * t.ss - s * s
-        if num < 0:
-            raise _garbled()
-        var = Fraction(num, n * (n - 1) * col.scale * col.scale)
-        return float(var) if func == "VAR_SAMP" else math.sqrt(var)
+        assert ss is not None, "layout lacks sums of squares"
+        out: list[Any] = []
+        for g in keep:
+            if n[g] < 2:
+                out.append(None)
+                continue
+            num = n[g] * ss[g] - s[g] * s[g]
+            if num < 0:
+                raise _garbled()
+            var = num / (n[g] * (n[g] - 1) * k * k)
+            out.append(var if func == "VAR_SAMP" else math.sqrt(var))
+        return out
     raise InvalidInput(f"aggregate {func} cannot be decoded")
 
 
@@ -103,7 +125,8 @@ def decode(plan: QueryPlan, layout: Layout, schema: Schema, summed: Sequence[int
 
     `summed` may be longer than `layout.length` (ciphertext padding); the
     tail is ignored. Raises `InvalidInput` when a slot is out of range, which
-    means the masks did not cancel.
+    means the masks did not cancel. Whole columns of groups are checked and
+    recombined at once (numpy), so 10,000 groups decode in milliseconds.
     """
     if len(summed) < layout.length:
         raise InvalidInput(
@@ -115,59 +138,52 @@ def decode(plan: QueryPlan, layout: Layout, schema: Schema, summed: Sequence[int
     for name in plan.group_by:
         schema.column(name)  # the schema must know every group column
 
-    vals = [int(x) for x in summed[: layout.length]]
-    if any(v < 0 or v >= PLAIN_MODULUS for v in vals):
+    try:
+        vals = np.array([int(x) for x in summed[: layout.length]], dtype=np.int64)
+    except (OverflowError, TypeError, ValueError):
+        raise _garbled() from None
+    if (vals < 0).any() or (vals >= PLAIN_MODULUS).any():
         raise _garbled()
+    m = vals.reshape(len(layout.groups), layout.slots_per_group)
 
-    def limbs(at: int) -> int:
-        part = vals[at : at + LIMBS]
-        if any(v > _MAX_LIMB_SUM for v in part):
+    flags = m[:, Layout.FLAG]
+    if (flags > MAX_PARTIES).any():
+        raise _garbled()
+    n_rows = _joined(m, Layout.ROWS, COUNT_LIMBS)
+    totals: dict[str, _ColumnTotals] = {}
+    col_flags = []
+    for col in layout.columns:
+        cflag = m[:, col.flag]
+        if (cflag > MAX_PARTIES).any():
             raise _garbled()
-        return join_limbs(part)
+        col_flags.append(cflag)
+        n = _joined(m, col.count, COUNT_LIMBS)
+        if any(a > b for a, b in zip(n, n_rows)):
+            raise _garbled()
+        totals[col.name] = _ColumnTotals(
+            n, _joined(m, col.sum, LIMBS), _joined(m, col.sumsq, LIMBS) if col.sumsq is not None else None)
 
-    aggs = [o for o in plan.outputs]
-    rows: list[tuple[Any, ...]] = []
-    withheld_total = 0
-    withheld_groups: list[tuple[tuple[str, ...], int]] = []
+    groups = layout.groups
+    withheld_groups = [(groups[g], int(flags[g])) for g in np.flatnonzero(flags).tolist()]
     withheld_columns: list[tuple[tuple[str, ...], str, int]] = []
-    for g, key in enumerate(layout.groups):
-        base = layout.base(g)
-        flag = vals[base + Layout.FLAG]
-        if flag > MAX_PARTIES:
-            raise _garbled()
-        if flag:
-            withheld_total += flag
-            withheld_groups.append((key, flag))
-        n_rows = limbs(base + Layout.ROWS)
-        totals: dict[str, _ColumnTotals] = {}
-        for col in layout.columns:
-            cflag = vals[base + col.flag]
-            if cflag > MAX_PARTIES:
-                raise _garbled()
-            if cflag:
-                withheld_columns.append((key, col.name, cflag))
-            n = limbs(base + col.count)
-            if n > n_rows:
-                raise _garbled()
-            totals[col.name] = _ColumnTotals(
-                n, limbs(base + col.sum), limbs(base + col.sumsq) if col.sumsq is not None else None
-            )
-        if plan.group_by and n_rows == 0:
-            continue
-        row: list[Any] = []
-        for o in aggs:
-            if o.kind == "group":
-                row.append(key[plan.group_by.index(o.column)])
-            elif o.column is None:  # COUNT(*)
-                row.append(n_rows)
-            else:
-                assert o.func is not None
-                row.append(_derive(o.func, layout.column(o.column), totals[o.column]))
-        rows.append(tuple(row))
+    if col_flags:
+        cf = np.stack(col_flags, axis=1)
+        withheld_columns = [(groups[g], layout.columns[c].name, int(cf[g, c])) for g, c in np.argwhere(cf).tolist()]
+    keep = [g for g in range(len(groups)) if n_rows[g]] if plan.group_by else list(range(len(groups)))
+    columns: list[list[Any]] = []
+    for o in plan.outputs:
+        if o.kind == "group":
+            i = plan.group_by.index(o.column)
+            columns.append([groups[g][i] for g in keep])
+        elif o.column is None:  # COUNT(*)
+            columns.append([n_rows[g] for g in keep])
+        else:
+            assert o.func is not None
+            columns.append(_derive_all(o.func, layout.column(o.column), totals[o.column], keep))
     return ResultTable(
         columns=tuple(o.name for o in plan.outputs),
-        rows=tuple(rows),
-        withheld=withheld_total,
+        rows=tuple(zip(*columns)) if columns else tuple(() for _ in keep),
+        withheld=int(flags.sum()),
         withheld_groups=tuple(withheld_groups),
         withheld_columns=tuple(withheld_columns),
     )

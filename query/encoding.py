@@ -25,7 +25,7 @@ from typing import Mapping
 import numpy as np
 
 from fedtrust.errors import InvalidInput, PolicyViolation
-from fedtrust.query.layout import LIMB_BITS, LIMB_MASK, LIMBS, MAX_VALUE, Layout
+from fedtrust.query.layout import COUNT_LIMBS, LIMB_BITS, LIMB_MASK, LIMBS, MAX_COUNT, MAX_VALUE, Layout
 
 
 @dataclass(frozen=True)
@@ -58,8 +58,15 @@ def _check_int(x: object, what: str) -> int:
     return x
 
 
-def _put(vec: np.ndarray, slot: int, value: int) -> None:
-    for i in range(LIMBS):
+def _check_count(x: object, what: str) -> int:
+    n = _check_int(x, what)
+    if n > MAX_COUNT:
+        raise PolicyViolation(f"{what} exceeds the 63-bit count of the query layout; split the dataset")
+    return n
+
+
+def _put(vec: np.ndarray, slot: int, value: int, limbs: int = LIMBS) -> None:
+    for i in range(limbs):
         vec[slot + i] = (value >> (LIMB_BITS * i)) & LIMB_MASK
 
 
@@ -79,7 +86,7 @@ def encode(layout: Layout, stats: Mapping[tuple[str, ...], GroupStats], min_grou
     withheld = 0
     for key, gs in stats.items():
         g = layout.group_index(tuple(key))
-        rows = _check_int(gs.rows, "a group's row count")
+        rows = _check_count(gs.rows, "a group's row count")
         base = layout.base(g)
         if rows == 0:
             if any(cs.count_nonnull or cs.sum_q or cs.sumsq_q for cs in gs.columns.values()):
@@ -89,18 +96,18 @@ def encode(layout: Layout, stats: Mapping[tuple[str, ...], GroupStats], min_grou
             vec[base + Layout.FLAG] = 1
             withheld += 1
             continue
-        _put(vec, base + Layout.ROWS, rows)
+        _put(vec, base + Layout.ROWS, rows, COUNT_LIMBS)
         for col in layout.columns:
             cs = gs.columns.get(col.name)
             if cs is None:
                 raise InvalidInput(f"stats lack column `{col.name}` that the query layout needs")
-            n = _check_int(cs.count_nonnull, f"the non-null count of `{col.name}`")
+            n = _check_count(cs.count_nonnull, f"the non-null count of `{col.name}`")
             if n > rows:
                 raise InvalidInput(f"the non-null count of `{col.name}` exceeds the group's row count")
             if 0 < n < min_group_size:
                 vec[base + col.flag] = 1
                 continue
-            _put(vec, base + col.count, n)
+            _put(vec, base + col.count, n, COUNT_LIMBS)
             _put(vec, base + col.sum, _check_int(cs.sum_q, f"the sum of `{col.name}`"))
             if col.sumsq is not None:
                 _put(vec, base + col.sumsq, _check_int(cs.sumsq_q, f"the sum of squares of `{col.name}`"))

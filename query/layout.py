@@ -15,12 +15,12 @@ domains, numeric bounds) — never from a node's data:
   it releases says nothing about which groups it holds;
 * per group, in this order: 1 *withheld flag* slot (1 when the node withheld
   this group because it had fewer than `min_group_size` matching rows), then
-  `LIMBS` limbs of the row count, then for each numeric column the plan
-  aggregates (schema order): `LIMBS` limbs of its non-null count, `LIMBS`
-  limbs of Σq, only when VAR_SAMP / STDDEV_SAMP is asked `LIMBS` limbs of
-  Σq², and 1 *column withheld flag* slot (1 when the node withheld this
-  column's quantities in this group because fewer than `min_group_size` of
-  its matching rows have a value in it).
+  `COUNT_LIMBS` limbs of the row count, then for each numeric column the plan
+  aggregates (schema order): `COUNT_LIMBS` limbs of its non-null count,
+  `LIMBS` limbs of Σq, only when VAR_SAMP / STDDEV_SAMP is asked `LIMBS`
+  limbs of Σq², and 1 *column withheld flag* slot (1 when the node withheld
+  this column's quantities in this group because fewer than `min_group_size`
+  of its matching rows have a value in it).
 
 Fixed-point quantisation (public): a value v of a numeric column becomes
 ``q = round((clip(v, min, max) - min) * scale)`` with round half away from
@@ -38,6 +38,13 @@ far more than the 59 bits of the BFV plaintext modulus t), split into
 t ≈ 2^59; a limb is below 2^32, so the slot sums of up to ``MAX_PARTIES =
 2^26`` participants stay below t and never wrap: the buyer recombines the
 limb sums with Python integers (carries included) and gets the exact total.
+
+Counts need fewer limbs, by a public bound: a node's row count and non-null
+counts are below ``2^63`` (DuckDB counts in BIGINT; `encode` refuses more), so
+even a noisy count (`fedtrust.query.noisy`, two's complement) summed over
+``MAX_PARTIES`` participants stays within ±2^89 < 2^95, and ``COUNT_LIMBS = 3``
+limbs (96 bits) carry it exactly. A group of COUNT(*) and AVG(c) thus takes 12
+slots instead of 14, so 10,000 such groups fit the 16 ciphertexts of a release.
 """
 from __future__ import annotations
 
@@ -58,6 +65,10 @@ LIMBS = 4
 VALUE_BITS = LIMB_BITS * LIMBS  # 128
 LIMB_MASK = (1 << LIMB_BITS) - 1
 MAX_VALUE = (1 << VALUE_BITS) - 1
+#: limbs of a row count or non-null count (public bound: below 2^63 per node; see the module docstring)
+COUNT_LIMBS = 3
+COUNT_BITS = 63
+MAX_COUNT = (1 << COUNT_BITS) - 1
 #: most participants whose limb sums are guaranteed not to wrap mod t
 MAX_PARTIES = 1 << 26
 #: at most 16 BFV ciphertexts of 8192 slots per release
@@ -69,11 +80,13 @@ FLOAT_SCALE = 10**6
 assert MAX_PARTIES * LIMB_MASK < PLAIN_MODULUS, "limb sums of MAX_PARTIES participants would wrap mod t"
 # ... and on the withheld flags (each 0 or 1) not wrapping either.
 assert MAX_PARTIES < PLAIN_MODULUS
+# ... and on a signed count summed over MAX_PARTIES participants fitting COUNT_LIMBS limbs.
+assert (MAX_PARTIES << COUNT_BITS) < 1 << (LIMB_BITS * COUNT_LIMBS - 1)
 
 
 def slots_per_group(n_columns: int, needs_sumsq: bool) -> int:
     """Slots one group takes: flag + row count + (count, Σq[, Σq²], column flag) per column."""
-    return 1 + LIMBS * (1 + n_columns * (3 if needs_sumsq else 2)) + n_columns
+    return 1 + COUNT_LIMBS + n_columns * (COUNT_LIMBS + LIMBS * (2 if needs_sumsq else 1) + 1)
 
 
 def scale_of(column: Column) -> int:
@@ -114,7 +127,7 @@ class ColumnSlots:
     min: float
     max: float
     scale: int
-    count: int  # first limb of the non-null count
+    count: int  # first limb of the non-null count (COUNT_LIMBS limbs)
     sum: int  # first limb of Σq
     sumsq: int | None  # first limb of Σq², None when not needed
     flag: int  # the column's withheld flag
@@ -140,14 +153,14 @@ class Layout:
         domains = [schema.column(g).values for g in plan.group_by]
         groups = tuple(itertools.product(*domains)) if domains else ((),)
         cols: list[ColumnSlots] = []
-        off = 1 + LIMBS
+        off = 1 + COUNT_LIMBS
         for name in plan.columns:
             c = schema.column(name)
             if not c.numeric:
                 raise InvalidInput(f"column `{name}` is not numeric; only numeric columns have sums")
             assert c.min is not None and c.max is not None
-            count, s = off, off + LIMBS
-            off += 2 * LIMBS
+            count, s = off, off + COUNT_LIMBS
+            off += COUNT_LIMBS + LIMBS
             sq = None
             if plan.needs_sumsq:
                 sq = off
@@ -201,9 +214,9 @@ class Layout:
         return self.base(group) + self.ROWS
 
 
-def split_limbs(value: int) -> list[int]:
-    """Little-endian 32-bit limbs of an integer in [0, 2^128)."""
-    return [(value >> (LIMB_BITS * i)) & LIMB_MASK for i in range(LIMBS)]
+def split_limbs(value: int, limbs: int = LIMBS) -> list[int]:
+    """Little-endian 32-bit limbs of an integer in [0, 2^(32·limbs))."""
+    return [(value >> (LIMB_BITS * i)) & LIMB_MASK for i in range(limbs)]
 
 
 def join_limbs(limbs: "list[int] | tuple[int, ...]") -> int:

@@ -8,9 +8,10 @@ its flag is 1). In a released group, a column whose *noisy* non-null count
 (the one it would release) is below `min_group_size` is withheld the same
 way: its count, Σq and Σq² slots carry fresh noise only and its column flag
 is 1. That decision is post-processing of an already-noised quantity, so it
-costs no extra share of ε. Noisy values may be negative, so they are written as 128-bit
-two's complement limbs: limb sums over the participants recombine to the
-total mod 2^128, read back as a signed integer.
+costs no extra share of ε. Noisy values may be negative, so they are written as
+two's complement limbs (96 bits for counts, 128 for sums; see
+`fedtrust.query.layout`): limb sums over the participants recombine to the
+total mod 2^(32·limbs), read back as a signed integer.
 
 Buyer side (`decode_noisy`): recombine, then derive the SQL aggregates from
 the noisy totals, clamped to their valid range (a count is never negative, an
@@ -34,12 +35,8 @@ from fedtrust.privacy.dp import NoisePlan, discrete_laplace, laplace_variance
 from fedtrust.privacy.params import PLAIN_MODULUS
 from fedtrust.query.decode import ResultTable
 from fedtrust.query.encoding import ColumnStats, GroupStats
-from fedtrust.query.layout import LIMB_BITS, LIMB_MASK, LIMBS, MAX_PARTIES, VALUE_BITS, Layout, join_limbs
+from fedtrust.query.layout import COUNT_LIMBS, LIMB_BITS, LIMB_MASK, LIMBS, MAX_PARTIES, Layout, join_limbs
 from fedtrust.query.sql import QueryPlan
-
-_MOD = 1 << VALUE_BITS
-_HALF = 1 << (VALUE_BITS - 1)
-
 
 # -- node side -----------------------------------------------------------------
 
@@ -84,11 +81,14 @@ def add_noise(layout: Layout, stats: Mapping[tuple[str, ...], GroupStats], noise
     return NoisyStats(noisy, withheld, withheld_columns)
 
 
-def _put_signed(vec: np.ndarray, slot: int, value: int) -> None:
-    if not -_HALF <= value < _HALF:
-        raise PolicyViolation("a noisy quantity exceeds the 128-bit encoding; narrow the contract's column bounds")
-    v = value % _MOD
-    for i in range(LIMBS):
+def _put_signed(vec: np.ndarray, slot: int, value: int, limbs: int = LIMBS) -> None:
+    bits = LIMB_BITS * limbs
+    # counts (COUNT_LIMBS) keep 2^26 participants' worth of headroom; sums keep the 128-bit bound
+    half = 1 << (bits - 1 if limbs == LIMBS else bits - 1 - (MAX_PARTIES.bit_length() - 1))
+    if not -half <= value < half:
+        raise PolicyViolation(f"a noisy quantity exceeds the {bits}-bit encoding; narrow the contract's column bounds")
+    v = value % (1 << bits)
+    for i in range(limbs):
         vec[slot + i] = (v >> (LIMB_BITS * i)) & LIMB_MASK
 
 
@@ -98,11 +98,11 @@ def encode_signed(layout: Layout, noisy: NoisyStats) -> np.ndarray:
         gs = noisy.groups[key]
         base = layout.base(g)
         vec[base + Layout.FLAG] = 1 if key in noisy.withheld else 0
-        _put_signed(vec, base + Layout.ROWS, gs.rows)
+        _put_signed(vec, base + Layout.ROWS, gs.rows, COUNT_LIMBS)
         for c in layout.columns:
             cs = gs.columns[c.name]
             vec[base + c.flag] = 1 if (key, c.name) in noisy.withheld_columns else 0
-            _put_signed(vec, base + c.count, cs.count_nonnull)
+            _put_signed(vec, base + c.count, cs.count_nonnull, COUNT_LIMBS)
             _put_signed(vec, base + c.sum, cs.sum_q)
             if c.sumsq is not None:
                 _put_signed(vec, base + c.sumsq, cs.sumsq_q)
@@ -118,9 +118,10 @@ class NoisyResult:
     ci95: tuple[tuple[tuple[float, float] | None, ...], ...]
 
 
-def _signed(total: int) -> int:
-    v = total % _MOD
-    return v - _MOD if v >= _HALF else v
+def _signed(total: int, limbs: int = LIMBS) -> int:
+    mod = 1 << (LIMB_BITS * limbs)
+    v = total % mod
+    return v - mod if v >= mod >> 1 else v
 
 
 BOOTSTRAP = 2000
@@ -135,8 +136,8 @@ def decode_noisy(plan: QueryPlan, layout: Layout, summed: Sequence[int], noise: 
         raise InvalidInput("the aggregate does not decode: the masks did not cancel or a participant is missing")
     rng = rng or np.random.default_rng()
 
-    def total(at: int) -> int:
-        return _signed(join_limbs(vals[at: at + LIMBS]))
+    def total(at: int, k: int = LIMBS) -> int:
+        return _signed(join_limbs(vals[at: at + k]), k)
 
     def draws(observed: float, scale: Fraction | None) -> np.ndarray:
         """Plausible true values: observed minus the sum of `parties` noise draws (same law, symmetric)."""
@@ -156,12 +157,12 @@ def decode_noisy(plan: QueryPlan, layout: Layout, summed: Sequence[int], noise: 
         for c in layout.columns:
             if vals[base + c.flag]:
                 withheld_columns.append((key, c.name, vals[base + c.flag]))
-        n_rows = total(base + Layout.ROWS)
+        n_rows = total(base + Layout.ROWS, COUNT_LIMBS)
         sims: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray | None]] = {}
         obs: dict[str, tuple[int, int, int | None]] = {}
         for c in layout.columns:
             cn = noise.column(c.name)
-            n, s = total(base + c.count), total(base + c.sum)
+            n, s = total(base + c.count, COUNT_LIMBS), total(base + c.sum)
             ss = total(base + c.sumsq) if c.sumsq is not None else None
             obs[c.name] = (n, s, ss)
             sims[c.name] = (draws(n, cn.nonnull), draws(s, cn.sum), None if ss is None else draws(ss, cn.sumsq))
