@@ -6,6 +6,14 @@ timeout so concurrent daemons threads wait for the write lock instead of
 failing. Each store keeps its SQL in its own module behind a small interface.
 State is private: the folder is created 0700 and the file 0600 (SQLite
 gives its -wal and -shm files the database file's mode).
+
+Writes that guard nothing (an audit line, a job-log row, a progress
+heartbeat) pass `durable=False`: that one commit runs with
+`synchronous=NORMAL`, so it is in the WAL (safe if the process dies) but not
+fsynced (it may be lost with the machine's power). The next durable commit
+fsyncs the WAL, and with it every earlier commit, so ordering is kept: a
+debit and everything logged before it are on disk before anything of that
+release leaves the node.
 """
 from __future__ import annotations
 
@@ -47,17 +55,27 @@ class Database:
         return con
 
     @contextmanager
-    def write(self) -> Iterator[sqlite3.Connection]:
-        """BEGIN IMMEDIATE … COMMIT: check-then-insert is atomic across threads and processes."""
+    def write(self, durable: bool = True) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE … COMMIT: check-then-insert is atomic across threads and processes.
+
+        With `durable=False` the commit is not fsynced (see the module docstring); never for a write
+        that must be on disk before something leaves the daemon.
+        """
         con = self._connect()
-        con.execute("BEGIN IMMEDIATE")
+        if not durable:
+            con.execute("PRAGMA synchronous=NORMAL")
         try:
-            yield con
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
-        else:
-            con.execute("COMMIT")
+            con.execute("BEGIN IMMEDIATE")
+            try:
+                yield con
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+            else:
+                con.execute("COMMIT")
+        finally:
+            if not durable:
+                con.execute("PRAGMA synchronous=FULL")
 
     def read(self) -> sqlite3.Connection:
         return self._connect()

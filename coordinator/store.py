@@ -129,7 +129,7 @@ class JobStore:
             if v is not None:
                 sets.append(f"{col} = ?")
                 args.append(v)
-        with self.db.write() as con:
+        with self.db.write(durable=False) as con:  # progress only: not worth an fsync per step
             con.execute(f"UPDATE jobs SET {', '.join(sets)} WHERE job_id = ? AND state = 'running'", (*args, job_id))
 
     def jobs_of(self, buyer: str, limit: int = 50) -> list[JobRecord]:

@@ -72,7 +72,7 @@ class JobLog:
 
     def record(self, rec: JobRecord) -> None:
         at = rec.at or utc_now()
-        with self.db.write() as con:
+        with self.db.write(durable=False) as con:  # the owner's log guards no release (the ledger does)
             con.execute(
                 "INSERT INTO jobs (at, contract_digest, job_id, kind, buyer, coordinator, request, epsilon, withheld,"
                 " outcome, detail, duration_s) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",

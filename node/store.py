@@ -164,7 +164,7 @@ class NodeStore:
         state = Path(state_dir)
         self.db = Database(state / "node.sqlite3", SCHEMA)
         self.watermark = Watermark(Path(watermark) if watermark else state.with_name(state.name + ".watermark"))
-        #: the owner's view: one row per job, and withdrawals (same file, same fsync)
+        #: the owner's view: one row per job, and withdrawals (same file; a job row rides on the next fsync)
         self.jobs = JobLog(self.db)
         with self.db.write() as con:  # ledgers made by earlier versions
             cols = {r["name"] for r in con.execute("PRAGMA table_info(releases)")}
@@ -411,7 +411,8 @@ class NodeStore:
     # -- audit ------------------------------------------------------------
     def audit(self, event: str, detail: str, *, contract_digest: str | None = None,
               job_id: str | None = None, peer: str | None = None) -> None:
-        with self.db.write() as con:
+        # not fsynced by itself: the next ledger commit (fsynced before any release) carries it to disk
+        with self.db.write(durable=False) as con:
             con.execute(
                 "INSERT INTO audit (at, event, contract_digest, job_id, peer, detail) VALUES (?,?,?,?,?,?)",
                 (utc_now(), event, contract_digest, job_id, peer, detail),
