@@ -22,7 +22,10 @@ workarounds CrypTen needs with the pinned torch, in one place.
    TCP) or an in-process one that lacks batched collectives. `load()` makes
    both per thread, and `party()` installs a `LinkCommunicator` (fedtrust's
    links) for the calling thread, so several parties, or several jobs of one
-   daemon, each run in their own thread.
+   daemon, each run in their own thread. CrypTen's tuple provider is a
+   process global too (`crypten.mpc.get_default_provider`): `party(...,
+   provider=...)` installs one per thread (fedtrust's dealer,
+   `privacy.mpc.dealer`); without one a thread gets CrypTen's configured default.
 
 CrypTen pulls `torchvision` in as a dependency; fedtrust never imports it
 (CrypTen itself only does in `crypten.models`, which nothing here touches).
@@ -99,21 +102,31 @@ def _get_communicator():
 
 
 @contextlib.contextmanager
-def party(rank: int, world_size: int, link, name: str | None = None):
+def party(rank: int, world_size: int, link, name: str | None = None, provider=None):
     """Run CrypTen on this thread as party `rank` of `world_size`, talking over `link`.
 
     Seeds are exchanged with the other parties on entry (each party draws its own from
-    os.urandom), so every party must enter its session."""
+    os.urandom), so every party must enter its session. `provider` (a CrypTen TupleProvider,
+    or a callable making one once the session is set up) deals this thread's correlated randomness."""
     crypten = load()
     from .mpc.communicator import LinkCommunicator
 
     _local.communicator = LinkCommunicator(rank, world_size, link, name)
     try:
         crypten._setup_prng()
+        _local.provider = provider() if callable(provider) else provider
         yield _local.communicator
     finally:
         _local.communicator = None
+        _local.provider = None
         _local.__dict__.pop("generators", None)
+
+
+def _thread_provider(default):
+    def get_default_provider():
+        mine = getattr(_local, "provider", None)
+        return mine if mine is not None else default()
+    return get_default_provider
 
 
 def load():
@@ -130,5 +143,6 @@ def load():
     crypten.generators = _ThreadGenerators()
     comm.get = _get_communicator
     comm.is_initialized = lambda: getattr(_local, "communicator", None) is not None
+    crypten.mpc.get_default_provider = _thread_provider(crypten.mpc.get_default_provider)
     _loaded = crypten
     return crypten
