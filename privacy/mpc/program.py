@@ -12,7 +12,7 @@ daemons run any registered program the same way:
   output (`share_of(x)`: int64 ring elements at the standard fixed-point scale) — a
   program never reveals anything inside MPC;
 * at the buyer: the shares of all parties are added (`combine_shares`), decoded, and
-  `finish(job, outputs)` makes the result the buyer sees.
+  `finish(ctx, outputs)` makes the result the buyer sees (`buyer_context(job, contract)`).
 
 Ranks: compute parties are the job's participants in their (sorted) order, 0..n-1; the
 dealer is rank n on the link and never a compute party (see `dealer`). Programs live
@@ -28,21 +28,25 @@ coordinator sits and record or tamper with every sealed frame.
 from __future__ import annotations
 
 import importlib
+import json
+import struct
 import threading
 import time
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any, Callable, Mapping
 
 import torch
 
 from .. import crypten_shim
+from . import wire
 from .communicator import QueueLinks
 from .dealer import LinkTupleProvider, serve_dealer
 from .sealed_link import SealedLink
 
 __all__ = [
-    "MpcProgram", "ProgramContext", "SCALE", "PROGRAM_MODULES", "register", "program", "kinds", "share_of",
-    "share_input", "run_party", "combine_shares", "decode_outputs", "run_in_process", "InProcessRun",
+    "MpcProgram", "ProgramContext", "Charge", "buyer_context", "OUTPUT_STEP", "SCALE", "PROGRAM_MODULES", "register", "program", "kinds", "share_of",
+    "share_input", "run_party", "encode_shares", "decode_shares", "combine_shares", "decode_outputs", "run_in_process", "InProcessRun",
     "MpcProgramError",
 ]
 
@@ -52,6 +56,8 @@ SCALE = 2 ** 16
 PROGRAM_MODULES: tuple[str, ...] = ("fedtrust.query.mpc_stats",)
 #: the dealer's name on an in-process link
 DEALER = "dealer"
+#: the sealed-message step (privacy.sealed) of an owner's output shares to the buyer's per-job key
+OUTPUT_STEP = "mpc-output"
 
 
 class MpcProgramError(ValueError):
@@ -76,6 +82,24 @@ class ProgramContext:
         return self.parties[self.rank]
 
 
+def buyer_context(job: Any, contract: Any) -> ProgramContext:
+    """What `finish` sees at the buyer: the verified job and contract; rank -1 (the buyer is no compute party)."""
+    parties = tuple(job.participants) if job is not None else ()
+    return ProgramContext(-1, len(parties), parties, job, contract)
+
+
+@dataclass(frozen=True)
+class Charge:
+    """What one job of a program costs at a node, decided at admission (before anything is computed or spent):
+    it counts against the ledger cap of kind `counts_as` (`max_jobs`; None: uncapped) and spends ε, δ."""
+
+    counts_as: str
+    max_jobs: int | None
+    mechanism: str = "exact"
+    epsilon: Decimal = Decimal(0)
+    delta: Decimal = Decimal(0)
+
+
 @dataclass(frozen=True)
 class MpcProgram:
     kind: str
@@ -83,8 +107,12 @@ class MpcProgram:
     local_inputs: Callable[[ProgramContext], dict[str, torch.Tensor]]
     #: inside crypten_shim.party, the same on every party: this party's share (int64) of each output
     compute: Callable[[ProgramContext, dict[str, torch.Tensor] | None], dict[str, torch.Tensor]]
-    #: buyer side: the result from the decoded sums of the shares
-    finish: Callable[[Any, dict[str, torch.Tensor]], Any]
+    #: buyer side: the result from the decoded sums of the shares; `ctx` has the job and the contract (rank -1:
+    #: the buyer computes nothing)
+    finish: Callable[[ProgramContext, dict[str, torch.Tensor]], Any]
+    #: node side, at admission: every rules check of the job (PolicyViolation naming the rule) and its `Charge`;
+    #: nothing is read or spent. The daemons refuse a kind without one.
+    admit: Callable[[ProgramContext], Charge] | None = None
 
 
 _REGISTRY: dict[str, MpcProgram] = {}
@@ -176,6 +204,31 @@ def run_party(p: MpcProgram, ctx: ProgramContext, inputs: dict[str, torch.Tensor
     return shares
 
 
+def encode_shares(shares: Mapping[str, torch.Tensor]) -> bytes:
+    """One party's output shares as bytes (names as JSON, tensors as `wire` frames; never a pickle)."""
+    names = sorted(shares)
+    head = json.dumps(names).encode()
+    return struct.pack(">I", len(head)) + head + wire.encode_tensors([shares[n] for n in names])
+
+
+def decode_shares(data: bytes) -> dict[str, torch.Tensor]:
+    """The inverse of `encode_shares`; WireError / MpcProgramError for anything malformed."""
+    if len(data) < 4:
+        raise MpcProgramError("output shares are malformed")
+    (n,) = struct.unpack(">I", data[:4])
+    try:
+        names = json.loads(data[4:4 + n])
+    except ValueError:
+        raise MpcProgramError("output shares are malformed") from None
+    if not isinstance(names, list) or not names or not all(isinstance(x, str) for x in names) \
+            or len(set(names)) != len(names) or len(names) > wire.MAX_BATCH:
+        raise MpcProgramError("output shares are malformed")
+    tensors = wire.decode_tensors(data[4 + n:], len(names))
+    if any(t.dtype != torch.int64 for t in tensors):
+        raise MpcProgramError("output shares are not ring elements")
+    return dict(zip(names, tensors))
+
+
 def combine_shares(per_party: list[Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     """Add every party's shares (mod 2^64): the fixed-point outputs, still encoded."""
     if not per_party:
@@ -197,7 +250,9 @@ def combine_shares(per_party: list[Mapping[str, torch.Tensor]]) -> dict[str, tor
 
 
 def decode_outputs(summed: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: crypten_shim.fixed_point_decode(v, SCALE).double() for k, v in summed.items()}
+    """Fixed point to float64 (floor division plus non-negative remainder, as the shim's decode, in double)."""
+    return {k: torch.div(v, SCALE, rounding_mode="floor").double() + torch.remainder(v, SCALE).double() / SCALE
+            for k, v in summed.items()}
 
 
 # -- in process ----------------------------------------------------------------------------------------------------
@@ -269,4 +324,5 @@ def run_in_process(p: MpcProgram, inputs_by_party: Mapping[str, dict[str, torch.
     if any(t.is_alive() for t in threads) or any(s is None for s in shares):
         raise MpcProgramError(f"the in-process MPC run did not finish within {timeout_s:g} s")
     outputs = decode_outputs(combine_shares(shares))  # type: ignore[arg-type]
-    return InProcessRun(p.finish(job, outputs), shares, outputs, dealt[0])  # type: ignore[arg-type]
+    return InProcessRun(p.finish(ProgramContext(-1, n, parties, job, contract), outputs), shares, outputs,
+                        dealt[0])
