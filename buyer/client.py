@@ -19,7 +19,7 @@ from fedtrust.transport.serde import job_state_from_proto, progress_from_proto
 from fedtrust.transport.status import calling
 from fedtrust.transport.streams import read_parts, send_header_first
 from fedtrust.transport.tls import TlsMaterial
-from fedtrust.v1 import coordinator_pb2, coordinator_pb2_grpc, vertical_pb2, vertical_pb2_grpc
+from fedtrust.v1 import coordinator_pb2, coordinator_pb2_grpc, mpc_pb2, mpc_pb2_grpc, vertical_pb2, vertical_pb2_grpc
 
 __all__ = ["CoordinatorClient", "JobOutcome", "TrainingOutcome", "JobState", "Progress", "OnProgress"]
 
@@ -138,6 +138,13 @@ class CoordinatorClient:
                 vertical_pb2.VerticalSubmission(job_envelope=job, contract_envelope=contract), timeout=self.timeout),
                 on_progress, f"coordinator {self.name} at {self.address}", max_nodes=0)
         return outcome
+
+    def submit_mpc(self, job: bytes, contract: bytes, on_progress: OnProgress | None = None) -> JobOutcome:
+        """An MPC job: progress, then every owner's output shares sealed to the buyer, then the receipt."""
+        with self._channel() as ch:
+            return _collect(mpc_pb2_grpc.MpcCoordinatorServiceStub(ch).SubmitMpc(
+                mpc_pb2.MpcSubmission(job_envelope=job, contract_envelope=contract), timeout=self.timeout),
+                on_progress, f"coordinator {self.name} at {self.address}")
 
     def submit_training(self, job: bytes, contract: bytes, on_progress: OnProgress | None = None) -> TrainingOutcome:
         with self._channel() as ch:

@@ -129,6 +129,8 @@ def contract(
     revocation_max_age_h: Optional[int] = typer.Option(
         None, "--revocation-max-age-h", min=1,
         help="nodes refuse this contract's jobs while their newest revocation list is older than N hours"),
+    dealer: Optional[str] = typer.Option(None, "--dealer", help="the registered dealer that deals the correlated "
+                                         "randomness of MPC jobs (MIN, MAX, MEDIAN, quantiles); none: no MPC jobs"),
     as_json: bool = typer.Option(False, "--json", help="print what was done as JSON"),
 ) -> None:
     """Issue a contract (signed by the exchange): buyer, coordinator, products, purpose, term and the rules every
@@ -136,7 +138,8 @@ def contract(
     from fedtrust.exchange.issuer import issue_contract
 
     c = issue_contract(directory, buyer, coordinator, product, rules, out, price=price, purpose=purpose,
-                       valid_from=valid_from, valid_until=valid_until, revocation_max_age_h=revocation_max_age_h)
+                       valid_from=valid_from, valid_until=valid_until, revocation_max_age_h=revocation_max_age_h,
+                       dealer=dealer)
     warning = no_privacy_warning(c)
     if warning:
         err_console.print(f"[yellow]warning:[/] {escape(warning)}")

@@ -10,7 +10,7 @@ from fedtrust.cli.output import console
 
 
 def keygen(
-    role: str = typer.Option(..., "--role", help="node, buyer or coordinator"),
+    role: str = typer.Option(..., "--role", help="node, buyer, coordinator or dealer"),
     name: str = typer.Option(..., "--name", help="subject name, e.g. insurer-a"),
     address: List[str] = typer.Option([], "--address",
                                       help="HOST:PORT where the daemon listens (nodes: required; repeatable)"),

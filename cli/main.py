@@ -24,6 +24,7 @@ from fedtrust.cli import (
     audit,
     contract,
     coordinator,
+    dealer,
     demo,
     exchange,
     job,
@@ -76,6 +77,7 @@ app.add_typer(exchange.app, name="exchange")
 app.add_typer(contract.app, name="contract")
 app.add_typer(node.app, name="node")
 app.add_typer(coordinator.app, name="coordinator")
+app.add_typer(dealer.app, name="dealer")
 app.add_typer(job.app, name="job")
 app.command("keygen")(keygen.keygen)
 app.add_typer(audit.app, name="audit")

@@ -73,11 +73,15 @@ def query(
     fmt: str = typer.Option("table", "--format", help="how to print the result: table, json or csv (header, rows)"),
     timeout: float = typer.Option(600.0, "--timeout", help="seconds to wait for the job"),
 ) -> None:
-    """Run a secure aggregate query: nodes release masked, encrypted aggregates; only you decrypt their sum."""
+    """Run a secure aggregate query: nodes release masked, encrypted aggregates; only you decrypt their sum.
+    MIN, MAX, MEDIAN and QUANTILE_CONT run in MPC between the owners; only you add the shares of the answer."""
+    from fedtrust.buyer.mpc import is_mpc_sql
     from fedtrust.buyer.query import submit_query
 
     fmt = check_format(fmt, as_json)
     identity = load_identity(credentials)
+    if is_mpc_sql(sql):
+        return _mpc_query(identity, credentials, contract, coordinator, sql, out, receipt, fmt, timeout)
     with job_progress() as bar:
         task = bar.add_task("query", total=None, stage="submitting")
 
@@ -88,3 +92,47 @@ def query(
         bar.update(task, stage="decrypted")
     err_console.print(f"job {res.job_id} done")
     show_result(res, out, receipt, as_json, fmt)
+
+
+def _mpc_query(identity, credentials: Path, contract: Path, coordinator: str, sql: str, out: Optional[Path],
+               receipt: Optional[Path], fmt: str, timeout: float) -> None:
+    from fedtrust.buyer.mpc import submit_mpc_stats
+
+    with job_progress() as bar:
+        task = bar.add_task("mpc", total=None, stage="submitting")
+
+        def progress(ev) -> None:
+            bar.update(task, total=ev.total, completed=ev.done, stage=ev.stage)
+
+        res = submit_mpc_stats(identity, credentials, contract, coordinator, sql, progress, timeout)
+        bar.update(task, stage="added")
+    err_console.print(f"job {res.job_id} done")
+    if out:
+        out.write_text(json.dumps(res.result, indent=2))
+    if receipt:
+        receipt.write_bytes(res.receipt.to_json())
+    if fmt == "json":
+        print_json(res.result)
+        return
+    if fmt == "csv":
+        import csv
+        import sys
+
+        w = csv.writer(sys.stdout, lineterminator="\n")
+        w.writerow(res.result["columns"])
+        w.writerows(res.result["rows"])
+        return
+    console.print(result_table(res.result["columns"], res.result["rows"], title=f"job {res.job_id}"))
+    for column, width in res.result.get("resolution", {}).items():
+        console.print(f"`{column}`: quantiles are reported at the midpoint of a histogram bin {width:g} wide (the "
+                      "public bounds in 1024 bins)", highlight=False)
+    spent = res.verified.epsilon_spent
+    if any(float(e) for e in spent.values()):
+        console.print("differentially private: each owner noised its histogram (discrete Laplace); this job cost "
+                      + ", ".join(f"{n} ε={e}" for n, e in spent.items()))
+    else:
+        console.print("computed in MPC between the owners; only you added the shares of the answer.")
+    if out:
+        console.print(f"result written to {out}")
+    if receipt:
+        console.print(f"receipt written to {receipt}; the exchange checks it with `fedtrust exchange verify`")

@@ -21,7 +21,7 @@ from fedtrust.errors import ConfigError
 
 __all__ = [
     "DatasetConfig", "ClientAppConfig", "ServerSettings", "NodeConfig", "CoordinatorConfig", "read_toml",
-    "load_node_config", "load_coordinator_config", "check_private_files",
+    "load_node_config", "load_coordinator_config", "check_private_files", "DealerConfig", "load_dealer_config",
 ]
 
 
@@ -328,6 +328,35 @@ def load_coordinator_config(path: str | Path) -> CoordinatorConfig:
         node_timeout_s=t.get("node_timeout_s", 300.0), addresses=tuple(sorted(addresses.items())),
         server=_server(t), source=r.path, **_exchange(r),
     )
+
+
+@dataclass(frozen=True)
+class DealerConfig:
+    """`fedtrust dealer serve`: the MPC dealer a contract names (`[dealer]` name, listen, credentials)."""
+
+    name: str
+    listen: str
+    credentials: Path
+    #: seconds a session may wait for its next request before it fails
+    idle_s: float = 120.0
+    server: ServerSettings = ServerSettings()
+
+
+_DEALER_KEYS = {
+    "name": Key(str, required=True), "listen": Key(str, required=True, check=_listen),
+    "credentials": Key(str, required=True), "idle_s": Key(float, positive=True, high=86400),
+    **_SERVER_KEYS,
+}
+
+
+def load_dealer_config(path: str | Path) -> DealerConfig:
+    r = _Reader(path)
+    r.top({"dealer": "table"})
+    if "dealer" not in r.data:
+        raise r.fail("[dealer]", None, "table is missing; add one with name, listen and credentials")
+    t = r.table(r.data["dealer"], "[dealer]", _DEALER_KEYS)
+    return DealerConfig(name=t["name"], listen=t["listen"], credentials=r.path_of(t["credentials"]),
+                        idle_s=float(t.get("idle_s", 120.0)), server=_server(t))
 
 
 def check_private_files(paths) -> None:

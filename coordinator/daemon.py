@@ -5,18 +5,20 @@ import threading
 
 from fedtrust.config import CoordinatorConfig
 from fedtrust.coordinator.coordinator_servicer import CoordinatorServicer
+from fedtrust.coordinator.mpc_servicer import MpcCoordinatorServicer
 from fedtrust.coordinator.runtime import CoordinatorRuntime
 from fedtrust.coordinator.vertical_servicer import VerticalCoordinatorServicer
 from fedtrust.metrics import DaemonMetrics
 from fedtrust.transport.daemon import GrpcDaemon
 from fedtrust.transport.exchange_client import refresher_for
-from fedtrust.v1 import coordinator_pb2_grpc, vertical_pb2_grpc
+from fedtrust.v1 import coordinator_pb2_grpc, mpc_pb2_grpc, vertical_pb2_grpc
 
 
 class CoordinatorDaemon(GrpcDaemon):
     role = "coordinator"
     callers = {"fedtrust.v1.CoordinatorService": frozenset({"buyer"}),
-               "fedtrust.v1.VerticalCoordinatorService": frozenset({"buyer"})}
+               "fedtrust.v1.VerticalCoordinatorService": frozenset({"buyer"}),
+               "fedtrust.v1.MpcCoordinatorService": frozenset({"buyer"})}
 
     def __init__(self, config: CoordinatorConfig, addresses: dict[str, str] | None = None) -> None:
         self.runtime = CoordinatorRuntime(config, addresses or dict(config.addresses))
@@ -28,10 +30,12 @@ class CoordinatorDaemon(GrpcDaemon):
     def _register(self):
         servicer = self.servicer = CoordinatorServicer(self.runtime, self.metrics)
         vertical = VerticalCoordinatorServicer(servicer)
+        mpc = MpcCoordinatorServicer(servicer)
 
         def register(s):
             coordinator_pb2_grpc.add_CoordinatorServiceServicer_to_server(servicer, s)
             vertical_pb2_grpc.add_VerticalCoordinatorServiceServicer_to_server(vertical, s)
+            mpc_pb2_grpc.add_MpcCoordinatorServiceServicer_to_server(mpc, s)
 
         return register
 

@@ -12,11 +12,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fedtrust.config import load_coordinator_config, load_node_config
+from fedtrust.config import load_coordinator_config, load_dealer_config, load_node_config
 from fedtrust.coordinator.daemon import CoordinatorDaemon
 from fedtrust.demo.data import RULES_TOML, SCHEMA_TOML, training_toml, with_branches, write_loans
 from fedtrust.exchange.issuer import init_exchange, issue_contract, list_product, register
 from fedtrust.node.daemon import NodeDaemon
+from fedtrust.node.dealer import DealerDaemon
 from fedtrust.query.dataset import file_digest
 from fedtrust.trust.contract_files import sign_contract_file
 from fedtrust.trust.credentials import load_identity
@@ -26,6 +27,9 @@ DEFAULT_OWNERS = {"bank-a": 4000, "bank-b": 2500, "insurer-c": 1200}
 #: each owner's regional mix, so that some owners have small groups that they withhold
 MIXES = [(0.3, 0.25, 0.2, 0.15, 0.1), (0.1, 0.2, 0.3, 0.38, 0.02), (0.05, 0.05, 0.5, 0.395, 0.005)]
 
+
+#: the MPC dealer of `build_federation(mpc=True)`
+DEALER_NAME = "notary"
 
 DEMO_PURPOSE = "credit-risk statistics and models for lending policy research"
 
@@ -65,11 +69,17 @@ class Federation:
     nodes: dict[str, NodeDaemon] = field(default_factory=dict)
     coordinator: CoordinatorDaemon | None = None
     coordinator_address: str = ""
+    #: the MPC dealer the contract names (`build_federation(mpc=True)`)
+    dealer_config: Path | None = None
+    dealer: DealerDaemon | None = None
 
     def start(self, metrics: bool = False) -> "Federation":
         """Start every daemon on 127.0.0.1:0 (with `metrics`, each also serves /metrics on a free port)."""
         addresses = {}
         where = "127.0.0.1:0" if metrics else None
+        if self.dealer_config is not None:
+            self.dealer = DealerDaemon(load_dealer_config(self.dealer_config))
+            addresses[self.dealer.name] = f"127.0.0.1:{self.dealer.start('127.0.0.1:0', where)}"
         for name, cfg in self.node_configs.items():
             d = NodeDaemon(load_node_config(cfg))
             port = d.start("127.0.0.1:0", where)
@@ -86,6 +96,9 @@ class Federation:
         for d in self.nodes.values():
             d.stop()
         self.nodes.clear()
+        if self.dealer is not None:
+            self.dealer.stop()
+            self.dealer = None
 
     def __enter__(self) -> "Federation":
         return self.start()
@@ -98,7 +111,7 @@ def build_federation(root: Path, owners: dict[str, int] | None = None, *, min_gr
                      max_queries: int = 100, data_format: str = "csv", seed: int = 7,
                      coordinator_name: str = "coord", buyer_name: str = "analyst",
                      privacy: dict[str, str] | None = None, training: dict | None = None,
-                     node_extra: str = "", branches: int = 0) -> Federation:
+                     node_extra: str = "", branches: int = 0, mpc: bool = False) -> Federation:
     """Issue everything and write every file; `Federation.start()` then starts the daemons.
 
     `branches` > 0 adds a `branch` category of that many values that queries may group by
@@ -114,6 +127,14 @@ def build_federation(root: Path, owners: dict[str, int] | None = None, *, min_gr
     schema_toml, rules_toml = with_branches(SCHEMA_TOML, RULES_TOML, branches)
     (root / "schema.toml").write_text(schema_toml)
     rules = rules_toml.format(min_group_size=min_group_size, max_queries=max_queries)
+    dealer_cfg = None
+    if mpc:  # a dealer the owners agree to, and the MPC aggregates the contract sells
+        rules = rules.replace('"STDDEV_SAMP"]', '"STDDEV_SAMP", "MIN", "MAX", "MEDIAN", "QUANTILE"]', 1)
+        enroll(ex, "dealer", DEALER_NAME, ["127.0.0.1:7050"], creds / DEALER_NAME)
+        dealer_cfg = root / "config" / f"{DEALER_NAME}.toml"
+        dealer_cfg.parent.mkdir(parents=True, exist_ok=True)
+        dealer_cfg.write_text(f'[dealer]\nname = "{DEALER_NAME}"\nlisten = "127.0.0.1:0"\n'
+                              f'credentials = "../credentials/{DEALER_NAME}"\n')
     rules += training_toml(training)
     if privacy:
         rules += "\n[privacy]\n" + "".join(f'{k} = "{v}"\n' for k, v in privacy.items())
@@ -138,11 +159,13 @@ def build_federation(root: Path, owners: dict[str, int] | None = None, *, min_gr
         )
         configs[name] = cfg
     contract = root / "contract.json"
-    issue_signed_contract(root, buyer_name, coordinator_name, products, root / "rules.toml", contract)
+    issue_signed_contract(root, buyer_name, coordinator_name, products, root / "rules.toml", contract,
+                          **({"dealer": DEALER_NAME} if mpc else {}))
     coord_cfg = root / "config" / f"{coordinator_name}.toml"
     coord_cfg.write_text(
         f'[coordinator]\nname = "{coordinator_name}"\nlisten = "127.0.0.1:0"\n'
         f'credentials = "../credentials/{coordinator_name}"\nstate = "../state/{coordinator_name}"\n'
         "node_timeout_s = 120\n"
     )
-    return Federation(root, ex, creds / buyer_name, contract, data, configs, coord_cfg, coordinator_name)
+    return Federation(root, ex, creds / buyer_name, contract, data, configs, coord_cfg, coordinator_name,
+                      dealer_config=dealer_cfg)

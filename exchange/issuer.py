@@ -343,6 +343,7 @@ def issue_contract(
     valid_from: str | None = None,
     valid_until: str | None = None,
     revocation_max_age_h: int | None = None,
+    dealer: str | None = None,
 ) -> Contract:
     """Sign a contract between a buyer and the owners of the given products, run by a coordinator.
 
@@ -362,6 +363,7 @@ def issue_contract(
     ex = load_exchange(path)
     buyer_cred, _ = ex.store.get_subject("buyer", buyer)
     coord_cred, _ = ex.store.get_subject("coordinator", coordinator)
+    dealer_cred = ex.store.get_subject("dealer", dealer)[0] if dealer else None
     holdings: list[Holding] = []
     for product_path in product_paths:
         product, envelope = _load_product(ex, product_path)
@@ -384,7 +386,7 @@ def issue_contract(
     if Path(out_path).exists():
         raise ConfigError(f"{out_path} already exists; choose a new output file")
     start, end = contract_window(valid_from, valid_until, rules.valid_days)
-    for cred in [buyer_cred, coord_cred, *(h.credential for h in holdings)]:
+    for cred in [buyer_cred, coord_cred, *(h.credential for h in holdings), *([dealer_cred] if dealer_cred else [])]:
         ex.check_usable(cred)
     contract = Contract(
         contract_id=secrets.token_hex(16),
@@ -398,6 +400,7 @@ def issue_contract(
         issued_at=utc_now(),
         purpose=purpose,
         revocation_max_age_h=revocation_max_age_h,
+        dealer=dealer_cred,
     )
     envelope = sign_contract(contract, ex.signer)
     ex.store.add_contract(envelope)

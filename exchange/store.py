@@ -29,7 +29,7 @@ __all__ = ["ExchangeStore", "ReceiptRecord", "ChainRow"]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS subjects (
-    role TEXT NOT NULL CHECK (role IN ('node', 'buyer', 'coordinator')),
+    role TEXT NOT NULL CHECK (role IN ('node', 'buyer', 'coordinator', 'dealer')),
     name TEXT NOT NULL,
     digest TEXT NOT NULL UNIQUE,
     envelope BLOB NOT NULL,
@@ -123,6 +123,22 @@ class ChainRow:
     cumulative_delta: str | None = None
 
 
+def _allow_dealers(db: Database) -> None:
+    """Exchanges created before the `dealer` role: rebuild `subjects` with the wider role CHECK (same rows)."""
+    con = db.read()
+    row = con.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'subjects'").fetchone()
+    if row is None or "'dealer'" in row[0]:
+        return
+    create = SCHEMA[SCHEMA.index("CREATE TABLE IF NOT EXISTS subjects"):]
+    create = create[:create.index(");") + 2].replace("IF NOT EXISTS subjects", "subjects_new")
+    with db.write() as w:
+        w.execute("PRAGMA defer_foreign_keys = ON")
+        w.execute(create)
+        w.execute("INSERT INTO subjects_new SELECT role, name, digest, envelope, issued_at FROM subjects")
+        w.execute("DROP TABLE subjects")
+        w.execute("ALTER TABLE subjects_new RENAME TO subjects")
+
+
 class ExchangeStore:
     """Registry and receipt log; objects are re-verified with `exchange_key` when read."""
 
@@ -131,6 +147,7 @@ class ExchangeStore:
         with self.db.write() as con:  # stores made before δ joined the budget chain
             if "cumulative_delta" not in {r["name"] for r in con.execute("PRAGMA table_info(chain)")}:
                 con.execute("ALTER TABLE chain ADD COLUMN cumulative_delta TEXT")
+        _allow_dealers(self.db)
         #: append-only Merkle log of accepted receipts, written in the same transaction
         self.log = ReceiptLog(self.db)
         self.exchange_key = exchange_key

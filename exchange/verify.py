@@ -22,6 +22,7 @@ from pathlib import Path
 from fedtrust.errors import ConfigError, InvalidInput, ReplayError, VerificationError
 from fedtrust.exchange.issuer import load_exchange
 from fedtrust.query.checks import QUERY
+from fedtrust.query.mpc_stats import MPC_STATS, MpcStatsJob
 from fedtrust.query.payload import QueryPayload
 from fedtrust.training.checks import TRAINING
 from fedtrust.training.spec import TrainingSpec
@@ -32,7 +33,8 @@ from fedtrust.trust.verify import KindCheck, VerifiedReceipt, check_model_attest
 from fedtrust.trust.vertical import VerticalJob
 
 #: the job kinds the exchange settles, each with its receipt checks (one line per kind)
-JOB_KINDS: dict[str, KindCheck] = {QueryPayload.kind: QUERY, TrainingSpec.kind: TRAINING, VerticalJob.kind: PSI}
+JOB_KINDS: dict[str, KindCheck] = {QueryPayload.kind: QUERY, TrainingSpec.kind: TRAINING, VerticalJob.kind: PSI,
+                                   MpcStatsJob.kind: MPC_STATS}
 
 
 @dataclass(frozen=True)
@@ -174,6 +176,10 @@ def _summary(v: VerifiedReceipt, result_checked: bool, again: bool) -> str:
         parts[2] = (f"coordinator {v.contract.coordinator.name} relayed the owners' sealed PSI messages; every owner "
                     f"attested intersection size {v.attestations[0].intersection_size} and the messages it released")
         parts[4] = "no differential privacy (an exact intersection size; PSI is refused under [privacy])"
+    if v.job.is_mpc:
+        parts[2] = (f"coordinator {v.contract.coordinator.name} relayed the MPC session's sealed frames and each "
+                    "owner's output shares sealed to the buyer; every owner attested the frames it sent and received "
+                    "and its sealed output (the buyer added the shares itself)")
     parts += [f"warning from {a.node}: {w}" for a in v.attestations for w in a.warnings]
     parts += [
         "already recorded" if again else "recorded",

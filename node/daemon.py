@@ -4,6 +4,7 @@ from __future__ import annotations
 from fedtrust.config import NodeConfig
 from fedtrust.metrics import DaemonMetrics
 from fedtrust.node.kinds import NodeKinds
+from fedtrust.node.mpc_servicer import NodeMpcServicer
 from fedtrust.node.node_servicer import NodeServicer
 from fedtrust.node.runtime import NodeRuntime
 from fedtrust.node.training_runtime import TrainingRuntime
@@ -12,13 +13,17 @@ from fedtrust.node.vertical_servicer import VerticalNodeServicer
 from fedtrust.transport.daemon import GrpcDaemon
 from fedtrust.transport.exchange_client import refresher_for
 from fedtrust.transport.tls import TlsMaterial
-from fedtrust.v1 import node_pb2_grpc, vertical_pb2_grpc
+from fedtrust.v1 import mpc_pb2_grpc, node_pb2_grpc, vertical_pb2_grpc
+
+#: an MPC session at this node fails when its peers send nothing for this long
+MPC_IDLE_S = 120.0
 
 
 class NodeDaemon(GrpcDaemon):
     role = "node"
     callers = {"fedtrust.v1.NodeService": frozenset({"coordinator"}),
-               "fedtrust.v1.VerticalNodeService": frozenset({"coordinator"})}
+               "fedtrust.v1.VerticalNodeService": frozenset({"coordinator"}),
+               "fedtrust.v1.MpcService": frozenset({"coordinator"})}
 
     def __init__(self, config: NodeConfig) -> None:
         self.runtime = NodeRuntime(config)
@@ -42,9 +47,11 @@ class NodeDaemon(GrpcDaemon):
     def _register(self):
         servicer = NodeServicer(self.runtime, self.kinds, self.metrics)
         vertical = VerticalNodeServicer(servicer, self.psi)
+        mpc = NodeMpcServicer(servicer, MPC_IDLE_S)
 
         def register(s):
             node_pb2_grpc.add_NodeServiceServicer_to_server(servicer, s)
             vertical_pb2_grpc.add_VerticalNodeServiceServicer_to_server(vertical, s)
+            mpc_pb2_grpc.add_MpcServiceServicer_to_server(mpc, s)
 
         return register

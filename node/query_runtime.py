@@ -70,6 +70,9 @@ class QueryRuntime:
         if rules is None:
             raise PolicyViolation("this contract sells no queries (its rules have no [query] table)")
         plan = plan_query(payload.sql, rules, held.product.schema, contract.dataset)
+        if plan.is_mpc:
+            raise PolicyViolation("MIN, MAX, MEDIAN and QUANTILE_CONT are computed in MPC, not under HE: submit the "
+                                  "query as an mpc-stats job (`fedtrust query` does so by itself)")
         payload.he.check_supported()
         existing = store.lookup(checked.contract_digest, job.job_id, job.nonce, checked.job_digest)
         if existing is not None:

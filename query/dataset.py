@@ -71,6 +71,16 @@ _WHERE_NODES = (
 
 
 @dataclass(frozen=True)
+class ColumnSummary:
+    """One numeric column over the rows a query counts: what an MPC MIN/MAX/quantile job takes from a node."""
+
+    count: int  # non-null values
+    min: float | None  # clipped to the public bounds; None without values
+    max: float | None
+    histogram: tuple[int, ...]  # counts in `bins` equal bins over the public bounds [min, max]
+
+
+@dataclass(frozen=True)
 class ColumnProfile:
     column: str
     type: str
@@ -583,6 +593,45 @@ class Dataset:
         """`col IN (listed values)` for every category column: NULL and unlisted values fail it."""
         return [exp.In(this=_q(c.name), expressions=[exp.Literal.string(v) for v in c.values])
                 for c in self.schema.columns if c.type == "category"]
+
+    def column_summary(self, column: str, where: exp.Expression | None, bins: int) -> ColumnSummary:
+        """`column`'s count, extrema and histogram over the rows a query counts (its checked WHERE and the public
+        domains), values clipped to the column's public bounds. For MPC MIN/MAX/quantiles; never released as is."""
+        col = self.schema.column(column)
+        if not col.numeric or col.min is None or col.max is None:
+            raise PolicyViolation(f"column `{column}` is not numeric with public bounds")
+        conds: list[exp.Expression] = []
+        if where is not None:
+            self._check_where(where)
+            conds.append(exp.Paren(this=where.copy()))
+        conds += self._domain_conditions()
+        conds.append(exp.Not(this=exp.Is(this=_q(column), expression=exp.Null())))
+        lo, hi = float(col.min), float(col.max)
+        clipped = _least(_greatest(exp.Cast(this=_q(column), to=exp.DataType.build("DOUBLE")), _num(lo)), _num(hi))
+        width = (hi - lo) / bins if hi > lo else 1.0
+        bin_of = _least(exp.Cast(this=exp.Floor(this=exp.Div(this=exp.Paren(this=exp.Sub(this=clipped.copy(),
+                                                                                         expression=_num(lo))),
+                                                                expression=_num(width))),
+                                 to=exp.DataType.build("BIGINT")), _num(bins - 1))
+        table = exp.Table(this=exp.Identifier(this=TABLE, quoted=True))
+        stats = exp.select(exp.Count(this=exp.Star()), exp.Min(this=clipped.copy()), exp.Max(this=clipped.copy())
+                           ).from_(table.copy()).where(_and([c.copy() for c in conds]))
+        hist = (exp.select(exp.alias_(bin_of, "b", quoted=True), exp.Count(this=exp.Star())).from_(table.copy())
+                .where(_and(conds)).group_by(exp.column("b", quoted=True)))
+        with self._lock:
+            cur = self._con.cursor()
+        try:
+            n, mn, mx = cur.execute(stats.sql(dialect=DIALECT)).fetchone()
+            counts = [0] * bins
+            for b, c in cur.execute(hist.sql(dialect=DIALECT)).fetchall():
+                counts[max(0, min(bins - 1, int(b)))] += int(c)
+        except duckdb.Error as e:
+            raise InvalidInput(f"the query failed on this node's data ({type(e).__name__}); check the plan against "
+                               "the schema") from None
+        finally:
+            cur.close()
+        return ColumnSummary(int(n), None if mn is None else float(mn), None if mx is None else float(mx),
+                             tuple(counts))
 
     def out_of_domain_rows(self) -> int:
         """How many rows no query counts (a category value NULL or outside its public domain): for the owner's log."""

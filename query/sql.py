@@ -46,7 +46,15 @@ _AGG_CLASSES: dict[type[exp.Expression], str] = {
     exp.Variance: "VAR_SAMP",  # VARIANCE, VAR_SAMP
     exp.Stddev: "STDDEV_SAMP",  # STDDEV
     exp.StddevSamp: "STDDEV_SAMP",
+    exp.Min: "MIN",
+    exp.Max: "MAX",
+    exp.Median: "MEDIAN",
+    exp.PercentileCont: "QUANTILE",  # QUANTILE_CONT(col, q), QUANTILE(col, q)
 }
+#: aggregates computed in MPC from each owner's local extrema or histogram (`fedtrust.query.mpc_stats`)
+MPC_FUNCS = ("MIN", "MAX", "MEDIAN", "QUANTILE")
+#: a quantile fraction has at most this many decimal places (the MPC compares integers scaled by 10^places)
+QUANTILE_PLACES = 4
 #: aggregates whose decoding needs Σq (and the non-null count)
 _NEEDS_SUM = ("SUM", "AVG", "VAR_SAMP", "STDDEV_SAMP")
 _NEEDS_SUMSQ = ("VAR_SAMP", "STDDEV_SAMP")
@@ -94,8 +102,9 @@ class Output:
 
     name: str
     kind: str  # "group" | "agg"
-    func: str | None  # COUNT | SUM | AVG | VAR_SAMP | STDDEV_SAMP, None for a group column
+    func: str | None  # COUNT | SUM | AVG | VAR_SAMP | STDDEV_SAMP | MIN | MAX | MEDIAN | QUANTILE; None: group
     column: str | None  # None for COUNT(*)
+    q: str | None = None  # MEDIAN and QUANTILE: the fraction, a decimal string in (0, 1) ("0.5" for MEDIAN)
 
 
 @dataclass(frozen=True)
@@ -124,6 +133,11 @@ class QueryPlan:
     @property
     def aggregates(self) -> tuple[Output, ...]:
         return tuple(o for o in self.outputs if o.kind == "agg")
+
+    @property
+    def is_mpc(self) -> bool:
+        """MIN / MAX / MEDIAN / QUANTILE: an MPC job (kind "mpc-stats"), not an HE query."""
+        return any(o.func in MPC_FUNCS for o in self.outputs)
 
     @property
     def funcs(self) -> tuple[str, ...]:
@@ -270,8 +284,8 @@ class _Checker:
                 fname = str(node.this).upper()
             if fname:
                 raise PolicyViolation(
-                    f"function {fname} is not supported; aggregates are COUNT, SUM, AVG, VAR_SAMP, STDDEV_SAMP "
-                    f"(allowed under this contract: {_fmt(self.rules.aggregates)})"
+                    f"function {fname} is not supported; aggregates are COUNT, SUM, AVG, VAR_SAMP, STDDEV_SAMP, "
+                    f"MIN, MAX, MEDIAN, QUANTILE_CONT (allowed under this contract: {_fmt(self.rules.aggregates)})"
                 )
             raise PolicyViolation(
                 "each SELECT item must be a GROUP BY column or one aggregate of one column "
@@ -282,7 +296,12 @@ class _Checker:
                 f"aggregate {func} is not allowed under this contract (allowed: {_fmt(self.rules.aggregates)})"
             )
         arg = node.this
-        extra = [v for k, v in node.args.items() if k not in ("this", "big_int") and v]
+        q = None
+        if func == "QUANTILE":
+            q = _quantile_fraction(node.args.get("expression"))
+        elif func == "MEDIAN":
+            q = "0.5"
+        extra = [v for k, v in node.args.items() if k not in ("this", "big_int", "expression" if q else "") and v]
         if isinstance(arg, exp.Distinct) or node.find(exp.Distinct) is not None:
             raise PolicyViolation(f"DISTINCT inside {func} is not allowed; aggregate all rows")
         if extra:
@@ -313,7 +332,10 @@ class _Checker:
                 f"(count rows per category with COUNT(*) and GROUP BY {col.name})"
             )
         lname = func.lower()
-        return Output(alias or f"{lname}_{col.name}", "agg", func, col.name)
+        if func == "QUANTILE":
+            assert q is not None
+            return Output(alias or f"quantile_{col.name}_{q.replace('.', '_')}", "agg", func, col.name, q)
+        return Output(alias or f"{lname}_{col.name}", "agg", func, col.name, q)
 
     # -- WHERE ----------------------------------------------------------------
     def literal(self, node: exp.Expression, col: Column) -> exp.Expression:
@@ -429,6 +451,21 @@ class _Checker:
         raise PolicyViolation(f"{what} is not allowed in WHERE; filters may use only {ALLOWED_WHERE}")
 
 
+def _quantile_fraction(node: exp.Expression | None) -> str:
+    """QUANTILE_CONT's fraction: one literal strictly between 0 and 1 with at most QUANTILE_PLACES decimals."""
+    fix = "write one fraction between 0 and 1, e.g. QUANTILE_CONT(income, 0.9)"
+    if not isinstance(node, exp.Literal) or node.is_string:
+        raise PolicyViolation(f"QUANTILE_CONT takes one literal fraction (lists are not supported); {fix}")
+    try:
+        d = Decimal(node.this)
+    except InvalidOperation:
+        raise PolicyViolation(f"the quantile fraction does not parse; {fix}") from None
+    if not d.is_finite() or not 0 < d < 1 or d != d.quantize(Decimal(1).scaleb(-QUANTILE_PLACES)):
+        raise PolicyViolation(f"the quantile fraction must lie strictly between 0 and 1 with at most "
+                              f"{QUANTILE_PLACES} decimal places; {fix}")
+    return format(d.normalize(), "f")
+
+
 def _is_colish(node: exp.Expression) -> bool:
     while isinstance(node, exp.Paren):
         node = node.this
@@ -533,6 +570,13 @@ def _plan_query(sql: str, rules: QueryRules, schema: Schema, dataset: str) -> Qu
             outputs.append(ck.aggregate(node, alias))
     if not any(o.kind == "agg" for o in outputs):
         raise PolicyViolation("the query selects no aggregate; add one, e.g. COUNT(*)")
+    mpc = [o.func for o in outputs if o.func in MPC_FUNCS]
+    if mpc and len(mpc) != sum(1 for o in outputs if o.kind == "agg"):
+        raise PolicyViolation("MIN, MAX, MEDIAN and QUANTILE_CONT run in MPC, apart from COUNT, SUM, AVG, VAR_SAMP and "
+                              "STDDEV_SAMP; submit them as a separate query")
+    if mpc and group_cols:
+        raise PolicyViolation("MIN, MAX, MEDIAN and QUANTILE_CONT are computed over all rows (GROUP BY is not "
+                              "supported for them); filter with WHERE instead, one query per group")
     names = [o.name for o in outputs]
     dup = next((n for n in names if names.count(n) > 1), None)
     if dup is not None:
@@ -571,7 +615,8 @@ def _plan_query(sql: str, rules: QueryRules, schema: Schema, dataset: str) -> Qu
     )
 
 
-_FUNC_BUILD = {"SUM": "SUM", "AVG": "AVG", "VAR_SAMP": "VAR_SAMP", "STDDEV_SAMP": "STDDEV_SAMP"}
+_FUNC_BUILD = {"SUM": "SUM", "AVG": "AVG", "VAR_SAMP": "VAR_SAMP", "STDDEV_SAMP": "STDDEV_SAMP", "MIN": "MIN",
+               "MAX": "MAX", "MEDIAN": "MEDIAN", "QUANTILE": "QUANTILE_CONT"}
 
 
 def _canonical_sql(dataset: str, group_by: tuple[str, ...], outputs: list[Output], where: exp.Expression | None) -> str:
@@ -584,7 +629,10 @@ def _canonical_sql(dataset: str, group_by: tuple[str, ...], outputs: list[Output
             e = exp.Count(this=exp.Star() if o.column is None else _qcol(o.column))
         else:
             assert o.column is not None and o.func is not None
-            e = exp.Anonymous(this=_FUNC_BUILD[o.func], expressions=[_qcol(o.column)])
+            args: list[exp.Expression] = [_qcol(o.column)]
+            if o.func == "QUANTILE":
+                args.append(exp.Literal.number(o.q))
+            e = exp.Anonymous(this=_FUNC_BUILD[o.func], expressions=args)
         items.append(exp.alias_(e, exp.Identifier(this=o.name, quoted=True)))
     q = exp.select(*items).from_(exp.Table(this=exp.Identifier(this=dataset, quoted=True)))
     if where is not None:

@@ -95,6 +95,8 @@ class Contract:
     purpose: str = ""
     #: nodes refuse jobs while the newest revocation list they hold is older than this (None: no freshness rule)
     revocation_max_age_h: int | None = None
+    #: the MPC dealer the owners agreed on (a `dealer` subject; neither buyer nor coordinator); None: no MPC jobs
+    dealer: SubjectCredential | None = None
 
     @property
     def dataset(self) -> str:
@@ -128,6 +130,12 @@ class Contract:
             raise PolicyViolation(f"contract expired at {self.valid_until}; ask the exchange for a new contract")
 
     def to_dict(self) -> dict[str, Any]:
+        d = self._fields()
+        if self.dealer is not None:  # absent otherwise: contracts without MPC sign the same JSON as before
+            d["dealer"] = self.dealer.to_dict()
+        return d
+
+    def _fields(self) -> dict[str, Any]:
         return {
             "contract_id": self.contract_id,
             "buyer": self.buyer.to_dict(),
@@ -168,6 +176,7 @@ class Contract:
             issued_at=f.time("issued_at"),
             purpose=f.text("purpose"),
             revocation_max_age_h=max_age,
+            dealer=SubjectCredential.from_dict(f.obj("dealer")) if f.d.get("dealer") is not None else None,
         )
 
 
@@ -258,6 +267,10 @@ def _verify_contract(envelope: Envelope, exchange_key: Ed25519PublicKey) -> Cont
     if c.buyer.name == c.coordinator.name:
         raise VerificationError("contract names the same subject as buyer and coordinator; they must be different subjects")
     names = [h.credential.name for h in c.owners]
+    if c.dealer is not None and (c.dealer.role != "dealer" or c.dealer.name in (c.buyer.name, c.coordinator.name,
+                                                                                  *names)):
+        raise VerificationError("contract's MPC dealer must be a dealer subject other than the buyer, the coordinator "
+                                "and the owners")
     if len(set(names)) != len(names):
         raise VerificationError("contract lists an owner twice; each owner holds exactly one product")
     if len(names) < 2:

@@ -26,6 +26,7 @@ from fedtrust.errors import ConfigError, InvalidInput, VerificationError
 from fedtrust.trust.canonical import Fields, sha256_hex
 from fedtrust.trust.dsse import Envelope, Signer, verify_object
 from fedtrust.trust.pki import (
+    KX_ROLES,
     certificate_subject,
     check_name,
     check_role,
@@ -103,12 +104,12 @@ class SubjectCredential:
         cred = cls(role, name, f.opt_text("address"), f.text("cert_pem"), f.text("signing_key"),
                    f.opt_text("kx_key"), f.time("issued_at"))
         _raw32(cred.signing_key, "signing_key")
-        if role == "node":
+        if role in KX_ROLES:
             if cred.kx_key is None:
-                raise InvalidInput("subject credential: a node credential needs a kx_key")
+                raise InvalidInput(f"subject credential: a {role} credential needs a kx_key")
             _raw32(cred.kx_key, "kx_key")
         elif cred.kx_key is not None:
-            raise InvalidInput("subject credential: only node credentials carry a kx_key")
+            raise InvalidInput("subject credential: only node and dealer credentials carry a kx_key")
         return cred
 
 
@@ -123,7 +124,7 @@ def signing_public_key_of(value: str) -> Ed25519PublicKey:
 
 def kx_public_key(cred: SubjectCredential) -> X25519PublicKey:
     if cred.kx_key is None:
-        raise InvalidInput(f"subject {cred.uri} has no key-agreement key; only nodes have one")
+        raise InvalidInput(f"subject {cred.uri} has no key-agreement key; only nodes and dealers have one")
     return X25519PublicKey.from_public_bytes(_raw32(cred.kx_key, "kx_key"))
 
 
@@ -245,7 +246,7 @@ def load_identity(path: str | Path) -> Identity:
     if not isinstance(signing, Ed25519PrivateKey) or raw_b64(signing.public_key()) != cred.signing_key:
         raise ConfigError(f"{d / SIGNING_KEY} does not match the signing key in {CREDENTIAL}; keep the keys keygen made next to the credential the exchange issued for them")
     kx: X25519PrivateKey | None = None
-    if cred.role == "node":
+    if cred.role in KX_ROLES:
         kx_key = load_private_key(_read(d, KX_KEY), str(d / KX_KEY))
         if not isinstance(kx_key, X25519PrivateKey) or raw_b64(kx_key.public_key()) != cred.kx_key:
             raise ConfigError(f"{d / KX_KEY} does not match the key-agreement key in {CREDENTIAL}; keep the keys keygen made next to the credential the exchange issued for them")

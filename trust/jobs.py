@@ -71,6 +71,16 @@ class JobSpec:
     def kind(self) -> str:
         return self.payload.kind
 
+    @property
+    def is_mpc(self) -> bool:
+        """An MPC job (`privacy.mpc.program`): its payload names the buyer's per-job `output_key`."""
+        return hasattr(self.payload, "output_key")
+
+    @property
+    def output_key(self) -> str | None:
+        """MPC jobs: the base64 raw X25519 key the buyer made for this job; owners seal their output shares to it."""
+        return getattr(self.payload, "output_key", None)
+
     def payload_as(self, cls: type[P], where: str, fix: str = "use the endpoint for that kind") -> P:
         """The payload as kind `cls`; InvalidInput naming the endpoint when the job is of another kind."""
         if not isinstance(self.payload, cls):

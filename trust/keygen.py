@@ -70,8 +70,8 @@ class RegistrationRequest:
 
 def check_addresses(role: str, addresses: Sequence[str]) -> tuple[str, ...]:
     """Role rules for addresses: a node needs one, a buyer has none; each is HOST:PORT."""
-    if role == "node" and not addresses:
-        raise ConfigError("a node needs --address HOST:PORT so the coordinator can reach it")
+    if role in ("node", "dealer") and not addresses:
+        raise ConfigError(f"a {role} needs --address HOST:PORT so the coordinator can reach it")
     if addresses and role not in pki.ADDRESS_ROLES:
         raise ConfigError(f"a {role} runs no server, so it has no address; drop --address")
     if len(addresses) > MAX_ADDRESSES:
@@ -99,7 +99,7 @@ def _reused_keys(d: Path, role: str) -> tuple[Ed25519PrivateKey, ec.EllipticCurv
             raise ConfigError(f"{d / name} is not the kind of key keygen writes there")
         return key
 
-    kx = load(KX_KEY, X25519PrivateKey) if role == "node" else None
+    kx = load(KX_KEY, X25519PrivateKey) if role in pki.KX_ROLES else None
     return load(SIGNING_KEY, Ed25519PrivateKey), load(TLS_KEY, ec.EllipticCurvePrivateKey), kx
 
 
@@ -118,7 +118,7 @@ def keygen(role: str, name: str, addresses: Sequence[str], out_dir: str | Path,
     else:
         signing = Ed25519PrivateKey.generate()
         tls = ec.generate_private_key(ec.SECP256R1())
-        kx = X25519PrivateKey.generate() if role == "node" else None
+        kx = X25519PrivateKey.generate() if role in pki.KX_ROLES else None
     make_private_dir(out)
     write_file(out / SIGNING_KEY, _pem(signing), secret=True)
     write_file(out / TLS_KEY, _pem(tls), secret=True)
@@ -150,9 +150,9 @@ def verify_request(envelope: Envelope) -> tuple[RegistrationRequest, ec.Elliptic
         check_addresses(req.role, req.addresses)
     except ConfigError as e:
         raise VerificationError(f"registration request: {e}") from None
-    if req.role == "node":
+    if req.role in pki.KX_ROLES:
         if req.kx_key is None:
-            raise VerificationError("registration request of a node carries no key-agreement (kx) key")
+            raise VerificationError(f"registration request of a {req.role} carries no key-agreement (kx) key")
         try:
             raw = base64.b64decode(req.kx_key, validate=True)
         except ValueError:
@@ -160,7 +160,7 @@ def verify_request(envelope: Envelope) -> tuple[RegistrationRequest, ec.Elliptic
         if len(raw) != 32:
             raise VerificationError("registration request's kx_key is not a base64 raw 32-byte X25519 key")
     elif req.kx_key is not None:
-        raise VerificationError("only nodes carry a key-agreement key; rerun `fedtrust keygen` for this role")
+        raise VerificationError("only nodes and dealers carry a key-agreement key; rerun `fedtrust keygen` for this role")
     return req, pki.check_csr(req.csr_pem, req.role, req.name)
 
 

@@ -30,18 +30,20 @@ __all__ = [
     "ROLES", "NAME_PATTERN", "check_name", "check_role", "subject_uri", "parse_subject_uri",
     "create_ca", "issue_certificate", "verify_certificate", "load_certificate", "certificate_subject",
     "key_pem", "cert_pem", "load_private_key", "address_host", "identity_host", "make_csr", "check_csr",
-    "certificate_not_after", "ADDRESS_ROLES", "EXCHANGE_HOST", "issue_exchange_certificate",
+    "certificate_not_after", "ADDRESS_ROLES", "KX_ROLES", "EXCHANGE_HOST", "issue_exchange_certificate",
 ]
 
-ROLES = ("node", "buyer", "coordinator")
+ROLES = ("node", "buyer", "coordinator", "dealer")
 #: roles that run a server others dial, so their certificates carry address SANs
-ADDRESS_ROLES = ("node", "coordinator")
+ADDRESS_ROLES = ("node", "coordinator", "dealer")
+#: roles that hold a key-agreement (X25519) key: owners' nodes and MPC dealers (sealed MPC links)
+KX_ROLES = ("node", "dealer")
 IDENTITY_SUFFIX = "fedtrust.invalid"
 #: the host name the exchange service's certificate carries and its clients verify
 EXCHANGE_HOST = f"exchange.{IDENTITY_SUFFIX}"
 NAME_PATTERN = r"[a-z0-9][a-z0-9._-]{0,62}"
 _NAME = re.compile(NAME_PATTERN)
-_URI = re.compile(rf"fedtrust://(node|buyer|coordinator)/({NAME_PATTERN})")
+_URI = re.compile(rf"fedtrust://(node|buyer|coordinator|dealer)/({NAME_PATTERN})")
 _DNS = re.compile(r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*")
 
 CA_DAYS = 3650

@@ -10,7 +10,7 @@ from fedtrust.config import read_toml
 from fedtrust.errors import ConfigError
 from fedtrust.trust.vertical import VerticalRules
 
-AGGREGATES = ("COUNT", "SUM", "AVG", "VAR_SAMP", "STDDEV_SAMP")
+AGGREGATES = ("COUNT", "SUM", "AVG", "VAR_SAMP", "STDDEV_SAMP", "MIN", "MAX", "MEDIAN", "QUANTILE")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,131 @@
+"""MIN, MAX, MEDIAN and quantiles through the daemons (kind "mpc-stats"): three owners compute in MPC with a dealer
+over the coordinator's relay; the buyer adds the shares. Exact MIN/MAX and quantiles within the documented
+resolution against a plaintext DuckDB answer over all owners' files; the receipt verifies at the exchange; a
+coordinator and buyer who collude (everything relayed, everything delivered) learn the answer and nothing else;
+a refused job spends nothing; a relay that alters one frame fails the job."""
+from __future__ import annotations
+
+import duckdb
+import pytest
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from fedtrust.buyer.client import CoordinatorClient
+from fedtrust.buyer.mpc import new_output_key, open_outputs, submit_mpc_stats
+from fedtrust.buyer.query import load_contract, tls_of
+from fedtrust.coordinator import mpc_job
+from fedtrust.demo.federation import build_federation
+from fedtrust.errors import Error
+from fedtrust.exchange.verify import verify_receipt
+from fedtrust.query.mpc_stats import BINS, MpcStatsJob
+from fedtrust.trust.credentials import load_identity
+from fedtrust.trust.dsse import Envelope
+from fedtrust.trust.jobs import JobSpec, sign_job
+
+OWNERS = {"bank-a": 240, "bank-b": 160, "insurer-c": 90}
+SQL = ("SELECT MIN(income), MAX(income), MAX(age), MEDIAN(income), QUANTILE_CONT(age, 0.9) FROM loans "
+       "WHERE region <> 'south'")
+
+
+@pytest.fixture(scope="module")
+def fed(tmp_path_factory):
+    f = build_federation(tmp_path_factory.mktemp("mpc"), OWNERS, min_group_size=5, mpc=True)
+    f.start()
+    try:
+        yield f
+    finally:
+        f.stop()
+
+
+class Recorder:
+    """Sits in the coordinator's relay (its transcript hook sees every frame it forwards): the colluding
+    coordinator's view."""
+
+    def __init__(self, monkeypatch):
+        self.frames: list[bytes] = []
+        orig = mpc_job._entry
+
+        def entry(peer, frame):
+            self.frames.append(bytes(frame))
+            return orig(peer, frame)
+        monkeypatch.setattr(mpc_job, "_entry", entry)
+
+
+def _plain(fed, sql: str):
+    files = ", ".join(f"'{p}'" for p in fed.data.values())
+    return duckdb.connect().execute(sql.replace("FROM loans", f"FROM read_csv([{files}])")).fetchone()
+
+
+def test_min_max_exact_and_quantiles_within_resolution_and_the_receipt_verifies(fed, monkeypatch):
+    rec = Recorder(monkeypatch)
+    identity = load_identity(fed.buyer_dir)
+    res = submit_mpc_stats(identity, fed.buyer_dir, fed.contract_path, fed.coordinator_address, SQL, timeout=300)
+    got = res.result["rows"][0]
+    want = _plain(fed, SQL)
+    assert got[0] == pytest.approx(want[0], abs=1e-3) and got[1] == pytest.approx(want[1], abs=1e-3)
+    assert got[2] == want[2]
+    assert abs(got[3] - want[3]) <= 500000 / BINS  # one bin of income's public bounds [0, 500000]
+    assert abs(got[4] - want[4]) <= (100 - 18) / BINS
+    assert res.result["resolution"] == {"income": 500000 / BINS, "age": 82 / BINS}
+    verdict = verify_receipt(fed.exchange_dir, res.receipt, res.result)
+    assert verdict.result_checked and "relayed the MPC session's sealed frames" in verdict.summary
+    # the colluding coordinator saw only sealed frames: no tensor header, no fixed-point encoding of any owner's
+    # own extremum (the local minima and maxima of income are single rows' values)
+    assert rec.frames and all(b'"dtype"' not in f and b'"fn"' not in f for f in rec.frames)
+    local = []
+    for path in fed.data.values():
+        mn, mx = duckdb.connect().execute(f"SELECT MIN(income), MAX(income) FROM read_csv('{path}') "
+                                          "WHERE region <> 'south'").fetchone()
+        local += [mn, mx]
+    encoded = [int(round(v * 2 ** 16)).to_bytes(8, "little", signed=True) for v in local]
+    assert not any(e in f for f in rec.frames for e in encoded)
+
+
+def test_colluding_coordinator_and_buyer_learn_only_the_answer_from_what_they_hold(fed):
+    """Everything the buyer holds (its key opens every owner's output) and the coordinator stored: one owner's
+    shares alone are uniform ring elements; only all of them together give the answer."""
+    identity = load_identity(fed.buyer_dir)
+    sql = "SELECT MIN(age) FROM loans"
+    res = submit_mpc_stats(identity, fed.buyer_dir, fed.contract_path, fed.coordinator_address, sql, timeout=300)
+    files = fed.buyer_dir / "jobs" / res.job_id
+    key = X25519PrivateKey.from_private_bytes((files / "he-secret.bin").read_bytes())
+    contract, _ = load_contract(identity, fed.contract_path)
+    outcome = CoordinatorClient(fed.coordinator_address, tls_of(identity), "coord").fetch_result(res.job_id, 3)
+    shares = open_outputs(res.verified, outcome.relayed, contract, key)
+    answer = int(round(res.result["rows"][0][0] * 2 ** 16))
+    for s in shares:  # each owner's share of MIN(age) alone is far from it (uniform in Z/2^64)
+        assert abs(int(s["min"][0]) - answer) > 2 ** 32
+    assert sum(int(s["min"][0]) for s in shares) % 2 ** 64 == answer % 2 ** 64
+
+
+def test_a_job_the_rules_refuse_spends_nothing_at_any_owner(fed):
+    identity = load_identity(fed.buyer_dir)
+    contract, raw = load_contract(identity, fed.contract_path)
+    env = Envelope.from_json(raw)
+    before = {n: len(d.runtime.store.debits()) for n, d in fed.nodes.items()}
+    # signed by the buyer's key directly, past its client's own check: the owners must refuse it themselves
+    job = JobSpec.create(contract, env.digest, MpcStatsJob("SELECT MIN(defaulted) FROM loans GROUP BY region",
+                                                           new_output_key()[1]))
+    client = CoordinatorClient(fed.coordinator_address, tls_of(identity), "coord", 120)
+    with pytest.raises(Error, match="nobody was charged.*GROUP BY is not supported"):
+        client.submit_mpc(sign_job(job, identity.signer).to_json(), raw)
+    assert {n: len(d.runtime.store.debits()) for n, d in fed.nodes.items()} == before
+
+
+def test_a_relay_that_alters_one_frame_fails_the_job(fed, monkeypatch):
+    orig = mpc_job._Session._requests
+
+    def tampering(self, p):
+        for i, msg in enumerate(orig(self, p)):
+            if p.role == "node" and p.rank == 1 and i == 3 and msg.WhichOneof("part") == "frame":
+                sealed = msg.frame.sealed
+                msg.frame.sealed = sealed[:-1] + bytes([sealed[-1] ^ 1])
+            yield msg
+    monkeypatch.setattr(mpc_job._Session, "_requests", tampering)
+    identity = load_identity(fed.buyer_dir)
+    with pytest.raises(Error, match="does not open"):
+        submit_mpc_stats(identity, fed.buyer_dir, fed.contract_path, fed.coordinator_address,
+                         "SELECT MAX(age) FROM loans", timeout=120)
+    monkeypatch.undo()  # the daemons keep serving: the next job runs
+    res = submit_mpc_stats(identity, fed.buyer_dir, fed.contract_path, fed.coordinator_address,
+                           "SELECT MAX(age) FROM loans", timeout=120)
+    assert res.result["rows"][0][0] == _plain(fed, "SELECT MAX(age) FROM loans")[0]
