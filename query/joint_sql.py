@@ -26,7 +26,7 @@ from typing import Sequence
 from sqlglot import exp
 
 from fedtrust.errors import InvalidInput, PolicyViolation
-from fedtrust.query.sql import _AGG_CLASSES, _CLAUSES, DIALECT, _Checker, _fmt, _ident_name, _parse
+from fedtrust.query.sql import _AGG_CLASSES, _CLAUSES, DIALECT, MPC_FUNCS, _Checker, _fmt, _ident_name, _parse
 from fedtrust.trust.joint_rules import JOINT_AGGREGATES
 from fedtrust.trust.schema import Column, Schema
 from fedtrust.trust.vertical import VerticalRules
@@ -314,7 +314,7 @@ def _aggregate(ck: _JointChecker, node: exp.Expression, alias: str | None) -> Jo
     if isinstance(node, exp.Window):
         raise PolicyViolation("window functions (OVER) are not allowed; use plain aggregates with GROUP BY")
     func = _AGG_CLASSES.get(type(node))
-    if func is None:
+    if func is None or func in MPC_FUNCS:  # (MIN, MAX, MEDIAN, QUANTILE are horizontal MPC aggregates)
         if isinstance(node, exp.Func):
             fname = str(node.this).upper() if isinstance(node, exp.Anonymous) else node.sql_name()
             raise PolicyViolation(f"function {fname} is not offered for joint statistics; aggregates are "

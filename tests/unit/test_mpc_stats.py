@@ -96,7 +96,7 @@ def test_an_he_query_refuses_mpc_aggregates_and_the_plan_says_mpc(owners):
     assert not plan_query("SELECT COUNT(*) FROM loans", rules, owners[0], "loans").is_mpc
 
 
-def test_under_privacy_quantiles_are_noised_histograms_and_cost_epsilon(owners):
+def test_under_privacy_quantiles_are_noised_histograms_and_cost_epsilon(owners, monkeypatch):
     privacy = PrivacyRules.from_dict({"epsilon_total": "2", "delta": "1e-6", "epsilon_per_query": "1"})
     schema, paths = owners
     contract = _contract(schema, privacy=privacy)
@@ -104,10 +104,24 @@ def test_under_privacy_quantiles_are_noised_histograms_and_cost_epsilon(owners):
     ctx = types.SimpleNamespace(job=job, contract=contract)
     charge = mpc_stats.PROGRAM.admit(ctx)
     assert (charge.counts_as, charge.mechanism, str(charge.epsilon)) == ("query", "discrete-laplace", "1")
-    sql = "SELECT MEDIAN(age) FROM loans"
-    got = _run(owners, sql, privacy=privacy).result["rows"][0][0]
-    want = _plain([paths["a"], paths["b"]], sql)[0]
-    assert abs(got - want) < 10  # noise of scale 1 per bin moves the median little over 500 rows
+    # every owner (the withholding one too) adds noise of scale 1/ε to every bin before it shares anything: with
+    # the noise fixed at +2 per bin, the median is the one of the histogram with 2·3 = 6 extra rows in every bin
+    scales = []
+    monkeypatch.setattr(mpc_stats, "discrete_laplace", lambda scale: scales.append(scale) or 2)
+    got = _run(owners, "SELECT MEDIAN(age) FROM loans", privacy=privacy).result["rows"][0][0]
+    assert set(scales) == {1} and len(scales) == 3 * mpc_stats.BINS
+    ages = [a for p in (paths["a"], paths["b"]) for (a,) in duckdb.connect().execute(
+        f"SELECT age FROM read_csv('{p}') WHERE region IN ('north','south','east','west','central')").fetchall()]
+    counts = [0] * mpc_stats.BINS
+    for a in ages:
+        counts[min(int((a - 18) / (82 / mpc_stats.BINS)), mpc_stats.BINS - 1)] += 1
+    counts = [c + 6 for c in counts]
+    half, cum = (sum(counts) - 1) * 0.5, 0
+    for b, c in enumerate(counts):
+        cum += c
+        if cum > half:
+            break
+    assert got == pytest.approx(18 + (b + 0.5) * 82 / mpc_stats.BINS)
 
 
 def test_an_mpc_stats_job_spec_round_trips_and_needs_a_valid_output_key():

@@ -130,8 +130,10 @@ def test_from_first_syntax_is_fine():
         ("SELECT sex, COUNT(*) FROM loans GROUP BY region", r"`sex` is selected but not grouped by"),
         ("SELECT SUM(salary) FROM loans", r"column `salary` may not be aggregated under this contract \(allowed: income, age\)"),
         ("SELECT AVG(nope) FROM loans", r"column `nope` may not be aggregated"),
-        ("SELECT MIN(income) FROM loans", r"function MIN is not supported; aggregates are COUNT, SUM, AVG"),
-        ("SELECT MEDIAN(income) FROM loans", r"function MEDIAN is not supported"),
+        # MPC aggregates (fedtrust.query.mpc_stats) the contract must list like any other
+        ("SELECT MIN(income) FROM loans", r"aggregate MIN is not allowed under this contract \(allowed: COUNT, SUM"),
+        ("SELECT MEDIAN(income) FROM loans", r"aggregate MEDIAN is not allowed under this contract"),
+        ("SELECT MODE(income) FROM loans", r"function MODE is not supported; aggregates are COUNT, SUM, AVG"),
         ("SELECT VAR_POP(income) FROM loans", r"function VARIANCE_POP is not supported"),
         ("SELECT my_udf(income) FROM loans", r"function MY_UDF is not supported"),
         ("SELECT COUNT(*) FROM loans WHERE salary > 5", r"column `salary` may not be used in WHERE under this contract \(allowed filter columns: region, sex, age\)"),

@@ -399,7 +399,7 @@ def test_credential_round_trip(w):
     assert cred == w.creds["node-a"] and cred.uri == "fedtrust://node/node-a"
     assert signing_public_key(cred) == w.signers["node-a"].public_key
     kx_public_key(cred)
-    with pytest.raises(InvalidInput, match="only nodes have one"):
+    with pytest.raises(InvalidInput, match="only nodes and dealers have one"):
         kx_public_key(w.creds["buyer-1"])
 
 
