@@ -89,6 +89,8 @@ class _Session:
         self.failed = threading.Event()
         self.last_moved = time.monotonic()
         self.dealer_ready = threading.Event()
+        #: set when a party's stream ends or the session fails (the relay then looks again at once)
+        self.changed = threading.Event()
         self._lock = threading.Lock()
 
     def fail(self, error: Error) -> None:
@@ -96,6 +98,7 @@ class _Session:
             if self.error is None:
                 self.error = error
         self.failed.set()
+        self.changed.set()
         for p in self.parties:
             p.inbox.put(None)
             if p.call is not None:
@@ -157,6 +160,7 @@ class _Session:
         finally:
             if p.role == "dealer":
                 self.dealer_ready.set()
+            self.changed.set()
 
     def run(self) -> None:
         dealer = self.parties[-1]
@@ -174,9 +178,15 @@ class _Session:
             t = threading.Thread(target=self._serve, args=(p,), name=f"mpc-relay-{p.name}", daemon=True)
             t.start()
             threads.append(t)
-        while any(t.is_alive() for t in threads):
-            if self.failed.wait(0.5):
+        while True:
+            alive = [t for t in threads if t.is_alive()]
+            if not alive or self.failed.is_set():
                 break
+            if self.changed.wait(0.5):  # a stream ended: look again at once
+                self.changed.clear()
+                for t in alive:
+                    t.join(0.02)
+                continue
             if time.monotonic() - self.last_moved > self.idle_s and not all(p.done for p in self.parties[:-1]):
                 self.fail(JobFailed(f"no MPC frame moved for {self.idle_s:g} s; the session timed out"))
                 break
