@@ -149,6 +149,13 @@ def result(
             console.print(metrics_table(res.metrics, f"job {res.job_id}: aggregate metrics over all owners"))
             console.print(f"model sha256 {res.model_digest}" + (f", written to {out}" if out else ""))
         return
+    if open_job(credentials, job_id).read_meta().get("kind") == "mpc-stats":
+        from fedtrust.buyer.mpc import fetch_mpc_again
+        from fedtrust.cli.query import show_mpc_result
+
+        show_mpc_result(fetch_mpc_again(identity, credentials, job_id, coordinator), out, receipt,
+                        check_format(fmt, as_json))
+        return
     if open_job(credentials, job_id).read_meta().get("kind") == "psi":
         from fedtrust.buyer.vertical import fetch_psi_again
         from fedtrust.cli.vertical import show_psi

@@ -107,6 +107,11 @@ def _mpc_query(identity, credentials: Path, contract: Path, coordinator: str, sq
         res = submit_mpc_stats(identity, credentials, contract, coordinator, sql, progress, timeout)
         bar.update(task, stage="added")
     err_console.print(f"job {res.job_id} done")
+    show_mpc_result(res, out, receipt, fmt)
+
+
+def show_mpc_result(res, out: Optional[Path], receipt: Optional[Path], fmt: str) -> None:
+    """An MPC job's result (`buyer.mpc.MpcOutcome`): result.json / receipt where asked, then table, JSON or CSV."""
     if out:
         out.write_text(json.dumps(res.result, indent=2))
     if receipt:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import threading
 import time
 from typing import ClassVar, Sequence
 
@@ -88,6 +89,10 @@ class MpcRuntime:
     def __init__(self, node: NodeRuntime) -> None:
         self.node = node
         self.alignments = VerticalStore(node.config.state)
+        #: jobs whose session runs here now: a second session of one job is refused even before the debit is
+        #: visible (two sessions would release two independent noise draws for one debit)
+        self._running: set[str] = set()
+        self._lock = threading.Lock()
 
     def context(self, checked: CheckedJob) -> ProgramContext:
         job = checked.job
@@ -132,6 +137,18 @@ class MpcRuntime:
     # -- the session -----------------------------------------------------------------------------------------
     def run(self, checked: CheckedJob, admissions: Sequence[bytes], link: StreamLink) -> tuple[Envelope, bytes]:
         """Run this node's part over `link`; returns (signed attestation, output shares sealed to the buyer)."""
+        with self._lock:
+            if checked.job_digest in self._running:
+                raise PolicyViolation("this MPC job's session is already running at this node; a session cannot "
+                                      "be repeated, submit a new job")
+            self._running.add(checked.job_digest)
+        try:
+            return self._run(checked, admissions, link)
+        finally:
+            with self._lock:
+                self._running.discard(checked.job_digest)
+
+    def _run(self, checked: CheckedJob, admissions: Sequence[bytes], link: StreamLink) -> tuple[Envelope, bytes]:
         started = time.monotonic()
         charge = self.admit(checked)
         p = self._program(checked)

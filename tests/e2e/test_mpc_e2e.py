@@ -5,6 +5,8 @@ coordinator and buyer who collude (everything relayed, everything delivered) lea
 a refused job spends nothing; a relay that alters one frame fails the job."""
 from __future__ import annotations
 
+import json
+
 import duckdb
 import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
@@ -129,3 +131,46 @@ def test_a_relay_that_alters_one_frame_fails_the_job(fed, monkeypatch):
     res = submit_mpc_stats(identity, fed.buyer_dir, fed.contract_path, fed.coordinator_address,
                            "SELECT MAX(age) FROM loans", timeout=120)
     assert res.result["rows"][0][0] == _plain(fed, "SELECT MAX(age) FROM loans")[0]
+
+
+def test_fedtrust_query_sends_median_as_an_mpc_job_and_job_result_fetches_it_again(fed, tmp_path):
+    from typer.testing import CliRunner
+
+    from fedtrust.cli.main import app
+
+    common = ["--credentials", str(fed.buyer_dir), "--contract", str(fed.contract_path), "--coordinator",
+              fed.coordinator_address]
+    out = tmp_path / "r.json"
+    run = CliRunner().invoke(app, ["query", "SELECT MEDIAN(age) AS m FROM loans", *common, "--out", str(out)])
+    assert run.exit_code == 0, run.output
+    assert "midpoint of a histogram bin" in run.output and "only you added the shares" in run.output
+    result = json.loads(out.read_text())
+    assert result["kind"] == "mpc-stats" and result["columns"] == ["m"]
+    want = _plain(fed, "SELECT MEDIAN(age) FROM loans")[0]
+    assert abs(result["rows"][0][0] - want) <= 82 / BINS
+    again = CliRunner().invoke(app, ["job", "result", result["job_id"], "--credentials", str(fed.buyer_dir),
+                                     "--json"])
+    assert again.exit_code == 0, again.output
+    assert json.loads(again.output[again.output.index("{"):])["rows"] == result["rows"]
+
+
+def test_a_coordinator_that_replays_a_finished_session_to_an_owner_is_refused(fed):
+    """A second session of one job would draw fresh randomness (and, under [privacy], fresh noise) for one debit."""
+    import grpc
+
+    from fedtrust.transport.server import secure_channel
+    from fedtrust.v1 import mpc_pb2, mpc_pb2_grpc
+
+    identity = load_identity(fed.buyer_dir)
+    res = submit_mpc_stats(identity, fed.buyer_dir, fed.contract_path, fed.coordinator_address,
+                           "SELECT MAX(income) FROM loans", timeout=120)
+    files = fed.buyer_dir / "jobs" / res.job_id
+    header = mpc_pb2.MpcHeader(job_envelope=(files / "job.json").read_bytes(),
+                               contract_envelope=fed.contract_path.read_bytes())
+    node = "bank-a"
+    debits = len(fed.nodes[node].runtime.store.debits())
+    with secure_channel(f"127.0.0.1:{fed.nodes[node].port}", fed.coordinator.runtime.tls, ("node", node)) as ch:
+        with pytest.raises(grpc.RpcError) as err:
+            list(mpc_pb2_grpc.MpcServiceStub(ch).Session(iter([mpc_pb2.MpcIn(header=header)]), timeout=30))
+    assert "already ran" in err.value.details()
+    assert len(fed.nodes[node].runtime.store.debits()) == debits
