@@ -496,7 +496,8 @@ def run_in_session(
     stale: list[_Session] = []
     with _sessions_lock:
         for k, s in list(_sessions.items()):
-            if now - s.used > _SESSION_IDLE_S and not s.busy.locked():
+            # an ended session keeps its busy lock held: a thread that found it a moment ago runs one-off instead
+            if now - s.used > _SESSION_IDLE_S and s.busy.acquire(blocking=False):
                 stale.append(_sessions.pop(k))
         session = _sessions.get(key)
     for s in stale:
@@ -506,16 +507,24 @@ def run_in_session(
         session = _spawn_session(init, init_args, memory_limit, "fedtrust-isolate-session")
         session.busy.acquire()  # ours until its first call is answered
         evicted: list[_Session] = []
+        kept = False
         with _sessions_lock:
             other = _sessions.get(key)
             if other is None:
-                while len(_sessions) >= _SESSION_LIMIT:
-                    oldest = min(_sessions, key=lambda k: _sessions[k].used)
-                    evicted.append(_sessions.pop(oldest))
-                _sessions[key] = session
+                # least recently used first, and never one that is serving a call (its busy lock is held)
+                for k in sorted(_sessions, key=lambda k: _sessions[k].used):
+                    if len(_sessions) < _SESSION_LIMIT:
+                        break
+                    if _sessions[k].busy.acquire(blocking=False):
+                        evicted.append(_sessions.pop(k))
+                kept = len(_sessions) < _SESSION_LIMIT
+                if kept:
+                    _sessions[key] = session
         for s in evicted:
             s.end()
-        if other is not None:  # another thread started one for this key meanwhile: ours serves this call only
+        if other is not None or not kept:
+            # another thread started one for this key meanwhile, or every kept session is busy: ours serves
+            # this call only
             try:
                 return _call(None, session, True, fn, args, timeout, what)
             finally:

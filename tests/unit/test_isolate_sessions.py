@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import threading
+import time
 
 import pytest
 
@@ -25,6 +27,11 @@ def _state(state: dict, crash: bool = False) -> tuple[str, int, int]:
         os.abort()
     state["calls"] += 1
     return state["tag"], state["calls"], os.getpid()
+
+
+def _slow(state: dict, seconds: float) -> str:
+    time.sleep(seconds)
+    return state["tag"]
 
 
 def test_pre_started_workers_still_run_one_call_each() -> None:
@@ -63,6 +70,31 @@ def test_sessions_are_bounded() -> None:
     # the least recently used key was ended: asking it again starts (and parses in) a new worker
     again = isolate.run_in_session(("t", "0"), _init, ("0",), _state, timeout=30, what="x")
     assert again[1] == 1 and again[2] != pids[0]
+    isolate.end_sessions()
+
+
+def test_a_session_serving_a_call_is_never_evicted(monkeypatch) -> None:
+    """More keys than the limit at once (a node serving many contracts): the busy session finishes its call,
+    and the newcomer is served by a worker of its own instead of ending the busy one."""
+    isolate.end_sessions()
+    monkeypatch.setattr(isolate, "_SESSION_LIMIT", 1)
+    out: list[object] = []
+
+    def slow_call() -> None:
+        try:
+            out.append(isolate.run_in_session(("t", "busy"), _init, ("busy",), _slow, 1.5, timeout=30, what="x"))
+        except Exception as e:  # noqa: BLE001 - recorded and asserted below
+            out.append(e)
+
+    t = threading.Thread(target=slow_call)
+    t.start()
+    deadline = time.monotonic() + 20
+    while ("t", "busy") not in isolate._sessions and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert isolate.run_in_session(("t", "new"), _init, ("new",), _state, timeout=30, what="x")[:2] == ("new", 1)
+    t.join(30)
+    assert out == ["busy"]  # not "process object is closed" or a crashed worker
+    assert list(isolate._sessions) == [("t", "busy")]  # the newcomer's worker served its call only
     isolate.end_sessions()
 
 
