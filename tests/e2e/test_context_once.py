@@ -119,3 +119,17 @@ def test_a_coordinator_cannot_make_a_node_use_a_context_the_buyer_did_not_sign_f
     rel = run(keys.public_bytes)
     assert released(fed)["bank-a"] == before["bank-a"] + 1
     assert run(b"").attestation.digest == rel.attestation.digest  # a retry: the recorded release, no second debit
+
+
+def test_a_coordinator_without_the_context_asks_the_buyer_once(fed, sent):
+    """The buyer names the context by digest; a coordinator that lost its copy (restarted) gets it resent."""
+    from fedtrust.privacy.context_cache import ContextCache
+
+    query(fed)
+    fed.coordinator.servicer.kinds.get(QueryJobs).contexts = ContextCache()  # what a restart leaves
+    sent.clear()
+    res = query(fed)
+    to_coordinator = [n for who, n in sent if who == "coordinator"]
+    assert to_coordinator[0] == 0 and to_coordinator[1] > 100_000 and len(to_coordinator) == 2
+    assert sorted(n for who, n in sent if who != "coordinator") == [0, 0, 0]  # the nodes still keep theirs
+    assert res.table.rows
