@@ -182,7 +182,7 @@ _DATASET_KEYS = {"product": Key(str, required=True), "path": Key(str, required=T
 _CLIENTAPP_KEYS = {"name": Key(str, required=True), "target": Key(str, required=True),
                    "digest": Key(str, required=True)}
 
-_TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", list: "a list"}
+_TYPE_NAMES: dict[type, str] = {str: "a string", int: "an integer", float: "a number", list: "a list"}
 
 
 def _describe(v: Any) -> str:
@@ -239,7 +239,8 @@ class _Reader:
               else isinstance(v, int) and not isinstance(v, bool) if spec.kind is int
               else isinstance(v, (int, float)) and not isinstance(v, bool))
         if not ok:
-            how = {str: "in quotes", list: "as [...]"}.get(spec.kind, "without quotes")
+            hows: dict[type, str] = {str: "in quotes", list: "as [...]"}
+            how = hows.get(spec.kind, "without quotes")
             raise self.fail(where, k, f"must be {_TYPE_NAMES[spec.kind]}, not {_describe(v)} ({v!r}); write it {how}")
         if spec.kind is str and not v:
             raise self.fail(where, k, "must not be empty")

@@ -127,11 +127,11 @@ def _get_context() -> Any:
         if _context is None:
             methods = multiprocessing.get_all_start_methods()
             if "forkserver" in methods:
-                ctx = multiprocessing.get_context("forkserver")
-                ctx.set_forkserver_preload(list(_preload))
+                forkserver = multiprocessing.get_context("forkserver")
+                forkserver.set_forkserver_preload(list(_preload))
+                _context = forkserver
             else:  # pragma: no cover - platforms without forkserver (Windows)
-                ctx = multiprocessing.get_context("spawn")
-            _context = ctx
+                _context = multiprocessing.get_context("spawn")
         return _context
 
 
@@ -503,7 +503,7 @@ def run_in_session(
     for s in stale:
         s.end()
     fresh = session is None
-    if fresh:
+    if session is None:
         session = _spawn_session(init, init_args, memory_limit, "fedtrust-isolate-session")
         session.busy.acquire()  # ours until its first call is answered
         evicted: list[_Session] = []

@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from contextlib import contextmanager
+from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
@@ -68,7 +69,7 @@ class DaemonMetrics:
         self.ready = Gauge("fedtrust_ready", "1 when the daemon serves (datasets loaded, ledger open)", registry=r)
         if budgets is not None:
             r.register(_BudgetCollector(budgets))
-        self._http = None
+        self._http: WSGIServer | None = None
 
     def refused(self, kind: str, rule: str) -> None:
         self.refusals.labels(rule).inc()
@@ -93,11 +94,12 @@ class DaemonMetrics:
         host, _, port = listen.rpartition(":")
         host = host.strip("[]")
         try:
-            self._http, _thread = start_http_server(int(port), addr=host, registry=self.registry)
+            http, _thread = start_http_server(int(port), addr=host, registry=self.registry)
         except OSError as e:
             raise ConfigError(f"cannot serve metrics on {listen}: {e.strerror or e}; choose another "
                               "metrics_listen") from None
-        return self._http.server_port
+        self._http = http
+        return http.server_port
 
     def close(self) -> None:
         if self._http is not None:

@@ -41,6 +41,7 @@ class CoordinatorDaemon(GrpcDaemon):
 
     def start(self, listen: str | None = None, metrics_listen: str | None = None) -> int:
         port = super().start(listen, metrics_listen)
+        assert self.servicer is not None  # (registered by start)
         for rec, job_bytes, contract_bytes in self.runtime.resumable:  # training jobs a restart interrupted
             threading.Thread(target=self.servicer.training.resume, args=(rec, job_bytes, contract_bytes),
                              name=f"resume-{rec.job_id[:12]}", daemon=True).start()

@@ -124,7 +124,8 @@ class JobStore:
     def heartbeat(self, job_id: str, stage: str, *, round: int | None = None, rounds: int | None = None,
                   answered: int | None = None) -> None:
         """Record a running job's progress (what `fedtrust job status` shows as round and last heartbeat)."""
-        sets, args = ["stage = ?", "heartbeat_at = ?"], [stage, utc_now()]
+        sets: list[str] = ["stage = ?", "heartbeat_at = ?"]
+        args: list[str | int] = [stage, utc_now()]
         for col, v in (("round", round), ("rounds", rounds), ("answered", answered)):
             if v is not None:
                 sets.append(f"{col} = ?")

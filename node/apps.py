@@ -125,7 +125,10 @@ class _Snapshot(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         return None
 
     def exec_module(self, module: types.ModuleType) -> None:
-        origin = module.__spec__.origin if module.__spec__ else ""
+        spec = module.__spec__
+        if spec is None or spec.origin is None:
+            raise ImportError(f"{module.__name__} is not in the approved package's snapshot")
+        origin = spec.origin
         rel = Path(origin).relative_to(self.root).as_posix()
         module.__file__ = origin
         exec(compile(self.files[rel], origin, "exec"), module.__dict__)  # noqa: S102 - approved, pinned code

@@ -386,7 +386,8 @@ class NodeStore:
         return [_release(con, r) for r in con.execute(q + " ORDER BY contract_digest, seq", args).fetchall()]
 
     def debits(self, contract_digest: str | None = None) -> list[Debit]:
-        q, args = "SELECT * FROM releases", ()
+        q = "SELECT * FROM releases"
+        args: tuple[str, ...] = ()
         if contract_digest:
             q, args = q + " WHERE contract_digest = ?", (contract_digest,)
         return [_debit(r) for r in self.db.read().execute(q + " ORDER BY contract_digest, seq", args).fetchall()]

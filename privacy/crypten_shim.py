@@ -38,6 +38,7 @@ import importlib.util
 import sys
 import threading
 import types
+from typing import Any
 
 _REGISTRATION = "torch.onnx._internal.registration"
 _loaded = None
@@ -51,7 +52,7 @@ def _stub_onnx_registration() -> None:
             return
     except ModuleNotFoundError:
         pass
-    stub = types.ModuleType(_REGISTRATION)
+    stub: Any = types.ModuleType(_REGISTRATION)
     stub.registry = None  # CrypTen only imports the name; ONNX conversion is never used
     sys.modules[_REGISTRATION] = stub
 

@@ -181,23 +181,31 @@ def _q(name: str) -> exp.Column:
     return exp.Column(this=exp.Identifier(this=name, quoted=True))
 
 
-def _num(x: float | int) -> exp.Expression:
+def _one(cursor: duckdb.DuckDBPyConnection) -> tuple[Any, ...]:
+    """The one row an aggregate query returns (DuckDB always returns it; None would be a DuckDB bug)."""
+    row = cursor.fetchone()
+    if row is None:
+        raise RuntimeError("DuckDB returned no row for an aggregate query")
+    return row
+
+
+def _num(x: float | int) -> exp.Expr:
     if isinstance(x, int):
         return exp.Literal.number(str(x))
     return exp.Cast(this=exp.Literal.number(repr(float(x))), to=exp.DataType.build("DOUBLE"))
 
 
-def _greatest(a: exp.Expression, b: exp.Expression) -> exp.Expression:
+def _greatest(a: exp.Expr, b: exp.Expr) -> exp.Expr:
     # a plain DuckDB GREATEST call (sqlglot would wrap exp.Greatest in NULL checks;
     # `_quantized` handles NULL itself)
     return exp.Anonymous(this="GREATEST", expressions=[a, b])
 
 
-def _least(a: exp.Expression, b: exp.Expression) -> exp.Expression:
+def _least(a: exp.Expr, b: exp.Expr) -> exp.Expr:
     return exp.Anonymous(this="LEAST", expressions=[a, b])
 
 
-def _and(conds: list[exp.Expression]) -> exp.Expression:
+def _and(conds: list[exp.Expr]) -> exp.Expr:
     cond = conds[0]
     for extra in conds[1:]:
         cond = exp.And(this=cond, expression=extra)
@@ -282,7 +290,7 @@ class Dataset:
             if problem:
                 raise ConfigError(problem) from None
             raise ConfigError(f"data file {shown} cannot be read as {kind.upper()} ({type(e).__name__}); check the file") from None
-        lower = {}
+        lower: dict[str, str] = {}
         for h in header:
             lower.setdefault(h.lower(), h)
         found: dict[str, str] = {}
@@ -374,9 +382,8 @@ class Dataset:
             col = _q(c.name).sql(dialect=DIALECT)
             clipped = "0"
             if c.type != "category":
-                conds = [f"{col} < {_num(c.min).sql(dialect=DIALECT)}" if c.min is not None else None,
-                         f"{col} > {_num(c.max).sql(dialect=DIALECT)}" if c.max is not None else None]
-                conds = [x for x in conds if x]
+                conds = [f"{col} < {_num(c.min).sql(dialect=DIALECT)}"] if c.min is not None else []
+                conds += [f"{col} > {_num(c.max).sql(dialect=DIALECT)}"] if c.max is not None else []
                 if conds:
                     clipped = f"count(*) FILTER (WHERE {' OR '.join(conds)})"
             outside = "0"
@@ -384,8 +391,8 @@ class Dataset:
                 values = ", ".join(_lit(v) for v in c.values)
                 outside = f"count(*) FILTER (WHERE {col} IS NOT NULL AND {col} NOT IN ({values}))"
             with self._lock:
-                rows, nulls, n_clipped, n_outside = self._con.execute(
-                    f"SELECT count(*), count(*) - count({col}), {clipped}, {outside} FROM {table}").fetchone()
+                rows, nulls, n_clipped, n_outside = _one(self._con.execute(
+                    f"SELECT count(*), count(*) - count({col}), {clipped}, {outside} FROM {table}"))
             out.append(ColumnProfile(c.name, c.type, int(rows), int(nulls), int(n_clipped), int(n_outside)))
         return out
 
@@ -461,7 +468,7 @@ class Dataset:
         return [int(r) for r, _ in rows], [str(k).encode() for _, k in rows]
 
     def aligned_columns(self, rows: list[int], groups: tuple[str, ...], values: tuple[tuple[str, int], ...],
-                        where: exp.Expression | None) -> "AlignedColumns":
+                        where: exp.Expr | None) -> "AlignedColumns":
         """This owner's part of a joint query, for `rows` (row ids from `join_keys`, in the PSI's common order):
         per row the domain index of each group column (-1 outside the public domain or NULL), each value
         column quantized like `aggregate` does (`round((clip(v) - min) * scale)`, 0 where NULL) with its
@@ -471,7 +478,7 @@ class Dataset:
         """
         if where is not None:
             self._check_where(where)
-        items: list[exp.Expression] = [exp.alias_(exp.column("rowid"), "rid", quoted=True)]
+        items: list[exp.Expr] = [exp.alias_(exp.column("rowid"), "rid", quoted=True)]
         for i, g in enumerate(groups):
             col = self.schema.column(g)
             if col.type != "category":
@@ -513,21 +520,21 @@ class Dataset:
                                "the PSI job, run a new one")
         at = pos[idx]
 
-        def col(name: str) -> np.ndarray:
+        def aligned(name: str) -> np.ndarray:
             return np.asarray(got[name], dtype=np.int64)[at]
 
         return AlignedColumns(
-            groups=np.stack([col(f"g{i}") for i in range(len(groups))], axis=1) if groups
+            groups=np.stack([aligned(f"g{i}") for i in range(len(groups))], axis=1) if groups
             else np.zeros((len(at), 0), dtype=np.int64),
-            values=np.stack([col(f"v{j}") for j in range(len(values))], axis=1) if values
+            values=np.stack([aligned(f"v{j}") for j in range(len(values))], axis=1) if values
             else np.zeros((len(at), 0), dtype=np.int64),
-            present=np.stack([col(f"n{j}") for j in range(len(values))], axis=1) if values
+            present=np.stack([aligned(f"n{j}") for j in range(len(values))], axis=1) if values
             else np.zeros((len(at), 0), dtype=np.int64),
-            keep=col("keep"),
+            keep=aligned("keep"),
         )
 
     # ------------------------------------------------------------- aggregate
-    def _check_where(self, where: exp.Expression) -> None:
+    def _check_where(self, where: exp.Expr) -> None:
         for node in where.walk():
             if not isinstance(node, _WHERE_NODES):
                 raise PolicyViolation(f"{node.key.upper()} is not allowed in a filter; rebuild the plan with plan_query")
@@ -561,7 +568,7 @@ class Dataset:
         return sql
 
     def _build_sql(self, plan: QueryPlan, layout: Layout) -> str:
-        items: list[exp.Expression] = []
+        items: list[exp.Expr] = []
         for i, g in enumerate(plan.group_by):
             if self.schema.column(g).type != "category":
                 raise PolicyViolation(f"group column `{g}` is not a category column")
@@ -576,7 +583,7 @@ class Dataset:
             items.append(exp.alias_(exp.Sum(this=q.copy()), f"c{j}_s", quoted=True))
             if c.sumsq is not None:
                 items.append(exp.alias_(exp.Sum(this=exp.Mul(this=q.copy(), expression=q.copy())), f"c{j}_ss", quoted=True))
-        conds: list[exp.Expression] = []
+        conds: list[exp.Expr] = []
         if plan.where is not None:
             self._check_where(plan.where)
             conds.append(exp.Paren(this=plan.where.copy()))
@@ -589,7 +596,7 @@ class Dataset:
             query = query.group_by(*[_q(g) for g in plan.group_by], copy=False)
         return query.sql(dialect=DIALECT)
 
-    def _domain_conditions(self) -> list[exp.Expression]:
+    def _domain_conditions(self) -> list[exp.Expr]:
         """`col IN (listed values)` for every category column: NULL and unlisted values fail it."""
         return [exp.In(this=_q(c.name), expressions=[exp.Literal.string(v) for v in c.values])
                 for c in self.schema.columns if c.type == "category"]
@@ -643,18 +650,18 @@ class Dataset:
         with self._lock:
             cur = self._con.cursor()
         try:
-            return int(cur.execute(query.sql(dialect=DIALECT)).fetchone()[0])
+            return int(_one(cur.execute(query.sql(dialect=DIALECT)))[0])
         finally:
             cur.close()
 
     @staticmethod
-    def _quantized(col: Column, scale: int) -> exp.Expression:
+    def _quantized(col: Column, scale: int) -> exp.Expr:
         assert col.min is not None and col.max is not None
         c = _q(col.name)
         if col.type == "int":
             lo, hi = int(col.min), int(col.max)
             clipped = _least(_greatest(c.copy(), _num(lo)), _num(hi))
-            body: exp.Expression = exp.Sub(
+            body: exp.Expr = exp.Sub(
                 this=exp.Cast(this=clipped, to=exp.DataType.build("HUGEINT")), expression=_num(lo)
             )
         else:

@@ -64,10 +64,10 @@ class JointPlan:
     group_by: tuple[tuple[str, str], ...]
     outputs: tuple[JointOutput, ...]
     columns: tuple[tuple[str, str], ...]
-    where: tuple[tuple[str, exp.Expression | None], ...]
+    where: tuple[tuple[str, exp.Expr | None], ...]
     canonical_sql: str
 
-    def where_of(self, product: str) -> exp.Expression | None:
+    def where_of(self, product: str) -> exp.Expr | None:
         return dict(self.where).get(product)
 
     def groups_of(self, product: str) -> tuple[str, ...]:
@@ -87,7 +87,7 @@ class _JointChecker(_Checker):
         self.used_filters: list[str] = []
         self.seen: set[str] = set()
 
-    def resolve_table(self, node: exp.Expression | None, where: str) -> str:
+    def resolve_table(self, node: exp.Expr | None, where: str) -> str:
         if not isinstance(node, exp.Table) or not isinstance(node.this, exp.Identifier):
             if node is not None and node.find(exp.Select) is not None:
                 raise PolicyViolation("subqueries are not allowed; join the two products directly")
@@ -113,7 +113,7 @@ class _JointChecker(_Checker):
             self.tables[n] = product
         return product
 
-    def qualified(self, node: exp.Expression, where: str) -> tuple[str, Column]:
+    def qualified(self, node: exp.Expr, where: str) -> tuple[str, Column]:
         if not isinstance(node, exp.Column):
             raise PolicyViolation(f"{where} must be a plain column name qualified by its product, e.g. telco.arpu")
         if isinstance(node.this, exp.Star):
@@ -144,7 +144,7 @@ class _JointChecker(_Checker):
                                   f"(usable for {product}: {_fmt(self.vrules.usable(product))})")
         return product, col
 
-    def filter_column(self, node: exp.Expression) -> Column:
+    def filter_column(self, node: exp.Expr) -> Column:
         if isinstance(node, exp.Paren):
             return self.filter_column(node.this)
         if isinstance(node, exp.AggFunc):
@@ -162,7 +162,7 @@ class _JointChecker(_Checker):
         self.used_filters.append(f"{product}.{col.name}")
         return col
 
-    def join(self, joins: list[exp.Expression], left: str) -> str:
+    def join(self, joins: list[exp.Expr], left: str) -> str:
         if len(joins) != 1:
             raise PolicyViolation(f"join exactly the two products of this contract once: FROM {left} JOIN "
                                   f"<other> USING ({self.vrules.key})")
@@ -202,7 +202,7 @@ class _JointChecker(_Checker):
         return self.tables.get(_ident_name(table)[0].lower())
 
 
-def _conjuncts(node: exp.Expression) -> list[exp.Expression]:
+def _conjuncts(node: exp.Expr) -> list[exp.Expr]:
     while isinstance(node, exp.Paren):
         node = node.this
     if isinstance(node, exp.And):
@@ -281,7 +281,7 @@ def plan_joint(sql: str, rules: VerticalRules | None, schemas: Sequence[tuple[st
     if dup is not None:
         raise InvalidInput(f"output name `{dup}` appears twice; give each SELECT item a distinct alias")
 
-    where: dict[str, list[exp.Expression]] = {}
+    where: dict[str, list[exp.Expr]] = {}
     where_node = tree.args.get("where")
     if where_node is not None:
         for part in _conjuncts(where_node.this):
@@ -310,7 +310,7 @@ def plan_joint(sql: str, rules: VerticalRules | None, schemas: Sequence[tuple[st
                      canonical_sql=_canonical(schemas, rules.key, group_by, outputs, filters))
 
 
-def _aggregate(ck: _JointChecker, node: exp.Expression, alias: str | None) -> JointOutput:
+def _aggregate(ck: _JointChecker, node: exp.Expr, alias: str | None) -> JointOutput:
     if isinstance(node, exp.Window):
         raise PolicyViolation("window functions (OVER) are not allowed; use plain aggregates with GROUP BY")
     func = _AGG_CLASSES.get(type(node))
@@ -342,14 +342,14 @@ def _aggregate(ck: _JointChecker, node: exp.Expression, alias: str | None) -> Jo
     return JointOutput(alias or f"{func.lower()}_{product}_{col.name}", "agg", func, product, col.name)
 
 
-def _and_all(parts: list[exp.Expression]) -> exp.Expression:
+def _and_all(parts: list[exp.Expr]) -> exp.Expr:
     out = parts[0]
     for p in parts[1:]:
         out = exp.And(this=out, expression=p)
     return out
 
 
-def _qualify(tree: exp.Expression, product: str) -> exp.Expression:
+def _qualify(tree: exp.Expr, product: str) -> exp.Expr:
     tree = tree.copy()
     for c in tree.find_all(exp.Column):
         c.set("table", exp.Identifier(this=product, quoted=True))
@@ -357,15 +357,15 @@ def _qualify(tree: exp.Expression, product: str) -> exp.Expression:
 
 
 def _canonical(schemas: Sequence[tuple[str, Schema]], key: str, group_by: tuple[tuple[str, str], ...],
-               outputs: list[JointOutput], where: tuple[tuple[str, exp.Expression | None], ...]) -> str:
+               outputs: list[JointOutput], where: tuple[tuple[str, exp.Expr | None], ...]) -> str:
     """The checked query as DuckDB SQL over the two products as tables (what a plaintext join would run)."""
     def col(p: str, c: str) -> exp.Column:
         return exp.Column(this=exp.Identifier(this=c, quoted=True), table=exp.Identifier(this=p, quoted=True))
 
-    items: list[exp.Expression] = []
+    items: list[exp.Expr] = []
     for o in outputs:
         if o.kind == "group":
-            e: exp.Expression = col(o.product or "", o.column or "")
+            e: exp.Expr = col(o.product or "", o.column or "")
         elif o.column is None:
             e = exp.Count(this=exp.Star())
         else:

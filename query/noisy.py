@@ -166,7 +166,9 @@ def decode_noisy(plan: QueryPlan, layout: Layout, summed: Sequence[int], noise: 
             ss = total(base + c.sumsq) if c.sumsq is not None else None
             obs[c.name] = (n, s, ss)
             sims[c.name] = (draws(n, cn.nonnull), draws(s, cn.sum), None if ss is None else draws(ss, cn.sumsq))
-        row, err, ci = [], [], []
+        row: list[Any] = []
+        err: list[float | None] = []
+        ci: list[tuple[float, float] | None] = []
         for o in plan.outputs:
             if o.kind == "group":
                 row.append(key[plan.group_by.index(o.column)])

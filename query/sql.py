@@ -39,7 +39,7 @@ from fedtrust.trust.schema import Column, Schema
 DIALECT = "duckdb"
 
 #: sqlglot expression class -> normalised aggregate name (synonyms fold here)
-_AGG_CLASSES: dict[type[exp.Expression], str] = {
+_AGG_CLASSES: dict[type[exp.Expr], str] = {
     exp.Count: "COUNT",
     exp.Sum: "SUM",
     exp.Avg: "AVG",
@@ -59,7 +59,7 @@ QUANTILE_PLACES = 4
 _NEEDS_SUM = ("SUM", "AVG", "VAR_SAMP", "STDDEV_SAMP")
 _NEEDS_SUMSQ = ("VAR_SAMP", "STDDEV_SAMP")
 
-_COMPARISONS: dict[type[exp.Expression], type[exp.Expression]] = {
+_COMPARISONS: dict[type[exp.Expr], type[exp.Expr]] = {
     exp.EQ: exp.EQ,
     exp.NEQ: exp.NEQ,
     exp.LT: exp.LT,
@@ -68,7 +68,7 @@ _COMPARISONS: dict[type[exp.Expression], type[exp.Expression]] = {
     exp.GTE: exp.GTE,
 }
 #: a literal reversed to the right-hand side flips the comparison
-_FLIP: dict[type[exp.Expression], type[exp.Expression]] = {
+_FLIP: dict[type[exp.Expr], type[exp.Expr]] = {
     exp.EQ: exp.EQ,
     exp.NEQ: exp.NEQ,
     exp.LT: exp.GT,
@@ -120,7 +120,7 @@ class QueryPlan:
     dataset: str
     group_by: tuple[str, ...]
     outputs: tuple[Output, ...]
-    where: exp.Expression | None
+    where: exp.Expr | None
     columns: tuple[str, ...]
     needs_sumsq: bool
     filter_columns: tuple[str, ...]
@@ -151,7 +151,7 @@ class QueryPlan:
 # --------------------------------------------------------------------------- parsing
 
 
-def _parse(sql: str) -> exp.Expression:
+def _parse(sql: str) -> exp.Expr:
     if not isinstance(sql, str):
         raise InvalidInput("the query must be SQL text")
     try:
@@ -178,7 +178,7 @@ def _parse(sql: str) -> exp.Expression:
 # --------------------------------------------------------------------------- helpers
 
 
-def _ident_name(node: exp.Expression | None) -> tuple[str, bool]:
+def _ident_name(node: exp.Expr | None) -> tuple[str, bool]:
     if isinstance(node, exp.Identifier):
         return node.this, bool(node.args.get("quoted"))
     raise PolicyViolation("a name in the query is not a plain identifier; use plain column and table names")
@@ -206,7 +206,7 @@ class _Checker:
         self.used_filters: list[str] = []
 
     # -- names -------------------------------------------------------------
-    def column(self, node: exp.Expression, where: str) -> Column:
+    def column(self, node: exp.Expr, where: str) -> Column:
         if not isinstance(node, exp.Column):
             raise PolicyViolation(f"{where} must be a plain column name")
         for key in ("db", "catalog"):
@@ -236,7 +236,7 @@ class _Checker:
         return col
 
     # -- FROM ----------------------------------------------------------------
-    def from_(self, node: exp.Expression | None) -> None:
+    def from_(self, node: exp.Expr | None) -> None:
         if node is None:
             raise PolicyViolation(f"the query has no FROM; select FROM {self.dataset}")
         table = node.this
@@ -265,14 +265,14 @@ class _Checker:
             self.table_names.add(aname.lower())
 
     # -- SELECT items ---------------------------------------------------------
-    def select_item(self, item: exp.Expression) -> tuple[str | None, exp.Expression]:
+    def select_item(self, item: exp.Expr) -> tuple[str | None, exp.Expr]:
         alias = None
         if isinstance(item, exp.Alias):
             alias, _ = _ident_name(item.args.get("alias"))
             item = item.this
         return alias, item
 
-    def aggregate(self, node: exp.Expression, alias: str | None) -> Output:
+    def aggregate(self, node: exp.Expr, alias: str | None) -> Output:
         if isinstance(node, exp.Window):
             raise PolicyViolation("window functions (OVER) are not allowed; use plain aggregates with GROUP BY")
         if isinstance(node, exp.Filter):
@@ -338,7 +338,7 @@ class _Checker:
         return Output(alias or f"{lname}_{col.name}", "agg", func, col.name, q)
 
     # -- WHERE ----------------------------------------------------------------
-    def literal(self, node: exp.Expression, col: Column) -> exp.Expression:
+    def literal(self, node: exp.Expr, col: Column) -> exp.Expr:
         neg = False
         while isinstance(node, (exp.Neg, exp.Paren)):
             if isinstance(node, exp.Neg):
@@ -386,7 +386,7 @@ class _Checker:
             f"filters compare column `{col.name}` with a literal only; functions, NULL and expressions are not allowed"
         )
 
-    def filter_column(self, node: exp.Expression) -> Column:
+    def filter_column(self, node: exp.Expr) -> Column:
         if isinstance(node, exp.Paren):
             return self.filter_column(node.this)
         if isinstance(node, exp.AggFunc):
@@ -410,7 +410,7 @@ class _Checker:
         self.used_filters.append(col.name)
         return col
 
-    def where(self, node: exp.Expression) -> exp.Expression:
+    def where(self, node: exp.Expr) -> exp.Expr:
         """Check one WHERE node and return a freshly built equivalent."""
         if isinstance(node, exp.Paren):
             return exp.Paren(this=self.where(node.this))
@@ -451,7 +451,7 @@ class _Checker:
         raise PolicyViolation(f"{what} is not allowed in WHERE; filters may use only {ALLOWED_WHERE}")
 
 
-def _quantile_fraction(node: exp.Expression | None) -> str:
+def _quantile_fraction(node: exp.Expr | None) -> str:
     """QUANTILE_CONT's fraction: one literal strictly between 0 and 1 with at most QUANTILE_PLACES decimals."""
     fix = "write one fraction between 0 and 1, e.g. QUANTILE_CONT(income, 0.9)"
     if not isinstance(node, exp.Literal) or node.is_string:
@@ -466,7 +466,7 @@ def _quantile_fraction(node: exp.Expression | None) -> str:
     return format(d.normalize(), "f")
 
 
-def _is_colish(node: exp.Expression) -> bool:
+def _is_colish(node: exp.Expr) -> bool:
     while isinstance(node, exp.Paren):
         node = node.this
     return isinstance(node, exp.Column)
@@ -619,17 +619,17 @@ _FUNC_BUILD = {"SUM": "SUM", "AVG": "AVG", "VAR_SAMP": "VAR_SAMP", "STDDEV_SAMP"
                "MAX": "MAX", "MEDIAN": "MEDIAN", "QUANTILE": "QUANTILE_CONT"}
 
 
-def _canonical_sql(dataset: str, group_by: tuple[str, ...], outputs: list[Output], where: exp.Expression | None) -> str:
-    items: list[exp.Expression] = []
+def _canonical_sql(dataset: str, group_by: tuple[str, ...], outputs: list[Output], where: exp.Expr | None) -> str:
+    items: list[exp.Expr] = []
     for o in outputs:
         if o.kind == "group":
             assert o.column is not None
-            e: exp.Expression = _qcol(o.column)
+            e: exp.Expr = _qcol(o.column)
         elif o.func == "COUNT":
             e = exp.Count(this=exp.Star() if o.column is None else _qcol(o.column))
         else:
             assert o.column is not None and o.func is not None
-            args: list[exp.Expression] = [_qcol(o.column)]
+            args: list[exp.Expr] = [_qcol(o.column)]
             if o.func == "QUANTILE":
                 args.append(exp.Literal.number(o.q))
             e = exp.Anonymous(this=_FUNC_BUILD[o.func], expressions=args)

@@ -87,7 +87,7 @@ def node_config(spec: TrainingSpec, *, dataset_path: str, schema: dict[str, Any]
         "dp-steps": int(dp.steps_per_round) if dp else 0,
         "job-id": job_id,
     }
-    flower = {"partition-id": 0, "num-partitions": 1, "dataset-path": dataset_path}
+    flower: dict[str, bool | int | float | str] = {"partition-id": 0, "num-partitions": 1, "dataset-path": dataset_path}
     return {**{PREFIX + k: v for k, v in cfg.items()}, **flower}
 
 

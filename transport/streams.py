@@ -150,7 +150,8 @@ def send_chunks_then(message: Callable[..., Any], chunk_field: str, payload: byt
 
 
 def _chunks(message: Callable[..., Any], chunk_field: str, payload: bytes | Iterable[bytes]) -> Iterator[Any]:
-    blobs = [payload] if isinstance(payload, (bytes, bytearray, memoryview)) else payload
+    blobs: Iterable[bytes] = [bytes(payload)] if isinstance(payload, (bytearray, memoryview)) else \
+        [payload] if isinstance(payload, bytes) else payload
     for blob in blobs:
         for chunk in split(blob):
             yield message(**{chunk_field: chunk})

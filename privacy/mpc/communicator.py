@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 from torch.distributed import ReduceOp
@@ -22,7 +22,8 @@ from torch.distributed import ReduceOp
 from .. import crypten_shim
 from . import wire
 
-Communicator = crypten_shim.load().communicator.Communicator
+#: CrypTen's communicator base class, loaded through the shim (CrypTen publishes no types)
+Communicator: Any = crypten_shim.load().communicator.Communicator
 
 
 class Link(Protocol):
@@ -39,7 +40,7 @@ class QueueLinks:
     """In-process links between `world_size` parties (one queue per ordered pair)."""
 
     def __init__(self, world_size: int, timeout_s: float = 60.0):
-        self._queues = {(s, d): queue.Queue() for s in range(world_size) for d in range(world_size) if s != d}
+        self._queues: dict[tuple[int, int], queue.Queue[bytes]] = {(s, d): queue.Queue() for s in range(world_size) for d in range(world_size) if s != d}
         self._timeout = timeout_s
         self.bytes_sent = 0
         self._lock = threading.Lock()
