@@ -158,6 +158,8 @@ class FedtrustGrid(_grid_base()):  # type: ignore[misc]
         if len(records) != 1:
             raise JobFailed("a round must carry exactly one ArrayRecord (the global model)")
         rnd = next((c["server-round"] for c in configs if "server-round" in c), 0)
+        if isinstance(rnd, bool) or not isinstance(rnd, int):
+            raise JobFailed("the strategy's `server-round` config is not a whole number; the job failed")
         self._check_global(phase, rnd, {k: array_numpy(a) for k, a in sorted(records[0].items())})
         deriv = self.derivation
         length = deriv.vector_length(phase)

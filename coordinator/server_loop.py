@@ -129,7 +129,7 @@ def _run(conn, args: JobArgs, grid_class=None) -> dict[str, Any]:
     rounds: dict[int, dict[str, float]] = {}
 
     def on_event(ev: Progress) -> None:
-        if ev.stage == "aggregated":
+        if ev.stage == "aggregated" and ev.loss is not None and ev.accuracy is not None:
             prefix = "train" if ev.phase == "train" else "eval"
             rounds.setdefault(ev.round, {}).update({f"{prefix}_loss": ev.loss, f"{prefix}_accuracy": ev.accuracy})
         conn.send(("progress", replace(ev, rounds=spec.rounds).to_dict()))

@@ -21,6 +21,7 @@ from fedtrust.coordinator.vertical_client import psi_step_on_node
 from fedtrust.errors import Error, InvalidInput, JobFailed
 from fedtrust.progress import Progress
 from fedtrust.trust.canonical import sha256_hex, utc_now
+from fedtrust.trust.dsse import Envelope
 from fedtrust.trust.receipts import CoordinatorStatement, ReceiptBundle, sign_coordinator_statement, verify_attestation
 from fedtrust.trust.vertical import VerticalJob
 
@@ -51,7 +52,7 @@ class VerticalJobs:
             admissions = rt.admit_all(contract, contract_env.digest, job, job_env.digest, job_bytes, contract_bytes)
             a, b = job.participants
 
-            def step(n: int, inputs: dict[str, bytes]) -> dict[str, tuple[bytes, object]]:
+            def step(n: int, inputs: dict[str, bytes]) -> dict[str, tuple[bytes, Envelope | None]]:
                 def ask(node: str):
                     return psi_step_on_node(node, rt.address_of(contract, node), rt.tls, job_bytes, contract_bytes,
                                             admissions, n, inputs.get(node, b""), rt.config.node_timeout_s)
@@ -66,6 +67,8 @@ class VerticalJobs:
             envs = []
             for node in job.participants:
                 env = third[node][1]
+                if env is None:
+                    raise JobFailed(f"node {node} answered PSI step 3 without its attestation")
                 att = verify_attestation(env, contract)
                 sent = (sha256_hex(first[node][0]), sha256_hex(second[node][0]))
                 if att.node != node or att.job_digest != job_env.digest or att.contract_digest != contract_env.digest:

@@ -267,7 +267,8 @@ def revoke(path: str | Path, *, contract: str | None = None, subject: str | None
     reason = reason.strip() if isinstance(reason, str) else ""
     if not reason or len(reason) > MAX_REASON_CHARS:
         raise ConfigError(f"--reason must say why, in at most {MAX_REASON_CHARS} characters")
-    kind, target = ("contract", contract.strip().lower()) if contract is not None else ("subject", subject.strip())
+    kind, target = ("contract", contract.strip().lower()) if contract is not None else \
+        ("subject", (subject or "").strip())
     try:
         check_target(kind, target)
     except InvalidInput as e:

@@ -26,6 +26,7 @@ import tempfile
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import cast
 from urllib.parse import parse_qs, urlsplit
 
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -57,7 +58,8 @@ class _Server(ThreadingHTTPServer):
         except (ssl.SSLError, OSError) as e:
             log.info("TLS handshake with %s failed: %s", client_address[0], e)
             return
-        self.RequestHandlerClass(tls, client_address, self)
+        # typeshed types the handler's third argument as `Self`, which mypy cannot bind through an attribute
+        self.RequestHandlerClass(tls, client_address, self)  # type: ignore[arg-type]
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -148,7 +150,9 @@ def _caller(sock: ssl.SSLSocket) -> tuple[str, str] | None:
     cert = sock.getpeercert()
     if not cert:
         return None
-    uris = [v for k, v in cert.get("subjectAltName", ()) if k == "URI" and v.startswith("fedtrust://")]
+    # (type, value) pairs, as the ssl module documents; typeshed types every certificate field as one union
+    sans = cast("tuple[tuple[str, str], ...]", cert.get("subjectAltName", ()))
+    uris = [v for k, v in sans if k == "URI" and v.startswith("fedtrust://")]
     if len(uris) != 1:
         return None
     try:

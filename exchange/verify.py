@@ -18,6 +18,7 @@ import json
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 from fedtrust.errors import ConfigError, InvalidInput, ReplayError, VerificationError
 from fedtrust.exchange.issuer import load_exchange
@@ -93,13 +94,14 @@ def _check_result(v: VerifiedReceipt, result: dict | bytes) -> None:
                                     "coordinator signed in the receipt")
         check_model_attested(bytes(result), v.attestations, check)
         return
+    document: Any = result
     if isinstance(result, (bytes, bytearray)):
         try:
-            result = json.loads(result)
+            document = json.loads(result)
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise ConfigError("the result file is not JSON; pass the result.json `fedtrust query` wrote") from None
     try:
-        digest = result_digest(result)
+        digest = result_digest(document)
     except (InvalidInput, TypeError, ValueError):
         raise VerificationError("the result file is not a result document with its salt; pass the result.json "
                                 "`fedtrust query` wrote") from None
@@ -120,9 +122,12 @@ def _chain_row(store, v: VerifiedReceipt, i: int) -> tuple:
             "under this contract"
         )
     before = entries.get(chain.seq - 1)
+    expected_prev: str | None
+    expected_cum: Decimal | None
+    expected_delta: Decimal | None
     if chain.seq == 1:
         expected_prev, expected_cum = GENESIS, Decimal(att.epsilon)
-        expected_delta: Decimal | None = Decimal(att.delta)
+        expected_delta = Decimal(att.delta)
     elif before is not None:
         expected_prev, expected_cum = before.attestation_digest, Decimal(before.cumulative_epsilon) + Decimal(att.epsilon)
         expected_delta = None if before.cumulative_delta is None else Decimal(before.cumulative_delta) + Decimal(att.delta)

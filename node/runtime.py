@@ -30,6 +30,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Sequence
 
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
 from fedtrust.code import code_digest
 from fedtrust.config import NodeConfig, check_private_files
 from fedtrust.errors import ConfigError, Error, PolicyViolation, VerificationError
@@ -94,6 +96,8 @@ class NodeRuntime:
         self.identity: Identity = load_identity_as(config.credentials, "node", config.name)
         if self.identity.kx_private is None:
             raise ConfigError(f"credentials in {config.credentials} have no kx.key; re-register the node")
+        #: the node's X25519 key (pairwise masks, sealed PSI messages); every node has one
+        self.kx_private: X25519PrivateKey = self.identity.kx_private
         self.name = config.name
         self.skew = timedelta(seconds=config.server.clock_skew_s)
         self.store = NodeStore(config.state, config.watermark)

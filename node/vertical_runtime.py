@@ -134,12 +134,12 @@ class PsiRuntime:
         return others[0]
 
     def _open(self, checked: CheckedJob, peer: str, step: str, sealed: bytes) -> bytes:
-        return open_sealed(self.node.identity.kx_private, kx_public_key(checked.contract.holding(peer).credential),
+        return open_sealed(self.node.kx_private, kx_public_key(checked.contract.holding(peer).credential),
                            job_digest=checked.job_digest, sender=peer, receiver=self.node.name, step=step,
                            sealed=sealed)
 
     def _seal(self, checked: CheckedJob, peer: str, step: str, plaintext: bytes) -> bytes:
-        return seal(self.node.identity.kx_private, kx_public_key(checked.contract.holding(peer).credential),
+        return seal(self.node.kx_private, kx_public_key(checked.contract.holding(peer).credential),
                     job_digest=checked.job_digest, sender=self.node.name, receiver=peer, step=step,
                     plaintext=plaintext)
 

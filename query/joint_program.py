@@ -170,7 +170,8 @@ def finish(plan: JointPlan, schemas: Sequence[tuple[str, Schema]], total: torch.
         raise InvalidInput(f"the joint output has shape {tuple(total.shape)}, not the public ({groups}, {width})")
     t = total.tolist()
     k = len(plan.columns)
-    col_index = {pc: j for j, pc in enumerate(plan.columns)}
+    #: keyed as the outputs name them: (product, column); a group or aggregated output names both
+    col_index: dict[tuple[str | None, str | None], int] = {pc: j for j, pc in enumerate(plan.columns)}
     domains = [s[p].column(c).values for p, c in plan.group_by]
     rows, withheld_groups, withheld_columns = [], 0, 0
     for g in range(groups):
@@ -183,7 +184,7 @@ def finish(plan: JointPlan, schemas: Sequence[tuple[str, Schema]], total: torch.
             labels.append(dom[rem % len(dom)])
             rem //= len(dom)
         labels.reverse()
-        group_of = {pc: labels[i] for i, pc in enumerate(plan.group_by)}
+        group_of: dict[tuple[str | None, str | None], str] = {pc: labels[i] for i, pc in enumerate(plan.group_by)}
         withheld_groups += flag
         withheld_columns += sum(col_flags) if not flag else 0
         out: list[Any] = []

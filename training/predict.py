@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -22,6 +23,9 @@ from fedtrust.training.arrays import read_model
 from fedtrust.training.preprocess import Preprocessor
 from fedtrust.training.spec import TrainingSpec
 from fedtrust.trust.schema import Column, Schema
+
+if TYPE_CHECKING:
+    from fedtrust.trust.vertical_lr import VerticalLRSpec
 
 __all__ = ["Predictions", "load_model", "predict_rows", "write_predictions"]
 
@@ -55,7 +59,7 @@ def load_model(data: bytes, job: TrainingSpec | None = None):
     return model, spec, pre
 
 
-def predict_rows(data: bytes, rows_path: Path, job: TrainingSpec | None = None, *, encoding: str = "utf-8",
+def predict_rows(data: bytes, rows_path: Path, job: TrainingSpec | VerticalLRSpec | None = None, *, encoding: str = "utf-8",
                  null_values: tuple[str, ...] = ("",)) -> Predictions:
     from fedtrust.query.dataset import Dataset
     from fedtrust.training.loop import predict_scores
@@ -72,6 +76,7 @@ def predict_rows(data: bytes, rows_path: Path, job: TrainingSpec | None = None, 
     with Dataset.open(rows_path, schema, encoding=encoding, null_values=null_values) as ds:
         x = pre.transform(ds.columns(tuple(f.name for f in pre.features)))
     scores = predict_scores(model, x)
+    cols: tuple[str, ...]
     if pre.outputs == 1:
         cols = ("probability", "predicted")
         rows = [[f"{p:.6f}", pre.classes[1] if p >= 0.5 else pre.classes[0]] for p in scores]
