@@ -43,6 +43,7 @@ from fedtrust.trust.credentials import Identity
 from fedtrust.trust.dsse import Envelope
 from fedtrust.trust.jobs import JobSpec, sign_job
 from fedtrust.trust.receipts import Acknowledgement, ReceiptBundle, result_digest, sign_acknowledgement
+from fedtrust.trust.rules import QueryRules
 from fedtrust.trust.verify import VerifiedReceipt, check_relayed, verify_bundle
 
 JOB_TTL = timedelta(hours=1)
@@ -78,11 +79,16 @@ def check_agreed(contract: Contract, contract_raw: bytes) -> None:
                        [("buyer", contract.buyer.name)] + [("node", n) for n in contract.owner_names])
 
 
-def plan_for(contract: Contract, sql: str) -> QueryPlan:
+def query_rules(contract: Contract) -> QueryRules:
+    """The contract's [query] rules; ConfigError when it sells no queries."""
     rules = contract.rules.query
     if rules is None:
         raise ConfigError("this contract sells no queries (its rules have no [query] table)")
-    return plan_query(sql, rules, contract.owners[0].product.schema, contract.dataset)
+    return rules
+
+
+def plan_for(contract: Contract, sql: str) -> QueryPlan:
+    return plan_query(sql, query_rules(contract), contract.owners[0].product.schema, contract.dataset)
 
 
 def tls_of(identity: Identity) -> TlsMaterial:
@@ -144,7 +150,7 @@ def finish(identity: Identity, files: JobFiles, contract: Contract, plan: QueryP
         table = decode(plan, layout, contract.owners[0].product.schema, summed)
     else:
         # the scales are public (contract, plan, schema): the buyer derives the ones every node used
-        noise = noise_plan(layout, privacy.epsilon_per_query, contract.rules.query.min_group_size)
+        noise = noise_plan(layout, privacy.epsilon_per_query, query_rules(contract).min_group_size)
         noisy = decode_noisy(plan, layout, summed, noise, len(verified.job.participants))
         table = noisy.table
     salt = secrets.token_hex(16)

@@ -35,7 +35,7 @@ def demo(
 
 
 def run_demo(root: Path) -> None:
-    from fedtrust.buyer.query import plan_for, submit_query
+    from fedtrust.buyer.query import plan_for, query_rules, submit_query
     from fedtrust.demo.federation import DEFAULT_OWNERS, build_federation
     from fedtrust.demo.reference import pooled_answer
     from fedtrust.exchange.verify import verify_receipt_file
@@ -58,10 +58,10 @@ def run_demo(root: Path) -> None:
             console.print(result_table(res.table.columns, res.table.rows, title="fedtrust (decrypted sum of masked, encrypted releases)"))
             contract = res.verified.contract
             plan = plan_for(contract, sql)
-            cols, rows = pooled_answer(plan, sql, list(fed.data.values()), contract.rules.query.min_group_size,
+            cols, rows = pooled_answer(plan, sql, list(fed.data.values()), query_rules(contract).min_group_size,
                                        contract.schema)
             console.print(result_table(cols, rows, title="plaintext over the pooled rows the rules admit (for comparison only)"))
-            console.print(f"withheld owner contributions (groups below {contract.rules.query.min_group_size} rows): "
+            console.print(f"withheld owner contributions (groups below {query_rules(contract).min_group_size} rows): "
                           f"{res.table.withheld}\n")
             receipt_path.write_bytes(res.receipt.to_json())
             result_path.write_text(json.dumps(res.result))
@@ -84,7 +84,7 @@ def run_demo(root: Path) -> None:
 
 def run_privacy_part(root: Path, fed, buyer) -> None:
     """A contract with [privacy]: noisy answers with intervals, the budget spent, then a refusal."""
-    from fedtrust.buyer.query import plan_for, submit_query
+    from fedtrust.buyer.query import plan_for, query_rules, submit_query
     from fedtrust.demo.privacy_demo import DP_PRIVACY, issue_dp_contract
     from fedtrust.demo.reference import pooled_answer
     from fedtrust.node.store import NodeStore
@@ -100,12 +100,15 @@ def run_privacy_part(root: Path, fed, buyer) -> None:
         except Error as e:
             console.print(f"[yellow]query {attempt + 1} refused[/] ({e.kind}): {escape(str(e))}\n", highlight=False)
             break
-        console.print(result_table(res.table.columns, res.table.rows, ci95=res.noisy.ci95,
+        noisy = res.noisy
+        if noisy is None:
+            raise Error("the DP contract's answer came back without its noise; the demo cannot go on")
+        console.print(result_table(res.table.columns, res.table.rows, ci95=noisy.ci95,
                                    title=f"query {attempt + 1}: noisy answer with 95% intervals"))
         if attempt == 0:
             contract = res.verified.contract
             cols, rows = pooled_answer(plan_for(contract, sql), sql, list(fed.data.values()),
-                                       contract.rules.query.min_group_size, contract.schema)
+                                       query_rules(contract).min_group_size, contract.schema)
             console.print(result_table(cols, rows, title="plaintext over the pooled rows (for comparison only)"))
         spent = {n: str(NodeStore(d.runtime.config.state).spent_epsilon(res.verified.contract_digest))
                  for n, d in fed.nodes.items()}

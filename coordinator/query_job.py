@@ -155,7 +155,7 @@ class QueryJobs:
         return rel
 
     def _fan_out(self, contract, contract_digest, job, payload, job_bytes, contract_bytes, context, releases,
-                 admissions) -> Iterator[Event]:
+                 admissions) -> Iterator[Progress]:
         results: queue.Queue = queue.Queue()
         pool = ThreadPoolExecutor(max_workers=len(job.participants), thread_name_prefix="fanout")
 

@@ -117,7 +117,7 @@ class QueryRuntime:
         }
         # keyed by the digest of the signed job, not its id: a buyer who reused a job id under another
         # contract must not get two vectors under the same mask (their difference would be in the clear)
-        mask = pairwise_mask(node.identity.kx_private, node.name, peers, checked.job_digest, layout.length,
+        mask = pairwise_mask(node.kx_private, node.name, peers, checked.job_digest, layout.length,
                              PLAIN_MODULUS)
         masked = add_mod(vector, mask, PLAIN_MODULUS)
         # the worker keeps the parsed context for this contract's next job under the same context

@@ -103,6 +103,13 @@ MAX_DERIVATIONS = 16
 MAX_ROUND_MESSAGE_BYTES = 4 * MAX_PARAMETERS + (1 << 20)
 
 
+def _finite_metric(name: str, v: object) -> float:
+    """A ClientApp's reported metric as a float; InvalidInput unless it is a finite number."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v):
+        raise InvalidInput(f"the ClientApp's `{name}` is not a finite number; the node refuses to release it")
+    return float(v)
+
+
 def mask_purpose(phase: str, rnd: int, global_digest: str) -> bytes:
     """The `purpose` of a round's pairwise masks: distinct per round, phase and global model."""
     return training_purpose(rnd) + b"/" + phase.encode() + b"/" + global_digest.encode()
@@ -233,16 +240,15 @@ class TrainingRuntime:
         stored = self.store.claim(checked.job_digest, phase, rnd, gdigest)
         if stored is not None:
             return RoundRelease(phase, rnd, gdigest, stored, self._sign(checked, phase, rnd, stored))
-        dp = self.dp_plan(checked)
+        dp, privacy = self.dp_plan(checked), checked.contract.rules.privacy
         try:
             # debited (and fsynced) before the first release; later rounds find the same row
-            if dp is None:
+            if dp is None or privacy is None:  # (a DP plan exists exactly under [privacy])
                 store.debit_job(node=self.node.name, contract_digest=checked.contract_digest, kind="train",
                                 job_id=job.job_id, nonce=job.nonce, job_digest=checked.job_digest,
                                 mechanism="masked-sgd" if spec.secure_aggregation == "masking" else "plain-sgd",
                                 max_jobs=self._max_jobs(checked))
             else:
-                privacy = checked.contract.rules.privacy
                 store.debit_job(node=self.node.name, contract_digest=checked.contract_digest, kind="train",
                                 job_id=job.job_id, nonce=job.nonce, job_digest=checked.job_digest,
                                 mechanism="dp-sgd", epsilon=dp.epsilon,
@@ -366,7 +372,7 @@ class TrainingRuntime:
     def _mask(self, checked: CheckedJob, length: int, purpose: bytes) -> np.ndarray:
         peers = {h.credential.name: kx_public_key(h.credential)
                  for h in checked.contract.owners if h.credential.name != self.node.name}
-        return pairwise_mask(self.node.identity.kx_private, self.node.name, peers, checked.job_digest, length,
+        return pairwise_mask(self.node.kx_private, self.node.name, peers, checked.job_digest, length,
                              quantize.MODULUS, purpose)
 
     def _parse(self, message: bytes, spec, plan: _Plan) -> tuple[str, int, dict[str, np.ndarray]]:
@@ -420,6 +426,7 @@ class TrainingRuntime:
                  dp: DpSgdPlan | None = None):
         from flwr.app import ConfigRecord, Context, Message, Metadata, RecordDict
         from flwr.app.constants import DEFAULT_TTL
+        from flwr.app.typing import ConfigRecordValues
 
         from fedtrust.training.loop import resolve_device
 
@@ -431,11 +438,14 @@ class TrainingRuntime:
         cfg = node_config(spec, dataset_path=str(checked.held.path), schema=checked.held.product.schema.to_dict(),
                           device=resolve_device(self.device), seed=seed & ((1 << 62) - 1), job_id=checked.job.job_id,
                           dp=dp.run if dp is not None else None)
-        config = ConfigRecord(round_config(spec, rnd))
+        values: dict[str, ConfigRecordValues] = {**round_config(spec, rnd)}
+        config = ConfigRecord(values)
         meta = Metadata(run_id=run_id, message_id=f"{checked.job_digest[:16]}-{phase}-{rnd}", src_node_id=0,
                         dst_node_id=node_index, reply_to_message_id="", group_id=str(rnd), created_at=time.time(),
                         ttl=DEFAULT_TTL, message_type=phase)
-        msg = Message(metadata=meta, content=RecordDict({"arrays": to_array_record(arrays), "config": config}))
+        # Flower's overloads omit the metadata= form its __init__ accepts (the node sets the ids it derives)
+        msg = Message(metadata=meta,  # type: ignore[call-overload]
+                      content=RecordDict({"arrays": to_array_record(arrays), "config": config}))
         context = Context(run_id=run_id, node_id=node_index, node_config=cfg, state=RecordDict(),
                           run_config=run_config(spec))
         try:
@@ -474,9 +484,8 @@ class TrainingRuntime:
         # Flower's app templates name them train_loss, eval_loss, eval_acc: read those where `loss`/`accuracy` lack
         loss = next((metrics[k] for k in LOSS_KEYS[phase] if k in metrics), None)
         acc = next((metrics[k] for k in ACCURACY_KEYS[phase] if k in metrics), 0.0)
-        for name, v in (("loss", 0.0 if loss is None else loss), ("accuracy", acc)):
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v):
-                raise InvalidInput(f"the ClientApp's `{name}` is not a finite number; the node refuses to release it")
+        loss_value = None if loss is None else _finite_metric("loss", loss)
+        acc_value = _finite_metric("accuracy", acc)
         delta = None
         if phase == "train":
             records = [r for r in content.values() if isinstance(r, ArrayRecord)]
@@ -485,7 +494,7 @@ class TrainingRuntime:
             new = from_array_record(records[0], plan.shapes, "the ClientApp's update")
             delta = np.concatenate([(new[k].astype(np.float64) - global_arrays[k].astype(np.float64)).ravel()
                                     for k in plan.shapes]) if plan.shapes else np.zeros(0)
-        return n, None if loss is None else float(loss), float(acc), delta
+        return n, loss_value, acc_value, delta
 
     # -- end of the job -----------------------------------------------------
     def record_finished(self, checked: CheckedJob) -> None:

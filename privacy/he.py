@@ -62,9 +62,12 @@ import sys
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence, Union
 
 import tenseal as ts
+
+if TYPE_CHECKING:
+    import numpy as np
 
 from fedtrust import isolate
 from fedtrust.errors import InvalidInput
@@ -329,7 +332,11 @@ def _check_public_args(public_bytes: bytes, params: HeParams) -> None:
         raise InvalidInput("the public HE context does not match the digest the job spec names")
 
 
-def _pack_vector(vector: Sequence[int], modulus: int) -> bytes:
+#: what may be encrypted: integers in [0, t), as a sequence or a flat numpy array
+Vector = Union[Sequence[int], "np.ndarray"]
+
+
+def _pack_vector(vector: Vector, modulus: int) -> bytes:
     """Validate `vector` (ints in [0, modulus)) and pack it as little-endian uint64."""
     import numpy as np
 
@@ -356,7 +363,7 @@ def _pack_vector(vector: Sequence[int], modulus: int) -> bytes:
     return arr.astype("<u8").tobytes()
 
 
-def encrypt_isolated(public_bytes: bytes, params: HeParams, vector: Sequence[int],
+def encrypt_isolated(public_bytes: bytes, params: HeParams, vector: Vector,
                      session: tuple[str, ...] | None = None) -> list[bytes]:
     """Encrypt `vector` (ints in [0, t)) under the buyer's public context, in a worker process.
 
