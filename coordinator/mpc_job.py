@@ -24,7 +24,7 @@ import struct
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import ClassVar, Iterator
+from typing import Any, ClassVar, Iterator
 
 import grpc
 
@@ -67,13 +67,13 @@ class _Party:
     role: str  # "node" | "dealer"
     address: str
     inbox: queue.Queue = field(default_factory=queue.Queue)  # (sender rank, frame) to forward; None ends the stream
-    sent: object = None  # hashlib digest of the frames it sent, in stream order
-    received: object = None
+    sent: Any = field(default_factory=hashlib.sha256)  # digest of the frames it sent, in stream order
+    received: Any = field(default_factory=hashlib.sha256)
     sent_bytes: int = 0
     attestation: bytes = b""
     sealed: bytes = b""
     done: bool = False
-    call: object = None
+    call: Any = None  # the gRPC streaming call (cancel() it to end the session)
 
 
 class _Session:

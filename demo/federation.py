@@ -160,7 +160,7 @@ def build_federation(root: Path, owners: dict[str, int] | None = None, *, min_gr
         configs[name] = cfg
     contract = root / "contract.json"
     issue_signed_contract(root, buyer_name, coordinator_name, products, root / "rules.toml", contract,
-                          **({"dealer": DEALER_NAME} if mpc else {}))
+                          dealer=DEALER_NAME if mpc else None)
     coord_cfg = root / "config" / f"{coordinator_name}.toml"
     coord_cfg.write_text(
         f'[coordinator]\nname = "{coordinator_name}"\nlisten = "127.0.0.1:0"\n'

@@ -18,6 +18,8 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
 from fedtrust.config import DealerConfig, check_private_files
 from fedtrust.errors import ConfigError, InvalidInput, PolicyViolation, VerificationError
 from fedtrust.metrics import DaemonMetrics
@@ -49,6 +51,7 @@ class DealerRuntime:
         self.identity = load_identity_as(config.credentials, "dealer", config.name)
         if self.identity.kx_private is None:
             raise ConfigError(f"credentials in {config.credentials} have no kx.key; re-register the dealer")
+        self.kx_private: X25519PrivateKey = self.identity.kx_private
         self.name = config.name
         self.skew = timedelta(seconds=config.server.clock_skew_s)
         self.sessions = 0
@@ -75,7 +78,7 @@ class DealerRuntime:
     def deal(self, contract, job, job_digest: str, link: StreamLink) -> tuple[bytes, bytes]:
         n = len(job.participants)
         sealed = SealedLink(link, session=job_digest, names=party_names(contract, job), rank=n,
-                            own=self.identity.kx_private, peers=link_peers(contract, job))
+                            own=self.kx_private, peers=link_peers(contract, job))
         dealt = serve_dealer(sealed, n)
         self.sessions += 1
         log.info("dealt %d ring elements for job %s", dealt, job.job_id)

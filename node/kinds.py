@@ -27,8 +27,9 @@ class KindHandler(Protocol):
 
     def __init__(self, node: NodeRuntime) -> None: ...
 
-    def admit(self, checked: CheckedJob) -> None:
-        """Every check of this kind before anything runs; spends nothing (an Error names the rule broken)."""
+    def admit(self, checked: CheckedJob) -> object:
+        """Every check of this kind before anything runs; spends nothing (an Error names the rule broken). What it
+        returns (a kind's planned charge, or None) is the handler's own."""
         ...
 
 

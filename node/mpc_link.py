@@ -32,7 +32,7 @@ class StreamLink:
     def __init__(self, rank: int, parties: int, *, idle_s: float, max_frame: int = MAX_FRAME_BYTES):
         self.rank, self.parties, self.idle_s, self.max_frame = rank, parties, idle_s, max_frame
         self.outgoing: queue.Queue = queue.Queue()
-        self._in = {r: queue.Queue() for r in range(parties) if r != rank}
+        self._in: dict[int, queue.Queue] = {r: queue.Queue() for r in range(parties) if r != rank}
         self._sent, self._received = hashlib.sha256(), hashlib.sha256()
         self._lock = threading.Lock()
         self.reason: str | None = None

@@ -156,6 +156,9 @@ class MpcRuntime:
         contract, job = checked.contract, checked.job
         ctx = self.context(checked)
         inputs = p.local_inputs(ctx)  # this node's own data; an error here costs nothing
+        if job.output_key is None:  # (the buyer's key is read before anything is spent)
+            raise InvalidInput("the MPC job names no output key for the buyer; the buyer's client is broken")
+        buyer_key = X25519PublicKey.from_public_bytes(base64.b64decode(job.output_key, validate=True))
         privacy = contract.rules.privacy
         debit = self.node.store.debit_job(
             node=self.node.name, contract_digest=checked.contract_digest, kind=charge.counts_as, job_id=job.job_id,
@@ -163,7 +166,7 @@ class MpcRuntime:
             delta=charge.delta, epsilon_total=privacy.epsilon_total if privacy else None,
             delta_total=privacy.delta if privacy else None, max_jobs=charge.max_jobs)
         sealed_link = SealedLink(link, session=checked.job_digest, names=party_names(contract, job), rank=ctx.rank,
-                                 own=self.node.identity.kx_private, peers=link_peers(contract, job))
+                                 own=self.node.kx_private, peers=link_peers(contract, job))
         try:
             shares = run_party(p, ctx, inputs, sealed_link)
         except (Error, MpcProgramError):
@@ -171,8 +174,7 @@ class MpcRuntime:
         except Exception as e:  # CrypTen's own errors: the rule, never a value
             log.exception("MPC job %s failed at this node", job.job_id)
             raise InvalidInput(f"the MPC computation failed at node {self.node.name} ({type(e).__name__})") from None
-        buyer_key = X25519PublicKey.from_public_bytes(base64.b64decode(job.output_key, validate=True))
-        sealed = seal(self.node.identity.kx_private, buyer_key, job_digest=checked.job_digest, sender=self.node.name,
+        sealed = seal(self.node.kx_private, buyer_key, job_digest=checked.job_digest, sender=self.node.name,
                       receiver="buyer", step=OUTPUT_STEP, plaintext=encode_shares(shares))
         sent, received = link.transcript()
         att = Attestation(

@@ -601,13 +601,13 @@ class Dataset:
         return [exp.In(this=_q(c.name), expressions=[exp.Literal.string(v) for v in c.values])
                 for c in self.schema.columns if c.type == "category"]
 
-    def column_summary(self, column: str, where: exp.Expression | None, bins: int) -> ColumnSummary:
+    def column_summary(self, column: str, where: exp.Expr | None, bins: int) -> ColumnSummary:
         """`column`'s count, extrema and histogram over the rows a query counts (its checked WHERE and the public
         domains), values clipped to the column's public bounds. For MPC MIN/MAX/quantiles; never released as is."""
         col = self.schema.column(column)
         if not col.numeric or col.min is None or col.max is None:
             raise PolicyViolation(f"column `{column}` is not numeric with public bounds")
-        conds: list[exp.Expression] = []
+        conds: list[exp.Expr] = []
         if where is not None:
             self._check_where(where)
             conds.append(exp.Paren(this=where.copy()))
@@ -628,7 +628,7 @@ class Dataset:
         with self._lock:
             cur = self._con.cursor()
         try:
-            n, mn, mx = cur.execute(stats.sql(dialect=DIALECT)).fetchone()
+            n, mn, mx = _one(cur.execute(stats.sql(dialect=DIALECT)))
             counts = [0] * bins
             for b, c in cur.execute(hist.sql(dialect=DIALECT)).fetchall():
                 counts[max(0, min(bins - 1, int(b)))] += int(c)

@@ -37,7 +37,7 @@ from fedtrust.privacy import crypten_shim
 from fedtrust.privacy.dp import discrete_laplace
 from fedtrust.privacy.mpc.program import Charge, MpcProgram, ProgramContext, register, share_input, share_of
 from fedtrust.query.checks import check_query_receipt, check_query_spend
-from fedtrust.query.sql import QUANTILE_PLACES, QueryPlan, plan_query
+from fedtrust.query.sql import QUANTILE_PLACES, Output, QueryPlan, plan_query
 from fedtrust.trust.canonical import Fields
 from fedtrust.trust.jobs import DEFAULT_TTL, MAX_SQL_CHARS, register_payload
 from fedtrust.trust.verify import KindCheck, check_horizontal
@@ -78,11 +78,24 @@ def stats_plan(sql: str, contract: Any) -> StatsPlan:
                               "one row's value, which no useful noise protects; ask for MEDIAN or QUANTILE_CONT "
                               "(noised) instead")
     order = {n: i for i, n in enumerate(schema.names)}
-    ext = sorted({o.column for o in aggs if o.func in ("MIN", "MAX")}, key=order.__getitem__)
-    hist = sorted({o.column for o in aggs if o.func in ("MEDIAN", "QUANTILE")}, key=order.__getitem__)
+    ext = sorted({_column(o) for o in aggs if o.func in ("MIN", "MAX")}, key=order.__getitem__)
+    hist = sorted({_column(o) for o in aggs if o.func in ("MEDIAN", "QUANTILE")}, key=order.__getitem__)
     bounds = {c: (float(schema.column(c).min), float(schema.column(c).max)) for c in hist}
     return StatsPlan(plan, tuple(ext), tuple(hist),
-                     tuple((o.column, o.q) for o in aggs if o.func in ("MEDIAN", "QUANTILE")), bounds)
+                     tuple((_column(o), _fraction(o)) for o in aggs if o.func in ("MEDIAN", "QUANTILE")), bounds)
+
+
+def _column(o: Output) -> str:
+    """The column an MPC aggregate is over (the SQL planner never lets MIN/MAX/MEDIAN/QUANTILE go without one)."""
+    if o.column is None:
+        raise PolicyViolation(f"{o.func} needs a column; write e.g. {o.func}(income)")
+    return o.column
+
+
+def _fraction(o: Output) -> str:
+    if o.q is None:
+        raise PolicyViolation(f"{o.func} needs its fraction; write e.g. QUANTILE_CONT(income, 0.9)")
+    return o.q
 
 
 @dataclass(frozen=True)
@@ -207,12 +220,12 @@ def _finish(ctx: ProgramContext, outputs: dict[str, torch.Tensor]) -> dict[str, 
     for o in sp.plan.aggregates:
         names.append(o.name)
         if o.func in ("MIN", "MAX"):
-            i = sp.extrema.index(o.column)
+            i = sp.extrema.index(_column(o))
             ok = round(float(outputs["present"][i])) > 0
             row.append(round(float(outputs["min" if o.func == "MIN" else "max"][i]), 4) if ok else None)
             continue
         j, qi = qi, qi + 1
-        lo, hi = sp.bounds[o.column]
+        lo, hi = sp.bounds[_column(o)]
         if round(float(outputs["qany"][j])) == 0:
             row.append(None)
             continue

@@ -34,7 +34,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
@@ -160,7 +160,8 @@ def share_input(ctx: ProgramContext, tensor: torch.Tensor | None, src: int, shap
     mine = ctx.rank == src
     if mine and (tensor is None or tuple(tensor.shape) != tuple(shape)):
         raise MpcProgramError(f"party {ctx.name}'s input does not have the public shape {tuple(shape)}")
-    data = tensor.to(ctx.device, torch.float64) if mine else torch.zeros(tuple(shape), device=ctx.device)
+    data = tensor.to(ctx.device, torch.float64) if tensor is not None and mine else \
+        torch.zeros(tuple(shape), device=ctx.device)
     return crypten.cryptensor(data, src=src, device=ctx.device)
 
 
@@ -229,7 +230,7 @@ def decode_shares(data: bytes) -> dict[str, torch.Tensor]:
     return dict(zip(names, tensors))
 
 
-def combine_shares(per_party: list[Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+def combine_shares(per_party: Sequence[Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     """Add every party's shares (mod 2^64): the fixed-point outputs, still encoded."""
     if not per_party:
         raise MpcProgramError("no shares to combine")
@@ -323,6 +324,6 @@ def run_in_process(p: MpcProgram, inputs_by_party: Mapping[str, dict[str, torch.
         raise errors[0]
     if any(t.is_alive() for t in threads) or any(s is None for s in shares):
         raise MpcProgramError(f"the in-process MPC run did not finish within {timeout_s:g} s")
-    outputs = decode_outputs(combine_shares(shares))  # type: ignore[arg-type]
-    return InProcessRun(p.finish(ProgramContext(-1, n, parties, job, contract), outputs), shares, outputs,
-                        dealt[0])
+    done: list[dict[str, torch.Tensor]] = [s for s in shares if s is not None]
+    outputs = decode_outputs(combine_shares(done))
+    return InProcessRun(p.finish(ProgramContext(-1, n, parties, job, contract), outputs), done, outputs, dealt[0])
