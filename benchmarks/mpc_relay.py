@@ -1,9 +1,10 @@
 """MPC through the daemons (the coordinator's gRPC relay, sealed frames, the dealer) against raw CrypTen over
 torch.distributed (gloo, plaintext TCP on localhost), the same computation on the same sizes, in the same run.
 
-The computation is an mpc-stats job's: two owners share a 1024-bin histogram each, add them, take cumulative
-counts and compare them with q·(N−1) (MEDIAN: one secret comparison per bin, CrypTen's binary adder circuit),
-and (MIN/MAX) compare their two local extrema. Through the daemons we time the MPC session as the coordinator
+The computation is an mpc-stats job's, batched as it batches it: two owners share a 1024-bin histogram each,
+add them, take cumulative counts and compare them with q·(N−1) and N with 0 (MEDIAN: one batched secret
+comparison, CrypTen's binary adder circuit), and (MIN/MAX) compare their two local extrema and the "any value"
+flag in one batched comparison, then one batched product. Through the daemons we time the MPC session as the coordinator
 relays it (`mpc_job._Session.run`: from the dealer's stream opening to the last owner's sealed output, including
 each owner's local histogram, its budget debit and its attestation) and the whole job as the buyer sees it
 (admission, TLS, receipt, verification). Raw CrypTen runs the same operations in two processes with its own
@@ -33,19 +34,24 @@ def _raw_ops(crypten, rank: int, repeat: int) -> dict[str, float]:
     hist = torch.randint(0, 50, (1, BINS), generator=g).double()
     ext = torch.rand(1, 3, generator=g).double() * 1000
     times: dict[str, list[float]] = {"median": [], "min-max": []}
-    for _ in range(repeat):
+    for _ in range(repeat):  # the same operations as query.mpc_stats's compute, batched the same way
         t0 = time.perf_counter()
         parts = [crypten.cryptensor(hist if r == rank else torch.zeros(1, BINS), src=r) for r in range(2)]
         cum = (parts[0] + parts[1]).cumsum(1)
         diff = cum[0] * 10000 - cum[0][BINS - 1] * 5000 + 5000
-        (BINS - (diff > 0).sum()).get_plain_text()
+        bits = crypten.cat([diff, (cum[0][BINS - 1] - 0.5).view(1)]) > 0
+        (BINS - bits[:BINS].sum()).get_plain_text()
+        bits[BINS:].get_plain_text()
         times["median"].append(time.perf_counter() - t0)
         t0 = time.perf_counter()
         parts = [crypten.cryptensor(ext if r == rank else torch.zeros(1, 3), src=r) for r in range(2)]
         lo, hi = parts[0][:, 0], parts[0][:, 1]
-        lt, gt = parts[1][:, 0] < lo, parts[1][:, 1] > hi
-        (lo + lt * (parts[1][:, 0] - lo)).get_plain_text()
-        (hi + gt * (parts[1][:, 1] - hi)).get_plain_text()
+        flags = parts[0][:, 2] + parts[1][:, 2]
+        bits = crypten.cat([flags - 0.5, lo - parts[1][:, 0], parts[1][:, 1] - hi]) > 0
+        moved = bits[1:] * crypten.cat([parts[1][:, 0] - lo, parts[1][:, 1] - hi])
+        (lo + moved[:1]).get_plain_text()
+        (hi + moved[1:]).get_plain_text()
+        bits[:1].get_plain_text()
         times["min-max"].append(time.perf_counter() - t0)
     return {k: statistics.median(v) for k, v in times.items()}
 

@@ -177,39 +177,59 @@ def _times(x, k: int):
 
 
 def _compute(ctx: ProgramContext, inputs: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
+    """Every secret comparison of one round in one batched `> 0` (a comparison costs a dozen rounds over the relay,
+    whatever its size): the first tournament step of the extrema with the "any value" tests and every quantile's
+    bin tests; later steps (three or more owners) one comparison each."""
     crypten = crypten_shim.load()
     sp = _plan_of(ctx)
     n, k, h = ctx.world_size, len(sp.extrema), len(sp.histograms)
     mine = inputs or {}
     out: dict[str, torch.Tensor] = {}
+    ops: list = []  # operands compared with 0 in the first round, in this order
     if k:
-        parts = [share_input(ctx, mine.get("ext") if r == ctx.rank else None, r, (k, 3)) for r in range(n)]
-        lo, hi, flags = parts[0][:, 0], parts[0][:, 1], parts[0][:, 2]
-        for p in parts[1:]:
-            lt = p[:, 0] < lo
-            lo = lo + lt * (p[:, 0] - lo)
-            gt = p[:, 1] > hi
-            hi = hi + gt * (p[:, 1] - hi)
+        ext = [share_input(ctx, mine.get("ext") if r == ctx.rank else None, r, (k, 3)) for r in range(n)]
+        flags = ext[0][:, 2]
+        for p in ext[1:]:
             flags = flags + p[:, 2]
-        out.update(min=share_of(lo), max=share_of(hi), present=share_of(flags > 0.5))
+        lo, hi = ext[0][:, 0], ext[0][:, 1]
+        ops.append(flags - 0.5)
+        if n > 1:
+            ops += [lo - ext[1][:, 0], ext[1][:, 1] - hi]
+    nq = len(sp.quantiles)
     if h:
-        parts = [share_input(ctx, mine.get("hist") if r == ctx.rank else None, r, (h, BINS)) for r in range(n)]
-        total = parts[0]
-        for p in parts[1:]:
+        hist = [share_input(ctx, mine.get("hist") if r == ctx.rank else None, r, (h, BINS)) for r in range(n)]
+        total = hist[0]
+        for p in hist[1:]:
             total = total + p
         cum = total.cumsum(1)
-        idx, anyv = [], []
         for column, q in sp.quantiles:
             j = sp.histograms.index(column)
             num = int(Decimal(q) * _Q_SCALE)
             # bin i is at or below the quantile's position while cum_i <= q·(N-1): integers, so compare
             # 10^4·cum_i > num·(N-1) exactly on the shares
-            diff = _times(cum[j], _Q_SCALE) - _times(cum[j][BINS - 1], num) + num
-            above = diff > 0
-            idx.append(BINS - above.sum())
-            anyv.append(cum[j][BINS - 1] > 0.5)
-        out.update(qidx=share_of(crypten.stack(idx)), qany=share_of(crypten.stack(anyv)))
+            ops.append(_times(cum[j], _Q_SCALE) - _times(cum[j][BINS - 1], num) + num)
+        ops.append(crypten.stack([cum[sp.histograms.index(c)][BINS - 1] for c, _ in sp.quantiles]) - 0.5)
+    bits = crypten.cat([o.flatten() for o in ops]) > 0
+    at = 0
+    if k:
+        present, at = bits[at:at + k], at + k
+        if n > 1:
+            step, at = bits[at:at + 2 * k], at + 2 * k
+            lo, hi = _take(crypten, step, lo, hi, ext[1])
+        for p in ext[2:]:
+            lo, hi = _take(crypten, crypten.cat([lo - p[:, 0], p[:, 1] - hi]) > 0, lo, hi, p)
+        out.update(min=share_of(lo), max=share_of(hi), present=share_of(present))
+    if h:
+        above = bits[at:at + nq * BINS].view(nq, BINS)
+        out.update(qidx=share_of(BINS - above.sum(1)), qany=share_of(bits[at + nq * BINS:]))
     return out
+
+
+def _take(crypten, step, lo, hi, p):
+    """One tournament step: `step` = [lo > p.lo, p.hi > hi] (bits); the new (lo, hi) in one batched product."""
+    k = lo.size(0)
+    moved = step * crypten.cat([p[:, 0] - lo, p[:, 1] - hi])
+    return lo + moved[:k], hi + moved[k:]
 
 
 def _finish(ctx: ProgramContext, outputs: dict[str, torch.Tensor]) -> dict[str, Any]:

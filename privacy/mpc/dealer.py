@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections import deque
 
 import torch
 
@@ -42,7 +43,9 @@ __all__ = ["LinkTupleProvider", "serve_dealer", "DealerError", "MAX_REQUEST_ELEM
 crypten = crypten_shim.load()
 from crypten.common.rng import generate_kbit_random_tensor, generate_random_ring_element  # noqa: E402
 from crypten.common.util import count_wraps  # noqa: E402
+from crypten.encoder import FixedPointEncoder  # noqa: E402
 from crypten.mpc.primitives import ArithmeticSharedTensor, BinarySharedTensor  # noqa: E402
+from crypten.mpc.primitives.arithmetic import SENTINEL  # noqa: E402
 from crypten.mpc.provider.provider import TupleProvider  # noqa: E402
 
 #: most ring elements one request may ask the dealer for (sizes are public; this caps a hostile party 0)
@@ -67,6 +70,69 @@ def _generator(seed: bytes) -> torch.Generator:
     return g
 
 
+class _Replies:
+    """Party 0's outstanding requests to the dealer, answered in request order. A reply is read only when its
+    tuple's share is first used, so a request's round trip through the relay overlaps the parties' own opening
+    round (CrypTen uses c, the wraps and the B2A bit only after the values they mask are opened)."""
+
+    def __init__(self, link, dealer: int):
+        self.link, self.dealer = link, dealer
+        self.pending: deque = deque()  # (slot, expected size), in request order
+
+    def ask(self, fn: str, size, **args) -> dict:
+        self.link.send(self.dealer, json.dumps({"fn": fn, **args}, separators=(",", ":")).encode())
+        slot: dict = {}
+        self.pending.append((slot, torch.Size(size)))
+        return slot
+
+    def wait(self, slot: dict) -> torch.Tensor:
+        while "t" not in slot:
+            first, size = self.pending.popleft()
+            out = wire.decode_tensor(self.link.recv(self.dealer))
+            if out.dtype != torch.int64 or out.size() != size:
+                raise DealerError("the dealer answered with a tensor of the wrong type or shape")
+            first["t"] = out
+        return slot["t"]
+
+    def drain(self) -> None:
+        if self.pending:
+            self.wait(self.pending[-1][0])
+
+
+def _deferred(base):
+    """`base` (CrypTen's Arithmetic/BinarySharedTensor) whose share is the dealer's reply, read on first use."""
+
+    class Deferred(base):
+        _slot: dict | None = None
+        _replies: _Replies | None = None
+        _device = None
+
+        @property
+        def _tensor(self):
+            if self._slot is not None:
+                t = self._replies.wait(self._slot)
+                self._slot = None
+                t = t.to(self._device) if self._device is not None else t
+                if t.is_cuda:
+                    from crypten.cuda import CUDALongTensor
+
+                    t = CUDALongTensor(t)
+                self.__dict__["_value"] = t
+            return self.__dict__["_value"]
+
+        @_tensor.setter
+        def _tensor(self, value):
+            self._slot = None
+            self.__dict__["_value"] = value
+
+    Deferred.__name__ = Deferred.__qualname__ = f"Deferred{base.__name__}"
+    return Deferred
+
+
+_DeferredArithmetic = _deferred(ArithmeticSharedTensor)
+_DeferredBinary = _deferred(BinarySharedTensor)
+
+
 class LinkTupleProvider(TupleProvider):
     """One compute party's tuples: its shares from the seed the dealer sent it; party 0 also asks the dealer."""
 
@@ -79,13 +145,20 @@ class LinkTupleProvider(TupleProvider):
         if len(seed) != 8:
             raise DealerError("the dealer's seed frame is malformed")
         self.generator = _generator(seed)
+        self.replies = _Replies(link, dealer_rank)
 
-    def _request(self, fn: str, device, **args) -> torch.Tensor:
-        self.link.send(self.dealer, json.dumps({"fn": fn, **args}, separators=(",", ":")).encode())
-        out = wire.decode_tensor(self.link.recv(self.dealer))
-        if out.dtype != torch.int64:
-            raise DealerError("the dealer answered with a tensor that is not ring elements")
-        return out
+    def _dealt(self, binary: bool, fn: str, size, device, **args):
+        """Party 0's share of a tuple element: asked of the dealer now, read from it when first used."""
+        cls = _DeferredBinary if binary else _DeferredArithmetic
+        t = cls(src=SENTINEL)
+        t.encoder = FixedPointEncoder(precision_bits=None if binary else 0)
+        t._replies, t._slot, t._device = self.replies, self.replies.ask(fn, size, **args), device
+        return t
+
+    def _mine(self, binary: bool, t: torch.Tensor, device):
+        if binary:
+            return BinarySharedTensor.from_shares(t, device=device)
+        return ArithmeticSharedTensor.from_shares(t, precision=0, device=device)
 
     # shares are drawn on the CPU (the dealer draws the same there) and moved to the party's device
     def _ring(self, size, device=None):
@@ -95,8 +168,9 @@ class LinkTupleProvider(TupleProvider):
         return generate_kbit_random_tensor(size, bitlength=bitlength, generator=self.generator)
 
     def finish(self) -> None:
-        """Party 0 tells the dealer the session is over."""
+        """Party 0 reads any reply not used yet and tells the dealer the session is over."""
         if self.rank_ == 0:
+            self.replies.drain()
             self.link.send(self.dealer, b'{"fn":"done"}')
 
     def generate_additive_triple(self, size0, size1, op, device=None, *args, **kwargs):
@@ -105,45 +179,38 @@ class LinkTupleProvider(TupleProvider):
         a, b = self._ring(size0, device), self._ring(size1, device)
         size2 = getattr(torch, op)(a, b, **kwargs).size()  # as CrypTen's TTP: shapes by computing on the shares
         if self.rank_ == 0:
-            c = self._request("additive", device, sizes=[list(size0), list(size1)], op=op, kwargs=kwargs)
+            c = self._dealt(False, "additive", size2, device, sizes=[list(size0), list(size1)], op=op,
+                            kwargs=kwargs)
         else:
-            c = self._ring(size2, device)
-        self._check(c, size2)
-        return tuple(ArithmeticSharedTensor.from_shares(t, precision=0, device=device) for t in (a, b, c))
+            c = self._mine(False, self._ring(size2), device)
+        return self._mine(False, a, device), self._mine(False, b, device), c
 
     def square(self, size, device=None):
-        r = self._ring(size, device)
-        r2 = self._request("square", device, sizes=[list(size)]) if self.rank_ == 0 else self._ring(size, device)
-        self._check(r2, size)
-        return (ArithmeticSharedTensor.from_shares(r, precision=0, device=device),
-                ArithmeticSharedTensor.from_shares(r2, precision=0, device=device))
+        r = self._mine(False, self._ring(size), device)
+        if self.rank_ == 0:
+            return r, self._dealt(False, "square", size, device, sizes=[list(size)])
+        return r, self._mine(False, self._ring(size), device)
 
     def generate_binary_triple(self, size0, size1, device=None):
-        a, b = self._bits(size0, device), self._bits(size1, device)
+        a, b = self._bits(size0), self._bits(size1)
         size2 = torch.broadcast_tensors(a, b)[0].size()
-        c = self._request("binary", device, sizes=[list(size0), list(size1)]) if self.rank_ == 0 \
-            else self._bits(size2, device)
-        self._check(c, size2)
-        return tuple(BinarySharedTensor.from_shares(t, device=device) for t in (a, b, c))
+        if self.rank_ == 0:
+            c = self._dealt(True, "binary", size2, device, sizes=[list(size0), list(size1)])
+        else:
+            c = self._mine(True, self._bits(size2), device)
+        return self._mine(True, a, device), self._mine(True, b, device), c
 
     def wrap_rng(self, size, device=None):
-        r = self._ring(size, device)
-        theta = self._request("wraps", device, sizes=[list(size)]) if self.rank_ == 0 else self._ring(size, device)
-        self._check(theta, size)
-        return (ArithmeticSharedTensor.from_shares(r, precision=0, device=device),
-                ArithmeticSharedTensor.from_shares(theta, precision=0, device=device))
+        r = self._mine(False, self._ring(size), device)
+        if self.rank_ == 0:
+            return r, self._dealt(False, "wraps", size, device, sizes=[list(size)])
+        return r, self._mine(False, self._ring(size), device)
 
     def B2A_rng(self, size, device=None):
-        rB = self._bits(size, device, bitlength=1)
-        rA = self._request("B2A", device, sizes=[list(size)]) if self.rank_ == 0 else self._ring(size, device)
-        self._check(rA, size)
-        return (ArithmeticSharedTensor.from_shares(rA, precision=0, device=device),
-                BinarySharedTensor.from_shares(rB, device=device))
-
-    @staticmethod
-    def _check(t: torch.Tensor, size) -> None:
-        if t.size() != torch.Size(size):
-            raise DealerError("the dealer answered with a tensor of the wrong shape")
+        rB = self._mine(True, self._bits(size, bitlength=1), device)
+        if self.rank_ == 0:
+            return self._dealt(False, "B2A", size, device, sizes=[list(size)]), rB
+        return self._mine(False, self._ring(size), device), rB
 
 
 # -- the dealer's side -----------------------------------------------------------------------------------------
