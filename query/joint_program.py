@@ -107,10 +107,11 @@ def local_tensors(plan: JointPlan, product: str, dataset: Any, rows: list[int]) 
 
 
 def compute_shares(plan: JointPlan, schemas: Sequence[tuple[str, Schema]], rank: int, n: int, min_group_size: int,
-                   inputs: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
+                   inputs: dict[str, torch.Tensor] | None, *, crypten: Any = None) -> dict[str, torch.Tensor]:
     """Inside `crypten_shim.party(rank, 2, …)` on both owners: this party's share of the output (int64 ring
-    elements). The other party's inputs are only shapes here."""
-    crypten = crypten_shim.load()
+    elements). The other party's inputs are only shapes here. (`crypten`: the module to compute with; the
+    benchmark passes raw CrypTen over torch.distributed to time the same program as a baseline.)"""
+    crypten = crypten or crypten_shim.load()
     comm = crypten.communicator.get()
     sizes = comm.all_gather(torch.tensor([n], dtype=torch.int64))
     if any(int(s.item()) != n for s in sizes):
