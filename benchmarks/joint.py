@@ -63,7 +63,7 @@ def _prepare(root: Path, n: int):
         rid, keys = d.join_keys("phone_key")
         ids[p] = dict(zip(keys, rid))
     common = sorted(set(ids["bank"]) & set(ids["telco"]))  # the PSI's outcome, in plaintext (not timed)
-    inputs = [jp.local_tensors(plan, p, ds[p], [ids[p][k] for k in common]) for p in plan.products]
+    inputs = [jp.local_tensors(plan, p, ds[p], [ids[p][k] for k in common], RULES.max_keys) for p in plan.products]
     ref = duckdb.connect()
     for name, path in (("bank", bank), ("telco", telco)):
         ref.execute(f"CREATE TABLE {name} AS SELECT * FROM read_csv('{path}')")
@@ -131,9 +131,9 @@ def _run(target, args_for):
 
 
 def _check(plan, schemas, total, expected, what):
-    got = {r[0]: r[1:] for r in jp.finish(plan, schemas, total).rows}
+    got = {r[0]: r[1:] for r in jp.finish(plan, schemas, total, RULES.max_keys).rows}
     for seg, row in expected.items():
-        if got[seg][0] != row[0] or abs(got[seg][1] - row[1]) > 1e-6 * abs(row[1]) or got[seg][2] != row[2]:
+        if got[seg][0] != row[0] or abs(got[seg][1] - row[1]) > 1e-4 or got[seg][2] != row[2]:
             raise SystemExit(f"{what} gave a wrong answer for group {seg}")
 
 

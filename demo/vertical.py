@@ -51,7 +51,7 @@ max = 240
 VERTICAL_RULES = """
 [vertical]
 key = "phone_key"
-kinds = ["psi", "vertical-lr"]
+kinds = ["psi", "joint", "vertical-lr"]
 min_intersection = {min_intersection}
 max_keys = {max_keys}
 max_jobs = {max_jobs}
@@ -61,6 +61,11 @@ telco = ["arpu", "tenure_months"]
 [vertical.lr]
 max_epochs = 20
 max_features = 8
+[vertical.joint]
+aggregates = ["COUNT", "SUM", "AVG"]
+group_by = ["bank.segment"]
+filters = ["bank.segment", "telco.tenure_months"]
+min_group_size = 10
 """
 #: the salt the two owners agreed on for hashing phone numbers (never given to the exchange or the buyer)
 SALT = b"demo-shared-salt"

@@ -8,8 +8,11 @@ at one owner and row i at the other are one person, the PSI's common order):
   keep flag (the row passes this owner's part of WHERE and the public-domain
   filter every query applies);
 * `values`: N × 2K_r, per value column the non-null flag and the quantized
-  value `round((clip(v) - min) * scale)` (0 where NULL), the horizontal
-  query's public fixed-point encoding (`query.layout.scale_of`).
+  value `round((clip(v) - min) * scale)` (0 where NULL), as horizontal
+  queries quantize, at a public scale (`value_scale`): 1 for int columns, and
+  for float columns the largest power of ten up to 10^6 at which the sum over
+  `max_keys` rows (the contract's cap on either owner's set, so on the joined
+  rows) stays below 2^52, so every output survives a float64 decode exactly.
 
 Inside CrypTen, with integer encoding (`precision=0`: every product is exact
 in the ring Z/2^64, no fixed-point truncation), both owners secret-share
@@ -24,8 +27,10 @@ withheld, never its size. The output (withheld flags, masked counts and
 sums) is returned as each party's *share*; only the buyer adds the shares.
 
 Sizes are public: N (the attested intersection size), the domains, the
-columns. `check_capacity` refuses a query whose sums could wrap the 64-bit
-ring at this N.
+columns. `check_capacity` refuses a query whose sums could not be exact.
+The outputs are integers (counts, flags, sums of quantized values) shared at
+scale 1; the MPC runtime reads every output as fixed point at
+`program.SCALE`, so `finish` multiplies back by it (exact below 2^52).
 """
 from __future__ import annotations
 
@@ -39,14 +44,14 @@ import torch
 from fedtrust.errors import InvalidInput, PolicyViolation
 from fedtrust.privacy import crypten_shim
 from fedtrust.query.joint_sql import JointPlan
-from fedtrust.query.layout import scale_of
+from fedtrust.query.layout import FLOAT_SCALE
 from fedtrust.trust.schema import Schema
 
 __all__ = ["JointResult", "check_capacity", "compute_shares", "finish", "local_tensors", "output_shape",
            "party_shapes"]
 
-#: sums stay below 2^62 (the ring is Z/2^64, values are read as signed)
-RING_BITS = 62
+#: every output stays below 2^52: exact in the ring Z/2^64 and through a float64 decode
+OUTPUT_BITS = 52
 #: most int64 elements of one party's indicator matrix (N × groups)
 MAX_INDICATOR_ELEMENTS = 1 << 27
 
@@ -67,28 +72,40 @@ def output_shape(plan: JointPlan, schemas: Sequence[tuple[str, Schema]]) -> tupl
     return shapes[0]["groups"][1] * shapes[1]["groups"][1], 2 + 3 * len(plan.columns)
 
 
-def check_capacity(plan: JointPlan, schemas: Sequence[tuple[str, Schema]], n: int) -> None:
-    """Refuse (PolicyViolation) a query whose counts or sums could wrap the ring, or too large to share, at n rows."""
+def value_scale(column: Any, max_rows: int) -> int:
+    """The public fixed-point scale of a value column in joint statistics (see the module docstring);
+    PolicyViolation when even scale 1 could overflow at `max_rows` rows."""
+    assert column.min is not None and column.max is not None
+    scale = FLOAT_SCALE if column.type == "float" else 1
+    while True:
+        if (max_rows * (int(np.ceil((column.max - column.min) * scale)) + 1)).bit_length() <= OUTPUT_BITS:
+            return scale
+        if scale == 1:
+            raise PolicyViolation(f"the sum of `{column.name}` over up to {max_rows} joined rows (the contract's "
+                                  "max_keys) could not be exact in MPC; narrow the column's bounds or max_keys")
+        scale //= 10
+
+
+def check_capacity(plan: JointPlan, schemas: Sequence[tuple[str, Schema]], max_rows: int, n: int) -> None:
+    """Refuse (PolicyViolation) a query whose sums could not be exact at up to `max_rows` rows (the contract's
+    max_keys), or too large to share at the n aligned rows."""
     s = _schemas(schemas)
     for p, c in plan.columns:
-        col = s[p].column(c)
-        assert col.min is not None and col.max is not None
-        top = n * int(np.ceil((col.max - col.min) * scale_of(col)) + 1)
-        if top.bit_length() > RING_BITS:
-            raise PolicyViolation(f"the sum of `{p}.{c}` over {n} joined rows could exceed the 64-bit MPC ring at "
-                                  "its public scale; narrow the column's bounds in the product or align fewer rows")
+        value_scale(s[p].column(c), max_rows)
+    if n > max_rows:
+        raise PolicyViolation(f"{n} aligned rows exceed the contract's max_keys ({max_rows})")
     groups = output_shape(plan, schemas)[0]
     if n * groups > MAX_INDICATOR_ELEMENTS:
         raise PolicyViolation(f"{n} joined rows × {groups} groups is over the limit of {MAX_INDICATOR_ELEMENTS} "
                               "indicator cells; group by fewer or smaller columns")
 
 
-def local_tensors(plan: JointPlan, product: str, dataset: Any, rows: list[int]) -> dict[str, torch.Tensor]:
+def local_tensors(plan: JointPlan, product: str, dataset: Any, rows: list[int], max_rows: int) -> dict[str, torch.Tensor]:
     """This owner's secret inputs (never leave the node in clear): `dataset` is its `query.dataset.Dataset`,
-    `rows` its aligned row ids in the common order."""
+    `rows` its aligned row ids in the common order, `max_rows` the contract's max_keys."""
     schema: Schema = dataset.schema
     groups = plan.groups_of(product)
-    values = tuple((c, scale_of(schema.column(c))) for c in plan.columns_of(product))
+    values = tuple((c, value_scale(schema.column(c), max_rows)) for c in plan.columns_of(product))
     cols = dataset.aligned_columns(rows, groups, values, plan.where_of(product))
     n = len(rows)
     sizes = [len(schema.column(g).values) for g in groups]
@@ -163,7 +180,7 @@ class JointResult:
                 "withheld_groups": self.withheld_groups, "withheld_columns": self.withheld_columns}
 
 
-def finish(plan: JointPlan, schemas: Sequence[tuple[str, Schema]], total: torch.Tensor) -> JointResult:
+def finish(plan: JointPlan, schemas: Sequence[tuple[str, Schema]], total: torch.Tensor, max_rows: int) -> JointResult:
     """The buyer's table from the sum of both parties' output shares (int64, wrapping)."""
     s = _schemas(schemas)
     groups, width = output_shape(plan, schemas)
@@ -209,7 +226,7 @@ def finish(plan: JointPlan, schemas: Sequence[tuple[str, Schema]], total: torch.
             if o.func == "COUNT":
                 out.append(present)
             else:
-                scale = scale_of(col)
+                scale = value_scale(col, max_rows)
                 total_value = (qsum / scale if scale != 1 else qsum) + present * (col.min if col.type == "float"
                                                                                   else int(col.min))
                 if o.func == "SUM":

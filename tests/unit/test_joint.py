@@ -12,20 +12,26 @@ import pytest
 import torch
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from fedtrust.demo.vertical import BANK_SCHEMA, TELCO_SCHEMA, write_customers
-from fedtrust.errors import ConfigError, InvalidInput, PolicyViolation
+from fedtrust.demo.federation import issue_signed_contract
+from fedtrust.demo.vertical import BANK_SCHEMA, TELCO_SCHEMA, VERTICAL_RULES, build_vertical_federation, write_customers
+from fedtrust.errors import ConfigError, InvalidInput, PolicyViolation, VerificationError
 from fedtrust.privacy import crypten_shim
 from fedtrust.privacy.mpc.communicator import QueueLinks
 from fedtrust.privacy.mpc.sealed_link import SealedLink
 from fedtrust.query import joint_program as jp
 from fedtrust.query.dataset import Dataset
+from fedtrust.query.joint_checks import check_joint_job, plan_joint_job
 from fedtrust.query.joint_sql import plan_joint
+from fedtrust.trust.contracts import verify_contract
+from fedtrust.trust.credentials import load_identity
+from fedtrust.trust.dsse import Envelope
 from fedtrust.trust.jobs import JobSpec
 from fedtrust.trust.rules import load_rules_toml
 from fedtrust.trust.schema import load_schema_toml
 from fedtrust.trust.vertical import JointJob, VerticalRules
 
 NAMES = ["bank-node", "telco-node"]
+MAX_ROWS = 10_000  # the rules' max_keys
 JOINT = dict(aggregates=["COUNT", "SUM", "AVG"], group_by=["bank.segment"],
              filters=["bank.segment", "telco.tenure_months"], min_group_size=5)
 
@@ -92,7 +98,7 @@ def _run(plan, schemas, ds, rows, m, log=None) -> list[torch.Tensor]:
     def party(rank):
         try:
             product = plan.products[rank]
-            inputs = jp.local_tensors(plan, product, ds[product], rows[product])
+            inputs = jp.local_tensors(plan, product, ds[product], rows[product], MAX_ROWS)
             with crypten_shim.party(rank, 2, links[rank]):
                 shares[rank] = jp.compute_shares(plan, schemas, rank, n, m, inputs)["joint"]
         except BaseException as e:  # noqa: BLE001 - reported below
@@ -108,9 +114,9 @@ def _run(plan, schemas, ds, rows, m, log=None) -> list[torch.Tensor]:
 
 def _answer(world, sql, m=5, **joint):
     plan = plan_joint(sql, _rules(min_group_size=m, **joint), world["schemas"])
-    jp.check_capacity(plan, world["schemas"], len(world["rows"]["bank"]))
+    jp.check_capacity(plan, world["schemas"], MAX_ROWS, len(world["rows"]["bank"]))
     shares = _run(plan, world["schemas"], world["ds"], world["rows"], m)
-    return plan, jp.finish(plan, world["schemas"], shares[0] + shares[1]), shares
+    return plan, jp.finish(plan, world["schemas"], shares[0] + shares[1], MAX_ROWS), shares
 
 
 def _close(a, b):
@@ -173,7 +179,7 @@ def test_a_column_with_few_non_null_values_in_a_group_is_withheld_alone(tmp_path
            "USING (phone_key) GROUP BY bank.segment")
     plan = plan_joint(sql, _rules(min_group_size=5), schemas)
     shares = _run(plan, schemas, ds, rows, 5)
-    result = jp.finish(plan, schemas, shares[0] + shares[1])
+    result = jp.finish(plan, schemas, shares[0] + shares[1], MAX_ROWS)
     assert result.rows[0] == ("retail", 12, None, 66) and result.withheld_columns == 1
     assert result.rows[1][1:] == (None, None, None)  # sme: no joined rows at all
 
@@ -190,7 +196,7 @@ def test_a_colluding_coordinator_and_buyer_learn_only_the_output(world):
     log: list[bytes] = []
     first = _run(plan, world["schemas"], world["ds"], world["rows"], m, log=log)
     # the relay's view: sealed frames only, no tensor header, none of the telco owner's quantized values
-    values = jp.local_tensors(plan, "telco", world["ds"]["telco"], world["rows"]["telco"])["values"]
+    values = jp.local_tensors(plan, "telco", world["ds"]["telco"], world["rows"]["telco"], MAX_ROWS)["values"]
     needles = {int(v).to_bytes(8, "little", signed=True) for v in values[:, 1].tolist() if v > 2 ** 20}
     assert log and not any(b'"dtype"' in f or any(x in f for x in needles) for f in log)
     # the buyer's view: two shares that look random and differ from run to run, adding up to the output
@@ -218,7 +224,7 @@ def test_owners_with_different_alignments_refuse(world):
         try:
             with crypten_shim.party(rank, 2, links[rank]):
                 jp.compute_shares(plan, world["schemas"], rank, len(rows[p]), 5,
-                                  jp.local_tensors(plan, p, world["ds"][p], rows[p]))
+                                  jp.local_tensors(plan, p, world["ds"][p], rows[p], MAX_ROWS))
         except InvalidInput as e:
             errors.append(str(e))
 
@@ -280,9 +286,13 @@ def test_a_contract_without_joint_refuses_joint_queries(world):
 
 def test_sums_that_could_wrap_the_ring_are_refused(world):
     plan = plan_joint("SELECT SUM(bank.income) FROM bank JOIN telco USING (phone_key)", _rules(), world["schemas"])
-    jp.check_capacity(plan, world["schemas"], 10_000)
-    with pytest.raises(PolicyViolation, match="could exceed the 64-bit MPC ring"):
-        jp.check_capacity(plan, world["schemas"], 10 ** 8)
+    jp.check_capacity(plan, world["schemas"], 10 ** 8, 10_000)
+    income = dict(world["schemas"])["bank"].column("income")
+    assert jp.value_scale(income, 10_000) == 10 ** 6 and jp.value_scale(income, 10 ** 8) == 100  # coarser as max_keys grows
+    with pytest.raises(PolicyViolation, match="could not be exact in MPC"):
+        jp.check_capacity(plan, world["schemas"], 10 ** 11, 10_000)
+    with pytest.raises(PolicyViolation, match="exceed the contract's max_keys"):
+        jp.check_capacity(plan, world["schemas"], 1000, 10_000)
 
 
 @pytest.mark.parametrize("change, match", [
@@ -343,3 +353,29 @@ def test_a_joint_job_spec_names_its_sql_and_alignment():
             JobSpec.from_dict({**d, "vertical": bad})
     with pytest.raises(InvalidInput, match="names neither"):
         JobSpec.from_dict({**d, "kind": "psi"})
+
+
+def test_the_demo_contract_sells_joint_statistics_and_refuses_them_under_privacy(tmp_path):
+    fed = build_vertical_federation(tmp_path, bank_rows=60, telco_rows=60, shared=50, min_intersection=10)
+    key = load_identity(fed.buyer_dir).exchange_key
+    products = [tmp_path / "products" / "bank-node.json", tmp_path / "products" / "telco-node.json"]
+    (tmp_path / "dp.toml").write_text(VERTICAL_RULES.format(min_intersection=10, max_keys=1000, max_jobs=5)
+                                      + '[privacy]\nepsilon_total = "1"\ndelta = "1e-6"\nepsilon_per_query = "0.5"\n')
+    issue_signed_contract(tmp_path, "bank-analyst", "coord", products, tmp_path / "dp.toml", tmp_path / "dp.json",
+                          purpose="joint statistics")
+    sql = "SELECT bank.segment, AVG(telco.arpu) FROM bank JOIN telco USING (phone_key) GROUP BY bank.segment"
+    for path, refusal in ((fed.contract_path, None), (tmp_path / "dp.json", "has \\[privacy\\]: joint statistics")):
+        env = Envelope.from_json(path.read_bytes())
+        contract = verify_contract(env, key)
+        job = JobSpec.new_joint(contract, env.digest, "phone_key", sql, "psi-1")
+        if refusal is None:
+            assert plan_joint_job(contract, job).group_by == (("bank", "segment"),)
+            check_joint_job(contract, job)
+            bad = JobSpec.new_joint(contract, env.digest, "phone_key", sql.replace("AVG", "MAX"), "psi-1")
+            with pytest.raises(VerificationError, match="joint job breaks the contract's rules: function MAX"):
+                check_joint_job(contract, bad)
+            continue
+        with pytest.raises(PolicyViolation, match=refusal):
+            plan_joint_job(contract, job)
+        with pytest.raises(VerificationError, match=refusal):
+            check_joint_job(contract, job)
