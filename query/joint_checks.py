@@ -18,7 +18,7 @@ from fedtrust.trust.contracts import Contract
 from fedtrust.trust.jobs import JobSpec
 from fedtrust.trust.schema import Schema
 from fedtrust.trust.verify import KindCheck
-from fedtrust.trust.vertical import check_vertical_job
+from fedtrust.trust.vertical import JointJob, check_vertical_job
 
 __all__ = ["JOINT", "check_joint_job", "joint_schemas", "plan_joint_job"]
 
@@ -34,12 +34,11 @@ def joint_schemas(contract: Contract, participants: Sequence[str]) -> list[tuple
 
 def plan_joint_job(contract: Contract, job: JobSpec) -> JointPlan:
     """Every rule a joint job must meet before anything runs; PolicyViolation / InvalidInput naming the rule."""
-    if job.kind != "joint" or job.vertical is None or not job.vertical.sql:
-        raise PolicyViolation(f"job kind {job.kind!r} is not a joint statistics job")
-    check_vertical_job(contract.rules.vertical, job.kind, job.vertical)
+    payload = job.payload_as(JointJob, "the joint statistics check")
+    check_vertical_job(contract.rules.vertical, job.kind, payload)
     if contract.rules.privacy is not None:
         raise PolicyViolation(PRIVACY_REFUSAL)
-    return plan_joint(job.vertical.sql, contract.rules.vertical, joint_schemas(contract, job.participants))
+    return plan_joint(payload.sql, contract.rules.vertical, joint_schemas(contract, job.participants))
 
 
 def check_joint_job(contract: Contract, job: JobSpec) -> None:

@@ -367,11 +367,11 @@ def test_the_demo_contract_sells_joint_statistics_and_refuses_them_under_privacy
     for path, refusal in ((fed.contract_path, None), (tmp_path / "dp.json", "has \\[privacy\\]: joint statistics")):
         env = Envelope.from_json(path.read_bytes())
         contract = verify_contract(env, key)
-        job = JobSpec.new_joint(contract, env.digest, "phone_key", sql, "psi-1")
+        job = JobSpec.create(contract, env.digest, JointJob("phone_key", sql, "psi-1"))
         if refusal is None:
             assert plan_joint_job(contract, job).group_by == (("bank", "segment"),)
             check_joint_job(contract, job)
-            bad = JobSpec.new_joint(contract, env.digest, "phone_key", sql.replace("AVG", "MAX"), "psi-1")
+            bad = JobSpec.create(contract, env.digest, JointJob("phone_key", sql.replace("AVG", "MAX"), "psi-1"))
             with pytest.raises(VerificationError, match="joint job breaks the contract's rules: function MAX"):
                 check_joint_job(contract, bad)
             continue
