@@ -34,6 +34,7 @@ from fedtrust.privacy.mpc.program import (
     program,
 )
 from fedtrust.privacy.sealed import open_sealed
+from fedtrust.query.joint_checks import JOINT
 from fedtrust.query.mpc_stats import KIND as STATS_KIND
 from fedtrust.query.mpc_stats import MPC_STATS, MpcStatsJob, resolution, stats_plan
 from fedtrust.trust.canonical import sha256_hex, utc_now
@@ -43,11 +44,12 @@ from fedtrust.trust.dsse import Envelope
 from fedtrust.trust.jobs import JobSpec, sign_job
 from fedtrust.trust.receipts import Acknowledgement, ReceiptBundle, result_digest, sign_acknowledgement
 from fedtrust.trust.verify import VerifiedReceipt, verify_bundle
+from fedtrust.trust.vertical import JointJob
 
 __all__ = ["MpcOutcome", "is_mpc_sql", "submit_mpc_stats", "fetch_mpc_again", "finish", "open_outputs", "KIND_CHECKS"]
 
 #: the MPC kinds this client settles, with their rules checks
-KIND_CHECKS = {STATS_KIND: MPC_STATS}
+KIND_CHECKS = {STATS_KIND: MPC_STATS, JointJob.kind: JOINT}
 
 
 @dataclass(frozen=True)
@@ -153,6 +155,8 @@ def finish(identity: Identity, files: JobFiles, contract: Contract, outcome: Job
         raise VerificationError(f"the owners' output shares do not combine ({e}); refusing the result") from None
     result = {**table, "job_id": verified.job.job_id, "kind": verified.job.kind, "sql": verified.job.payload.describe(),
               "epsilon": verified.epsilon_spent, "salt": secrets.token_hex(16)}
+    if isinstance(verified.job.payload, JointJob):
+        result.update(sql=verified.job.payload.sql, alignment=verified.job.payload.alignment)
     if verified.job.kind == STATS_KIND:
         result["resolution"] = resolution(stats_plan(verified.job.payload_as(MpcStatsJob, "the buyer").sql, contract))
     digest = result["result_digest"] = result_digest(result)

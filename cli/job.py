@@ -149,7 +149,7 @@ def result(
             console.print(metrics_table(res.metrics, f"job {res.job_id}: aggregate metrics over all owners"))
             console.print(f"model sha256 {res.model_digest}" + (f", written to {out}" if out else ""))
         return
-    if open_job(credentials, job_id).read_meta().get("kind") == "mpc-stats":
+    if open_job(credentials, job_id).read_meta().get("kind") in ("mpc-stats", "joint"):
         from fedtrust.buyer.mpc import fetch_mpc_again
         from fedtrust.cli.query import show_mpc_result
 

@@ -72,14 +72,26 @@ def query(
     as_json: bool = typer.Option(False, "--json", help="print the result as JSON on stdout"),
     fmt: str = typer.Option("table", "--format", help="how to print the result: table, json or csv (header, rows)"),
     timeout: float = typer.Option(600.0, "--timeout", help="seconds to wait for the job"),
+    alignment: Optional[str] = typer.Option(None, "--alignment", help="joint statistics (a JOIN under a vertical "
+                                            "contract): the PSI job whose aligned rows to join (default: your newest)"),
 ) -> None:
     """Run a secure aggregate query: nodes release masked, encrypted aggregates; only you decrypt their sum.
-    MIN, MAX, MEDIAN and QUANTILE_CONT run in MPC between the owners; only you add the shares of the answer."""
+    MIN, MAX, MEDIAN and QUANTILE_CONT run in MPC between the owners; only you add the shares of the answer.
+    A JOIN of a vertical contract's two products (joint statistics) runs in MPC over a PSI job's aligned rows."""
+    from fedtrust.buyer.joint import is_joint_sql
     from fedtrust.buyer.mpc import is_mpc_sql
     from fedtrust.buyer.query import submit_query
 
     fmt = check_format(fmt, as_json)
     identity = load_identity(credentials)
+    if is_joint_sql(sql):
+        return _mpc_query(identity, credentials, contract, coordinator, sql, out, receipt, fmt, timeout,
+                          joint=True, alignment=alignment)
+    if alignment is not None:
+        from fedtrust.errors import InvalidInput
+
+        raise InvalidInput("--alignment names the PSI job of a joint statistics query (a JOIN of two products); "
+                           "this query joins nothing, so drop it")
     if is_mpc_sql(sql):
         return _mpc_query(identity, credentials, contract, coordinator, sql, out, receipt, fmt, timeout)
     with job_progress() as bar:
@@ -95,7 +107,9 @@ def query(
 
 
 def _mpc_query(identity, credentials: Path, contract: Path, coordinator: str, sql: str, out: Optional[Path],
-               receipt: Optional[Path], fmt: str, timeout: float) -> None:
+               receipt: Optional[Path], fmt: str, timeout: float, *, joint: bool = False,
+               alignment: Optional[str] = None) -> None:
+    from fedtrust.buyer.joint import submit_joint
     from fedtrust.buyer.mpc import submit_mpc_stats
 
     with job_progress() as bar:
@@ -104,7 +118,10 @@ def _mpc_query(identity, credentials: Path, contract: Path, coordinator: str, sq
         def progress(ev) -> None:
             bar.update(task, total=ev.total, completed=ev.done, stage=ev.stage)
 
-        res = submit_mpc_stats(identity, credentials, contract, coordinator, sql, progress, timeout)
+        if joint:
+            res = submit_joint(identity, credentials, contract, coordinator, sql, alignment, progress, timeout)
+        else:
+            res = submit_mpc_stats(identity, credentials, contract, coordinator, sql, progress, timeout)
         bar.update(task, stage="added")
     err_console.print(f"job {res.job_id} done")
     show_mpc_result(res, out, receipt, fmt)
@@ -128,6 +145,11 @@ def show_mpc_result(res, out: Optional[Path], receipt: Optional[Path], fmt: str)
         w.writerows(res.result["rows"])
         return
     console.print(result_table(res.result["columns"], res.result["rows"], title=f"job {res.job_id}"))
+    if res.result.get("alignment"):
+        console.print(f"joint statistics over the rows PSI job {res.result['alignment']} aligned; "
+                      f"{res.result.get('withheld_groups', 0)} joined group(s) and "
+                      f"{res.result.get('withheld_columns', 0)} column value(s) withheld (below the contract's "
+                      "min_group_size; their sizes are not revealed)", highlight=False)
     for column, width in res.result.get("resolution", {}).items():
         console.print(f"`{column}`: quantiles are reported at the midpoint of a histogram bin {width:g} wide (the "
                       "public bounds in 1024 bins)", highlight=False)

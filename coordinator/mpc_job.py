@@ -44,6 +44,7 @@ from fedtrust.trust.receipts import (
     sign_coordinator_statement,
     verify_attestation,
 )
+from fedtrust.trust.vertical import JointJob
 from fedtrust.v1 import mpc_pb2, mpc_pb2_grpc
 
 __all__ = ["MpcJobs", "MAX_FRAME_BYTES", "MAX_SESSION_BYTES", "IDLE_S"]
@@ -281,3 +282,9 @@ class MpcStatsJobs(MpcJobs):
     """MIN / MAX / MEDIAN / quantiles (`query.mpc_stats`)."""
 
     kind: ClassVar[str] = MpcStatsJob.kind
+
+
+class JointJobs(MpcJobs):
+    """Joint statistics over a PSI job's aligned rows (`query.joint_program`)."""
+
+    kind: ClassVar[str] = JointJob.kind

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from fedtrust.demo.federation import Federation, enroll, issue_signed_contract
+from fedtrust.demo.federation import DEALER_NAME, Federation, enroll, issue_signed_contract
 from fedtrust.exchange.issuer import init_exchange, list_product
 from fedtrust.query.dataset import file_digest
 from fedtrust.trust.schema import Schema
@@ -112,8 +112,9 @@ def write_customers(root: Path, bank_rows: int, telco_rows: int, shared: int, se
 
 def build_vertical_federation(root: Path, *, bank_rows: int = 300, telco_rows: int = 400, shared: int = 200,
                               min_intersection: int = 50, max_keys: int = 100_000, max_jobs: int = 20,
-                              seed: int = 11, extra_rules: str = "") -> Federation:
-    """Issue a vertical contract between `bank-node` (dataset bank) and `telco-node` (dataset telco)."""
+                              seed: int = 11, extra_rules: str = "", mpc: bool = False) -> Federation:
+    """Issue a vertical contract between `bank-node` (dataset bank) and `telco-node` (dataset telco); with `mpc`
+    the contract names an MPC dealer (`DEALER_NAME`), whom `Federation.start()` starts too (joint statistics)."""
     root = Path(root)
     ex = root / "exchange"
     init_exchange(ex)
@@ -138,14 +139,21 @@ def build_vertical_federation(root: Path, *, bank_rows: int = 300, telco_rows: i
                        f'state = "../state/{node}"\n\n[[datasets]]\nproduct = "../products/{node}.json"\n'
                        f'path = "../data/{path.name}"\n')
         configs[node] = cfg
+    dealer_cfg = None
+    if mpc:
+        enroll(ex, "dealer", DEALER_NAME, ["127.0.0.1:7050"], creds / DEALER_NAME)
+        dealer_cfg = root / "config" / f"{DEALER_NAME}.toml"
+        dealer_cfg.write_text(f'[dealer]\nname = "{DEALER_NAME}"\nlisten = "127.0.0.1:0"\n'
+                              f'credentials = "../credentials/{DEALER_NAME}"\n')
     contract = root / "contract.json"
     issue_signed_contract(root, "bank-analyst", "coord", products, root / "rules.toml", contract,
-                          purpose="joint credit-risk statistics of shared customers")
+                          purpose="joint credit-risk statistics of shared customers",
+                          **({"dealer": DEALER_NAME} if mpc else {}))
     coord_cfg = root / "config" / "coord.toml"
     coord_cfg.write_text('[coordinator]\nname = "coord"\nlisten = "127.0.0.1:0"\ncredentials = "../credentials/coord"\n'
                          'state = "../state/coord"\nnode_timeout_s = 120\n')
     return Federation(root, ex, creds / "bank-analyst", contract, {"bank-node": bank, "telco-node": telco}, configs,
-                      coord_cfg, "coord")
+                      coord_cfg, "coord", dealer_config=dealer_cfg)
 
 
 def plaintext_alignment(files: dict[str, Path], schemas: dict[str, Schema], key: str = "phone_key") -> dict[str, list[int]]:

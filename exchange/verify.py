@@ -23,6 +23,7 @@ from typing import Any
 from fedtrust.errors import ConfigError, InvalidInput, ReplayError, VerificationError
 from fedtrust.exchange.issuer import load_exchange
 from fedtrust.query.checks import QUERY
+from fedtrust.query.joint_checks import JOINT
 from fedtrust.query.mpc_stats import MPC_STATS, MpcStatsJob
 from fedtrust.query.payload import QueryPayload
 from fedtrust.training.checks import TRAINING
@@ -31,11 +32,11 @@ from fedtrust.trust.canonical import sha256_hex
 from fedtrust.trust.psi_checks import PSI
 from fedtrust.trust.receipts import GENESIS, ReceiptBundle, ledger_entry_digest, result_digest
 from fedtrust.trust.verify import KindCheck, VerifiedReceipt, check_model_attested, verify_bundle
-from fedtrust.trust.vertical import VerticalJob
+from fedtrust.trust.vertical import JointJob, VerticalJob
 
 #: the job kinds the exchange settles, each with its receipt checks (one line per kind)
 JOB_KINDS: dict[str, KindCheck] = {QueryPayload.kind: QUERY, TrainingSpec.kind: TRAINING, VerticalJob.kind: PSI,
-                                   MpcStatsJob.kind: MPC_STATS}
+                                   MpcStatsJob.kind: MPC_STATS, JointJob.kind: JOINT}
 
 
 @dataclass(frozen=True)

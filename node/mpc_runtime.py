@@ -49,6 +49,7 @@ from fedtrust.trust.canonical import sha256_hex, utc_now
 from fedtrust.trust.credentials import kx_public_key
 from fedtrust.trust.dsse import Envelope
 from fedtrust.trust.receipts import Attestation, sign_attestation
+from fedtrust.trust.vertical import JointJob
 
 __all__ = ["MpcRuntime", "NodeData", "party_names", "link_peers", "DEALER_STEP"]
 
@@ -196,3 +197,9 @@ class MpcStatsRuntime(MpcRuntime):
     """MIN / MAX / MEDIAN / quantiles (`query.mpc_stats`)."""
 
     kind: ClassVar[str] = MpcStatsJob.kind
+
+
+class JointRuntime(MpcRuntime):
+    """Joint statistics over a PSI job's aligned rows (`query.joint_program`)."""
+
+    kind: ClassVar[str] = JointJob.kind

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from fedtrust.errors import InvalidInput, PolicyViolation, VerificationError
+from fedtrust.query.checks import check_query_receipt
 from fedtrust.query.joint_sql import JointPlan, plan_joint
 from fedtrust.trust.contracts import Contract
 from fedtrust.trust.jobs import JobSpec
@@ -49,4 +50,6 @@ def check_joint_job(contract: Contract, job: JobSpec) -> None:
         raise VerificationError(f"the joint job breaks the contract's rules: {e}") from None
 
 
-JOINT = KindCheck(check_joint_job)
+#: what the buyer and `exchange verify` check of a joint job: its rules, and the statement naming exactly each
+#: owner's attested (sealed) output as relayed, as for every MPC kind
+JOINT = KindCheck(check_joint_job, receipt=check_query_receipt, blocks=frozenset({"relayed"}))

@@ -124,7 +124,8 @@ def local_tensors(plan: JointPlan, product: str, dataset: Any, rows: list[int], 
 
 
 def compute_shares(plan: JointPlan, schemas: Sequence[tuple[str, Schema]], rank: int, n: int, min_group_size: int,
-                   inputs: dict[str, torch.Tensor] | None, *, crypten: Any = None) -> dict[str, torch.Tensor]:
+                   inputs: dict[str, torch.Tensor] | None, *, crypten: Any = None,
+                   device: Any = None) -> dict[str, torch.Tensor]:
     """Inside `crypten_shim.party(rank, 2, …)` on both owners: this party's share of the output (int64 ring
     elements). The other party's inputs are only shapes here. (`crypten`: the module to compute with; the
     benchmark passes raw CrypTen over torch.distributed to time the same program as a baseline.)"""
@@ -143,7 +144,9 @@ def compute_shares(plan: JointPlan, schemas: Sequence[tuple[str, Schema]], rank:
 
     def share(name: str, src: int):
         mine = inputs[name] if src == rank and inputs is not None else torch.zeros(shapes[src][name], dtype=torch.int64)
-        return crypten.cryptensor(mine, src=src, precision=0)
+        if device is None:
+            return crypten.cryptensor(mine, src=src, precision=0)
+        return crypten.cryptensor(mine.to(device), src=src, precision=0, device=device)
 
     h0, h1 = share("groups", 0), share("groups", 1)
     g0, g1 = shapes[0]["groups"][1], shapes[1]["groups"][1]
@@ -163,7 +166,9 @@ def compute_shares(plan: JointPlan, schemas: Sequence[tuple[str, Schema]], rank:
     else:
         keep_group = counts >= min_group_size
         out = crypten.cat([1 - keep_group, counts * keep_group], dim=1)
-    return {"joint": out.share.clone()}
+    share = out.share
+    share = share.tensor() if hasattr(share, "tensor") else share  # CUDA: CrypTen's CUDALongTensor
+    return {"joint": share.to("cpu", torch.int64).clone()}
 
 
 @dataclass(frozen=True)

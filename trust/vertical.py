@@ -24,6 +24,7 @@ over the aligned rows) needs a `[vertical.joint]` table (`trust.joint_rules`).
 """
 from __future__ import annotations
 
+import base64
 import json
 from dataclasses import dataclass
 from datetime import timedelta
@@ -195,6 +196,8 @@ class JointJob:
     key: str
     sql: str
     alignment: str
+    #: a base64 raw X25519 public key the buyer made for this job: the owners seal their output shares to it
+    output_key: str
 
     kind: ClassVar[str] = "joint"
     ttl: ClassVar[timedelta] = timedelta(hours=1)
@@ -203,7 +206,7 @@ class JointJob:
         return {"key": self.key, "sql": self.sql, "alignment": self.alignment}
 
     def to_fields(self) -> dict[str, Any]:
-        return {"vertical": self.to_dict()}
+        return {"vertical": self.to_dict(), "output_key": self.output_key}
 
     @classmethod
     def from_fields(cls, f: Fields) -> "JointJob":
@@ -211,12 +214,18 @@ class JointJob:
         if (set(d) != {"key", "sql", "alignment"} or not all(isinstance(v, str) and v for v in d.values())):
             raise InvalidInput("job spec: a joint job's vertical payload names its key, sql and alignment (the PSI "
                                "job id); a psi job's names neither sql nor alignment")
-        return cls(d["key"], d["sql"], d["alignment"])
+        return cls(d["key"], d["sql"], d["alignment"], f.text("output_key"))
 
     def check_payload(self, dataset: str) -> None:
         if len(self.sql) > MAX_SQL_CHARS or not JOB_ID.fullmatch(self.alignment):
             raise InvalidInput(f"job spec: a joint job's sql is at most {MAX_SQL_CHARS} characters and its "
                                "alignment a PSI job id")
+        try:
+            raw = base64.b64decode(self.output_key, validate=True)
+        except (ValueError, TypeError):
+            raw = b""
+        if len(raw) != 32:
+            raise InvalidInput("job spec: output_key must be a base64 raw 32-byte X25519 public key")
 
     def describe(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)

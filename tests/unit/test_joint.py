@@ -4,6 +4,7 @@ sealed links — exact against a plaintext DuckDB join, withholding small groups
 a colluding coordinator + buyer seeing sealed frames and output shares only."""
 from __future__ import annotations
 
+import base64
 import csv
 import threading
 
@@ -32,6 +33,7 @@ from fedtrust.trust.vertical import JointJob, VerticalRules
 
 NAMES = ["bank-node", "telco-node"]
 MAX_ROWS = 10_000  # the rules' max_keys
+OUTPUT_KEY = base64.b64encode(bytes(range(32))).decode()  # the buyer's per-job key (its form only, here)
 JOINT = dict(aggregates=["COUNT", "SUM", "AVG"], group_by=["bank.segment"],
              filters=["bank.segment", "telco.tenure_months"], min_group_size=5)
 
@@ -344,15 +346,62 @@ def test_a_joint_job_spec_names_its_sql_and_alignment():
          "participants": NAMES, "dataset": "bank", "created_at": "2026-01-01T00:00:00Z",
          "expires_at": "2026-01-01T01:00:00Z",
          "vertical": {"key": "phone_key", "sql": "SELECT COUNT(*) FROM bank JOIN telco USING (phone_key)",
-                      "alignment": "psi-1"}}
+                      "alignment": "psi-1"}, "output_key": OUTPUT_KEY}
     job = JobSpec.from_dict(d)
-    assert job.payload == JointJob("phone_key", d["vertical"]["sql"], "psi-1") and JobSpec.from_dict(job.to_dict()) == job
+    assert job.payload == JointJob("phone_key", d["vertical"]["sql"], "psi-1", OUTPUT_KEY)
+    assert JobSpec.from_dict(job.to_dict()) == job and job.is_mpc and job.output_key == OUTPUT_KEY
+    with pytest.raises(InvalidInput, match="output_key must be a base64 raw 32-byte X25519 public key"):
+        JobSpec.from_dict({**d, "output_key": "c2hvcnQ="})
     for bad in ({"key": "phone_key"}, {"key": "phone_key", "sql": "SELECT 1", "alignment": ""},
                 {"key": "phone_key", "sql": "", "alignment": "psi-1"}):
         with pytest.raises(InvalidInput, match="joint job's vertical payload"):
             JobSpec.from_dict({**d, "vertical": bad})
     with pytest.raises(InvalidInput, match="names neither"):
         JobSpec.from_dict({**d, "kind": "psi"})
+
+
+def test_the_registered_program_runs_with_the_dealer_and_equals_the_join(tmp_path):
+    """The "joint" MPC program as the daemons run it (admission, each owner's inputs from its stored alignment,
+    compute with the dealer's correlated randomness over sealed links, the buyer's finish)."""
+    from types import SimpleNamespace
+
+    from fedtrust.demo.vertical import plaintext_alignment
+    from fedtrust.privacy.mpc.program import ProgramContext, program, run_in_process
+
+    fed = build_vertical_federation(tmp_path, bank_rows=80, telco_rows=90, shared=70, min_intersection=10)
+    env = Envelope.from_json(fed.contract_path.read_bytes())
+    contract = verify_contract(env, load_identity(fed.buyer_dir).exchange_key)
+    sql = ("SELECT bank.segment, COUNT(*) AS n, AVG(telco.arpu) AS arpu, SUM(bank.income) AS income FROM bank "
+           "JOIN telco USING (phone_key) GROUP BY bank.segment")
+    job = JobSpec.create(contract, env.digest, JointJob("phone_key", sql, "psi-1", OUTPUT_KEY))
+    schemas = {h.credential.name: h.product.schema for h in contract.owners}
+    rows = plaintext_alignment(fed.data, schemas)
+    data = {}
+    for h in contract.owners:
+        name = h.credential.name
+        held = SimpleNamespace(dataset=Dataset.open(fed.data[name], schemas[name]), product=h.product)
+        data[name] = SimpleNamespace(held=held, alignment=lambda cd, j, r=rows[name]: r if j == "psi-1" else None)
+    joint = program("joint")
+    for r, name in enumerate(NAMES):
+        assert joint.admit(ProgramContext(r, 2, tuple(NAMES), job, contract, data[name])).counts_as == "joint"
+    run = run_in_process(joint, {n: None for n in NAMES}, job=job, contract=contract, data_by_party=data)
+    assert run.dealt > 0  # the dealer, not party 0, made the correlated randomness
+    ref = duckdb.connect()
+    for name, path in fed.data.items():
+        ref.execute(f"CREATE TABLE {name.split('-')[0]} AS SELECT * FROM read_csv('{path}')")
+    plan = plan_joint_job(contract, job)
+    got = {r[0]: r for r in run.result["rows"]}
+    for row in ref.execute(plan.canonical_sql).fetchall():
+        mine = got[row[0]]
+        if row[1] < 10:  # below the demo contract's min_group_size
+            assert mine[1:] == [None, None, None]
+        else:
+            assert mine[1] == row[1] and abs(mine[2] - row[2]) < 1e-6 and abs(mine[3] - row[3]) < 1e-4
+    missing = JobSpec.create(contract, env.digest, JointJob("phone_key", sql, "psi-2", OUTPUT_KEY))
+    with pytest.raises(PolicyViolation, match="holds no alignment of PSI job 'psi-2'"):
+        joint.admit(ProgramContext(0, 2, tuple(NAMES), missing, contract, data["bank-node"]))
+    for d in data.values():
+        d.held.dataset.close()
 
 
 def test_the_demo_contract_sells_joint_statistics_and_refuses_them_under_privacy(tmp_path):
@@ -367,11 +416,12 @@ def test_the_demo_contract_sells_joint_statistics_and_refuses_them_under_privacy
     for path, refusal in ((fed.contract_path, None), (tmp_path / "dp.json", "has \\[privacy\\]: joint statistics")):
         env = Envelope.from_json(path.read_bytes())
         contract = verify_contract(env, key)
-        job = JobSpec.create(contract, env.digest, JointJob("phone_key", sql, "psi-1"))
+        job = JobSpec.create(contract, env.digest, JointJob("phone_key", sql, "psi-1", OUTPUT_KEY))
         if refusal is None:
             assert plan_joint_job(contract, job).group_by == (("bank", "segment"),)
             check_joint_job(contract, job)
-            bad = JobSpec.create(contract, env.digest, JointJob("phone_key", sql.replace("AVG", "MAX"), "psi-1"))
+            bad = JobSpec.create(contract, env.digest, JointJob("phone_key", sql.replace("AVG", "MAX"), "psi-1",
+                                                                OUTPUT_KEY))
             with pytest.raises(VerificationError, match="joint job breaks the contract's rules: function MAX"):
                 check_joint_job(contract, bad)
             continue
