@@ -34,7 +34,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from mpc import _PipeLink  # noqa: E402  (the benchmarks' shared pipe transport)
 
-from fedtrust.demo.vertical import BANK_SCHEMA, TELCO_SCHEMA, write_customers  # noqa: E402
 from fedtrust.privacy import crypten_shim  # noqa: E402
 from fedtrust.query import joint_program as jp  # noqa: E402
 from fedtrust.query.dataset import Dataset  # noqa: E402
@@ -51,10 +50,23 @@ RULES = VerticalRules.from_dict(dict(
     joint=dict(aggregates=["COUNT", "SUM", "AVG"], group_by=["bank.segment"], min_group_size=MIN_GROUP)))
 
 
-def _prepare(root: Path, n: int):
-    bank, telco = write_customers(root, n + n // 5, n + n // 4, n, seed=5)
+def _write_data(root: Path, n: int) -> None:
+    """The demo's customers and schemas (in a fresh interpreter: importing `fedtrust.demo` loads the daemons,
+    whose MPC runtime installs fedtrust's CrypTen communicator, which the raw baseline must not have)."""
+    from fedtrust.demo.vertical import BANK_SCHEMA, TELCO_SCHEMA, write_customers
+
+    write_customers(root, n + n // 5, n + n // 4, n, seed=5)
     (root / "bank.toml").write_text(BANK_SCHEMA)
     (root / "telco.toml").write_text(TELCO_SCHEMA)
+
+
+def _prepare(root: Path, n: int):
+    writer = mp.get_context("spawn").Process(target=_write_data, args=(root, n))
+    writer.start()
+    writer.join()
+    if writer.exitcode != 0:
+        raise SystemExit("writing the demo data failed; see the traceback above")
+    bank, telco = root / "data" / "bank.csv", root / "data" / "telco.csv"
     schemas = [("bank", load_schema_toml(root / "bank.toml")), ("telco", load_schema_toml(root / "telco.toml"))]
     plan = plan_joint(SQL, RULES, schemas)
     ds = {"bank": Dataset.open(bank, schemas[0][1]), "telco": Dataset.open(telco, schemas[1][1])}

@@ -192,8 +192,20 @@ def run_vertical_part(root: Path) -> None:
     v = run_vertical(root / "vertical")
     console.print(f"PSI: {v.intersection_size} shared customers, attested by both owners (plaintext join of the two "
                   f"files, for comparison only: {v.joined_rows}); each owner keeps which of its own rows matched\n")
-    # HOOK(joint): a joint statistic over the aligned rows next to its plaintext answer goes here (issue 11 item 3,
-    # the joint statistics job): run it in `run_vertical` after the PSI and print it here
+    j = Table(title="joint statistic over the aligned rows: MPC between the owners (only the buyer adds the output "
+                    "shares) | the plaintext join of the two files (for comparison only)", title_justify="left")
+    for c in ("segment", "customers", "avg_arpu", "default_rate", "| plaintext customers", "avg_arpu", "default_rate"):
+        j.add_column(c, justify="right")
+    plain = {r[0]: r for r in v.joint_plain}
+
+    def fmt(x) -> str:
+        return "withheld" if x is None else (f"{x:.4f}" if isinstance(x, float) else str(x))
+
+    for row in v.joint:
+        p = plain.get(row[0], (row[0], 0, None, None))
+        j.add_row(*[fmt(x) for x in row], *[fmt(x) for x in p[1:]])
+    console.print(Panel(v.joint_sql, title="buyer's joint query (fedtrust query)", expand=False))
+    console.print(j)
     console.print(Panel(v.job_toml.strip(), title="buyer's vertical-job.toml", expand=False))
     t = Table(title=f"logistic regression on the {v.joined_rows} joined customers (AUC on the joined rows)",
               title_justify="left")

@@ -250,25 +250,49 @@ class VerticalDemo:
     auc_vertical: float
     auc_central: float
     auc_bank_only: float
+    #: the joint statistic through the daemons (MPC with the dealer) and the plaintext join's answer
+    joint_sql: str = ""
+    joint: tuple[tuple, ...] = ()
+    joint_plain: tuple[tuple, ...] = ()
+
+
+#: the demo's joint statistic over the aligned rows
+DEMO_JOINT_SQL = ("SELECT bank.segment, COUNT(*) AS customers, AVG(telco.arpu) AS avg_arpu, "
+                  "AVG(bank.defaulted) AS default_rate FROM bank JOIN telco USING (phone_key) GROUP BY bank.segment")
+
+
+def joint_plaintext(fed: Federation, canonical_sql: str) -> list[tuple]:
+    """The same query over the plaintext join of the two files (tests and the demo's comparison only)."""
+    import duckdb
+
+    con = duckdb.connect()
+    for node, path in fed.data.items():
+        con.execute(f"CREATE TABLE {node.split('-')[0]} AS SELECT * FROM read_csv('{path}')")
+    return con.execute(canonical_sql).fetchall()
 
 
 def run_vertical(root: Path) -> VerticalDemo:
     """The demo's vertical story: a PSI job through the daemons, then vertical logistic regression on the owners'
     aligned rows, next to central training on the plaintext join (AUC on the joined rows)."""
+    from fedtrust.buyer.joint import submit_joint
     from fedtrust.buyer.vertical import submit_psi
     from fedtrust.demo.central import auc_of
     from fedtrust.node.vertical_store import VerticalStore
     from fedtrust.query.dataset import Dataset
+    from fedtrust.query.joint_checks import plan_joint_job
     from fedtrust.training import vertical_lr as vlr
     from fedtrust.trust.credentials import load_identity
     from fedtrust.trust.jobs import new_nonce
     from fedtrust.trust.vertical_lr import check_vertical_lr, load_vertical_lr_toml
 
-    fed = build_vertical_federation(root)
+    fed = build_vertical_federation(root, mpc=True)
     buyer = load_identity(fed.buyer_dir)
     with fed:
         psi = submit_psi(buyer, fed.buyer_dir, fed.contract_path, fed.coordinator_address)
         contract = psi.verified.contract
+        joint = submit_joint(buyer, fed.buyer_dir, fed.contract_path, fed.coordinator_address, DEMO_JOINT_SQL,
+                             psi.job_id)
+        joint_plain = joint_plaintext(fed, plan_joint_job(contract, joint.verified.job).canonical_sql)
         job = root / "vertical-job.toml"
         job.write_text(DEMO_VERTICAL_JOB.format(alignment=psi.job_id))
         spec = load_vertical_lr_toml(job)
@@ -290,4 +314,6 @@ def run_vertical(root: Path) -> VerticalDemo:
     return VerticalDemo(psi.intersection_size, len(y), job.read_text(),
                         auc_of(y, vlr.predict_proba(model.weight, model.bias, x)),
                         auc_of(y, vlr.predict_proba(central.weight, central.bias, x)),
-                        auc_of(y, vlr.predict_proba(bank.weight, bank.bias, x[:, :width])))
+                        auc_of(y, vlr.predict_proba(bank.weight, bank.bias, x[:, :width])),
+                        DEMO_JOINT_SQL, tuple(tuple(r) for r in joint.result["rows"]),
+                        tuple(sorted(joint_plain, key=lambda r: str(r[0]))))
