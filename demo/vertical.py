@@ -148,7 +148,7 @@ def build_vertical_federation(root: Path, *, bank_rows: int = 300, telco_rows: i
     contract = root / "contract.json"
     issue_signed_contract(root, "bank-analyst", "coord", products, root / "rules.toml", contract,
                           purpose="joint credit-risk statistics of shared customers",
-                          **({"dealer": DEALER_NAME} if mpc else {}))
+                          dealer=DEALER_NAME if mpc else None)
     coord_cfg = root / "config" / "coord.toml"
     coord_cfg.write_text('[coordinator]\nname = "coord"\nlisten = "127.0.0.1:0"\ncredentials = "../credentials/coord"\n'
                          'state = "../state/coord"\nnode_timeout_s = 120\n')

@@ -166,9 +166,9 @@ def compute_shares(plan: JointPlan, schemas: Sequence[tuple[str, Schema]], rank:
     else:
         keep_group = counts >= min_group_size
         out = crypten.cat([1 - keep_group, counts * keep_group], dim=1)
-    share = out.share
-    share = share.tensor() if hasattr(share, "tensor") else share  # CUDA: CrypTen's CUDALongTensor
-    return {"joint": share.to("cpu", torch.int64).clone()}
+    mine = out.share
+    mine = mine.tensor() if hasattr(mine, "tensor") else mine  # CUDA: CrypTen's CUDALongTensor
+    return {"joint": mine.to("cpu", torch.int64).clone()}
 
 
 @dataclass(frozen=True)
