@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Callable, Iterable
 
@@ -56,6 +57,8 @@ SendRound = Callable[[str, bytes, int], tuple[bytes, bytes]]
 #: (node, phase, round, every participant's signed vector) -> the global digest that node computed
 Forward = Callable[[str, str, int, list[SignedVector]], str]
 OnEvent = Callable[[Progress], None]
+#: every node that owes the Grid an answer now -> what it owes ("train round 2"); called whenever that changes
+OnWaiting = Callable[[dict[str, str]], None]
 
 
 def _grid_base():
@@ -67,7 +70,7 @@ def _grid_base():
 class FedtrustGrid(_grid_base()):  # type: ignore[misc]
     def __init__(self, run_id: int, participants: tuple[str, ...], send_round: SendRound,
                  on_event: OnEvent | None = None, *, derivation: Derivation, job_digest: str,
-                 forward: Forward | None = None) -> None:
+                 forward: Forward | None = None, on_waiting: OnWaiting | None = None) -> None:
         from flwr.supercore.run import Run
 
         self._run = Run.create_empty(run_id)
@@ -78,6 +81,9 @@ class FedtrustGrid(_grid_base()):  # type: ignore[misc]
         self.derivation = derivation
         self.job_digest = job_digest
         self._on_event = on_event or (lambda ev: None)
+        self._on_waiting = on_waiting or (lambda owing: None)
+        self._owing: dict[str, str] = {}
+        self._owing_lock = threading.Lock()
         self._replies: dict[str, object] = {}
         self._idle_queries = 0
         self._seq = 0
@@ -168,7 +174,7 @@ class FedtrustGrid(_grid_base()):  # type: ignore[misc]
         def ask(m) -> tuple[str, tuple[bytes, bytes]]:
             node = self._ids[m.metadata.dst_node_id]
             data = message_to_proto(m).SerializeToString()
-            return node, self._send_round(node, data, 8 * length)
+            return node, self.owed(node, f"{phase} round {rnd}", self._send_round, node, data, 8 * length)
 
         futures = [self._pool.submit(ask, m) for m in msgs]
         try:
@@ -208,7 +214,8 @@ class FedtrustGrid(_grid_base()):  # type: ignore[misc]
         if self._forward is None:
             return
         forward = self._forward
-        futures = {n: self._pool.submit(forward, n, phase, rnd, items) for n in self.participants}
+        futures = {n: self._pool.submit(self.owed, n, f"{phase} round {rnd} (forwarding)", forward, n, phase, rnd,
+                                        items) for n in self.participants}
         try:
             for node, fut in futures.items():
                 try:
@@ -222,6 +229,18 @@ class FedtrustGrid(_grid_base()):  # type: ignore[misc]
         finally:
             for f in futures.values():
                 f.cancel()
+
+    def owed(self, node: str, step: str, call: Callable, *args):
+        """`call(*args)`, with `node` listed as owing `step` while it runs (`on_waiting` hears each change)."""
+        with self._owing_lock:
+            self._owing[node] = step
+            self._on_waiting(dict(self._owing))
+        try:
+            return call(*args)
+        finally:
+            with self._owing_lock:
+                self._owing.pop(node, None)
+                self._on_waiting(dict(self._owing))
 
     def _failed_node(self, futures, fut, msgs) -> str:
         return self._ids[msgs[futures.index(fut)].metadata.dst_node_id]

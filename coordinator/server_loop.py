@@ -13,13 +13,18 @@ node for its attestation (which names the final model and metrics that node
 computed).
 
 It talks to the coordinator daemon over a private pipe with plain data only:
-("progress", dict) while it runs, then ("done", dict) or ("error", kind,
-message). Nothing it reports is about one node, except the digests of the
-masked vectors each node sent (which that node attests anyway).
+("progress", dict) while it runs, ("waiting", {node: step}) whenever the set
+of nodes that owe it an answer changes (the coordinator's watchdog names them
+if the worker stalls; never forwarded to the buyer), then ("done", dict) or
+("error", kind, message). Nothing it reports is about one node, except the
+digests of the masked vectors each node sent (which that node attests anyway)
+and which node a call is waiting for. The outcome is sent before the worker
+closes its channels, so a close that hangs cannot hide it.
 """
 from __future__ import annotations
 
 import logging
+import threading
 import traceback
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -89,8 +94,25 @@ def _single(replies):
     return replies[0]
 
 
+class _Pipe:
+    """The worker's end of the pipe, safe to send on from the Grid's call threads too."""
+
+    def __init__(self, conn) -> None:
+        self._conn = conn
+        self._lock = threading.Lock()
+
+    def send(self, obj) -> None:
+        with self._lock:
+            self._conn.send(obj)
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+
 def run_job(conn, args: JobArgs) -> None:
     """Worker body: never raises; the outcome goes through `conn`."""
+    conn = _Pipe(conn)
     try:
         conn.send(("done", _run(conn, args)))
     except Error as e:
@@ -140,8 +162,11 @@ def _run(conn, args: JobArgs, grid_class=None) -> dict[str, Any]:
     def forward(node: str, phase: str, rnd: int, vectors) -> str:
         return clients[node].forward(args.job_bytes, args.contract_bytes, phase, rnd, vectors)
 
+    def on_waiting(owing: dict[str, str]) -> None:
+        conn.send(("waiting", owing))
+
     grid = (grid_class or FedtrustGrid)(run_id, args.participants, send_round, on_event, derivation=derivation,
-                                        job_digest=args.job_digest, forward=forward)
+                                        job_digest=args.job_digest, forward=forward, on_waiting=on_waiting)
     try:
         conn.send(("progress", Progress("started", 0, len(args.participants), rounds=spec.rounds).to_dict()))
         strategy = make_strategy(spec, len(args.participants))
@@ -154,7 +179,8 @@ def _run(conn, args: JobArgs, grid_class=None) -> dict[str, Any]:
         conn.send(("progress", Progress("finishing", 0, len(args.participants), round=spec.rounds,
                                         rounds=spec.rounds).to_dict()))
         with ThreadPoolExecutor(max_workers=len(clients)) as pool:
-            futures = {n: pool.submit(c.finish, args.job_bytes, args.contract_bytes) for n, c in clients.items()}
+            futures = {n: pool.submit(grid.owed, n, "its attestation", c.finish, args.job_bytes, args.contract_bytes)
+                       for n, c in clients.items()}
             attestations = {}
             for n, f in futures.items():
                 try:
@@ -164,6 +190,12 @@ def _run(conn, args: JobArgs, grid_class=None) -> dict[str, Any]:
         return {"model": model, "rounds": rounds, "digests": grid.digests, "attestations": attestations,
                 "model_digest": derivation.model_digest, "metrics": [m.to_dict() for m in derivation.metrics()]}
     finally:
-        grid.close()
-        for c in clients.values():
-            c.close()
+        # off this thread: the outcome goes to the coordinator next, whatever a channel's close waits on
+        threading.Thread(target=_close_all, args=(grid, list(clients.values())), name="close-channels",
+                         daemon=True).start()
+
+
+def _close_all(grid, clients) -> None:
+    grid.close()
+    for c in clients:
+        c.close()

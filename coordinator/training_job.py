@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from typing import Callable, ClassVar, Iterator, Union
 
@@ -63,9 +64,13 @@ TrainingEvent = Union[Progress, TrainingFinished]
 
 class TrainingJobs:
     kind: ClassVar[str] = TrainingSpec.kind
+    #: seconds the worker may stay silent beyond the node timeout before the watchdog stops it (every step the
+    #: worker waits on is a node call with the node timeout as its deadline, so a longer silence is a stuck worker)
+    stall_margin_s: float = 30.0
 
-    def __init__(self, runtime) -> None:
+    def __init__(self, runtime, worker: Callable = run_job) -> None:
         self.rt = runtime
+        self._worker = worker  # the strategy loop's body (tests play a worker that stalls)
         self._workers: set = set()
         self._lock = threading.Lock()
 
@@ -150,14 +155,21 @@ class TrainingJobs:
 
     def _watch(self, args: JobArgs, cancelled: Callable[[], bool],
                job_id: str = "") -> Iterator[Progress | dict]:
-        proc, conn = start_worker(run_job, args, name=f"fedtrust-train-{args.job_id[:12]}")
+        proc, conn = start_worker(self._worker, args, name=f"fedtrust-train-{args.job_id[:12]}")
         with self._lock:
             self._workers.add(proc)
+        limit = args.node_timeout + self.stall_margin_s
+        heard = time.monotonic()
+        owing: dict[str, tuple[str, float]] = {}  # node -> (the step it owes the worker an answer for, since when)
         try:
             while True:
                 if cancelled():
                     raise JobFailed("the buyer disconnected; the training job was stopped")
                 self.rt.check_cancelled(job_id, "the training was stopped (owners keep what they already spent)")
+                now = time.monotonic()
+                late = sorted(n for n, (_, since) in owing.items() if now - since > limit)
+                if late or now - heard > limit:  # the watchdog: every call has the node timeout as its deadline
+                    raise self._stalled(job_id, args.node_timeout, {n: owing[n][0] for n in late or owing})
                 try:
                     ready = conn.poll(0.5)
                     msg = conn.recv() if ready else None
@@ -168,7 +180,11 @@ class TrainingJobs:
                     if not proc.is_alive() and not conn.poll(0):
                         raise JobFailed("the training worker process crashed; see the coordinator's log")
                     continue
-                if msg[0] == "progress":
+                heard = time.monotonic()
+                if msg[0] == "waiting":
+                    owing = {n: owing[n] if n in owing and owing[n][0] == step else (step, heard)
+                             for n, step in dict(msg[1]).items()}
+                elif msg[0] == "progress":
                     yield Progress.from_dict(msg[1])
                 elif msg[0] == "done":
                     yield msg[1]
@@ -182,6 +198,18 @@ class TrainingJobs:
             conn.close()
             with self._lock:
                 self._workers.discard(proc)
+
+    def _stalled(self, job_id: str, node_timeout: float, owing: dict[str, str]) -> JobFailed:
+        """The watchdog's verdict on a worker silent past the node timeout plus the margin (it is killed next)."""
+        log.warning("training job %s: the worker sent nothing for %g s (node timeout %g s + %g s), waiting on %s; "
+                    "stopping it", job_id, node_timeout + self.stall_margin_s, node_timeout, self.stall_margin_s,
+                    ", ".join(sorted(owing)) or "no node")
+        why = (f"no answer within the node timeout ({node_timeout:g} s) and the training worker did not give up "
+               f"within {self.stall_margin_s:g} s more; the coordinator stopped the worker and failed the job")
+        if owing:
+            node, step = sorted(owing.items())[0]
+            return JobFailed(f"node {node} failed in {step}: {why}")
+        return JobFailed(f"the training worker stalled: {why}; see the coordinator's log")
 
     def _seal(self, contract, contract_env: Envelope, job, job_env: Envelope, outcome: dict) -> bytes:
         spec = job.payload_as(TrainingSpec, "the training seal")

@@ -97,3 +97,13 @@ def initial(fed, spec: TrainingSpec, seed: int = 1, job: bytes | None = None) ->
 
 def vector_bytes(arrays: dict, phase: str = "train") -> int:
     return 8 * ((sum(a.size for a in arrays.values()) if phase == "train" else 0) + 3)
+
+
+def stalled_worker(conn, args) -> None:
+    """A training worker stuck in its last participant's round-1 call, as a hung gRPC call would leave it: it
+    reports that it waits on that node, then sends nothing more (the coordinator's watchdog must stop it)."""
+    from fedtrust.progress import Progress
+
+    conn.send(("progress", Progress("started", 0, len(args.participants)).to_dict()))
+    conn.send(("waiting", {args.participants[-1]: "train round 1"}))
+    time.sleep(3600)

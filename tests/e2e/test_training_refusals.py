@@ -7,6 +7,7 @@ itself.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import grpc
 import numpy as np
@@ -34,6 +35,7 @@ from training_helper import (
     node_client,
     round_message,
     signed_job,
+    stalled_worker,
     vector_bytes,
 )
 
@@ -266,6 +268,24 @@ def test_a_node_that_stops_between_rounds_fails_the_job_with_its_name(tmp_path):
         client = CoordinatorClient(fed.coordinator_address, tls_of(identity(fed, "analyst")), fed.coordinator_name)
         job_id = max((fed.buyer_dir / "jobs").iterdir(), key=lambda p: p.stat().st_mtime).name
         assert client.job_status(job_id).state == "failed"
+
+
+def test_a_stalled_training_worker_is_stopped_and_the_job_fails_with_the_node_it_waited_on(rfed, monkeypatch):
+    # a worker whose call to bank-b never returns (a gRPC call past its deadline, a hung channel): the coordinator's
+    # watchdog fails the job once the node timeout plus its margin has passed, naming the node, and kills the worker
+    jobs = rfed.coordinator.servicer.training
+    monkeypatch.setattr(jobs.rt, "config", replace(jobs.rt.config, node_timeout_s=3.0))
+    monkeypatch.setattr(jobs, "stall_margin_s", 1.0)
+    monkeypatch.setattr(jobs, "_worker", stalled_worker)
+    with pytest.raises(JobFailed, match=r"node bank-b failed in train round 1: no answer within the node timeout "
+                                        r"\(3 s\) .* the coordinator stopped the worker and failed the job"):
+        train(rfed, make_spec(rounds=1, evaluate=False))
+    assert not jobs._workers  # killed and reaped
+    client = CoordinatorClient(rfed.coordinator_address, tls_of(identity(rfed, "analyst")), rfed.coordinator_name)
+    job_id = max((rfed.buyer_dir / "jobs").iterdir(), key=lambda p: p.stat().st_mtime).name
+    assert client.job_status(job_id).state == "failed"
+    monkeypatch.undo()
+    still_serving(rfed)
 
 
 def test_a_coordinator_restart_marks_a_running_training_job_failed(rfed):

@@ -246,13 +246,13 @@ def _fake_nodes(ns: dict[str, int], rng):
     return send, individual
 
 
-def _grid(participants, send, events=None, s=None, init=None):
+def _grid(participants, send, events=None, s=None, init=None, **kw):
     from fedtrust.coordinator.grid import FedtrustGrid
     from fedtrust.training.server_step import Derivation
 
     init = init or {"w": np.zeros((3, 2), np.float32), "b": np.ones(2, np.float32)}
     return FedtrustGrid(7, participants, send, events, derivation=Derivation.start(s or spec(rounds=1), init),
-                        job_digest="0" * 64), init
+                        job_digest="0" * 64, **kw), init
 
 
 def test_fedavg_over_the_grid_equals_fedavg_over_individual_replies():
@@ -280,6 +280,24 @@ def test_fedavg_over_the_grid_equals_fedavg_over_individual_replies():
     assert [e.stage for e in events].count("aggregated") == 2
     assert all(len(d) == 2 for d in grid.digests.values())  # one digest per vector, per node
     grid.close()
+
+
+def test_grid_reports_which_node_owes_which_step_while_its_call_runs():
+    # what the coordinator's watchdog names when a worker stalls: the node and the step its call is stuck in
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from fedtrust.coordinator.server_loop import make_strategy
+    from fedtrust.training.arrays import to_array_record
+
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 7, 1, 0
+    send, _ = _fake_nodes({"a": 30, "b": 10}, np.random.default_rng(0))
+    seen: list[dict[str, str]] = []
+    grid, init = _grid(("a", "b"), send, on_waiting=seen.append)
+    make_strategy(spec(rounds=1), 2).start(grid=grid, initial_arrays=to_array_record(init), num_rounds=1)
+    grid.close()
+    owed = {(n, step) for snapshot in seen for n, step in snapshot.items()}
+    assert owed == {(n, f"{p} round 1") for n in ("a", "b") for p in ("train", "evaluate")}
+    assert seen[-1] == {}  # nothing owed once the round is over
 
 
 def test_grid_refuses_rounds_that_are_not_exactly_the_participants_and_never_waits():
