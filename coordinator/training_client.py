@@ -4,7 +4,7 @@ from __future__ import annotations
 from fedtrust.errors import InvalidInput
 from fedtrust.transport.serde import vectors_to_proto
 from fedtrust.transport.server import secure_channel
-from fedtrust.transport.status import calling
+from fedtrust.transport.status import calling, cancel_late
 from fedtrust.transport.streams import read_chunks_then, send_header_first
 from fedtrust.transport.tls import TlsMaterial
 from fedtrust.trust.dsse import Envelope
@@ -29,11 +29,11 @@ class NodeTrainingClient:
         """Send one round's Flower message; (the node's masked vector of exactly `expected` bytes, its signature)."""
         header = node_pb2.TrainHeader(job_envelope=job, contract_envelope=contract, message_size=len(message),
                                       admissions=list(admissions))
-        with calling(f"node {self.node}"):
-            release, data = read_chunks_then(
-                self._stub.TrainRound(send_header_first(node_pb2.TrainRequest, "header", header, "message_chunk",
-                                                        message), timeout=self.timeout),
-                chunk_field="vector_chunk", last_field="release", limit=expected, what=f"node {self.node}'s vector")
+        replies = self._stub.TrainRound(send_header_first(node_pb2.TrainRequest, "header", header, "message_chunk",
+                                                          message), timeout=self.timeout)
+        with calling(f"node {self.node}"), cancel_late(replies, self.timeout, f"node {self.node}"):
+            release, data = read_chunks_then(replies, chunk_field="vector_chunk", last_field="release",
+                                             limit=expected, what=f"node {self.node}'s vector")
         if release.vector_size != len(data) or len(data) != expected:
             raise InvalidInput(f"node {self.node} sent a vector whose size does not match the job's model")
         return data, release.signature
@@ -44,11 +44,16 @@ class NodeTrainingClient:
         header = node_pb2.ForwardHeader(job_envelope=job, contract_envelope=contract, phase=phase, round=rnd,
                                         vectors=claims)
         with calling(f"node {self.node}"):
-            return self._stub.ForwardRound(send_header_first(node_pb2.ForwardRequest, "header", header,
-                                                             "vector_chunk", blobs), timeout=self.timeout).global_digest
+            reply = self._stub.ForwardRound.future(send_header_first(node_pb2.ForwardRequest, "header", header,
+                                                                     "vector_chunk", blobs), timeout=self.timeout)
+            with cancel_late(reply, self.timeout, f"node {self.node}"):
+                return reply.result().global_digest
 
     def finish(self, job: bytes, contract: bytes) -> Envelope:
         with calling(f"node {self.node}"):
-            reply = self._stub.FinishTraining(node_pb2.FinishRequest(job_envelope=job, contract_envelope=contract),
-                                              timeout=self.timeout)
+            call = self._stub.FinishTraining.future(node_pb2.FinishRequest(job_envelope=job,
+                                                                           contract_envelope=contract),
+                                                    timeout=self.timeout)
+            with cancel_late(call, self.timeout, f"node {self.node}"):
+                reply = call.result()
         return Envelope.from_json(reply.attestation_envelope)

@@ -34,6 +34,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, NoReturn, TypeVar
@@ -52,6 +53,8 @@ __all__ = [
     "guarded",
     "error_from_rpc",
     "calling",
+    "cancel_late",
+    "LOCAL_GRACE_S",
 ]
 
 log = logging.getLogger(__name__)
@@ -257,6 +260,38 @@ def calling(peer: str) -> Iterator[None]:
         yield
     except grpc.RpcError as e:
         raise error_from_rpc(e, peer) from None
+
+
+#: seconds past its deadline a call may run before the client cancels it itself: gRPC core was seen to miss the
+#: deadline of a streaming call to a server that stopped just as the call started (grpcio 1.85; the call waited for
+#: an answer no handler would send, for longer than the pytest timeout of 300 s)
+LOCAL_GRACE_S = 5.0
+
+
+@contextmanager
+def cancel_late(call: Any, timeout: float, peer: str) -> Iterator[None]:
+    """Bound a call (response iterator or future) by its own clock too: cancelled locally `LOCAL_GRACE_S` past its
+    `timeout` (what gRPC's deadline should have done), which wakes the waiting thread; NodeUnreachable then."""
+    fired = threading.Event()
+
+    def fire() -> None:
+        fired.set()
+        call.cancel()
+
+    timer = threading.Timer(timeout + LOCAL_GRACE_S, fire)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    except (grpc.RpcError, grpc.FutureCancelledError):
+        if fired.is_set():
+            raise errors.NodeUnreachable(
+                f"{peer} did not answer in time ({timeout:g} s; the call was cancelled); check its address, that "
+                "its daemon is running, and that its certificate is from the same exchange as yours"
+            ) from None
+        raise
+    finally:
+        timer.cancel()
 
 
 def _call(e: Any, attr: str) -> Any:
