@@ -25,12 +25,13 @@ from fedtrust.errors import ConfigError, InvalidInput, PolicyViolation, Verifica
 from fedtrust.metrics import DaemonMetrics
 from fedtrust.node.mpc_link import StreamLink
 from fedtrust.node.mpc_runtime import link_peers, party_names
-from fedtrust.node.mpc_servicer import drive_session, read_mpc_header
+from fedtrust.node.mpc_servicer import drive_session
 from fedtrust.privacy.mpc.dealer import serve_dealer
 from fedtrust.privacy.mpc.sealed_link import SealedLink
 from fedtrust.transport.daemon import GrpcDaemon
 from fedtrust.transport.peer import peer_identity
 from fedtrust.transport.status import guarded
+from fedtrust.transport.streams import read_header
 from fedtrust.transport.tls import TlsMaterial
 from fedtrust.trust.admission import verify_admissions
 from fedtrust.trust.contracts import verify_contract
@@ -92,7 +93,7 @@ class DealerServicer(mpc_pb2_grpc.MpcServiceServicer):
     @guarded
     def Session(self, request_iterator, context):
         peer = peer_identity(context)
-        header = read_mpc_header(request_iterator)
+        header = read_header(request_iterator)
         contract, job, job_digest = self.runtime.check(peer, header)
         n = len(job.participants)
         link = StreamLink(n, n + 1, idle_s=self.runtime.config.idle_s)

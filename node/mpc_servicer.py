@@ -20,21 +20,13 @@ from fedtrust.node.mpc_runtime import MpcRuntime
 from fedtrust.node.node_servicer import NodeServicer
 from fedtrust.transport.peer import peer_identity
 from fedtrust.transport.status import guarded
-from fedtrust.transport.streams import check_envelope_sizes
+from fedtrust.transport.streams import read_header
 from fedtrust.v1 import mpc_pb2, mpc_pb2_grpc
 
-__all__ = ["NodeMpcServicer", "drive_session", "read_mpc_header"]
+__all__ = ["NodeMpcServicer", "drive_session"]
 
 log = logging.getLogger("fedtrust.node")
 _DONE = object()
-
-
-def read_mpc_header(requests):
-    first = next(requests, None)
-    if first is None or first.WhichOneof("part") != "header":
-        raise InvalidInput("the MPC stream must start with a header message")
-    check_envelope_sizes(first.header)
-    return first.header
 
 
 def drive_session(requests, link: StreamLink, work: Callable[[StreamLink], tuple[bytes, bytes]],
@@ -91,7 +83,7 @@ class NodeMpcServicer(mpc_pb2_grpc.MpcServiceServicer):
         peer = peer_identity(context)
         who = f"{peer[0]}/{peer[1]}"
         rt = self.node.runtime
-        header = read_mpc_header(request_iterator)
+        header = read_header(request_iterator)
         checked = rt.check_job(peer, header.job_envelope, header.contract_envelope)
         mpc = self.node.kinds.handler(checked.job.kind)
         if not isinstance(mpc, MpcRuntime):
