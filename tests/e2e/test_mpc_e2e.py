@@ -174,3 +174,42 @@ def test_a_coordinator_that_replays_a_finished_session_to_an_owner_is_refused(fe
             list(mpc_pb2_grpc.MpcServiceStub(ch).Session(iter([mpc_pb2.MpcIn(header=header)]), timeout=30))
     assert "already ran" in err.value.details()
     assert len(fed.nodes[node].runtime.store.debits()) == debits
+
+
+def test_the_relay_caps_a_partys_frames_and_the_job_fails_naming_it(fed, monkeypatch):
+    orig = mpc_job._Session.run
+
+    def small_frames(self):
+        self.max_frame = 64  # a seed frame (8 bytes + seal) passes; the first share frame does not
+        return orig(self)
+    monkeypatch.setattr(mpc_job._Session, "run", small_frames)
+    identity = load_identity(fed.buyer_dir)
+    with pytest.raises(Error, match="over the relay's limit of 64"):
+        submit_mpc_stats(identity, fed.buyer_dir, fed.contract_path, fed.coordinator_address,
+                         "SELECT MAX(age) FROM loans", timeout=120)
+
+
+def test_under_privacy_a_median_debits_epsilon_at_every_owner_first_and_min_is_refused(tmp_path):
+    from decimal import Decimal
+
+    from fedtrust.errors import PolicyViolation
+
+    f = build_federation(tmp_path, {"bank-a": 120, "bank-b": 80}, min_group_size=5, mpc=True,
+                         privacy={"epsilon_total": "2", "delta": "1e-6", "epsilon_per_query": "0.5"})
+    f.start()
+    try:
+        identity = load_identity(f.buyer_dir)
+        res = submit_mpc_stats(identity, f.buyer_dir, f.contract_path, f.coordinator_address,
+                               "SELECT MEDIAN(income) FROM loans", timeout=120)
+        assert {n: Decimal(e) for n, e in res.verified.epsilon_spent.items()} == {"bank-a": Decimal("0.5"),
+                                                                                   "bank-b": Decimal("0.5")}
+        assert all(a.dp for a in res.verified.attestations)
+        for d in f.nodes.values():
+            assert [Decimal(x.epsilon) for x in d.runtime.store.debits()] == [Decimal("0.5")]
+        assert verify_receipt(f.exchange_dir, res.receipt, res.result).result_checked
+        with pytest.raises(PolicyViolation, match="MIN and MAX are refused"):
+            submit_mpc_stats(identity, f.buyer_dir, f.contract_path, f.coordinator_address,
+                             "SELECT MIN(income) FROM loans", timeout=120)
+        assert all(len(d.runtime.store.debits()) == 1 for d in f.nodes.values())
+    finally:
+        f.stop()
