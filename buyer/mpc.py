@@ -16,7 +16,7 @@ import json
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
@@ -37,19 +37,21 @@ from fedtrust.privacy.sealed import open_sealed
 from fedtrust.query.joint_checks import JOINT
 from fedtrust.query.mpc_stats import KIND as STATS_KIND
 from fedtrust.query.mpc_stats import MPC_STATS, MpcStatsJob, resolution, stats_plan
+from fedtrust.training.vertical_lr_program import VERTICAL_LR
 from fedtrust.trust.canonical import sha256_hex, utc_now
 from fedtrust.trust.contracts import Contract
 from fedtrust.trust.credentials import Identity, kx_public_key
 from fedtrust.trust.dsse import Envelope
-from fedtrust.trust.jobs import JobSpec, sign_job
+from fedtrust.trust.jobs import JobPayload, JobSpec, sign_job
 from fedtrust.trust.receipts import Acknowledgement, ReceiptBundle, result_digest, sign_acknowledgement
 from fedtrust.trust.verify import VerifiedReceipt, verify_bundle
 from fedtrust.trust.vertical import JointJob
+from fedtrust.trust.vertical_lr import KIND as VERTICAL_LR_KIND
 
-__all__ = ["MpcOutcome", "is_mpc_sql", "submit_mpc_stats", "fetch_mpc_again", "finish", "open_outputs", "KIND_CHECKS"]
+__all__ = ["MpcOutcome", "is_mpc_sql", "submit_mpc", "submit_mpc_stats", "fetch_mpc_again", "finish", "open_outputs", "KIND_CHECKS"]
 
 #: the MPC kinds this client settles, with their rules checks
-KIND_CHECKS = {STATS_KIND: MPC_STATS, JointJob.kind: JOINT}
+KIND_CHECKS = {STATS_KIND: MPC_STATS, JointJob.kind: JOINT, VERTICAL_LR_KIND: VERTICAL_LR}
 
 
 @dataclass(frozen=True)
@@ -91,16 +93,26 @@ def _private_bytes(key: X25519PrivateKey) -> bytes:
 def submit_mpc_stats(identity: Identity, credentials_dir: Path, contract_path: Path, coordinator: str, sql: str,
                      on_progress: OnProgress | None = None, timeout: float = 600.0) -> MpcOutcome:
     """MIN / MAX / MEDIAN / QUANTILE_CONT over all owners' rows, computed in MPC (kind "mpc-stats")."""
+    contract, _ = load_contract(identity, contract_path)
+    stats_plan(sql, contract)  # fast, clear refusal before any key is made or byte is sent
+    return submit_mpc(identity, credentials_dir, contract_path, coordinator, lambda key: MpcStatsJob(sql, key),
+                      {"sql": sql}, on_progress, timeout)
+
+
+def submit_mpc(identity: Identity, credentials_dir: Path, contract_path: Path, coordinator: str,
+               payload: Callable[[str], JobPayload], meta: dict, on_progress: OnProgress | None = None,
+               timeout: float = 600.0) -> MpcOutcome:
+    """Any MPC job: `payload(output_key)` is the kind's payload naming the fresh per-job key (the kind's own checks
+    ran before); the job is signed, submitted, and its result finished here."""
     contract, contract_raw = load_contract(identity, contract_path)
     check_agreed(contract, contract_raw)
-    stats_plan(sql, contract)  # fast, clear refusal before any key is made or byte is sent
     contract_env = Envelope.from_json(contract_raw)
     key, public = new_output_key()
-    job = JobSpec.create(contract, contract_env.digest, MpcStatsJob(sql, public))
+    job = JobSpec.create(contract, contract_env.digest, payload(public))
     job_env = sign_job(job, identity.signer)
     files = JobFiles(jobs_root(credentials_dir) / job.job_id)
     files.create(_private_bytes(key), job_env.to_json(), contract_raw,
-                 {"job_id": job.job_id, "coordinator": coordinator, "kind": job.kind, "sql": sql,
+                 {"job_id": job.job_id, "coordinator": coordinator, "kind": job.kind, **meta,
                   "submitted_at": utc_now()})
     client = CoordinatorClient(coordinator, tls_of(identity), contract.coordinator.name, timeout)
     return finish(identity, files, contract, client.submit_mpc(job_env.to_json(), contract_raw, on_progress))

@@ -211,9 +211,10 @@ def run_vertical_part(root: Path) -> None:
               title_justify="left")
     for c in ("model", "AUC"):
         t.add_column(c, justify="right")
-    t.add_row("vertical, SGD on secret shares (two owners, sealed MPC links)", f"{v.auc_vertical:.3f}")
+    t.add_row("vertical, SGD on secret shares (the model file the buyer received)", f"{v.auc_vertical:.3f}")
     t.add_row("central, plaintext SGD on the joined rows (for comparison only)", f"{v.auc_central:.3f}")
     t.add_row("the bank's columns alone (plaintext)", f"{v.auc_bank_only:.3f}")
     console.print(t)
-    console.print("only the buyer learns the weights (each owner returns a share); the MPC parties run in this process "
-                  "here, over links sealed as between organisations\n")
+    console.print(f"job {v.job_id}: the two owners and the dealer ran SGD on secret shares, the coordinator relaying "
+                  "sealed frames; each owner sealed its share of the weights to the buyer, who alone added them "
+                  f"(model file {v.model_path.name if v.model_path else '-'}, for `fedtrust predict`)\n")

@@ -45,13 +45,12 @@ def train(
 ) -> None:
     """Train a model over every owner's data: masked updates, only sums leave the nodes; verified receipt."""
     from fedtrust.buyer.train import submit_training
-    from fedtrust.errors import ConfigError
     from fedtrust.training.spec import load_training_toml
     from fedtrust.trust.vertical_lr import is_vertical_lr_toml
 
     if is_vertical_lr_toml(job):
-        raise ConfigError(f"{job} is a vertical-lr job, which needs the MPC relay between nodes that this version "
-                          "does not have yet; see the README's vertical logistic regression section")
+        train_vertical(job, credentials, contract, coordinator, out, receipt, as_json, timeout)
+        return
     spec = load_training_toml(job)
     identity = load_identity(credentials)
     with _bar() as bar:
@@ -93,3 +92,37 @@ def train(
     if receipt:
         console.print(f"receipt written to {receipt}; the exchange checks it with "
                       f"`fedtrust exchange verify EXCHANGE_DIR {receipt} --result {out}`")
+
+
+def train_vertical(job: Path, credentials: Path, contract: Path, coordinator: str, out: Path, receipt: Optional[Path],
+                   as_json: bool, timeout: float) -> None:
+    """A vertical-lr job.toml: logistic regression on secret shares of the owners' aligned rows (MPC)."""
+    from fedtrust.buyer.vertical_lr import submit_vertical_lr
+    from fedtrust.cli.output import job_progress, result_table
+    from fedtrust.trust.vertical_lr import load_vertical_lr_toml
+
+    spec = load_vertical_lr_toml(job)
+    identity = load_identity(credentials)
+    with job_progress() as bar:
+        task = bar.add_task("vertical-lr", total=None, stage="submitting")
+
+        def progress(ev) -> None:
+            bar.update(task, total=ev.total, completed=ev.done, stage=ev.stage)
+
+        res = submit_vertical_lr(identity, credentials, contract, coordinator, spec, progress, timeout)
+        bar.update(task, stage="verified")
+    out.write_bytes(res.model)
+    if receipt:
+        receipt.write_bytes(res.mpc.receipt.to_json())
+    if as_json:
+        print_json({"job_id": res.job_id, "model": str(out), "model_digest": res.mpc.result["model_digest"],
+                    "result": res.mpc.result, "receipt": str(receipt) if receipt else None})
+        return
+    err_console.print(f"job {res.job_id} done")
+    console.print(result_table(res.mpc.result["columns"], [[n, f"{w:.6f}"] for n, w in res.mpc.result["rows"]],
+                               title=f"job {res.job_id}: the model's weights (only you received them)"))
+    console.print(f"model written to {out} (sha256 {res.mpc.result['model_digest']}); predict with "
+                  f"`fedtrust predict --model {out} --job {job} ROWS.csv`")
+    if receipt:
+        console.print(f"receipt written to {receipt}; the exchange checks it with `fedtrust exchange verify "
+                      f"EXCHANGE_DIR {receipt} --result {res.result_path}`")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import ClassVar, Protocol, TypeVar
 
-from fedtrust.coordinator.mpc_job import JointJobs, MpcStatsJobs
+from fedtrust.coordinator.mpc_job import JointJobs, MpcStatsJobs, VerticalLRJobs
 from fedtrust.coordinator.query_job import QueryJobs
 from fedtrust.coordinator.runtime import CoordinatorRuntime
 from fedtrust.coordinator.training_job import TrainingJobs
@@ -29,7 +29,8 @@ class KindHandler(Protocol):
 
 
 #: the coordinator's job kinds, one handler class each
-HANDLERS: tuple[type[KindHandler], ...] = (QueryJobs, TrainingJobs, VerticalJobs, MpcStatsJobs, JointJobs)
+HANDLERS: tuple[type[KindHandler], ...] = (QueryJobs, TrainingJobs, VerticalJobs, MpcStatsJobs, JointJobs,
+                                          VerticalLRJobs)
 
 H = TypeVar("H", bound=KindHandler)
 

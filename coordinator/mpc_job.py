@@ -45,6 +45,7 @@ from fedtrust.trust.receipts import (
     verify_attestation,
 )
 from fedtrust.trust.vertical import JointJob
+from fedtrust.trust.vertical_lr import VerticalLRSpec
 from fedtrust.v1 import mpc_pb2, mpc_pb2_grpc
 
 __all__ = ["MpcJobs", "MAX_FRAME_BYTES", "MAX_SESSION_BYTES", "IDLE_S"]
@@ -288,3 +289,9 @@ class JointJobs(MpcJobs):
     """Joint statistics over a PSI job's aligned rows (`query.joint_program`)."""
 
     kind: ClassVar[str] = JointJob.kind
+
+
+class VerticalLRJobs(MpcJobs):
+    """Vertical logistic regression (`training.vertical_lr_program`)."""
+
+    kind: ClassVar[str] = VerticalLRSpec.kind

@@ -183,14 +183,16 @@ batch_size = 50
 """
 
 
-def central_reference(fed: Federation, contract, spec) -> tuple[Any, Any, Any, Any]:
-    """(plan, x, y, usable) of the joined rows as a trusted party holding both files would have them (the demo's
-    and the tests' comparison only; nothing in fedtrust's job path calls this)."""
+def central_reference(fed: Federation, contract, spec, alignment: dict[str, list[int]] | None = None
+                      ) -> tuple[Any, Any, Any, Any]:
+    """(plan, x, y, usable) of the joined rows as a trusted party holding both files would have them, in the order
+    of `alignment` (default: `plaintext_alignment`) — the demo's and the tests' comparison only; nothing in
+    fedtrust's job path calls this."""
     from fedtrust.query.dataset import Dataset
     from fedtrust.training.vertical_lr import local_inputs, plan_for
 
     schemas = {h.credential.name: h.product.schema for h in contract.owners}
-    alignment = plaintext_alignment(fed.data, schemas)
+    alignment = alignment or plaintext_alignment(fed.data, schemas)
     plan = plan_for(contract, contract.owner_names, spec)
     inputs = {}
     for node in contract.owner_names:
@@ -201,59 +203,21 @@ def central_reference(fed: Federation, contract, spec) -> tuple[Any, Any, Any, A
     return plan, x, label["y"].numpy(), label["usable"].numpy()
 
 
-def train_in_process(plan, inputs: dict[str, dict], seed: int, timeout_s: float = 120.0):
-    """Run the vertical-lr MPC program with each owner as a thread of this process over sealed in-process links
-    (the frames sealed as between organisations); returns (the buyer's model, every party's shares). For the demo
-    and tests until the daemons relay MPC sessions."""
-    import threading
-
-    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-
-    from fedtrust.privacy import crypten_shim
-    from fedtrust.privacy.mpc.communicator import QueueLinks
-    from fedtrust.privacy.mpc.sealed_link import SealedLink
-    from fedtrust.training.vertical_lr import compute, finish
-
-    keys = [X25519PrivateKey.generate() for _ in plan.parties]
-    peers = {n: k.public_key() for n, k in zip(plan.parties, keys)}
-    queues = QueueLinks(len(plan.parties), timeout_s=timeout_s)
-    shares: list = [None] * len(plan.parties)
-    errors: list[BaseException] = []
-
-    def party(rank: int) -> None:
-        try:
-            link = SealedLink(queues.link(rank), session=f"demo-{seed}", names=list(plan.parties), rank=rank,
-                              own=keys[rank], peers=peers)
-            with crypten_shim.party(rank, len(plan.parties), link):
-                w, b = compute(plan, rank, inputs[plan.parties[rank]], seed)
-                shares[rank] = {"weight": w.share.clone(), "bias": b.share.clone()}
-        except BaseException as e:  # noqa: BLE001 - reported below
-            errors.append(e)
-
-    threads = [threading.Thread(target=party, args=(r,), daemon=True) for r in range(len(plan.parties))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout_s)
-    if errors:
-        raise errors[0]
-    summed = {k: sum(s[k] for s in shares) for k in shares[0]}
-    outputs = {k: crypten_shim.fixed_point_decode(v, 2 ** 16) for k, v in summed.items()}
-    return finish(plan.spec, outputs), shares
-
-
 @dataclass(frozen=True)
 class VerticalDemo:
     intersection_size: int  # attested by both owners
     joined_rows: int  # the plaintext join of the two files (comparison only)
     job_toml: str
-    auc_vertical: float
+    auc_vertical: float  # the delivered model file, through `fedtrust predict`'s path, on the joined rows
     auc_central: float
     auc_bank_only: float
     #: the joint statistic through the daemons (MPC with the dealer) and the plaintext join's answer
     joint_sql: str = ""
     joint: tuple[tuple, ...] = ()
     joint_plain: tuple[tuple, ...] = ()
+    job_id: str = ""  # the vertical-lr job
+    result: dict | None = None  # the buyer's result.json: weight per input, bias, model digest
+    model_path: Path | None = None
 
 
 #: the demo's joint statistic over the aligned rows
@@ -272,18 +236,20 @@ def joint_plaintext(fed: Federation, canonical_sql: str) -> list[tuple]:
 
 
 def run_vertical(root: Path) -> VerticalDemo:
-    """The demo's vertical story: a PSI job through the daemons, then vertical logistic regression on the owners'
-    aligned rows, next to central training on the plaintext join (AUC on the joined rows)."""
+    """The demo's vertical story through the daemons: a PSI job, a joint statistic over its alignment next to the
+    plaintext join's answer, then a vertical-lr job on the alignment (MPC between the owners and the dealer,
+    relayed by the coordinator, the model's shares sealed to the buyer) next to central training (AUC on the
+    joined rows)."""
     from fedtrust.buyer.joint import submit_joint
     from fedtrust.buyer.vertical import submit_psi
+    from fedtrust.buyer.vertical_lr import submit_vertical_lr
     from fedtrust.demo.central import auc_of
     from fedtrust.node.vertical_store import VerticalStore
-    from fedtrust.query.dataset import Dataset
     from fedtrust.query.joint_checks import plan_joint_job
     from fedtrust.training import vertical_lr as vlr
+    from fedtrust.training.predict import predict_rows
     from fedtrust.trust.credentials import load_identity
-    from fedtrust.trust.jobs import new_nonce
-    from fedtrust.trust.vertical_lr import check_vertical_lr, load_vertical_lr_toml
+    from fedtrust.trust.vertical_lr import load_vertical_lr_toml
 
     fed = build_vertical_federation(root, mpc=True)
     buyer = load_identity(fed.buyer_dir)
@@ -296,24 +262,41 @@ def run_vertical(root: Path) -> VerticalDemo:
         job = root / "vertical-job.toml"
         job.write_text(DEMO_VERTICAL_JOB.format(alignment=psi.job_id))
         spec = load_vertical_lr_toml(job)
-        check_vertical_lr(contract, spec)
-        plan = vlr.plan_for(contract, contract.owner_names, spec)
-        inputs = {}
-        for h in contract.owners:  # each owner reads its own file, in the order its node stored after the PSI
-            node = h.credential.name
-            rows = VerticalStore(fed.nodes[node].runtime.config.state).alignment(psi.verified.contract_digest,
-                                                                               psi.job_id)
-            with Dataset.open(fed.data[node], h.product.schema) as ds:
-                inputs[node] = vlr.local_inputs(plan, node, ds, rows or [])
-        seed = vlr.order_seed(new_nonce())
-        model, _ = train_in_process(plan, inputs, seed)
-    _, x, y, usable = central_reference(fed, contract, spec)
+        out = submit_vertical_lr(buyer, fed.buyer_dir, fed.contract_path, fed.coordinator_address, spec)
+        # the central party joins the same rows in the same order (the owners' stored PSI alignment), so the two
+        # models differ only by what MPC changes (fixed point, CrypTen's sigmoid)
+        aligned = {n: VerticalStore(d.runtime.config.state).alignment(psi.verified.contract_digest, psi.job_id) or []
+                   for n, d in fed.nodes.items()}
+    model_path = root / "vertical-model.safetensors"
+    model_path.write_bytes(out.model)
+    plan, x, y, usable = central_reference(fed, contract, spec, aligned)
+    seed = vlr.order_seed(out.mpc.verified.job.nonce)
     central = vlr.fit_plain(x, y, usable, spec, seed)
     width = plan.blocks[0].width
     bank = vlr.fit_plain(x[:, :width], y, usable, spec, seed)
-    return VerticalDemo(psi.intersection_size, len(y), job.read_text(),
-                        auc_of(y, vlr.predict_proba(model.weight, model.bias, x)),
+    joined = root / "joined.csv"  # the rows as a buyer holding every feature would have them
+    write_joined(fed, contract, joined, aligned)
+    scores = predict_rows(out.model, joined).scores
+    return VerticalDemo(psi.intersection_size, len(y), job.read_text(), auc_of(y, scores),
                         auc_of(y, vlr.predict_proba(central.weight, central.bias, x)),
                         auc_of(y, vlr.predict_proba(bank.weight, bank.bias, x[:, :width])),
                         DEMO_JOINT_SQL, tuple(tuple(r) for r in joint.result["rows"]),
-                        tuple(sorted(joint_plain, key=lambda r: str(r[0]))))
+                        tuple(sorted(joint_plain, key=lambda r: str(r[0]))), out.job_id, out.mpc.result, model_path)
+
+
+def write_joined(fed: Federation, contract, out: Path, alignment: dict[str, list[int]]) -> None:
+    """The joined rows of both files in `alignment`'s order as one CSV with product-qualified column names."""
+    from fedtrust.query.dataset import Dataset
+
+    schemas = {h.credential.name: h.product.schema for h in contract.owners}
+    cols = {}
+    for h in contract.owners:
+        node = h.credential.name
+        names = [c.name for c in h.product.schema.columns if c.type != "key"]
+        with Dataset.open(fed.data[node], schemas[node]) as ds:
+            got = ds.columns_at(names, alignment[node])
+        cols.update({f"{h.product.dataset}.{n}": got[n] for n in names})
+    with out.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(list(cols))
+        w.writerows(zip(*[["" if np.ma.is_masked(v) else v for v in c] for c in cols.values()]))

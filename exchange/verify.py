@@ -28,15 +28,17 @@ from fedtrust.query.mpc_stats import MPC_STATS, MpcStatsJob
 from fedtrust.query.payload import QueryPayload
 from fedtrust.training.checks import TRAINING
 from fedtrust.training.spec import TrainingSpec
+from fedtrust.training.vertical_lr_program import VERTICAL_LR
 from fedtrust.trust.canonical import sha256_hex
 from fedtrust.trust.psi_checks import PSI
 from fedtrust.trust.receipts import GENESIS, ReceiptBundle, ledger_entry_digest, result_digest
 from fedtrust.trust.verify import KindCheck, VerifiedReceipt, check_model_attested, verify_bundle
 from fedtrust.trust.vertical import JointJob, VerticalJob
+from fedtrust.trust.vertical_lr import VerticalLRSpec
 
 #: the job kinds the exchange settles, each with its receipt checks (one line per kind)
 JOB_KINDS: dict[str, KindCheck] = {QueryPayload.kind: QUERY, TrainingSpec.kind: TRAINING, VerticalJob.kind: PSI,
-                                   MpcStatsJob.kind: MPC_STATS, JointJob.kind: JOINT}
+                                   MpcStatsJob.kind: MPC_STATS, JointJob.kind: JOINT, VerticalLRSpec.kind: VERTICAL_LR}
 
 
 @dataclass(frozen=True)

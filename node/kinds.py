@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import ClassVar, Protocol, TypeVar
 
 from fedtrust.errors import PolicyViolation
-from fedtrust.node.mpc_runtime import JointRuntime, MpcStatsRuntime
+from fedtrust.node.mpc_runtime import JointRuntime, MpcStatsRuntime, VerticalLRRuntime
 from fedtrust.node.query_runtime import QueryRuntime
 from fedtrust.node.runtime import CheckedJob, NodeRuntime
 from fedtrust.node.training_runtime import TrainingRuntime
@@ -34,7 +34,8 @@ class KindHandler(Protocol):
 
 
 #: the node's job kinds, one handler class each
-HANDLERS: tuple[type[KindHandler], ...] = (QueryRuntime, TrainingRuntime, PsiRuntime, MpcStatsRuntime, JointRuntime)
+HANDLERS: tuple[type[KindHandler], ...] = (QueryRuntime, TrainingRuntime, PsiRuntime, MpcStatsRuntime, JointRuntime,
+                                          VerticalLRRuntime)
 
 H = TypeVar("H", bound=KindHandler)
 

@@ -50,6 +50,7 @@ from fedtrust.trust.credentials import kx_public_key
 from fedtrust.trust.dsse import Envelope
 from fedtrust.trust.receipts import Attestation, sign_attestation
 from fedtrust.trust.vertical import JointJob
+from fedtrust.trust.vertical_lr import VerticalLRSpec
 
 __all__ = ["MpcRuntime", "NodeData", "party_names", "link_peers", "DEALER_STEP"]
 
@@ -203,3 +204,9 @@ class JointRuntime(MpcRuntime):
     """Joint statistics over a PSI job's aligned rows (`query.joint_program`)."""
 
     kind: ClassVar[str] = JointJob.kind
+
+
+class VerticalLRRuntime(MpcRuntime):
+    """Vertical logistic regression (`training.vertical_lr_program`)."""
+
+    kind: ClassVar[str] = VerticalLRSpec.kind

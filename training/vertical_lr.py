@@ -40,7 +40,7 @@ from fedtrust.trust.schema import Column, Schema
 from fedtrust.trust.vertical_lr import KIND, VerticalLRSpec, split_name
 
 __all__ = ["Plan", "VerticalModel", "plan_for", "local_inputs", "compute", "sgd", "finish", "model_file", "fit_plain",
-           "predict_proba", "order_seed", "features_for_prediction"]
+           "predict_proba", "order_seed", "features_for_prediction", "input_names"]
 
 
 @dataclass(frozen=True)
@@ -158,6 +158,8 @@ def sgd(x: Any, y: Any, usable: Any, w: Any, b: Any, spec: VerticalLRSpec, seed:
     gen = torch.Generator().manual_seed(seed)
     for _ in range(spec.epochs):
         perm = torch.randperm(n, generator=gen)
+        if hasattr(x, "device") and str(x.device) != "cpu":
+            perm = perm.to(x.device)
         xe, ye, ue = x[perm], y[perm], usable[perm]
         for start in range(0, n, spec.batch_size):
             end = start + spec.batch_size
@@ -193,6 +195,12 @@ def model_file(plan: Plan, job_id: str, model: VerticalModel) -> bytes:
         raise InvalidInput("the vertical model's weights do not match the job's features")
     return write_model({"weight": model.weight.reshape(1, -1), "bias": np.array([model.bias], dtype=np.float32)},
                        {"kind": KIND, **plan.spec.to_dict()}, plan.preprocessor.to_dict(), job_id)
+
+
+def input_names(preprocessor: Preprocessor) -> list[str]:
+    """One name per model input: `bank.income`, and `bank.segment=sme` for each value of a one-hot category."""
+    return [n for f in preprocessor.features
+            for n in ([f"{f.name}={v}" for v in f.values] if f.type == "category" else [f.name])]
 
 
 def predict_proba(weight: np.ndarray, bias: float, x: np.ndarray) -> np.ndarray:

@@ -30,10 +30,11 @@ inside MPC, clipping per-row gradients on shares, is not built).
 """
 from __future__ import annotations
 
+import base64
 import json
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -107,20 +108,31 @@ class VerticalLRSpec:
     epochs: int
     learning_rate: float
     batch_size: int
+    #: in a signed job: the buyer's per-job X25519 key (base64) the owners seal their model shares to; not part of
+    #: job.toml or of the model file (`to_dict`), which describe the training only
+    output_key: str = ""
 
     kind: ClassVar[str] = KIND
     #: many epochs in MPC: the buyer's signature stays valid as long as a training job's
     ttl: ClassVar[timedelta] = timedelta(hours=24)
 
     def to_fields(self) -> dict[str, Any]:
-        return {"vertical_lr": self.to_dict()}
+        return {"vertical_lr": self.to_dict(), "output_key": self.output_key}
 
     @classmethod
     def from_fields(cls, f: Fields) -> VerticalLRSpec:
-        return cls.from_dict(f.obj("vertical_lr"), where="job spec: vertical_lr")
+        spec = cls.from_dict(f.obj("vertical_lr"), where="job spec: vertical_lr")
+        return replace(spec, output_key=f.text("output_key"))
 
     def check_payload(self, dataset: str) -> None:
-        """The spec's form is checked by `from_dict`; the contract's rules by `check_vertical_lr`."""
+        """The spec's form is checked by `from_dict`, the contract's rules by `check_vertical_lr`; here the key the
+        owners seal their shares of the model to."""
+        try:
+            raw = base64.b64decode(self.output_key, validate=True)
+        except (ValueError, TypeError):
+            raw = b""
+        if len(raw) != 32:
+            raise InvalidInput("job spec: output_key must be a base64 raw 32-byte X25519 public key")
 
     def describe(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)

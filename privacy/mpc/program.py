@@ -53,7 +53,8 @@ __all__ = [
 #: the fixed-point scale of every output share (CrypTen's default: 16 fractional bits)
 SCALE = 2 ** 16
 #: modules that define (and register) programs; `program(kind)` imports them first
-PROGRAM_MODULES: tuple[str, ...] = ("fedtrust.query.mpc_stats", "fedtrust.query.joint_mpc")
+PROGRAM_MODULES: tuple[str, ...] = ("fedtrust.query.mpc_stats", "fedtrust.query.joint_mpc",
+                                   "fedtrust.training.vertical_lr_program")
 #: the dealer's name on an in-process link
 DEALER = "dealer"
 #: the sealed-message step (privacy.sealed) of an owner's output shares to the buyer's per-job key

@@ -3,6 +3,7 @@ program run by two in-process parties over sealed links — within 0.02 AUC of c
 the buyer's model file predicting the same probabilities, and no party's share telling anything alone."""
 from __future__ import annotations
 
+import base64
 import csv
 from dataclasses import replace
 
@@ -10,23 +11,25 @@ import numpy as np
 import pytest
 
 from fedtrust.demo.central import auc_of
-from fedtrust.demo.vertical import build_vertical_federation, plaintext_alignment, train_in_process
+from fedtrust.demo.vertical import build_vertical_federation, plaintext_alignment
 from fedtrust.errors import ConfigError, InvalidInput, PolicyViolation
 from fedtrust.privacy import crypten_shim
+from fedtrust.privacy.mpc.program import SCALE, program, run_in_process
 from fedtrust.query.dataset import Dataset
 from fedtrust.training import vertical_lr as vlr
 from fedtrust.training.predict import predict_rows
+from fedtrust.trust.canonical import sha256_hex
 from fedtrust.trust.contracts import verify_contract
 from fedtrust.trust.credentials import load_identity
 from fedtrust.trust.dsse import Envelope
 from fedtrust.trust.jobs import JobSpec
 from fedtrust.trust.vertical import VerticalRules
-from fedtrust.trust.vertical_lr import VerticalLRRules, VerticalLRSpec, check_vertical_lr, load_vertical_lr_toml
+from fedtrust.trust.vertical_lr import KIND, VerticalLRRules, VerticalLRSpec, check_vertical_lr, load_vertical_lr_toml
 
 NODES = ("bank-node", "telco-node")
+KEY = base64.b64encode(bytes(range(32))).decode()
 SPEC = VerticalLRSpec("psi-job-1", ("telco.arpu", "bank.income", "bank.segment", "telco.tenure_months"),
                       "bank.defaulted", epochs=5, learning_rate=1.0, batch_size=32)
-NONCE = "ab" * 32
 
 
 @pytest.fixture(scope="module")
@@ -45,10 +48,31 @@ def world(tmp_path_factory):
     return fed, contract, plan, inputs
 
 
-def run_parties(plan, inputs, seed, tamper_n=None):
+def run_parties(contract, inputs, tamper_n=None, relay=None):
+    """The registered vertical-lr program, both owners and the dealer as threads over sealed in-process links."""
     if tamper_n is not None:  # the telco's alignment is shorter than the bank's
         inputs = {**inputs, "telco-node": {**inputs["telco-node"], "x": inputs["telco-node"]["x"][:tamper_n]}}
-    return train_in_process(plan, inputs, seed, timeout_s=60)
+    job = JobSpec.create(contract, "0" * 64, replace(SPEC, output_key=KEY))
+    return job, run_in_process(program(KIND), inputs, job=job, contract=contract, relay=relay, timeout_s=60)
+
+
+class Recorder:
+    """Sits where the coordinator sits: records every sealed frame it carries."""
+
+    def __init__(self):
+        self.frames = []
+
+    def __call__(self, rank, link):
+        frames = self.frames
+
+        class _L:
+            def send(self, dst, frame):
+                frames.append(frame)
+                link.send(dst, frame)
+
+            def recv(self, src):
+                return link.recv(src)
+        return _L()
 
 
 def joined(plan, inputs):
@@ -59,8 +83,10 @@ def joined(plan, inputs):
 
 def test_mpc_model_matches_central_training_within_0_02_auc(world, tmp_path):
     fed, contract, plan, inputs = world
-    seed = vlr.order_seed(NONCE)
-    model, shares = run_parties(plan, inputs, seed)
+    relay = Recorder()
+    job, run = run_parties(contract, inputs, relay=relay)
+    model, shares = vlr.finish(SPEC, run.outputs), run.shares
+    seed = vlr.order_seed(job.nonce)
     x, y, usable = joined(plan, inputs)
     central = vlr.fit_plain(x, y, usable, SPEC, seed)
     got, want = (auc_of(y, vlr.predict_proba(m.weight, m.bias, x)) for m in (model, central))
@@ -71,11 +97,18 @@ def test_mpc_model_matches_central_training_within_0_02_auc(world, tmp_path):
     bank_only = vlr.fit_plain(x[:, : plan.blocks[0].width], y, usable, SPEC, seed)
     assert auc_of(y, vlr.predict_proba(bank_only.weight, bank_only.bias, x[:, : plan.blocks[0].width])) < got - 0.02
     # one party's share alone is ring noise, not the weights
-    alone = crypten_shim.fixed_point_decode(shares[0]["weight"], 2 ** 16).numpy()
+    alone = crypten_shim.fixed_point_decode(shares[0]["weight"], SCALE).numpy()
     assert not np.allclose(alone, model.weight, atol=1.0)
+    # the relay (where the coordinator sits) saw sealed frames only: no frame header, no encoded feature value
+    features = [int(round(v * 2 ** 16)).to_bytes(8, "little", signed=True)
+                for v in inputs["telco-node"]["x"][:20].flatten().tolist() if v > 0.01]
+    assert relay.frames and all(b'"dtype"' not in f and not any(e in f for e in features) for f in relay.frames)
+    # the buyer's result: a weight per input, the bias, the digest of the model file built from them
+    assert run.result["rows"][-1][0] == "(bias)" and len(run.result["rows"]) == plan.width + 1
+    assert run.result["model_digest"] == sha256_hex(vlr.model_file(plan, job.job_id, model))
 
     # the buyer's model file predicts from a file with every feature (qualified or bare names), as the model does
-    raw = vlr.model_file(plan, "job-1", model)
+    raw = vlr.model_file(plan, job.job_id, model)
     rows = tmp_path / "joined.csv"
     names = [f.name for f in plan.preprocessor.features]
     with Dataset.open(fed.data["bank-node"], contract.owners[0].product.schema) as bank, \
@@ -94,9 +127,9 @@ def test_mpc_model_matches_central_training_within_0_02_auc(world, tmp_path):
 
 
 def test_owners_with_alignments_of_different_sizes_refuse(world):
-    _, _, plan, inputs = world
+    _, contract, _, inputs = world
     with pytest.raises(InvalidInput, match="alignments differ in size"):
-        run_parties(plan, inputs, 1, tamper_n=150)
+        run_parties(contract, inputs, tamper_n=150)
 
 
 def test_local_inputs_follow_the_alignment_and_the_public_schema(world):
@@ -115,9 +148,12 @@ def test_local_inputs_follow_the_alignment_and_the_public_schema(world):
 # -- the job's form and the rules ---------------------------------------------------------------
 def test_spec_round_trips_through_the_signed_job(world):
     _, contract, _, _ = world
-    job = JobSpec.create(contract, "0" * 64, SPEC)
-    assert JobSpec.from_dict(job.to_dict()) == job and job.kind == "vertical-lr"
-    assert "vertical_lr" in job.to_dict() and "sql" not in job.to_dict()
+    job = JobSpec.create(contract, "0" * 64, replace(SPEC, output_key=KEY))
+    assert JobSpec.from_dict(job.to_dict()) == job and job.kind == "vertical-lr" and job.is_mpc
+    assert job.to_dict()["output_key"] == KEY and "sql" not in job.to_dict()
+    assert "output_key" not in job.to_dict()["vertical_lr"]  # the spec (and the model file's copy) has none
+    with pytest.raises(InvalidInput, match="output_key"):  # owners seal the model's shares to it: required
+        JobSpec.from_dict(JobSpec.create(contract, "0" * 64, SPEC).to_dict())
 
 
 def test_job_toml(tmp_path):
