@@ -85,6 +85,20 @@ def job_progress():
                     TextColumn("{task.fields[stage]}"), TimeElapsedColumn(), console=err_console, transient=False)
 
 
+def with_progress(name: str, done: str, submit):
+    """`submit(progress)` under a job progress bar named `name` (each progress event moves it); `done` is the last
+    stage shown. Returns what `submit` returns."""
+    with job_progress() as bar:
+        task = bar.add_task(name, total=None, stage="submitting")
+
+        def progress(ev) -> None:
+            bar.update(task, total=ev.total, completed=ev.done, stage=ev.stage)
+
+        res = submit(progress)
+        bar.update(task, stage=done)
+    return res
+
+
 def serve_until_stopped(daemon, banner: str) -> None:
     """Start a daemon, print its banner (with the bound port), serve until SIGTERM or Ctrl-C, then drain.
 

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from fedtrust.cli.output import console, err_console, job_progress, print_json, result_table
+from fedtrust.cli.output import console, err_console, print_json, result_table, with_progress
 from fedtrust.trust.credentials import load_identity
 
 FORMATS = ("table", "json", "csv")
@@ -94,14 +94,9 @@ def query(
                            "this query joins nothing, so drop it")
     if is_mpc_sql(sql):
         return _mpc_query(identity, credentials, contract, coordinator, sql, out, receipt, fmt, timeout)
-    with job_progress() as bar:
-        task = bar.add_task("query", total=None, stage="submitting")
-
-        def progress(ev) -> None:
-            bar.update(task, total=ev.total, completed=ev.done, stage=ev.stage)
-
-        res = submit_query(identity, credentials, contract, coordinator, sql, progress, timeout)
-        bar.update(task, stage="decrypted")
+    res = with_progress("query", "decrypted",
+                        lambda progress: submit_query(identity, credentials, contract, coordinator, sql, progress,
+                                                      timeout))
     err_console.print(f"job {res.job_id} done")
     show_result(res, out, receipt, as_json, fmt)
 
@@ -112,17 +107,12 @@ def _mpc_query(identity, credentials: Path, contract: Path, coordinator: str, sq
     from fedtrust.buyer.joint import submit_joint
     from fedtrust.buyer.mpc import submit_mpc_stats
 
-    with job_progress() as bar:
-        task = bar.add_task("mpc", total=None, stage="submitting")
-
-        def progress(ev) -> None:
-            bar.update(task, total=ev.total, completed=ev.done, stage=ev.stage)
-
-        if joint:
-            res = submit_joint(identity, credentials, contract, coordinator, sql, alignment, progress, timeout)
-        else:
-            res = submit_mpc_stats(identity, credentials, contract, coordinator, sql, progress, timeout)
-        bar.update(task, stage="added")
+    if joint:
+        res = with_progress("mpc", "added", lambda progress: submit_joint(identity, credentials, contract, coordinator,
+                                                                           sql, alignment, progress, timeout))
+    else:
+        res = with_progress("mpc", "added", lambda progress: submit_mpc_stats(identity, credentials, contract,
+                                                                               coordinator, sql, progress, timeout))
     err_console.print(f"job {res.job_id} done")
     show_mpc_result(res, out, receipt, fmt)
 

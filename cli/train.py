@@ -98,19 +98,13 @@ def train_vertical(job: Path, credentials: Path, contract: Path, coordinator: st
                    as_json: bool, timeout: float) -> None:
     """A vertical-lr job.toml: logistic regression on secret shares of the owners' aligned rows (MPC)."""
     from fedtrust.buyer.vertical_lr import submit_vertical_lr
-    from fedtrust.cli.output import job_progress, result_table
+    from fedtrust.cli.output import result_table, with_progress
     from fedtrust.trust.vertical_lr import load_vertical_lr_toml
 
     spec = load_vertical_lr_toml(job)
     identity = load_identity(credentials)
-    with job_progress() as bar:
-        task = bar.add_task("vertical-lr", total=None, stage="submitting")
-
-        def progress(ev) -> None:
-            bar.update(task, total=ev.total, completed=ev.done, stage=ev.stage)
-
-        res = submit_vertical_lr(identity, credentials, contract, coordinator, spec, progress, timeout)
-        bar.update(task, stage="verified")
+    res = with_progress("vertical-lr", "verified", lambda progress: submit_vertical_lr(
+        identity, credentials, contract, coordinator, spec, progress, timeout))
     out.write_bytes(res.model)
     if receipt:
         receipt.write_bytes(res.mpc.receipt.to_json())

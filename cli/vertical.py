@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from fedtrust.cli.output import console, err_console, job_progress, print_json
+from fedtrust.cli.output import console, err_console, print_json, with_progress
 from fedtrust.trust.credentials import load_identity
 
 
@@ -24,14 +24,8 @@ def psi(
     from fedtrust.buyer.vertical import submit_psi
 
     identity = load_identity(credentials)
-    with job_progress() as bar:
-        task = bar.add_task("psi", total=None, stage="submitting")
-
-        def progress(ev) -> None:
-            bar.update(task, total=ev.total, completed=ev.done, stage=ev.stage)
-
-        res = submit_psi(identity, credentials, contract, coordinator, progress, timeout)
-        bar.update(task, stage="attested")
+    res = with_progress("psi", "attested",
+                        lambda progress: submit_psi(identity, credentials, contract, coordinator, progress, timeout))
     err_console.print(f"job {res.job_id} done")
     show_psi(res, out, receipt, as_json)
 

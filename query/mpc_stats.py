@@ -23,7 +23,6 @@ Each job counts against the contract's `max_queries`.
 """
 from __future__ import annotations
 
-import base64
 from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
@@ -40,6 +39,7 @@ from fedtrust.query.checks import check_query_receipt, check_query_spend
 from fedtrust.query.sql import QUANTILE_PLACES, Output, QueryPlan, plan_query
 from fedtrust.trust.canonical import Fields
 from fedtrust.trust.jobs import DEFAULT_TTL, MAX_SQL_CHARS, register_payload
+from fedtrust.trust.kinds import check_output_key
 from fedtrust.trust.verify import KindCheck, check_horizontal
 
 __all__ = ["KIND", "BINS", "MpcStatsJob", "StatsPlan", "stats_plan", "resolution", "PROGRAM", "MPC_STATS"]
@@ -119,12 +119,7 @@ class MpcStatsJob:
     def check_payload(self, dataset: str) -> None:
         if not self.sql.strip() or len(self.sql) > MAX_SQL_CHARS:
             raise InvalidInput(f"job spec: sql must be a non-empty query of at most {MAX_SQL_CHARS} characters")
-        try:
-            raw = base64.b64decode(self.output_key, validate=True)
-        except (ValueError, TypeError):
-            raw = b""
-        if len(raw) != 32:
-            raise InvalidInput("job spec: output_key must be a base64 raw 32-byte X25519 public key")
+        check_output_key(self.output_key)
 
     def describe(self) -> str:
         return self.sql

@@ -13,9 +13,10 @@ import re
 from datetime import timedelta
 from typing import Any, Callable, ClassVar, Protocol
 
+from fedtrust.errors import InvalidInput
 from fedtrust.trust.canonical import Fields
 
-__all__ = ["JOB_ID", "MAX_SQL_CHARS", "JobPayload", "PayloadParser", "job_kinds", "payload_parser", "register_payload"]
+__all__ = ["JOB_ID", "MAX_SQL_CHARS", "JobPayload", "check_output_key", "PayloadParser", "job_kinds", "payload_parser", "register_payload"]
 
 #: a job id (and so a reference to another job, as a joint job's PSI alignment)
 JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -42,6 +43,19 @@ class JobPayload(Protocol):
     def describe(self) -> str:
         """The request as the owner's job log shows it (the SQL, the spec as JSON ...)."""
         ...
+
+
+def check_output_key(key: str) -> None:
+    """An MPC job's `output_key`: the buyer's per-job X25519 public key, base64 of its 32 raw bytes (the owners seal
+    their output shares to it); InvalidInput otherwise."""
+    import base64
+
+    try:
+        raw = base64.b64decode(key, validate=True)
+    except (ValueError, TypeError):
+        raw = b""
+    if len(raw) != 32:
+        raise InvalidInput("job spec: output_key must be a base64 raw 32-byte X25519 public key")
 
 
 #: reads a kind's payload from the job spec's fields (InvalidInput naming the field)

@@ -24,7 +24,6 @@ over the aligned rows) needs a `[vertical.joint]` table (`trust.joint_rules`).
 """
 from __future__ import annotations
 
-import base64
 import json
 from dataclasses import dataclass
 from datetime import timedelta
@@ -33,7 +32,7 @@ from typing import Any, ClassVar, Sequence
 from fedtrust.errors import ConfigError, InvalidInput, PolicyViolation
 from fedtrust.trust.canonical import Fields
 from fedtrust.trust.joint_rules import JointRules, check_joint_products
-from fedtrust.trust.kinds import JOB_ID, MAX_SQL_CHARS, register_payload
+from fedtrust.trust.kinds import JOB_ID, MAX_SQL_CHARS, check_output_key, register_payload
 from fedtrust.trust.vertical_lr import VerticalLRRules
 
 __all__ = ["VERTICAL_KINDS", "JointJob", "VerticalJob", "VerticalRules", "check_vertical_job", "check_vertical_products"]
@@ -220,12 +219,7 @@ class JointJob:
         if len(self.sql) > MAX_SQL_CHARS or not JOB_ID.fullmatch(self.alignment):
             raise InvalidInput(f"job spec: a joint job's sql is at most {MAX_SQL_CHARS} characters and its "
                                "alignment a PSI job id")
-        try:
-            raw = base64.b64decode(self.output_key, validate=True)
-        except (ValueError, TypeError):
-            raw = b""
-        if len(raw) != 32:
-            raise InvalidInput("job spec: output_key must be a base64 raw 32-byte X25519 public key")
+        check_output_key(self.output_key)
 
     def describe(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)

@@ -30,7 +30,6 @@ inside MPC, clipping per-row gradients on shares, is not built).
 """
 from __future__ import annotations
 
-import base64
 import json
 import math
 import re
@@ -42,7 +41,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from fedtrust.config import read_toml
 from fedtrust.errors import ConfigError, InvalidInput, PolicyViolation
 from fedtrust.trust.canonical import Fields
-from fedtrust.trust.kinds import JOB_ID, register_payload
+from fedtrust.trust.kinds import JOB_ID, check_output_key, register_payload
 
 if TYPE_CHECKING:  # trust.contracts imports trust.vertical, which imports this module
     from fedtrust.trust.contracts import Contract
@@ -127,12 +126,7 @@ class VerticalLRSpec:
     def check_payload(self, dataset: str) -> None:
         """The spec's form is checked by `from_dict`, the contract's rules by `check_vertical_lr`; here the key the
         owners seal their shares of the model to."""
-        try:
-            raw = base64.b64decode(self.output_key, validate=True)
-        except (ValueError, TypeError):
-            raw = b""
-        if len(raw) != 32:
-            raise InvalidInput("job spec: output_key must be a base64 raw 32-byte X25519 public key")
+        check_output_key(self.output_key)
 
     def describe(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
