@@ -221,8 +221,8 @@ class FedtrustGrid(_grid_base()):  # type: ignore[misc]
                 try:
                     digest = fut.result()
                 except Error as e:
-                    raise JobFailed(f"node {node} refused the vectors of {phase} round {rnd}, so the job failed: "
-                                    f"{e}") from None
+                    raise JobFailed(f"node {node} failed in {phase} round {rnd} while checking every participant's vectors, so "
+                                    f"the job failed: {e}") from None
                 if digest != self.derivation.model_digest:
                     raise JobFailed(f"node {node} computed another global model than the coordinator after {phase} "
                                     f"round {rnd}; the job failed")

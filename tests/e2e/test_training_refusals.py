@@ -262,9 +262,10 @@ def test_a_node_that_stops_between_rounds_fails_the_job_with_its_name(tmp_path):
             if ev.stage == "aggregated" and ev.round == 1 and ev.phase == "evaluate":
                 fed.nodes["bank-b"].stop()
 
-        # the stop races with the coordinator sending the next round: any later round may be the one that fails
-        with pytest.raises(JobFailed, match="node bank-b failed in (train|evaluate) round [23]"):
-            train(fed, make_spec(rounds=3), on_round=stop_after_round_1)
+        # the stop races with the coordinator sending the next round (or forwarding its vectors): any later round may
+        # be the one that fails; four rounds leave room for an event that reaches the buyer late under load
+        with pytest.raises(JobFailed, match="node bank-b failed in (train|evaluate) round [234]"):
+            train(fed, make_spec(rounds=4), on_round=stop_after_round_1)
         client = CoordinatorClient(fed.coordinator_address, tls_of(identity(fed, "analyst")), fed.coordinator_name)
         job_id = max((fed.buyer_dir / "jobs").iterdir(), key=lambda p: p.stat().st_mtime).name
         assert client.job_status(job_id).state == "failed"
