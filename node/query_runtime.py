@@ -22,14 +22,13 @@ The order of `run_query` is the security argument, after `NodeRuntime.check_job`
 from __future__ import annotations
 
 import time
-from decimal import Decimal
 from typing import ClassVar, Sequence
 
-from fedtrust.errors import BudgetExhausted, ContextNeeded, InvalidInput, PolicyViolation
+from fedtrust.errors import ContextNeeded, InvalidInput
+from fedtrust.node.admit import Admission, query_rules
 from fedtrust.node.runtime import CheckedJob, NodeRuntime
 from fedtrust.node.store import ACCOUNTANT, StoredRelease
 from fedtrust.privacy import he
-from fedtrust.privacy.accounting import Budget, Spend
 from fedtrust.privacy.context_cache import ContextCache
 from fedtrust.privacy.dp import noise_plan
 from fedtrust.privacy.masking import add_mod, pairwise_mask
@@ -38,7 +37,7 @@ from fedtrust.query.encoding import encode
 from fedtrust.query.layout import Layout
 from fedtrust.query.noisy import add_noise, encode_signed
 from fedtrust.query.payload import QueryPayload
-from fedtrust.query.sql import QueryPlan, plan_query
+from fedtrust.query.sql import QueryPlan
 from fedtrust.trust.canonical import sha256_hex, utc_now
 from fedtrust.trust.credentials import kx_public_key
 from fedtrust.trust.dsse import Envelope
@@ -58,50 +57,31 @@ class QueryRuntime:
     def admit(self, checked: CheckedJob) -> None:
         self.admit_query(checked)
 
-    def admit_query(self, checked: CheckedJob) -> tuple[QueryPlan, StoredRelease | None]:
-        """Every check of a query job short of its HE context; spends nothing.
+    def admit_query(self, checked: CheckedJob) -> tuple[Admission, StoredRelease | None]:
+        """Every check of a query job short of its HE context (`node.admit.query_rules`); spends nothing.
 
-        Returns the plan and, for a job this node already released, the recorded release.
+        Returns the admission (its plan and exact spend) and, for a job this node already released, the recorded
+        release.
         """
-        contract, job, held = checked.contract, checked.job, checked.held
-        payload = job.payload_as(QueryPayload, "the query endpoint")
-        store = self.node.store
-        rules = contract.rules.query
-        if rules is None:
-            raise PolicyViolation("this contract sells no queries (its rules have no [query] table)")
-        plan = plan_query(payload.sql, rules, held.product.schema, contract.dataset)
-        if plan.is_mpc:
-            raise PolicyViolation("MIN, MAX, MEDIAN and QUANTILE_CONT are computed in MPC, not under HE: submit the "
-                                  "query as an mpc-stats job (`fedtrust query` does so by itself)")
-        payload.he.check_supported()
-        existing = store.lookup(checked.contract_digest, job.job_id, job.nonce, checked.job_digest)
-        if existing is not None:
-            return plan, existing
-        if store.released_count(checked.contract_digest) >= rules.max_queries:
-            # fast refusal before any computation; re-checked atomically in commit_release
-            raise BudgetExhausted(
-                f"query cap reached: this contract allows {rules.max_queries} query jobs at this node and all are "
-                "spent; ask the exchange for a new contract"
-            )
-        privacy = contract.rules.privacy
-        if privacy is not None:
-            # fast refusal before any computation; the debit in commit_release re-checks atomically
-            ACCOUNTANT.charge(Budget(privacy.epsilon_total, privacy.delta), store.spends(checked.contract_digest),
-                              Spend("discrete-laplace", privacy.epsilon_per_query), where=f"node {self.node.name}")
-        return plan, None
+        decision = self.node.decide(checked, query_rules)
+        if not decision.replay:
+            return decision, None
+        job = checked.job
+        return decision, self.node.store.lookup(checked.contract_digest, job.job_id, job.nonce, checked.job_digest)
 
     def run_query(self, checked: CheckedJob, context: bytes, admissions: Sequence[bytes] = ()) -> StoredRelease:
         contract, job, held, node = checked.contract, checked.job, checked.held, self.node
-        plan, existing = self.admit_query(checked)
+        decision, existing = self.admit_query(checked)
         if existing is not None:
             return existing
+        plan: QueryPlan = decision.plan
         payload = job.payload_as(QueryPayload, "the query endpoint")
         context = self.job_context(checked, payload, context)
         node.check_admissions(checked, admissions)
         rules = contract.rules.query
         assert rules is not None  # admit_query refused the job otherwise
         privacy = contract.rules.privacy
-        epsilon = privacy.epsilon_per_query if privacy else Decimal(0)
+        epsilon = decision.spend.epsilon  # the decision core's exact spend: ε per query under [privacy], else 0
         started, clock = utc_now(), time.monotonic()
         layout = Layout.from_plan(plan, held.product.schema)
         stats = held.dataset.aggregate(plan, layout)
@@ -151,7 +131,7 @@ class QueryRuntime:
             nonce=job.nonce,
             job_digest=checked.job_digest,
             max_queries=rules.max_queries,
-            mechanism="exact" if privacy is None else "discrete-laplace",
+            mechanism=decision.spend.mechanism,
             outputs=ciphertexts,
             make_attestation=attest,
             epsilon=epsilon,

@@ -26,7 +26,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Sequence
 
@@ -34,7 +34,9 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from fedtrust.code import code_digest
 from fedtrust.config import NodeConfig, check_private_files
-from fedtrust.errors import ConfigError, Error, PolicyViolation, VerificationError
+from fedtrust.errors import ConfigError, Error
+from fedtrust.node import admit as core
+from fedtrust.node.admit import KindRules, LedgerView, NodeFacts, Refusal
 from fedtrust.node.job_log import JobRecord
 from fedtrust.node.store import NodeStore
 from fedtrust.query.dataset import Dataset, file_digest
@@ -42,7 +44,7 @@ from fedtrust.trust.admission import Admission, sign_admission, verify_admission
 from fedtrust.trust.contracts import Contract, require_signatures, verify_contract
 from fedtrust.trust.credentials import KX_KEY, SIGNING_KEY, TLS_KEY, Identity, load_identity_as
 from fedtrust.trust.dsse import Envelope
-from fedtrust.trust.jobs import MAX_SQL_CHARS, JobSpec, verify_job
+from fedtrust.trust.jobs import MAX_SQL_CHARS, JobSpec, verify_job_signature
 from fedtrust.trust.products import Product, verify_product
 from fedtrust.trust.revocation import RevocationHolder
 
@@ -64,6 +66,7 @@ class CheckedJob:
     job: JobSpec
     job_digest: str
     held: HeldDataset
+    facts: NodeFacts
 
 
 def open_held_dataset(identity: Identity, name: str, product_path: Path, data_path: Path, encoding: str = "utf-8",
@@ -147,34 +150,39 @@ class NodeRuntime:
             fields.get("coordinator"), fields.get("request"), None, None, "refused", f"{e.kind}: {e}", duration_s))
 
     def _check_job(self, peer: tuple[str, str], job_bytes: bytes, contract_bytes: bytes) -> CheckedJob:
+        """The signatures (contract: exchange, buyer and this node's owner; job: buyer), then the rules every kind
+        shares (`node.admit.check_common`: caller, owner, revocation, withdrawal, product, the job's fit)."""
         contract_env = Envelope.from_json(contract_bytes)
         contract = verify_contract(contract_env, self.identity.exchange_key)
-        if peer != ("coordinator", contract.coordinator.name):
-            raise VerificationError(
-                f"caller fedtrust://{peer[0]}/{peer[1]} is not the contract's coordinator "
-                f"fedtrust://coordinator/{contract.coordinator.name}"
-            )
-        if self.name not in contract.owner_names:
-            raise PolicyViolation(f"node {self.name} is not an owner under this contract; send the job to its owners only")
+        facts = self.facts(peer, contract_env.digest)
+        self.refuse(core.refusal_of(core.check_parties, contract, facts))
         # the owner agreed to this contract, and so did the buyer: the exchange alone cannot commit this node
         require_signatures(contract_env, contract, [("buyer", contract.buyer.name), ("node", self.name)])
-        self.revocations.check(contract_env.digest, contract)
-        withdrawn = self.store.jobs.withdrawn_at(contract_env.digest)
-        if withdrawn is not None:
-            raise PolicyViolation(
-                f"the owner of node {self.name} withdrew from this contract at {withdrawn} (`fedtrust node withdraw`); "
-                "it serves no more jobs under it"
-            )
-        holding = contract.holding(self.name)
-        held = self.datasets.get(holding.product_digest)
-        if held is None:
-            raise PolicyViolation(
-                f"product {holding.product.dataset!r} named by the contract is not held by node {self.name}; "
-                "add it to [[datasets]] in the node's config"
-            )
         job_env = Envelope.from_json(job_bytes)
-        job = verify_job(job_env, contract, contract_env.digest, skew=self.skew)
-        return CheckedJob(contract, contract_env.digest, job, job_env.digest, held)
+        job = verify_job_signature(job_env, contract)
+        ledger = LedgerView(withdrawn_at=self.store.jobs.withdrawn_at(contract_env.digest))
+        self.refuse(core.refusal_of(core.check_common, job, contract, ledger, datetime.now(timezone.utc), facts))
+        held = self.datasets[contract.holding(self.name).product_digest]
+        return CheckedJob(contract, contract_env.digest, job, job_env.digest, held, facts)
+
+    def facts(self, peer: tuple[str, str], contract_digest: str) -> NodeFacts:
+        """What the decision core needs to know of this node and of the call."""
+        return NodeFacts(self.name, peer, contract_digest, {d: h.product for d, h in self.datasets.items()},
+                         self.revocations.current, self.skew)
+
+    @staticmethod
+    def refuse(refusal: Refusal | None) -> None:
+        if refusal is not None:
+            refusal.raise_error()
+
+    def decide(self, checked: CheckedJob, rules: KindRules) -> core.Admission:
+        """The decision core on this job, with what the ledger holds now; the Refusal's error raised."""
+        job = checked.job
+        ledger = self.store.view(checked.contract_digest, job.kind, job.job_id, job.nonce, checked.job_digest)
+        decision = core.admit(job, checked.contract, ledger, datetime.now(timezone.utc), checked.facts, rules)
+        if isinstance(decision, Refusal):
+            decision.raise_error()
+        return decision
 
     # -- admission (phase one: every check, nothing spent) --------------------
     def sign_admission(self, checked: CheckedJob) -> Envelope:

@@ -28,16 +28,16 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from fedtrust.errors import BudgetExhausted, ConfigError, NotFound, ReplayError
+from fedtrust.node.admit import ACCOUNTANT, LedgerView, cap_message
 from fedtrust.node.job_log import JobLog
 from fedtrust.node.watermark import Watermark
-from fedtrust.privacy.accounting import Budget, Spend, accountant
+from fedtrust.privacy.accounting import Budget, Spend
 from fedtrust.sqlite import Database
 from fedtrust.trust.canonical import utc_now
 from fedtrust.trust.dsse import Envelope
 from fedtrust.trust.receipts import GENESIS, ChainEntry, fmt_eps, ledger_entry_digest
 
 #: the privacy accountant this node composes its spends with (named in its DP attestations)
-ACCOUNTANT = accountant()
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS releases (
@@ -148,15 +148,6 @@ class ContractBudget:
         return fmt_eps(max(Decimal(self.delta_total) - Decimal(self.spent_delta), Decimal(0)))
 
 
-def cap_message(kind: str, max_jobs: int) -> str:
-    """The refusal of a job over its contract's cap (`[query] max_queries`, `[training] max_jobs`)."""
-    if kind == "train":
-        return (f"training job cap reached: this contract allows {max_jobs} training jobs at this node "
-                "([training] max_jobs) and all are spent; ask the exchange for a new contract")
-    return (f"query cap reached: this contract allows {max_jobs} {kind} jobs at this node and all are spent; ask "
-            "the exchange for a new contract")
-
-
 class NodeStore:
     def __init__(self, state_dir: str | Path, watermark: str | Path | None = None) -> None:
         """`watermark`: the ledger's high-water mark file (`fedtrust.node.watermark`), default
@@ -222,19 +213,35 @@ class NodeStore:
             return False
 
     # -- lookups ----------------------------------------------------------
-    def _find(self, con, contract_digest: str, job_id: str, nonce: str, job_digest: str):
-        """The row of this exact job, None if new; ReplayError on a conflicting reuse."""
+    @staticmethod
+    def _match(con, contract_digest: str, job_id: str, nonce: str, job_digest: str):
+        """(the row of this exact job or None, "nonce"/"job-id" when another job already used this one's)."""
         row = con.execute(
             "SELECT * FROM releases WHERE nonce = ? OR (contract_digest = ? AND job_id = ?)",
             (nonce, contract_digest, job_id),
         ).fetchone()
-        if row is None:
-            return None
-        if row["job_digest"] != job_digest or row["contract_digest"] != contract_digest:
-            if row["nonce"] == nonce:
-                raise ReplayError("nonce already used by another job; sign each job with a fresh nonce")
+        if row is not None and (row["job_digest"] != job_digest or row["contract_digest"] != contract_digest):
+            return None, "nonce" if row["nonce"] == nonce else "job-id"
+        return row, None
+
+    def _find(self, con, contract_digest: str, job_id: str, nonce: str, job_digest: str):
+        """The row of this exact job, None if new; ReplayError on a conflicting reuse."""
+        row, reused = self._match(con, contract_digest, job_id, nonce, job_digest)
+        if reused == "nonce":
+            raise ReplayError("nonce already used by another job; sign each job with a fresh nonce")
+        if reused is not None:
             raise ReplayError("job id already used for a different job under this contract; use a new job id")
         return row
+
+    def view(self, contract_digest: str, kind: str, job_id: str, nonce: str, job_digest: str) -> LedgerView:
+        """What the ledger holds for this job under this contract, for the decision core (`node.admit`)."""
+        con = self.db.read()
+        row, reused = self._match(con, contract_digest, job_id, nonce, job_digest)
+        jobs = con.execute("SELECT COUNT(*) FROM releases WHERE contract_digest = ? AND kind = ?",
+                           (contract_digest, kind)).fetchone()[0]
+        return LedgerView(withdrawn_at=self.jobs.withdrawn_at(contract_digest), reused=reused,
+                          attested=row is not None and row["attestation"] is not None, debited=row is not None,
+                          jobs=jobs, spends=tuple(_spends(con, contract_digest)))
 
     def lookup(self, contract_digest: str, job_id: str, nonce: str, job_digest: str) -> StoredRelease | None:
         """The recorded (attested) release of this exact job, or None."""

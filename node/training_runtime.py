@@ -48,13 +48,13 @@ from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from functools import partial
 from typing import ClassVar
 
 import numpy as np
 
 from fedtrust.config import NodeConfig
 from fedtrust.errors import (
-    BudgetExhausted,
     Error,
     InvalidInput,
     JobFailed,
@@ -63,11 +63,11 @@ from fedtrust.errors import (
     ReplayError,
     VerificationError,
 )
+from fedtrust.node.admit import training_rules
 from fedtrust.node.apps import AppRegistry
 from fedtrust.node.runtime import CheckedJob, NodeRuntime
-from fedtrust.node.store import ACCOUNTANT, cap_message
+from fedtrust.node.store import ACCOUNTANT
 from fedtrust.node.training_store import TrainingStore
-from fedtrust.privacy.accounting import Budget, Spend
 from fedtrust.privacy.masking import pairwise_mask, training_purpose
 from fedtrust.training import quantize
 from fedtrust.training.arrays import arrays_digest, from_array_record, to_array_record
@@ -208,33 +208,23 @@ class TrainingRuntime:
 
     # -- admission (phase one: every check, nothing spent) --------------------
     def admit(self, checked: CheckedJob) -> None:
-        """Every check a training job passes before its first round; spends nothing."""
-        self._check(checked)
-        job, store = checked.job, self.node.store
-        if store.lookup(checked.contract_digest, job.job_id, job.nonce, checked.job_digest) is not None:
-            raise PolicyViolation("this training job is finished (attested) at this node; submit a new job")
-        if store.find_debit(checked.contract_digest, job.job_id, job.nonce, checked.job_digest) is not None:
-            return  # already debited: a resumed job
-        max_jobs = self._max_jobs(checked)
-        if store.released_count(checked.contract_digest, "train") >= max_jobs:
-            raise BudgetExhausted(cap_message("train", max_jobs))  # re-checked atomically at the debit
-        dp = self.dp_plan(checked)
-        privacy = checked.contract.rules.privacy
-        if dp is not None and privacy is not None:
-            # fast refusal at admission; the debit re-checks atomically before the first round runs
-            ACCOUNTANT.charge(Budget(privacy.epsilon_total, privacy.delta), store.spends(checked.contract_digest),
-                              Spend("dp-sgd", dp.epsilon, dp.delta), where=f"node {self.node.name}")
+        """Every check a training job passes before its first round (`node.admit.training_rules`); spends nothing."""
+        self.node.decide(checked, self.rules(checked))
+
+    def rules(self, checked: CheckedJob):
+        """The decision core's training rules with this node's approved apps and the job's DP-SGD plan."""
+        return partial(training_rules, approved=frozenset(self.apps.names),
+                       dp_plan=lambda: self.dp_plan(checked))
 
     # -- rounds -----------------------------------------------------------
     def train_round(self, checked: CheckedJob, message: bytes, admissions=()) -> RoundRelease:
-        spec = self._check(checked)
+        decision = self.node.decide(checked, self.rules(checked))  # every refusal rule, before anything runs
+        spec = self.spec(checked)
         job, store = checked.job, self.node.store
-        if store.lookup(checked.contract_digest, job.job_id, job.nonce, checked.job_digest) is not None:
-            raise PolicyViolation("this training job is finished (attested) at this node; submit a new job")
         plan = self._plan(checked)
         phase, rnd, arrays = self._parse(message, spec, plan)
         gdigest = arrays_digest(arrays)
-        if store.find_debit(checked.contract_digest, job.job_id, job.nonce, checked.job_digest) is None:
+        if not decision.resume:
             self.node.check_admissions(checked, admissions)  # nothing runs or is debited before all admitted
         self._check_global(checked, plan, phase, rnd, gdigest)
         stored = self.store.claim(checked.job_digest, phase, rnd, gdigest)

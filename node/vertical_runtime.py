@@ -32,11 +32,12 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from typing import ClassVar, Sequence
 
-from fedtrust.errors import BudgetExhausted, InvalidInput, PolicyViolation, VerificationError
+from fedtrust.errors import InvalidInput, PolicyViolation, VerificationError
+from fedtrust.node.admit import psi_rules
 from fedtrust.node.runtime import CheckedJob, NodeRuntime
-from fedtrust.node.store import cap_message
 from fedtrust.node.vertical_store import VerticalStore
 from fedtrust.privacy.psi import PsiParty
 from fedtrust.privacy.sealed import open_sealed, seal
@@ -44,7 +45,7 @@ from fedtrust.trust.canonical import sha256_hex, utc_now
 from fedtrust.trust.credentials import kx_public_key
 from fedtrust.trust.dsse import Envelope
 from fedtrust.trust.receipts import Attestation, sign_attestation
-from fedtrust.trust.vertical import VerticalJob, check_vertical_job
+from fedtrust.trust.vertical import VerticalJob
 
 __all__ = ["PsiRuntime", "PsiStepResult", "SESSION_TTL_S"]
 
@@ -82,30 +83,9 @@ class PsiRuntime:
 
     # -- admission ----------------------------------------------------------------------
     def admit(self, checked: CheckedJob, *, finished_ok: bool = False) -> None:
-        """Every check of a PSI job short of running it; spends nothing."""
-        contract, job = checked.contract, checked.job
-        payload = job.payload_as(VerticalJob, "the PSI endpoint")
-        rules = contract.rules.vertical
-        check_vertical_job(rules, job.kind, payload)
-        assert rules is not None
-        if contract.rules.privacy is not None:
-            raise PolicyViolation("this contract has [privacy]: an exact intersection size is not differentially "
-                                  "private, so this node refuses PSI under it")
-        schema = checked.held.product.schema
-        if not schema.has(rules.key) or schema.column(rules.key).type != "key":
-            raise PolicyViolation(f"this node's product has no join column {rules.key!r} of type \"key\"")
-        store = self.node.store
-        if store.lookup(checked.contract_digest, job.job_id, job.nonce, checked.job_digest) is not None:
-            if finished_ok:
-                return
-            raise PolicyViolation("this PSI job is finished (attested) at this node; submit a new job")
-        if store.find_debit(checked.contract_digest, job.job_id, job.nonce, checked.job_digest) is not None:
-            if self._session(checked) is None:
-                raise PolicyViolation("this PSI job was interrupted at this node (its one-time secret is gone); "
-                                      "submit a new job")
-            return
-        if store.released_count(checked.contract_digest, "psi") >= rules.max_jobs:
-            raise BudgetExhausted(cap_message("psi", rules.max_jobs))  # re-checked atomically at the debit
+        """Every check of a PSI job short of running it (`node.admit.psi_rules`); spends nothing."""
+        self.node.decide(checked, partial(psi_rules, finished_ok=finished_ok,
+                                          session=self._session(checked) is not None))
 
     # -- steps --------------------------------------------------------------------------
     def step(self, checked: CheckedJob, step: int, sealed_in: bytes, admissions: Sequence[bytes]) -> PsiStepResult:

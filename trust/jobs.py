@@ -22,7 +22,7 @@ import re
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any, TypeVar
+from typing import Any, Callable, TypeVar
 
 from fedtrust.errors import InvalidInput, PolicyViolation, VerificationError
 from fedtrust.trust.canonical import Fields, format_time, is_sha256_hex, parse_time
@@ -34,7 +34,7 @@ from fedtrust.trust.kinds import JOB_ID, MAX_SQL_CHARS, JobPayload, job_kinds, p
 
 __all__ = [
     "JOB_TYPE", "MAX_SQL_CHARS", "DEFAULT_TTL", "TRAINING_TTL", "JobPayload", "JobSpec", "job_kinds",
-    "new_job_id", "new_nonce", "register_payload", "sign_job", "verify_job",
+    "JOB_RULES", "check_job_fits", "new_job_id", "new_nonce", "register_payload", "sign_job", "verify_job", "verify_job_signature",
 ]
 
 JOB_TYPE = "https://fedtrust.dev/JobSpec/v1"
@@ -166,24 +166,71 @@ def verify_job(envelope: Envelope, contract: Contract, contract_digest: str, *, 
     verified. A daemon passes its clock `skew` tolerance: validity is then
     widened by it, and an expiry names both clocks.
     """
-    job = verify_object(envelope, signing_public_key(contract.buyer), JOB_TYPE, JobSpec.from_dict, "job spec")
+    job = verify_job_signature(envelope, contract)
+    check_job_fits(job, contract, contract_digest, now or datetime.now(timezone.utc), skew)
+    return job
+
+
+def verify_job_signature(envelope: Envelope, contract: Contract) -> JobSpec:
+    """The job spec in `envelope`, signed by the contract's buyer (VerificationError otherwise); nothing else checked."""
+    return verify_object(envelope, signing_public_key(contract.buyer), JOB_TYPE, JobSpec.from_dict, "job spec")
+
+
+def _names_contract(job: JobSpec, contract: Contract, contract_digest: str, when: datetime,
+                    skew: timedelta | None) -> None:
     if job.contract_digest != contract_digest:
         raise VerificationError("job spec names another contract; send the contract the buyer signed the job for")
-    when = now or datetime.now(timezone.utc)
+
+
+def _unexpired(job: JobSpec, contract: Contract, contract_digest: str, when: datetime,
+               skew: timedelta | None) -> None:
     if skew is not None:
         check_not_expired(job.expires_at, "the job spec", "the buyer must submit a new job", now=when, skew=skew)
     elif when >= parse_time(job.expires_at):
         raise PolicyViolation(f"job spec expired at {job.expires_at}; the buyer must submit a new job")
+
+
+def _in_contract_window(job: JobSpec, contract: Contract, contract_digest: str, when: datetime,
+                        skew: timedelta | None) -> None:
     contract.check_valid_at(when, skew)
+
+
+def _its_coordinator(job: JobSpec, contract: Contract, contract_digest: str, when: datetime,
+                     skew: timedelta | None) -> None:
     if job.coordinator != contract.coordinator.name:
         raise PolicyViolation(
             f"job names coordinator {job.coordinator} but the contract names {contract.coordinator.name}; "
             "send the job through the contract's coordinator"
         )
+
+
+def _its_owners(job: JobSpec, contract: Contract, contract_digest: str, when: datetime,
+                skew: timedelta | None) -> None:
     if job.participants != contract.owner_names:
         raise PolicyViolation(
             f"participants must be exactly the contract's owners: {', '.join(contract.owner_names)} (sorted)"
         )
+
+
+def _its_dataset(job: JobSpec, contract: Contract, contract_digest: str, when: datetime,
+                 skew: timedelta | None) -> None:
     if job.dataset != contract.dataset:
         raise PolicyViolation(f"job asks for dataset {job.dataset} but the contract sells {contract.dataset}")
-    return job
+
+
+#: the rules a signed job must meet under its contract, by name, in order (the node's `admit` names them)
+JOB_RULES: tuple[tuple[str, Callable[[JobSpec, Contract, str, datetime, timedelta | None], None]], ...] = (
+    ("job-contract", _names_contract),
+    ("job-expired", _unexpired),
+    ("contract-window", _in_contract_window),
+    ("job-coordinator", _its_coordinator),
+    ("job-participants", _its_owners),
+    ("job-dataset", _its_dataset),
+)
+
+
+def check_job_fits(job: JobSpec, contract: Contract, contract_digest: str, when: datetime,
+                   skew: timedelta | None = None) -> None:
+    """Every rule of `JOB_RULES` at `when` (pure: no clock read, no I/O); the first broken one raises."""
+    for _, check in JOB_RULES:
+        check(job, contract, contract_digest, when, skew)

@@ -28,8 +28,8 @@ from fedtrust.trust.contracts import Contract
 from fedtrust.trust.dsse import Envelope, Signer, verify_object
 from fedtrust.trust.pki import parse_subject_uri
 
-__all__ = ["REVOCATION_TYPE", "Revoked", "RevocationList", "sign_revocation_list", "verify_revocation_list",
-           "RevocationHolder"]
+__all__ = ["REVOCATION_TYPE", "Revoked", "RevocationList", "check_revocation", "sign_revocation_list",
+           "verify_revocation_list", "RevocationHolder"]
 
 REVOCATION_TYPE = "https://fedtrust.dev/RevocationList/v1"
 KINDS = ("contract", "subject")
@@ -153,23 +153,27 @@ class RevocationHolder:
 
     def check(self, contract_digest: str, contract: Contract, now: datetime | None = None) -> None:
         """PolicyViolation when the contract or one of its parties is revoked, or the list held is too old."""
-        rl = self.current
-        if rl is not None:
-            hit = rl.revoked("contract", contract_digest)
+        check_revocation(self.current, contract_digest, contract, now or datetime.now(timezone.utc))
+
+
+def check_revocation(rl: RevocationList | None, contract_digest: str, contract: Contract, now: datetime) -> None:
+    """PolicyViolation when `rl` revokes the contract or one of its parties, or is older than the contract demands
+    (pure: the caller passes the list it holds and the time)."""
+    if rl is not None:
+        hit = rl.revoked("contract", contract_digest)
+        if hit is not None:
+            raise PolicyViolation(f"this contract was revoked by the exchange at {hit.revoked_at} "
+                                  f"(revocation list #{rl.seq}); no job runs under it")
+        parties = [contract.buyer, contract.coordinator] + [h.credential for h in contract.owners]
+        for cred in parties:
+            hit = rl.revoked("subject", cred.uri)
             if hit is not None:
-                raise PolicyViolation(f"this contract was revoked by the exchange at {hit.revoked_at} "
-                                      f"(revocation list #{rl.seq}); no job runs under it")
-            parties = [contract.buyer, contract.coordinator] + [h.credential for h in contract.owners]
-            for cred in parties:
-                hit = rl.revoked("subject", cred.uri)
-                if hit is not None:
-                    raise PolicyViolation(f"party {cred.uri} of this contract was revoked by the exchange at "
-                                          f"{hit.revoked_at} (revocation list #{rl.seq}); no job runs under it")
-        max_age = contract.revocation_max_age_h
-        if max_age is not None:
-            when = now or datetime.now(timezone.utc)
-            if rl is None or when - parse_time(rl.issued_at) > timedelta(hours=max_age):
-                held = f"from {rl.issued_at}" if rl is not None else "none at all"
-                raise PolicyViolation(
-                    f"this contract requires a revocation list at most {max_age} h old, and the newest this daemon "
-                    f"holds is {held}; set [exchange] url so it can fetch one (or wait for its next refresh)")
+                raise PolicyViolation(f"party {cred.uri} of this contract was revoked by the exchange at "
+                                      f"{hit.revoked_at} (revocation list #{rl.seq}); no job runs under it")
+    max_age = contract.revocation_max_age_h
+    if max_age is not None:
+        if rl is None or now - parse_time(rl.issued_at) > timedelta(hours=max_age):
+            held = f"from {rl.issued_at}" if rl is not None else "none at all"
+            raise PolicyViolation(
+                f"this contract requires a revocation list at most {max_age} h old, and the newest this daemon "
+                f"holds is {held}; set [exchange] url so it can fetch one (or wait for its next refresh)")
