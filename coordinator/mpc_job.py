@@ -35,13 +35,10 @@ from fedtrust.progress import Progress
 from fedtrust.query.mpc_stats import MpcStatsJob
 from fedtrust.transport.server import secure_channel
 from fedtrust.transport.status import error_from_rpc
-from fedtrust.trust.canonical import sha256_hex, utc_now
+from fedtrust.trust.canonical import sha256_hex
 from fedtrust.trust.dsse import Envelope
 from fedtrust.trust.receipts import (
-    CoordinatorStatement,
-    ReceiptBundle,
     RelayedOutputs,
-    sign_coordinator_statement,
     verify_attestation,
 )
 from fedtrust.trust.vertical import JointJob
@@ -239,7 +236,7 @@ class MpcJobs:
             yield Progress("succeeded", total, total, "job already finished; returning the stored result")
             yield Finished(done.receipt or b"", rt.store.relayed(job.job_id))
             return
-        try:
+        with rt.failing(job.job_id):
             yield Progress("admitting", 0, total, f"asking {total} owners to admit the job")
             admissions = rt.admit_all(contract, contract_env.digest, job, job_env.digest, job_bytes, contract_bytes)
             yield Progress("dispatched", 0, total, "every owner admitted the job; the MPC session runs (the dealer "
@@ -260,21 +257,9 @@ class MpcJobs:
                                     "and to it and the output it returned")
                 envs.append((env, att))
                 relayed.append(Relayed(p.name, (p.sealed,)))
-            statement = sign_coordinator_statement(
-                CoordinatorStatement(job_digest=job_env.digest, contract_digest=contract_env.digest,
-                                     aggregate_outputs=(), attestations=tuple(e.digest for e, _ in envs),
-                                     completed_at=utc_now(),
-                                     relayed=tuple(RelayedOutputs(a.node, e.digest, tuple(a.outputs))
-                                                   for e, a in envs)),
-                rt.identity.signer)
-            bundle = ReceiptBundle(contract_env, job_env, tuple(e for e, _ in envs), statement, None).to_json()
+            bundle = rt.receipt(contract_env, job_env, tuple(e for e, _ in envs),
+                                tuple(RelayedOutputs(a.node, e.digest, tuple(a.outputs)) for e, a in envs))
             rt.store.succeed(job.job_id, bundle, tuple(relayed))
-        except Error as e:
-            rt.store.fail(job.job_id, str(e))
-            raise
-        except BaseException:
-            rt.store.fail(job.job_id, "internal error at the coordinator; see its log")
-            raise
         yield Progress("relayed", total, total, "every owner's sealed output shares relayed; receipt signed")
         yield Finished(bundle, tuple(relayed))
 

@@ -24,13 +24,10 @@ from fedtrust.errors import ContextNeeded, Error, InvalidInput, JobFailed
 from fedtrust.privacy.context_cache import ContextCache
 from fedtrust.progress import Progress
 from fedtrust.query.payload import QueryPayload
-from fedtrust.trust.canonical import sha256_hex, utc_now
+from fedtrust.trust.canonical import sha256_hex
 from fedtrust.trust.dsse import Envelope
 from fedtrust.trust.receipts import (
-    CoordinatorStatement,
-    ReceiptBundle,
     RelayedOutputs,
-    sign_coordinator_statement,
     verify_attestation,
 )
 
@@ -65,7 +62,7 @@ class QueryJobs:
             yield Progress("succeeded", total, total, "job already finished; returning the stored result")
             yield Finished(done.receipt or b"", rt.store.relayed(job.job_id))
             return
-        try:
+        with rt.failing(job.job_id):
             rt.store.heartbeat(job.job_id, "admitting", answered=0)
             yield Progress("admitting", 0, total, f"asking {total} owners to admit the job")
             admissions = rt.admit_all(contract, contract_env.digest, job, job_env.digest, job_bytes, contract_bytes)
@@ -80,30 +77,12 @@ class QueryJobs:
             attestations = [self._check_release(contract, contract_env.digest, job_env.digest, releases[n])
                             for n in job.participants]
             relayed = tuple(Relayed(n, releases[n].ciphertexts) for n in job.participants)
-            statement = sign_coordinator_statement(
-                CoordinatorStatement(
-                    job_digest=job_env.digest,
-                    contract_digest=contract_env.digest,
-                    aggregate_outputs=(),
-                    attestations=tuple(a.digest for a in attestations),
-                    completed_at=utc_now(),
-                    relayed=tuple(RelayedOutputs(r.node, a.digest, tuple(sha256_hex(c) for c in r.ciphertexts))
-                                  for r, a in zip(relayed, attestations)),
-                ),
-                rt.identity.signer,
-            )
-            bundle = ReceiptBundle(contract_env, job_env, tuple(attestations), statement, None).to_json()
+            bundle = rt.receipt(contract_env, job_env, attestations,
+                                tuple(RelayedOutputs(r.node, a.digest, tuple(sha256_hex(c) for c in r.ciphertexts))
+                                      for r, a in zip(relayed, attestations)))
             rt.store.succeed(job.job_id, bundle, relayed)
             # kept once a job of the contract succeeded with it: the buyer's next jobs name it by digest only
             self.contexts.keep(contract_env.digest, payload.he.context_digest, context)
-        except Error as e:
-            rt.store.fail(job.job_id, str(e))
-            raise
-        except BaseException:
-            rt.store.fail(job.job_id, "internal error at the coordinator; see its log")
-            raise
-        finally:
-            rt.forget_cancel(job.job_id)
         yield Progress("relayed", total, total, "every node's ciphertexts relayed; receipt signed")
         yield Finished(bundle, relayed)
 

@@ -22,9 +22,10 @@ from __future__ import annotations
 import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Union
+from typing import Iterator, Sequence, Union
 
 from fedtrust.config import CoordinatorConfig, check_private_files
 from fedtrust.coordinator.node_client import admit_on_node
@@ -42,10 +43,12 @@ from fedtrust.progress import Progress
 from fedtrust.transport.channels import ChannelPool
 from fedtrust.transport.tls import TlsMaterial
 from fedtrust.trust.admission import verify_admissions
+from fedtrust.trust.canonical import utc_now
 from fedtrust.trust.contracts import Contract, require_signatures, verify_contract
 from fedtrust.trust.credentials import KX_KEY, SIGNING_KEY, TLS_KEY, load_identity_as
 from fedtrust.trust.dsse import Envelope
 from fedtrust.trust.jobs import JobSpec, verify_job
+from fedtrust.trust.receipts import CoordinatorStatement, ReceiptBundle, RelayedOutputs, sign_coordinator_statement
 from fedtrust.trust.revocation import RevocationHolder
 
 log = logging.getLogger("fedtrust.coordinator")
@@ -59,6 +62,9 @@ class Finished:
 
 Event = Union[Progress, Finished]
 
+
+#: what the store records for a job that failed on anything but a fedtrust error (the exception stays in the log)
+INTERNAL_FAILURE = "internal error at the coordinator; see its log"
 
 #: admission is a few signature checks at each node: an owner slower than this is treated as unreachable
 ADMIT_TIMEOUT_S = 30.0
@@ -140,6 +146,44 @@ class CoordinatorRuntime:
     def forget_cancel(self, job_id: str) -> None:
         with self._cancel_lock:
             self._cancelled.discard(job_id)
+
+    @contextmanager
+    def failing(self, job_id: str, *, disconnected: str | None = None, resumable: bool = False) -> Iterator[None]:
+        """Run a job's steps: if they raise, the job is failed in the store before the error goes on.
+
+        A fedtrust `Error` is recorded with its own one-line message; anything else (a bug) as
+        `INTERNAL_FAILURE`. A buyer who disconnects (GeneratorExit) is recorded as `disconnected` where the
+        kind names it, as an internal failure otherwise. A `resumable` job cut by the coordinator's shutdown
+        stays running (`JobStore.interrupt`), to resume at the next start. The buyer's cancel request, if any,
+        is forgotten when the job ends either way.
+        """
+        try:
+            yield
+        except BaseException as e:
+            if resumable and self.stopping and isinstance(e, (Error, GeneratorExit)):
+                self.store.interrupt(job_id)
+            elif isinstance(e, Error):
+                self.store.fail(job_id, str(e))
+            elif isinstance(e, GeneratorExit) and disconnected is not None:
+                self.store.fail(job_id, disconnected)
+            else:
+                if not isinstance(e, GeneratorExit):
+                    log.exception("job %s failed", job_id)
+                self.store.fail(job_id, INTERNAL_FAILURE)
+            raise
+        finally:
+            self.forget_cancel(job_id)
+
+    def receipt(self, contract_env: Envelope, job_env: Envelope, attestations: Sequence[Envelope],
+                relayed: tuple[RelayedOutputs, ...] | None = None) -> bytes:
+        """The receipt bundle of a job whose result this coordinator relayed (no aggregate of its own): the
+        nodes' attestations, in participant order, and its signed statement naming them and what it relayed."""
+        statement = sign_coordinator_statement(
+            CoordinatorStatement(job_digest=job_env.digest, contract_digest=contract_env.digest,
+                                 aggregate_outputs=(), attestations=tuple(a.digest for a in attestations),
+                                 completed_at=utc_now(), relayed=relayed),
+            self.identity.signer)
+        return ReceiptBundle(contract_env, job_env, tuple(attestations), statement, None).to_json()
 
     def check(self, peer: tuple[str, str], job_bytes: bytes, contract_bytes: bytes) -> tuple[Contract, Envelope, JobSpec, Envelope]:
         contract_env = Envelope.from_json(contract_bytes)

@@ -110,7 +110,8 @@ class TrainingJobs:
             return
         store.keep_envelopes(job.job_id, job_bytes, contract_bytes)
         total = len(job.participants)
-        try:
+        with self.rt.failing(job.job_id, resumable=True,
+                             disconnected="the buyer disconnected during the job; the training was stopped"):
             yield Progress("admitting", 0, total, f"asking {total} owners to admit the job", rounds=spec.rounds)
             store.heartbeat(job.job_id, "admitting", round=0, rounds=spec.rounds, answered=0)
             admissions = self.rt.admit_all(contract, contract_env.digest, job, job_env.digest, job_bytes,
@@ -136,20 +137,6 @@ class TrainingJobs:
             assert outcome is not None
             bundle = self._seal(contract, contract_env, job, job_env, outcome)
             store.succeed_training(job.job_id, bundle, outcome["model"])
-        except (Error, GeneratorExit) as e:
-            if self.rt.stopping:  # cut by the coordinator's shutdown: resumed at its next start
-                store.interrupt(job.job_id)
-            elif isinstance(e, GeneratorExit):
-                store.fail(job.job_id, "the buyer disconnected during the job; the training was stopped")
-            else:
-                store.fail(job.job_id, str(e))
-            raise
-        except BaseException:
-            log.exception("training job %s failed", job.job_id)
-            store.fail(job.job_id, "internal error at the coordinator; see its log")
-            raise
-        finally:
-            self.rt.forget_cancel(job.job_id)
         yield Progress("succeeded", total, total, "model and receipt ready", spec.rounds, spec.rounds)
         yield TrainingFinished(bundle, outcome["model"])
 

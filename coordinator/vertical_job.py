@@ -20,9 +20,9 @@ from fedtrust.coordinator.runtime import CoordinatorRuntime, Event, Finished
 from fedtrust.coordinator.vertical_client import psi_step_on_node
 from fedtrust.errors import Error, InvalidInput, JobFailed
 from fedtrust.progress import Progress
-from fedtrust.trust.canonical import sha256_hex, utc_now
+from fedtrust.trust.canonical import sha256_hex
 from fedtrust.trust.dsse import Envelope
-from fedtrust.trust.receipts import CoordinatorStatement, ReceiptBundle, sign_coordinator_statement, verify_attestation
+from fedtrust.trust.receipts import verify_attestation
 from fedtrust.trust.vertical import VerticalJob
 
 log = logging.getLogger("fedtrust.coordinator")
@@ -47,7 +47,7 @@ class VerticalJobs:
             yield Progress("succeeded", total, total, "job already finished; returning the stored receipt")
             yield Finished(done.receipt or b"", ())
             return
-        try:
+        with rt.failing(job.job_id):
             yield Progress("admitting", 0, total, f"asking {total} owners to admit the job")
             admissions = rt.admit_all(contract, contract_env.digest, job, job_env.digest, job_bytes, contract_bytes)
             a, b = job.participants
@@ -78,19 +78,8 @@ class VerticalJobs:
                 envs.append((env, att))
             if envs[0][1].intersection_size != envs[1][1].intersection_size:
                 raise JobFailed("the owners found intersections of different sizes; the job failed")
-            statement = sign_coordinator_statement(
-                CoordinatorStatement(job_digest=job_env.digest, contract_digest=contract_env.digest,
-                                     aggregate_outputs=(), attestations=tuple(e.digest for e, _ in envs),
-                                     completed_at=utc_now()),
-                rt.identity.signer)
-            bundle = ReceiptBundle(contract_env, job_env, tuple(e for e, _ in envs), statement, None).to_json()
+            bundle = rt.receipt(contract_env, job_env, tuple(e for e, _ in envs))
             rt.store.succeed(job.job_id, bundle, ())
-        except Error as e:
-            rt.store.fail(job.job_id, str(e))
-            raise
-        except BaseException:
-            rt.store.fail(job.job_id, "internal error at the coordinator; see its log")
-            raise
         yield Progress("attested", total, total, "both owners attested the intersection; receipt signed")
         yield Finished(bundle, ())
 
