@@ -21,8 +21,8 @@ from typing import Any, Callable
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from fedtrust.buyer.client import CoordinatorClient, JobOutcome, OnProgress
-from fedtrust.buyer.jobdir import JobFiles, jobs_root, open_job
-from fedtrust.buyer.query import check_agreed, load_contract, tls_of
+from fedtrust.buyer.jobdir import JobFiles, jobs_root
+from fedtrust.buyer.query import check_agreed, load_contract, reopen, tls_of
 from fedtrust.errors import VerificationError
 from fedtrust.privacy.mpc.program import (
     OUTPUT_STEP,
@@ -119,12 +119,8 @@ def submit_mpc(identity: Identity, credentials_dir: Path, contract_path: Path, c
 
 
 def fetch_mpc_again(identity: Identity, credentials_dir: Path, job_id: str, coordinator: str | None = None) -> MpcOutcome:
-    files = open_job(credentials_dir, job_id)
-    meta = files.read_meta()
-    contract, _ = load_contract(identity, files.contract)
-    outcome = CoordinatorClient(coordinator or meta["coordinator"], tls_of(identity),
-                                contract.coordinator.name).fetch_result(job_id, max_nodes=len(contract.owners))
-    return finish(identity, files, contract, outcome)
+    job = reopen(identity, credentials_dir, job_id, coordinator)
+    return finish(identity, job.files, job.contract, job.client.fetch_result(job_id, max_nodes=len(job.contract.owners)))
 
 
 def open_outputs(verified: VerifiedReceipt, relayed, contract: Contract, key: X25519PrivateKey) -> list[dict]:

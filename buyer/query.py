@@ -95,6 +95,25 @@ def tls_of(identity: Identity) -> TlsMaterial:
     return TlsMaterial(identity.tls_cert_pem, identity.tls_key_pem, identity.ca_pem)
 
 
+@dataclass(frozen=True)
+class KeptJob:
+    """A job this buyer submitted, reopened from its local folder to fetch its result again."""
+    files: JobFiles
+    meta: dict
+    contract: Contract
+    client: CoordinatorClient
+
+
+def reopen(identity: Identity, credentials_dir: Path, job_id: str, coordinator: str | None = None) -> KeptJob:
+    """The job's folder, its meta, the contract it was signed under (verified again) and a client of the
+    coordinator it went to (`coordinator` overrides the recorded address, e.g. after a move)."""
+    files = open_job(credentials_dir, job_id)
+    meta = files.read_meta()
+    contract, _ = load_contract(identity, files.contract)
+    client = CoordinatorClient(coordinator or meta["coordinator"], tls_of(identity), contract.coordinator.name)
+    return KeptJob(files, meta, contract, client)
+
+
 def submit_query(identity: Identity, credentials_dir: Path, contract_path: Path, coordinator: str, sql: str,
                  on_progress: OnProgress | None = None, timeout: float = 600.0) -> QueryResult:
     contract, contract_raw = load_contract(identity, contract_path)
@@ -119,14 +138,10 @@ def submit_query(identity: Identity, credentials_dir: Path, contract_path: Path,
 
 
 def fetch_again(identity: Identity, credentials_dir: Path, job_id: str, coordinator: str | None = None) -> QueryResult:
-    files = open_job(credentials_dir, job_id)
-    meta = files.read_meta()
-    contract, _ = load_contract(identity, files.contract)
-    plan = plan_for(contract, meta["sql"])
-    outcome = CoordinatorClient(coordinator or meta["coordinator"], tls_of(identity),
-                                contract.coordinator.name).fetch_result(
-        job_id, max_nodes=len(contract.owners))
-    return finish(identity, files, contract, plan, outcome)
+    job = reopen(identity, credentials_dir, job_id, coordinator)
+    plan = plan_for(job.contract, job.meta["sql"])
+    outcome = job.client.fetch_result(job_id, max_nodes=len(job.contract.owners))
+    return finish(identity, job.files, job.contract, plan, outcome)
 
 
 def finish(identity: Identity, files: JobFiles, contract: Contract, plan: QueryPlan, outcome: JobOutcome) -> QueryResult:

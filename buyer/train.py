@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from fedtrust.buyer.client import CoordinatorClient, OnProgress, TrainingOutcome
-from fedtrust.buyer.jobdir import JobFiles, jobs_root, open_job
-from fedtrust.buyer.query import check_agreed, load_contract, tls_of
+from fedtrust.buyer.jobdir import JobFiles, jobs_root
+from fedtrust.buyer.query import check_agreed, load_contract, reopen, tls_of
 from fedtrust.errors import VerificationError
 from fedtrust.training.arrays import read_model
 from fedtrust.training.checks import TRAINING
@@ -80,12 +80,8 @@ def submit_training(identity: Identity, credentials_dir: Path, contract_path: Pa
 
 def fetch_model_again(identity: Identity, credentials_dir: Path, job_id: str,
                       coordinator: str | None = None) -> TrainingResult:
-    files = open_job(credentials_dir, job_id)
-    meta = files.read_meta()
-    contract, _ = load_contract(identity, files.contract)
-    outcome = CoordinatorClient(coordinator or meta["coordinator"], tls_of(identity),
-                                contract.coordinator.name).fetch_model(job_id)
-    return _finish(identity, files, contract, outcome)
+    job = reopen(identity, credentials_dir, job_id, coordinator)
+    return _finish(identity, job.files, job.contract, job.client.fetch_model(job_id))
 
 
 def check_model_file(model: bytes, job: JobSpec, contract: Contract) -> None:

@@ -16,8 +16,8 @@ from datetime import timedelta
 from pathlib import Path
 
 from fedtrust.buyer.client import CoordinatorClient, JobOutcome, OnProgress
-from fedtrust.buyer.jobdir import JobFiles, jobs_root, open_job
-from fedtrust.buyer.query import check_agreed, load_contract, tls_of
+from fedtrust.buyer.jobdir import JobFiles, jobs_root
+from fedtrust.buyer.query import check_agreed, load_contract, reopen, tls_of
 from fedtrust.errors import ConfigError, VerificationError
 from fedtrust.trust.canonical import utc_now
 from fedtrust.trust.contracts import Contract
@@ -61,12 +61,8 @@ def submit_psi(identity: Identity, credentials_dir: Path, contract_path: Path, c
 
 
 def fetch_psi_again(identity: Identity, credentials_dir: Path, job_id: str, coordinator: str | None = None) -> PsiOutcome:
-    files = open_job(credentials_dir, job_id)
-    meta = files.read_meta()
-    contract, _ = load_contract(identity, files.contract)
-    outcome = CoordinatorClient(coordinator or meta["coordinator"], tls_of(identity),
-                                contract.coordinator.name).fetch_result(job_id, max_nodes=0)
-    return finish(identity, files, contract, outcome)
+    job = reopen(identity, credentials_dir, job_id, coordinator)
+    return finish(identity, job.files, job.contract, job.client.fetch_result(job_id, max_nodes=0))
 
 
 def finish(identity: Identity, files: JobFiles, contract: Contract, outcome: JobOutcome) -> PsiOutcome:
