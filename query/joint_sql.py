@@ -21,7 +21,7 @@ that mixes both products (`bank.x = 1 OR telco.y = 2`) is refused.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import ClassVar, Sequence
 
 from sqlglot import exp
 
@@ -79,6 +79,8 @@ class JointPlan:
 
 class _JointChecker(_Checker):
     """`query.sql`'s checker with product-qualified names over two schemas (reuses its WHERE rebuilding)."""
+
+    FILTER_EXAMPLE: ClassVar[str] = "telco.tenure_months >= 12"
 
     def __init__(self, rules: VerticalRules, schemas: dict[str, Schema]) -> None:
         assert rules.joint is not None
@@ -145,16 +147,7 @@ class _JointChecker(_Checker):
         return product, col
 
     def filter_column(self, node: exp.Expr) -> Column:
-        if isinstance(node, exp.Paren):
-            return self.filter_column(node.this)
-        if isinstance(node, exp.AggFunc):
-            raise PolicyViolation("aggregates are not allowed in WHERE; filter rows on filter columns only")
-        if node.find(exp.Select) is not None:
-            raise PolicyViolation("subqueries are not allowed in WHERE; compare filter columns with literals")
-        if not isinstance(node, exp.Column):
-            raise PolicyViolation("each filter must compare a filter column with a literal (e.g. telco.tenure_months "
-                                  ">= 12); functions and expressions on columns are not allowed")
-        product, col = self.qualified(node, "WHERE")
+        product, col = self.qualified(self.filter_operand(node), "WHERE")
         if f"{product}.{col.name}" not in self.joint.filters:
             raise PolicyViolation(f"column `{product}.{col.name}` may not be used in WHERE under this contract "
                                   f"(allowed filter columns: {_fmt(self.joint.filters)})")

@@ -26,6 +26,7 @@ import math
 import re
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
+from typing import ClassVar
 
 import sqlglot
 from sqlglot import exp
@@ -198,6 +199,9 @@ def _qcol(name: str) -> exp.Column:
 
 
 class _Checker:
+    #: the filter an error shows when a WHERE operand is not a plain column
+    FILTER_EXAMPLE: ClassVar[str] = "region = 'north'"
+
     def __init__(self, rules: QueryRules, schema: Schema, dataset: str) -> None:
         self.rules = rules
         self.schema = schema
@@ -386,18 +390,24 @@ class _Checker:
             f"filters compare column `{col.name}` with a literal only; functions, NULL and expressions are not allowed"
         )
 
-    def filter_column(self, node: exp.Expr) -> Column:
-        if isinstance(node, exp.Paren):
-            return self.filter_column(node.this)
+    def filter_operand(self, node: exp.Expr) -> exp.Column:
+        """A filter's column side, parentheses removed: a plain column, never an aggregate, a subquery, a
+        function or an expression."""
+        while isinstance(node, exp.Paren):
+            node = node.this
         if isinstance(node, exp.AggFunc):
             raise PolicyViolation("aggregates are not allowed in WHERE; filter rows on filter columns only")
         if node.find(exp.Select) is not None:
             raise PolicyViolation("subqueries are not allowed in WHERE; compare filter columns with literals")
         if not isinstance(node, exp.Column):
             raise PolicyViolation(
-                "each filter must compare a filter column with a literal (e.g. region = 'north'); "
+                f"each filter must compare a filter column with a literal (e.g. {self.FILTER_EXAMPLE}); "
                 "functions and expressions on columns are not allowed"
             )
+        return node
+
+    def filter_column(self, node: exp.Expr) -> Column:
+        node = self.filter_operand(node)
         if isinstance(node.this, exp.Star):
             raise PolicyViolation("* is not allowed in WHERE; compare a filter column with a literal")
         name, _ = _ident_name(node.this)
