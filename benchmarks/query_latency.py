@@ -86,11 +86,13 @@ def owner_names(n: int) -> list[str]:
     return list(NAMES[:n]) + [f"owner-{i:02d}" for i in range(len(NAMES), n)]
 
 
-def run_case(case: Case, repeat: int) -> Row:
+def run_case(case: Case, repeat: int, threads: int | None = None) -> Row:
     sql = SQL_BRANCH if case.groups else SQL
     with tempfile.TemporaryDirectory(prefix="fedtrust-bench-") as tmp:
         owners = {name: case.rows for name in owner_names(case.owners)}
-        fed = build_federation(Path(tmp), owners, max_queries=10_000, **({"branches": case.groups} if case.groups else {}))
+        extra = f"query_threads = {threads}\n" if threads else ""
+        fed = build_federation(Path(tmp), owners, max_queries=10_000, node_extra=extra,
+                               **({"branches": case.groups} if case.groups else {}))
         reader = f"read_csv({[str(p) for p in fed.data.values()]!r})"
 
         def cold():
@@ -121,6 +123,8 @@ def main() -> None:
                     help="multiply every case's rows (1 = the issue's table; default 0.01, the quick run)")
     ap.add_argument("--repeat", type=int, default=None, help="jobs per case, median reported (default 3; 5 with --scale)")
     ap.add_argument("--no-fixed", action="store_true", help="skip the fixed-cost case (3 × 1,000 rows)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="DuckDB threads per node dataset (`query_threads`; default: one per core)")
     args = ap.parse_args()
     quick = args.scale is None
     args.scale = 0.01 if quick else args.scale
@@ -128,11 +132,11 @@ def main() -> None:
     if quick:
         print("quick run (rows × 0.01, 3 jobs per case); the issue's table: --scale 1", flush=True)
     cases = [Case.parse(c.strip(), args.scale) for c in args.cases.split(",") if c.strip()]
-    fixed = None if args.no_fixed else run_case(Case(3, 1000, 0), args.repeat)
+    fixed = None if args.no_fixed else run_case(Case(3, 1000, 0), args.repeat, args.threads)
     rows = []
     for case in cases:
         t0 = time.perf_counter()
-        rows.append(run_case(case, args.repeat))
+        rows.append(run_case(case, args.repeat, args.threads))
         print(f"  measured {case.label} in {time.perf_counter() - t0:.0f} s", flush=True)
     print(f"\nmedians of {args.repeat}; fedtrust = the buyer's wall clock for the whole secure job")
     print(f"{'case':<34}{'DuckDB warm':>12}{'DuckDB cold':>12}{'fedtrust':>10}{'× warm':>8}{'× cold':>8}")

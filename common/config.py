@@ -31,6 +31,8 @@ class DatasetConfig:
     path: Path  # CSV or Parquet file with the product's rows
     encoding: str = "utf-8"  # a CSV's text encoding (e.g. "gb18030"); the commitment is of the file as it is
     null_values: tuple[str, ...] = ("",)  # CSV cells that mean "missing", e.g. ["", "NA", "NULL"]
+    #: DuckDB threads for this dataset's queries; None: one per core. Several nodes on one machine: 1 each
+    query_threads: int | None = None
 
 
 @dataclass(frozen=True)
@@ -178,7 +180,8 @@ _COORD_KEYS = {
 }
 _EXCHANGE_KEYS = {"url": Key(str, check=_https_url), "refresh_s": Key(float, low=0.1, high=86400)}
 _DATASET_KEYS = {"product": Key(str, required=True), "path": Key(str, required=True),
-                 "encoding": Key(str, check=_encoding), "null_values": Key(list, check=_null_values)}
+                 "encoding": Key(str, check=_encoding), "null_values": Key(list, check=_null_values),
+                 "query_threads": Key(int, low=1, high=1024)}
 _CLIENTAPP_KEYS = {"name": Key(str, required=True), "target": Key(str, required=True),
                    "digest": Key(str, required=True)}
 
@@ -288,7 +291,7 @@ def load_node_config(path: str | Path) -> NodeConfig:
         d = r.table(d, f"[[datasets]] entry {i + 1}", _DATASET_KEYS)
         datasets.append(DatasetConfig(r.path_of(d["product"]), r.path_of(d["path"]),
                                       codecs.lookup(d.get("encoding", "utf-8")).name,
-                                      tuple(d.get("null_values", [""]))))
+                                      tuple(d.get("null_values", [""])), d.get("query_threads")))
     return NodeConfig(
         name=t["name"], listen=t["listen"], credentials=r.path_of(t["credentials"]), state=r.path_of(t["state"]),
         datasets=tuple(datasets), device=t.get("device", "auto"),

@@ -33,7 +33,7 @@ from fedtrust.privacy.context_cache import ContextCache
 from fedtrust.privacy.dp import noise_plan
 from fedtrust.privacy.masking import add_mod, pairwise_mask
 from fedtrust.privacy.params import PLAIN_MODULUS
-from fedtrust.query.encoding import encode
+from fedtrust.query.encoding import encode_arrays
 from fedtrust.query.layout import Layout
 from fedtrust.query.noisy import add_noise, encode_signed
 from fedtrust.query.payload import QueryPayload
@@ -84,12 +84,12 @@ class QueryRuntime:
         epsilon = decision.spend.epsilon  # the decision core's exact spend: ε per query under [privacy], else 0
         started, clock = utc_now(), time.monotonic()
         layout = Layout.from_plan(plan, held.product.schema)
-        stats = held.dataset.aggregate(plan, layout)
         if privacy is None:
-            vector, n_withheld = encode(layout, stats, rules.min_group_size)
+            vector, n_withheld = encode_arrays(layout, held.dataset.aggregate_arrays(plan, layout),
+                                               rules.min_group_size)
         else:
             noise = noise_plan(layout, epsilon, rules.min_group_size)
-            noisy = add_noise(layout, stats, noise, rules.min_group_size)
+            noisy = add_noise(layout, held.dataset.aggregate(plan, layout), noise, rules.min_group_size)
             vector = encode_signed(layout, noisy)
             n_withheld = len(noisy.withheld)
         peers = {

@@ -70,7 +70,7 @@ class CheckedJob:
 
 
 def open_held_dataset(identity: Identity, name: str, product_path: Path, data_path: Path, encoding: str = "utf-8",
-                      null_values: tuple[str, ...] = ("",)) -> HeldDataset:
+                      null_values: tuple[str, ...] = ("",), query_threads: int | None = None) -> HeldDataset:
     """A product credential of this node, verified, and its data file, matching the listed commitment."""
     try:
         env = Envelope.from_json(product_path.read_bytes())
@@ -89,7 +89,8 @@ def open_held_dataset(identity: Identity, name: str, product_path: Path, data_pa
             "(`fedtrust node digest` prints the file's commitment)"
         )
     return HeldDataset(product, env.digest, data_path,
-                       Dataset.open(data_path, product.schema, encoding=encoding, null_values=null_values))
+                       Dataset.open(data_path, product.schema, encoding=encoding, null_values=null_values,
+                                    threads=query_threads))
 
 
 class NodeRuntime:
@@ -109,11 +110,12 @@ class NodeRuntime:
         self.code_digest = code_digest()
         self.datasets: dict[str, HeldDataset] = {}
         for d in config.datasets:
-            self._open_dataset(d.product, d.path, d.encoding, d.null_values)
+            self._open_dataset(d.product, d.path, d.encoding, d.null_values, d.query_threads)
 
     def _open_dataset(self, product_path: Path, data_path: Path, encoding: str = "utf-8",
-                      null_values: tuple[str, ...] = ("",)) -> None:
-        held = open_held_dataset(self.identity, self.name, product_path, data_path, encoding, null_values)
+                      null_values: tuple[str, ...] = ("",), query_threads: int | None = None) -> None:
+        held = open_held_dataset(self.identity, self.name, product_path, data_path, encoding, null_values,
+                                 query_threads)
         outside = held.dataset.out_of_domain_rows()
         if outside:
             # the owner's own log: a count only. No query counts these rows (the same domain filter for all).

@@ -51,8 +51,8 @@ import numpy as np
 from sqlglot import exp
 
 from fedtrust.errors import ConfigError, InvalidInput, PolicyViolation
-from fedtrust.query.encoding import ColumnStats, GroupStats
-from fedtrust.query.layout import Layout
+from fedtrust.query.encoding import GroupArrays, GroupStats
+from fedtrust.query.layout import LIMB_BITS, LIMB_MASK, LIMBS, Layout, scale_of
 from fedtrust.query.sql import QueryPlan
 from fedtrust.trust.schema import Column, Schema
 
@@ -222,6 +222,74 @@ class AlignedColumns:
     keep: Any  # int64 [N]: 1 where the row passes the owner's filter and the public-domain filter
 
 
+@dataclass(frozen=True)
+class DerivedColumns:
+    """Columns the node computes once at load, from public schema facts only, so a query need not.
+
+    * per category column, its *domain index*: the value's position in the
+      public domain (an ENUM of the listed values, `TRY_CAST` + `enum_code`),
+      NULL for NULL or an unlisted value. `index IS NOT NULL` is exactly
+      `col IN (listed values)` (byte-exact string equality, tested), and the
+      GROUP BY runs over small integers instead of strings;
+    * per numeric column, its quantised value q (`Dataset._quantized` with the
+      column's public scale), as BIGINT when the public span
+      `(max - min) × scale` is below 2^62, as HUGEINT below 2^126; with a
+      wider span q is computed per query (and overflows there, as before).
+
+    The names start with a prefix no schema column shares (case folded), and
+    no filter can name them (`_check_where` admits schema columns only).
+    """
+
+    domain: dict[str, str]
+    quantized: dict[str, str]
+    enums: dict[str, str]
+    names: tuple[str, ...]  # in the table's order (schema order)
+
+    @classmethod
+    def for_schema(cls, schema: Schema) -> "DerivedColumns":
+        prefix = "__fedtrust_"
+        while any(n.lower().startswith(prefix) for n in schema.names):
+            prefix = "_" + prefix
+        domain, quantized, enums, names = {}, {}, {}, []
+        for i, c in enumerate(schema.columns):
+            if c.type == "category":
+                domain[c.name], enums[c.name] = f"{prefix}d{i}", f"{prefix}enum{i}"
+                names.append(domain[c.name])
+            elif c.numeric and c.min is not None and c.max is not None and _span(c) < 2**126:
+                quantized[c.name] = f"{prefix}q{i}"
+                names.append(quantized[c.name])
+        return cls(domain, quantized, enums, tuple(names))
+
+    def statements(self, schema: Schema) -> list[str]:
+        """The ENUM types of the public domains (run before the table is created)."""
+        return [f"CREATE TYPE {_ident(self.enums[c.name])} AS ENUM ({', '.join(_lit(v) for v in c.values)})"
+                for c in schema.columns if c.name in self.enums]
+
+    def items(self, schema: Schema) -> list[str]:
+        """The SELECT items that compute the derived columns from the schema's columns."""
+        out = []
+        for c in schema.columns:
+            if c.name in self.domain:
+                cast = exp.TryCast(this=_q(c.name), to=exp.DataType.build(self.enums[c.name], udt=True))
+                code = exp.Anonymous(this="enum_code", expressions=[cast])
+                out.append(exp.alias_(code, exp.Identifier(this=self.domain[c.name], quoted=True)))
+            elif c.name in self.quantized:
+                typ = "BIGINT" if _span(c) < 2**62 else "HUGEINT"
+                q = exp.Cast(this=Dataset._quantized(c, scale_of(c)), to=exp.DataType.build(typ))
+                out.append(exp.alias_(q, exp.Identifier(this=self.quantized[c.name], quoted=True)))
+        return [e.sql(dialect=DIALECT) for e in out]
+
+
+def _span(c: Column) -> float:
+    """The public span of a numeric column's quantised values, (max - min) × scale."""
+    assert c.min is not None and c.max is not None
+    return (float(c.max) - float(c.min)) * scale_of(c)
+
+
+def _ident(name: str) -> str:
+    return exp.to_identifier(name, quoted=True).sql(dialect=DIALECT)
+
+
 class Dataset:
     """One product file loaded into a sandboxed in-memory DuckDB database."""
 
@@ -232,13 +300,17 @@ class Dataset:
         self._statements: "OrderedDict[tuple, str]" = OrderedDict()
         self.path = path
         self.schema = schema
+        self.derived = DerivedColumns.for_schema(schema)
 
     # ------------------------------------------------------------------ open
     @classmethod
     def open(cls, path: str | Path, schema: Schema, *, encoding: str = "utf-8",
-             null_values: tuple[str, ...] = ("",)) -> "Dataset":
+             null_values: tuple[str, ...] = ("",), threads: int | None = None) -> "Dataset":
         """Load the file; a CSV in another `encoding` is transcoded to UTF-8 in a private temporary file
-        first, and the strings in `null_values` read as missing (SQL NULL)."""
+        first, and the strings in `null_values` read as missing (SQL NULL). `threads` caps DuckDB's
+        threads for this dataset (default: DuckDB's, one per core); it is locked with the sandbox."""
+        if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
+            raise ConfigError("query_threads must be a whole number of at least 1")
         try:
             p = Path(path).resolve(strict=True)
         except (FileNotFoundError, RuntimeError):
@@ -265,6 +337,8 @@ class Dataset:
         try:
             con.execute(f"SET allowed_paths=[{_lit(str(source))}]")
             con.execute("SET enable_external_access=false")
+            if threads is not None:
+                con.execute(f"SET threads={int(threads)}")
             cls._load(con, source, kind, schema, null_values, p)
             con.execute("SET lock_configuration=true")
         except BaseException:
@@ -318,8 +392,12 @@ class Dataset:
             for c in schema.columns
         )
         table = exp.to_identifier(TABLE, quoted=True).sql(dialect=DIALECT)
+        derived = DerivedColumns.for_schema(schema)
+        for stmt in derived.statements(schema):
+            con.execute(stmt)
+        computed = "".join(", " + d for d in derived.items(schema))
         try:
-            con.execute(f"CREATE TABLE {table} AS SELECT {items} FROM {source}")
+            con.execute(f"CREATE TABLE {table} AS SELECT *{computed} FROM (SELECT {items} FROM {source})")
         except duckdb.Error:
             problem = encoding_problem(p) if kind == "csv" else None
             if problem:
@@ -337,8 +415,8 @@ class Dataset:
         # the table must have exactly the schema's columns: DuckDB folds case and renames clashes (`x`, `x_1`),
         # and a query must never reach a column under another column's name
         loaded = [r[0] for r in con.execute(f"DESCRIBE {table}").fetchall()]
-        if loaded != list(schema.names):
-            extra = [n for n in loaded if n not in schema.names]
+        if loaded != list(schema.names) + list(derived.names):
+            extra = [n for n in loaded if n not in schema.names and n not in derived.names]
             missing = [n for n in schema.names if n not in loaded]
             raise ConfigError(
                 f"data file {shown.name} loaded with columns other than the schema's (not in the schema: "
@@ -572,17 +650,19 @@ class Dataset:
         for i, g in enumerate(plan.group_by):
             if self.schema.column(g).type != "category":
                 raise PolicyViolation(f"group column `{g}` is not a category column")
-            items.append(exp.alias_(_q(g), f"g{i}", quoted=True))
+            # the group's position in the public domain (computed at load), not its string
+            items.append(exp.alias_(_q(self.derived.domain[g]), f"g{i}", quoted=True))
         items.append(exp.alias_(exp.Count(this=exp.Star()), "n_rows", quoted=True))
         for j, c in enumerate(layout.columns):
             col = self.schema.column(c.name)
             if not col.numeric:
                 raise PolicyViolation(f"column `{c.name}` is not numeric")
-            q = self._quantized(col, c.scale)
+            q = self._q_of(col, c.scale)
             items.append(exp.alias_(exp.Count(this=_q(c.name)), f"c{j}_n", quoted=True))
-            items.append(exp.alias_(exp.Sum(this=q.copy()), f"c{j}_s", quoted=True))
+            items += _limbs(exp.Sum(this=q.copy()), f"c{j}_s")
             if c.sumsq is not None:
-                items.append(exp.alias_(exp.Sum(this=exp.Mul(this=q.copy(), expression=q.copy())), f"c{j}_ss", quoted=True))
+                wide = exp.Cast(this=q.copy(), to=exp.DataType.build("HUGEINT"))
+                items += _limbs(exp.Sum(this=exp.Mul(this=wide, expression=q.copy())), f"c{j}_ss")
         conds: list[exp.Expr] = []
         if plan.where is not None:
             self._check_where(plan.where)
@@ -593,12 +673,20 @@ class Dataset:
         if conds:
             query = query.where(_and(conds), copy=False)
         if plan.group_by:
-            query = query.group_by(*[_q(g) for g in plan.group_by], copy=False)
+            query = query.group_by(*[_q(self.derived.domain[g]) for g in plan.group_by], copy=False)
         return query.sql(dialect=DIALECT)
 
+    def _q_of(self, col: Column, scale: int) -> exp.Expr:
+        """The quantised value of `col`: the column computed at load, or (wide spans, other scales) the expression."""
+        name = self.derived.quantized.get(col.name)
+        if name is not None and scale == scale_of(col):
+            return _q(name)
+        return self._quantized(col, scale)
+
     def _domain_conditions(self) -> list[exp.Expr]:
-        """`col IN (listed values)` for every category column: NULL and unlisted values fail it."""
-        return [exp.In(this=_q(c.name), expressions=[exp.Literal.string(v) for v in c.values])
+        """Every category column's value is listed in its public domain: its domain index (computed at load) is
+        not NULL, exactly `col IN (listed values)`; NULL and unlisted values fail it."""
+        return [exp.Not(this=exp.Is(this=_q(self.derived.domain[c.name]), expression=exp.Null()))
                 for c in self.schema.columns if c.type == "category"]
 
     def column_summary(self, column: str, where: exp.Expr | None, bins: int) -> ColumnSummary:
@@ -675,12 +763,17 @@ class Dataset:
 
     def aggregate(self, plan: QueryPlan, layout: Layout) -> dict[tuple[str, ...], GroupStats]:
         """Exact per-group stats of this node's rows for `plan` (groups with rows only, or `()`)."""
+        return self.aggregate_arrays(plan, layout).to_stats(layout)
+
+    def aggregate_arrays(self, plan: QueryPlan, layout: Layout) -> GroupArrays:
+        """`aggregate` as arrays, one row per group with rows (`encode_arrays` lays them out without a Python loop
+        over groups): DuckDB splits Σq and Σq² into 32-bit limbs itself, so no quantity leaves it as a float."""
         sql = self.build_sql(plan, layout)
         with self._lock:
             cur = self._con.cursor()
         try:
-            rows = cur.execute(sql).fetchall()
-        except duckdb.OutOfRangeException:
+            got = cur.execute(sql).fetchnumpy()
+        except (duckdb.OutOfRangeException, duckdb.ConversionException):  # a sum, or q itself (spans over 2^126)
             raise PolicyViolation(
                 "an aggregate overflowed the 127-bit range on this node; narrow the contract's column bounds or split the query"
             ) from None
@@ -688,19 +781,36 @@ class Dataset:
             raise InvalidInput(f"the query failed on this node's data ({type(e).__name__}); check the plan against the schema") from None
         finally:
             cur.close()
-        k = len(plan.group_by)
-        out: dict[tuple[str, ...], GroupStats] = {}
-        for r in rows:
-            key = tuple(str(v) for v in r[:k])
-            cols: dict[str, ColumnStats] = {}
-            pos = k + 1
-            for c in layout.columns:
-                n, s = int(r[pos]), int(r[pos + 1] or 0)
-                pos += 2
-                ss = 0
-                if c.sumsq is not None:
-                    ss = int(r[pos] or 0)
-                    pos += 1
-                cols[c.name] = ColumnStats(n, s, ss)
-            out[key] = GroupStats(int(r[k]), cols)
-        return out
+
+        def col(name: str) -> np.ndarray:
+            return np.asarray(got[name], dtype=np.int64)
+
+        rows = col("n_rows")
+        index = np.zeros(len(rows), dtype=np.int64)
+        for i, g in enumerate(plan.group_by):  # layout.groups is the product of the domains, in plan order
+            index = index * len(self.schema.column(g).values) + col(f"g{i}")
+        c = len(layout.columns)
+        sums = np.zeros((len(rows), c, LIMBS), dtype=np.int64)
+        sumsqs = np.zeros_like(sums)
+        for j, cs in enumerate(layout.columns):
+            sums[:, j] = np.stack([col(f"c{j}_s{k}") for k in range(LIMBS)], axis=1)
+            if cs.sumsq is not None:
+                sumsqs[:, j] = np.stack([col(f"c{j}_ss{k}") for k in range(LIMBS)], axis=1)
+        counts = np.stack([col(f"c{j}_n") for j in range(c)], axis=1) if c else np.zeros((len(rows), 0), np.int64)
+        return GroupArrays(index, rows, counts, sums, sumsqs)
+
+
+def _limbs(total: exp.Expr, name: str) -> list[exp.Expr]:
+    """`LIMBS` BIGINT items `name0…` holding the 32-bit limbs of the HUGEINT `total` (NULL counts as 0), least
+    significant first; the top limb is not masked, so a negative total shows as a negative limb."""
+    s = exp.func("COALESCE", exp.Cast(this=total, to=exp.DataType.build("HUGEINT")), exp.Literal.number(0))
+    out: list[exp.Expr] = []
+    for k in range(LIMBS):
+        part: exp.Expr = s.copy()
+        if k:
+            part = exp.BitwiseRightShift(this=part, expression=exp.Literal.number(LIMB_BITS * k))
+        if k < LIMBS - 1:
+            part = exp.BitwiseAnd(this=exp.Paren(this=part), expression=exp.Literal.number(LIMB_MASK))
+        out.append(exp.alias_(exp.Cast(this=exp.Paren(this=part), to=exp.DataType.build("BIGINT")), f"{name}{k}",
+                              quoted=True))
+    return out

@@ -25,7 +25,7 @@ from typing import Mapping
 import numpy as np
 
 from fedtrust.errors import InvalidInput, PolicyViolation
-from fedtrust.query.layout import COUNT_LIMBS, LIMB_BITS, LIMB_MASK, LIMBS, MAX_COUNT, MAX_VALUE, Layout
+from fedtrust.query.layout import COUNT_LIMBS, LIMB_BITS, LIMB_MASK, LIMBS, MAX_COUNT, MAX_VALUE, Layout, split_limbs
 
 
 @dataclass(frozen=True)
@@ -65,9 +65,65 @@ def _check_count(x: object, what: str) -> int:
     return n
 
 
-def _put(vec: np.ndarray, slot: int, value: int, limbs: int = LIMBS) -> None:
-    for i in range(limbs):
-        vec[slot + i] = (value >> (LIMB_BITS * i)) & LIMB_MASK
+@dataclass(frozen=True)
+class GroupArrays:
+    """A node's per-group aggregates as arrays (one row per group it holds), as DuckDB hands them over.
+
+    `index` is the group's position in `layout.groups`; `counts` [G, columns]
+    the non-null counts; `sums` and `sumsqs` [G, columns, LIMBS] the 32-bit
+    limbs of Σq and Σq² (zeros where the layout needs no Σq²). Every entry is
+    an int64 (limbs in [0, 2^32)); `encode_arrays` checks that.
+    """
+
+    index: np.ndarray
+    rows: np.ndarray
+    counts: np.ndarray
+    sums: np.ndarray
+    sumsqs: np.ndarray
+
+    @classmethod
+    def from_stats(cls, layout: Layout, stats: Mapping[tuple[str, ...], GroupStats]) -> "GroupArrays":
+        """The arrays of `stats` (one `GroupStats` per group key), every quantity checked as `encode` promises."""
+        n, c = len(stats), len(layout.columns)
+        out = cls(np.zeros(n, np.int64), np.zeros(n, np.int64), np.zeros((n, c), np.int64),
+                  np.zeros((n, c, LIMBS), np.int64), np.zeros((n, c, LIMBS), np.int64))
+        for i, (key, gs) in enumerate(stats.items()):
+            out.index[i] = layout.group_index(tuple(key))
+            rows = out.rows[i] = _check_count(gs.rows, "a group's row count")
+            if rows == 0:
+                if any(cs.count_nonnull or cs.sum_q or cs.sumsq_q for cs in gs.columns.values()):
+                    raise InvalidInput("a group with no rows has non-zero column aggregates; the stats are inconsistent")
+                continue
+            for j, col in enumerate(layout.columns):
+                cs = gs.columns.get(col.name)
+                if cs is None:
+                    raise InvalidInput(f"stats lack column `{col.name}` that the query layout needs")
+                out.counts[i, j] = _check_count(cs.count_nonnull, f"the non-null count of `{col.name}`")
+                out.sums[i, j] = split_limbs(_check_int(cs.sum_q, f"the sum of `{col.name}`"))
+                if col.sumsq is not None:
+                    out.sumsqs[i, j] = split_limbs(_check_int(cs.sumsq_q, f"the sum of squares of `{col.name}`"))
+        return out
+
+    def to_stats(self, layout: Layout) -> dict[tuple[str, ...], GroupStats]:
+        """The same aggregates as one `GroupStats` per group (exact Python integers)."""
+        weights = [1 << (LIMB_BITS * i) for i in range(LIMBS)]
+
+        def join(limbs: np.ndarray) -> int:
+            return sum(int(v) * w for v, w in zip(limbs.tolist(), weights))
+
+        out: dict[tuple[str, ...], GroupStats] = {}
+        for i, g in enumerate(self.index.tolist()):
+            cols = {col.name: ColumnStats(int(self.counts[i, j]), join(self.sums[i, j]),
+                                          join(self.sumsqs[i, j]) if col.sumsq is not None else 0)
+                    for j, col in enumerate(layout.columns)}
+            out[layout.groups[g]] = GroupStats(int(self.rows[i]), cols)
+        return out
+
+
+def _limbs_of(counts: np.ndarray) -> np.ndarray:
+    """[..., COUNT_LIMBS] 32-bit limbs of non-negative int64 counts."""
+    c = counts.astype(np.uint64)
+    return np.stack([(c >> np.uint64(LIMB_BITS * i)) & np.uint64(LIMB_MASK) for i in range(COUNT_LIMBS)], axis=-1)
 
 
 def encode(layout: Layout, stats: Mapping[tuple[str, ...], GroupStats], min_group_size: int) -> tuple[np.ndarray, int]:
@@ -80,35 +136,55 @@ def encode(layout: Layout, stats: Mapping[tuple[str, ...], GroupStats], min_grou
     Raises `PolicyViolation` (no value in the message) when a quantity needs
     more than 128 bits, `InvalidInput` when the stats are inconsistent.
     """
-    if not isinstance(min_group_size, int) or min_group_size < 1:
+    _check_min_group_size(min_group_size)
+    return encode_arrays(layout, GroupArrays.from_stats(layout, stats), min_group_size)
+
+
+def _check_min_group_size(min_group_size: object) -> None:
+    if not isinstance(min_group_size, int) or isinstance(min_group_size, bool) or min_group_size < 1:
         raise InvalidInput("min_group_size must be an integer of at least 1")
+
+
+def encode_arrays(layout: Layout, ga: GroupArrays, min_group_size: int) -> tuple[np.ndarray, int]:
+    """`encode` over arrays: the same vector, the same rules, whole columns of groups at once."""
+    _check_min_group_size(min_group_size)
+    n, c = len(ga.index), len(layout.columns)
+    index, rows = np.asarray(ga.index, np.int64), np.asarray(ga.rows, np.int64)
+    counts, sums, sumsqs = (np.asarray(a, np.int64) for a in (ga.counts, ga.sums, ga.sumsqs))
+    if rows.shape != (n,) or counts.shape != (n, c) or sums.shape != (n, c, LIMBS) or sumsqs.shape != (n, c, LIMBS):
+        raise InvalidInput("the group arrays do not match the query layout")
+    if n and (index.min() < 0 or index.max() >= len(layout.groups)):
+        raise InvalidInput("a group key lies outside the public group domain; only domain values can be laid out")
+    if len(np.unique(index)) != n:
+        raise InvalidInput("a group appears twice in the stats; the stats are inconsistent")
+    if (rows < 0).any() or (counts < 0).any() or (sums < 0).any() or (sumsqs < 0).any():
+        raise InvalidInput("a group's aggregates must be non-negative (quantised values are shifted by the public "
+                           "minimum)")
+    if (sums > LIMB_MASK).any() or (sumsqs > LIMB_MASK).any():
+        raise InvalidInput("a limb of a group's sums is not below 2^32; the stats are inconsistent")
+    empty = rows == 0
+    if (counts[empty].any() or sums[empty].any() or sumsqs[empty].any()):
+        raise InvalidInput("a group with no rows has non-zero column aggregates; the stats are inconsistent")
+    released = rows >= min_group_size
+    withheld = ~empty & ~released
+    if (counts[released] > rows[released, None]).any():
+        bad = layout.columns[int(np.nonzero((counts > rows[:, None]) & released[:, None])[1][0])].name
+        raise InvalidInput(f"the non-null count of `{bad}` exceeds the group's row count")
     vec = np.zeros(layout.length, dtype=np.uint64)
-    withheld = 0
-    for key, gs in stats.items():
-        g = layout.group_index(tuple(key))
-        rows = _check_count(gs.rows, "a group's row count")
-        base = layout.base(g)
-        if rows == 0:
-            if any(cs.count_nonnull or cs.sum_q or cs.sumsq_q for cs in gs.columns.values()):
-                raise InvalidInput("a group with no rows has non-zero column aggregates; the stats are inconsistent")
-            continue
-        if rows < min_group_size:
-            vec[base + Layout.FLAG] = 1
-            withheld += 1
-            continue
-        _put(vec, base + Layout.ROWS, rows, COUNT_LIMBS)
-        for col in layout.columns:
-            cs = gs.columns.get(col.name)
-            if cs is None:
-                raise InvalidInput(f"stats lack column `{col.name}` that the query layout needs")
-            n = _check_count(cs.count_nonnull, f"the non-null count of `{col.name}`")
-            if n > rows:
-                raise InvalidInput(f"the non-null count of `{col.name}` exceeds the group's row count")
-            if 0 < n < min_group_size:
-                vec[base + col.flag] = 1
-                continue
-            _put(vec, base + col.count, n, COUNT_LIMBS)
-            _put(vec, base + col.sum, _check_int(cs.sum_q, f"the sum of `{col.name}`"))
-            if col.sumsq is not None:
-                _put(vec, base + col.sumsq, _check_int(cs.sumsq_q, f"the sum of squares of `{col.name}`"))
-    return vec, withheld
+    base = index * layout.slots_per_group
+    vec[base[withheld] + Layout.FLAG] = 1
+    rel = base[released]
+    count_at = np.arange(COUNT_LIMBS)
+    vec[rel[:, None] + Layout.ROWS + count_at] = _limbs_of(rows[released])
+    limb_at = np.arange(LIMBS)
+    for j, col in enumerate(layout.columns):
+        cnt = counts[released, j]
+        col_withheld = (cnt > 0) & (cnt < min_group_size)
+        vec[rel[col_withheld] + col.flag] = 1
+        keep = ~col_withheld
+        at = rel[keep][:, None]
+        vec[at + col.count + count_at] = _limbs_of(cnt[keep])
+        vec[at + col.sum + limb_at] = sums[released, j][keep].astype(np.uint64)
+        if col.sumsq is not None:
+            vec[at + col.sumsq + limb_at] = sumsqs[released, j][keep].astype(np.uint64)
+    return vec, int(withheld.sum())
