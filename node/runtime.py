@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Sequence
@@ -178,10 +178,15 @@ class NodeRuntime:
             refusal.raise_error()
 
     def decide(self, checked: CheckedJob, rules: KindRules) -> core.Admission:
-        """The decision core on this job, with what the ledger holds now; the Refusal's error raised."""
+        """The decision core on this job, with what the ledger and the revocation list hold now; the Refusal's error
+        raised. A checked job kept across a training job's rounds is decided again at each round boundary with the
+        newest list, so a revocation adopted mid-job refuses the next round before anything is spent."""
         job = checked.job
         ledger = self.store.view(checked.contract_digest, job.kind, job.job_id, job.nonce, checked.job_digest)
-        decision = core.admit(job, checked.contract, ledger, datetime.now(timezone.utc), checked.facts, rules)
+        facts = checked.facts
+        if facts.revocations is not self.revocations.current:
+            facts = replace(facts, revocations=self.revocations.current)
+        decision = core.admit(job, checked.contract, ledger, datetime.now(timezone.utc), facts, rules)
         if isinstance(decision, Refusal):
             decision.raise_error()
         return decision

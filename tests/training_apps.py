@@ -4,9 +4,15 @@
 * ``nan_update``: replies with NaN weights;
 * ``oversized``: replies with an extra, large array;
 * ``chatty``: trains normally but adds extra records and metrics the node must strip;
-* ``no_loss``: trains normally but replies without a loss (the attestation warns of it).
+* ``no_loss``: trains normally but replies without a loss (the attestation warns of it);
+* ``gated``: trains normally, but in round 1 marks that it started and waits for the test's go (a file in the
+  folder `FEDTRUST_TEST_GATE` names), so a test can act between a round's checks and its end.
 """
 from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -20,6 +26,7 @@ nan_update = ClientApp()
 oversized = ClientApp()
 chatty = ClientApp()
 no_loss = ClientApp()
+gated = ClientApp()
 
 
 @raising.train()
@@ -67,5 +74,18 @@ def _no_loss_train(msg: Message, context: Context) -> Message:
     return reply
 
 
-for _app in (raising, nan_update, oversized, no_loss):
+@gated.train()
+def _gated_train(msg: Message, context: Context) -> Message:
+    gate = os.environ.get("FEDTRUST_TEST_GATE")
+    if gate and msg.content["config"]["server-round"] == 1:
+        (Path(gate) / f"started-{context.node_id}").touch()
+        deadline = time.monotonic() + 60
+        while not (Path(gate) / "go").exists():
+            if time.monotonic() > deadline:
+                raise RuntimeError("the test never opened the gate")
+            time.sleep(0.05)
+    return builtin.train(msg, context)
+
+
+for _app in (raising, nan_update, oversized, no_loss, gated):
     _app.evaluate()(builtin.evaluate)

@@ -14,7 +14,7 @@ from fedtrust.trust.jobs import JOB_TYPE, JobSpec, sign_job
 
 APPS = Path(__file__).resolve().parent / "training_apps.py"
 TEST_APPS = {"raising": "raising", "nan-update": "nan_update", "oversized": "oversized", "chatty": "chatty",
-             "no-loss": "no_loss"}
+             "no-loss": "no_loss", "gated": "gated"}
 MODELS = ["logreg", "mlp", *TEST_APPS]
 
 
