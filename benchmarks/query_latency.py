@@ -43,7 +43,7 @@ from fedtrust.trust.credentials import load_identity
 SQL = "SELECT region, COUNT(*) AS n, AVG(income) AS mean_income FROM loans GROUP BY region"
 SQL_BRANCH = "SELECT branch, COUNT(*) AS n, AVG(income) AS mean_income FROM loans GROUP BY branch"
 NAMES = ("bank-a", "bank-b", "insurer-c")
-#: a group of COUNT + AVG takes 12 slots (3-limb counts), so the issue's 10,000 groups fit 16 ciphertexts
+#: a group of COUNT + AVG takes 9 slots (43-bit limbs: 2 per count, 3 per sum), so 10,000 groups take 11 ciphertexts
 ISSUE_CASES = "3x1000000,3x3000000,3x10000000,3x300000,10x300000,3x1000000g10000"
 
 

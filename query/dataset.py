@@ -767,7 +767,7 @@ class Dataset:
 
     def aggregate_arrays(self, plan: QueryPlan, layout: Layout) -> GroupArrays:
         """`aggregate` as arrays, one row per group with rows (`encode_arrays` lays them out without a Python loop
-        over groups): DuckDB splits Σq and Σq² into 32-bit limbs itself, so no quantity leaves it as a float."""
+        over groups): DuckDB splits Σq and Σq² into limbs itself, so no quantity leaves it as a float."""
         sql = self.build_sql(plan, layout)
         with self._lock:
             cur = self._con.cursor()
@@ -801,7 +801,7 @@ class Dataset:
 
 
 def _limbs(total: exp.Expr, name: str) -> list[exp.Expr]:
-    """`LIMBS` BIGINT items `name0…` holding the 32-bit limbs of the HUGEINT `total` (NULL counts as 0), least
+    """`LIMBS` BIGINT items `name0…` holding the LIMB_BITS-bit limbs of the HUGEINT `total` (NULL counts as 0), least
     significant first; the top limb is not masked, so a negative total shows as a negative limb."""
     s = exp.func("COALESCE", exp.Cast(this=total, to=exp.DataType.build("HUGEINT")), exp.Literal.number(0))
     out: list[exp.Expr] = []

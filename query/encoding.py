@@ -70,9 +70,9 @@ class GroupArrays:
     """A node's per-group aggregates as arrays (one row per group it holds), as DuckDB hands them over.
 
     `index` is the group's position in `layout.groups`; `counts` [G, columns]
-    the non-null counts; `sums` and `sumsqs` [G, columns, LIMBS] the 32-bit
-    limbs of Σq and Σq² (zeros where the layout needs no Σq²). Every entry is
-    an int64 (limbs in [0, 2^32)); `encode_arrays` checks that.
+    the non-null counts; `sums` and `sumsqs` [G, columns, LIMBS] the
+    LIMB_BITS-bit limbs of Σq and Σq² (zeros where the layout needs no Σq²).
+    Every entry is an int64 (limbs below 2^LIMB_BITS); `encode_arrays` checks that.
     """
 
     index: np.ndarray
@@ -121,7 +121,7 @@ class GroupArrays:
 
 
 def _limbs_of(counts: np.ndarray) -> np.ndarray:
-    """[..., COUNT_LIMBS] 32-bit limbs of non-negative int64 counts."""
+    """[..., COUNT_LIMBS] limbs of non-negative int64 counts."""
     c = counts.astype(np.uint64)
     return np.stack([(c >> np.uint64(LIMB_BITS * i)) & np.uint64(LIMB_MASK) for i in range(COUNT_LIMBS)], axis=-1)
 
@@ -161,7 +161,7 @@ def encode_arrays(layout: Layout, ga: GroupArrays, min_group_size: int) -> tuple
         raise InvalidInput("a group's aggregates must be non-negative (quantised values are shifted by the public "
                            "minimum)")
     if (sums > LIMB_MASK).any() or (sumsqs > LIMB_MASK).any():
-        raise InvalidInput("a limb of a group's sums is not below 2^32; the stats are inconsistent")
+        raise InvalidInput(f"a limb of a group's sums is not below 2^{LIMB_BITS}; the stats are inconsistent")
     empty = rows == 0
     if (counts[empty].any() or sums[empty].any() or sumsqs[empty].any()):
         raise InvalidInput("a group with no rows has non-zero column aggregates; the stats are inconsistent")

@@ -34,17 +34,23 @@ shift by the public minimum makes every q non-negative; decoding adds
 Limbs: each encoded quantity (row count, non-null count, Σq, Σq²) is an
 unsigned integer below 2^128 (Σq² over millions of rows near the bounds needs
 far more than the 59 bits of the BFV plaintext modulus t), split into
-``LIMBS = 4`` limbs of 32 bits, least significant first. Slots are added mod
-t ≈ 2^59; a limb is below 2^32, so the slot sums of up to ``MAX_PARTIES =
-2^26`` participants stay below t and never wrap: the buyer recombines the
-limb sums with Python integers (carries included) and gets the exact total.
+``LIMBS = 3`` limbs of 43 bits (129 bits), least significant first. Slots are
+added mod t ≈ 2^59; a limb is below 2^43, so the slot sums of up to
+``MAX_PARTIES = 2^15`` participants stay below t (2^15 · 2^43 = 2^58) and never
+wrap: the buyer recombines the limb sums with Python integers (carries
+included) and gets the exact total. The limb width is the public trade-off
+between participants and slots: 32-bit limbs allowed 2^26 participants but
+took 4 limbs per sum; 43-bit limbs allow 32,768 participants (no contract comes
+near) and take 3.
 
 Counts need fewer limbs, by a public bound: a node's row count and non-null
 counts are below ``2^63`` (DuckDB counts in BIGINT; `encode` refuses more), so
 even a noisy count (`fedtrust.query.noisy`, two's complement) summed over
-``MAX_PARTIES`` participants stays within ±2^89 < 2^95, and ``COUNT_LIMBS = 3``
-limbs (96 bits) carry it exactly. A group of COUNT(*) and AVG(c) thus takes 12
-slots instead of 14, so 10,000 such groups fit the 16 ciphertexts of a release.
+``MAX_PARTIES`` participants stays within ±2^78 < 2^85, and ``COUNT_LIMBS = 2``
+limbs (86 bits) carry it exactly. A group of COUNT(*) and AVG(c) thus takes 9
+slots (it took 12 with 32-bit limbs), so 10,000 such groups take 11 ciphertexts
+instead of 15: every ciphertext costs each node an encryption, its bytes on the
+wire and in the fsynced ledger row, and the buyer an addition and a decryption.
 """
 from __future__ import annotations
 
@@ -60,22 +66,24 @@ from fedtrust.trust.schema import Column, Schema
 if TYPE_CHECKING:  # pragma: no cover
     from fedtrust.query.sql import QueryPlan
 
-LIMB_BITS = 32
-LIMBS = 4
-VALUE_BITS = LIMB_BITS * LIMBS  # 128
+LIMB_BITS = 43
+LIMBS = 3
+#: what a quantity may need: 128 bits (the limbs carry 129)
+VALUE_BITS = 128
 LIMB_MASK = (1 << LIMB_BITS) - 1
 MAX_VALUE = (1 << VALUE_BITS) - 1
 #: limbs of a row count or non-null count (public bound: below 2^63 per node; see the module docstring)
-COUNT_LIMBS = 3
+COUNT_LIMBS = 2
 COUNT_BITS = 63
 MAX_COUNT = (1 << COUNT_BITS) - 1
 #: most participants whose limb sums are guaranteed not to wrap mod t
-MAX_PARTIES = 1 << 26
+MAX_PARTIES = 1 << 15
 #: at most 16 BFV ciphertexts of 8192 slots per release
 MAX_SLOTS = 16 * SLOTS
 #: fixed-point scale of float columns (6 decimal places); int columns use 1
 FLOAT_SCALE = 10**6
 
+assert LIMB_BITS * LIMBS >= VALUE_BITS
 # The whole encoding relies on this: Σ over MAX_PARTIES of limbs < t (no wrap).
 assert MAX_PARTIES * LIMB_MASK < PLAIN_MODULUS, "limb sums of MAX_PARTIES participants would wrap mod t"
 # ... and on the withheld flags (each 0 or 1) not wrapping either.

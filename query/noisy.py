@@ -35,7 +35,7 @@ from fedtrust.privacy.dp import NoisePlan, discrete_laplace, laplace_variance
 from fedtrust.privacy.params import PLAIN_MODULUS
 from fedtrust.query.decode import ResultTable
 from fedtrust.query.encoding import ColumnStats, GroupStats
-from fedtrust.query.layout import COUNT_LIMBS, LIMB_BITS, LIMB_MASK, LIMBS, MAX_PARTIES, Layout, join_limbs
+from fedtrust.query.layout import COUNT_LIMBS, LIMB_BITS, LIMB_MASK, LIMBS, MAX_PARTIES, VALUE_BITS, Layout, join_limbs
 from fedtrust.query.sql import QueryPlan
 
 # -- node side -----------------------------------------------------------------
@@ -83,11 +83,13 @@ def add_noise(layout: Layout, stats: Mapping[tuple[str, ...], GroupStats], noise
 
 def _put_signed(vec: np.ndarray, slot: int, value: int, limbs: int = LIMBS) -> None:
     bits = LIMB_BITS * limbs
-    # counts (COUNT_LIMBS) keep 2^26 participants' worth of headroom; sums keep the 128-bit bound
+    # counts (COUNT_LIMBS) keep MAX_PARTIES participants' worth of headroom; sums keep the 128-bit bound
+    if limbs == LIMBS:
+        bits = VALUE_BITS
     half = 1 << (bits - 1 if limbs == LIMBS else bits - 1 - (MAX_PARTIES.bit_length() - 1))
     if not -half <= value < half:
         raise PolicyViolation(f"a noisy quantity exceeds the {bits}-bit encoding; narrow the contract's column bounds")
-    v = value % (1 << bits)
+    v = value % (1 << (LIMB_BITS * limbs))
     for i in range(limbs):
         vec[slot + i] = (v >> (LIMB_BITS * i)) & LIMB_MASK
 

@@ -476,13 +476,13 @@ def test_layout_is_public_and_fixed():
     assert layout.group_by == ("region", "sex")
     assert layout.groups[:3] == (("north", "f"), ("north", "m"), ("south", "f"))
     assert len(layout.groups) == 10
-    # flag, 3 limbs of rows, then per column 3 limbs of its count, 4 of Σq, 4 of Σq², its flag
-    assert layout.slots_per_group == slots_per_group(2, True) == 1 + COUNT_LIMBS + 2 * (COUNT_LIMBS + 2 * LIMBS + 1) == 28
+    # flag, 2 limbs of rows, then per column 2 limbs of its count, 3 of Σq, 3 of Σq², its flag
+    assert layout.slots_per_group == slots_per_group(2, True) == 1 + COUNT_LIMBS + 2 * (COUNT_LIMBS + 2 * LIMBS + 1) == 21
     assert layout.length == 10 * layout.slots_per_group
     income, age = layout.columns
     assert (income.name, income.count, income.sum, income.sumsq, income.flag, income.scale) == (
-        "income", 4, 7, 11, 15, FLOAT_SCALE)
-    assert (age.name, age.count, age.sum, age.sumsq, age.flag, age.scale) == ("age", 16, 19, 23, 27, 1)
+        "income", 3, 5, 8, 11, FLOAT_SCALE)
+    assert (age.name, age.count, age.sum, age.sumsq, age.flag, age.scale) == ("age", 12, 14, 17, 20, 1)
     assert layout.flag_slot(2) == 2 * layout.slots_per_group and layout.rows_slot(2) == layout.flag_slot(2) + 1
     no_group = Layout.from_plan(plan("SELECT COUNT(*) FROM loans"), SCHEMA)
     assert no_group.groups == ((),) and no_group.length == 1 + COUNT_LIMBS and no_group.columns == ()
@@ -510,7 +510,7 @@ def test_encode_absent_zero_and_withheld_groups():
     assert withheld == 1
     s = layout.slots_per_group
     north, south, rest = vec[:s], vec[s : 2 * s], vec[2 * s :]
-    assert north[0] == 0 and join_limbs(north[1:4].tolist()) == 7
+    assert north[0] == 0 and join_limbs(north[1:1 + COUNT_LIMBS].tolist()) == 7
     assert south[0] == 1 and not south[1:].any()  # withheld: only the flag
     assert not rest.any()  # east (0 rows), west and central (absent) are zeros
     result = decode(p, layout, SCHEMA, vec.tolist())
