@@ -3,6 +3,20 @@
 Signed payloads are the canonical bytes of a JSON value, so two parties that
 agree on an object agree on its digest. Timestamps are RFC 3339 UTC strings
 with whole seconds and a `Z` suffix.
+
+`rfc8785` (pure Python) is the definition of the canonical form. For the
+values fedtrust signs — objects with ASCII keys, strings, integers within
+±(2^53 − 1), booleans and null, never a float — `orjson` with sorted keys
+writes exactly the same bytes, about 20× faster: RFC 8785 sorts keys by
+UTF-16 code units, which for ASCII keys is the byte order orjson sorts by;
+it writes numbers the ECMAScript way, which differs from orjson only for
+floats; and both escape exactly `"`, `\\` and the control characters below
+U+0020 (as `\\b \\t \\n \\f \\r` or lowercase `\\u00xx`) and write every
+other character as UTF-8. `canonical` and `is_canonical` take that path only
+for such values (`_plain` checks the types, the key alphabet and the integer
+range first) and ask `rfc8785` for anything else, so both give exactly
+`rfc8785`'s answer for every value; `tests/unit/test_canonical_fast.py` checks
+the equivalence on every code point and on generated values.
 """
 from __future__ import annotations
 
@@ -10,11 +24,55 @@ import hashlib
 from datetime import datetime, timezone
 from typing import Any
 
+import orjson
 import rfc8785
 
 from fedtrust.errors import InvalidInput
 
-__all__ = ["canonical", "sha256_hex", "utc_now", "format_time", "parse_time", "is_sha256_hex", "Fields"]
+__all__ = ["canonical", "is_canonical", "sha256_hex", "utc_now", "format_time", "parse_time", "is_sha256_hex",
+           "Fields"]
+
+_INT_MAX = 2**53 - 1  # rfc8785 refuses integers beyond ±(2^53 − 1)
+#: orjson refuses nesting deeper than 255; rfc8785 is asked about anything deeper than this
+_MAX_DEPTH = 200
+
+
+def _plain(obj: Any, depth: int = 0) -> bool:
+    """Whether `obj` holds only what orjson writes exactly as RFC 8785 does (module docstring): dicts with ASCII
+    string keys, lists, tuples, strings, integers within ±(2^53 − 1), booleans and None (exact types only)."""
+    t = type(obj)
+    if t is str or t is bool or obj is None:
+        return True
+    if t is int:
+        return -_INT_MAX <= obj <= _INT_MAX
+    if depth >= _MAX_DEPTH:
+        return False
+    if t is dict:
+        return all(type(k) is str and k.isascii() and _plain(v, depth + 1) for k, v in obj.items())
+    if t is list or t is tuple:
+        return all(_plain(v, depth + 1) for v in obj)
+    return False
+
+
+def _fast(obj: Any) -> bytes | None:
+    """orjson's bytes for a `_plain` value, else None (then rfc8785 decides)."""
+    if not _plain(obj):
+        return None
+    try:
+        return orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)
+    except (orjson.JSONEncodeError, TypeError):  # e.g. a lone surrogate: rfc8785 words the refusal
+        return None
+
+
+def is_canonical(obj: Any, data: bytes) -> bool:
+    """Whether `data` is exactly the RFC 8785 canonical JSON of `obj` (a verifier's check of a parsed payload)."""
+    fast = _fast(obj)
+    if fast is not None:
+        return fast == data
+    try:
+        return canonical(obj) == data
+    except InvalidInput:
+        return False
 
 
 def canonical(obj: Any) -> bytes:
@@ -23,6 +81,9 @@ def canonical(obj: Any) -> bytes:
     Integers beyond ±2^53 and non-finite floats are refused: encode such
     numbers as decimal strings.
     """
+    fast = _fast(obj)
+    if fast is not None:
+        return fast
     try:
         return rfc8785.dumps(obj)
     except rfc8785.IntegerDomainError:
