@@ -32,11 +32,12 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from fedtrust.errors import ConfigError, InvalidInput, VerificationError
-from fedtrust.trust.canonical import canonical, is_sha256_hex, sha256_hex
+from fedtrust.trust.canonical import canonical, is_canonical, is_sha256_hex, sha256_hex
 
 __all__ = [
     "PAYLOAD_TYPE", "STATEMENT_TYPE", "ALG_ED25519", "MAX_ENVELOPE_BYTES",
-    "Signature", "Envelope", "Signer", "pae", "keyid_of", "signed_by", "verify_statement", "verify_object", "load_json",
+    "Signature", "Envelope", "Signer", "pae", "keyid_of", "signed_by", "first_signer", "verify_statement", "verify_object",
+    "verify_object_by_one_of", "load_json",
 ]
 
 PAYLOAD_TYPE = "application/vnd.in-toto+json"
@@ -238,15 +239,36 @@ class Signer:
 
 def signed_by(envelope: Envelope, public_key: Ed25519PublicKey) -> bool:
     """Whether some signature of `envelope` verifies over PAE under `public_key` (those naming its keyid tried first)."""
-    keyid = keyid_of(public_key)
+    return first_signer(envelope, [public_key]) is not None
+
+
+def first_signer(envelope: Envelope, public_keys: Sequence[Ed25519PublicKey]) -> int | None:
+    """The index in `public_keys` of a key under which some signature of `envelope` verifies over PAE, else None.
+
+    The (key, signature) pairs whose keyid names the key are tried first; as
+    DSSE makes keyid an optional, unauthenticated hint, every other pair is
+    tried after them. Each pair is checked at most once, so a verifier that
+    holds several candidate keys (a contract's owners) pays one verification
+    for an envelope whose keyid names its signer, not one per candidate.
+    """
+    keyids = [keyid_of(k) for k in public_keys]
     data = pae(envelope.payload_type, envelope.payload)
-    for s in sorted(envelope.signatures, key=lambda s: s.keyid != keyid):
+    pairs = [(i, s) for i in range(len(public_keys)) for s in envelope.signatures]
+    for i, s in sorted(pairs, key=lambda p: p[1].keyid != keyids[p[0]]):  # stable: named pairs first
         try:
-            public_key.verify(s.sig, data)
-            return True
+            public_keys[i].verify(s.sig, data)
+            return i
         except InvalidSignature:
             continue
-    return False
+    return None
+
+
+def _not_signed(envelope: Envelope, public_key: Ed25519PublicKey) -> VerificationError:
+    keyid = keyid_of(public_key)
+    if any(s.keyid == keyid for s in envelope.signatures):
+        return VerificationError(
+            f"signature by {keyid} does not verify; the envelope was altered or signed by another key")
+    return VerificationError(f"envelope carries no signature by {keyid}; it must be signed by the expected key")
 
 
 def verify_statement(envelope: Envelope, public_key: Ed25519PublicKey, predicate_type: str) -> dict[str, Any]:
@@ -259,12 +281,13 @@ def verify_statement(envelope: Envelope, public_key: Ed25519PublicKey, predicate
     the statement type and `predicate_type`. VerificationError with one
     precise message per failed check.
     """
-    keyid = keyid_of(public_key)
     if not signed_by(envelope, public_key):
-        if any(s.keyid == keyid for s in envelope.signatures):
-            raise VerificationError(
-                f"signature by {keyid} does not verify; the envelope was altered or signed by another key")
-        raise VerificationError(f"envelope carries no signature by {keyid}; it must be signed by the expected key")
+        raise _not_signed(envelope, public_key)
+    return _verified_predicate(envelope, predicate_type)
+
+
+def _verified_predicate(envelope: Envelope, predicate_type: str) -> dict[str, Any]:
+    """`verify_statement`'s checks after the signature: only ever called on an envelope whose signature verified."""
     if envelope.payload_type != PAYLOAD_TYPE:
         raise VerificationError(f"expected payload type {PAYLOAD_TYPE}, got {envelope.payload_type!r}")
     payload = envelope.payload
@@ -272,11 +295,7 @@ def verify_statement(envelope: Envelope, public_key: Ed25519PublicKey, predicate
         statement = json.loads(payload.decode("utf-8"))
     except (ValueError, RecursionError):
         raise VerificationError("signed payload is not JSON; it is not a fedtrust statement") from None
-    try:
-        is_canonical = canonical(statement) == payload
-    except InvalidInput:
-        is_canonical = False
-    if not is_canonical:
+    if not is_canonical(statement, payload):
         raise VerificationError("signed payload is not canonical JSON (RFC 8785); re-sign it with fedtrust")
     if not isinstance(statement, dict) or statement.get("_type") != STATEMENT_TYPE:
         raise VerificationError(f"signed payload is not an in-toto statement (_type must be {STATEMENT_TYPE})")
@@ -302,7 +321,25 @@ def verify_object(
     what: str,
 ) -> T:
     """verify_statement, then build the object; a malformed signed predicate is a VerificationError."""
-    predicate = verify_statement(envelope, public_key, predicate_type)
+    return _build(verify_statement(envelope, public_key, predicate_type), from_dict, what)
+
+
+def verify_object_by_one_of(
+    envelope: Envelope,
+    public_keys: Sequence[Ed25519PublicKey],
+    predicate_type: str,
+    from_dict: Callable[[dict[str, Any]], T],
+    what: str,
+) -> tuple[int, T] | None:
+    """`verify_object` under whichever of `public_keys` signed `envelope` (`first_signer`): (its index, the object);
+    None when no signature verifies under any of them (the caller words that refusal)."""
+    i = first_signer(envelope, public_keys)
+    if i is None:
+        return None
+    return i, _build(_verified_predicate(envelope, predicate_type), from_dict, what)
+
+
+def _build(predicate: dict[str, Any], from_dict: Callable[[dict[str, Any]], T], what: str) -> T:
     try:
         return from_dict(predicate)
     except (InvalidInput, ConfigError, KeyError, TypeError, ValueError, AttributeError) as e:

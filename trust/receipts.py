@@ -27,7 +27,7 @@ from fedtrust.errors import InvalidInput, VerificationError
 from fedtrust.trust.canonical import Fields, canonical, sha256_hex
 from fedtrust.trust.contracts import Contract
 from fedtrust.trust.credentials import signing_public_key
-from fedtrust.trust.dsse import Envelope, Signer, keyid_of, load_json, signed_by, verify_object
+from fedtrust.trust.dsse import Envelope, Signer, keyid_of, load_json, verify_object, verify_object_by_one_of
 
 __all__ = [
     "ATTESTATION_TYPE", "STATEMENT_TYPE", "ACK_TYPE", "GENESIS", "EPS_PLACES",
@@ -414,13 +414,19 @@ def verify_attestation(
 
     Optional `contract_digest` / `job_digest` are compared when given.
     """
-    keyids = {s.keyid for s in envelope.signatures}  # a hint only; an owner whose key verifies counts too
-    signer = next((h for h in contract.owners if signed_by(envelope, signing_public_key(h.credential))), None) or next(
-        (h for h in contract.owners if keyid_of(signing_public_key(h.credential)) in keyids), None)
-    if signer is None:
-        raise VerificationError("attestation carries no signature by an owner of the contract; only owners attest")
-    att = verify_object(envelope, signing_public_key(signer.credential), ATTESTATION_TYPE, Attestation.from_dict,
-                        "attestation")
+    # the owner the keyid names is tried first (one signature check); as keyid is only a hint, an owner whose key
+    # verifies counts too
+    keys = [signing_public_key(h.credential) for h in contract.owners]
+    found = verify_object_by_one_of(envelope, keys, ATTESTATION_TYPE, Attestation.from_dict, "attestation")
+    if found is None:
+        keyids = {s.keyid for s in envelope.signatures}
+        named = next((k for k in keys if keyid_of(k) in keyids), None)
+        if named is None:
+            raise VerificationError("attestation carries no signature by an owner of the contract; only owners attest")
+        raise VerificationError(f"signature by {keyid_of(named)} does not verify; the envelope was altered or signed "
+                                "by another key")
+    i, att = found
+    signer = contract.owners[i]
     name = signer.credential.name
     if att.node != name:
         raise VerificationError(f"attestation names node {att.node} but is signed by node {name}")
