@@ -337,17 +337,39 @@ def contract_signatures(envelope: Envelope, contract: Contract, exchange_key: Ed
     return out
 
 
+#: (contract, parties) whose signatures verified, keyed by everything `require_signatures` reads (bounded)
+_signed: "OrderedDict[tuple, None]" = OrderedDict()
+
+
 def require_signatures(envelope: Envelope, contract: Contract, needed: Sequence[tuple[str, str]]) -> None:
     """VerificationError naming the first party among `needed` (role, name) that has not signed `envelope`
-    (the exchange's signature is `verify_contract`'s job)."""
-    for p in parties(contract):
-        if p.credential is None or (p.credential.role, p.credential.name) not in needed:
-            continue
-        if not signed_by(envelope, signing_public_key(p.credential)):
+    (the exchange's signature is `verify_contract`'s job).
+
+    Like `verify_contract`, a pure function of the envelope (payload type,
+    payload, every signature) and the parties' keys, which the signed payload
+    embeds; a success is remembered under exactly those, since every party
+    checks the same contract's signatures on every job."""
+    parties_needed = [(p, signing_public_key(p.credential)) for p in parties(contract)
+                      if p.credential is not None and (p.credential.role, p.credential.name) in needed]
+    key = (
+        envelope.payload_type, sha256_hex(envelope.payload),
+        tuple((sig.keyid, sig.sig) for sig in envelope.signatures),
+        tuple(k.public_bytes(Encoding.Raw, PublicFormat.Raw) for _, k in parties_needed),
+    )
+    with _verified_lock:
+        if key in _signed:
+            _signed.move_to_end(key)
+            return
+    for p, public_key in parties_needed:
+        if not signed_by(envelope, public_key):
             raise VerificationError(
                 f"contract lacks the signature of {p.label} ({p.uri}); each party must sign it with "
                 f"`fedtrust contract sign CONTRACT --credentials DIR` before jobs run under it"
             )
+    with _verified_lock:
+        _signed[key] = None
+        while len(_signed) > _VERIFIED_LIMIT:
+            _signed.popitem(last=False)
 
 
 def sign_as(envelope: Envelope, contract: Contract, role: str, name: str, signer: Signer) -> Envelope:
