@@ -21,7 +21,7 @@ from fedtrust.transport.streams import read_parts, send_header_first
 from fedtrust.transport.tls import TlsMaterial
 from fedtrust.v1 import coordinator_pb2, coordinator_pb2_grpc, mpc_pb2, mpc_pb2_grpc, vertical_pb2, vertical_pb2_grpc
 
-__all__ = ["CoordinatorClient", "JobOutcome", "TrainingOutcome", "JobState", "Progress", "OnProgress"]
+__all__ = ["CoordinatorClient", "JobOutcome", "TrainingOutcome", "JobState", "Progress", "OnProgress", "OnRelayed"]
 
 
 @dataclass(frozen=True)
@@ -56,8 +56,12 @@ def _collect_training(events: Iterator, on_progress: OnProgress | None, peer: st
     raise InvalidInput("the coordinator ended the stream without an outcome")
 
 
+#: called with each node's relayed ciphertexts as they arrive (unchecked: `check_relayed` judges them later)
+OnRelayed = Callable[[tuple[bytes, ...]], None]
+
+
 def _collect(events: Iterator, on_progress: OnProgress | None, peer: str,
-             max_nodes: int = MAX_RELAYED_NODES) -> JobOutcome:
+             max_nodes: int = MAX_RELAYED_NODES, on_relayed: OnRelayed | None = None) -> JobOutcome:
     """Read a query job's stream: progress, per node its ciphertext chunks then a RelayedRelease, the receipt.
 
     Only sizes and counts are checked here (so a hostile coordinator cannot
@@ -77,6 +81,8 @@ def _collect(events: Iterator, on_progress: OnProgress | None, peer: str,
                 cts = unframe(value.ciphertext_sizes, data, what=what, limit=MAX_QUERY_CIPHERTEXT_BYTES,
                               limit_each=MAX_CIPHERTEXT_BYTES, max_count=MAX_QUERY_CIPHERTEXTS)
                 relayed.append((value.node, tuple(cts)))
+                if on_relayed is not None:
+                    on_relayed(relayed[-1][1])
             elif data:
                 raise InvalidInput("the coordinator sent ciphertext chunks that no relayed release claims")
             elif part == "progress":
@@ -108,13 +114,15 @@ class CoordinatorClient:
         return coordinator_pb2_grpc.CoordinatorServiceStub(channel)
 
     def submit_query(self, job: bytes, contract: bytes, context: bytes, on_progress: OnProgress | None = None,
-                     max_nodes: int = MAX_RELAYED_NODES, context_sent_before: bool = False) -> JobOutcome:
+                     max_nodes: int = MAX_RELAYED_NODES, context_sent_before: bool = False,
+                     on_relayed: OnRelayed | None = None) -> JobOutcome:
         """Submit a query job with the buyer's public HE context.
 
         With `context_sent_before` (an earlier job of this contract carried the
         same context), the job names the context by digest only; a coordinator
         that keeps no copy answers ContextNeeded before recording anything, and
-        the job is sent again with the context.
+        the job is sent again with the context. `on_relayed` sees each node's
+        ciphertexts as they arrive (the buyer starts adding them).
         """
         def submit(ctx: bytes) -> JobOutcome:
             header = coordinator_pb2.SubmitHeader(job_envelope=job, contract_envelope=contract,
@@ -122,7 +130,7 @@ class CoordinatorClient:
             requests = send_header_first(coordinator_pb2.SubmitRequest, "header", header, "he_context_chunk", ctx)
             with self._channel() as ch:
                 return _collect(self._stub(ch).SubmitQuery(requests, timeout=self.timeout), on_progress,
-                                f"coordinator {self.name} at {self.address}", max_nodes)
+                                f"coordinator {self.name} at {self.address}", max_nodes, on_relayed)
 
         if context_sent_before:
             try:

@@ -1,9 +1,9 @@
 """The buyer's side of a secure aggregate query: plan, key, sign, submit, verify, decrypt, acknowledge.
 
 The SQL is checked against the contract here first for fast, clear refusals
-(nodes check again: the buyer is not trusted). The BFV key pair is made per
-job; both parts stay in the job's folder so `fedtrust job result` can check
-and decrypt again.
+(nodes check again: the buyer is not trusted). The BFV key pair is made once
+per contract (`buyer/keys.py`); both parts are copied into the job's folder so
+`fedtrust job result` can check and decrypt again.
 
 The coordinator is not trusted either: it relays every participant's
 ciphertexts and the receipt. Before anything is decrypted, `finish` verifies
@@ -11,7 +11,9 @@ the receipt (every attestation is signed by its node for this job and
 contract, all participants exactly once, the coordinator's statement names
 exactly the attested outputs), checks that each node's relayed ciphertexts
 hash to the outputs that node signed, and adds them itself in an isolated
-worker. Only then does it decrypt, write the result and sign the
+worker (`he.Adder`: it starts parsing and adding each node's release as it
+arrives, and its sum is taken only if it is of exactly the ciphertexts that
+passed these checks). Only then does it decrypt, write the result and sign the
 acknowledgement; any failed check raises `VerificationError` and nothing is
 written or signed. Seeing each node's ciphertext reveals nothing more than
 the sum: under the pairwise masks one node's vector decrypts to uniform noise.
@@ -129,12 +131,18 @@ def submit_query(identity: Identity, credentials_dir: Path, contract_path: Path,
     files.create(keys.secret_bytes, job_env.to_json(), contract_raw,
                  {"job_id": job.job_id, "coordinator": coordinator, "sql": sql, "submitted_at": utc_now()},
                  public=keys.public_bytes)
-    # the worker that will add the relayed ciphertexts parses our own context while the nodes work
-    he.prepare_add(keys.public_bytes, keys.params, (job.contract_digest,), len(job.participants))
-    client = CoordinatorClient(coordinator, tls_of(identity), contract.coordinator.name, timeout)
-    outcome = client.submit_query(job_env.to_json(), contract_raw, keys.public_bytes, on_progress,
-                                  max_nodes=len(job.participants), context_sent_before=sent_before)
-    return finish(identity, files, contract, plan, outcome)
+    # the worker that adds the relayed ciphertexts parsed our own context ahead of time (he.Adder); it adds each
+    # node's release as it arrives, and its sum is used only once every check in `finish` passed
+    layout = Layout.from_plan(plan, contract.owners[0].product.schema)
+    adder = he.start_add(keys.public_bytes, keys.params, (job.contract_digest,), layout.length, len(job.participants))
+    try:
+        client = CoordinatorClient(coordinator, tls_of(identity), contract.coordinator.name, timeout)
+        outcome = client.submit_query(job_env.to_json(), contract_raw, keys.public_bytes, on_progress,
+                                      max_nodes=len(job.participants), context_sent_before=sent_before,
+                                      on_relayed=adder.feed)
+        return finish(identity, files, contract, plan, outcome, adder)
+    finally:
+        adder.close()
 
 
 def fetch_again(identity: Identity, credentials_dir: Path, job_id: str, coordinator: str | None = None) -> QueryResult:
@@ -144,7 +152,8 @@ def fetch_again(identity: Identity, credentials_dir: Path, job_id: str, coordina
     return finish(identity, job.files, job.contract, plan, outcome)
 
 
-def finish(identity: Identity, files: JobFiles, contract: Contract, plan: QueryPlan, outcome: JobOutcome) -> QueryResult:
+def finish(identity: Identity, files: JobFiles, contract: Contract, plan: QueryPlan, outcome: JobOutcome,
+           adder: he.Adder | None = None) -> QueryResult:
     bundle = ReceiptBundle.from_json(outcome.receipt)
     if bundle.job.digest != Envelope.from_json(files.job.read_bytes()).digest:
         raise VerificationError("the coordinator returned a receipt for another job")
@@ -152,11 +161,13 @@ def finish(identity: Identity, files: JobFiles, contract: Contract, plan: QueryP
     payload = verified.job.payload_as(QueryPayload, "the buyer's query result")
     per_node = check_relayed(verified, outcome.relayed)
     layout = Layout.from_plan(plan, contract.owners[0].product.schema)
-    # the buyer adds the nodes' own releases itself (parsed in a worker: they crossed the network)
-    public = files.read_public()
+    # the buyer adds the nodes' own releases itself (parsed in a worker: they crossed the network); `adder` began
+    # while they arrived, and its sum counts only if it is of exactly these verified ciphertexts
     try:
-        total = he.add_isolated(public, payload.he, per_node, layout.length,
-                                prepared=(verified.job.contract_digest,))
+        if adder is not None:
+            total = adder.total(per_node)
+        else:
+            total = he.add_isolated(files.read_public(), payload.he, per_node, layout.length)
     except InvalidInput as e:
         raise VerificationError(f"the relayed ciphertexts cannot be added: {e}; refusing the result") from None
     summed = he.decrypt(files.secret.read_bytes(), total, layout.length)

@@ -65,6 +65,7 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import pickle
+import queue
 import signal
 import sys
 import threading
@@ -75,7 +76,8 @@ from typing import Any, Callable
 
 from fedtrust.errors import InvalidInput
 
-__all__ = ["run_isolated", "run_in_session", "end_sessions", "prepare", "run_prepared", "preload", "start_worker"]
+__all__ = ["run_isolated", "run_in_session", "end_sessions", "prepare", "run_prepared", "take_prepared",
+           "PreparedWorker", "preload", "start_worker"]
 
 _lock = threading.Lock()
 _context: Any = None
@@ -578,36 +580,164 @@ def end_sessions() -> None:
 # parties' ciphertexts): `prepare` starts the worker and runs `init` before the
 # untrusted data exists; `run_prepared` then sends it that data once and ends
 # the worker, exactly like `run_isolated` — nothing the untrusted input does can
-# reach a later call.
+# reach a later call. As soon as a prepared worker is taken, the next one for the
+# same key is started off the caller's path (it runs `init` on the same trusted
+# input and waits, holding no untrusted data), so a process that runs one job
+# after another (the buyer's API, the benchmarks) finds one warm: a key's
+# worker is still used for exactly one call, never reused.
 
 _PREPARED_LIMIT = 4
-_prepared: "OrderedDict[tuple[str, ...], _Session]" = OrderedDict()
+#: a prepared worker nobody took for this long is ended (the next `prepare` starts another)
+_PREPARED_IDLE_S = _SESSION_IDLE_S
+_prepared: "OrderedDict[tuple[str, ...], tuple[_Session, tuple[Any, ...]]]" = OrderedDict()
+
+
+def _alive(session: _Session) -> bool:
+    with _lock:  # reading the exit status races with Process.start()'s reaping
+        session.proc.join(0)
+        return session.proc.exitcode is None
+
+
+def _keep_prepared(key: tuple[str, ...], session: _Session, spec: tuple[Any, ...]) -> None:
+    now = time.monotonic()
+    old: list[_Session] = []
+    with _sessions_lock:
+        for k, (s, _) in list(_prepared.items()):
+            if now - s.used > _PREPARED_IDLE_S:
+                old.append(_prepared.pop(k)[0])
+        if key in _prepared:
+            old.append(_prepared.pop(key)[0])
+        _prepared[key] = (session, spec)
+        while len(_prepared) > _PREPARED_LIMIT:
+            old.append(_prepared.popitem(last=False)[1][0])
+    for s in old:
+        s.end()
 
 
 def prepare(key: tuple[str, ...], init: Callable[..., Any], init_args: tuple[Any, ...],
             memory_limit: int | None = None) -> None:
-    """Start a one-call worker for `key` and run ``init(*init_args)`` in it now (returns at once)."""
-    session = _spawn_session(init, init_args, memory_limit, "fedtrust-isolate-prepared")
-    old: list[_Session] = []
+    """Make sure a one-call worker for `key` has run (or is running) ``init(*init_args)``; returns at once when
+    one is waiting or on its way already, else after starting it."""
     with _sessions_lock:
-        if key in _prepared:
-            old.append(_prepared.pop(key))
-        _prepared[key] = session
-        while len(_prepared) > _PREPARED_LIMIT:
-            old.append(_prepared.popitem(last=False)[1])
-    for s in old:
-        s.end()
+        entry = _prepared.get(key)
+        coming = key in _coming
+    if coming or (entry is not None and time.monotonic() - entry[0].used <= _PREPARED_IDLE_S and _alive(entry[0])):
+        return
+    _keep_prepared(key, _spawn_session(init, init_args, memory_limit, "fedtrust-isolate-prepared"),
+                   (init, init_args, memory_limit))
+
+
+#: keys whose next prepared worker is being started (set when it is kept, or when starting it failed)
+_coming: dict[tuple[str, ...], threading.Event] = {}
+#: how long `run_prepared` waits for a worker on its way before it starts one of its own
+_COMING_WAIT_S = 10.0
+
+
+def _prepare_next(key: tuple[str, ...], spec: tuple[Any, ...]) -> None:
+    with _sessions_lock:
+        if key in _coming or key in _prepared:
+            return
+        done = _coming[key] = threading.Event()
+    try:
+        _keep_prepared(key, _spawn_session(spec[0], spec[1], spec[2], "fedtrust-isolate-prepared"), spec)
+    except Exception:  # noqa: BLE001 - no worker waiting: the next call starts one itself
+        pass
+    finally:
+        with _sessions_lock:
+            _coming.pop(key, None)
+        done.set()
 
 
 def run_prepared(key: tuple[str, ...], init: Callable[..., Any], init_args: tuple[Any, ...],
                  fn: Callable[..., Any], *args: Any, timeout: float, what: str,
                  memory_limit: int | None = None) -> Any:
-    """``fn(init(*init_args), *args)`` in the worker `prepare` started for `key` (else in a fresh one); one call."""
-    with _sessions_lock:
-        session = _prepared.pop(key, None)
-    if session is None:
-        return run_isolated(_one_off, init, init_args, fn, args, timeout=timeout, what=what, memory_limit=memory_limit)
+    """``fn(init(*init_args), *args)`` in the worker `prepare` started for `key` (else in a fresh one); one call.
+
+    The worker taken is replaced at once by a new one for the same key (see above)."""
+    worker = take_prepared(key, init, init_args, memory_limit)
     try:
-        return _call(None, session, True, fn, args, timeout, what)
+        return worker.finish(fn, *args, timeout=timeout, what=what)
     finally:
-        session.end()
+        worker.close()
+
+
+def take_prepared(key: tuple[str, ...], init: Callable[..., Any], init_args: tuple[Any, ...],
+                  memory_limit: int | None = None) -> "PreparedWorker":
+    """The worker `prepare` started for `key` (waiting for one on its way), else one started now, for one job."""
+    with _sessions_lock:
+        entry = _prepared.pop(key, None)
+        coming = _coming.get(key) if entry is None else None
+    if coming is not None and coming.wait(_COMING_WAIT_S):
+        with _sessions_lock:
+            entry = _prepared.pop(key, None)
+    if entry is not None and not _alive(entry[0]):  # killed while it waited: not the input's fault
+        entry[0].end()
+        entry = None
+    spec = (init, init_args, memory_limit)
+    if entry is None:
+        entry = (_spawn_session(init, init_args, memory_limit, "fedtrust-isolate-prepared"), spec)
+    return PreparedWorker(key, *entry)
+
+
+class PreparedWorker:
+    """A prepared worker taken for one job: `send` requests as their (untrusted) input arrives, then `finish`.
+
+    Requests go out from a thread of their own, so a caller reading a stream never waits for the worker; the
+    worker answers them in order, and `finish` reads every answer within its timeout. The worker serves this
+    job only: `close` ends it and starts the key's next one (the module's comment above).
+    """
+
+    def __init__(self, key: tuple[str, ...], session: _Session, spec: tuple[Any, ...]) -> None:
+        self.key, self.session, self.spec = key, session, spec
+        self._answers = 1  # the worker's answer to its init comes first
+        self._queue: "queue.SimpleQueue[Any]" = queue.SimpleQueue()
+        self._sender = threading.Thread(target=self._send_all, name="fedtrust-isolate-send", daemon=True)
+        self._sender.start()
+        self._closed = False
+
+    def _send_all(self) -> None:
+        while True:
+            request = self._queue.get()
+            if request is None:
+                return
+            try:
+                self.session.conn.send(request)  # our own data, to our own worker
+            except (OSError, ValueError):  # the worker died: `finish` reads its exit status
+                return
+
+    def send(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Queue ``fn(state, *args)``; its answer is read (and a failure raised) by `finish`."""
+        self._answers += 1
+        self._queue.put((fn, args))
+
+    def finish(self, fn: Callable[..., Any], *args: Any, timeout: float, what: str) -> Any:
+        """``fn(state, *args)`` after every request sent before; InvalidInput("<what> was rejected: <reason>") for
+        the first that failed (or a crash, or the timeout)."""
+        if timeout <= 0:
+            raise ValueError("timeout must be positive")
+        self.send(fn, *args)
+        deadline = time.monotonic() + timeout
+        reply: Any = None
+        for _ in range(self._answers):
+            failure, reply = self.session.ask(None, deadline, timeout)
+            if failure is None and reply[0] != "ok":
+                failure = reply[1]
+            if failure is not None:
+                self.close()
+                raise InvalidInput(f"{what} was rejected: {failure}")
+        self._answers = 0
+        return reply[1]
+
+    def close(self) -> None:
+        """End the worker (it is never used again) and start the key's next one off the caller's path."""
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.put(None)
+        self._sender.join(0.5)
+        if self._sender.is_alive():  # stuck writing to a worker that stopped reading: kill it, which frees the pipe
+            self.session.proc.kill()
+            self._sender.join(5.0)
+        self.session.end()
+        threading.Thread(target=_prepare_next, args=(self.key, self.spec), name="fedtrust-isolate-prepare",
+                         daemon=True).start()

@@ -10,8 +10,8 @@ Role
 - The coordinator relays every node's ciphertexts unchanged; it holds no
   secret key and adds nothing.
 - The buyer checks each node's ciphertexts against that node's signed
-  digests, adds them slot-wise itself (`add_isolated`: they crossed the
-  network, so they are parsed in a worker) and decrypts the sum (`decrypt`);
+  digests, adds them slot-wise itself (`Adder`, `add_isolated`: they crossed
+  the network, so they are parsed in a worker) and decrypts the sum (`decrypt`);
   the pairwise masks cancel there.
 
 Security reasoning
@@ -93,6 +93,8 @@ __all__ = [
     "decrypt",
     "encrypt_isolated",
     "add_isolated",
+    "Adder",
+    "start_add",
     "ciphertext_digest",
 ]
 
@@ -399,20 +401,8 @@ def encrypt_isolated(public_bytes: bytes, params: HeParams, vector: Vector,
     )
 
 
-def add_isolated(
-    public_bytes: bytes, params: HeParams, per_party: list[list[bytes]], length: int | None = None,
-    prepared: tuple[str, ...] | None = None,
-) -> list[bytes]:
-    """Sum the parties' ciphertext vectors position-wise, in a worker process.
-
-    `per_party[i]` is party i's list of serialized ciphertexts; every party
-    must send the same number, each ≤ MAX_CIPHERTEXT_BYTES, parsing to a
-    fresh BFV ciphertext of this context with the same slot count as the
-    others at that position (all full but the last). With `length`, the
-    layout must be exactly that of a `length`-value vector. Returns the
-    serialized sums. InvalidInput names the party and position at fault.
-    """
-    _check_public_args(public_bytes, params)
+def _check_parties(per_party: Any) -> tuple[int, int]:
+    """(ciphertexts per party, bytes in all) of well-formed ciphertext lists; InvalidInput naming the party at fault."""
     if not isinstance(per_party, (list, tuple)) or len(per_party) == 0:
         raise InvalidInput("there are no ciphertexts to add")
     count: int | None = None
@@ -433,21 +423,29 @@ def add_isolated(
     assert count is not None
     if count > MAX_CIPHERTEXTS:
         raise InvalidInput(f"a vector has more than {MAX_CIPHERTEXTS} ciphertexts")
+    return count, total
+
+
+def add_isolated(
+    public_bytes: bytes, params: HeParams, per_party: list[list[bytes]], length: int | None = None,
+) -> list[bytes]:
+    """Sum the parties' ciphertext vectors position-wise, in a worker process.
+
+    `per_party[i]` is party i's list of serialized ciphertexts; every party
+    must send the same number, each ≤ MAX_CIPHERTEXT_BYTES, parsing to a
+    fresh BFV ciphertext of this context with the same slot count as the
+    others at that position (all full but the last). With `length`, the
+    layout must be exactly that of a `length`-value vector. Returns the
+    serialized sums. InvalidInput names the party and position at fault.
+    """
+    _check_public_args(public_bytes, params)
+    count, total = _check_parties(per_party)
     sizes: list[int] | None = None
     if length is not None:
         sizes = _chunk_sizes(length)
         if len(sizes) != count:
             raise InvalidInput("the number of ciphertexts does not fit the vector length")
     plain = [[bytes(ct) for ct in cts] for cts in per_party]
-    if prepared is not None:
-        return isolate.run_prepared(
-            ("add", *map(str, prepared), params.context_digest), _load_public_context,
-            (bytes(public_bytes), params.context_digest, params.poly_modulus_degree, params.plain_modulus),
-            _add_with, plain, sizes,
-            timeout=_BASE_TIMEOUT + 0.2 * count * len(per_party),
-            what="the aggregation input",
-            memory_limit=_add_memory(len(per_party)),
-        )
     return isolate.run_isolated(
         _add_worker, bytes(public_bytes), params.context_digest, params.poly_modulus_degree,
         params.plain_modulus, plain, sizes,
@@ -462,17 +460,104 @@ def _add_memory(parties: int) -> int:
     return _BASE_MEMORY + (8 * parties + 4) * MAX_CIPHERTEXT_BYTES * MAX_QUERY_CIPHERTEXTS
 
 
-def prepare_add(public_bytes: bytes, params: HeParams, prepared: tuple[str, ...], parties: int) -> None:
-    """Start the worker that will add the parties' ciphertexts and let it parse the buyer's *own* context now.
+def _add_init(public_bytes: bytes, digest: str, degree: int, plain_modulus: int) -> dict[str, Any]:
+    """Worker state of an `Adder`: the buyer's checked context and the running sums."""
+    return {"ctx": _load_public_context(public_bytes, digest, degree, plain_modulus), "sums": None, "parties": 0}
 
-    The buyer calls it when it submits a job, so the context is parsed while the
-    nodes work; the relayed ciphertexts (untrusted) reach the worker only in
-    `add_isolated(..., prepared=...)`, which is its one and only call.
+
+def _add_party(state: dict[str, Any], cts: list[bytes], sizes: list[int]) -> None:
+    """Worker side of `Adder.feed`: parse one party's ciphertexts and add them to the running sums."""
+    p, ctx = state["parties"], state["ctx"]
+    vecs = [_load_ciphertext(ctx, ct, f"ciphertext {j} of party {p}", sizes[j]) for j, ct in enumerate(cts)]
+    if state["sums"] is None:
+        state["sums"] = vecs
+    else:
+        for j, vec in enumerate(vecs):
+            try:
+                state["sums"][j].add_(vec)
+            except Exception:  # noqa: BLE001
+                raise InvalidInput(f"ciphertext {j} of party {p} cannot be added to the others") from None
+    state["parties"] = p + 1
+
+
+def _add_sums(state: dict[str, Any]) -> list[bytes]:
+    return [v.serialize() for v in state["sums"]]
+
+
+class Adder:
+    """The buyer's sum of the relayed ciphertexts, added in its prepared worker while they arrive.
+
+    When the first release arrives it takes the worker in which the buyer's
+    context was parsed ahead of time (`isolate.take_prepared`, keyed by the
+    contract and the context digest: it has seen nothing untrusted, and it
+    serves this job only). `feed` hands it each party's ciphertexts as the
+    coordinator relays them,
+    so parsing and adding overlap the rest of the stream and the receipt's
+    verification. `total` returns the sum only for exactly the ciphertexts
+    the caller verified (compared byte for byte with what was fed); for
+    anything else — a party fed twice or never, a malformed release, a worker
+    that failed — it adds the verified ones again with `add_isolated`, so the
+    result and every refusal are the same as without the head start.
     """
-    _check_public_args(public_bytes, params)
-    isolate.prepare(("add", *map(str, prepared), params.context_digest), _load_public_context,
-                    (bytes(public_bytes), params.context_digest, params.poly_modulus_degree, params.plain_modulus),
-                    _add_memory(parties))
+
+    def __init__(self, public_bytes: bytes, params: HeParams, prepared: tuple[str, ...], length: int,
+                 parties: int) -> None:
+        _check_public_args(public_bytes, params)
+        self.public_bytes, self.params, self.length = public_bytes, params, length
+        self.sizes = _chunk_sizes(length)
+        self.fed: list[tuple[bytes, ...]] = []
+        self.usable = True
+        self._take = (("add", *map(str, prepared), params.context_digest), _add_init,
+                      (bytes(public_bytes), params.context_digest, params.poly_modulus_degree, params.plain_modulus),
+                      _add_memory(parties))
+        self._worker: isolate.PreparedWorker | None = None
+        isolate.prepare(*self._take)  # parses the context now, unless a worker for it waits or is on its way
+
+    @property
+    def worker(self) -> isolate.PreparedWorker:
+        """The prepared worker, taken when the first release arrives (by then the one `prepare` started is ready)."""
+        if self._worker is None:
+            self._worker = isolate.take_prepared(*self._take)
+        return self._worker
+
+    def feed(self, ciphertexts: Sequence[bytes]) -> None:
+        """One party's ciphertexts, as relayed (unverified); never raises: what is wrong shows in `total`."""
+        cts = tuple(ciphertexts)
+        if not self.usable:
+            return
+        if len(cts) != len(self.sizes) or not all(isinstance(c, bytes) and 0 < len(c) <= MAX_CIPHERTEXT_BYTES
+                                                   for c in cts):
+            self.usable = False  # `total` adds the verified ciphertexts with `add_isolated`, which words the refusal
+            return
+        self.fed.append(cts)
+        self.worker.send(_add_party, list(cts), self.sizes)
+
+    def total(self, per_party: list[list[bytes]]) -> list[bytes]:
+        """The serialized sums of `per_party` (the verified ciphertexts, one list per party); as `add_isolated`."""
+        if self.usable and sorted(self.fed) == sorted(tuple(cts) for cts in per_party):
+            try:
+                return self.worker.finish(_add_sums, timeout=_BASE_TIMEOUT + 0.2 * len(self.sizes) * len(per_party),
+                                          what="the aggregation input")
+            except InvalidInput:
+                pass  # added again below, so that the refusal names the party in the caller's order
+        self.close()
+        return add_isolated(self.public_bytes, self.params, per_party, self.length)
+
+    def close(self) -> None:
+        if self._worker is not None:
+            self._worker.close()
+
+
+def start_add(public_bytes: bytes, params: HeParams, prepared: tuple[str, ...], length: int,
+              parties: int) -> Adder:
+    """An `Adder` for a `length`-value vector from `parties` parties, keyed by `prepared` (the contract digest).
+
+    Its worker parses the buyer's *own* context before any release exists
+    (`isolate.prepare`); the relayed ciphertexts (untrusted) reach it only
+    through this `Adder`, which serves one job. Taking it starts the next
+    one, so a buyer that submits jobs one after another finds it ready.
+    """
+    return Adder(public_bytes, params, prepared, length, parties)
 
 
 def decrypt(secret_bytes: bytes, ciphertexts: list[bytes], length: int | None = None) -> list[int]:

@@ -205,3 +205,44 @@ def test_garbage_ciphertexts_are_refused(buyer) -> None:
         he.decrypt(buyer.public_bytes, good)
     # and the happy path still works afterwards
     assert he.decrypt(buyer.secret_bytes, he.add_isolated(pub, params, [good, good]), 100) == [2 * i for i in range(100)]
+
+
+def test_the_buyers_adder_sums_what_arrived_once_it_is_the_verified_input(buyer) -> None:
+    """he.Adder adds each release as it arrives, in a worker that parsed the buyer's context ahead of time; its sum
+    is used only for exactly the verified ciphertexts, else they are added again (same result, same refusals)."""
+    length = SLOTS + 7
+    releases = [he.encrypt_isolated(buyer.public_bytes, buyer.params, [i + 1] * length) for i in range(3)]
+    expected = [6] * length
+    adder = he.start_add(buyer.public_bytes, buyer.params, ("contract-1",), length, 3)
+    try:
+        for cts in reversed(releases):  # arrival order is not the participants' order
+            adder.feed(cts)
+        assert he.decrypt(buyer.secret_bytes, adder.total([list(r) for r in releases]), length) == expected
+    finally:
+        adder.close()
+    # what was verified differs from what arrived (a release swapped for another job's): the verified ones count
+    other = he.encrypt_isolated(buyer.public_bytes, buyer.params, [100] * length)
+    adder = he.start_add(buyer.public_bytes, buyer.params, ("contract-1",), length, 3)
+    try:
+        for cts in releases:
+            adder.feed(cts)
+        total = adder.total([list(releases[0]), list(releases[1]), list(other)])
+        assert he.decrypt(buyer.secret_bytes, total, length) == [103] * length
+    finally:
+        adder.close()
+
+
+def test_the_buyers_adder_refuses_a_malformed_release_as_add_isolated_does(buyer) -> None:
+    good = he.encrypt_isolated(buyer.public_bytes, buyer.params, [1] * 10)
+    bad = [good[0][:1000] + bytes(len(good[0]) - 1000)]  # right size, garbage body
+    with pytest.raises(InvalidInput) as plain:
+        he.add_isolated(buyer.public_bytes, buyer.params, [good, bad], 10)
+    adder = he.start_add(buyer.public_bytes, buyer.params, ("contract-2",), 10, 2)
+    try:
+        adder.feed(good)
+        adder.feed(bad)
+        with pytest.raises(InvalidInput) as fed:
+            adder.total([good, bad])
+    finally:
+        adder.close()
+    assert str(fed.value) == str(plain.value) and "party 1" in str(fed.value)

@@ -107,3 +107,56 @@ def test_a_prepared_worker_serves_exactly_one_call() -> None:
     isolate.prepare(("t", "bad"), _init, ("bad",))
     with pytest.raises(InvalidInput, match=r"^x was rejected: the blob has a bad header$"):
         isolate.run_prepared(("t", "bad"), _init, ("bad",), _state, timeout=30, what="x")
+
+
+def _add(state: dict, n: int) -> int:
+    if n < 0:
+        raise InvalidInput("a negative count")
+    state["calls"] += n
+    return state["calls"]
+
+
+def _total(state: dict) -> tuple[str, int, int]:
+    return state["tag"], state["calls"], os.getpid()
+
+
+def _wait_prepared(key: tuple[str, ...]) -> None:
+    deadline = time.monotonic() + 20
+    while key not in isolate._prepared and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def test_a_taken_worker_serves_one_job_and_the_next_one_is_ready_for_the_key() -> None:
+    key = ("t", "job")
+    isolate.prepare(key, _init, ("job",))
+    first = isolate.take_prepared(key, _init, ("job",))
+    first.send(_add, 2)
+    first.send(_add, 3)  # requests of one job, sent as their input arrives
+    tag, calls, pid = first.finish(_total, timeout=30, what="x")
+    first.close()
+    assert (tag, calls) == ("job", 5)
+    _wait_prepared(key)  # started when the first was taken: parsed the trusted input, holds nothing else
+    second = isolate.take_prepared(key, _init, ("job",))
+    try:
+        again = second.finish(_total, timeout=30, what="x")
+    finally:
+        second.close()
+    assert again[:2] == ("job", 0) and again[2] != pid  # a fresh process: nothing of the first job's input
+
+
+def test_a_failed_request_of_a_job_is_raised_by_finish() -> None:
+    worker = isolate.take_prepared(("t", "fail"), _init, ("fail",))
+    worker.send(_add, 1)
+    worker.send(_add, -1)
+    with pytest.raises(InvalidInput, match=r"^the input was rejected: a negative count$"):
+        worker.finish(_total, timeout=30, what="the input")
+    worker.close()
+
+
+def test_a_prepared_worker_killed_while_it_waited_is_not_blamed_on_the_input() -> None:
+    key = ("t", "killed")
+    isolate.prepare(key, _init, ("killed",))
+    session = isolate._prepared[key][0]
+    session.proc.kill()
+    session.proc.join(5)
+    assert isolate.run_prepared(key, _init, ("killed",), _state, timeout=30, what="x")[:2] == ("killed", 1)
