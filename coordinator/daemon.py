@@ -53,5 +53,6 @@ class CoordinatorDaemon(GrpcDaemon):
 
     def _on_stop(self) -> None:
         self.runtime.channels.close()
+        self.runtime.calls.shutdown(wait=False, cancel_futures=True)
         if self.servicer is not None:
             self.servicer.training.shutdown()  # running training workers die with the daemon

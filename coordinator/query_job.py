@@ -14,7 +14,6 @@ import logging
 import queue
 import threading
 from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
 from typing import ClassVar, Iterator
 
 from fedtrust.coordinator.node_client import NodeRelease, run_query_on_node
@@ -136,7 +135,6 @@ class QueryJobs:
     def _fan_out(self, contract, contract_digest, job, payload, job_bytes, contract_bytes, context, releases,
                  admissions) -> Iterator[Progress]:
         results: queue.Queue = queue.Queue()
-        pool = ThreadPoolExecutor(max_workers=len(job.participants), thread_name_prefix="fanout")
 
         def ask(node: str) -> None:
             try:
@@ -149,9 +147,10 @@ class QueryJobs:
                 log.exception("asking node %s failed", node)
                 results.put((node, None, JobFailed(f"internal error while asking node {node}")))
 
+        futures = []
         try:
             for node in job.participants:
-                pool.submit(ask, node)
+                futures.append(self.rt.calls.submit(ask, node))
             for _ in job.participants:
                 while True:
                     try:
@@ -165,7 +164,8 @@ class QueryJobs:
                 releases[node] = rel
                 yield Progress("node-released", len(releases), len(job.participants), f"{node} released")
         finally:
-            pool.shutdown(wait=False, cancel_futures=True)
+            for f in futures:  # those not started yet; running calls end by themselves
+                f.cancel()
 
     def _check_release(self, contract, contract_digest: str, job_digest: str, rel: NodeRelease) -> Envelope:
         att = verify_attestation(rel.attestation, contract)

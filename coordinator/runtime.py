@@ -68,6 +68,8 @@ INTERNAL_FAILURE = "internal error at the coordinator; see its log"
 
 #: admission is a few signature checks at each node: an owner slower than this is treated as unreachable
 ADMIT_TIMEOUT_S = 30.0
+#: at most this many node calls at once (started as needed; a call beyond it waits for a free thread)
+NODE_CALL_THREADS = 256
 
 
 class NotAdmitted(JobFailed):
@@ -105,6 +107,8 @@ class CoordinatorRuntime:
         self.store = JobStore(config.state)
         #: one kept mTLS channel per node (the subject is pinned on every handshake; see transport.channels)
         self.channels = ChannelPool()
+        #: threads that call nodes (a job's admission and run phases), kept across jobs instead of started per job
+        self.calls = ThreadPoolExecutor(max_workers=NODE_CALL_THREADS, thread_name_prefix="node-call")
         #: the newest revocation list this coordinator holds; forwarded to nodes with every job
         self.revocations = RevocationHolder(config.state, self.identity.exchange_key)
         #: training jobs a previous process left running; the daemon resumes them once it serves
@@ -223,16 +227,15 @@ class CoordinatorRuntime:
 
         admissions: dict[str, bytes] = {}
         failures: dict[str, Error] = {}
-        with ThreadPoolExecutor(max_workers=len(job.participants), thread_name_prefix="admit") as pool:
-            futures = {node: pool.submit(ask, node) for node in job.participants}
-            for node, fut in futures.items():
-                try:
-                    admissions[node] = fut.result()
-                except Error as e:
-                    failures[node] = e
-                except Exception:  # never let a thread's bug pass silently
-                    log.exception("asking node %s to admit job %s failed", node, job.job_id)
-                    failures[node] = JobFailed(f"internal error at the coordinator while asking node {node}")
+        futures = {node: self.calls.submit(ask, node) for node in job.participants}
+        for node, fut in futures.items():
+            try:
+                admissions[node] = fut.result()
+            except Error as e:
+                failures[node] = e
+            except Exception:  # never let a thread's bug pass silently
+                log.exception("asking node %s to admit job %s failed", node, job.job_id)
+                failures[node] = JobFailed(f"internal error at the coordinator while asking node {node}")
         if not failures:
             try:
                 verify_admissions([Envelope.from_json(a) for a in admissions.values()], contract,

@@ -142,9 +142,13 @@ class JobStore:
     def begin(self, job_id: str, job_digest: str, contract_digest: str, buyer: str,
               participants: tuple[str, ...], kind: str = "query", resume: bool = False) -> JobRecord | None:
         """Mark a job running. Returns the finished record when this exact job already succeeded.
-        `resume` restarts a job that `take_resumable` handed over (it stays 'running' meanwhile)."""
+        `resume` restarts a job that `take_resumable` handed over (it stays 'running' meanwhile).
+
+        Not fsynced: the row of a running job guards no release (every node keeps its own debit and answers a
+        resubmitted job with the release it recorded), and the job's next durable write (its result, its
+        failure, a training job's envelopes) puts it on disk with everything before it."""
         now = utc_now()
-        with self.db.write() as con:
+        with self.db.write(durable=False) as con:
             row = con.execute("SELECT * FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
             if row is not None:
                 if row["job_digest"] != job_digest:
