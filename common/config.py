@@ -25,6 +25,13 @@ __all__ = [
 ]
 
 
+MIB = 1024 * 1024
+#: what sealing adds to a relayed MPC frame (header and tag), on top of `mpc_max_frame_mib`
+MPC_SEAL_BYTES = 4096
+#: frames travel as one gRPC message (`fedtrust.transport.limits.MAX_MESSAGE_BYTES`)
+MPC_MAX_FRAME_MIB = 16
+
+
 @dataclass(frozen=True)
 class DatasetConfig:
     product: Path  # the exchange-signed product credential (JSON envelope)
@@ -75,6 +82,8 @@ class NodeConfig:
     source: Path | None = None  # the file it was read from
     #: the ledger's high-water mark file (default `<state>.watermark`, outside the state folder)
     watermark: Path | None = None
+    #: an MPC session at this node fails when its peers send nothing for this long (`[node] mpc_idle_s`)
+    mpc_idle_s: float = 120.0
 
     @property
     def max_workers(self) -> int:
@@ -94,10 +103,24 @@ class CoordinatorConfig:
     refresh_s: float = 300.0
     server: ServerSettings = ServerSettings()
     source: Path | None = None
+    #: the MPC relay: the largest sealed frame a party may send (MiB; frames travel as one gRPC message, which the
+    #: transport caps at 16 MiB, so 16 is the most), the bytes one party may send in one session (GiB), and how
+    #: long a session may go without a frame moving before it fails (s)
+    mpc_max_frame_mib: int = 16
+    mpc_max_session_gib: int = 8
+    mpc_idle_s: float = 120.0
 
     @property
     def max_workers(self) -> int:
         return self.server.max_workers
+
+    @property
+    def mpc_max_frame_bytes(self) -> int:
+        return self.mpc_max_frame_mib * MIB + MPC_SEAL_BYTES
+
+    @property
+    def mpc_max_session_bytes(self) -> int:
+        return self.mpc_max_session_gib * 1024 * MIB
 
 
 def read_toml(path: str | Path, what: str) -> dict[str, Any]:
@@ -169,13 +192,15 @@ _SERVER_KEYS = {
 _NODE_KEYS = {
     "name": Key(str, required=True), "listen": Key(str, required=True, check=_listen),
     "credentials": Key(str, required=True), "state": Key(str, required=True), "device": Key(str, check=_device),
-    "watermark": Key(str),
+    "watermark": Key(str), "mpc_idle_s": Key(float, positive=True, high=86400),
     **_SERVER_KEYS,
 }
 _COORD_KEYS = {
     "name": Key(str, required=True), "listen": Key(str, required=True, check=_listen),
     "credentials": Key(str, required=True), "state": Key(str, required=True),
     "node_timeout_s": Key(float, positive=True, high=86400),
+    "mpc_max_frame_mib": Key(int, low=1, high=MPC_MAX_FRAME_MIB), "mpc_max_session_gib": Key(int, low=1, high=1024),
+    "mpc_idle_s": Key(float, positive=True, high=86400),
     **_SERVER_KEYS,
 }
 _EXCHANGE_KEYS = {"url": Key(str, check=_https_url), "refresh_s": Key(float, low=0.1, high=86400)}
@@ -296,7 +321,8 @@ def load_node_config(path: str | Path) -> NodeConfig:
         name=t["name"], listen=t["listen"], credentials=r.path_of(t["credentials"]), state=r.path_of(t["state"]),
         datasets=tuple(datasets), device=t.get("device", "auto"),
         clientapps=_clientapps(r, r.data.get("clientapps", [])), server=_server(t), source=r.path,
-        watermark=r.path_of(t["watermark"]) if "watermark" in t else None, **_exchange(r),
+        watermark=r.path_of(t["watermark"]) if "watermark" in t else None,
+        mpc_idle_s=float(t.get("mpc_idle_s", 120.0)), **_exchange(r),
     )
 
 
@@ -330,7 +356,9 @@ def load_coordinator_config(path: str | Path) -> CoordinatorConfig:
     return CoordinatorConfig(
         name=t["name"], listen=t["listen"], credentials=r.path_of(t["credentials"]), state=r.path_of(t["state"]),
         node_timeout_s=t.get("node_timeout_s", 300.0), addresses=tuple(sorted(addresses.items())),
-        server=_server(t), source=r.path, **_exchange(r),
+        server=_server(t), source=r.path, mpc_max_frame_mib=t.get("mpc_max_frame_mib", 16),
+        mpc_max_session_gib=t.get("mpc_max_session_gib", 8), mpc_idle_s=float(t.get("mpc_idle_s", 120.0)),
+        **_exchange(r),
     )
 
 

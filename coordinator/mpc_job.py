@@ -4,7 +4,8 @@ The coordinator is a relay here too. Every owner and the contract's dealer hold 
 each frame a party sends names its receiver's rank, and the coordinator forwards (sender rank, sealed bytes) to
 that receiver — nothing else. The frames are sealed between the two parties (`privacy.mpc.sealed_link`), so it
 can read, alter, reorder, replay or redirect none of them without the receiver refusing the session. Per party it
-caps the size of a frame and the bytes of a session, and a session in which nothing moves for `idle_s` fails.
+caps the size of a frame and the bytes of a session, and a session in which nothing moves for `idle_s` fails
+(COORD.toml `mpc_max_frame_mib`, `mpc_max_session_gib`, `mpc_idle_s`).
 
 Order: every owner admits the job (nothing spent on a refusal); the dealer's stream opens first and the owners'
 only once the dealer has passed its own checks (its first frames are the owners' seeds), so a dealer that
@@ -45,16 +46,10 @@ from fedtrust.trust.vertical import JointJob
 from fedtrust.trust.vertical_lr import VerticalLRSpec
 from fedtrust.v1 import mpc_pb2, mpc_pb2_grpc
 
-__all__ = ["MpcJobs", "MAX_FRAME_BYTES", "MAX_SESSION_BYTES", "IDLE_S"]
+__all__ = ["MpcJobs"]
 
 log = logging.getLogger("fedtrust.coordinator")
 
-#: the largest sealed frame a party may send through the relay
-MAX_FRAME_BYTES = 32 * 1024 * 1024 + 4096
-#: the most bytes one party may send in one session
-MAX_SESSION_BYTES = 8 * 1024 ** 3
-#: a session in which no frame moves for this long fails
-IDLE_S = 120.0
 #: the largest sealed output an owner may return
 MAX_OUTPUT_BYTES = 64 * 1024 * 1024
 
@@ -205,11 +200,11 @@ class MpcJobs:
 
     kind: ClassVar[str] = ""
 
-    def __init__(self, runtime: CoordinatorRuntime, *, served: set[str] | None = None, idle_s: float = IDLE_S,
-                 max_frame: int = MAX_FRAME_BYTES, max_bytes: int = MAX_SESSION_BYTES) -> None:
+    def __init__(self, runtime: CoordinatorRuntime, *, served: set[str] | None = None) -> None:
         self.runtime = runtime
         self.served = served if served is not None else {self.kind}
-        self.idle_s, self.max_frame, self.max_bytes = idle_s, max_frame, max_bytes
+        cfg = runtime.config  # the relay's caps and idle limit: COORD.toml settings
+        self.idle_s, self.max_frame, self.max_bytes = cfg.mpc_idle_s, cfg.mpc_max_frame_bytes, cfg.mpc_max_session_bytes
 
     def _dealer_address(self, contract) -> str:
         d = contract.dealer

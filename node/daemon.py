@@ -15,9 +15,6 @@ from fedtrust.transport.exchange_client import refresher_for
 from fedtrust.transport.tls import TlsMaterial
 from fedtrust.v1 import mpc_pb2_grpc, node_pb2_grpc, vertical_pb2_grpc
 
-#: an MPC session at this node fails when its peers send nothing for this long
-MPC_IDLE_S = 120.0
-
 
 class NodeDaemon(GrpcDaemon):
     role = "node"
@@ -47,7 +44,7 @@ class NodeDaemon(GrpcDaemon):
     def _register(self):
         servicer = NodeServicer(self.runtime, self.kinds, self.metrics)
         vertical = VerticalNodeServicer(servicer, self.psi)
-        mpc = NodeMpcServicer(servicer, MPC_IDLE_S)
+        mpc = NodeMpcServicer(servicer, self.runtime.config.mpc_idle_s)
 
         def register(s):
             node_pb2_grpc.add_NodeServiceServicer_to_server(servicer, s)
