@@ -129,7 +129,8 @@ def result(
     fmt: str = typer.Option("table", "--format", help="a query's result as table, json or csv"),
 ) -> None:
     """Fetch a finished job's result again and verify its receipt: a query's aggregate (decrypted with the job's
-    stored key) or a training job's model (--out model.safetensors)."""
+    stored key), a training job's model (--out model.safetensors) or a vertical-lr job's weights and model (the
+    shares opened with the job's stored key; --out model.safetensors)."""
     from fedtrust.buyer.query import fetch_again
 
     identity = load_identity(credentials)
@@ -148,6 +149,12 @@ def result(
         else:
             console.print(metrics_table(res.metrics, f"job {res.job_id}: aggregate metrics over all owners"))
             console.print(f"model sha256 {res.model_digest}" + (f", written to {out}" if out else ""))
+        return
+    if open_job(credentials, job_id).read_meta().get("kind") == "vertical-lr":
+        from fedtrust.buyer.vertical_lr import fetch_vertical_lr_again
+        from fedtrust.cli.train import show_vertical_lr
+
+        show_vertical_lr(fetch_vertical_lr_again(identity, credentials, job_id, coordinator), out, receipt, as_json)
         return
     if open_job(credentials, job_id).read_meta().get("kind") in ("mpc-stats", "joint"):
         from fedtrust.buyer.mpc import fetch_mpc_again

@@ -98,25 +98,35 @@ def train_vertical(job: Path, credentials: Path, contract: Path, coordinator: st
                    as_json: bool, timeout: float) -> None:
     """A vertical-lr job.toml: logistic regression on secret shares of the owners' aligned rows (MPC)."""
     from fedtrust.buyer.vertical_lr import submit_vertical_lr
-    from fedtrust.cli.output import result_table, with_progress
+    from fedtrust.cli.output import with_progress
     from fedtrust.trust.vertical_lr import load_vertical_lr_toml
 
     spec = load_vertical_lr_toml(job)
     identity = load_identity(credentials)
     res = with_progress("vertical-lr", "verified", lambda progress: submit_vertical_lr(
         identity, credentials, contract, coordinator, spec, progress, timeout))
-    out.write_bytes(res.model)
+    err_console.print(f"job {res.job_id} done")
+    show_vertical_lr(res, out, receipt, as_json, str(job))
+
+
+def show_vertical_lr(res, out: Optional[Path], receipt: Optional[Path], as_json: bool, job: str = "JOB.toml") -> None:
+    """A vertical-lr job's weights and model file (`fedtrust train`, `fedtrust job result`)."""
+    from fedtrust.buyer.vertical_lr import MODEL_FILE
+    from fedtrust.cli.output import result_table
+
+    model = out or res.result_path.with_name(MODEL_FILE)  # the copy in the job folder by default
+    if out:
+        out.write_bytes(res.model)
     if receipt:
         receipt.write_bytes(res.mpc.receipt.to_json())
     if as_json:
-        print_json({"job_id": res.job_id, "model": str(out), "model_digest": res.mpc.result["model_digest"],
+        print_json({"job_id": res.job_id, "model": str(model), "model_digest": res.mpc.result["model_digest"],
                     "result": res.mpc.result, "receipt": str(receipt) if receipt else None})
         return
-    err_console.print(f"job {res.job_id} done")
     console.print(result_table(res.mpc.result["columns"], [[n, f"{w:.6f}"] for n, w in res.mpc.result["rows"]],
                                title=f"job {res.job_id}: the model's weights (only you received them)"))
-    console.print(f"model written to {out} (sha256 {res.mpc.result['model_digest']}); predict with "
-                  f"`fedtrust predict --model {out} --job {job} ROWS.csv`")
+    console.print(f"model written to {model} (sha256 {res.mpc.result['model_digest']}); predict with "
+                  f"`fedtrust predict --model {model} --job {job} ROWS.csv`")
     if receipt:
         console.print(f"receipt written to {receipt}; the exchange checks it with `fedtrust exchange verify "
                       f"EXCHANGE_DIR {receipt} --result {res.result_path}`")

@@ -82,6 +82,18 @@ def test_cli_train_predict_and_the_exchange_verifies(fed, tmp_path):
     state = b"".join(p.read_bytes() for p in (fed.root / "state" / "coord").rglob("*") if p.is_file())
     for _, w in json.loads(result.read_text())["rows"]:
         assert repr(w).encode() not in state
+    # `job result` fetches the job again: the same weights and, byte for byte, the same model file
+    again, receipt2 = tmp_path / "again.safetensors", tmp_path / "receipt2.json"
+    j = CliRunner().invoke(app, ["job", "result", got["job_id"], "--credentials", str(fed.buyer_dir), "--out",
+                                 str(again), "--receipt", str(receipt2), "--json"])
+    assert j.exit_code == 0, j.output
+    fetched = json.loads(j.stdout[j.stdout.index("{"):])
+    assert fetched["result"]["rows"] == got["result"]["rows"] and fetched["model_digest"] == got["model_digest"]
+    assert again.read_bytes() == model.read_bytes()
+    assert json.loads(receipt2.read_text())["job"] == json.loads(receipt.read_text())["job"]
+    t = CliRunner().invoke(app, ["job", "result", got["job_id"], "--credentials", str(fed.buyer_dir)])
+    assert t.exit_code == 0, t.output
+    assert "the model's weights" in t.stdout and got["model_digest"] in " ".join(t.stdout.split())
 
 
 @pytest.mark.parametrize("change, match", [
