@@ -1,4 +1,5 @@
-"""`fedtrust node …`: run a node daemon, check it, back up its ledger, ask its status; print a data file's commitment."""
+"""`fedtrust node …`: run a node daemon, check it, back up and restore its state, ask its status; print a data file's
+commitment."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -194,15 +195,33 @@ def check(
 @app.command("backup")
 def backup(
     config: Path = typer.Option(..., "--config", help="NODE.toml"),
-    out: Path = typer.Option(..., "--out", help="new file for the copy of the ledger and audit log"),
+    out: Path = typer.Option(..., "--out", help="a new folder for the backup"),
 ) -> None:
-    """Copy the node's ledger and audit log while it serves (SQLite online backup). Restoring it cannot refund
-    budget: a node refuses a ledger older than the newest release it attested (its watermark file)."""
-    from fedtrust.node.store import NodeStore
+    """Back up everything the node needs to restore its ledgers, while it serves: the ledger and audit log, the
+    training store, the PSI alignments (SQLite online backup each, the ledger first) and the revocation list,
+    with a manifest of their digests. Restoring it cannot refund budget: a node refuses a ledger older than the
+    newest release it attested (its watermark file, kept outside the state folder and the backup)."""
+    from fedtrust.node.backup import backup_state
 
     cfg = load_node_config(config)
-    NodeStore(cfg.state, cfg.watermark).backup(out)
-    console.print(f"ledger of node {cfg.name} backed up to {out}", highlight=False)
+    manifest = backup_state(cfg, out)
+    console.print(f"node {cfg.name} backed up to {out}: {', '.join(sorted(manifest.files))}", highlight=False)
+
+
+@app.command("restore")
+def restore(
+    config: Path = typer.Option(..., "--config", help="NODE.toml"),
+    source: Path = typer.Option(..., "--from", help="a folder `fedtrust node backup` made"),
+) -> None:
+    """Restore a backup into the node's state folder (the node stopped, the folder absent or empty): checks that
+    it is this node's, that every file matches its digest, and that its ledger reaches the node's watermark
+    (an older backup would refund spent budget and is refused; nothing is restored then)."""
+    from fedtrust.node.backup import restore_state
+
+    cfg = load_node_config(config)
+    manifest = restore_state(cfg, source)
+    console.print(f"node {cfg.name}: restored {', '.join(sorted(manifest.files))} (backed up at "
+                  f"{manifest.created_at}) into {cfg.state}; start it with `fedtrust node serve`", highlight=False)
 
 
 def _contract_digest(value: str) -> str:

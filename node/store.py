@@ -21,7 +21,6 @@ encrypted under the buyer's key; audit rows name jobs and rules only.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from decimal import ROUND_CEILING, Decimal
 from pathlib import Path
@@ -184,25 +183,6 @@ class NodeStore:
                 "SELECT contract_digest, seq, entry_digest FROM releases r WHERE seq = "
                 "(SELECT MAX(seq) FROM releases WHERE contract_digest = r.contract_digest)").fetchall():
             self.watermark.advance(contract, seq, entry)
-
-    def backup(self, out: str | Path) -> None:
-        """An online, consistent copy of the ledger and audit log (SQLite backup API) to a new file."""
-        import sqlite3
-
-        target = Path(out)
-        if target.exists():
-            raise ConfigError(f"{target} already exists; choose a new file for the backup")
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        os.close(fd)
-        dst = sqlite3.connect(target)
-        try:
-            src = sqlite3.connect(self.db.path)
-            try:
-                src.backup(dst)
-            finally:
-                src.close()
-        finally:
-            dst.close()
 
     def readable(self) -> bool:
         """The ledger is open and answers (health checks)."""

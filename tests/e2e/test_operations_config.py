@@ -118,7 +118,7 @@ def test_a_restored_old_ledger_is_refused_and_the_backup_cannot_refund_budget(tm
     buyer = load_identity(fed.buyer_dir)
     with fed:
         submit_query(buyer, fed.buyer_dir, fed.contract_path, fed.coordinator_address, SQL)
-        backup = tmp_path / "bank-a-ledger.sqlite3"
+        backup = tmp_path / "bank-a-backup"
         p = subprocess.run(FEDTRUST + ["node", "backup", "--config", str(fed.node_configs["bank-a"]),
                                        "--out", str(backup)], capture_output=True, text=True, timeout=120)
         assert p.returncode == 0, p.stderr
@@ -129,7 +129,7 @@ def test_a_restored_old_ledger_is_refused_and_the_backup_cannot_refund_budget(tm
     state = tmp_path / "state" / "bank-a"
     for f in state.glob("node.sqlite3*"):
         f.unlink()
-    shutil.copy(backup, state / "node.sqlite3")  # the operator restores yesterday's backup
+    shutil.copy(backup / "node.sqlite3", state / "node.sqlite3")  # the operator restores yesterday's ledger by hand
     with pytest.raises(ConfigError, match=r"is older than the newest release this node attested \(contract "
                                           r"\w{16}…: entry 2 was released, the ledger ends at entry 1\); starting on "
                                           r"it would refund spent budget\. Restore the newest ledger"):
