@@ -41,7 +41,7 @@ from fedtrust.node.job_log import JobRecord
 from fedtrust.node.store import NodeStore
 from fedtrust.query.dataset import Dataset, file_digest
 from fedtrust.trust.admission import Admission, sign_admission, verify_admissions
-from fedtrust.trust.contracts import Contract, require_signatures, verify_contract
+from fedtrust.trust.contracts import Contract, contract_envelope, require_signatures, verify_contract
 from fedtrust.trust.credentials import KX_KEY, SIGNING_KEY, TLS_KEY, Identity, load_identity_as
 from fedtrust.trust.dsse import Envelope
 from fedtrust.trust.jobs import MAX_SQL_CHARS, JobSpec, verify_job_signature
@@ -154,7 +154,7 @@ class NodeRuntime:
     def _check_job(self, peer: tuple[str, str], job_bytes: bytes, contract_bytes: bytes) -> CheckedJob:
         """The signatures (contract: exchange, buyer and this node's owner; job: buyer), then the rules every kind
         shares (`node.admit.check_common`: caller, owner, revocation, withdrawal, product, the job's fit)."""
-        contract_env = Envelope.from_json(contract_bytes)
+        contract_env = contract_envelope(contract_bytes)
         contract = verify_contract(contract_env, self.identity.exchange_key)
         facts = self.facts(peer, contract_env.digest)
         self.refuse(core.refusal_of(core.check_parties, contract, facts))

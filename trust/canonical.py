@@ -21,6 +21,7 @@ the equivalence on every code point and on generated values.
 from __future__ import annotations
 
 import hashlib
+import re
 from datetime import datetime, timezone
 from typing import Any
 
@@ -48,9 +49,19 @@ def _plain(obj: Any, depth: int = 0) -> bool:
     if depth >= _MAX_DEPTH:
         return False
     if t is dict:
-        return all(type(k) is str and k.isascii() and _plain(v, depth + 1) for k, v in obj.items())
+        for k, v in obj.items():
+            if type(k) is not str or not k.isascii():
+                return False
+            tv = type(v)
+            if tv is not str and tv is not bool and not _plain(v, depth + 1):
+                return False
+        return True
     if t is list or t is tuple:
-        return all(_plain(v, depth + 1) for v in obj)
+        for v in obj:
+            tv = type(v)
+            if tv is not str and tv is not bool and not _plain(v, depth + 1):
+                return False
+        return True
     return False
 
 
@@ -98,9 +109,12 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+
+
 def is_sha256_hex(value: object) -> bool:
     """True for a lowercase 64-character hex string (how every digest is written)."""
-    return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
+    return isinstance(value, str) and len(value) == 64 and _SHA256_HEX.fullmatch(value) is not None
 
 
 def format_time(when: datetime) -> str:

@@ -35,7 +35,8 @@ from fedtrust.trust.vertical import check_vertical_products
 
 __all__ = [
     "CONTRACT_TYPE", "Holding", "Contract", "check_price", "check_rules", "sign_contract",
-    "verify_contract", "Party", "contract_signatures", "require_signatures", "sign_as", "MAX_PURPOSE_CHARS",
+    "verify_contract", "contract_envelope", "Party", "contract_signatures", "require_signatures", "sign_as",
+    "MAX_PURPOSE_CHARS",
 ]
 
 CONTRACT_TYPE = "https://fedtrust.dev/Contract/v1"
@@ -225,6 +226,25 @@ def sign_contract(contract: Contract, exchange_signer: Signer) -> Envelope:
 
 #: contracts that verified, keyed by everything `verify_contract` reads (bounded)
 _VERIFIED_LIMIT = 32
+#: contract envelopes parsed, keyed by the sha256 of their bytes (bounded)
+_parsed: "OrderedDict[str, Envelope]" = OrderedDict()
+
+
+def contract_envelope(raw: bytes) -> Envelope:
+    """`Envelope.from_json` of a contract's bytes, remembered by their sha256: every party parses the same
+    contract (≈16 KB at 3 owners) on every job. An envelope is immutable; InvalidInput as `from_json`."""
+    key = sha256_hex(bytes(raw))
+    with _verified_lock:
+        hit = _parsed.get(key)
+        if hit is not None:
+            _parsed.move_to_end(key)
+            return hit
+    env = Envelope.from_json(raw)
+    with _verified_lock:
+        _parsed[key] = env
+        while len(_parsed) > _VERIFIED_LIMIT:
+            _parsed.popitem(last=False)
+    return env
 _verified: "OrderedDict[tuple, Contract]" = OrderedDict()
 _verified_lock = threading.Lock()
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence, TypeVar
@@ -124,9 +125,9 @@ class Envelope:
     payload: bytes
     signatures: tuple[Signature, ...]
 
-    @property
+    @functools.cached_property
     def digest(self) -> str:
-        """The digest other objects use to refer to this signed object."""
+        """The digest other objects use to refer to this signed object (computed once: the payload is bytes)."""
         return sha256_hex(self.payload)
 
     def to_dict(self) -> dict[str, Any]:
