@@ -29,6 +29,8 @@ def _events(events):
                 yield from send_chunks_then(coordinator_pb2.JobEvent, "ciphertext_chunk", rel.ciphertexts, "relayed",
                                             coordinator_pb2.RelayedRelease(
                                                 node=rel.node, ciphertext_sizes=[len(c) for c in rel.ciphertexts]))
+            if ev.stored is not None:
+                ev.stored()  # the receipt leaves only once the job's result is on disk
             yield coordinator_pb2.JobEvent(outcome=coordinator_pb2.Outcome(receipt=ev.receipt))
 
 

@@ -73,17 +73,24 @@ class QueryJobs:
                                        releases, admissions):
                 rt.store.heartbeat(job.job_id, event.stage, answered=event.done)
                 yield event
-            attestations = [self._check_release(contract, contract_env.digest, job_env.digest, releases[n])
-                            for n in job.participants]
+            checked = [self._check_release(contract, contract_env.digest, job_env.digest, releases[n])
+                       for n in job.participants]
+            attestations = [env for env, _ in checked]
             relayed = tuple(Relayed(n, releases[n].ciphertexts) for n in job.participants)
             bundle = rt.receipt(contract_env, job_env, attestations,
-                                tuple(RelayedOutputs(r.node, a.digest, tuple(sha256_hex(c) for c in r.ciphertexts))
-                                      for r, a in zip(relayed, attestations)))
-            rt.store.succeed(job.job_id, bundle, relayed)
+                                tuple(RelayedOutputs(r.node, env.digest, outputs)
+                                      for r, (env, outputs) in zip(relayed, checked)))
+
+        def store() -> None:
+            with rt.failing(job.job_id):
+                rt.store.succeed(job.job_id, bundle, relayed)
             # kept once a job of the contract succeeded with it: the buyer's next jobs name it by digest only
             self.contexts.keep(contract_env.digest, payload.he.context_digest, context)
+
+        # the result is stored (fsynced) while the ciphertexts stream to the buyer; the receipt waits for it
+        stored = rt.calls.submit(store)
         yield Progress("relayed", total, total, "every node's ciphertexts relayed; receipt signed")
-        yield Finished(bundle, relayed)
+        yield Finished(bundle, relayed, stored.result)
 
     def job_context(self, contract_digest: str, payload: QueryPayload, context: bytes) -> bytes:
         """The buyer's context: the one sent (kept for the contract's next jobs), else the kept copy, else
@@ -167,15 +174,18 @@ class QueryJobs:
             for f in futures:  # those not started yet; running calls end by themselves
                 f.cancel()
 
-    def _check_release(self, contract, contract_digest: str, job_digest: str, rel: NodeRelease) -> Envelope:
+    def _check_release(self, contract, contract_digest: str, job_digest: str,
+                       rel: NodeRelease) -> tuple[Envelope, tuple[str, ...]]:
+        """The node's attestation and the digests of the ciphertexts it sent (which its attestation names)."""
         att = verify_attestation(rel.attestation, contract)
         problems = []
         if att.node != rel.node:
             problems.append("names another node")
         if att.job_digest != job_digest or att.contract_digest != contract_digest:
             problems.append("is for another job or contract")
-        if tuple(att.outputs) != tuple(sha256_hex(c) for c in rel.ciphertexts):
+        outputs = tuple(sha256_hex(c) for c in rel.ciphertexts)
+        if tuple(att.outputs) != outputs:
             problems.append("does not match the ciphertexts it sent")
         if problems:
             raise JobFailed(f"node {rel.node} sent an attestation that {' and '.join(problems)}")
-        return rel.attestation
+        return rel.attestation, outputs

@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Iterator, Sequence, Union
+from typing import Callable, Iterator, Sequence, Union
 
 from fedtrust.config import CoordinatorConfig, check_private_files
 from fedtrust.coordinator.node_client import admit_on_node
@@ -44,7 +44,7 @@ from fedtrust.transport.channels import ChannelPool
 from fedtrust.transport.tls import TlsMaterial
 from fedtrust.trust.admission import verify_admissions
 from fedtrust.trust.canonical import utc_now
-from fedtrust.trust.contracts import Contract, require_signatures, verify_contract
+from fedtrust.trust.contracts import Contract, contract_envelope, require_signatures, verify_contract
 from fedtrust.trust.credentials import KX_KEY, SIGNING_KEY, TLS_KEY, load_identity_as
 from fedtrust.trust.dsse import Envelope
 from fedtrust.trust.jobs import JobSpec, verify_job
@@ -58,6 +58,9 @@ log = logging.getLogger("fedtrust.coordinator")
 class Finished:
     receipt: bytes  # ReceiptBundle JSON, without the buyer's acknowledgement
     relayed: tuple[Relayed, ...]  # every participant's ciphertexts, in the job's participant order
+    #: returns once the job's result is on disk (raises if storing it failed): the servicer streams `relayed`
+    #: meanwhile and sends the receipt only after it; None when it was stored before the event
+    stored: Callable[[], object] | None = None
 
 
 Event = Union[Progress, Finished]
@@ -190,7 +193,7 @@ class CoordinatorRuntime:
         return ReceiptBundle(contract_env, job_env, tuple(attestations), statement, None).to_json()
 
     def check(self, peer: tuple[str, str], job_bytes: bytes, contract_bytes: bytes) -> tuple[Contract, Envelope, JobSpec, Envelope]:
-        contract_env = Envelope.from_json(contract_bytes)
+        contract_env = contract_envelope(contract_bytes)
         contract = verify_contract(contract_env, self.identity.exchange_key)
         if contract.coordinator.name != self.name:
             raise PolicyViolation(
