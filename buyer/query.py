@@ -40,7 +40,7 @@ from fedtrust.query.payload import QueryPayload
 from fedtrust.query.sql import QueryPlan, plan_query
 from fedtrust.transport.tls import TlsMaterial
 from fedtrust.trust.canonical import utc_now
-from fedtrust.trust.contracts import Contract, require_signatures, verify_contract
+from fedtrust.trust.contracts import Contract, contract_envelope, require_signatures, verify_contract
 from fedtrust.trust.credentials import Identity
 from fedtrust.trust.dsse import Envelope
 from fedtrust.trust.jobs import JobSpec, sign_job
@@ -66,7 +66,7 @@ def load_contract(identity: Identity, path: Path) -> tuple[Contract, bytes]:
         raw = Path(path).read_bytes()
     except FileNotFoundError:
         raise ConfigError(f"contract file {path} does not exist") from None
-    contract = verify_contract(Envelope.from_json(raw), identity.exchange_key)
+    contract = verify_contract(contract_envelope(raw), identity.exchange_key)
     if identity.credential.role != "buyer" or contract.buyer.name != identity.credential.name:
         raise ConfigError(
             f"these credentials are fedtrust://{identity.credential.role}/{identity.credential.name}, but the contract's "
@@ -77,7 +77,7 @@ def load_contract(identity: Identity, path: Path) -> tuple[Contract, bytes]:
 
 def check_agreed(contract: Contract, contract_raw: bytes) -> None:
     """The buyer submits only under a contract that it and every owner have signed (nodes would refuse it)."""
-    require_signatures(Envelope.from_json(contract_raw), contract,
+    require_signatures(contract_envelope(contract_raw), contract,
                        [("buyer", contract.buyer.name)] + [("node", n) for n in contract.owner_names])
 
 
@@ -119,7 +119,7 @@ def reopen(identity: Identity, credentials_dir: Path, job_id: str, coordinator: 
 def submit_query(identity: Identity, credentials_dir: Path, contract_path: Path, coordinator: str, sql: str,
                  on_progress: OnProgress | None = None, timeout: float = 600.0) -> QueryResult:
     contract, contract_raw = load_contract(identity, contract_path)
-    contract_env = Envelope.from_json(contract_raw)
+    contract_env = contract_envelope(contract_raw)
     check_agreed(contract, contract_raw)
     plan = plan_for(contract, sql)  # fast, clear refusal before any key is made or byte is sent
     # an earlier job of this contract carried the same public context to the coordinator, which keeps it
@@ -140,7 +140,7 @@ def submit_query(identity: Identity, credentials_dir: Path, contract_path: Path,
         outcome = client.submit_query(job_env.to_json(), contract_raw, keys.public_bytes, on_progress,
                                       max_nodes=len(job.participants), context_sent_before=sent_before,
                                       on_relayed=adder.feed)
-        return finish(identity, files, contract, plan, outcome, adder)
+        return finish(identity, files, contract, plan, outcome, adder, keys.secret_bytes)
     finally:
         adder.close()
 
@@ -153,7 +153,8 @@ def fetch_again(identity: Identity, credentials_dir: Path, job_id: str, coordina
 
 
 def finish(identity: Identity, files: JobFiles, contract: Contract, plan: QueryPlan, outcome: JobOutcome,
-           adder: he.Adder | None = None) -> QueryResult:
+           adder: he.Adder | None = None, secret: bytes | None = None) -> QueryResult:
+    """`secret`: the job's secret context when the caller holds it (the same bytes as the job folder's copy)."""
     bundle = ReceiptBundle.from_json(outcome.receipt)
     if bundle.job.digest != Envelope.from_json(files.job.read_bytes()).digest:
         raise VerificationError("the coordinator returned a receipt for another job")
@@ -170,7 +171,7 @@ def finish(identity: Identity, files: JobFiles, contract: Contract, plan: QueryP
             total = he.add_isolated(files.read_public(), payload.he, per_node, layout.length)
     except InvalidInput as e:
         raise VerificationError(f"the relayed ciphertexts cannot be added: {e}; refusing the result") from None
-    summed = he.decrypt(files.secret.read_bytes(), total, layout.length)
+    summed = he.decrypt(secret if secret is not None else files.secret.read_bytes(), total, layout.length)
     privacy, noisy, noise = contract.rules.privacy, None, None
     if privacy is None:
         table = decode(plan, layout, contract.owners[0].product.schema, summed)

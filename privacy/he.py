@@ -330,8 +330,32 @@ def _check_public_args(public_bytes: bytes, params: HeParams) -> None:
         raise InvalidInput("the public HE context must be bytes")
     if len(public_bytes) > MAX_CONTEXT_BYTES:
         raise InvalidInput(f"the public HE context is larger than {MAX_CONTEXT_BYTES} bytes")
-    if hashlib.sha256(public_bytes).hexdigest() != params.context_digest:
+    if _digest(public_bytes) != params.context_digest:
         raise InvalidInput("the public HE context does not match the digest the job spec names")
+
+
+#: the digests of the last few contexts checked, with the very objects hashed (bounded)
+_DIGESTS_SIZE = 8
+_digests: "OrderedDict[int, tuple[bytes, str]]" = OrderedDict()
+_digests_lock = threading.Lock()
+
+
+def _digest(blob: bytes | bytearray) -> str:
+    """sha256 hex of `blob`; an immutable `bytes` object hashed before (a node's kept copy of a buyer's context,
+    the buyer's own) is not hashed again: the entry holds that object, so its id cannot name another meanwhile."""
+    if type(blob) is not bytes:
+        return hashlib.sha256(blob).hexdigest()
+    with _digests_lock:
+        hit = _digests.get(id(blob))
+        if hit is not None and hit[0] is blob:
+            _digests.move_to_end(id(blob))
+            return hit[1]
+    digest = hashlib.sha256(blob).hexdigest()
+    with _digests_lock:
+        _digests[id(blob)] = (blob, digest)
+        while len(_digests) > _DIGESTS_SIZE:
+            _digests.popitem(last=False)
+    return digest
 
 
 #: what may be encrypted: integers in [0, t), as a sequence or a flat numpy array
@@ -583,7 +607,7 @@ def _secret_context(secret_bytes: bytes) -> tuple[Any, threading.Lock]:
     """The parsed secret context (parsing costs ≈20 ms; a buyer reuses its pair per contract)."""
     if not isinstance(secret_bytes, (bytes, bytearray)):
         raise InvalidInput("the secret HE context is empty or too large")
-    key = hashlib.sha256(secret_bytes).hexdigest()
+    key = _digest(secret_bytes)
     with _secret_cache_lock:
         hit = _secret_cache.get(key)
         if hit is not None:

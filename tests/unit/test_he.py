@@ -246,3 +246,16 @@ def test_the_buyers_adder_refuses_a_malformed_release_as_add_isolated_does(buyer
     finally:
         adder.close()
     assert str(fed.value) == str(plain.value) and "party 1" in str(fed.value)
+
+
+def test_a_remembered_context_digest_never_vouches_for_other_bytes(buyer) -> None:
+    """Contexts checked before are not hashed again (a node's kept copy): only for that very immutable object."""
+    he._check_public_args(buyer.public_bytes, buyer.params)  # remembered
+    he._check_public_args(buyer.public_bytes, buyer.params)
+    altered = bytearray(buyer.public_bytes)
+    he._check_public_args(altered, buyer.params)  # a mutable copy is hashed every time
+    altered[-1] ^= 1
+    with pytest.raises(InvalidInput, match="does not match the digest"):
+        he._check_public_args(altered, buyer.params)
+    with pytest.raises(InvalidInput, match="does not match the digest"):
+        he._check_public_args(bytes(altered), buyer.params)
