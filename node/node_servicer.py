@@ -145,7 +145,7 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
                                   header.round)
             data = read_payload(request_iterator, sum(v.vector_size for v in header.vectors),
                                 chunk_field="vector_chunk", limit=limit, what="the forwarded vectors",
-                                deadline=deadline_of(context))
+                                deadline=deadline_of(context), view=True)  # vectors are views of it, not copies
             items = vectors_from_proto(header.vectors, data)
             digest = self.training.forward(checked, header.phase, header.round, items)
         except Error as e:

@@ -46,7 +46,7 @@ import threading
 import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from functools import partial
 from typing import ClassVar
@@ -68,7 +68,7 @@ from fedtrust.node.apps import AppRegistry
 from fedtrust.node.runtime import CheckedJob, NodeRuntime
 from fedtrust.node.store import ACCOUNTANT
 from fedtrust.node.training_store import TrainingStore
-from fedtrust.privacy.masking import pairwise_mask, training_purpose
+from fedtrust.privacy.masking import add_pairwise_mask, training_purpose
 from fedtrust.training import quantize
 from fedtrust.training.arrays import arrays_digest, from_array_record, to_array_record
 from fedtrust.training.context import node_config, round_config, run_config
@@ -147,6 +147,8 @@ class TrainingRuntime:
         self._warnings: dict[str, set[str]] = {}
         #: job digest -> (lock, the chain of global models this node derived for the job)
         self._derivations: OrderedDict[str, tuple[threading.Lock, Derivation]] = OrderedDict()
+        #: job digest -> (phase, round, bytes, sha256 hex) of the newest vector this node released for it
+        self._own: OrderedDict[str, tuple[str, int, bytes, str]] = OrderedDict()
         self._lock = threading.Lock()
         #: ClientApps run one at a time, always on this one thread: one torch/OpenMP thread team, one job's
         #: tensors on the GPU at a time (rounds of concurrent jobs queue here)
@@ -229,7 +231,9 @@ class TrainingRuntime:
         self._check_global(checked, plan, phase, rnd, gdigest)
         stored = self.store.claim(checked.job_digest, phase, rnd, gdigest)
         if stored is not None:
-            return RoundRelease(phase, rnd, gdigest, stored, self._sign(checked, phase, rnd, stored))
+            digest = hashlib.sha256(stored).hexdigest()
+            self._keep_own(checked.job_digest, phase, rnd, stored, digest)
+            return RoundRelease(phase, rnd, gdigest, stored, self._sign(checked, phase, rnd, stored, digest))
         dp, privacy = self.dp_plan(checked), checked.contract.rules.privacy
         try:
             # debited (and fsynced) before the first release; later rounds find the same row
@@ -251,14 +255,50 @@ class TrainingRuntime:
                 n, loss, acc = checked.held.product.min_rows, 0.0, 0.0
             vector = quantize.encode(n, loss, acc, delta)
             if spec.secure_aggregation == "masking":
-                purpose = mask_purpose(phase, rnd, gdigest)
-                vector = quantize.add_masks(vector, self._mask(checked, len(vector), purpose))
+                self._add_mask(checked, vector, mask_purpose(phase, rnd, gdigest))  # in place
             data = quantize.to_bytes(vector)
-            self.store.release(checked.job_digest, phase, rnd, data)
+            del vector
+            digest = hashlib.sha256(data).hexdigest()  # once: the store and the signature both name it
+            self.store.release(checked.job_digest, phase, rnd, data, digest)
         except BaseException:
             self.store.abandon(checked.job_digest, phase, rnd)
             raise
-        return RoundRelease(phase, rnd, gdigest, data, self._sign(checked, phase, rnd, data))
+        self._keep_own(checked.job_digest, phase, rnd, data, digest)
+        return RoundRelease(phase, rnd, gdigest, data, self._sign(checked, phase, rnd, data, digest))
+
+    def _keep_own(self, job_digest: str, phase: str, rnd: int, data: bytes, digest: str) -> None:
+        """Keep the newest released vector of the job for `forward` (the coordinator need not send it back)."""
+        with self._lock:
+            self._own[job_digest] = (phase, rnd, data, digest)
+            self._own.move_to_end(job_digest)
+            while len(self._own) > MAX_DERIVATIONS:
+                self._own.popitem(last=False)
+
+    def _with_own(self, job_digest: str, phase: str, rnd: int, items: list[SignedVector]) -> list[SignedVector]:
+        """The relayed vectors with this node's own filled in where the coordinator sent it empty.
+
+        A forwarded vector is never empty (every vector holds at least the example count), so an empty
+        one of this node stands for the vector this node released; it is then checked like any other
+        (this node's signature over exactly those bytes). Any other empty vector fails its signature.
+        """
+        mine = [i for i, it in enumerate(items) if it.node == self.node.name and len(it.vector) == 0]
+        if not mine:
+            return items
+        with self._lock:
+            kept = self._own.get(job_digest)
+        if kept is not None and kept[:2] == (phase, rnd):
+            data, digest = kept[2], kept[3]
+        else:
+            found = self.store.output(job_digest, phase, rnd)
+            if found is None:
+                return items  # refused below: this node released no vector in that round
+            data, digest = found
+        out = list(items)
+        for i in mine:
+            own = replace(items[i], vector=data)
+            own.__dict__["digest"] = digest  # SignedVector.digest (a cached_property): the digest stored with it
+            out[i] = own
+        return out
 
     @staticmethod
     def _max_jobs(checked: CheckedJob) -> int:
@@ -266,8 +306,8 @@ class TrainingRuntime:
         assert rules is not None  # check_training refused the job otherwise
         return rules.max_jobs
 
-    def _sign(self, checked: CheckedJob, phase: str, rnd: int, vector: bytes) -> bytes:
-        return sign_vector(self.node.identity.signer, self.node.name, checked.job_digest, phase, rnd, vector)
+    def _sign(self, checked: CheckedJob, phase: str, rnd: int, vector: bytes, digest: str | None = None) -> bytes:
+        return sign_vector(self.node.identity.signer, self.node.name, checked.job_digest, phase, rnd, vector, digest)
 
     # -- the globals this node derives itself ------------------------------------
     def _derivation(self, checked: CheckedJob, plan: _Plan) -> tuple[threading.Lock, Derivation]:
@@ -332,6 +372,7 @@ class TrainingRuntime:
             raise InvalidInput(f"phase {phase!r} is not a training phase; use train or evaluate")
         plan = self._plan(checked)
         lock, deriv = self._derivation(checked, plan)
+        items = self._with_own(checked.job_digest, phase, rnd, items)
         with lock:
             idx = deriv.index(phase, rnd)
             vectors = verify_round_vectors(checked.contract, checked.job_digest, job.participants, phase, rnd, items)
@@ -359,11 +400,12 @@ class TrainingRuntime:
             deriv.fold(phase, rnd, total, digests)
             return deriv.model_digest
 
-    def _mask(self, checked: CheckedJob, length: int, purpose: bytes) -> np.ndarray:
+    def _add_mask(self, checked: CheckedJob, vector: np.ndarray, purpose: bytes) -> None:
+        """vector += this node's pairwise mask mod 2^63, in place (bit for bit `add_masks(vector, pairwise_mask(…))`)."""
         peers = {h.credential.name: kx_public_key(h.credential)
                  for h in checked.contract.owners if h.credential.name != self.node.name}
-        return pairwise_mask(self.node.kx_private, self.node.name, peers, checked.job_digest, length,
-                             quantize.MODULUS, purpose)
+        add_pairwise_mask(vector, self.node.kx_private, self.node.name, peers, checked.job_digest, quantize.MODULUS,
+                          purpose)
 
     def _parse(self, message: bytes, spec, plan: _Plan) -> tuple[str, int, dict[str, np.ndarray]]:
         from flwr.app import ArrayRecord, ConfigRecord
@@ -482,8 +524,13 @@ class TrainingRuntime:
             if len(records) != 1:
                 raise InvalidInput("the ClientApp's update must hold exactly one ArrayRecord")
             new = from_array_record(records[0], plan.shapes, "the ClientApp's update")
-            delta = np.concatenate([(new[k].astype(np.float64) - global_arrays[k].astype(np.float64)).ravel()
-                                    for k in plan.shapes]) if plan.shapes else np.zeros(0)
+            delta = np.empty(plan.params, dtype=np.float64)  # w − g in float64, written in place, array by array
+            pos = 0
+            for k in plan.shapes:
+                size = new[k].size
+                np.subtract(new[k].reshape(-1), global_arrays[k].reshape(-1), out=delta[pos:pos + size],
+                            dtype=np.float64)
+                pos += size
         return n, loss_value, acc_value, delta
 
     # -- end of the job -----------------------------------------------------
@@ -529,6 +576,7 @@ class TrainingRuntime:
                                                 sign_attestation(att, self.node.identity.signer)).attestation
             with self._lock:  # the job is over: free its derived models (retries get the stored attestation)
                 self._derivations.pop(checked.job_digest, None)
+                self._own.pop(checked.job_digest, None)
             return attested
         except ReplayError:  # a concurrent retry attested first
             again = store.lookup(checked.contract_digest, job.job_id, job.nonce, checked.job_digest)

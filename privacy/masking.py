@@ -53,7 +53,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from fedtrust.errors import InvalidInput
 
-__all__ = ["pairwise_mask", "add_mod", "sub_mod", "mask_stream", "training_purpose", "INFO_PREFIX"]
+__all__ = ["pairwise_mask", "add_pairwise_mask", "add_mod", "sub_mod", "mask_stream", "training_purpose", "INFO_PREFIX"]
 
 INFO_PREFIX = b"fedtrust/mask/v1|"
 #: Largest modulus supported: sums of two reduced values must fit in uint64.
@@ -127,23 +127,16 @@ def _check_field(name: str, value: str, forbidden: str) -> None:
             raise InvalidInput(f"the {name} for pairwise masks must not contain {ch!r}")
 
 
-def pairwise_mask(
+def _peer_seeds(
     kx_private: X25519PrivateKey,
     self_name: str,
     peer_keys: Mapping[str, X25519PublicKey],
     job_id: str,
     length: int,
     modulus: int,
-    purpose: bytes = b"query",
-) -> np.ndarray:
-    """This participant's mask: Σ_j ±PRG(HKDF(X25519(self, j), info)) mod `modulus`.
-
-    `peer_keys` maps every *other* participant's name to its X25519 public
-    key. The mask is + for peers whose name sorts after `self_name`, − for
-    those before, so all participants' masks sum to 0 mod `modulus`.
-    Returns a uint64 array of `length` values in [0, modulus). With no peers
-    the mask is all zeros (a lone participant's "aggregate" is its own value).
-    """
+    purpose: bytes,
+) -> list[tuple[bool, bytes]]:
+    """(this participant adds the stream, its 32-byte seed) per peer in name order, after every input check."""
     _check_modulus(modulus)
     if not isinstance(length, int) or isinstance(length, bool) or length < 0:
         raise InvalidInput("the mask length must be a non-negative integer")
@@ -161,22 +154,44 @@ def pairwise_mask(
             raise InvalidInput(f"the key-agreement key of participant {name} is not an X25519 public key")
     names = sorted([self_name, *peer_keys])
     info = INFO_PREFIX + purpose + b"|" + job_id.encode() + b"|" + ",".join(names).encode()
-
-    mask = np.zeros(length, dtype=np.uint64)
-    m = np.uint64(modulus)
-    spare = np.empty(length, dtype=np.uint64)
+    seeds = []
     for peer in sorted(peer_keys):
         try:
             shared = kx_private.exchange(peer_keys[peer])
         except ValueError:  # all-zero shared secret: a low-order public key
             raise InvalidInput(f"the key-agreement key of participant {peer} is invalid (low order)") from None
-        seed = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(shared)
+        seeds.append((self_name < peer, HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(shared)))
+    return seeds
+
+
+def pairwise_mask(
+    kx_private: X25519PrivateKey,
+    self_name: str,
+    peer_keys: Mapping[str, X25519PublicKey],
+    job_id: str,
+    length: int,
+    modulus: int,
+    purpose: bytes = b"query",
+) -> np.ndarray:
+    """This participant's mask: Σ_j ±PRG(HKDF(X25519(self, j), info)) mod `modulus`.
+
+    `peer_keys` maps every *other* participant's name to its X25519 public
+    key. The mask is + for peers whose name sorts after `self_name`, − for
+    those before, so all participants' masks sum to 0 mod `modulus`.
+    Returns a uint64 array of `length` values in [0, modulus). With no peers
+    the mask is all zeros (a lone participant's "aggregate" is its own value).
+    """
+    seeds = _peer_seeds(kx_private, self_name, peer_keys, job_id, length, modulus, purpose)
+    mask = np.zeros(length, dtype=np.uint64)
+    m = np.uint64(modulus)
+    spare = np.empty(length, dtype=np.uint64)
+    for plus, seed in seeds:
         stream = mask_stream(seed, length, modulus)
         # In place and branch-free, bit-identical to add_mod / sub_mod. With a, b < m ≤ 2^63:
         # add: s = a + b < 2^64; s − m wraps above s exactly when s < m, so min(s, s − m) = s mod m.
         # sub: d = a − b wraps to ≥ 2^64 − m exactly when a < b; then d + m wraps to a − b + m < d,
         #      otherwise d + m > d, so min(d, d + m) = (a − b) mod m.
-        if self_name < peer:
+        if plus:
             mask += stream
             np.subtract(mask, m, out=spare)
         else:
@@ -184,3 +199,39 @@ def pairwise_mask(
             np.add(mask, m, out=spare)
         np.minimum(mask, spare, out=mask)
     return mask
+
+
+def add_pairwise_mask(
+    vector: np.ndarray,
+    kx_private: X25519PrivateKey,
+    self_name: str,
+    peer_keys: Mapping[str, X25519PublicKey],
+    job_id: str,
+    modulus: int,
+    purpose: bytes,
+) -> None:
+    """`vector` += this participant's `pairwise_mask(...)` mod `modulus`, in place, for a power-of-two modulus.
+
+    Bit for bit `(vector + pairwise_mask(...)) mod modulus` for a uint64 `vector` with values in
+    [0, modulus): with modulus = 2^k dividing 2^64, wrapping uint64 additions and subtractions of the
+    raw keystream words agree with the masked words mod 2^k (a power-of-two modulus accepts every word,
+    so the streams are the same), and one reduction at the end replaces one per peer. One pass per peer
+    over the keystream, no temporary mask.
+    """
+    if not isinstance(modulus, int) or modulus & (modulus - 1):
+        raise InvalidInput("masks are added in place only for a power-of-two modulus; use pairwise_mask")
+    if not isinstance(vector, np.ndarray) or vector.dtype != np.uint64 or vector.ndim != 1 \
+            or not vector.flags.writeable or not vector.flags.c_contiguous:
+        raise InvalidInput("masks are added in place only to a writable, contiguous uint64 vector")
+    length = int(vector.size)
+    seeds = _peer_seeds(kx_private, self_name, peer_keys, job_id, length, modulus, purpose)
+    if not seeds or length == 0:
+        return
+    zeros = bytes(8 * length)
+    for plus, seed in seeds:
+        words = np.frombuffer(Cipher(algorithms.AES(seed), modes.CTR(b"\x00" * 16)).encryptor().update(zeros), "<u8")
+        if plus:
+            vector += words
+        else:
+            vector -= words
+    vector &= np.uint64(modulus - 1)

@@ -92,7 +92,12 @@ def encode(n: int, loss: float, accuracy: float, delta: np.ndarray | None) -> np
     q = np.clip(d, -DELTA_BOUND, DELTA_BOUND)
     q *= float(n) * DELTA_SCALE
     np.rint(q, out=q)
-    return np.concatenate([_signed_to_mod(q.astype(np.int64)), _signed_to_mod(tail)])
+    # written straight into the vector: float64 → int64 (exact, |q| ≤ 2^52), read as uint64 and reduced once
+    out = np.empty(d.size + TAIL, dtype=np.uint64)
+    np.copyto(out[:d.size].view(np.int64), q, casting="unsafe")
+    out[d.size:] = tail.view(np.uint64)
+    out &= _LOW63
+    return out
 
 
 def to_bytes(vector: np.ndarray) -> bytes:
@@ -110,15 +115,15 @@ def from_bytes(data: bytes, length: int, what: str) -> np.ndarray:
 
 
 def sum_vectors(vectors: list[np.ndarray]) -> np.ndarray:
-    """Σ vectors mod 2^63 (uint64 arithmetic: each addend < 2^63, so no overflow before the reduction)."""
+    """Σ vectors mod 2^63: wrapping uint64 additions (mod 2^64, which 2^63 divides), reduced once at the end."""
     if not vectors:
         raise InvalidInput("nothing to add")
     if len(vectors) > MAX_PARTICIPANTS:
         raise InvalidInput(f"more than {MAX_PARTICIPANTS} vectors cannot be added without overflow")
-    total = np.zeros_like(vectors[0], dtype=np.uint64)
-    for v in vectors:
+    total = np.array(vectors[0], dtype=np.uint64, copy=True)
+    for v in vectors[1:]:
         total += v
-        total &= _LOW63
+    total &= _LOW63
     return total
 
 

@@ -71,13 +71,19 @@ class Assembler:
             )
         self._buf += chunk
 
-    def finish(self) -> bytes:
-        """The assembled payload; InvalidInput when shorter than declared."""
+    def finish(self, view: bool = False) -> bytes:
+        """The assembled payload; InvalidInput when shorter than declared.
+
+        With `view`, a read-only memoryview of the assembled bytes instead of a copy (for model-sized
+        payloads that are only hashed and read as arrays); the Assembler takes no more chunks then.
+        """
         if self.expected is not None and len(self._buf) != self.expected:
             raise InvalidInput(
                 f"{self.what} ended after {len(self._buf)} of its declared {self.expected} "
                 "bytes; the stream was cut short or the declared size is wrong"
             )
+        if view:
+            return memoryview(self._buf).toreadonly()  # type: ignore[return-value]
         return bytes(self._buf)
 
 

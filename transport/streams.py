@@ -88,8 +88,9 @@ def read_header_first(requests: Iterator[Any], *, size: str, chunk_field: str, l
 
 
 def read_payload(requests: Iterator[Any], declared: int, *, chunk_field: str, limit: int, what: str,
-                 deadline: float | None = None) -> bytes:
-    """The rest of a header-first stream (its header already read): exactly `declared` bytes, at most `limit`."""
+                 deadline: float | None = None, view: bool = False) -> bytes:
+    """The rest of a header-first stream (its header already read): exactly `declared` bytes, at most `limit`
+    (with `view`, as a read-only memoryview instead of a copy: `Assembler.finish`)."""
     if declared > limit:
         raise InvalidInput(f"{what} of {declared} bytes exceeds the limit of {limit} bytes")
     asm = Assembler(declared, limit, what)
@@ -98,7 +99,7 @@ def read_payload(requests: Iterator[Any], declared: int, *, chunk_field: str, li
         if _part(msg) != chunk_field:
             raise InvalidInput(f"only {chunk_field} messages may follow the header")
         asm.add(getattr(msg, chunk_field))
-    return asm.finish()
+    return asm.finish(view)
 
 
 def read_parts(messages: Iterable[Any], chunk_field: str, limit: int, what: str,

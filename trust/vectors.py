@@ -65,8 +65,10 @@ class SignedVector:
         return hashlib.sha256(self.vector).hexdigest()
 
 
-def sign_vector(signer: Signer, node: str, job_digest: str, phase: str, rnd: int, vector: bytes) -> bytes:
-    claim = VectorClaim(node, job_digest, phase, rnd, hashlib.sha256(vector).hexdigest())
+def sign_vector(signer: Signer, node: str, job_digest: str, phase: str, rnd: int, vector: bytes,
+                digest: str | None = None) -> bytes:
+    """The node's signature over the claim of `vector` (`digest`: its sha256 hex, when the caller has it)."""
+    claim = VectorClaim(node, job_digest, phase, rnd, digest or hashlib.sha256(vector).hexdigest())
     return signer.private_key.sign(claim.message())
 
 

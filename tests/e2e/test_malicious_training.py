@@ -117,6 +117,24 @@ def test_forged_swapped_dropped_or_duplicated_vectors_are_refused(efed, relay, m
     assert set(errors) == set(OWNERS) and all(re.search(match, e) for e in errors.values()), errors
 
 
+@pytest.mark.parametrize("empty", ["bank-b", "insurer-c"])
+def test_another_nodes_vector_relayed_empty_is_refused(efed, empty):
+    spec = make_spec(rounds=2)
+    job = new_job(efed, spec)
+
+    def relay(p, r, items):
+        return [tampered(it, vector=b"") if it.node == empty and (p, r) == ("train", 1) else it for it in items]
+
+    with pytest.raises(JobFailed, match="has not forwarded every participant's signed vectors of train round 1"):
+        run_evil(efed, spec, evil_grid(relay=relay, skip_forward_errors=True), job)
+    errors = EvilGrid.refused[(job[2], "train", 1)]
+    # the node whose own vector came empty fills in the one it released; every other node refuses the forgery
+    assert set(errors) == set(OWNERS) - {empty}
+    assert all(re.search(f"node {empty}'s signature does not cover the relayed vector.*forged or altered", e)
+               for e in errors.values()), errors
+    assert released(efed, job[2]) == {n: [("train", 1)] for n in OWNERS}
+
+
 def test_vectors_relayed_from_another_round_or_job_are_refused(efed):
     spec = make_spec(rounds=2)
     first = new_job(efed, spec)

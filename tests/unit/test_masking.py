@@ -138,3 +138,27 @@ def test_a_million_slots_is_fast(keys) -> None:
     elapsed = time.perf_counter() - start
     assert m.shape == (1_000_000,)
     assert elapsed < 1.0, f"1M-slot mask took {elapsed:.2f} s"
+
+
+def test_masks_added_in_place_are_bit_for_bit_the_modular_sum(keys) -> None:
+    """add_pairwise_mask (one pass per peer, reduced once) equals vector + pairwise_mask mod 2^63, and masks cancel."""
+    from fedtrust.privacy.masking import add_pairwise_mask
+
+    modulus, length = 1 << 63, 50_003
+    pubs = {n: keys[n].public_key() for n in NAMES}
+    rng = np.random.default_rng(7)
+    vectors = {n: rng.integers(0, 1 << 63, length, dtype=np.uint64) for n in NAMES}
+    vectors["insurer-a"][:3] = [0, modulus - 1, 1]  # the edges of the range
+    masked = {}
+    for n in NAMES:
+        peers = {m: pubs[m] for m in NAMES if m != n}
+        want = add_mod(vectors[n], pairwise_mask(keys[n], n, peers, "job-9", length, modulus, b"train/round/2"), modulus)
+        got = vectors[n].copy()
+        add_pairwise_mask(got, keys[n], n, peers, "job-9", modulus, b"train/round/2")
+        assert np.array_equal(got, want)
+        masked[n] = got
+    assert np.array_equal(total(masked.values(), modulus), total(vectors.values(), modulus))
+    with pytest.raises(InvalidInput, match="power-of-two"):
+        add_pairwise_mask(vectors["insurer-a"].copy(), keys["insurer-a"], "insurer-a", {}, "j", T, b"query")
+    with pytest.raises(InvalidInput, match="writable, contiguous uint64"):
+        add_pairwise_mask(vectors["insurer-a"][::2], keys["insurer-a"], "insurer-a", {}, "j", modulus, b"query")

@@ -173,6 +173,21 @@ def test_quantization_refuses_nan_and_clips_to_the_documented_bounds():
         quantize.from_bytes(b"\0" * 15, 2, "a vector")
 
 
+def test_the_vector_encoding_and_modular_sum_match_their_definitions():
+    """encode writes q(n·clip(δ)) and the tail as signed integers mod 2^63; sum_vectors is the sum mod 2^63."""
+    rng = np.random.default_rng(11)
+    delta = np.concatenate([rng.normal(0, 0.5, 5000), [-1e6, 1e6, 0.0, -0.0]])
+    n, loss, acc = 1234, 0.75, 0.5
+    q = np.rint(np.clip(delta, -quantize.DELTA_BOUND, quantize.DELTA_BOUND) * (n * quantize.DELTA_SCALE))
+    want = [int(x) % quantize.MODULUS for x in q]
+    want += [n, round(n * loss * quantize.LOSS_SCALE), round(n * acc * quantize.ACC_SCALE)]
+    got = quantize.encode(n, loss, acc, delta)
+    assert got.dtype == np.uint64 and [int(x) for x in got] == want
+    vectors = [rng.integers(0, quantize.MODULUS, 1000, dtype=np.uint64) for _ in range(5)]
+    assert [int(x) for x in quantize.sum_vectors(vectors)] == \
+        [sum(int(v[i]) for v in vectors) % quantize.MODULUS for i in range(1000)]
+
+
 # -- arrays and the model file -------------------------------------------------
 def test_model_file_round_trip_and_checks():
     arrays = {"0.weight": np.ones((1, 5), np.float32), "0.bias": np.zeros(1, np.float32)}
