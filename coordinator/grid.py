@@ -10,7 +10,10 @@ per sampled node. This Grid
 * assigns the message ids;
 * sends the round's Flower message (protobuf serde, never pickle) to every
   participant at once through `send_round` (mTLS gRPC in the coordinator),
-  and fails the round — and so the job — if any participant fails or drops;
+  with the global model named by its digest instead of carried
+  (`fedtrust.training.arrays.global_by_digest`: every node holds the global
+  it derived and trains only from that one), and fails the round — and so
+  the job — if any participant fails or drops;
 * adds the masked vectors mod 2^63 (masks cancel) and folds the exact sum into
   the job's `Derivation` (`fedtrust.training.server_step`): the same
   deterministic strategy step (FedAvg, FedProx, FedAvgM, FedAdam, FedYogi,
@@ -39,7 +42,7 @@ import numpy as np
 from fedtrust.errors import Error, JobFailed
 from fedtrust.progress import Progress
 from fedtrust.training import quantize
-from fedtrust.training.arrays import array_numpy, arrays_digest
+from fedtrust.training.arrays import array_numpy, arrays_digest, global_by_digest
 from fedtrust.training.server_step import Derivation
 from fedtrust.trust.vectors import SignedVector
 
@@ -145,7 +148,8 @@ class FedtrustGrid(_grid_base()):  # type: ignore[misc]
     # -- one round ----------------------------------------------------------
     def _round(self, msgs: list):
         from flwr.app import ArrayRecord, ConfigRecord
-        from flwr.common.serde import message_to_proto
+        from flwr.common.serde import message_to_proto, metadata_to_proto, recorddict_to_proto
+        from flwr.proto.message_pb2 import Message as ProtoMessage
 
         phase = msgs[0].metadata.message_type
         dests = sorted(m.metadata.dst_node_id for m in msgs)
@@ -166,14 +170,18 @@ class FedtrustGrid(_grid_base()):  # type: ignore[misc]
         rnd = next((c["server-round"] for c in configs if "server-round" in c), 0)
         if isinstance(rnd, bool) or not isinstance(rnd, int):
             raise JobFailed("the strategy's `server-round` config is not a whole number; the job failed")
-        self._check_global(phase, rnd, {k: array_numpy(a) for k, a in sorted(records[0].items())})
+        arrays = {k: array_numpy(a) for k, a in sorted(records[0].items())}
+        self._check_global(phase, rnd, arrays)
         deriv = self.derivation
         length = deriv.vector_length(phase)
         released: dict[str, tuple[SignedVector, np.ndarray]] = {}
+        # every node derives the global itself, so the round names it by digest instead of carrying it again
+        named = recorddict_to_proto(global_by_digest(content, arrays_digest(arrays)))
+        del arrays
 
         def ask(m) -> tuple[str, tuple[bytes, bytes]]:
             node = self._ids[m.metadata.dst_node_id]
-            data = message_to_proto(m).SerializeToString()
+            data = ProtoMessage(metadata=metadata_to_proto(m.metadata), content=named).SerializeToString()
             return node, self.owed(node, f"{phase} round {rnd}", self._send_round, node, data, 8 * length)
 
         futures = [self._pool.submit(ask, m) for m in msgs]

@@ -70,7 +70,7 @@ from fedtrust.node.store import ACCOUNTANT
 from fedtrust.node.training_store import TrainingStore
 from fedtrust.privacy.masking import add_pairwise_mask, training_purpose
 from fedtrust.training import quantize
-from fedtrust.training.arrays import arrays_digest, from_array_record, to_array_record
+from fedtrust.training.arrays import GLOBAL_RECORD, arrays_digest, from_array_record, named_global, to_array_record
 from fedtrust.training.context import node_config, round_config, run_config
 from fedtrust.training.data import register_dataset
 from fedtrust.training.dp_sgd import DpSgdPlan, plan_dp_sgd
@@ -224,16 +224,21 @@ class TrainingRuntime:
         spec = self.spec(checked)
         job, store = checked.job, self.node.store
         plan = self._plan(checked)
-        phase, rnd, arrays = self._parse(message, spec, plan)
-        gdigest = arrays_digest(arrays)
+        phase, rnd, arrays, named = self._parse(message, spec, plan)
+        gdigest = arrays_digest(arrays) if arrays is not None else str(named)  # (_parse returns one of the two)
         if not decision.resume:
             self.node.check_admissions(checked, admissions)  # nothing runs or is debited before all admitted
-        self._check_global(checked, plan, phase, rnd, gdigest)
+        derived = self._check_global(checked, plan, phase, rnd, gdigest)
+        arrays = arrays if arrays is not None else derived  # named by digest: this node's own copy of that global
         stored = self.store.claim(checked.job_digest, phase, rnd, gdigest)
         if stored is not None:
             digest = hashlib.sha256(stored).hexdigest()
             self._keep_own(checked.job_digest, phase, rnd, stored, digest)
             return RoundRelease(phase, rnd, gdigest, stored, self._sign(checked, phase, rnd, stored, digest))
+        if arrays is None:  # named an earlier global whose round this node never answered (it folded past it)
+            self.store.abandon(checked.job_digest, phase, rnd)
+            raise VerificationError(f"{phase} round {rnd} names a global model this node has already moved past; a "
+                                    "node trains only from the newest global it derived")
         dp, privacy = self.dp_plan(checked), checked.contract.rules.privacy
         try:
             # debited (and fsynced) before the first release; later rounds find the same row
@@ -333,8 +338,13 @@ class TrainingRuntime:
                 self._derivations.popitem(last=False)
         return found
 
-    def _check_global(self, checked: CheckedJob, plan: _Plan, phase: str, rnd: int, gdigest: str) -> None:
-        """The coordinator's global must be the one this node derived for (phase, round); refuse anything else."""
+    def _check_global(self, checked: CheckedJob, plan: _Plan, phase: str, rnd: int,
+                      gdigest: str) -> dict[str, np.ndarray] | None:
+        """The coordinator's global must be the one this node derived for (phase, round); refuse anything else.
+
+        Returns this node's own arrays of that global while it is the newest it derived (None for an
+        earlier one, whose round this node has already answered).
+        """
         lock, deriv = self._derivation(checked, plan)
         with lock:
             idx = deriv.index(phase, rnd)
@@ -344,14 +354,16 @@ class TrainingRuntime:
                     f"the coordinator has not forwarded every participant's signed vectors of {p} round {r}; a node "
                     f"computes each global model itself and trains only from it, so {phase} round {rnd} cannot start")
             expected = deriv.digests[idx]
-        if gdigest != expected:
-            if idx == 0:
-                raise VerificationError(
-                    f"the global model of {phase} round {rnd} is not the one the signed job determines (the registry "
-                    "model seeded from the job digest); a node trains only from a global it derived itself")
+            own = deriv.state.arrays if idx == deriv.position else None  # a new dict per fold, never changed after
+        if gdigest == expected:
+            return own
+        if idx == 0:
             raise VerificationError(
-                f"the global model of {phase} round {rnd} differs from the one this node computed from the previous "
-                "round's signed vectors; a node trains only from a global it derived itself")
+                f"the global model of {phase} round {rnd} is not the one the signed job determines (the registry "
+                "model seeded from the job digest); a node trains only from a global it derived itself")
+        raise VerificationError(
+            f"the global model of {phase} round {rnd} differs from the one this node computed from the previous "
+            "round's signed vectors; a node trains only from a global it derived itself")
 
     def forward_limit(self, checked: CheckedJob) -> int:
         """The most bytes a phase's forwarded vectors may take: every participant's vector of a train phase."""
@@ -407,7 +419,9 @@ class TrainingRuntime:
         add_pairwise_mask(vector, self.node.kx_private, self.node.name, peers, checked.job_digest, quantize.MODULUS,
                           purpose)
 
-    def _parse(self, message: bytes, spec, plan: _Plan) -> tuple[str, int, dict[str, np.ndarray]]:
+    def _parse(self, message: bytes, spec,
+               plan: _Plan) -> tuple[str, int, dict[str, np.ndarray] | None, str | None]:
+        """(phase, round, the global's arrays or None, the digest the message names the global by or None)."""
         from flwr.app import ArrayRecord, ConfigRecord
         from flwr.common.serde import message_from_proto
         from flwr.proto.message_pb2 import Message as ProtoMessage
@@ -425,16 +439,20 @@ class TrainingRuntime:
         if phase == "evaluate" and not spec.evaluate:
             raise PolicyViolation("the signed spec turns federated evaluation off (evaluate = false)")
         content = msg.content
+        named = named_global(content)
         records = [r for r in content.values() if isinstance(r, ArrayRecord)]
-        configs = [r for r in content.values() if isinstance(r, ConfigRecord)]
-        if len(records) != 1:
-            raise InvalidInput("the round's message must carry exactly one ArrayRecord (the global model)")
+        configs = [r for k, r in content.items() if isinstance(r, ConfigRecord) and k != GLOBAL_RECORD]
+        if len(records) != (0 if named else 1):
+            raise InvalidInput("the round's message must carry exactly one ArrayRecord (the global model) or name the "
+                               "global model by digest, not both")
         rnd = next((c.get("server-round") for c in configs if "server-round" in c), None)
         if not isinstance(rnd, int) or isinstance(rnd, bool):
             raise InvalidInput("the round's message has no integer `server-round` in its config")
         if not 1 <= rnd <= spec.rounds:
             raise PolicyViolation(f"round {rnd} is outside the signed spec's rounds (1..{spec.rounds})")
-        return phase, rnd, from_array_record(records[0], plan.shapes, "the global model")
+        if named:
+            return phase, rnd, None, named
+        return phase, rnd, from_array_record(records[0], plan.shapes, "the global model"), None
 
     def dp_plan(self, checked: CheckedJob) -> DpSgdPlan | None:
         """The job's DP-SGD plan under the contract's [privacy] rules, from public numbers only (cached)."""

@@ -49,16 +49,20 @@ def signed_job(fed, spec: TrainingSpec | dict, contract_path: Path | None = None
     return env.to_json(), raw, None
 
 
-def round_message(arrays: dict, rnd: int, phase: str = "train") -> bytes:
+def round_message(arrays: dict, rnd: int, phase: str = "train", named: str | None = None,
+                  carried: bool = True) -> bytes:
+    """A round's Flower message carrying `arrays` as the global, and/or (`named`) naming a global by digest."""
     from flwr.app import ConfigRecord, Message, Metadata, RecordDict
     from flwr.common.serde import message_to_proto
 
-    from fedtrust.training.arrays import to_array_record
+    from fedtrust.training.arrays import GLOBAL_RECORD, to_array_record
 
     meta = Metadata(run_id=1, message_id=f"m{rnd}", src_node_id=1, dst_node_id=1000, reply_to_message_id="",
                     group_id="", created_at=time.time(), ttl=3600, message_type=phase)
-    msg = Message(metadata=meta, content=RecordDict({"arrays": to_array_record(arrays),
-                                                     "config": ConfigRecord({"server-round": rnd})}))
+    records = {"arrays": to_array_record(arrays)} if carried else {}
+    if named is not None:
+        records[GLOBAL_RECORD] = ConfigRecord({"digest": named})
+    msg = Message(metadata=meta, content=RecordDict({**records, "config": ConfigRecord({"server-round": rnd})}))
     return message_to_proto(msg).SerializeToString()
 
 

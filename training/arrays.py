@@ -5,6 +5,11 @@
   the same global model" on it, and mix it into the round's mask seed, so a
   coordinator that sends different globals to different nodes gets sums in
   which the masks do not cancel.
+* `global_by_digest` is a round's content with the global model named by its
+  digest instead of carried: every node derives each global itself and
+  trains only from its own copy, so the coordinator need not send the
+  model-sized arrays to every node every round (the node refuses a digest
+  other than the one it derived, exactly as it refuses other arrays).
 * `check_arrays` refuses arrays whose names, shapes or dtypes differ from the
   job's model, or that hold NaN/infinity.
 * The delivered model is a safetensors file (never pickle) whose metadata
@@ -23,11 +28,14 @@ import numpy as np
 from fedtrust.errors import InvalidInput
 
 __all__ = [
-    "arrays_digest", "check_arrays", "to_array_record", "from_array_record", "write_model", "read_model",
+    "arrays_digest", "global_by_digest", "named_global", "GLOBAL_RECORD", "check_arrays", "to_array_record", "from_array_record", "write_model", "read_model",
     "MODEL_FORMAT",
 ]
 
 MODEL_FORMAT = "fedtrust-model/v1"
+#: the ConfigRecord of a round's content that names its global model by digest (`global_by_digest`)
+GLOBAL_RECORD = "fedtrust.global"
+_DIGEST = re.compile(r"[0-9a-f]{64}")
 
 
 def arrays_digest(arrays: Mapping[str, np.ndarray]) -> str:
@@ -35,8 +43,29 @@ def arrays_digest(arrays: Mapping[str, np.ndarray]) -> str:
     for name in sorted(arrays):
         a = np.ascontiguousarray(arrays[name])
         h.update(name.encode() + b"\0" + a.dtype.str.encode() + b"\0" + repr(tuple(a.shape)).encode() + b"\0")
-        h.update(a.tobytes())
+        h.update(a.reshape(-1).view(np.uint8).data)  # its bytes in place (a.tobytes() would copy them)
     return h.hexdigest()
+
+
+def global_by_digest(content: Any, digest: str) -> Any:
+    """A round's RecordDict with its one ArrayRecord (the global model) replaced by a record naming its digest."""
+    from flwr.app import ArrayRecord, ConfigRecord, RecordDict
+
+    kept = {k: r for k, r in content.items() if not isinstance(r, ArrayRecord)}
+    return RecordDict({**kept, GLOBAL_RECORD: ConfigRecord({"digest": digest})})
+
+
+def named_global(content: Any) -> str | None:
+    """The digest a round's content names its global model by (`global_by_digest`), None when it names none."""
+    from flwr.app import ConfigRecord
+
+    record = content.get(GLOBAL_RECORD) if GLOBAL_RECORD in content else None
+    if record is None:
+        return None
+    digest = record.get("digest") if isinstance(record, ConfigRecord) else None
+    if not isinstance(digest, str) or not _DIGEST.fullmatch(digest):
+        raise InvalidInput(f"the round's `{GLOBAL_RECORD}` record must name the global model by its sha256 digest")
+    return digest
 
 
 def check_arrays(arrays: Mapping[str, np.ndarray], expected: Mapping[str, tuple[int, ...]], what: str) -> None:

@@ -129,7 +129,7 @@ def sum_vectors(vectors: list[np.ndarray]) -> np.ndarray:
 
 def _signed(v: np.ndarray) -> np.ndarray:
     """Values mod 2^63 read as signed integers in [−2^62, 2^62): bit 62 is the sign (shift it into bit 63)."""
-    out = np.ascontiguousarray(v, dtype=np.uint64).view(np.int64) << 1
+    out = np.left_shift(np.ascontiguousarray(v, dtype=np.uint64).view(np.int64), 1)
     out >>= 1  # arithmetic shift: sign-extends
     return out
 
@@ -148,5 +148,7 @@ def decode(total: np.ndarray, params: int | None) -> Decoded:
     acc = float(tail[2]) / ACC_SCALE / n
     delta = None
     if params:
-        delta = s[:params].astype(np.float64) / DELTA_SCALE / n
+        # (float64(s) / 2^16) / n, the same two roundings as before, into one array: no temporaries
+        delta = np.divide(s[:params], DELTA_SCALE, dtype=np.float64)
+        delta /= n
     return Decoded(n, loss, acc, delta)

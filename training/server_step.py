@@ -93,8 +93,10 @@ def server_step(strategy: str, options: Mapping[str, float], state: ServerState,
     first, second = state.first, state.second
     new: dict[str, np.ndarray] = {}
     if strategy in ("fedavg", "fedprox"):
-        for k, g in state.arrays.items():
-            new[k] = g.astype(np.float64) + parts[k]
+        # float64(g) + Δ, rounded to float32 as it is written: the same bits as the float64 sum's astype
+        plain = {k: np.add(g, parts[k], dtype=np.float64, out=np.empty(g.shape, np.float32), casting="same_kind")
+                 for k, g in state.arrays.items()}
+        return _checked(ServerState(plain, t, first, second))
     elif strategy == "fedavgm":
         lr, mu = opt["server_learning_rate"], opt["server_momentum"]
         pseudo = {k: -p for k, p in parts.items()}  # old − new = −Δ
@@ -119,10 +121,13 @@ def server_step(strategy: str, options: Mapping[str, float], state: ServerState,
             scale = eta
         for k, g in state.arrays.items():
             new[k] = g.astype(np.float64) + scale * first[k] / (np.sqrt(second[k]) + tau)
-    arrays = {k: v.astype(np.float32) for k, v in new.items()}
-    if not all(np.isfinite(a).all() for a in arrays.values()):
+    return _checked(ServerState({k: v.astype(np.float32) for k, v in new.items()}, t, first, second))
+
+
+def _checked(state: ServerState) -> ServerState:
+    if not all(np.isfinite(a).all() for a in state.arrays.values()):
         raise InvalidInput("the server step produced NaN or infinite weights; the job cannot continue")
-    return ServerState(arrays, t, first, second)
+    return state
 
 
 def phase_sequence(rounds: int, evaluate: bool) -> tuple[tuple[str, int], ...]:

@@ -15,7 +15,7 @@ from fedtrust.buyer.query import load_contract
 from fedtrust.buyer.train import submit_training
 from fedtrust.demo.central import pooled_rows, score, train_central
 from fedtrust.demo.federation import build_federation
-from fedtrust.errors import ReplayError, VerificationError
+from fedtrust.errors import InvalidInput, ReplayError, VerificationError
 from fedtrust.exchange.verify import verify_receipt_file
 from fedtrust.training.arrays import read_model
 from fedtrust.trust.canonical import sha256_hex
@@ -182,6 +182,30 @@ def test_a_node_answers_one_update_per_round_and_never_trains_twice_from_the_sam
         store.claim(digest, "train", 1, "f" * 64)
     with pytest.raises(ReplayError, match="never trains twice"):
         store.claim(Envelope.from_json(job2).digest, "train", 1, store_global(store, digest))
+
+
+def test_a_round_that_names_its_global_by_digest_trains_from_the_nodes_own_copy(tfed):
+    """The coordinator names the global instead of sending it again: the node trains from the one it derived,
+    and refuses any other digest exactly as it refuses other arrays."""
+    from fedtrust.training.arrays import arrays_digest
+
+    spec = make_spec(rounds=2)
+    job, contract, _ = signed_job(tfed, spec)
+    g = initial(tfed, spec, job=job)
+    ask = node_client(tfed, "insurer-c")
+    try:
+        with pytest.raises(VerificationError, match="not the one the signed job determines"):
+            ask.train_round(job, contract, round_message(g, 1, named="ab" * 32, carried=False), vector_bytes(g))
+        with pytest.raises(InvalidInput, match="by its sha256 digest"):
+            ask.train_round(job, contract, round_message(g, 1, named="not a digest", carried=False), vector_bytes(g))
+        with pytest.raises(InvalidInput, match="or name the global model by digest, not both"):
+            ask.train_round(job, contract, round_message(g, 1, named=arrays_digest(g)), vector_bytes(g))
+        named = ask.train_round(job, contract, round_message(g, 1, named=arrays_digest(g), carried=False),
+                                vector_bytes(g))
+        # the same round with the arrays carried is the same (job, round, global): the stored release comes back
+        assert ask.train_round(job, contract, round_message(g, 1), vector_bytes(g)) == named
+    finally:
+        ask.close()
 
 
 def store_global(store, job_digest):
