@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import replace
 from typing import Callable, Iterable
 
@@ -93,6 +93,10 @@ class FedtrustGrid(_grid_base()):  # type: ignore[misc]
         #: node -> sha256 of every vector it sent, in order (what its attestation must list)
         self.digests: dict[str, list[str]] = {n: [] for n in self.participants}
         self._pool = ThreadPoolExecutor(max_workers=max(1, len(self.participants)), thread_name_prefix="round")
+        #: folds a phase's sum into the derivation while the vectors are forwarded
+        self._folder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fold")
+        self._folding: Future = Future()
+        self._folding.set_result(None)
 
     # -- Grid API -----------------------------------------------------------
     def set_run(self, run) -> None:
@@ -144,6 +148,7 @@ class FedtrustGrid(_grid_base()):  # type: ignore[misc]
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._folder.shutdown(wait=False, cancel_futures=True)
 
     # -- one round ----------------------------------------------------------
     def _round(self, msgs: list):
@@ -201,10 +206,18 @@ class FedtrustGrid(_grid_base()):  # type: ignore[misc]
             for f in futures:
                 f.cancel()
         total = quantize.sum_vectors([released[n][1] for n in self.participants])
-        decoded = deriv.fold(phase, rnd, total, tuple(self.digests[n][-1] for n in self.participants))
         items = [released[n][0] for n in self.participants]
-        del released, total
-        self._forward_all(phase, rnd, items)
+        del released
+        # the coordinator folds the sum while the nodes receive the vectors (`_forward_all` waits for it before it
+        # compares their globals with this one)
+        self._folding = self._folder.submit(deriv.fold, phase, rnd, total,
+                                            tuple(self.digests[n][-1] for n in self.participants))
+        try:
+            self._forward_all(phase, rnd, items)
+            decoded = self._folding.result()
+        finally:
+            self._folding.cancel()
+        del total
         self._on_event(Progress("aggregated", len(msgs), len(msgs), round=rnd, phase=phase, loss=decoded.loss,
                                 accuracy=decoded.accuracy))
         return self._reply(msgs[0], deriv.state.arrays if phase == "train" else None, decoded)
@@ -224,6 +237,7 @@ class FedtrustGrid(_grid_base()):  # type: ignore[misc]
         futures = {n: self._pool.submit(self.owed, n, f"{phase} round {rnd} (forwarding)", forward, n, phase, rnd,
                                         self._without_own(n, items)) for n in self.participants}
         try:
+            self._folding.result()  # the coordinator's own global of this phase, computed meanwhile
             for node, fut in futures.items():
                 try:
                     digest = fut.result()

@@ -130,7 +130,7 @@ def _run(conn, args: JobArgs, grid_class=None) -> dict[str, Any]:
     from flwr.supercore.task_identity import TaskIdentity
 
     from fedtrust.coordinator.grid import FedtrustGrid
-    from fedtrust.coordinator.training_client import NodeTrainingClient
+    from fedtrust.coordinator.training_client import ForwardFrames, NodeTrainingClient
     from fedtrust.training.arrays import to_array_record, write_model
     from fedtrust.training.models import initial_arrays
     from fedtrust.training.preprocess import Preprocessor
@@ -159,8 +159,14 @@ def _run(conn, args: JobArgs, grid_class=None) -> dict[str, Any]:
     def send_round(node: str, message: bytes, expected: int) -> tuple[bytes, bytes]:
         return clients[node].train_round(args.job_bytes, args.contract_bytes, message, expected, args.admissions)
 
+    frames, phase_of_frames, frames_lock = ForwardFrames(), [("", 0)], threading.Lock()
+
     def forward(node: str, phase: str, rnd: int, vectors) -> str:
-        return clients[node].forward(args.job_bytes, args.contract_bytes, phase, rnd, vectors)
+        with frames_lock:  # a phase's vectors are serialized once for every node, and dropped at the next phase
+            if phase_of_frames[0] != (phase, rnd):
+                frames.clear()
+                phase_of_frames[0] = (phase, rnd)
+        return clients[node].forward(args.job_bytes, args.contract_bytes, phase, rnd, vectors, frames)
 
     def on_waiting(owing: dict[str, str]) -> None:
         conn.send(("waiting", owing))
