@@ -8,16 +8,17 @@ full table) one federation is built and started in this process, then:
   nodes by the contract's first job (once per node; later jobs name it by
   digest and send none);
 * training: the median round time of an MLP job (`--hidden`, default
-  two hidden layers of 256: 68k parameters), and the bytes per node per round: the global
-  model it receives, its own masked vector, and the n signed masked vectors
-  of the other participants forwarded to it (nodes derive the global
-  themselves);
+  two hidden layers of 256: 68k parameters), and the bytes per node per round: its own
+  masked vector, and the n − 1 signed masked vectors of the other
+  participants forwarded to it (nodes derive the global themselves, so the
+  round's message names the global by digest, and a node's own vector is
+  not sent back to it);
 * the masking work of one node for that model (pairwise masks with n − 1
-  peers) — measured alone.
+  peers, added in place) — measured alone.
 
 Expected growth (documented in README): per node, pairwise masks are O(n)
 streams of the model's length and node-side verification adds n vectors,
-O(n · model); bytes per node per round grow as (n + 1) · model; a query's
+O(n · model); bytes per node per round grow as n · model; a query's
 per-node work is constant, the buyer verifies n attestations and adds n
 ciphertext vectors (O(n)), and contract verification is remembered per
 contract. With every node on one 2-core machine, the whole round's wall
@@ -46,17 +47,19 @@ def owner_names(n: int) -> list[str]:
 
 
 def mask_seconds(length: int, n: int) -> float:
+    import numpy as np
     from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-    from fedtrust.privacy.masking import pairwise_mask, training_purpose
+    from fedtrust.privacy.masking import add_pairwise_mask, training_purpose
     from fedtrust.training import quantize
 
     keys = [X25519PrivateKey.generate() for _ in range(n)]
     peers = {f"n{i}": keys[i].public_key() for i in range(1, n)}
+    vector = np.zeros(length, dtype=np.uint64)
     times = []
     for _ in range(3):
         t0 = time.perf_counter()
-        pairwise_mask(keys[0], "n0", peers, "bench", length, quantize.MODULUS, training_purpose(1))
+        add_pairwise_mask(vector, keys[0], "n0", peers, "bench", quantize.MODULUS, training_purpose(1))
         times.append(time.perf_counter() - t0)
     return min(times)
 
@@ -94,7 +97,7 @@ def measure(n: int, args) -> dict:
         "context_bytes": public * n,
         "round_s": round_s,
         "params": params,
-        "bytes_per_node_round": 4 * params + vector + n * vector,
+        "bytes_per_node_round": vector + (n - 1) * vector,  # its vector out, the others' in (the global: a digest)
         "mask_s": mask_seconds(params + 3, n),
     }
 

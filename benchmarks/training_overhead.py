@@ -23,19 +23,38 @@ rounds after the first, which also pays for start-up):
     old scheme (coordinator-only aggregation) is the same round without that
     step; plain aggregation is secure_aggregation = "none" (nodes still
     derive the global from the forwarded vectors). Bytes: what each node
-    receives per round (the global model) and sends (its vector), and what
-    forwarding adds (n vectors with their signatures).
+    receives per round (the round's message, which names the global by
+    digest) and sends (its vector), and the n − 1 other participants' signed
+    vectors forwarded to it (its own goes back empty: it holds it), against
+    what coordinator-only aggregation moves (the global in, the vector out).
+
+Pairing: the machine may be shared, so (b) runs its three measurements
+back to back `--repeat` times (fedtrust, the in-process ClientApps, Ray) and
+reports the medians and the median of the per-repetition ratios.
+
+Fairness of (b): every node daemon runs in this process, as do the three
+in-process ClientApps of the baseline: both train three ClientApps on the
+same cores, one thread each. fedtrust's per-node work (masking, the
+fsynced release, hashing and adding the forwarded vectors, the strategy
+step) runs three times on one machine, where a real deployment spreads it
+over three; the coordinator runs in a worker process of its own. Ray runs
+each ClientApp in a worker process of its own.
 
 Ray is not a fedtrust dependency; (b) uses it when it can be imported, e.g.
 after `pip install --target /tmp/raypkgs ray==2.55.1` and `--ray-path /tmp/raypkgs`,
-and says so when it cannot.
+and says so when it cannot. It runs in a subprocess of its own (no gRPC
+server of this process is forked into Ray's), and a Ray that does not
+start is reported, not waited for.
 
-    python benchmarks/training_overhead.py [--rows 2000] [--rounds 5] [--ray-path DIR] [--parts abcd]
+    python benchmarks/training_overhead.py [--rows 2000] [--rounds 5] [--repeat 3] [--ray-path DIR] [--parts abcd]
 """
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -142,20 +161,16 @@ def direct_rounds(fed, spec: TrainingSpec) -> float:
     return per_round(stamps[1:]) if len(stamps) > 2 else float("nan")
 
 
-def simulation_rounds(fed, spec: TrainingSpec) -> float | None:
-    try:
-        import ray  # noqa: F401
-        from flwr.simulation import run_simulation
-    except ImportError:
-        return None
+def simulation_rounds(configs: list[dict], init, spec: TrainingSpec) -> float:
+    """Flower's simulation runtime (Ray) running the same ClientApp and FedAvg; per-round time."""
     from flwr.app import Context
     from flwr.clientapp import ClientApp
     from flwr.serverapp import Grid, ServerApp
     from flwr.serverapp.strategy import FedAvg
+    from flwr.simulation import run_simulation
 
     from fedtrust.training import clientapp as builtin
 
-    configs, init = _configs(fed, spec), _initial(fed, spec)
     sim_app = ClientApp()
 
     @sim_app.train()
@@ -172,16 +187,68 @@ def simulation_rounds(fed, spec: TrainingSpec) -> float | None:
             grid=grid, initial_arrays=init, num_rounds=spec.rounds,
             evaluate_fn=lambda r, a: stamps.append(time.perf_counter()) and None)
 
-    run_simulation(server_app=server, client_app=sim_app, num_supernodes=len(OWNERS),
+    run_simulation(server_app=server, client_app=sim_app, num_supernodes=len(configs),
                    backend_config={"client_resources": {"num_cpus": 0.5}})
+    if len(stamps) < 2:
+        raise RuntimeError("the simulation ran no rounds")
     return per_round(stamps[1:])
 
 
+def simulation_in_subprocess(fed, spec: TrainingSpec, ray_path: str | None, timeout: float = 300.0) -> tuple[float | None, str]:
+    """(per-round seconds, "") from a subprocess running `simulation_rounds`, or (None, why not)."""
+    job = {"configs": _configs(fed, spec), "schema": str(fed.root / "schema.toml"), "spec": spec.to_dict()}
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump(job, f)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (ray_path, os.environ.get("PYTHONPATH")) if p)}
+    why = ""
+    try:
+        for _ in range(2):  # a Ray that fails to start (seen under load) gets one more try
+            try:
+                done = subprocess.run([sys.executable, __file__, "--simulate", f.name], capture_output=True, text=True,
+                                      timeout=timeout, env=env)
+            except subprocess.TimeoutExpired:
+                return None, f"the simulation did not finish within {timeout:.0f} s"
+            last = (done.stdout.strip().splitlines() or [""])[-1]
+            if done.returncode == 0 and last.startswith("{"):
+                return float(json.loads(last)["round_s"]), ""
+            why = last or (done.stderr.strip().splitlines() or ["no output"])[-1]
+        return None, why
+    finally:
+        os.unlink(f.name)
+
+
+def _simulate(path: str) -> None:
+    """`--simulate JOB.json`: the subprocess side of `simulation_in_subprocess` (prints one JSON line)."""
+    import logging
+
+    logging.getLogger("flwr").setLevel(logging.ERROR)
+    job = json.loads(Path(path).read_text())
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        print("ray is not importable here (pass --ray-path)")
+        sys.exit(3)
+    from fedtrust.training.arrays import to_array_record
+    from fedtrust.training.models import initial_arrays
+    from fedtrust.training.preprocess import Preprocessor
+    from fedtrust.trust.schema import load_schema_toml
+
+    spec = TrainingSpec.from_dict(job["spec"])
+    pre = Preprocessor.build(load_schema_toml(Path(job["schema"])), spec.features, spec.label)
+    init = to_array_record(initial_arrays(spec, pre.width, pre.outputs, seed=1))
+    try:
+        round_s = simulation_rounds(job["configs"], init, spec)
+    except Exception as e:  # noqa: BLE001 - reported by the parent, one line
+        print(f"Flower's simulation runtime failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+        sys.exit(4)
+    print(json.dumps({"round_s": round_s}))
+
+
 def mask_cost(length: int, owners: int) -> float:
-    """Median time of one node's pairwise mask and its addition, for a vector of `length` values."""
+    """Median time of one node's pairwise masks added to a vector of `length` values (in place, as nodes do)."""
     from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-    from fedtrust.privacy.masking import pairwise_mask
+    from fedtrust.privacy.masking import add_pairwise_mask
     from fedtrust.training import quantize
 
     keys = [X25519PrivateKey.generate() for _ in range(owners)]
@@ -190,8 +257,7 @@ def mask_cost(length: int, owners: int) -> float:
     times = []
     for r in range(5):
         t0 = time.perf_counter()
-        quantize.add_masks(vector, pairwise_mask(keys[0], "n0", peers, "bench", length, quantize.MODULUS,
-                                                 b"train/round/%d" % r))
+        add_pairwise_mask(vector, keys[0], "n0", peers, "bench", quantize.MODULUS, b"train/round/%d" % r)
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
@@ -237,7 +303,10 @@ def verified_rounds(fed, spec: TrainingSpec) -> dict[str, float]:
             super()._forward_all(phase, rnd, items)
             forwards.append(time.perf_counter() - t0)
             sizes["vector"] = len(items[0].vector)
-            sizes["forwarded"] = sum(len(i.vector) + len(i.signature) + 200 for i in items)  # ~200 B of claim fields
+            # what the first participant receives: the others' vectors (its own goes back empty where the Grid
+            # omits it), each with its signature and ~200 B of claim fields
+            own = getattr(self, "_without_own", lambda n, it: it)(self.participants[0], items)
+            sizes["forwarded"] = sum(len(i.vector) + len(i.signature) + 200 for i in own if len(i.vector))
 
     class Conn:
         def send(self, item) -> None: ...
@@ -262,10 +331,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=2000, help="rows per owner (3 owners) for (a) and (b)")
     ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--repeat", type=int, default=2, help="jobs per configuration in (a)")
+    ap.add_argument("--repeat", type=int, default=3, help="paired repetitions in (a), (b) and (d)")
     ap.add_argument("--ray-path", default=None, help="a folder holding ray (appended to sys.path)")
     ap.add_argument("--parts", default="abcd", help="which comparisons to run: any of a, b, c, d")
+    ap.add_argument("--simulate", default=None, help=argparse.SUPPRESS)  # the Ray subprocess of (b)
     args = ap.parse_args()
+    if args.simulate:
+        _simulate(args.simulate)
+        return
     if args.ray_path:
         sys.path.append(args.ray_path)
     import logging
@@ -281,34 +354,48 @@ def main() -> None:
                 print(f"3 owners × {args.rows:,} rows; MLP 7-1024-1024-1 ({params:,} parameters); {args.rounds} "
                       "rounds of 1 local epoch; median round time of rounds 2..\n")
                 plain, masked = [], []
-                for _ in range(args.repeat if "a" in args.parts else 1):
-                    if "a" in args.parts:
-                        plain.append(fedtrust_rounds(fed, spec_for("mlp", args.rounds, "none", **big)))
-                    masked.append(fedtrust_rounds(fed, spec_for("mlp", args.rounds, "masking", **big)))
                 if "a" in args.parts:
+                    for _ in range(args.repeat):
+                        plain.append(fedtrust_rounds(fed, spec_for("mlp", args.rounds, "none", **big)))
+                        masked.append(fedtrust_rounds(fed, spec_for("mlp", args.rounds, "masking", **big)))
                     show("(a) secure aggregation cost", 'secure_aggregation = "none"', statistics.median(plain),
                          statistics.median(masked), "(goal ≤ 1.05)")
                     print(f"  the masking work alone, one node  : {1000 * mask_cost(params + 3, len(OWNERS)):9.1f} ms "
-                          f"per round ({params + 3:,} values, {len(OWNERS) - 1} peers: pairwise_mask + addition)")
+                          f"per round ({params + 3:,} values, {len(OWNERS) - 1} peers: add_pairwise_mask, in place)")
                 if "b" in args.parts:
-                    direct = direct_rounds(fed, spec_for("mlp", args.rounds, **big))
-                    sim = simulation_rounds(fed, spec_for("mlp", args.rounds, **big))
-                    print()
-                    if sim is None:
-                        print("(b) Flower simulation runtime: ray is not importable here (pass --ray-path); only "
-                              "the direct in-process baseline is measured")
-                    else:
+                    print("\n(b) the same round, paired: fedtrust, the ClientApps in-process and Flower's simulation "
+                          f"runtime back to back, {args.repeat} times")
+                    ours, direct, sim, why = [], [], [], ""
+                    for rep in range(args.repeat):
+                        spec = spec_for("mlp", args.rounds, **big)
+                        ours.append(fedtrust_rounds(fed, spec))
+                        direct.append(direct_rounds(fed, spec))
+                        ray_s, why = simulation_in_subprocess(fed, spec, args.ray_path)
+                        if ray_s is not None:
+                            sim.append(ray_s)
+                        print(f"  repetition {rep + 1}: fedtrust {ours[-1] * 1e3:6.0f} ms, in-process "
+                              f"{direct[-1] * 1e3:6.0f} ms ({ours[-1] / direct[-1]:.2f}×), Ray "
+                              + (f"{ray_s * 1e3:6.0f} ms ({ours[-1] / ray_s:.2f}×)" if ray_s else f"— ({why})"),
+                              flush=True)
+                    mine = statistics.median(ours)
+                    if sim:
                         show("(b) vs Flower's simulation runtime (Ray, same ClientApp and FedAvg)",
-                             "flwr run_simulation", sim, statistics.median(masked))
-                    show("(b') vs the ClientApps called directly in-process", "direct in-process Grid", direct,
-                         statistics.median(masked))
+                             "flwr run_simulation", statistics.median(sim), mine, "(goal ≤ 1.0)")
+                        paired = [o / r for o, r in zip(ours, sim)] if len(sim) == len(ours) else []
+                        if paired:
+                            print(f"  median of the paired ratios       : {statistics.median(paired):9.3f}")
+                    else:
+                        print(f"(b) Flower's simulation runtime: not measured ({why}); only the in-process baseline")
+                    show("(b') vs the ClientApps called directly in-process", "direct in-process Grid",
+                         statistics.median(direct), mine, "(goal ≤ 1.3)")
+                    print(f"  median of the paired ratios       : "
+                          f"{statistics.median(o / d for o, d in zip(ours, direct)):9.3f}")
                     print("(b'') Flower's deployment runtime (SuperLink + SuperNodes, with and without SecAgg+): not "
                           "run by this benchmark — it needs a SuperLink, one SuperNode process per owner and a "
                           "`flwr run` federation config, which this script does not set up; measured by hand on "
                           "2026-12-01: 9.6 s per round, 29.4 s with SecAgg+ (notes/performance-2026-12-01.md). "
-                          f"fedtrust's round here: {statistics.median(masked):.2f} s "
-                          f"({9.6 / statistics.median(masked):.0f}× / {29.4 / statistics.median(masked):.0f}× faster; "
-                          "goal ≥ 10× vs SecAgg+)")
+                          f"fedtrust's round here: {mine:.2f} s "
+                          f"({9.6 / mine:.0f}× / {29.4 / mine:.0f}× faster; goal ≥ 10× vs SecAgg+)")
         if "d" in args.parts:
             fed = build_federation(Path(tmp) / "d", dict.fromkeys(OWNERS, args.rows), training=training)
             with fed:
@@ -328,10 +415,13 @@ def main() -> None:
                 show("  vs the old scheme (coordinator-only aggregation: the round without the forwarding step)",
                      "coordinator-only aggregation", old, new)
                 show('  vs plain aggregation (secure_aggregation = "none")', 'secure_aggregation = "none"', base, new)
-                before = m["message"] + m["vector"]
-                print(f"  bytes per node per round          : {before / 1e6:9.2f} MB before (global model "
-                      f"{m['message'] / 1e6:.2f} MB in, masked vector {m['vector'] / 1e6:.2f} MB out); forwarding "
-                      f"adds {m['forwarded'] / 1e6:.2f} MB in ({n} signed vectors): ×{(before + m['forwarded']) / before:.2f}")
+                model = 4 * params  # the float32 global a coordinator-only scheme sends every node each round
+                now = m["message"] + m["vector"] + m["forwarded"]
+                print(f"  bytes per node per round          : {now / 1e6:9.2f} MB (round message {m['message'] / 1e6:.2f} "
+                      f"MB in: the global named by digest; masked vector {m['vector'] / 1e6:.2f} MB out; the "
+                      f"{n - 1} other signed vectors {m['forwarded'] / 1e6:.2f} MB in) against "
+                      f"{(model + m['vector']) / 1e6:.2f} MB for coordinator-only aggregation (global in, vector "
+                      f"out): ×{now / (model + m['vector']):.2f}; expected n · vector / (model + vector)")
         if "c" in args.parts:
             tiny = build_federation(Path(tmp) / "c", dict.fromkeys(OWNERS, 200), training=training)
             with tiny:
