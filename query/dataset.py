@@ -232,9 +232,11 @@ class DerivedColumns:
       `col IN (listed values)` (byte-exact string equality, tested), and the
       GROUP BY runs over small integers instead of strings;
     * per numeric column, its quantised value q (`Dataset._quantized` with the
-      column's public scale), as BIGINT when the public span
-      `(max - min) × scale` is below 2^62, as HUGEINT below 2^126; with a
-      wider span q is computed per query (and overflows there, as before).
+      column's public scale), in the smallest integer type that holds the
+      public span `(max - min) × scale` (`_Q_TYPES`: a 0/1 flag takes one
+      byte, an age two, a float with six decimals eight; below 2^126 as
+      HUGEINT); with a wider span q is computed per query (and overflows there,
+      as before).
 
     The names start with a prefix no schema column shares (case folded), and
     no filter can name them (`_check_where` admits schema columns only).
@@ -274,10 +276,16 @@ class DerivedColumns:
                 code = exp.Anonymous(this="enum_code", expressions=[cast])
                 out.append(exp.alias_(code, exp.Identifier(this=self.domain[c.name], quoted=True)))
             elif c.name in self.quantized:
-                typ = "BIGINT" if _span(c) < 2**62 else "HUGEINT"
-                q = exp.Cast(this=Dataset._quantized(c, scale_of(c)), to=exp.DataType.build(typ))
+                typ = next(t for bound, t in _Q_TYPES if _span(c) < bound)
+                q = exp.Cast(this=Dataset._quantized(c, scale_of(c)), to=exp.DataType.build(typ, dialect=DIALECT))
                 out.append(exp.alias_(q, exp.Identifier(this=self.quantized[c.name], quoted=True)))
         return [e.sql(dialect=DIALECT) for e in out]
+
+
+#: (exclusive bound on the public span, type) for a kept q; one below the type's limit, so that q, the span
+#: rounded half away from zero, still fits
+_Q_TYPES = ((2**8 - 1, "UTINYINT"), (2**16 - 1, "USMALLINT"), (2**32 - 1, "UINTEGER"), (2**62, "BIGINT"),
+            (2**126, "HUGEINT"))
 
 
 def _span(c: Column) -> float:

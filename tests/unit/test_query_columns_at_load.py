@@ -182,3 +182,23 @@ def test_query_threads_is_a_dataset_setting_locked_with_the_sandbox(tmp_path):
     cfg.write_text(cfg.read_text().replace("query_threads = 1", "query_threads = 0"))
     with pytest.raises(ConfigError, match=r"query_threads"):
         load_node_config(cfg)
+
+
+def test_kept_q_takes_the_smallest_type_of_its_public_span_and_sums_exactly_at_the_bounds(tmp_path):
+    schema = Schema((Column("flag", "int", 0, 1), Column("small", "int", 0, 254), Column("wide", "int", 0, 255),
+                     Column("f", "float", 0.0, 0.0002546), Column("big", "float", -1e9, 1e9)))
+    rules = QueryRules(("SUM", "VAR_SAMP"), schema.names, (), (), 1, 10)
+    p = tmp_path / "bounds.csv"
+    p.write_text("flag,small,wide,f,big\n1,254,255,0.0002546,1e9\n1,300,999,1.0,2e9\n0,0,0,0.0,-1e9\n")
+    with Dataset.open(p, schema) as ds:
+        types = dict(ds._con.execute("SELECT column_name, data_type FROM duckdb_columns()").fetchall())
+        kept = {c: types[ds.derived.quantized[c]] for c in schema.names}
+        plan = plan_query("SELECT SUM(flag), SUM(small), SUM(wide), SUM(f), SUM(big), VAR_SAMP(big) FROM t", rules,
+                          schema, "t")
+        layout = Layout.from_plan(plan, schema)
+        vec, _ = encode_arrays(layout, ds.aggregate_arrays(plan, layout), 1)
+    assert kept == {"flag": "UTINYINT", "small": "UTINYINT", "wide": "USMALLINT", "f": "UTINYINT", "big": "BIGINT"}
+    row = decode(plan, layout, schema, vec.tolist()).rows[0]
+    # f: 0.0002546 is q = 254.6 → 255 (half away from zero), the most a UTINYINT holds; 1.0 clips to it
+    assert row[:3] == (2, 508, 510) and row[3] == pytest.approx(0.00051) and row[4] == 1e9
+    assert row[5] == pytest.approx(4 / 3 * 1e18)
