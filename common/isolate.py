@@ -438,13 +438,17 @@ class _Session:
             exitcode = self.proc.exitcode
         return _exit_reason(exitcode), None
 
-    def end(self) -> None:
+    def end(self, reap_here: bool = False) -> None:
+        """Ask the worker to exit and reap it (in a thread of its own, or in this one with `reap_here`)."""
         try:
             self.conn.send(None)
         except (OSError, ValueError):
             pass
         self.conn.close()
-        threading.Thread(target=_reap, args=(self.proc, 1.0), name="fedtrust-isolate-reap", daemon=True).start()
+        if reap_here:
+            _reap(self.proc, 1.0)
+        else:
+            threading.Thread(target=_reap, args=(self.proc, 1.0), name="fedtrust-isolate-reap", daemon=True).start()
 
 
 _sessions: "dict[tuple[str, ...], _Session]" = {}
@@ -580,8 +584,8 @@ def end_sessions() -> None:
 # parties' ciphertexts): `prepare` starts the worker and runs `init` before the
 # untrusted data exists; `run_prepared` then sends it that data once and ends
 # the worker, exactly like `run_isolated` — nothing the untrusted input does can
-# reach a later call. As soon as a prepared worker is taken, the next one for the
-# same key is started off the caller's path (it runs `init` on the same trusted
+# reach a later call. As soon as a prepared worker's job is over, the next one for
+# the same key is started off the caller's path (it runs `init` on the same trusted
 # input and waits, holding no untrusted data), so a process that runs one job
 # after another (the buyer's API, the benchmarks) finds one warm: a key's
 # worker is still used for exactly one call, never reused.
@@ -684,26 +688,33 @@ class PreparedWorker:
 
     Requests go out from a thread of their own, so a caller reading a stream never waits for the worker; the
     worker answers them in order, and `finish` reads every answer within its timeout. The worker serves this
-    job only: `close` ends it and starts the key's next one (the module's comment above).
+    job only: `close` ends it, and the same thread then reaps it and starts the key's next one (the module's
+    comment above), all off the caller's path.
     """
 
     def __init__(self, key: tuple[str, ...], session: _Session, spec: tuple[Any, ...]) -> None:
         self.key, self.session, self.spec = key, session, spec
         self._answers = 1  # the worker's answer to its init comes first
         self._queue: "queue.SimpleQueue[Any]" = queue.SimpleQueue()
+        self._finished = False
+        self._closed = False
         self._sender = threading.Thread(target=self._send_all, name="fedtrust-isolate-send", daemon=True)
         self._sender.start()
-        self._closed = False
 
     def _send_all(self) -> None:
+        broken = False
         while True:
             request = self._queue.get()
-            if request is None:
-                return
+            if request is None:  # `close`: the caller no longer reads the worker's answers
+                break
+            if broken:
+                continue
             try:
                 self.session.conn.send(request)  # our own data, to our own worker
             except (OSError, ValueError):  # the worker died: `finish` reads its exit status
-                return
+                broken = True
+        self.session.end(reap_here=True)
+        _prepare_next(self.key, self.spec)
 
     def send(self, fn: Callable[..., Any], *args: Any) -> None:
         """Queue ``fn(state, *args)``; its answer is read (and a failure raised) by `finish`."""
@@ -726,18 +737,16 @@ class PreparedWorker:
                 self.close()
                 raise InvalidInput(f"{what} was rejected: {failure}")
         self._answers = 0
+        self._finished = True
         return reply[1]
 
     def close(self) -> None:
-        """End the worker (it is never used again) and start the key's next one off the caller's path."""
+        """End the worker (it is never used again); its sender thread reaps it and starts the key's next one."""
         if self._closed:
             return
         self._closed = True
-        self._queue.put(None)
-        self._sender.join(0.5)
-        if self._sender.is_alive():  # stuck writing to a worker that stopped reading: kill it, which frees the pipe
+        if not self._finished:
+            # a job that ended early, or a worker that failed or stalled: it may be busy with input nobody will
+            # read (or not reading at all, with the sender blocked on it); killing it frees the sender
             self.session.proc.kill()
-            self._sender.join(5.0)
-        self.session.end()
-        threading.Thread(target=_prepare_next, args=(self.key, self.spec), name="fedtrust-isolate-prepare",
-                         daemon=True).start()
+        self._queue.put(None)

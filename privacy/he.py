@@ -578,7 +578,7 @@ def start_add(public_bytes: bytes, params: HeParams, prepared: tuple[str, ...], 
 
     Its worker parses the buyer's *own* context before any release exists
     (`isolate.prepare`); the relayed ciphertexts (untrusted) reach it only
-    through this `Adder`, which serves one job. Taking it starts the next
+    through this `Adder`, which serves one job. Closing it starts the next
     one, so a buyer that submits jobs one after another finds it ready.
     """
     return Adder(public_bytes, params, prepared, length, parties)
