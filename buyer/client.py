@@ -42,17 +42,17 @@ OnProgress = Callable[[Progress], None]
 
 
 def _collect_training(events: Iterator, on_progress: OnProgress | None, peer: str) -> TrainingOutcome:
-    with calling(peer):
-        for part, value, data in read_parts(events, "model_chunk", MAX_MODEL_BYTES, f"the model from {peer}"):
-            if part == "progress":
-                if data:
-                    raise InvalidInput(f"{peer} sent model chunks before a progress message")
-                if on_progress:
-                    on_progress(progress_from_proto(value))
-            elif part == "outcome":
-                if value.model_size != len(data):
-                    raise InvalidInput("the coordinator's model size does not match its data")
-                return TrainingOutcome(bytes(value.receipt), data)
+    """Read a training job's stream (inside the caller's `calling(peer, timeout)`): progress, then the model."""
+    for part, value, data in read_parts(events, "model_chunk", MAX_MODEL_BYTES, f"the model from {peer}"):
+        if part == "progress":
+            if data:
+                raise InvalidInput(f"{peer} sent model chunks before a progress message")
+            if on_progress:
+                on_progress(progress_from_proto(value))
+        elif part == "outcome":
+            if value.model_size != len(data):
+                raise InvalidInput("the coordinator's model size does not match its data")
+            return TrainingOutcome(bytes(value.receipt), data)
     raise InvalidInput("the coordinator ended the stream without an outcome")
 
 
@@ -64,32 +64,31 @@ def _collect(events: Iterator, on_progress: OnProgress | None, peer: str,
              max_nodes: int = MAX_RELAYED_NODES, on_relayed: OnRelayed | None = None) -> JobOutcome:
     """Read a query job's stream: progress, per node its ciphertext chunks then a RelayedRelease, the receipt.
 
-    Only sizes and counts are checked here (so a hostile coordinator cannot
-    make the buyer hold unbounded data); what the ciphertexts are worth is
+    Read inside the caller's `calling(peer, timeout)`. Only sizes and counts are checked here (so a hostile
+    coordinator cannot make the buyer hold unbounded data); what the ciphertexts are worth is
     checked against the nodes' attestations by `fedtrust.trust.verify.check_relayed`.
     """
     relayed: list[tuple[str, tuple[bytes, ...]]] = []
     what = "the ciphertexts the coordinator relayed for one node"
-    with calling(peer):
-        for part, value, data in read_parts(events, "ciphertext_chunk", MAX_QUERY_CIPHERTEXT_BYTES, what):
-            if part == "relayed":
-                if len(relayed) >= max_nodes:
-                    raise VerificationError(f"the coordinator relayed outputs of more nodes than the job's {max_nodes} "
-                                            "participants (a duplicated or extra node); refusing the result")
-                if not value.ciphertext_sizes:
-                    raise InvalidInput("the coordinator relayed a node's release without ciphertexts")
-                cts = unframe(value.ciphertext_sizes, data, what=what, limit=MAX_QUERY_CIPHERTEXT_BYTES,
-                              limit_each=MAX_CIPHERTEXT_BYTES, max_count=MAX_QUERY_CIPHERTEXTS)
-                relayed.append((value.node, tuple(cts)))
-                if on_relayed is not None:
-                    on_relayed(relayed[-1][1])
-            elif data:
-                raise InvalidInput("the coordinator sent ciphertext chunks that no relayed release claims")
-            elif part == "progress":
-                if on_progress:
-                    on_progress(progress_from_proto(value))
-            elif part == "outcome":
-                return JobOutcome(bytes(value.receipt), tuple(relayed))
+    for part, value, data in read_parts(events, "ciphertext_chunk", MAX_QUERY_CIPHERTEXT_BYTES, what):
+        if part == "relayed":
+            if len(relayed) >= max_nodes:
+                raise VerificationError(f"the coordinator relayed outputs of more nodes than the job's {max_nodes} "
+                                        "participants (a duplicated or extra node); refusing the result")
+            if not value.ciphertext_sizes:
+                raise InvalidInput("the coordinator relayed a node's release without ciphertexts")
+            cts = unframe(value.ciphertext_sizes, data, what=what, limit=MAX_QUERY_CIPHERTEXT_BYTES,
+                          limit_each=MAX_CIPHERTEXT_BYTES, max_count=MAX_QUERY_CIPHERTEXTS)
+            relayed.append((value.node, tuple(cts)))
+            if on_relayed is not None:
+                on_relayed(relayed[-1][1])
+        elif data:
+            raise InvalidInput("the coordinator sent ciphertext chunks that no relayed release claims")
+        elif part == "progress":
+            if on_progress:
+                on_progress(progress_from_proto(value))
+        elif part == "outcome":
+            return JobOutcome(bytes(value.receipt), tuple(relayed))
     raise InvalidInput("the coordinator ended the stream without an outcome")
 
 
@@ -113,6 +112,10 @@ class CoordinatorClient:
     def _stub(self, channel):
         return coordinator_pb2_grpc.CoordinatorServiceStub(channel)
 
+    @property
+    def _peer(self) -> str:
+        return f"coordinator {self.name} at {self.address}"
+
     def submit_query(self, job: bytes, contract: bytes, context: bytes, on_progress: OnProgress | None = None,
                      max_nodes: int = MAX_RELAYED_NODES, context_sent_before: bool = False,
                      on_relayed: OnRelayed | None = None) -> JobOutcome:
@@ -128,9 +131,9 @@ class CoordinatorClient:
             header = coordinator_pb2.SubmitHeader(job_envelope=job, contract_envelope=contract,
                                                   he_context_size=len(ctx))
             requests = send_header_first(coordinator_pb2.SubmitRequest, "header", header, "he_context_chunk", ctx)
-            with self._channel() as ch:
-                return _collect(self._stub(ch).SubmitQuery(requests, timeout=self.timeout), on_progress,
-                                f"coordinator {self.name} at {self.address}", max_nodes, on_relayed)
+            with self._channel() as ch, calling(self._peer, self.timeout) as calls:
+                return _collect(calls.stream(self._stub(ch).SubmitQuery, requests), on_progress, self._peer,
+                                max_nodes, on_relayed)
 
         if context_sent_before:
             try:
@@ -141,51 +144,48 @@ class CoordinatorClient:
 
     def submit_vertical(self, job: bytes, contract: bytes, on_progress: OnProgress | None = None) -> JobOutcome:
         """A vertical job (PSI): progress, then the receipt; nothing else is relayed to the buyer."""
-        with self._channel() as ch:
-            outcome = _collect(vertical_pb2_grpc.VerticalCoordinatorServiceStub(ch).SubmitVertical(
-                vertical_pb2.VerticalSubmission(job_envelope=job, contract_envelope=contract), timeout=self.timeout),
-                on_progress, f"coordinator {self.name} at {self.address}", max_nodes=0)
-        return outcome
+        with self._channel() as ch, calling(self._peer, self.timeout) as calls:
+            return _collect(calls.stream(vertical_pb2_grpc.VerticalCoordinatorServiceStub(ch).SubmitVertical,
+                                         vertical_pb2.VerticalSubmission(job_envelope=job, contract_envelope=contract)),
+                            on_progress, self._peer, max_nodes=0)
 
     def submit_mpc(self, job: bytes, contract: bytes, on_progress: OnProgress | None = None) -> JobOutcome:
         """An MPC job: progress, then every owner's output shares sealed to the buyer, then the receipt."""
-        with self._channel() as ch:
-            return _collect(mpc_pb2_grpc.MpcCoordinatorServiceStub(ch).SubmitMpc(
-                mpc_pb2.MpcSubmission(job_envelope=job, contract_envelope=contract), timeout=self.timeout),
-                on_progress, f"coordinator {self.name} at {self.address}")
+        with self._channel() as ch, calling(self._peer, self.timeout) as calls:
+            return _collect(calls.stream(mpc_pb2_grpc.MpcCoordinatorServiceStub(ch).SubmitMpc,
+                                         mpc_pb2.MpcSubmission(job_envelope=job, contract_envelope=contract)),
+                            on_progress, self._peer)
 
     def submit_training(self, job: bytes, contract: bytes, on_progress: OnProgress | None = None) -> TrainingOutcome:
-        with self._channel() as ch:
+        with self._channel() as ch, calling(self._peer, self.timeout) as calls:
             return _collect_training(
-                self._stub(ch).SubmitTraining(coordinator_pb2.TrainingSubmission(job_envelope=job,
-                                                                                  contract_envelope=contract),
-                                              timeout=self.timeout),
-                on_progress, f"coordinator {self.name} at {self.address}")
+                calls.stream(self._stub(ch).SubmitTraining,
+                             coordinator_pb2.TrainingSubmission(job_envelope=job, contract_envelope=contract)),
+                on_progress, self._peer)
 
     def fetch_model(self, job_id: str) -> TrainingOutcome:
-        with self._channel() as ch:
-            return _collect_training(self._stub(ch).FetchModel(coordinator_pb2.JobRef(job_id=job_id),
-                                                               timeout=self.timeout),
-                                     None, f"coordinator {self.name} at {self.address}")
+        with self._channel() as ch, calling(self._peer, self.timeout) as calls:
+            return _collect_training(calls.stream(self._stub(ch).FetchModel, coordinator_pb2.JobRef(job_id=job_id)),
+                                     None, self._peer)
 
     def fetch_result(self, job_id: str, max_nodes: int = MAX_RELAYED_NODES) -> JobOutcome:
-        with self._channel() as ch:
-            return _collect(self._stub(ch).FetchResult(coordinator_pb2.JobRef(job_id=job_id), timeout=self.timeout),
-                            None, f"coordinator {self.name} at {self.address}", max_nodes)
+        with self._channel() as ch, calling(self._peer, self.timeout) as calls:
+            return _collect(calls.stream(self._stub(ch).FetchResult, coordinator_pb2.JobRef(job_id=job_id)), None,
+                            self._peer, max_nodes)
 
     def job_status(self, job_id: str) -> JobState:
-        with self._channel() as ch, calling(f"coordinator {self.name} at {self.address}"):
+        with self._channel() as ch, calling(self._peer):
             s = self._stub(ch).GetJob(coordinator_pb2.JobRef(job_id=job_id), timeout=60)
         return job_state_from_proto(s)
 
     def list_jobs(self, limit: int = 50) -> list[JobState]:
         """This buyer's jobs at the coordinator, newest first."""
-        with self._channel() as ch, calling(f"coordinator {self.name} at {self.address}"):
+        with self._channel() as ch, calling(self._peer):
             reply = self._stub(ch).ListJobs(coordinator_pb2.ListJobsRequest(limit=limit), timeout=60)
         return [job_state_from_proto(s) for s in reply.jobs]
 
     def cancel_job(self, job_id: str) -> JobState:
         """Ask the coordinator to stop a running job of this buyer."""
-        with self._channel() as ch, calling(f"coordinator {self.name} at {self.address}"):
+        with self._channel() as ch, calling(self._peer):
             s = self._stub(ch).CancelJob(coordinator_pb2.JobRef(job_id=job_id), timeout=60)
         return job_state_from_proto(s)

@@ -27,15 +27,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Iterator
 
-import grpc
-
 from fedtrust.coordinator.runtime import CoordinatorRuntime, Event, Finished
 from fedtrust.coordinator.store import Relayed
 from fedtrust.errors import ConfigError, Error, InvalidInput, JobFailed, PolicyViolation
 from fedtrust.progress import Progress
 from fedtrust.query.mpc_stats import MpcStatsJob
 from fedtrust.transport.server import secure_channel
-from fedtrust.transport.status import error_from_rpc
+from fedtrust.transport.status import calling
 from fedtrust.trust.canonical import sha256_hex
 from fedtrust.trust.dsse import Envelope
 from fedtrust.trust.receipts import (
@@ -111,8 +109,9 @@ class _Session:
     def _serve(self, p: _Party) -> None:
         n_all = len(self.parties)
         try:
-            with secure_channel(p.address, self.rt.tls, (p.role, p.name)) as channel:
-                p.call = mpc_pb2_grpc.MpcServiceStub(channel).Session(self._requests(p), timeout=self.timeout)
+            with secure_channel(p.address, self.rt.tls, (p.role, p.name)) as channel, \
+                    calling(f"{p.role} {p.name}", self.timeout) as calls:
+                p.call = calls.stream(mpc_pb2_grpc.MpcServiceStub(channel).Session, self._requests(p))
                 if self.failed.is_set():
                     p.call.cancel()
                 for out in p.call:
@@ -142,12 +141,9 @@ class _Session:
             if not p.done:
                 raise InvalidInput(f"{p.role} {p.name} ended its MPC stream without a result")
             p.inbox.put(None)  # its session is over: end the request stream
-        except grpc.RpcError as e:
-            if not self.failed.is_set():
-                self.fail(JobFailed(f"{p.role} {p.name} failed, so the MPC job failed: "
-                                    f"{error_from_rpc(e, f'{p.role} {p.name}')}"))
         except Error as e:
-            self.fail(JobFailed(f"{p.role} {p.name} failed, so the MPC job failed: {e}"))
+            if not self.failed.is_set():  # a stream the failed session cancelled adds nothing
+                self.fail(JobFailed(f"{p.role} {p.name} failed, so the MPC job failed: {e}"))
         except Exception:
             log.exception("relaying the MPC session of %s %s failed", p.role, p.name)
             self.fail(JobFailed(f"internal error at the coordinator while relaying for {p.role} {p.name}"))

@@ -38,8 +38,8 @@ def run_query_on_node(node: str, address: str, tls: TlsMaterial, job_bytes: byte
                                   he_context_size=len(context), admissions=list(admissions))
     requests = send_header_first(node_pb2.QueryRequest, "header", header, "he_context_chunk", context)
     what = f"node {node}'s ciphertexts"
-    with channel_to(channels, address, tls, ("node", node)) as channel, calling(f"node {node}"):
-        release, data = read_chunks_then(node_pb2_grpc.NodeServiceStub(channel).RunQuery(requests, timeout=timeout),
+    with channel_to(channels, address, tls, ("node", node)) as channel, calling(f"node {node}", timeout) as calls:
+        release, data = read_chunks_then(calls.stream(node_pb2_grpc.NodeServiceStub(channel).RunQuery, requests),
                                          chunk_field="ciphertext_chunk", last_field="release",
                                          limit=MAX_QUERY_CIPHERTEXT_BYTES, what=what)
     cts = unframe(release.ciphertext_sizes, data, what=what, limit=MAX_QUERY_CIPHERTEXT_BYTES,

@@ -14,7 +14,7 @@ from fedtrust.errors import InvalidInput
 from fedtrust.transport.chunks import split
 from fedtrust.transport.serde import vectors_to_proto
 from fedtrust.transport.server import secure_channel
-from fedtrust.transport.status import calling, cancel_late
+from fedtrust.transport.status import calling
 from fedtrust.transport.streams import read_chunks_then, send_header_first
 from fedtrust.transport.tls import TlsMaterial
 from fedtrust.trust.dsse import Envelope
@@ -67,9 +67,9 @@ class NodeTrainingClient:
         """Send one round's Flower message; (the node's masked vector of exactly `expected` bytes, its signature)."""
         header = node_pb2.TrainHeader(job_envelope=job, contract_envelope=contract, message_size=len(message),
                                       admissions=list(admissions))
-        replies = self._stub.TrainRound(send_header_first(node_pb2.TrainRequest, "header", header, "message_chunk",
-                                                          message), timeout=self.timeout)
-        with calling(f"node {self.node}"), cancel_late(replies, self.timeout, f"node {self.node}"):
+        with calling(f"node {self.node}", self.timeout) as calls:
+            replies = calls.stream(self._stub.TrainRound, send_header_first(node_pb2.TrainRequest, "header", header,
+                                                                            "message_chunk", message))
             release, data = read_chunks_then(replies, chunk_field="vector_chunk", last_field="release",
                                              limit=expected, what=f"node {self.node}'s vector")
         if release.vector_size != len(data) or len(data) != expected:
@@ -92,16 +92,11 @@ class NodeTrainingClient:
             for blob in blobs:
                 yield from shared.of(blob)
 
-        with calling(f"node {self.node}"):
-            reply = self._forward.future(requests(), timeout=self.timeout)
-            with cancel_late(reply, self.timeout, f"node {self.node}"):
-                return reply.result().global_digest
+        with calling(f"node {self.node}", self.timeout) as calls:
+            return calls.future(self._forward, requests()).result().global_digest
 
     def finish(self, job: bytes, contract: bytes) -> Envelope:
-        with calling(f"node {self.node}"):
-            call = self._stub.FinishTraining.future(node_pb2.FinishRequest(job_envelope=job,
-                                                                           contract_envelope=contract),
-                                                    timeout=self.timeout)
-            with cancel_late(call, self.timeout, f"node {self.node}"):
-                reply = call.result()
+        with calling(f"node {self.node}", self.timeout) as calls:
+            reply = calls.future(self._stub.FinishTraining,
+                                 node_pb2.FinishRequest(job_envelope=job, contract_envelope=contract)).result()
         return Envelope.from_json(reply.attestation_envelope)

@@ -20,9 +20,9 @@ def psi_step_on_node(node: str, address: str, tls: TlsMaterial, job_bytes: bytes
     header = vertical_pb2.PsiHeader(job_envelope=job_bytes, contract_envelope=contract_bytes,
                                     admissions=list(admissions), step=step, sealed_size=len(sealed))
     requests = send_header_first(vertical_pb2.PsiRequest, "header", header, "sealed_chunk", sealed)
-    with secure_channel(address, tls, ("node", node)) as channel, calling(f"node {node}"):
+    with secure_channel(address, tls, ("node", node)) as channel, calling(f"node {node}", timeout) as calls:
         outcome, data = read_chunks_then(
-            vertical_pb2_grpc.VerticalNodeServiceStub(channel).PsiStep(requests, timeout=timeout),
+            calls.stream(vertical_pb2_grpc.VerticalNodeServiceStub(channel).PsiStep, requests),
             chunk_field="sealed_chunk", last_field="outcome", size_field="sealed_size", limit=MAX_SEALED_BYTES,
             what=f"node {node}'s sealed PSI message")
     if step == 3:

@@ -36,7 +36,7 @@ import inspect
 import logging
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Any, NoReturn, TypeVar
 
 import grpc
@@ -53,6 +53,7 @@ __all__ = [
     "guarded",
     "error_from_rpc",
     "calling",
+    "Calls",
     "cancel_late",
     "LOCAL_GRACE_S",
 ]
@@ -252,26 +253,59 @@ def error_from_rpc(e: grpc.RpcError, peer: str) -> Error:
     return fallback(f"{peer} refused the call ({name}): {details}")
 
 
-@contextmanager
-def calling(peer: str) -> Iterator[None]:
-    """A client's call to `peer`: a `grpc.RpcError` inside becomes the fedtrust error the peer sent
-    (`error_from_rpc`), raised without the gRPC exception chained."""
-    try:
-        yield
-    except grpc.RpcError as e:
-        raise error_from_rpc(e, peer) from None
-
-
 #: seconds past its deadline a call may run before the client cancels it itself: gRPC core was seen to miss the
 #: deadline of a streaming call to a server that stopped just as the call started (grpcio 1.85; the call waited for
 #: an answer no handler would send, for longer than the pytest timeout of 300 s)
 LOCAL_GRACE_S = 5.0
 
 
+class Calls:
+    """What `calling(peer, timeout)` yields: it starts each call of the block with the block's `timeout` and bounds
+    it by its own clock too (`cancel_late`), so a streaming call cannot outlive its deadline by more than
+    `LOCAL_GRACE_S` even where gRPC's deadline misses. Every streaming call and every future goes through it
+    (tests/unit/test_call_bounds.py checks the package for calls that do not)."""
+
+    def __init__(self, peer: str, timeout: float | None, stack: ExitStack) -> None:
+        self.peer, self.timeout, self._stack = peer, timeout, stack
+
+    def stream(self, method: Callable[..., Any], request: Any) -> Any:
+        """`method(request, timeout=…)` of a response-streaming RPC: its response iterator, bounded."""
+        timeout = self._timeout()
+        return self._bounded(method(request, timeout=timeout), timeout)
+
+    def future(self, method: Any, request: Any) -> Any:
+        """`method.future(request, timeout=…)` of a unary-response RPC: its future, bounded."""
+        timeout = self._timeout()
+        return self._bounded(method.future(request, timeout=timeout), timeout)
+
+    def _timeout(self) -> float:
+        if self.timeout is None:
+            raise TypeError("calling(peer) has no timeout to bound a call with; use calling(peer, timeout)")
+        return self.timeout
+
+    def _bounded(self, call: Any, timeout: float) -> Any:
+        self._stack.enter_context(cancel_late(call, timeout, self.peer))
+        return call
+
+
+@contextmanager
+def calling(peer: str, timeout: float | None = None) -> Iterator[Calls]:
+    """A client's calls to `peer`: a `grpc.RpcError` inside becomes the fedtrust error the peer sent
+    (`error_from_rpc`), raised without the gRPC exception chained. With a `timeout`, the yielded `Calls` starts
+    streaming calls and futures bounded by it (a call cancelled on its own clock: NodeUnreachable naming `peer`);
+    a blocking unary call passes its own `timeout=` (gRPC ends those itself)."""
+    try:
+        with ExitStack() as stack:
+            yield Calls(peer, timeout, stack)
+    except grpc.RpcError as e:
+        raise error_from_rpc(e, peer) from None
+
+
 @contextmanager
 def cancel_late(call: Any, timeout: float, peer: str) -> Iterator[None]:
     """Bound a call (response iterator or future) by its own clock too: cancelled locally `LOCAL_GRACE_S` past its
-    `timeout` (what gRPC's deadline should have done), which wakes the waiting thread; NodeUnreachable then."""
+    `timeout` (what gRPC's deadline should have done), which wakes the waiting thread; NodeUnreachable then.
+    Callers use it through `calling(peer, timeout)`."""
     fired = threading.Event()
 
     def fire() -> None:
