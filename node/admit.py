@@ -18,11 +18,12 @@ The rules, in the order they are applied (each `Refusal.rule` is one name):
   contract names), `job-contract` (the job names this contract), `job-expired`,
   `contract-window` (the contract is valid now), `job-coordinator`,
   `job-participants` (exactly the contract's owners), `job-dataset`;
-- each kind's own rules (`query_rules`, `training_rules`, `psi_rules`; a new
-  kind brings its own function), with the ledger rules they share:
-  `job-reused` (another job already used this job id or nonce), `finished`,
-  `interrupted`, the cap of jobs (`query-cap`, `training-cap`, `psi-cap`) and
-  the privacy budget (`budget`: ε and δ under the contract's accountant).
+- each kind's own rules (`query_rules`, `training_rules`, `psi_rules`,
+  `mpc_rules` for every MPC program; a new kind brings its own function), with
+  the ledger rules they share: `job-reused` (another job already used this job
+  id or nonce), `finished`, `interrupted`, `repeated`, the cap of jobs
+  (`query-cap`, `training-cap`, `psi-cap`, `<kind>-cap`) and the privacy budget
+  (`budget`: ε and δ under the contract's accountant).
 
 The ledger rules are re-checked atomically by the store when it debits: an
 admission is a decision on a snapshot, not a reservation.
@@ -31,12 +32,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, NoReturn
 
-from fedtrust.errors import BudgetExhausted, Error, PolicyViolation, ReplayError, VerificationError
+from fedtrust.errors import BudgetExhausted, Error, InvalidInput, PolicyViolation, ReplayError, VerificationError
 from fedtrust.privacy.accounting import Budget, Spend, accountant
 from fedtrust.query.payload import QueryPayload
 from fedtrust.query.sql import plan_query
@@ -49,7 +50,7 @@ from fedtrust.trust.revocation import RevocationList, check_revocation
 from fedtrust.trust.vertical import VerticalJob, check_vertical_job
 
 __all__ = ["Admission", "LedgerView", "NodeFacts", "Refusal", "admit", "cap_message", "check_common", "check_parties", "refusal_of",
-           "psi_rules", "query_rules", "refuse", "rule", "training_rules"]
+           "mpc_rules", "psi_rules", "query_rules", "refuse", "rule", "training_rules"]
 
 #: the accountant every node composes spends with (its name goes into DP attestations)
 ACCOUNTANT = accountant()
@@ -69,6 +70,9 @@ class LedgerView:
     debited: bool = False
     #: jobs of this job's kind already counted under the contract at this node
     jobs: int = 0
+    #: jobs counted under the contract at this node, per ledger kind (an MPC program counts its jobs as the kind
+    #: its charge names, e.g. mpc-stats jobs as "query")
+    counted: Mapping[str, int] = field(default_factory=dict)
     #: every privacy spend recorded under the contract at this node, in ledger order
     spends: tuple[Spend, ...] = ()
 
@@ -338,3 +342,38 @@ def psi_rules(ctx: Context, *, finished_ok: bool = False, session: bool = False)
         return Admission(job.kind, spend, resume=True)
     check_cap("psi-cap", ctx.ledger, rules.max_jobs, cap_message("psi", rules.max_jobs))
     return Admission(job.kind, spend)
+
+
+def mpc_rules(ctx: Context, *, program: Any, charge: Callable[[], Any]) -> Admission:
+    """An MPC job (`privacy.mpc.program`): the job names the buyer's output key, the contract names a dealer (the
+    owners agreed to it by signing), this node runs a program of the job's kind (`program`: the registered
+    MpcProgram, None when there is none) that has admission rules, and they pass (`charge()`: the program's own
+    checks, e.g. the SQL against `[query]` or the PSI alignment this node holds, and the job's `Charge`); the
+    job never ran here (a session cannot be repeated: its randomness is gone); the cap of the kind the charge
+    counts as and, under [privacy], the budget fit. The admission's `plan` is the Charge."""
+    job, contract = ctx.job, ctx.contract
+    if not job.is_mpc:
+        refuse("kind", InvalidInput(f"job kind {job.kind!r} sent to the MPC endpoint; use the endpoint for that kind"))
+    if job.output_key is None:
+        refuse("output-key", InvalidInput(
+            "an MPC job names the buyer's output key (`output_key`); the buyer's client sets it"))
+    if contract.dealer is None:
+        refuse("dealer", PolicyViolation(
+            "this contract names no MPC dealer, so this node runs no MPC job under it; ask the exchange for a "
+            "contract with a dealer (`fedtrust exchange contract --dealer`)"))
+    if program is None:
+        refuse("mpc-program", PolicyViolation(f"this node runs no MPC program of kind {job.kind!r}"))
+    if program.admit is None:
+        refuse("mpc-program", PolicyViolation(
+            f"MPC program {job.kind!r} has no admission rules, so this node does not run it"))
+    with rule("mpc-rules"):
+        c = charge()
+    check_not_reused(ctx.ledger)
+    if ctx.ledger.debited:
+        refuse("repeated", PolicyViolation("this MPC job already ran (or was interrupted) at this node; a session "
+                                           "cannot be repeated, submit a new job"))
+    if c.max_jobs is not None and ctx.ledger.counted.get(c.counts_as, 0) >= c.max_jobs:
+        refuse(f"{c.counts_as}-cap", BudgetExhausted(cap_message(c.counts_as, c.max_jobs)))
+    spend = Spend(c.mechanism, c.epsilon, c.delta)
+    check_budget(ctx, spend)
+    return Admission(job.kind, spend, plan=c)

@@ -4,9 +4,9 @@ Order of one job at this node (the security argument, top to bottom):
 
 1. `NodeRuntime.check_job`: contract (exchange, buyer and this owner signed it, so this owner agreed to its
    dealer), caller is the contract's coordinator, job signed by the buyer for exactly the contract's owners;
-2. `admit`: the contract names a dealer, this node runs a program of the job's kind, the program's own rules
-   checks pass (`MpcProgram.admit`, e.g. the SQL against `[query]`, MIN/MAX refused under `[privacy]`), the job
-   is new here, its cap and budget allow it — nothing read, nothing spent;
+2. `admit` (`node.admit.mpc_rules`, each rule named): the contract names a dealer, this node runs a program of
+   the job's kind, the program's own rules checks pass (`MpcProgram.admit`, e.g. the SQL against `[query]`,
+   MIN/MAX refused under `[privacy]`), the job is new here, its cap and budget allow it — nothing spent;
 3. `run` (with every owner's admission): the node reads its own inputs (`local_inputs`), debits the job durably
    (ε under `[privacy]`) BEFORE any frame leaves, then runs `compute` as its rank over sealed links to the other
    owners and the dealer (`SealedLink` from the certified X25519 keys; the relay sees ciphertext only);
@@ -22,16 +22,16 @@ import base64
 import logging
 import threading
 import time
+from functools import partial
 from typing import ClassVar, Sequence
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
-from fedtrust.errors import BudgetExhausted, Error, InvalidInput, PolicyViolation
+from fedtrust.errors import Error, InvalidInput, PolicyViolation
+from fedtrust.node.admit import ACCOUNTANT, mpc_rules
 from fedtrust.node.mpc_link import StreamLink
 from fedtrust.node.runtime import CheckedJob, NodeRuntime
-from fedtrust.node.store import ACCOUNTANT, cap_message
 from fedtrust.node.vertical_store import VerticalStore
-from fedtrust.privacy.accounting import Budget, Spend
 from fedtrust.privacy.mpc.program import (
     OUTPUT_STEP,
     Charge,
@@ -101,40 +101,16 @@ class MpcRuntime:
         return ProgramContext(job.participants.index(self.node.name), len(job.participants), job.participants,
                               job, checked.contract, NodeData(checked.held, self.alignments))
 
-    def _program(self, checked: CheckedJob) -> MpcProgram:
-        kind = checked.job.kind
-        if not checked.job.is_mpc:
-            raise InvalidInput(f"job kind {kind!r} sent to the MPC endpoint; use the endpoint for that kind")
-        if checked.job.output_key is None:
-            raise InvalidInput("an MPC job names the buyer's output key (`output_key`); the buyer's client sets it")
-        if checked.contract.dealer is None:
-            raise PolicyViolation("this contract names no MPC dealer, so this node runs no MPC job under it; ask the "
-                                  "exchange for a contract with a dealer (`fedtrust exchange contract --dealer`)")
-        try:
-            p = program(kind)
-        except MpcProgramError:
-            raise PolicyViolation(f"this node runs no MPC program of kind {kind!r}") from None
-        if p.admit is None:
-            raise PolicyViolation(f"MPC program {kind!r} has no admission rules, so this node does not run it")
-        return p
-
     # -- admission ----------------------------------------------------------------------------------------------
     def admit(self, checked: CheckedJob) -> Charge:
-        """Every check of an MPC job short of running it; spends nothing."""
-        p = self._program(checked)
-        charge = p.admit(self.context(checked))  # type: ignore[misc]
-        store, job = self.node.store, checked.job
-        if store.find_debit(checked.contract_digest, job.job_id, job.nonce, checked.job_digest) is not None:
-            raise PolicyViolation("this MPC job already ran (or was interrupted) at this node; a session cannot be "
-                                  "repeated, submit a new job")
-        if charge.max_jobs is not None and store.released_count(checked.contract_digest, charge.counts_as) \
-                >= charge.max_jobs:
-            raise BudgetExhausted(cap_message(charge.counts_as, charge.max_jobs))  # re-checked at the debit
-        privacy = checked.contract.rules.privacy
-        if privacy is not None:
-            ACCOUNTANT.charge(Budget(privacy.epsilon_total, privacy.delta), store.spends(checked.contract_digest),
-                              Spend(charge.mechanism, charge.epsilon, charge.delta), where=f"node {self.node.name}")
-        return charge
+        """Every check of an MPC job short of running it (`node.admit.mpc_rules`); spends nothing."""
+        p = _registered(checked.job.kind)
+
+        def charge() -> Charge:
+            assert p is not None and p.admit is not None  # mpc_rules refused the job before otherwise
+            return p.admit(self.context(checked))
+
+        return self.node.decide(checked, partial(mpc_rules, program=p, charge=charge)).plan
 
     # -- the session -----------------------------------------------------------------------------------------
     def run(self, checked: CheckedJob, admissions: Sequence[bytes], link: StreamLink) -> tuple[Envelope, bytes]:
@@ -153,7 +129,7 @@ class MpcRuntime:
     def _run(self, checked: CheckedJob, admissions: Sequence[bytes], link: StreamLink) -> tuple[Envelope, bytes]:
         started = time.monotonic()
         charge = self.admit(checked)
-        p = self._program(checked)
+        p = program(checked.job.kind)
         self.node.check_admissions(checked, admissions)
         contract, job = checked.contract, checked.job
         ctx = self.context(checked)
@@ -192,6 +168,14 @@ class MpcRuntime:
         self.node.record_job(checked, "released", epsilon=debit.epsilon, duration_s=time.monotonic() - started)
         return stored.attestation, sealed
 
+
+
+def _registered(kind: str) -> MpcProgram | None:
+    """The MPC program registered for `kind` on this node, or None (`mpc_rules` refuses the job then)."""
+    try:
+        return program(kind)
+    except MpcProgramError:
+        return None
 
 
 class MpcStatsRuntime(MpcRuntime):

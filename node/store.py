@@ -217,11 +217,11 @@ class NodeStore:
         """What the ledger holds for this job under this contract, for the decision core (`node.admit`)."""
         con = self.db.read()
         row, reused = self._match(con, contract_digest, job_id, nonce, job_digest)
-        jobs = con.execute("SELECT COUNT(*) FROM releases WHERE contract_digest = ? AND kind = ?",
-                           (contract_digest, kind)).fetchone()[0]
+        counted = dict(con.execute("SELECT kind, COUNT(*) FROM releases WHERE contract_digest = ? GROUP BY kind",
+                                   (contract_digest,)).fetchall())
         return LedgerView(withdrawn_at=self.jobs.withdrawn_at(contract_digest), reused=reused,
                           attested=row is not None and row["attestation"] is not None, debited=row is not None,
-                          jobs=jobs, spends=tuple(_spends(con, contract_digest)))
+                          jobs=counted.get(kind, 0), counted=counted, spends=tuple(_spends(con, contract_digest)))
 
     def lookup(self, contract_digest: str, job_id: str, nonce: str, job_digest: str) -> StoredRelease | None:
         """The recorded (attested) release of this exact job, or None."""

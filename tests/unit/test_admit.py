@@ -10,6 +10,7 @@ from dataclasses import fields, replace
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from functools import partial
+from types import SimpleNamespace
 
 import pytest
 
@@ -20,12 +21,15 @@ from fedtrust.node.admit import (
     NodeFacts,
     Refusal,
     admit,
+    mpc_rules,
     psi_rules,
     query_rules,
     training_rules,
 )
 from fedtrust.privacy.accounting import Spend
+from fedtrust.privacy.mpc.program import Charge
 from fedtrust.privacy.params import HeParams
+from fedtrust.query.mpc_stats import MpcStatsJob
 from fedtrust.query.payload import QueryPayload
 from fedtrust.training.dp_sgd import DpSgdPlan
 from fedtrust.trust.canonical import format_time
@@ -308,3 +312,82 @@ def test_mpc_aggregates_are_not_run_under_he(world):
     rules = Rules(replace(QUERY, aggregates=("COUNT", "MIN")), 30)
     refused(decide(world, QueryPayload("SELECT MIN(income) AS lo FROM loans", HE),
                    query_rules, rules=rules), "mpc-aggregate", PolicyViolation, "submit the query as an mpc-stats job")
+
+
+# -- MPC ---------------------------------------------------------------------------------------------------------
+MPC_JOB = MpcStatsJob("SELECT MEDIAN(income) AS m FROM loans", "b3V0cHV0LWtleQ==")
+PROGRAM = SimpleNamespace(admit=lambda ctx: None)  # what the core asks of a registered MpcProgram
+
+
+def _charge(*, raises: Exception | None = None, **kw):
+    def charge() -> Charge:
+        if raises is not None:
+            raise raises
+        return Charge(**{"counts_as": "query", "max_jobs": 3, **kw})
+    return charge
+
+
+def decide_mpc(world, *, payload=MPC_JOB, program=PROGRAM, charge=None, dealer=True, **kw):
+    """An MPC job under a contract whose owners agreed to a dealer (any subject credential stands for it here)."""
+    changes = {"dealer": world.contract.coordinator if dealer else None}
+    return decide(world, payload, partial(mpc_rules, program=program, charge=charge or _charge()),
+                  contract_changes=changes, **kw)
+
+
+def test_an_mpc_job_is_admitted_with_its_programs_charge(world):
+    d = decide_mpc(world)
+    assert isinstance(d, Admission) and d.spend == Spend("exact", Decimal(0)) and d.plan == Charge("query", 3)
+    dp = decide_mpc(world, rules=Rules(QUERY, 30, None, PRIVACY),
+                    charge=_charge(mechanism="discrete-laplace", epsilon=Decimal("0.5")))
+    assert isinstance(dp, Admission) and dp.spend == Spend("discrete-laplace", Decimal("0.5"))
+
+
+def test_a_job_that_is_not_mpc_at_the_mpc_endpoint(world):
+    refused(decide_mpc(world, payload=QUERY_JOB), "kind", InvalidInput, "job kind 'query' sent to the MPC endpoint")
+
+
+def test_an_mpc_job_without_the_buyers_output_key(world):
+    refused(decide_mpc(world, payload=replace(MPC_JOB, output_key=None)), "output-key", InvalidInput,
+            "an MPC job names the buyer's output key")
+
+
+def test_an_mpc_job_under_a_contract_without_a_dealer(world):
+    refused(decide_mpc(world, dealer=False), "dealer", PolicyViolation, "this contract names no MPC dealer")
+
+
+def test_an_mpc_kind_this_node_does_not_run(world):
+    refused(decide_mpc(world, program=None), "mpc-program", PolicyViolation,
+            "this node runs no MPC program of kind 'mpc-stats'")
+    refused(decide_mpc(world, program=SimpleNamespace(admit=None)), "mpc-program", PolicyViolation,
+            "MPC program 'mpc-stats' has no admission rules")
+
+
+def test_an_mpc_job_outside_its_programs_rules(world):
+    refused(decide_mpc(world, charge=_charge(raises=PolicyViolation("MIN and MAX are not released under [privacy]"))),
+            "mpc-rules", PolicyViolation, "MIN and MAX are not released under [privacy]")
+
+
+def test_a_reused_mpc_job_id_or_nonce(world):
+    refused(decide_mpc(world, ledger=LedgerView(reused="nonce")), "job-reused", ReplayError,
+            "nonce already used by another job")
+
+
+def test_an_mpc_session_is_never_repeated(world):
+    for ledger in (LedgerView(debited=True), LedgerView(debited=True, attested=True)):
+        refused(decide_mpc(world, ledger=ledger), "repeated", PolicyViolation, "a session cannot be repeated")
+
+
+def test_mpc_cap_of_the_kind_its_charge_counts_as(world):
+    refused(decide_mpc(world, ledger=LedgerView(counted={"query": 3})), "query-cap", BudgetExhausted,
+            "query cap reached: this contract allows 3 query jobs")
+    assert decide_mpc(world, ledger=LedgerView(counted={"joint": 3}))  # other kinds' jobs do not count
+    refused(decide_mpc(world, charge=_charge(counts_as="joint", max_jobs=1), ledger=LedgerView(counted={"joint": 1})),
+            "joint-cap", BudgetExhausted, "this contract allows 1 joint jobs")
+    assert decide_mpc(world, charge=_charge(max_jobs=None), ledger=LedgerView(counted={"query": 99}))
+
+
+def test_mpc_epsilon_budget(world):
+    spent = (Spend("discrete-laplace", Decimal("0.5")), Spend("discrete-laplace", Decimal("0.5")))
+    refused(decide_mpc(world, rules=Rules(QUERY, 30, None, PRIVACY), ledger=LedgerView(spends=spent),
+                       charge=_charge(mechanism="discrete-laplace", epsilon=Decimal("0.5"))),
+            "budget", BudgetExhausted, "privacy budget exhausted")
