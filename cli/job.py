@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import asdict
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
 from rich.markup import escape
@@ -16,15 +16,18 @@ from fedtrust.trust.credentials import load_identity
 app = typer.Typer(help="Follow jobs and fetch their results again.", no_args_is_help=True)
 
 
-def _client_for_job(credentials: Path, job_id: str, coordinator: Optional[str]):
-    from fedtrust.buyer.client import CoordinatorClient
-    from fedtrust.buyer.query import load_contract, tls_of
+#: the options of the commands that name one job: the buyer's credentials (its job folders) and, when the
+#: coordinator moved, its new address
+Credentials = Annotated[Path, typer.Option("--credentials", envvar="FEDTRUST_CREDENTIALS",
+                                           help="the buyer's credentials directory")]
+SubmittedTo = Annotated[Optional[str], typer.Option("--coordinator", envvar="FEDTRUST_COORDINATOR",
+                                                    help="HOST:PORT (default: where it was submitted)")]
 
-    identity = load_identity(credentials)
-    files = open_job(credentials, job_id)
-    meta = files.read_meta()
-    contract, _ = load_contract(identity, files.contract)
-    return CoordinatorClient(coordinator or meta["coordinator"], tls_of(identity), contract.coordinator.name)
+
+def _client_for_job(credentials: Path, job_id: str, coordinator: Optional[str]):
+    from fedtrust.buyer.query import reopen
+
+    return reopen(load_identity(credentials), credentials, job_id, coordinator).client
 
 
 def _progress(st) -> str:
@@ -41,11 +44,9 @@ def _progress(st) -> str:
 
 @app.command("status")
 def status(
-    job_id: str = typer.Argument(...),
-    credentials: Path = typer.Option(..., "--credentials", envvar="FEDTRUST_CREDENTIALS",
-                                     help="the buyer's credentials directory"),
-    coordinator: Optional[str] = typer.Option(None, "--coordinator", envvar="FEDTRUST_COORDINATOR",
-                                              help="HOST:PORT (default: where it was submitted)"),
+    job_id: Annotated[str, typer.Argument()],
+    credentials: Credentials,
+    coordinator: SubmittedTo = None,
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Show a job's state at the coordinator (running with its round and last heartbeat, succeeded, failed
@@ -99,11 +100,9 @@ def list_jobs(
 
 @app.command("cancel")
 def cancel(
-    job_id: str = typer.Argument(...),
-    credentials: Path = typer.Option(..., "--credentials", envvar="FEDTRUST_CREDENTIALS",
-                                     help="the buyer's credentials directory"),
-    coordinator: Optional[str] = typer.Option(None, "--coordinator", envvar="FEDTRUST_COORDINATOR",
-                                              help="HOST:PORT (default: where it was submitted)"),
+    job_id: Annotated[str, typer.Argument()],
+    credentials: Credentials,
+    coordinator: SubmittedTo = None,
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Stop a running job: it fails with "cancelled by the buyer" at its next step (before the run phase,
@@ -118,11 +117,9 @@ def cancel(
 
 @app.command("result")
 def result(
-    job_id: str = typer.Argument(...),
-    credentials: Path = typer.Option(..., "--credentials", envvar="FEDTRUST_CREDENTIALS",
-                                     help="the buyer's credentials directory"),
-    coordinator: Optional[str] = typer.Option(None, "--coordinator", envvar="FEDTRUST_COORDINATOR",
-                                              help="HOST:PORT (default: where it was submitted)"),
+    job_id: Annotated[str, typer.Argument()],
+    credentials: Credentials,
+    coordinator: SubmittedTo = None,
     out: Optional[Path] = typer.Option(None, "--out", help="write the result here (JSON)"),
     receipt: Optional[Path] = typer.Option(None, "--receipt", help="write the receipt bundle here"),
     as_json: bool = typer.Option(False, "--json"),
@@ -134,7 +131,8 @@ def result(
     from fedtrust.buyer.query import fetch_again
 
     identity = load_identity(credentials)
-    if open_job(credentials, job_id).read_meta().get("kind") == "train":
+    kind = open_job(credentials, job_id).read_meta().get("kind")
+    if kind == "train":
         from fedtrust.buyer.train import fetch_model_again
         from fedtrust.cli.train import metrics_table
 
@@ -150,20 +148,20 @@ def result(
             console.print(metrics_table(res.metrics, f"job {res.job_id}: aggregate metrics over all owners"))
             console.print(f"model sha256 {res.model_digest}" + (f", written to {out}" if out else ""))
         return
-    if open_job(credentials, job_id).read_meta().get("kind") == "vertical-lr":
+    if kind == "vertical-lr":
         from fedtrust.buyer.vertical_lr import fetch_vertical_lr_again
         from fedtrust.cli.train import show_vertical_lr
 
         show_vertical_lr(fetch_vertical_lr_again(identity, credentials, job_id, coordinator), out, receipt, as_json)
         return
-    if open_job(credentials, job_id).read_meta().get("kind") in ("mpc-stats", "joint"):
+    if kind in ("mpc-stats", "joint"):
         from fedtrust.buyer.mpc import fetch_mpc_again
         from fedtrust.cli.query import show_mpc_result
 
         show_mpc_result(fetch_mpc_again(identity, credentials, job_id, coordinator), out, receipt,
                         check_format(fmt, as_json))
         return
-    if open_job(credentials, job_id).read_meta().get("kind") == "psi":
+    if kind == "psi":
         from fedtrust.buyer.vertical import fetch_psi_again
         from fedtrust.cli.vertical import show_psi
 

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Sequence
+from pathlib import Path
+from typing import Any, Optional, Sequence
 
 from rich.console import Console
 from rich.markup import escape
@@ -15,6 +16,39 @@ err_console = Console(stderr=True)
 
 def print_json(obj: Any) -> None:
     print(json.dumps(obj, indent=2, default=str))
+
+
+def save_result(res: Any, out: Optional[Path], receipt: Optional[Path]) -> None:
+    """A job's result.json and its receipt bundle, where the user asked for them (`--out`, `--receipt`)."""
+    if out:
+        out.write_text(json.dumps(res.result, indent=2))
+    if receipt:
+        receipt.write_bytes(res.receipt.to_json())
+
+
+def print_rows(result: dict, fmt: str) -> bool:
+    """A result for machines when `fmt` asks for it: JSON, or CSV (a header, then the rows). False: print it
+    for people (the caller's table)."""
+    if fmt == "json":
+        print_json(result)
+        return True
+    if fmt == "csv":
+        import csv
+        import sys
+
+        w = csv.writer(sys.stdout, lineterminator="\n")
+        w.writerow(result["columns"])
+        w.writerows(result["rows"])
+        return True
+    return False
+
+
+def print_saved(out: Optional[Path], receipt: Optional[Path]) -> None:
+    """Where `save_result` wrote the result and the receipt, and how the exchange checks the receipt."""
+    if out:
+        console.print(f"result written to {out}")
+    if receipt:
+        console.print(f"receipt written to {receipt}; the exchange checks it with `fedtrust exchange verify`")
 
 
 def format_value(v: Any) -> str:

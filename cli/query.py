@@ -1,13 +1,12 @@
 """`fedtrust query`: a secure aggregate query over all owners of a contract."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from fedtrust.cli.output import console, err_console, print_json, result_table, with_progress
+from fedtrust.cli.output import console, err_console, print_rows, print_saved, result_table, save_result, with_progress
 from fedtrust.trust.credentials import load_identity
 
 FORMATS = ("table", "json", "csv")
@@ -21,20 +20,8 @@ def check_format(fmt: str, as_json: bool) -> str:
 
 def show_result(res, out: Optional[Path], receipt: Optional[Path], as_json: bool, fmt: str = "table") -> None:
     """Write result.json / receipt.json where asked and print the table (or JSON, or CSV: header and rows)."""
-    if out:
-        out.write_text(json.dumps(res.result, indent=2))
-    if receipt:
-        receipt.write_bytes(res.receipt.to_json())
-    if as_json or fmt == "json":
-        print_json(res.result)
-        return
-    if fmt == "csv":
-        import csv
-        import sys
-
-        w = csv.writer(sys.stdout, lineterminator="\n")
-        w.writerow(res.result["columns"])
-        w.writerows(res.result["rows"])
+    save_result(res, out, receipt)
+    if print_rows(res.result, "json" if as_json else fmt):
         return
     ci = res.noisy.ci95 if res.noisy is not None else None
     console.print(result_table(res.table.columns, res.table.rows, title=f"job {res.job_id}", ci95=ci))
@@ -54,10 +41,7 @@ def show_result(res, out: Optional[Path], receipt: Optional[Path], as_json: bool
                       + ". Intervals are 95% from the known noise; derived values are clamped to their valid range.")
     else:
         console.print("exact answer: this contract asks for no differential privacy (aggregation rules only).")
-    if out:
-        console.print(f"result written to {out}")
-    if receipt:
-        console.print(f"receipt written to {receipt}; the exchange checks it with `fedtrust exchange verify`")
+    print_saved(out, receipt)
 
 
 def query(
@@ -119,20 +103,8 @@ def _mpc_query(identity, credentials: Path, contract: Path, coordinator: str, sq
 
 def show_mpc_result(res, out: Optional[Path], receipt: Optional[Path], fmt: str) -> None:
     """An MPC job's result (`buyer.mpc.MpcOutcome`): result.json / receipt where asked, then table, JSON or CSV."""
-    if out:
-        out.write_text(json.dumps(res.result, indent=2))
-    if receipt:
-        receipt.write_bytes(res.receipt.to_json())
-    if fmt == "json":
-        print_json(res.result)
-        return
-    if fmt == "csv":
-        import csv
-        import sys
-
-        w = csv.writer(sys.stdout, lineterminator="\n")
-        w.writerow(res.result["columns"])
-        w.writerows(res.result["rows"])
+    save_result(res, out, receipt)
+    if print_rows(res.result, fmt):
         return
     console.print(result_table(res.result["columns"], res.result["rows"], title=f"job {res.job_id}"))
     if res.result.get("alignment"):
@@ -149,7 +121,4 @@ def show_mpc_result(res, out: Optional[Path], receipt: Optional[Path], fmt: str)
                       + ", ".join(f"{n} ε={e}" for n, e in spent.items()))
     else:
         console.print("computed in MPC between the owners; only you added the shares of the answer.")
-    if out:
-        console.print(f"result written to {out}")
-    if receipt:
-        console.print(f"receipt written to {receipt}; the exchange checks it with `fedtrust exchange verify`")
+    print_saved(out, receipt)

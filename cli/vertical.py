@@ -1,13 +1,12 @@
 """`fedtrust psi`: the private set intersection of a vertical contract's two owners."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from fedtrust.cli.output import console, err_console, print_json, with_progress
+from fedtrust.cli.output import console, err_console, print_json, print_saved, save_result, with_progress
 from fedtrust.trust.credentials import load_identity
 
 
@@ -31,16 +30,10 @@ def psi(
 
 
 def show_psi(res, out: Optional[Path], receipt: Optional[Path], as_json: bool) -> None:
-    if out:
-        out.write_text(json.dumps(res.result, indent=2))
-    if receipt:
-        receipt.write_bytes(res.receipt.to_json())
+    save_result(res, out, receipt)
     if as_json:
         print_json(res.result)
         return
     console.print(f"intersection size: {res.intersection_size} (attested by both owners; each owner keeps which of "
                   "its own rows matched, for later joint jobs)")
-    if out:
-        console.print(f"result written to {out}")
-    if receipt:
-        console.print(f"receipt written to {receipt}; the exchange checks it with `fedtrust exchange verify`")
+    print_saved(out, receipt)
