@@ -43,6 +43,7 @@ import grpc
 
 from fedtrust import errors
 from fedtrust.errors import Error
+from fedtrust.transport.watchdog import WATCHDOG
 
 __all__ = [
     "ERROR_KIND_KEY",
@@ -312,9 +313,7 @@ def cancel_late(call: Any, timeout: float, peer: str) -> Iterator[None]:
         fired.set()
         call.cancel()
 
-    timer = threading.Timer(timeout + LOCAL_GRACE_S, fire)
-    timer.daemon = True
-    timer.start()
+    timer = WATCHDOG.arm(timeout + LOCAL_GRACE_S, fire)  # the process's one watchdog thread, not one per call
     try:
         yield
     except (grpc.RpcError, grpc.FutureCancelledError):
@@ -325,7 +324,7 @@ def cancel_late(call: Any, timeout: float, peer: str) -> Iterator[None]:
             ) from None
         raise
     finally:
-        timer.cancel()
+        WATCHDOG.disarm(timer)
 
 
 def _call(e: Any, attr: str) -> Any:
