@@ -49,8 +49,8 @@ from fedtrust.trust.products import Product
 from fedtrust.trust.revocation import RevocationList, check_revocation
 from fedtrust.trust.vertical import VerticalJob, check_vertical_job
 
-__all__ = ["Admission", "LedgerView", "NodeFacts", "Refusal", "admit", "cap_message", "check_common", "check_parties", "refusal_of",
-           "mpc_rules", "psi_rules", "query_rules", "refuse", "rule", "training_rules"]
+__all__ = ["Admission", "LedgerView", "NodeFacts", "Refusal", "admit", "cap_message", "check_common", "check_parties",
+           "check_still_served", "refusal_of", "mpc_rules", "psi_rules", "query_rules", "refuse", "rule", "training_rules"]
 
 #: the accountant every node composes spends with (its name goes into DP attestations)
 ACCOUNTANT = accountant()
@@ -197,12 +197,7 @@ def check_parties(contract: Contract, node: NodeFacts) -> None:
 
 def check_common(job: JobSpec, contract: Contract, ledger: LedgerView, now: datetime, node: NodeFacts) -> None:
     check_parties(contract, node)
-    with rule("revoked"):
-        check_revocation(node.revocations, node.contract_digest, contract, now)
-    if ledger.withdrawn_at is not None:
-        refuse("withdrawn", PolicyViolation(
-            f"the owner of node {node.name} withdrew from this contract at {ledger.withdrawn_at} "
-            "(`fedtrust node withdraw`); it serves no more jobs under it"))
+    check_still_served(contract, ledger, now, node)
     holding = contract.holding(node.name)
     if holding.product_digest not in node.products:
         refuse("product", PolicyViolation(
@@ -211,6 +206,17 @@ def check_common(job: JobSpec, contract: Contract, ledger: LedgerView, now: date
     for name, check in JOB_RULES:
         with rule(name):
             check(job, contract, node.contract_digest, now, node.skew)
+
+
+def check_still_served(contract: Contract, ledger: LedgerView, now: datetime, node: NodeFacts) -> None:
+    """`revoked` and `withdrawn`: the rules that can change while a job runs (checked again before a running job
+    releases more: a training round, an MPC session's output)."""
+    with rule("revoked"):
+        check_revocation(node.revocations, node.contract_digest, contract, now)
+    if ledger.withdrawn_at is not None:
+        refuse("withdrawn", PolicyViolation(
+            f"the owner of node {node.name} withdrew from this contract at {ledger.withdrawn_at} "
+            "(`fedtrust node withdraw`); it serves no more jobs under it"))
 
 
 # -- the ledger rules every kind shares -------------------------------------------------------------------------

@@ -10,9 +10,10 @@ Order of one job at this node (the security argument, top to bottom):
 3. `run` (with every owner's admission): the node reads its own inputs (`local_inputs`), debits the job durably
    (ε under `[privacy]`) BEFORE any frame leaves, then runs `compute` as its rank over sealed links to the other
    owners and the dealer (`SealedLink` from the certified X25519 keys; the relay sees ciphertext only);
-4. its output shares are sealed to the job's output key (the buyer's, in the buyer-signed job spec) and the node
-   signs an attestation naming the digests of every frame it sent, every frame it received, and the sealed
-   output; the coordinator relays the sealed output, never an opened one.
+4. if the contract was revoked, or the owner withdrew, while the session ran (`check_still_served`), nothing
+   leaves; otherwise its output shares are sealed to the job's output key (the buyer's, in the buyer-signed job
+   spec) and the node signs an attestation naming the digests of every frame it sent, every frame it received,
+   and the sealed output; the coordinator relays the sealed output, never an opened one.
 
 A session cannot be replayed (its randomness is gone): a job already debited here is refused, and stays counted.
 """
@@ -152,6 +153,9 @@ class MpcRuntime:
         except Exception as e:  # CrypTen's own errors: the rule, never a value
             log.exception("MPC job %s failed at this node", job.job_id)
             raise InvalidInput(f"the MPC computation failed at node {self.node.name} ({type(e).__name__})") from None
+        # revoked or withdrawn while the session ran: the output never leaves (the debit, taken before the first
+        # frame, stays: the session's randomness is spent)
+        self.node.check_still_served(checked)
         sealed = seal(self.node.kx_private, buyer_key, job_digest=checked.job_digest, sender=self.node.name,
                       receiver="buyer", step=OUTPUT_STEP, plaintext=encode_shares(shares))
         sent, received = link.transcript()

@@ -183,13 +183,23 @@ class NodeRuntime:
         newest list, so a revocation adopted mid-job refuses the next round before anything is spent."""
         job = checked.job
         ledger = self.store.view(checked.contract_digest, job.kind, job.job_id, job.nonce, checked.job_digest)
-        facts = checked.facts
-        if facts.revocations is not self.revocations.current:
-            facts = replace(facts, revocations=self.revocations.current)
-        decision = core.admit(job, checked.contract, ledger, datetime.now(timezone.utc), facts, rules)
+        decision = core.admit(job, checked.contract, ledger, datetime.now(timezone.utc), self._current(checked.facts),
+                              rules)
         if isinstance(decision, Refusal):
             decision.raise_error()
         return decision
+
+    def check_still_served(self, checked: CheckedJob) -> None:
+        """Before a running session releases its output: the contract is not revoked (by the newest list this node
+        holds) and the owner did not withdraw since the session started; the Refusal's error raised."""
+        ledger = LedgerView(withdrawn_at=self.store.jobs.withdrawn_at(checked.contract_digest))
+        self.refuse(core.refusal_of(core.check_still_served, checked.contract, ledger, datetime.now(timezone.utc),
+                                    self._current(checked.facts)))
+
+    def _current(self, facts: NodeFacts) -> NodeFacts:
+        """`facts` with the newest revocation list this node holds (a checked job may outlive the list it saw)."""
+        current = self.revocations.current
+        return facts if facts.revocations is current else replace(facts, revocations=current)
 
     # -- admission (phase one: every check, nothing spent) --------------------
     def sign_admission(self, checked: CheckedJob) -> Envelope:

@@ -15,7 +15,7 @@ from fedtrust.buyer.client import CoordinatorClient
 from fedtrust.buyer.mpc import new_output_key, open_outputs, submit_mpc_stats
 from fedtrust.buyer.query import load_contract, tls_of
 from fedtrust.coordinator import mpc_job
-from fedtrust.demo.federation import build_federation
+from fedtrust.demo.federation import DEALER_NAME, build_federation, issue_signed_contract
 from fedtrust.errors import Error
 from fedtrust.exchange.verify import verify_receipt
 from fedtrust.query.mpc_stats import BINS, MpcStatsJob
@@ -187,6 +187,34 @@ def test_the_relay_caps_a_partys_frames_and_the_job_fails_naming_it(fed, monkeyp
     with pytest.raises(Error, match="over the relay's limit of 64"):
         submit_mpc_stats(identity, fed.buyer_dir, fed.contract_path, fed.coordinator_address,
                          "SELECT MAX(age) FROM loans", timeout=120)
+
+
+def test_a_contract_revoked_during_a_session_releases_no_output_and_the_job_names_the_revocation(fed, monkeypatch):
+    from fedtrust.exchange.issuer import load_exchange, revoke
+    from fedtrust.node import mpc_runtime
+
+    contract = issue_signed_contract(fed.root, "analyst", "coord", [fed.root / "products" / f"{n}.json" for n in OWNERS],
+                                     fed.root / "rules.toml", fed.root / "contract-revoked-mid-session.json",
+                                     dealer=DEALER_NAME)
+    digest = Envelope.from_json(contract.read_bytes()).digest
+    compute = mpc_runtime.run_party
+
+    def revoked_while_computing(*args, **kwargs):
+        shares = compute(*args, **kwargs)
+        # the exchange revokes the contract while the session runs; every node adopts the list (as its refresh does)
+        if not load_exchange(fed.exchange_dir).store.revocations():
+            revoke(fed.exchange_dir, contract=digest, reason="the buyer broke the stated purpose")
+        signed = load_exchange(fed.exchange_dir).revocation_list().to_json()
+        for d in fed.nodes.values():
+            d.runtime.revocations.offer(signed)
+        return shares
+    monkeypatch.setattr(mpc_runtime, "run_party", revoked_while_computing)
+    with pytest.raises(Error, match="this contract was revoked by the exchange"):
+        submit_mpc_stats(load_identity(fed.buyer_dir), fed.buyer_dir, contract, fed.coordinator_address,
+                         "SELECT MAX(age) FROM loans", timeout=120)
+    for name, d in fed.nodes.items():
+        [debit] = d.runtime.store.debits(digest)  # spent when the session started, before its first frame
+        assert d.runtime.store.lookup(digest, debit.job_id, debit.nonce, debit.job_digest) is None, name  # no output
 
 
 def test_under_privacy_a_median_debits_epsilon_at_every_owner_first_and_min_is_refused(tmp_path):

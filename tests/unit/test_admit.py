@@ -21,9 +21,11 @@ from fedtrust.node.admit import (
     NodeFacts,
     Refusal,
     admit,
+    check_still_served,
     mpc_rules,
     psi_rules,
     query_rules,
+    refusal_of,
     training_rules,
 )
 from fedtrust.privacy.accounting import Spend
@@ -119,6 +121,19 @@ def test_revoked_contract(world):
 def test_withdrawn_owner(world):
     refused(decide(world, QUERY_JOB, query_rules, ledger=LedgerView(withdrawn_at="2026-01-01T00:00:00Z")),
             "withdrawn", PolicyViolation, "withdrew from this contract at 2026-01-01T00:00:00Z")
+
+
+def test_a_running_job_is_checked_again_for_revocation_and_withdrawal_only(world):
+    """What a running job's next step re-checks (`check_still_served`): the rules that can change mid-job."""
+    contract = contract_of(world, Rules(QUERY, 30, TRAINING))
+    now = datetime.now(timezone.utc)
+    rl = RevocationList(1, format_time(now), (Revoked("subject", contract.buyer.uri, "breach", format_time(now)),))
+    refused(refusal_of(check_still_served, contract, LedgerView(), now, facts(contract, revocations=rl)), "revoked",
+            PolicyViolation, f"party {contract.buyer.uri} of this contract was revoked by the exchange")
+    refused(refusal_of(check_still_served, contract, LedgerView(withdrawn_at="2026-01-01T00:00:00Z"), now,
+                       facts(contract)), "withdrawn", PolicyViolation, "withdrew from this contract")
+    # an expired job or contract window is not re-checked here: a session that started in time finishes
+    assert refusal_of(check_still_served, contract, LedgerView(), now + timedelta(days=3650), facts(contract)) is None
 
 
 def test_product_must_be_held(world):
