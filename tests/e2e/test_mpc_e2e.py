@@ -6,6 +6,7 @@ a refused job spends nothing; a relay that alters one frame fails the job."""
 from __future__ import annotations
 
 import json
+import threading
 
 import duckdb
 import pytest
@@ -197,14 +198,15 @@ def test_a_contract_revoked_during_a_session_releases_no_output_and_the_job_name
                                      fed.root / "rules.toml", fed.root / "contract-revoked-mid-session.json",
                                      dealer=DEALER_NAME)
     digest = Envelope.from_json(contract.read_bytes()).digest
-    compute = mpc_runtime.run_party
+    compute, once = mpc_runtime.run_party, threading.Lock()
 
     def revoked_while_computing(*args, **kwargs):
         shares = compute(*args, **kwargs)
         # the exchange revokes the contract while the session runs; every node adopts the list (as its refresh does)
-        if not load_exchange(fed.exchange_dir).store.revocations():
-            revoke(fed.exchange_dir, contract=digest, reason="the buyer broke the stated purpose")
-        signed = load_exchange(fed.exchange_dir).revocation_list().to_json()
+        with once:  # (each owner's session runs on its own thread)
+            if not load_exchange(fed.exchange_dir).store.revocations():
+                revoke(fed.exchange_dir, contract=digest, reason="the buyer broke the stated purpose")
+            signed = load_exchange(fed.exchange_dir).revocation_list().to_json()
         for d in fed.nodes.values():
             d.runtime.revocations.offer(signed)
         return shares
