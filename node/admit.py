@@ -19,7 +19,9 @@ The rules, in the order they are applied (each `Refusal.rule` is one name):
   `contract-window` (the contract is valid now), `job-coordinator`,
   `job-participants` (exactly the contract's owners), `job-dataset`;
 - each kind's own rules (`query_rules`, `training_rules`, `psi_rules`,
-  `mpc_rules` for every MPC program; a new kind brings its own function), with
+  `mpc_rules` for every MPC program; a new kind brings its own function; a
+  query also `query-parties`: at most `query.layout.MAX_PARTIES` owners, whose
+  limb sums stay below t), with
   the ledger rules they share: `job-reused` (another job already used this job
   id or nonce), `finished`, `interrupted`, `repeated`, the cap of jobs
   (`query-cap`, `training-cap`, `psi-cap`, `<kind>-cap`) and the privacy budget
@@ -39,6 +41,7 @@ from typing import Any, NoReturn
 
 from fedtrust.errors import BudgetExhausted, Error, InvalidInput, PolicyViolation, ReplayError, VerificationError
 from fedtrust.privacy.accounting import Budget, Spend, accountant
+from fedtrust.query import layout
 from fedtrust.query.payload import QueryPayload
 from fedtrust.query.sql import plan_query
 from fedtrust.training.policy import check_training
@@ -270,6 +273,10 @@ def query_rules(ctx: Context) -> Admission:
             "job (`fedtrust query` does so by itself)"))
     with rule("he-params"):
         payload.he.check_supported()
+    if len(job.participants) > layout.MAX_PARTIES:  # the limb sums of more owners could wrap mod t (query/layout.py)
+        refuse("query-parties", PolicyViolation(
+            f"a query adds at most {layout.MAX_PARTIES} owners' releases without wrapping, and this contract has "
+            f"{len(job.participants)}: split its owners across contracts"))
     privacy = contract.rules.privacy
     spend = Spend("exact", Decimal(0)) if privacy is None else Spend("discrete-laplace", privacy.epsilon_per_query)
     check_not_reused(ctx.ledger)

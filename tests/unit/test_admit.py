@@ -211,6 +211,13 @@ def test_unsupported_he_parameters(world):
             InvalidInput, "HE parameters not supported")
 
 
+def test_more_owners_than_the_limbs_carry(world, monkeypatch):
+    # the contract has two owners; with a limit of one, their limb sums could wrap
+    monkeypatch.setattr("fedtrust.query.layout.MAX_PARTIES", 1)
+    refused(decide(world, QUERY_JOB, query_rules), "query-parties", PolicyViolation,
+            "a query adds at most 1 owners' releases without wrapping, and this contract has 2")
+
+
 def test_query_cap(world):
     refused(decide(world, QUERY_JOB, query_rules, ledger=LedgerView(jobs=3)), "query-cap", BudgetExhausted,
             "query cap reached: this contract allows 3 query jobs")
