@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from dataclasses import replace
 
 from fedtrust.coordinator.kinds import CoordinatorKinds
 from fedtrust.coordinator.query_job import QueryJobs
@@ -75,11 +77,25 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
             m.duration.labels(kind).observe(time.monotonic() - start)
             m.jobs.labels(kind, outcome).inc()
 
+        def succeeded() -> None:
+            nonlocal outcome
+            outcome = "succeeded"
+            count()  # before the last event leaves: the buyer may ask /metrics as soon as it has it
+
+        def stored_then_succeeded(stored: Callable[[], object]) -> Callable[[], object]:
+            def wait() -> object:
+                done = stored()  # raises if the result could not be stored: the job failed, the metric says so
+                succeeded()
+                return done
+            return wait
+
         try:
             for ev in events:
-                if isinstance(ev, (Finished, TrainingFinished)):
-                    outcome = "succeeded"
-                    count()  # before the last event leaves: the buyer may ask /metrics as soon as it has it
+                if isinstance(ev, Finished) and ev.stored is not None:
+                    # the result is still being stored while the ciphertexts stream: it succeeded once it is on disk
+                    ev = replace(ev, stored=stored_then_succeeded(ev.stored))
+                elif isinstance(ev, (Finished, TrainingFinished)):
+                    succeeded()
                 yield ev
         except NotAdmitted:
             outcome = "not-admitted"
