@@ -32,7 +32,7 @@ import duckdb
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from mpc import _PipeLink  # noqa: E402  (the benchmarks' shared pipe transport)
+from mpc import raw_crypten, run_parties, sealed_link  # noqa: E402  (the MPC benchmarks' shared parties)
 
 from fedtrust.privacy import crypten_shim  # noqa: E402
 from fedtrust.query import joint_program as jp  # noqa: E402
@@ -94,50 +94,21 @@ def _timed(crypten, schemas, plan, rank, n, inputs, repeat):
 
 def _fedtrust_party(rank, conns, keys, schemas, plan, n, inputs, repeat, out):
     torch.set_num_threads(1)
-    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-
-    from fedtrust.privacy.mpc.sealed_link import SealedLink
-
-    names = ["bank-node", "telco-node"]
-    own = X25519PrivateKey.from_private_bytes(keys[rank])
-    peers = {names[r]: X25519PrivateKey.from_private_bytes(keys[r]).public_key() for r in range(2)}
-    link = SealedLink(_PipeLink(conns), session="bench", names=names, rank=rank, own=own, peers=peers)
     crypten = crypten_shim.load()
-    with crypten_shim.party(rank, 2, link) as comm:
+    with crypten_shim.party(rank, 2, sealed_link(rank, conns, keys, ["bank-node", "telco-node"])) as comm:
         t, share = _timed(crypten, schemas, plan, rank, n, inputs[rank], repeat)
         out.put((rank, t, share.tolist(), comm.comm_bytes))  # lists: a tensor would outlive its process
 
 
 def _raw_party(rank, rendezvous, schemas, plan, n, inputs, repeat, out):
     torch.set_num_threads(1)
-    crypten_shim._stub_onnx_registration()
-    import crypten
-
-    crypten.encoder.FixedPointEncoder.decode = crypten_shim._patched_decode
-    os.environ.update(WORLD_SIZE="2", RANK=str(rank), RENDEZVOUS=f"file://{rendezvous}", DISTRIBUTED_BACKEND="gloo")
-    crypten.init()
-    t, share = _timed(crypten, schemas, plan, rank, n, inputs[rank], repeat)
-    crypten.uninit()
+    with raw_crypten(rank, rendezvous) as crypten:
+        t, share = _timed(crypten, schemas, plan, rank, n, inputs[rank], repeat)
     out.put((rank, t, share.tolist(), 0))
 
 
 def _run(target, args_for):
-    ctx = mp.get_context("fork")
-    out = ctx.Queue()
-    procs = [ctx.Process(target=target, args=(r, *args_for(r), out)) for r in range(2)]
-    for p in procs:
-        p.start()
-    results = []
-    while len(results) < 2:
-        try:
-            results.append(out.get(timeout=2))
-        except Exception:  # queue.Empty: fail fast when a party died
-            if any(p.exitcode not in (None, 0) for p in procs):
-                for p in procs:
-                    p.kill()
-                raise SystemExit("a party failed; see its traceback above") from None
-    for p in procs:
-        p.join()
+    results = run_parties(target, args_for)
     total = torch.tensor(results[0][2], dtype=torch.int64) + torch.tensor(results[1][2], dtype=torch.int64)
     return max(r[1] for r in results), total, sum(r[3] for r in results)
 

@@ -22,6 +22,7 @@ import os
 import statistics
 import tempfile
 import time
+from contextlib import contextmanager
 
 import torch
 
@@ -77,24 +78,21 @@ class _PipeLink:
         return self.conns[src].recv_bytes()
 
 
-def _fedtrust_party(rank, conns, keys, n, repeat, out):
-    torch.set_num_threads(1)
+def sealed_link(rank: int, conns, keys: list[bytes], names: list[str]):
+    """Party `rank`'s `SealedLink` over the pipes `conns` (`keys`: both parties' X25519 private keys, raw bytes) —
+    fedtrust's transport between two parties, without the daemons."""
     from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
     from fedtrust.privacy.mpc.sealed_link import SealedLink
 
-    names = ["a", "b"]
     own = X25519PrivateKey.from_private_bytes(keys[rank])
     peers = {names[r]: X25519PrivateKey.from_private_bytes(keys[r]).public_key() for r in range(2)}
-    link = SealedLink(_PipeLink(conns), session="bench", names=names, rank=rank, own=own, peers=peers)
-    crypten = crypten_shim.load()
-    with crypten_shim.party(rank, 2, link) as comm:
-        times = _ops(crypten, rank, n, repeat)
-        out.put((rank, times, comm.comm_bytes))
+    return SealedLink(_PipeLink(conns), session="bench", names=names, rank=rank, own=own, peers=peers)
 
 
-def _raw_party(rank, rendezvous, n, repeat, out):
-    torch.set_num_threads(1)
+@contextmanager
+def raw_crypten(rank: int, rendezvous: str):
+    """CrypTen itself over torch.distributed (gloo), party `rank` of 2: the baselines' runtime."""
     crypten_shim._stub_onnx_registration()
     import crypten
 
@@ -102,8 +100,22 @@ def _raw_party(rank, rendezvous, n, repeat, out):
     crypten.encoder.FixedPointEncoder.decode = crypten_shim._patched_decode
     os.environ.update(WORLD_SIZE="2", RANK=str(rank), RENDEZVOUS=f"file://{rendezvous}", DISTRIBUTED_BACKEND="gloo")
     crypten.init()
-    times = _ops(crypten, rank, n, repeat)
+    yield crypten
     crypten.uninit()
+
+
+def _fedtrust_party(rank, conns, keys, n, repeat, out):
+    torch.set_num_threads(1)
+    crypten = crypten_shim.load()
+    with crypten_shim.party(rank, 2, sealed_link(rank, conns, keys, ["a", "b"])) as comm:
+        times = _ops(crypten, rank, n, repeat)
+        out.put((rank, times, comm.comm_bytes))
+
+
+def _raw_party(rank, rendezvous, n, repeat, out):
+    torch.set_num_threads(1)
+    with raw_crypten(rank, rendezvous) as crypten:
+        times = _ops(crypten, rank, n, repeat)
     out.put((rank, times, 0))
 
 

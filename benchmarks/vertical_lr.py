@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from mpc import _PipeLink, run_parties  # noqa: E402 (the pipe transport and party processes of benchmarks/mpc.py)
+from mpc import raw_crypten, run_parties, sealed_link  # noqa: E402 (the MPC benchmarks' shared parties)
 
 from fedtrust.privacy import crypten_shim  # noqa: E402
 from fedtrust.trust.vertical_lr import VerticalLRSpec  # noqa: E402
@@ -67,15 +67,10 @@ def _train(crypten, rank, bank, telco, y, spec, seed):
 
 def _fedtrust_party(rank, conns, keys, rows, spec, repeat, out):
     torch.set_num_threads(1)
-    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-
-    from fedtrust.privacy.mpc.sealed_link import SealedLink
     from fedtrust.training.vertical_lr import Block, Plan
 
     bank, telco, y = _data(rows)
-    own = X25519PrivateKey.from_private_bytes(keys[rank])
-    peers = {NAMES[r]: X25519PrivateKey.from_private_bytes(keys[r]).public_key() for r in range(2)}
-    link = SealedLink(_PipeLink(conns), session="bench", names=NAMES, rank=rank, own=own, peers=peers)
+    link = sealed_link(rank, conns, keys, NAMES)
     plan = Plan(tuple(NAMES), (Block(NAMES[0], "bank", (), 4), Block(NAMES[1], "telco", (), 2)), NAMES[0], None, spec)
     inputs = {"x": bank, "y": y, "usable": torch.ones(rows)} if rank == 0 else {"x": telco}
     times, model = [], None
@@ -93,19 +88,13 @@ def _fedtrust_party(rank, conns, keys, rows, spec, repeat, out):
 
 def _raw_party(rank, rendezvous, rows, spec, repeat, out):
     torch.set_num_threads(1)
-    crypten_shim._stub_onnx_registration()
-    import crypten
-
-    crypten.encoder.FixedPointEncoder.decode = crypten_shim._patched_decode  # the decode fix only
-    os.environ.update(WORLD_SIZE="2", RANK=str(rank), RENDEZVOUS=f"file://{rendezvous}", DISTRIBUTED_BACKEND="gloo")
-    crypten.init()
     bank, telco, y = _data(rows)
     times, model = [], None
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        model = _train(crypten, rank, bank, telco, y, spec, 1)
-        times.append(time.perf_counter() - t0)
-    crypten.uninit()
+    with raw_crypten(rank, rendezvous) as crypten:
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            model = _train(crypten, rank, bank, telco, y, spec, 1)
+            times.append(time.perf_counter() - t0)
     out.put((rank, statistics.median(times), 0, model))
 
 
