@@ -91,6 +91,11 @@ def sub_mod(a: np.ndarray, b: np.ndarray, modulus: int) -> np.ndarray:
     return np.where(a >= b, a - b, a + (m - b))
 
 
+def _keystream(seed: bytes):
+    """The AES-256-CTR keystream of a mask seed (counter from zero): the words both mask paths draw."""
+    return Cipher(algorithms.AES(seed), modes.CTR(b"\x00" * 16)).encryptor()
+
+
 def mask_stream(seed: bytes, length: int, modulus: int) -> np.ndarray:
     """`length` uniform values in [0, modulus) from a 32-byte seed (AES-256-CTR + rejection)."""
     _check_modulus(modulus)
@@ -103,7 +108,7 @@ def mask_stream(seed: bytes, length: int, modulus: int) -> np.ndarray:
     m = np.uint64(modulus)
     # Acceptance probability is modulus / 2^bits > 1/2; ask for a little more than expected.
     accept = modulus / float(1 << bits)
-    encryptor = Cipher(algorithms.AES(seed), modes.CTR(b"\x00" * 16)).encryptor()
+    encryptor = _keystream(seed)
     parts: list[np.ndarray] = []
     have = 0
     while have < length:
@@ -229,7 +234,7 @@ def add_pairwise_mask(
         return
     zeros = bytes(8 * length)
     for plus, seed in seeds:
-        words = np.frombuffer(Cipher(algorithms.AES(seed), modes.CTR(b"\x00" * 16)).encryptor().update(zeros), "<u8")
+        words = np.frombuffer(_keystream(seed).update(zeros), "<u8")
         if plus:
             vector += words
         else:
